@@ -1,0 +1,158 @@
+//! Graph builders: a `ModelSpec` in, one program's graph out, written in primitives only.
+//!
+//! Programs of the causal-decoder family:
+//! - `prefill`: `input_ids`, `position_ids` `i64[batch, seq]` → `logits f32[batch, seq, vocab]`
+//!   and each layer's cache `key_L`, `value_L` `f32[batch, kv_heads, seq, head_dim]`;
+//! - `decode`: one token per sequence (`i64[batch, 1]`) plus the cache so far
+//!   (`past_key_L`, `past_value_L` `f32[batch, kv_heads, past, head_dim]`) → `logits` and the
+//!   cache one longer (`past+1`).
+//!
+//! The cache holds `kv_heads` heads (as Hugging Face's does); attention repeats them explicitly
+//! for grouped-query attention, and masks with explicit compares, so later passes see — and fuse —
+//! the plain pattern. Sequences in a batch share one length and start at position 0 with keys
+//! at positions `0..t`. Anything the spec describes that these builders do not implement is
+//! refused by [`check_supported`], naming it.
+
+mod attention;
+mod decoder;
+mod layers;
+
+use crate::error::FrontendError;
+use crate::spec::*;
+use kiln_ir::Graph;
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    Prefill,
+    Decode,
+}
+
+impl Program {
+    pub const ALL: [Program; 2] = [Program::Prefill, Program::Decode];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Prefill => "prefill",
+            Program::Decode => "decode",
+        }
+    }
+}
+
+impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Program {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Program, String> {
+        Program::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown program `{s}` (expected prefill or decode)"))
+    }
+}
+
+/// Declared maxima of the symbolic dimensions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BuildOptions {
+    pub max_batch: usize,
+    /// Longest sequence (prompt plus generated tokens); at most the model's position limit.
+    pub max_seq: usize,
+}
+
+impl BuildOptions {
+    /// Batch up to 8, sequences up to the model's position limit.
+    pub fn for_spec(spec: &ModelSpec) -> BuildOptions {
+        BuildOptions {
+            max_batch: 8,
+            max_seq: spec.max_positions,
+        }
+    }
+}
+
+pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<Graph, FrontendError> {
+    check_supported(spec)?;
+    let refuse = |field: &str, message: String| FrontendError::new("<build options>", Some(field), message);
+    if opts.max_batch == 0 {
+        return Err(refuse("max_batch", "expected a positive integer, found 0".into()));
+    }
+    let limit = match &spec.position {
+        Position::Rope(Rope {
+            scaling: RopeScaling::Dynamic { original_max_positions, .. },
+            ..
+        }) => (*original_max_positions).min(spec.max_positions),
+        _ => spec.max_positions,
+    };
+    if opts.max_seq < 2 || opts.max_seq > limit {
+        return Err(refuse(
+            "max_seq",
+            format!("{} must be between 2 and the model's position limit {limit}", opts.max_seq),
+        ));
+    }
+    decoder::build(spec, program, opts).map_err(|e| FrontendError::new("<builder>", None, e.to_string()))
+}
+
+/// Refuses, by name, every axis value the builders do not implement yet.
+pub fn check_supported(spec: &ModelSpec) -> Result<(), FrontendError> {
+    let refuse = |field: &str, what: String| {
+        Err(FrontendError::new(
+            format!("<{} spec>", spec.family),
+            Some(field),
+            format!("{what} is not supported by kiln's builders yet"),
+        ))
+    };
+    if spec.layout != Layout::CausalDecoder {
+        return refuse("layout", format!("{:?}", spec.layout));
+    }
+    if spec.mixer != Mixer::Attention {
+        return refuse("mixer", format!("{:?}", spec.mixer));
+    }
+    if spec.mlp != Mlp::Dense {
+        return refuse("mlp", format!("{:?}", spec.mlp));
+    }
+    if spec.residual != Residual::Sequential {
+        return refuse("residual", format!("{:?}", spec.residual));
+    }
+    if spec.norm.kind != NormKind::RmsNorm || spec.norm.placement != NormPlacement::Pre {
+        return refuse("norm", format!("{:?} {:?}", spec.norm.kind, spec.norm.placement));
+    }
+    if !spec.ffn.gated {
+        return refuse("ffn.gated", "an ungated MLP".into());
+    }
+    match &spec.position {
+        Position::Rope(rope) => {
+            if rope.style != RopeStyle::RotateHalf {
+                return refuse("position.style", format!("{:?} RoPE", rope.style));
+            }
+            if rope.partial_rotary_factor != 1.0 {
+                return refuse(
+                    "position.partial_rotary_factor",
+                    format!("partial RoPE ({})", rope.partial_rotary_factor),
+                );
+            }
+        }
+        other => return refuse("position", format!("{other:?}")),
+    }
+    if let Some(w) = spec
+        .attention
+        .windows
+        .iter()
+        .find(|w| matches!(w, AttentionWindow::BlockSparse { .. }))
+    {
+        return refuse("attention.windows", format!("{w:?}"));
+    }
+    if spec.attention.logit_softcap.is_some() {
+        return refuse("attention.logit_softcap", "attention logit soft-capping".into());
+    }
+    if spec.embeddings.scale.is_some() {
+        return refuse("embeddings.scale", "scaled embeddings".into());
+    }
+    if spec.attention.windows.len() != spec.num_layers {
+        return refuse("attention.windows", "a window list not matching the layer count".into());
+    }
+    Ok(())
+}

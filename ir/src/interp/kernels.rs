@@ -1,0 +1,379 @@
+//! One plain-Rust implementation per op: the semantics of the IR, written to be obviously right
+//! rather than fast. Float math is done in f64 and rounded to the result type; reductions and
+//! matmul accumulate in f64.
+
+use super::tensor::{strides, Data, Tensor};
+use crate::dim::Bindings;
+use crate::dtype::DType;
+use crate::op::{BinaryOp, Literal, Op, ReduceOp, ScatterMode, UnaryOp};
+
+/// Evaluates `op` on concrete operands, producing a tensor of the given dtype and shape (the
+/// node's type under the current symbol bindings).
+pub fn eval(op: &Op, xs: &[&Tensor], dtype: DType, shape: Vec<usize>, env: &Bindings) -> Result<Tensor, String> {
+    let numel: usize = shape.iter().product();
+    let data = match op {
+        Op::Input { .. } | Op::Weight { .. } => unreachable!("sources are bound, not evaluated"),
+        Op::Const(Literal::Splat(v)) => return Ok(Tensor::from_f64(dtype, &shape, std::iter::repeat_n(*v, numel))),
+        Op::Const(Literal::Dense(vs)) => return Ok(Tensor::from_f64(dtype, &shape, vs.iter().copied())),
+        Op::Iota { axis } => {
+            let st = strides(&shape);
+            let values = (0..numel).map(|i| ((i / st[*axis]) % shape[*axis]) as f64);
+            return Ok(Tensor::from_f64(dtype, &shape, values));
+        }
+        Op::Unary(u) => unary(*u, &xs[0].data),
+        Op::Binary(b) => binary(*b, &xs[0].data, &xs[1].data)?,
+        Op::Select => {
+            let Data::Bool(c) = &xs[0].data else { unreachable!("verified bool condition") };
+            match (&xs[1].data, &xs[2].data) {
+                (Data::Float(a), Data::Float(b)) => Data::Float(zip3(c, a, b)),
+                (Data::Int(a), Data::Int(b)) => Data::Int(zip3(c, a, b)),
+                (Data::Bool(a), Data::Bool(b)) => Data::Bool(zip3(c, a, b)),
+                _ => unreachable!("verified same types"),
+            }
+        }
+        Op::Cast => return Ok(cast(xs[0], dtype)),
+        Op::Reduce { op, axes } => reduce(*op, xs[0], axes, &shape),
+        Op::MatMul => matmul(xs[0], xs[1], &shape),
+        Op::Reshape => xs[0].data.clone(),
+        Op::Permute { perm } => {
+            let src = strides(&xs[0].shape);
+            let src_strides: Vec<usize> = perm.iter().map(|&p| src[p]).collect();
+            xs[0].data.take(&map_indices(&shape, &src_strides))
+        }
+        Op::Broadcast => {
+            let x = xs[0];
+            let offset = shape.len() - x.shape.len();
+            let src = strides(&x.shape);
+            let mut src_strides = vec![0; shape.len()];
+            for (i, &n) in x.shape.iter().enumerate() {
+                src_strides[offset + i] = if n == 1 { 0 } else { src[i] };
+            }
+            x.data.take(&map_indices(&shape, &src_strides))
+        }
+        Op::Slice { axis, start, end } => {
+            let x = xs[0];
+            let (s, e) = (start.eval(env).ok_or("unbound slice start")?, end.eval(env).ok_or("unbound slice end")?);
+            if s > e || e > x.shape[*axis] {
+                return Err(format!("slice {s}..{e} out of range for axis length {}", x.shape[*axis]));
+            }
+            let src = strides(&x.shape);
+            let base = s * src[*axis];
+            let idx: Vec<usize> = map_indices(&shape, &src).into_iter().map(|i| i + base).collect();
+            x.data.take(&idx)
+        }
+        Op::Concat { axis } => concat(xs, *axis, &shape),
+        Op::Gather { axis } => {
+            let (data, idx) = (xs[0], xs[1]);
+            let pre: usize = data.shape[..*axis].iter().product();
+            let len = data.shape[*axis];
+            let post: usize = data.shape[axis + 1..].iter().product();
+            let indices = int_values(idx, len)?;
+            let mut out = Vec::with_capacity(numel);
+            for p in 0..pre {
+                for &i in &indices {
+                    out.extend((0..post).map(|q| (p * len + i) * post + q));
+                }
+            }
+            data.data.take(&out)
+        }
+        Op::Scatter { axis, mode } => scatter(xs, *axis, *mode)?,
+    };
+    Ok(Tensor::new(dtype, shape, data))
+}
+
+fn zip3<T: Copy>(c: &[bool], a: &[T], b: &[T]) -> Vec<T> {
+    c.iter().zip(a.iter().zip(b)).map(|(&c, (&a, &b))| if c { a } else { b }).collect()
+}
+
+/// For every result position (row-major over `shape`), the source index `Σ idxᵢ·src_strides[i]`.
+fn map_indices(shape: &[usize], src_strides: &[usize]) -> Vec<usize> {
+    let numel: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(numel);
+    let mut idx = vec![0usize; shape.len()];
+    let mut offset = 0usize;
+    for _ in 0..numel {
+        out.push(offset);
+        for d in (0..shape.len()).rev() {
+            idx[d] += 1;
+            offset += src_strides[d];
+            if idx[d] < shape[d] {
+                break;
+            }
+            offset -= src_strides[d] * shape[d];
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
+fn int_values(t: &Tensor, bound: usize) -> Result<Vec<usize>, String> {
+    let Data::Int(v) = &t.data else { unreachable!("verified integer indices") };
+    v.iter()
+        .map(|&i| {
+            usize::try_from(i)
+                .ok()
+                .filter(|&i| i < bound)
+                .ok_or_else(|| format!("index {i} out of range 0..{bound}"))
+        })
+        .collect()
+}
+
+fn unary(op: UnaryOp, x: &Data) -> Data {
+    match x {
+        Data::Float(v) => Data::Float(
+            v.iter()
+                .map(|&a| {
+                    let a = a as f64;
+                    (match op {
+                        UnaryOp::Neg => -a,
+                        UnaryOp::Abs => a.abs(),
+                        UnaryOp::Exp => a.exp(),
+                        UnaryOp::Log => a.ln(),
+                        UnaryOp::Sqrt => a.sqrt(),
+                        UnaryOp::Rsqrt => 1.0 / a.sqrt(),
+                        UnaryOp::Recip => 1.0 / a,
+                        UnaryOp::Tanh => a.tanh(),
+                        UnaryOp::Erf => libm::erf(a),
+                        UnaryOp::Sigmoid => 1.0 / (1.0 + (-a).exp()),
+                        UnaryOp::Sin => a.sin(),
+                        UnaryOp::Cos => a.cos(),
+                        UnaryOp::Not => unreachable!("verified dtype"),
+                    }) as f32
+                })
+                .collect(),
+        ),
+        Data::Int(v) => Data::Int(
+            v.iter()
+                .map(|&a| match op {
+                    UnaryOp::Neg => a.wrapping_neg(),
+                    UnaryOp::Abs => a.wrapping_abs(),
+                    _ => unreachable!("verified dtype"),
+                })
+                .collect(),
+        ),
+        Data::Bool(v) => Data::Bool(v.iter().map(|&a| !a).collect()),
+    }
+}
+
+fn compare<T: PartialOrd>(op: BinaryOp, a: T, b: T) -> bool {
+    match op {
+        BinaryOp::Eq => a == b,
+        BinaryOp::Ne => a != b,
+        BinaryOp::Lt => a < b,
+        BinaryOp::Le => a <= b,
+        BinaryOp::Gt => a > b,
+        BinaryOp::Ge => a >= b,
+        _ => unreachable!("not a comparison"),
+    }
+}
+
+fn binary(op: BinaryOp, x: &Data, y: &Data) -> Result<Data, String> {
+    Ok(match (x, y) {
+        (Data::Float(a), Data::Float(b)) if op.is_compare() => {
+            Data::Bool(a.iter().zip(b).map(|(&a, &b)| compare(op, a, b)).collect())
+        }
+        (Data::Float(a), Data::Float(b)) => Data::Float(
+            a.iter()
+                .zip(b)
+                .map(|(&a, &b)| {
+                    let (a, b) = (a as f64, b as f64);
+                    (match op {
+                        BinaryOp::Add => a + b,
+                        BinaryOp::Sub => a - b,
+                        BinaryOp::Mul => a * b,
+                        BinaryOp::Div => a / b,
+                        BinaryOp::Max => a.max(b),
+                        BinaryOp::Min => a.min(b),
+                        BinaryOp::Pow => a.powf(b),
+                        _ => unreachable!("verified dtype"),
+                    }) as f32
+                })
+                .collect(),
+        ),
+        (Data::Int(a), Data::Int(b)) if op.is_compare() => {
+            Data::Bool(a.iter().zip(b).map(|(&a, &b)| compare(op, a, b)).collect())
+        }
+        (Data::Int(a), Data::Int(b)) => Data::Int(
+            a.iter()
+                .zip(b)
+                .map(|(&a, &b)| {
+                    Ok(match op {
+                        BinaryOp::Add => a.wrapping_add(b),
+                        BinaryOp::Sub => a.wrapping_sub(b),
+                        BinaryOp::Mul => a.wrapping_mul(b),
+                        BinaryOp::Div => a.checked_div(b).ok_or("integer division by zero")?,
+                        BinaryOp::Max => a.max(b),
+                        BinaryOp::Min => a.min(b),
+                        _ => unreachable!("verified dtype"),
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        ),
+        (Data::Bool(a), Data::Bool(b)) => Data::Bool(
+            a.iter()
+                .zip(b)
+                .map(|(&a, &b)| match op {
+                    BinaryOp::And => a && b,
+                    BinaryOp::Or => a || b,
+                    BinaryOp::Eq => a == b,
+                    BinaryOp::Ne => a != b,
+                    _ => unreachable!("verified dtype"),
+                })
+                .collect(),
+        ),
+        _ => unreachable!("verified same dtypes"),
+    })
+}
+
+fn cast(x: &Tensor, dtype: DType) -> Tensor {
+    let data = match (&x.data, dtype) {
+        (Data::Float(v), d) if d.is_float() => Data::Float(v.clone()),
+        (Data::Float(v), d) if d.is_int() => Data::Int(v.iter().map(|&a| a as i64).collect()),
+        (Data::Int(v), d) if d.is_float() => Data::Float(v.iter().map(|&a| a as f32).collect()),
+        (Data::Int(v), d) if d.is_int() => Data::Int(v.clone()),
+        (Data::Bool(v), d) if d.is_float() => Data::Float(v.iter().map(|&a| a as u8 as f32).collect()),
+        (Data::Bool(v), d) if d.is_int() => Data::Int(v.iter().map(|&a| a as i64).collect()),
+        (Data::Bool(v), _) => Data::Bool(v.clone()),
+        (data, _) => Data::Bool((0..data.len()).map(|i| data.get_f64(i) != 0.0).collect()),
+    };
+    Tensor::new(dtype, x.shape.clone(), data)
+}
+
+fn reduce(op: ReduceOp, x: &Tensor, axes: &[usize], out_shape: &[usize]) -> Data {
+    let numel: usize = out_shape.iter().product();
+    let count: usize = axes.iter().map(|&a| x.shape[a]).product();
+    // Each source element lands in the result position with reduced axes zeroed.
+    let out_strides = strides(out_shape);
+    let mut dst_strides = out_strides.clone();
+    for &a in axes {
+        dst_strides[a] = 0;
+    }
+    let dst = map_indices(&x.shape, &dst_strides);
+    match &x.data {
+        Data::Float(v) => {
+            let init = if op == ReduceOp::Max { f64::NEG_INFINITY } else { 0.0 };
+            let mut acc = vec![init; numel];
+            for (&d, &a) in dst.iter().zip(v) {
+                let a = a as f64;
+                acc[d] = if op == ReduceOp::Max { acc[d].max(a) } else { acc[d] + a };
+            }
+            if op == ReduceOp::Mean {
+                acc.iter_mut().for_each(|a| *a /= count as f64);
+            }
+            Data::Float(acc.into_iter().map(|a| a as f32).collect())
+        }
+        Data::Int(v) => {
+            let init = if op == ReduceOp::Max { i64::MIN } else { 0 };
+            let mut acc = vec![init; numel];
+            for (&d, &a) in dst.iter().zip(v) {
+                acc[d] = if op == ReduceOp::Max { acc[d].max(a) } else { acc[d].wrapping_add(a) };
+            }
+            Data::Int(acc)
+        }
+        Data::Bool(_) => unreachable!("verified dtype"),
+    }
+}
+
+fn matmul(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Data {
+    let r = out_shape.len();
+    let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
+    let k = a.shape[a.shape.len() - 1];
+    let batch_shape = &out_shape[..r - 2];
+    // Offset of each batch's matrix in an operand, with broadcasting of size-1 / missing axes.
+    let batch_offsets = |t: &Tensor| -> Vec<usize> {
+        let tb = &t.shape[..t.shape.len() - 2];
+        let mat = t.shape[t.shape.len() - 2] * t.shape[t.shape.len() - 1];
+        let ts = strides(tb);
+        let offset = batch_shape.len() - tb.len();
+        let mut s = vec![0; batch_shape.len()];
+        for (i, &n) in tb.iter().enumerate() {
+            s[offset + i] = if n == 1 { 0 } else { ts[i] * mat };
+        }
+        map_indices(batch_shape, &s)
+    };
+    let (ao, bo) = (batch_offsets(a), batch_offsets(b));
+    match (&a.data, &b.data) {
+        (Data::Float(x), Data::Float(y)) => {
+            let mut out = Vec::with_capacity(ao.len() * m * n);
+            for (&oa, &ob) in ao.iter().zip(&bo) {
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut acc = 0f64;
+                        for p in 0..k {
+                            acc += x[oa + i * k + p] as f64 * y[ob + p * n + j] as f64;
+                        }
+                        out.push(acc as f32);
+                    }
+                }
+            }
+            Data::Float(out)
+        }
+        (Data::Int(x), Data::Int(y)) => {
+            let mut out = Vec::with_capacity(ao.len() * m * n);
+            for (&oa, &ob) in ao.iter().zip(&bo) {
+                for i in 0..m {
+                    for j in 0..n {
+                        out.push((0..k).map(|p| x[oa + i * k + p].wrapping_mul(y[ob + p * n + j])).sum());
+                    }
+                }
+            }
+            Data::Int(out)
+        }
+        _ => unreachable!("verified numeric operands"),
+    }
+}
+
+fn concat(xs: &[&Tensor], axis: usize, shape: &[usize]) -> Data {
+    let pre: usize = shape[..axis].iter().product();
+    let post: usize = shape[axis + 1..].iter().product();
+    // Gather (operand, index) pairs row by row, then flatten per data kind.
+    let mut picks: Vec<(usize, usize)> = Vec::with_capacity(shape.iter().product());
+    for p in 0..pre {
+        for (k, x) in xs.iter().enumerate() {
+            let len = x.shape[axis];
+            picks.extend((0..len * post).map(|q| (k, p * len * post + q)));
+        }
+    }
+    match &xs[0].data {
+        Data::Float(_) => Data::Float(picks.iter().map(|&(k, i)| match &xs[k].data {
+            Data::Float(v) => v[i],
+            _ => unreachable!("verified same dtypes"),
+        }).collect()),
+        Data::Int(_) => Data::Int(picks.iter().map(|&(k, i)| match &xs[k].data {
+            Data::Int(v) => v[i],
+            _ => unreachable!("verified same dtypes"),
+        }).collect()),
+        Data::Bool(_) => Data::Bool(picks.iter().map(|&(k, i)| match &xs[k].data {
+            Data::Bool(v) => v[i],
+            _ => unreachable!("verified same dtypes"),
+        }).collect()),
+    }
+}
+
+fn scatter(xs: &[&Tensor], axis: usize, mode: ScatterMode) -> Result<Data, String> {
+    let (data, idx, upd) = (xs[0], xs[1], xs[2]);
+    let pre: usize = data.shape[..axis].iter().product();
+    let len = data.shape[axis];
+    let post: usize = data.shape[axis + 1..].iter().product();
+    let indices = int_values(idx, len)?;
+    let mut out = data.data.clone();
+    let mut u = 0usize;
+    for p in 0..pre {
+        for &i in &indices {
+            for q in 0..post {
+                let d = (p * len + i) * post + q;
+                match (&mut out, &upd.data, mode) {
+                    (Data::Float(o), Data::Float(v), ScatterMode::Add) => o[d] = (o[d] as f64 + v[u] as f64) as f32,
+                    (Data::Float(o), Data::Float(v), ScatterMode::Replace) => o[d] = v[u],
+                    (Data::Int(o), Data::Int(v), ScatterMode::Add) => o[d] = o[d].wrapping_add(v[u]),
+                    (Data::Int(o), Data::Int(v), ScatterMode::Replace) => o[d] = v[u],
+                    (Data::Bool(o), Data::Bool(v), ScatterMode::Replace) => o[d] = v[u],
+                    (Data::Bool(o), Data::Bool(v), ScatterMode::Add) => o[d] |= v[u],
+                    _ => unreachable!("verified same dtypes"),
+                }
+                u += 1;
+            }
+        }
+    }
+    Ok(out)
+}

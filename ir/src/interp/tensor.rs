@@ -1,0 +1,116 @@
+//! Concrete tensors of the reference interpreter.
+//!
+//! Floats are held as `f32` whatever their dtype; `f16` and `bf16` values are rounded to their
+//! type after every op that produces them, so the interpreter reproduces narrow-type rounding.
+//! `i32` and `i64` are held as `i64` (an `i32` result wraps to 32 bits), `bool` as `bool`.
+
+use crate::dtype::DType;
+use half::{bf16, f16};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    Float(Vec<f32>),
+    Int(Vec<i64>),
+    Bool(Vec<bool>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: Data,
+}
+
+impl Data {
+    pub fn len(&self) -> usize {
+        match self {
+            Data::Float(v) => v.len(),
+            Data::Int(v) => v.len(),
+            Data::Bool(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The elements at `indices`, in that order.
+    pub fn take(&self, indices: &[usize]) -> Data {
+        match self {
+            Data::Float(v) => Data::Float(indices.iter().map(|&i| v[i]).collect()),
+            Data::Int(v) => Data::Int(indices.iter().map(|&i| v[i]).collect()),
+            Data::Bool(v) => Data::Bool(indices.iter().map(|&i| v[i]).collect()),
+        }
+    }
+
+    /// Element `i` as f64 (bool as 0/1).
+    pub fn get_f64(&self, i: usize) -> f64 {
+        match self {
+            Data::Float(v) => v[i] as f64,
+            Data::Int(v) => v[i] as f64,
+            Data::Bool(v) => v[i] as u8 as f64,
+        }
+    }
+}
+
+impl Tensor {
+    pub fn new(dtype: DType, shape: Vec<usize>, data: Data) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor data does not fill its shape");
+        let mut t = Tensor { dtype, shape, data };
+        t.round();
+        t
+    }
+
+    pub fn f32(shape: &[usize], values: Vec<f32>) -> Tensor {
+        Tensor::new(DType::F32, shape.to_vec(), Data::Float(values))
+    }
+
+    pub fn i64(shape: &[usize], values: Vec<i64>) -> Tensor {
+        Tensor::new(DType::I64, shape.to_vec(), Data::Int(values))
+    }
+
+    /// A tensor of `dtype` from f64 values (floats rounded to the type, integers truncated
+    /// toward zero, bool as `≠ 0`).
+    pub fn from_f64(dtype: DType, shape: &[usize], values: impl IntoIterator<Item = f64>) -> Tensor {
+        let data = match dtype {
+            d if d.is_float() => Data::Float(values.into_iter().map(|v| v as f32).collect()),
+            d if d.is_int() => Data::Int(values.into_iter().map(|v| v as i64).collect()),
+            _ => Data::Bool(values.into_iter().map(|v| v != 0.0).collect()),
+        };
+        Tensor::new(dtype, shape.to_vec(), data)
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn to_f64(&self) -> Vec<f64> {
+        (0..self.data.len()).map(|i| self.data.get_f64(i)).collect()
+    }
+
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            Data::Float(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Rounds values to what the dtype can hold.
+    pub(crate) fn round(&mut self) {
+        match (&mut self.data, self.dtype) {
+            (Data::Float(v), DType::F16) => v.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32()),
+            (Data::Float(v), DType::BF16) => v.iter_mut().for_each(|x| *x = bf16::from_f32(*x).to_f32()),
+            (Data::Int(v), DType::I32) => v.iter_mut().for_each(|x| *x = *x as i32 as i64),
+            _ => {}
+        }
+    }
+}
+
+/// Row-major strides of a shape.
+pub fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}

@@ -1,0 +1,277 @@
+//! The closed set of operations.
+//!
+//! Frontends emit only the primitives below; structured ops (fused attention, fused regions, …)
+//! are added to this enum by the passes that introduce them. Every op has exactly one result.
+//! Ops listed as *typed* take their result type from the node (the graph stores it and the text
+//! form prints it); for every other op the result type follows from the operands
+//! (see `infer.rs`).
+//!
+//! | group | ops | operands |
+//! | --- | --- | --- |
+//! | sources | `input`, `weight`, `const`, `iota` (typed) | none |
+//! | elementwise | unary, binary, compare, `select`, `cast` (typed) | same shapes (broadcast is explicit) |
+//! | reduce | `reduce_sum`, `reduce_max`, `reduce_mean` | one; reduced axes are kept with size 1 |
+//! | contraction | `matmul` | `[.., m, k] × [.., k, n]`, batch dims broadcast |
+//! | layout | `reshape`, `broadcast` (typed), `permute`, `slice`, `concat` | |
+//! | indexing | `gather`, `scatter`, `scatter_add` | data, integer indices (, updates) |
+
+use crate::dim::Dim;
+
+macro_rules! named_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $v),* }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$v),*];
+            /// The name in the canonical text form.
+            pub fn name(self) -> &'static str {
+                match self { $($name::$v => $s),* }
+            }
+            pub fn from_name(s: &str) -> Option<$name> {
+                Self::ALL.iter().copied().find(|op| op.name() == s)
+            }
+        }
+    };
+}
+
+named_enum!(
+    /// Elementwise functions of one tensor; the result has the operand's type.
+    UnaryOp {
+        /// `-x` (numbers).
+        Neg => "neg",
+        /// `|x|` (numbers).
+        Abs => "abs",
+        /// `eˣ` (floats).
+        Exp => "exp",
+        /// natural logarithm (floats).
+        Log => "log",
+        /// `√x` (floats).
+        Sqrt => "sqrt",
+        /// `1/√x` (floats).
+        Rsqrt => "rsqrt",
+        /// `1/x` (floats).
+        Recip => "recip",
+        /// hyperbolic tangent (floats).
+        Tanh => "tanh",
+        /// Gauss error function (floats).
+        Erf => "erf",
+        /// `1/(1+e⁻ˣ)` (floats).
+        Sigmoid => "sigmoid",
+        /// sine (floats).
+        Sin => "sin",
+        /// cosine (floats).
+        Cos => "cos",
+        /// logical not (bool).
+        Not => "not",
+    }
+);
+
+impl UnaryOp {
+    pub fn accepts(self, dtype: crate::DType) -> bool {
+        match self {
+            UnaryOp::Neg | UnaryOp::Abs => dtype != crate::DType::Bool,
+            UnaryOp::Not => dtype == crate::DType::Bool,
+            _ => dtype.is_float(),
+        }
+    }
+}
+
+named_enum!(
+    /// Elementwise functions of two tensors of the same type.
+    BinaryOp {
+        /// `a + b`.
+        Add => "add",
+        /// `a - b`.
+        Sub => "sub",
+        /// `a · b`.
+        Mul => "mul",
+        /// `a / b` (integers: truncating).
+        Div => "div",
+        /// larger of the two.
+        Max => "max",
+        /// smaller of the two.
+        Min => "min",
+        /// `aᵇ` (floats).
+        Pow => "pow",
+        /// logical and (bool).
+        And => "and",
+        /// logical or (bool).
+        Or => "or",
+        /// `a == b` → bool.
+        Eq => "eq",
+        /// `a != b` → bool.
+        Ne => "ne",
+        /// `a < b` → bool.
+        Lt => "lt",
+        /// `a <= b` → bool.
+        Le => "le",
+        /// `a > b` → bool.
+        Gt => "gt",
+        /// `a >= b` → bool.
+        Ge => "ge",
+    }
+);
+
+impl BinaryOp {
+    pub fn is_compare(self) -> bool {
+        matches!(
+            self,
+            BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge
+        )
+    }
+
+    pub fn accepts(self, dtype: crate::DType) -> bool {
+        match self {
+            BinaryOp::And | BinaryOp::Or => dtype == crate::DType::Bool,
+            BinaryOp::Pow => dtype.is_float(),
+            BinaryOp::Eq | BinaryOp::Ne => true,
+            _ => dtype != crate::DType::Bool,
+        }
+    }
+}
+
+named_enum!(
+    /// Reductions over a set of axes.
+    ReduceOp {
+        /// sum (f64 accumulation in the interpreter).
+        Sum => "reduce_sum",
+        /// maximum.
+        Max => "reduce_max",
+        /// arithmetic mean (floats).
+        Mean => "reduce_mean",
+    }
+);
+
+named_enum!(
+    /// How `scatter` combines updates with the data they land on.
+    ScatterMode {
+        /// the update replaces the element (`index_copy`).
+        Replace => "scatter",
+        /// the update is added to the element (`index_add`; the gradient of `gather`).
+        Add => "scatter_add",
+    }
+);
+
+/// A constant's values: one value repeated over the shape, or every element (row-major).
+/// Equality and hashing compare bit patterns, so `NaN` literals are equal to themselves and
+/// CSE may merge them.
+#[derive(Clone, Debug)]
+pub enum Literal {
+    Splat(f64),
+    Dense(Vec<f64>),
+}
+
+impl Literal {
+    fn bits(&self) -> (bool, impl Iterator<Item = u64> + '_) {
+        let (splat, values): (bool, &[f64]) = match self {
+            Literal::Splat(v) => (true, std::slice::from_ref(v)),
+            Literal::Dense(vs) => (false, vs),
+        };
+        (splat, values.iter().map(|v| v.to_bits()))
+    }
+}
+
+impl PartialEq for Literal {
+    fn eq(&self, other: &Literal) -> bool {
+        let (a_splat, a) = self.bits();
+        let (b_splat, b) = other.bits();
+        a_splat == b_splat && a.eq(b)
+    }
+}
+
+impl Eq for Literal {}
+
+impl std::hash::Hash for Literal {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (splat, bits) = self.bits();
+        splat.hash(state);
+        bits.for_each(|b| b.hash(state));
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// A runtime input of the program, bound by name (typed).
+    Input { name: String },
+    /// A model parameter, bound by name from the weights (typed).
+    Weight { name: String },
+    /// A constant tensor (typed; dense literals need a fixed shape).
+    Const(Literal),
+    /// The index along `axis` at every position (typed, integer or float).
+    Iota { axis: usize },
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    /// `cond ? a : b` elementwise; `cond` is bool.
+    Select,
+    /// Conversion to the node's element type (typed; shape unchanged).
+    Cast,
+    /// Reduction over `axes` (sorted, unique); each reduced axis stays with size 1.
+    Reduce { op: ReduceOp, axes: Vec<usize> },
+    /// Batched matrix product `[.., m, k] × [.., k, n] → [.., m, n]`; batch dims broadcast.
+    MatMul,
+    /// Same elements, new shape (typed; row-major order unchanged).
+    Reshape,
+    /// Result axis `i` is operand axis `perm[i]`.
+    Permute { perm: Vec<usize> },
+    /// Repeats size-1 (or missing leading) axes up to the node's shape (typed).
+    Broadcast,
+    /// Elements `start..end` along `axis`.
+    Slice { axis: usize, start: Dim, end: Dim },
+    /// Joins the operands along `axis`.
+    Concat { axis: usize },
+    /// `out[pre, idx, post] = data[pre, indices[idx], post]` along `axis`.
+    Gather { axis: usize },
+    /// The inverse of `gather`: writes (or adds) `updates` into a copy of `data` at `indices`.
+    Scatter { axis: usize, mode: ScatterMode },
+}
+
+impl Op {
+    /// The op's name in the canonical text form.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Weight { .. } => "weight",
+            Op::Const(_) => "const",
+            Op::Iota { .. } => "iota",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Select => "select",
+            Op::Cast => "cast",
+            Op::Reduce { op, .. } => op.name(),
+            Op::MatMul => "matmul",
+            Op::Reshape => "reshape",
+            Op::Permute { .. } => "permute",
+            Op::Broadcast => "broadcast",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+            Op::Gather { .. } => "gather",
+            Op::Scatter { mode, .. } => mode.name(),
+        }
+    }
+
+    /// Sources have no operands and are not computed from other values.
+    pub fn is_source(&self) -> bool {
+        matches!(
+            self,
+            Op::Input { .. } | Op::Weight { .. } | Op::Const(_) | Op::Iota { .. }
+        )
+    }
+
+    /// Ops whose result type is stored on the node rather than derived from operands.
+    pub fn is_typed(&self) -> bool {
+        self.is_source() || matches!(self, Op::Cast | Op::Reshape | Op::Broadcast)
+    }
+
+    /// The number of operands, `None` for variadic `concat`.
+    pub fn arity(&self) -> Option<usize> {
+        Some(match self {
+            Op::Input { .. } | Op::Weight { .. } | Op::Const(_) | Op::Iota { .. } => 0,
+            Op::Unary(_) | Op::Cast | Op::Reduce { .. } | Op::Reshape => 1,
+            Op::Permute { .. } | Op::Broadcast | Op::Slice { .. } => 1,
+            Op::Binary(_) | Op::MatMul | Op::Gather { .. } => 2,
+            Op::Select | Op::Scatter { .. } => 3,
+            Op::Concat { .. } => return None,
+        })
+    }
+}
