@@ -20,13 +20,19 @@ fn prefill_matches_transformers(case: &str) {
     kiln_ir::verify(&g).unwrap();
     let inputs: TensorMap = [
         ("input_ids".to_string(), reference["input_ids"].clone()),
-        ("position_ids".to_string(), reference["position_ids"].clone()),
+        (
+            "position_ids".to_string(),
+            reference["position_ids"].clone(),
+        ),
     ]
     .into();
     let out = interpret(&g, &inputs, &weights).unwrap();
     let err = relative_error(&out["logits"], &reference["logits"]);
     println!("{case}: prefill logits relative error {err:.3e}");
-    assert!(err <= TOLERANCE, "{case}: relative error {err:.3e} > {TOLERANCE:e}");
+    assert!(
+        err <= TOLERANCE,
+        "{case}: relative error {err:.3e} > {TOLERANCE:e}"
+    );
 }
 
 /// Decodes the fixture's prompt one token at a time from an empty cache: every step's logits
@@ -44,7 +50,12 @@ fn decode_matches_prefill(case: &str) {
     let att = &spec.attention;
     let mut cache: TensorMap = (0..spec.num_layers)
         .flat_map(|l| ["key", "value"].map(|kind| format!("past_{kind}_{l}")))
-        .map(|name| (name, zeros(DType::F32, &[batch, att.kv_heads, 0, att.head_dim])))
+        .map(|name| {
+            (
+                name,
+                zeros(DType::F32, &[batch, att.kv_heads, 0, att.head_dim]),
+            )
+        })
         .collect();
     let mut worst: f64 = 0.0;
     for step in 0..seq {
@@ -54,16 +65,25 @@ fn decode_matches_prefill(case: &str) {
         let out = interpret(&decode, &inputs, &weights).unwrap();
         for b in 0..batch {
             let expected = take_rows(&reference["logits"], b, step..step + 1);
-            worst = worst.max(relative_error(&take_rows(&out["logits"], b, 0..1), &expected));
+            worst = worst.max(relative_error(
+                &take_rows(&out["logits"], b, 0..1),
+                &expected,
+            ));
         }
         for l in 0..spec.num_layers {
             for kind in ["key", "value"] {
-                cache.insert(format!("past_{kind}_{l}"), out[&format!("{kind}_{l}")].clone());
+                cache.insert(
+                    format!("past_{kind}_{l}"),
+                    out[&format!("{kind}_{l}")].clone(),
+                );
             }
         }
     }
     println!("{case}: decode logits relative error {worst:.3e} (worst step)");
-    assert!(worst <= TOLERANCE, "{case}: decode relative error {worst:.3e}");
+    assert!(
+        worst <= TOLERANCE,
+        "{case}: decode relative error {worst:.3e}"
+    );
     let inputs: TensorMap = [
         ("input_ids".to_string(), ids.clone()),
         ("position_ids".to_string(), positions.clone()),
@@ -72,8 +92,14 @@ fn decode_matches_prefill(case: &str) {
     let full = interpret(&prefill, &inputs, &weights).unwrap();
     for l in 0..spec.num_layers {
         for kind in ["key", "value"] {
-            let err = relative_error(&cache[&format!("past_{kind}_{l}")], &full[&format!("{kind}_{l}")]);
-            assert!(err <= 1e-5, "{case}: {kind} cache of layer {l} differs from prefill's by {err:.3e}");
+            let err = relative_error(
+                &cache[&format!("past_{kind}_{l}")],
+                &full[&format!("{kind}_{l}")],
+            );
+            assert!(
+                err <= 1e-5,
+                "{case}: {kind} cache of layer {l} differs from prefill's by {err:.3e}"
+            );
         }
     }
 }
@@ -98,15 +124,24 @@ fn rope_tables_match_transformers() {
         let dir = fixture_dir(case);
         let spec = load_spec(&dir).unwrap();
         let reference = read_safetensors(&dir.join("reference.safetensors"));
-        let kiln_frontend::spec::Position::Rope(rope) = &spec.position else { panic!("{case}: not RoPE") };
+        let kiln_frontend::spec::Position::Rope(rope) = &spec.position else {
+            panic!("{case}: not RoPE")
+        };
         let tables = kiln_frontend::rope::tables(rope, spec.attention.head_dim, spec.max_positions);
         let expected = reference["rope_inv_freq"].to_f64();
         assert_eq!(tables.inv_freq.len(), expected.len(), "{case}");
         for (i, (a, b)) in tables.inv_freq.iter().zip(&expected).enumerate() {
-            assert!((a - b).abs() <= 1e-6 * b.abs(), "{case}: inv_freq[{i}] = {a}, transformers {b}");
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs(),
+                "{case}: inv_freq[{i}] = {a}, transformers {b}"
+            );
         }
         let scaling = reference["rope_attention_scaling"].to_f64()[0];
-        assert!((tables.attention_scaling - scaling).abs() < 1e-6, "{case}: scaling {} vs {scaling}", tables.attention_scaling);
+        assert!(
+            (tables.attention_scaling - scaling).abs() < 1e-6,
+            "{case}: scaling {} vs {scaling}",
+            tables.attention_scaling
+        );
     }
 }
 

@@ -13,7 +13,11 @@ pub struct FrontendError {
 }
 
 impl FrontendError {
-    pub fn new(file: impl Into<String>, field: Option<&str>, message: impl Into<String>) -> FrontendError {
+    pub fn new(
+        file: impl Into<String>,
+        field: Option<&str>,
+        message: impl Into<String>,
+    ) -> FrontendError {
         FrontendError {
             file: file.into(),
             field: field.map(str::to_string),

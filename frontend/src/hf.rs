@@ -18,24 +18,39 @@ pub fn read_config(text: &str, file: &str) -> Result<ModelSpec, FrontendError> {
         FrontendError::new(
             file,
             None,
-            format!("not valid JSON (line {}, column {}): {e}", e.line(), e.column()),
+            format!(
+                "not valid JSON (line {}, column {}): {e}",
+                e.line(),
+                e.column()
+            ),
         )
     })?;
     let f = Fields::new(file, &value)?;
-    let family = f
-        .opt_str("model_type")?
-        .ok_or_else(|| f.error("model_type", format!("missing (expected one of {})", FAMILIES.join(", "))))?;
+    let family = f.opt_str("model_type")?.ok_or_else(|| {
+        f.error(
+            "model_type",
+            format!("missing (expected one of {})", FAMILIES.join(", ")),
+        )
+    })?;
     if !FAMILIES.contains(&family) {
         return Err(f.error(
             "model_type",
-            format!("unknown model type `{family}` (expected one of {})", FAMILIES.join(", ")),
+            format!(
+                "unknown model type `{family}` (expected one of {})",
+                FAMILIES.join(", ")
+            ),
         ));
     }
     let hidden_size = f.positive("hidden_size")?;
     let num_layers = f.positive("num_hidden_layers")?;
     let heads = f.positive("num_attention_heads")?;
     let kv_heads = match f.opt_usize("num_key_value_heads")? {
-        Some(0) => return Err(f.error("num_key_value_heads", "expected a positive integer, found 0")),
+        Some(0) => {
+            return Err(f.error(
+                "num_key_value_heads",
+                "expected a positive integer, found 0",
+            ))
+        }
         Some(n) => n,
         None => heads,
     };
@@ -108,7 +123,9 @@ fn activation(f: &Fields) -> Result<Activation, FrontendError> {
         "relu" => Ok(Activation::Relu),
         other => Err(f.error(
             "hidden_act",
-            format!("unknown activation `{other}` (expected silu, gelu, gelu_pytorch_tanh or relu)"),
+            format!(
+                "unknown activation `{other}` (expected silu, gelu, gelu_pytorch_tanh or relu)"
+            ),
         )),
     }
 }
@@ -116,20 +133,30 @@ fn activation(f: &Fields) -> Result<Activation, FrontendError> {
 /// The attention window of each layer: v5 `layer_types` when present, else the family's rule
 /// (Mistral: every layer slides when `sliding_window` is set; Qwen2: layers from
 /// `max_window_layers` on slide when `use_sliding_window` is true).
-fn windows(f: &Fields, family: &str, num_layers: usize) -> Result<Vec<AttentionWindow>, FrontendError> {
+fn windows(
+    f: &Fields,
+    family: &str,
+    num_layers: usize,
+) -> Result<Vec<AttentionWindow>, FrontendError> {
     let window = f.opt_usize("sliding_window")?;
     let sliding = |key: &str| -> Result<AttentionWindow, FrontendError> {
         match window {
             Some(0) => Err(f.error("sliding_window", "expected a positive integer, found 0")),
             Some(w) => Ok(AttentionWindow::Sliding(w)),
-            None => Err(f.error(key, "asks for sliding attention but `sliding_window` is not set")),
+            None => Err(f.error(
+                key,
+                "asks for sliding attention but `sliding_window` is not set",
+            )),
         }
     };
     if let Some(types) = f.opt_str_array("layer_types")? {
         if types.len() != num_layers {
             return Err(f.error(
                 "layer_types",
-                format!("has {} entries, expected one per layer ({num_layers})", types.len()),
+                format!(
+                    "has {} entries, expected one per layer ({num_layers})",
+                    types.len()
+                ),
             ));
         }
         return types
@@ -146,32 +173,51 @@ fn windows(f: &Fields, family: &str, num_layers: usize) -> Result<Vec<AttentionW
     }
     let first_sliding = match family {
         "mistral" if window.is_some() => 0,
-        "qwen2" if f.bool_or("use_sliding_window", false)? => f.opt_usize("max_window_layers")?.unwrap_or(28),
+        "qwen2" if f.bool_or("use_sliding_window", false)? => {
+            f.opt_usize("max_window_layers")?.unwrap_or(28)
+        }
         _ => num_layers,
     };
     (0..num_layers)
-        .map(|i| if i >= first_sliding { sliding("sliding_window") } else { Ok(AttentionWindow::Full) })
+        .map(|i| {
+            if i >= first_sliding {
+                sliding("sliding_window")
+            } else {
+                Ok(AttentionWindow::Full)
+            }
+        })
         .collect()
 }
 
 /// RoPE parameters from v5 `rope_parameters`, or v4 `rope_theta` + `rope_scaling`.
 fn rope(f: &Fields, family: &str, head_dim: usize) -> Result<Rope, FrontendError> {
-    let default_theta = if family == "qwen2" { 1_000_000.0 } else { 10_000.0 };
+    let default_theta = if family == "qwen2" {
+        1_000_000.0
+    } else {
+        10_000.0
+    };
     let (params, theta) = match f.opt_object("rope_parameters")? {
         Some(p) => {
             let theta = p.f64_or("rope_theta", f.f64_or("rope_theta", default_theta)?)?;
             (Some(p), theta)
         }
-        None => (f.opt_object("rope_scaling")?, f.f64_or("rope_theta", default_theta)?),
+        None => (
+            f.opt_object("rope_scaling")?,
+            f.f64_or("rope_theta", default_theta)?,
+        ),
     };
     if theta <= 0.0 {
-        return Err(f.error("rope_theta", format!("expected a positive number, found {theta}")));
+        return Err(f.error(
+            "rope_theta",
+            format!("expected a positive number, found {theta}"),
+        ));
     }
     let partial = match &params {
         Some(p) if p.has("partial_rotary_factor") => p.f64_or("partial_rotary_factor", 1.0)?,
         _ => f.f64_or("partial_rotary_factor", 1.0)?,
     };
-    if !(partial > 0.0 && partial <= 1.0) || (head_dim as f64 * partial) as usize % 2 != 0 {
+    let rotated = (head_dim as f64 * partial) as usize;
+    if !(partial > 0.0 && partial <= 1.0 && rotated.is_multiple_of(2)) {
         return Err(f.error(
             "partial_rotary_factor",
             format!("{partial} must be in (0, 1] and rotate an even number of the {head_dim} head dimensions"),

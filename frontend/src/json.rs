@@ -13,9 +13,9 @@ pub struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     pub fn new(file: &'a str, value: &'a Value) -> Result<Fields<'a>, FrontendError> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| FrontendError::new(file, None, "expected a JSON object at the top level"))?;
+        let obj = value.as_object().ok_or_else(|| {
+            FrontendError::new(file, None, "expected a JSON object at the top level")
+        })?;
         Ok(Fields {
             file,
             prefix: String::new(),
@@ -36,7 +36,12 @@ impl<'a> Fields<'a> {
         self.get(key).is_some()
     }
 
-    fn typed<T>(&self, key: &str, what: &str, f: impl Fn(&'a Value) -> Option<T>) -> Result<Option<T>, FrontendError> {
+    fn typed<T>(
+        &self,
+        key: &str,
+        what: &str,
+        f: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>, FrontendError> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => f(v)
@@ -46,7 +51,9 @@ impl<'a> Fields<'a> {
     }
 
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>, FrontendError> {
-        self.typed(key, "a non-negative integer", |v| v.as_u64().map(|n| n as usize))
+        self.typed(key, "a non-negative integer", |v| {
+            v.as_u64().map(|n| n as usize)
+        })
     }
 
     /// A required positive integer.
@@ -67,7 +74,9 @@ impl<'a> Fields<'a> {
     }
 
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, FrontendError> {
-        Ok(self.typed(key, "true or false", Value::as_bool)?.unwrap_or(default))
+        Ok(self
+            .typed(key, "true or false", Value::as_bool)?
+            .unwrap_or(default))
     }
 
     pub fn opt_str(&self, key: &str) -> Result<Option<&'a str>, FrontendError> {
@@ -75,16 +84,21 @@ impl<'a> Fields<'a> {
     }
 
     pub fn opt_object(&self, key: &str) -> Result<Option<Fields<'a>>, FrontendError> {
-        Ok(self.typed(key, "an object", Value::as_object)?.map(|obj| Fields {
-            file: self.file,
-            prefix: format!("{}{key}.", self.prefix),
-            obj,
-        }))
+        Ok(self
+            .typed(key, "an object", Value::as_object)?
+            .map(|obj| Fields {
+                file: self.file,
+                prefix: format!("{}{key}.", self.prefix),
+                obj,
+            }))
     }
 
     pub fn opt_str_array(&self, key: &str) -> Result<Option<Vec<&'a str>>, FrontendError> {
         self.typed(key, "an array of strings", |v| {
-            v.as_array()?.iter().map(Value::as_str).collect::<Option<Vec<_>>>()
+            v.as_array()?
+                .iter()
+                .map(Value::as_str)
+                .collect::<Option<Vec<_>>>()
         })
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod error;
+pub mod gguf;
 pub mod hf;
 mod json;
 pub mod rope;
@@ -20,12 +21,23 @@ use std::path::Path;
 /// Reads the spec of the model at `path`: a `config.json`, a directory holding one, or a
 /// `.gguf` file.
 pub fn load_spec(path: &Path) -> Result<ModelSpec, FrontendError> {
-    let shown = path.display().to_string();
-    let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+    let file = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
     let file_shown = file.display().to_string();
-    let read_error = |e: std::io::Error| FrontendError::new(&file_shown, None, format!("cannot read: {e}"));
+    let read_error =
+        |e: std::io::Error| FrontendError::new(&file_shown, None, format!("cannot read: {e}"));
     if file.extension().is_some_and(|e| e == "gguf") {
-        return Err(FrontendError::new(shown, None, "GGUF reading is not wired yet"));
+        let gguf = kiln_gguf::read_path(&file).map_err(|e| {
+            let text = e.to_string();
+            let message = text
+                .strip_prefix(&format!("{}: ", e.file()))
+                .unwrap_or(&text);
+            FrontendError::new(e.file(), None, message)
+        })?;
+        return gguf::read_spec(&gguf);
     }
     let text = std::fs::read_to_string(&file).map_err(read_error)?;
     hf::read_config(&text, &file_shown)

@@ -25,7 +25,9 @@ pub fn rotary_dim(rope: &Rope, head_dim: usize) -> usize {
 pub fn tables(rope: &Rope, head_dim: usize, max_positions: usize) -> RopeTables {
     let dim = rotary_dim(rope, head_dim);
     let base = rope.theta;
-    let plain: Vec<f64> = (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f64 / dim as f64)).collect();
+    let plain: Vec<f64> = (0..dim / 2)
+        .map(|i| 1.0 / base.powf((2 * i) as f64 / dim as f64))
+        .collect();
     let unscaled = |inv_freq| RopeTables {
         inv_freq,
         attention_scaling: 1.0,
@@ -52,7 +54,8 @@ pub fn tables(rope: &Rope, head_dim: usize, max_positions: usize) -> RopeTables 
                         } else if wavelen > low_freq_wavelen {
                             f / factor
                         } else {
-                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -74,7 +77,13 @@ pub fn tables(rope: &Rope, head_dim: usize, max_positions: usize) -> RopeTables 
                 Some(orig) => (max_positions as f64 / *orig as f64, *orig as f64),
                 None => (*factor, max_positions as f64),
             };
-            let get_mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
+            let get_mscale = |scale: f64, m: f64| {
+                if scale <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * scale.ln() + 1.0
+                }
+            };
             let attention_scaling = match (attention_factor, mscale, mscale_all_dim) {
                 (Some(a), _, _) => *a,
                 (None, Some(m), Some(all)) if *m != 0.0 && *all != 0.0 => {
@@ -82,8 +91,9 @@ pub fn tables(rope: &Rope, head_dim: usize, max_positions: usize) -> RopeTables 
                 }
                 _ => get_mscale(factor, 1.0),
             };
-            let correction_dim =
-                |rotations: f64| dim as f64 * (original / (rotations * 2.0 * PI)).ln() / (2.0 * base.ln());
+            let correction_dim = |rotations: f64| {
+                dim as f64 * (original / (rotations * 2.0 * PI)).ln() / (2.0 * base.ln())
+            };
             let (mut low, mut high) = (correction_dim(*beta_fast), correction_dim(*beta_slow));
             if *truncate {
                 low = low.floor();
@@ -100,7 +110,8 @@ pub fn tables(rope: &Rope, head_dim: usize, max_positions: usize) -> RopeTables 
                     let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
                     let extrapolation_weight = 1.0 - ramp;
                     let interpolation = extrapolation / factor;
-                    interpolation * (1.0 - extrapolation_weight) + extrapolation * extrapolation_weight
+                    interpolation * (1.0 - extrapolation_weight)
+                        + extrapolation * extrapolation_weight
                 })
                 .collect();
             RopeTables {

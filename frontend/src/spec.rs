@@ -20,12 +20,18 @@ pub enum Layout {
 pub enum Mixer {
     Attention,
     /// Selective state-space scan.
-    Mamba { state_size: usize, conv_kernel: usize, expand: usize },
+    Mamba {
+        state_size: usize,
+        conv_kernel: usize,
+        expand: usize,
+    },
     Rwkv,
     /// Retention (RetNet).
     Retention,
     /// Long implicit convolution.
-    Hyena { order: usize },
+    Hyena {
+        order: usize,
+    },
 }
 
 /// The channel-mixing half of a block.
@@ -33,7 +39,11 @@ pub enum Mixer {
 pub enum Mlp {
     Dense,
     /// Top-k routed experts, optionally with always-on shared experts.
-    Moe { experts: usize, top_k: usize, shared_experts: usize },
+    Moe {
+        experts: usize,
+        top_k: usize,
+        shared_experts: usize,
+    },
 }
 
 /// How the two halves of a block combine with the residual stream.
@@ -100,11 +110,21 @@ pub enum RopeStyle {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// NTK-aware base rescaling once the sequence exceeds `original_max_positions`.
-    Dynamic { factor: f64, original_max_positions: usize },
+    Dynamic {
+        factor: f64,
+        original_max_positions: usize,
+    },
     /// Llama 3.1's wavelength-dependent interpolation.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_positions: usize },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_positions: usize,
+    },
     /// YaRN: ramped interpolation plus an attention temperature folded into cos/sin.
     Yarn {
         factor: f64,
@@ -133,7 +153,10 @@ pub enum Position {
     Sinusoidal,
     Learned,
     /// T5-style bucketed relative bias.
-    RelativeBias { buckets: usize, max_distance: usize },
+    RelativeBias {
+        buckets: usize,
+        max_distance: usize,
+    },
     Rope(Rope),
     Alibi,
 }
@@ -145,7 +168,9 @@ pub enum AttentionWindow {
     /// The query and the `n - 1` keys before it.
     Sliding(usize),
     /// Block-sparse pattern with the given block size.
-    BlockSparse { block: usize },
+    BlockSparse {
+        block: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

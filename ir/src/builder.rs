@@ -97,7 +97,12 @@ impl Graph {
     }
 
     pub fn permute(&mut self, x: NodeId, perm: &[usize]) -> R {
-        self.push(Op::Permute { perm: perm.to_vec() }, &[x])
+        self.push(
+            Op::Permute {
+                perm: perm.to_vec(),
+            },
+            &[x],
+        )
     }
 
     /// Swaps the last two axes.
@@ -128,7 +133,10 @@ impl Graph {
         self.push(Op::Gather { axis }, &[data, indices])
     }
 
-    fn broadcast_together<const N: usize>(&mut self, xs: [NodeId; N]) -> Result<[NodeId; N], IrError> {
+    fn broadcast_together<const N: usize>(
+        &mut self,
+        xs: [NodeId; N],
+    ) -> Result<[NodeId; N], IrError> {
         let mut shape: Vec<Dim> = Vec::new();
         for &x in &xs {
             shape = broadcast_shapes(&shape, &self.ty(x).shape).ok_or_else(|| {

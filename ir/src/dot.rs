@@ -10,7 +10,11 @@ use std::fmt::Write;
 pub fn to_dot(g: &Graph) -> String {
     let mut out = String::new();
     writeln!(out, "digraph \"{}\" {{", escape(&g.name)).unwrap();
-    writeln!(out, "  node [shape=box, fontname=\"monospace\", fontsize=10];").unwrap();
+    writeln!(
+        out,
+        "  node [shape=box, fontname=\"monospace\", fontsize=10];"
+    )
+    .unwrap();
     for &id in g.inputs().iter().chain(g.weights()) {
         let (name, color) = match &g.node(id).op {
             Op::Input { name } => (format!("%{name}"), "lightblue"),
@@ -27,11 +31,22 @@ pub fn to_dot(g: &Graph) -> String {
         }
         node(&mut out, id, &text, "white");
         for (slot, operand) in g.operands(id).into_iter().enumerate() {
-            writeln!(out, "  n{} -> n{} [label=\"{slot}\"];", operand.index(), id.index()).unwrap();
+            writeln!(
+                out,
+                "  n{} -> n{} [label=\"{slot}\"];",
+                operand.index(),
+                id.index()
+            )
+            .unwrap();
         }
     }
     for (name, id) in g.outputs() {
-        writeln!(out, "  \"out_{0}\" [label=\"{0}\", shape=ellipse];", escape(name)).unwrap();
+        writeln!(
+            out,
+            "  \"out_{0}\" [label=\"{0}\", shape=ellipse];",
+            escape(name)
+        )
+        .unwrap();
         writeln!(out, "  n{} -> \"out_{}\";", id.index(), escape(name)).unwrap();
     }
     out.push_str("}\n");
@@ -49,5 +64,7 @@ fn node(out: &mut String, id: NodeId, text: &str, color: &str) {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

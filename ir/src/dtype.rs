@@ -69,6 +69,8 @@ impl FromStr for DType {
         DType::ALL
             .into_iter()
             .find(|d| d.name() == s)
-            .ok_or_else(|| format!("unknown dtype `{s}` (expected one of f32, f16, bf16, i32, i64, bool)"))
+            .ok_or_else(|| {
+                format!("unknown dtype `{s}` (expected one of f32, f16, bf16, i32, i64, bool)")
+            })
     }
 }

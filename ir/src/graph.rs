@@ -104,7 +104,12 @@ impl Graph {
     }
 
     /// Adds an op with a declared result type (required for typed ops, checked for the rest).
-    pub fn push_typed(&mut self, op: Op, operands: &[NodeId], ty: TensorType) -> Result<NodeId, IrError> {
+    pub fn push_typed(
+        &mut self,
+        op: Op,
+        operands: &[NodeId],
+        ty: TensorType,
+    ) -> Result<NodeId, IrError> {
         let types = self.operand_types(operands)?;
         let inferred = infer(&op, &types, Some(&ty)).map_err(IrError::new)?;
         if inferred != ty {
@@ -134,7 +139,11 @@ impl Graph {
                 return Err(IrError::new(format!("symbol `{sym}` is not declared")));
             }
         }
-        let id = self.g.add_node(Node { op, ty, label: None });
+        let id = self.g.add_node(Node {
+            op,
+            ty,
+            label: None,
+        });
         for (slot, &operand) in operands.iter().enumerate() {
             self.g.add_edge(operand, id, slot as u32);
         }
@@ -248,7 +257,10 @@ impl Graph {
 
     /// Removes a node that nothing uses any more. Signature nodes (inputs, weights) stay.
     pub fn remove(&mut self, id: NodeId) {
-        debug_assert!(self.users(id).is_empty(), "removing a node that is still used");
+        debug_assert!(
+            self.users(id).is_empty(),
+            "removing a node that is still used"
+        );
         if !self.inputs.contains(&id) && !self.weights.contains(&id) {
             self.g.remove_node(id);
         }
@@ -299,7 +311,8 @@ impl Graph {
 /// Names of inputs and outputs are `[A-Za-z_][A-Za-z0-9_.]*`; weight names may also start with a
 /// digit and contain `-` (GGUF tensor names do). This keeps them unambiguous in the text form.
 fn check_name(kind: &str, name: &str, weight: bool) -> Result<(), IrError> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.' || (weight && c == '-');
+    let ok_char =
+        |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.' || (weight && c == '-');
     let ok_first = name
         .chars()
         .next()

@@ -18,10 +18,18 @@ pub fn infer(
 ) -> Result<TensorType, String> {
     if let Some(n) = op.arity() {
         if operands.len() != n {
-            return Err(format!("{} takes {n} operands, got {}", op.name(), operands.len()));
+            return Err(format!(
+                "{} takes {n} operands, got {}",
+                op.name(),
+                operands.len()
+            ));
         }
     }
-    let declared = || declared.cloned().ok_or_else(|| format!("{} needs a declared result type", op.name()));
+    let declared = || {
+        declared
+            .cloned()
+            .ok_or_else(|| format!("{} needs a declared result type", op.name()))
+    };
     match op {
         Op::Input { .. } | Op::Weight { .. } => declared(),
         Op::Const(lit) => {
@@ -29,7 +37,12 @@ pub fn infer(
             if let Literal::Dense(values) = lit {
                 match ty.fixed_numel() {
                     Some(n) if n == values.len() => {}
-                    Some(n) => return Err(format!("dense constant has {} values for {n} elements", values.len())),
+                    Some(n) => {
+                        return Err(format!(
+                            "dense constant has {} values for {n} elements",
+                            values.len()
+                        ))
+                    }
                     None => return Err("a dense constant needs a fixed shape".into()),
                 }
             }
@@ -38,7 +51,10 @@ pub fn infer(
         Op::Iota { axis } => {
             let ty = declared()?;
             if *axis >= ty.rank() {
-                return Err(format!("iota axis {axis} out of range for rank {}", ty.rank()));
+                return Err(format!(
+                    "iota axis {axis} out of range for rank {}",
+                    ty.rank()
+                ));
             }
             if ty.dtype == DType::Bool {
                 return Err("iota must produce numbers, not bool".into());
@@ -58,7 +74,11 @@ pub fn infer(
             if !b.accepts(x.dtype) {
                 return Err(format!("{} does not accept {}", b.name(), x.dtype));
             }
-            Ok(if b.is_compare() { x.with_dtype(DType::Bool) } else { x.clone() })
+            Ok(if b.is_compare() {
+                x.with_dtype(DType::Bool)
+            } else {
+                x.clone()
+            })
         }
         Op::Select => {
             let (c, a, b) = (operands[0], operands[1], operands[2]);
@@ -94,10 +114,15 @@ pub fn infer(
             let ty = declared()?;
             let x = operands[0];
             if x.dtype != ty.dtype {
-                return Err(format!("reshape cannot change dtype ({} to {})", x.dtype, ty.dtype));
+                return Err(format!(
+                    "reshape cannot change dtype ({} to {})",
+                    x.dtype, ty.dtype
+                ));
             }
             if element_count_key(&x.shape) != element_count_key(&ty.shape) {
-                return Err(format!("reshape from {x} to {ty} changes the number of elements"));
+                return Err(format!(
+                    "reshape from {x} to {ty} changes the number of elements"
+                ));
             }
             Ok(ty)
         }
@@ -105,20 +130,30 @@ pub fn infer(
             let x = operands[0];
             let mut seen = vec![false; x.rank()];
             if perm.len() != x.rank() {
-                return Err(format!("permutation {perm:?} has {} axes, operand has {}", perm.len(), x.rank()));
+                return Err(format!(
+                    "permutation {perm:?} has {} axes, operand has {}",
+                    perm.len(),
+                    x.rank()
+                ));
             }
             for &p in perm {
                 if p >= x.rank() || std::mem::replace(&mut seen[p], true) {
                     return Err(format!("{perm:?} is not a permutation of 0..{}", x.rank()));
                 }
             }
-            Ok(TensorType::new(x.dtype, perm.iter().map(|&p| x.shape[p].clone()).collect()))
+            Ok(TensorType::new(
+                x.dtype,
+                perm.iter().map(|&p| x.shape[p].clone()).collect(),
+            ))
         }
         Op::Broadcast => {
             let ty = declared()?;
             let x = operands[0];
             if x.dtype != ty.dtype {
-                return Err(format!("broadcast cannot change dtype ({} to {})", x.dtype, ty.dtype));
+                return Err(format!(
+                    "broadcast cannot change dtype ({} to {})",
+                    x.dtype, ty.dtype
+                ));
             }
             if x.rank() > ty.rank() {
                 return Err(format!("cannot broadcast {x} to lower rank {ty}"));
@@ -134,7 +169,10 @@ pub fn infer(
         Op::Slice { axis, start, end } => {
             let x = operands[0];
             if *axis >= x.rank() {
-                return Err(format!("slice axis {axis} out of range for rank {}", x.rank()));
+                return Err(format!(
+                    "slice axis {axis} out of range for rank {}",
+                    x.rank()
+                ));
             }
             let len = end.minus(start);
             if let (Some(s), Some(e)) = (start.as_fixed(), end.as_fixed()) {
@@ -152,9 +190,14 @@ pub fn infer(
             Ok(TensorType::new(x.dtype, shape))
         }
         Op::Concat { axis } => {
-            let first = operands.first().ok_or("concat needs at least one operand")?;
+            let first = operands
+                .first()
+                .ok_or("concat needs at least one operand")?;
             if *axis >= first.rank() {
-                return Err(format!("concat axis {axis} out of range for rank {}", first.rank()));
+                return Err(format!(
+                    "concat axis {axis} out of range for rank {}",
+                    first.rank()
+                ));
             }
             let mut len = Dim::fixed(0);
             for t in operands {
@@ -163,7 +206,9 @@ pub fn infer(
                 }
                 for (i, (a, b)) in first.shape.iter().zip(&t.shape).enumerate() {
                     if i != *axis && a != b {
-                        return Err(format!("concat operands differ off axis {axis}: {first} and {t}"));
+                        return Err(format!(
+                            "concat operands differ off axis {axis}: {first} and {t}"
+                        ));
                     }
                 }
                 len = len.plus(&t.shape[*axis]);
@@ -207,7 +252,9 @@ fn same_shape(a: &TensorType, b: &TensorType) -> Result<(), String> {
 
 fn check_axes(axes: &[usize], rank: usize) -> Result<(), String> {
     if axes.windows(2).any(|w| w[0] >= w[1]) || axes.iter().any(|&a| a >= rank) {
-        return Err(format!("axes {axes:?} must be sorted, unique and below rank {rank}"));
+        return Err(format!(
+            "axes {axes:?} must be sorted, unique and below rank {rank}"
+        ));
     }
     Ok(())
 }
@@ -231,7 +278,9 @@ fn gathered(data: &TensorType, idx: &TensorType, axis: usize) -> TensorType {
 
 fn matmul(a: &TensorType, b: &TensorType) -> Result<TensorType, String> {
     if a.dtype != b.dtype || a.dtype == DType::Bool {
-        return Err(format!("matmul needs two numeric operands of one dtype, got {a} and {b}"));
+        return Err(format!(
+            "matmul needs two numeric operands of one dtype, got {a} and {b}"
+        ));
     }
     if a.rank() < 2 || b.rank() < 2 {
         return Err(format!("matmul needs rank ≥ 2, got {a} and {b}"));

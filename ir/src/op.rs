@@ -193,13 +193,19 @@ impl std::hash::Hash for Literal {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     /// A runtime input of the program, bound by name (typed).
-    Input { name: String },
+    Input {
+        name: String,
+    },
     /// A model parameter, bound by name from the weights (typed).
-    Weight { name: String },
+    Weight {
+        name: String,
+    },
     /// A constant tensor (typed; dense literals need a fixed shape).
     Const(Literal),
     /// The index along `axis` at every position (typed, integer or float).
-    Iota { axis: usize },
+    Iota {
+        axis: usize,
+    },
     Unary(UnaryOp),
     Binary(BinaryOp),
     /// `cond ? a : b` elementwise; `cond` is bool.
@@ -207,23 +213,39 @@ pub enum Op {
     /// Conversion to the node's element type (typed; shape unchanged).
     Cast,
     /// Reduction over `axes` (sorted, unique); each reduced axis stays with size 1.
-    Reduce { op: ReduceOp, axes: Vec<usize> },
+    Reduce {
+        op: ReduceOp,
+        axes: Vec<usize>,
+    },
     /// Batched matrix product `[.., m, k] × [.., k, n] → [.., m, n]`; batch dims broadcast.
     MatMul,
     /// Same elements, new shape (typed; row-major order unchanged).
     Reshape,
     /// Result axis `i` is operand axis `perm[i]`.
-    Permute { perm: Vec<usize> },
+    Permute {
+        perm: Vec<usize>,
+    },
     /// Repeats size-1 (or missing leading) axes up to the node's shape (typed).
     Broadcast,
     /// Elements `start..end` along `axis`.
-    Slice { axis: usize, start: Dim, end: Dim },
+    Slice {
+        axis: usize,
+        start: Dim,
+        end: Dim,
+    },
     /// Joins the operands along `axis`.
-    Concat { axis: usize },
+    Concat {
+        axis: usize,
+    },
     /// `out[pre, idx, post] = data[pre, indices[idx], post]` along `axis`.
-    Gather { axis: usize },
+    Gather {
+        axis: usize,
+    },
     /// The inverse of `gather`: writes (or adds) `updates` into a copy of `data` at `indices`.
-    Scatter { axis: usize, mode: ScatterMode },
+    Scatter {
+        axis: usize,
+        mode: ScatterMode,
+    },
 }
 
 impl Op {

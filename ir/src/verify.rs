@@ -30,16 +30,25 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
         let at = || format!("node {} ({})", id.index(), node.op.name());
         let slots = g.operand_slots(id);
         if slots.iter().enumerate().any(|(i, &s)| s as usize != i) {
-            return Err(IrError::new(format!("operand slots {slots:?} are not 0..{}", slots.len())).context(at()));
+            return Err(IrError::new(format!(
+                "operand slots {slots:?} are not 0..{}",
+                slots.len()
+            ))
+            .context(at()));
         }
         if node.op.arity().is_none() && slots.is_empty() {
             return Err(IrError::new("concat without operands").context(at()));
         }
         let operands = g.operands(id);
         let types: Vec<_> = operands.iter().map(|&o| g.ty(o)).collect();
-        let inferred = infer(&node.op, &types, Some(&node.ty)).map_err(|e| IrError::new(e).context(at()))?;
+        let inferred =
+            infer(&node.op, &types, Some(&node.ty)).map_err(|e| IrError::new(e).context(at()))?;
         if inferred != node.ty {
-            return Err(IrError::new(format!("stored type {} but the op gives {inferred}", node.ty)).context(at()));
+            return Err(IrError::new(format!(
+                "stored type {} but the op gives {inferred}",
+                node.ty
+            ))
+            .context(at()));
         }
         for d in &node.ty.shape {
             for s in d.symbols() {
@@ -52,22 +61,27 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
             }
         }
         match &node.op {
-            Op::Input { name } => {
-                if !g.inputs().contains(&id) || !input_names.insert(name.clone()) {
-                    return Err(IrError::new(format!("input `{name}` is not declared once")));
-                }
+            Op::Input { name }
+                if !g.inputs().contains(&id) || !input_names.insert(name.clone()) =>
+            {
+                return Err(IrError::new(format!("input `{name}` is not declared once")));
             }
-            Op::Weight { name } => {
-                if !g.weights().contains(&id) || !weight_names.insert(name.clone()) {
-                    return Err(IrError::new(format!("weight `{name}` is not declared once")));
-                }
+            Op::Weight { name }
+                if !g.weights().contains(&id) || !weight_names.insert(name.clone()) =>
+            {
+                return Err(IrError::new(format!(
+                    "weight `{name}` is not declared once"
+                )));
             }
             _ => {}
         }
     }
     for &id in g.inputs().iter().chain(g.weights()) {
         if !g.contains(id) || !matches!(g.node(id).op, Op::Input { .. } | Op::Weight { .. }) {
-            return Err(IrError::new(format!("signature entry {} is not an input or weight", id.index())));
+            return Err(IrError::new(format!(
+                "signature entry {} is not an input or weight",
+                id.index()
+            )));
         }
     }
     let mut output_names = HashSet::new();
@@ -76,7 +90,9 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
             return Err(IrError::new(format!("output `{name}` declared twice")));
         }
         if !g.contains(*id) {
-            return Err(IrError::new(format!("output `{name}` names a removed node")));
+            return Err(IrError::new(format!(
+                "output `{name}` names a removed node"
+            )));
         }
     }
     if petgraph::algo::is_cyclic_directed(g.petgraph()) {

@@ -1,1 +1,12 @@
-//! placeholder
+//! `kiln-passes`: the pass manager and the passes, one file (or folder) per pass.
+//!
+//! The pipeline is an explicit, ordered list ([`Pipeline::standard`]); the names in it are the
+//! names `kiln ir --after NAME` accepts and the snapshot files carry. The verifier runs after
+//! every pass: a pass that breaks an invariant fails at once, naming itself.
+
+pub mod canonicalize;
+mod equivalence;
+mod pipeline;
+
+pub use equivalence::check_equivalent;
+pub use pipeline::{Pass, Pipeline, PipelineError};

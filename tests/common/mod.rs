@@ -7,7 +7,9 @@ use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 
 pub fn fixture_dir(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(case)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(case)
 }
 
 pub const HF_CASES: &[&str] = &[
@@ -31,11 +33,15 @@ pub fn read_safetensors(path: &std::path::Path) -> TensorMap {
             let t = match view.dtype() {
                 Dtype::F32 => Tensor::f32(
                     &shape,
-                    data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                    data.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
                 ),
                 Dtype::I64 => Tensor::i64(
                     &shape,
-                    data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+                    data.chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
                 ),
                 other => panic!("{name}: unexpected dtype {other:?}"),
             };
@@ -48,7 +54,11 @@ pub fn read_safetensors(path: &std::path::Path) -> TensorMap {
 pub fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.shape, b.shape, "shapes differ");
     let (a, b) = (a.to_f64(), b.to_f64());
-    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
     let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
     diff / scale
 }
@@ -66,5 +76,9 @@ pub fn take_rows(t: &Tensor, b: usize, range: std::ops::Range<usize>) -> Tensor 
 }
 
 pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
-    Tensor::from_f64(dtype, shape, std::iter::repeat_n(0.0, shape.iter().product()))
+    Tensor::from_f64(
+        dtype,
+        shape,
+        std::iter::repeat_n(0.0, shape.iter().product()),
+    )
 }

@@ -3,7 +3,9 @@
 
 use super::layers::linear;
 use crate::spec::{Attention, AttentionWindow};
-use kiln_ir::{BinaryOp, DType, Dim, Graph, IrError, Literal, NodeId, ReduceOp, TensorType, UnaryOp};
+use kiln_ir::{
+    BinaryOp, DType, Dim, Graph, IrError, Literal, NodeId, ReduceOp, TensorType, UnaryOp,
+};
 
 type R = Result<NodeId, IrError>;
 
@@ -14,14 +16,22 @@ pub struct RopeAngles {
     pub sin: NodeId,
 }
 
-pub fn rope_angles(g: &mut Graph, positions: NodeId, inv_freq: &[f64], scaling: f64) -> Result<RopeAngles, IrError> {
+pub fn rope_angles(
+    g: &mut Graph,
+    positions: NodeId,
+    inv_freq: &[f64],
+    scaling: f64,
+) -> Result<RopeAngles, IrError> {
     let shape = g.ty(positions).shape.clone();
     let (batch, seq) = (shape[0].clone(), shape[1].clone());
     let half = inv_freq.len();
     let pos = g.cast(positions, DType::F32)?;
     let pos = g.reshape(pos, vec![batch.clone(), seq.clone(), Dim::fixed(1)])?;
     let inv_values = inv_freq.iter().map(|&f| f as f32 as f64).collect();
-    let inv = g.constant(TensorType::fixed(DType::F32, &[half]), Literal::Dense(inv_values))?;
+    let inv = g.constant(
+        TensorType::fixed(DType::F32, &[half]),
+        Literal::Dense(inv_values),
+    )?;
     let freqs = g.mul(pos, inv)?;
     let emb = g.concat(&[freqs, freqs], 2)?;
     let emb = g.reshape(emb, vec![batch, Dim::fixed(1), seq, Dim::fixed(2 * half)])?;
@@ -51,7 +61,15 @@ fn apply_rope(g: &mut Graph, x: NodeId, angles: &RopeAngles) -> R {
 /// `[batch, seq, heads·d]` → `[batch, heads, seq, d]`.
 fn split_heads(g: &mut Graph, x: NodeId, heads: usize, d: usize) -> R {
     let shape = g.ty(x).shape.clone();
-    let x = g.reshape(x, vec![shape[0].clone(), shape[1].clone(), Dim::fixed(heads), Dim::fixed(d)])?;
+    let x = g.reshape(
+        x,
+        vec![
+            shape[0].clone(),
+            shape[1].clone(),
+            Dim::fixed(heads),
+            Dim::fixed(d),
+        ],
+    )?;
     g.permute(x, &[0, 2, 1, 3])
 }
 
@@ -63,9 +81,35 @@ fn repeat_kv(g: &mut Graph, x: NodeId, group: usize) -> R {
     }
     let s = g.ty(x).shape.clone();
     let kv = s[1].as_fixed().expect("fixed kv_heads");
-    let x = g.reshape(x, vec![s[0].clone(), s[1].clone(), Dim::fixed(1), s[2].clone(), s[3].clone()])?;
-    let x = g.broadcast_to(x, &[s[0].clone(), s[1].clone(), Dim::fixed(group), s[2].clone(), s[3].clone()])?;
-    let y = g.reshape(x, vec![s[0].clone(), Dim::fixed(kv * group), s[2].clone(), s[3].clone()])?;
+    let x = g.reshape(
+        x,
+        vec![
+            s[0].clone(),
+            s[1].clone(),
+            Dim::fixed(1),
+            s[2].clone(),
+            s[3].clone(),
+        ],
+    )?;
+    let x = g.broadcast_to(
+        x,
+        &[
+            s[0].clone(),
+            s[1].clone(),
+            Dim::fixed(group),
+            s[2].clone(),
+            s[3].clone(),
+        ],
+    )?;
+    let y = g.reshape(
+        x,
+        vec![
+            s[0].clone(),
+            Dim::fixed(kv * group),
+            s[2].clone(),
+            s[3].clone(),
+        ],
+    )?;
     g.set_label(y, "repeat_kv");
     Ok(y)
 }
@@ -74,9 +118,20 @@ fn repeat_kv(g: &mut Graph, x: NodeId, group: usize) -> R {
 /// `w`, key position > query position − w). `bool[batch, 1, seq, t]`.
 fn mask(g: &mut Graph, positions: NodeId, t: Dim, window: &AttentionWindow) -> R {
     let shape = g.ty(positions).shape.clone();
-    let qpos = g.reshape(positions, vec![shape[0].clone(), Dim::fixed(1), shape[1].clone(), Dim::fixed(1)])?;
+    let qpos = g.reshape(
+        positions,
+        vec![
+            shape[0].clone(),
+            Dim::fixed(1),
+            shape[1].clone(),
+            Dim::fixed(1),
+        ],
+    )?;
     let kpos = g.iota(
-        TensorType::new(DType::I64, vec![Dim::fixed(1), Dim::fixed(1), Dim::fixed(1), t]),
+        TensorType::new(
+            DType::I64,
+            vec![Dim::fixed(1), Dim::fixed(1), Dim::fixed(1), t],
+        ),
         3,
     )?;
     let mut allowed = g.binary(BinaryOp::Le, kpos, qpos)?;
@@ -119,9 +174,30 @@ pub fn self_attention(
     past: Option<LayerCache>,
 ) -> Result<(NodeId, LayerCache), IrError> {
     let (h, kvh, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
-    let q = linear(g, x, &format!("{prefix}.q_proj"), hidden, h * d, cfg.qkv_bias)?;
-    let k = linear(g, x, &format!("{prefix}.k_proj"), hidden, kvh * d, cfg.qkv_bias)?;
-    let v = linear(g, x, &format!("{prefix}.v_proj"), hidden, kvh * d, cfg.qkv_bias)?;
+    let q = linear(
+        g,
+        x,
+        &format!("{prefix}.q_proj"),
+        hidden,
+        h * d,
+        cfg.qkv_bias,
+    )?;
+    let k = linear(
+        g,
+        x,
+        &format!("{prefix}.k_proj"),
+        hidden,
+        kvh * d,
+        cfg.qkv_bias,
+    )?;
+    let v = linear(
+        g,
+        x,
+        &format!("{prefix}.v_proj"),
+        hidden,
+        kvh * d,
+        cfg.qkv_bias,
+    )?;
     let q = split_heads(g, q, h, d)?;
     let k = split_heads(g, k, kvh, d)?;
     let v = split_heads(g, v, kvh, d)?;
@@ -145,7 +221,17 @@ pub fn self_attention(
     let out = g.matmul(probs, v_rep)?;
     let out = g.permute(out, &[0, 2, 1, 3])?;
     let shape = g.ty(out).shape.clone();
-    let out = g.reshape(out, vec![shape[0].clone(), shape[1].clone(), Dim::fixed(h * d)])?;
-    let y = linear(g, out, &format!("{prefix}.o_proj"), h * d, hidden, cfg.out_bias)?;
+    let out = g.reshape(
+        out,
+        vec![shape[0].clone(), shape[1].clone(), Dim::fixed(h * d)],
+    )?;
+    let y = linear(
+        g,
+        out,
+        &format!("{prefix}.o_proj"),
+        h * d,
+        hidden,
+        cfg.out_bias,
+    )?;
     Ok((y, LayerCache { key: k, value: v }))
 }

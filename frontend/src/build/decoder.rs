@@ -20,7 +20,17 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
     let input_ids = g.input("input_ids", tokens_ty.clone())?;
     let positions = g.input("position_ids", tokens_ty)?;
     let att = &spec.attention;
-    let cache_ty = |len: Dim| TensorType::new(DType::F32, vec![batch.clone(), Dim::fixed(att.kv_heads), len, Dim::fixed(att.head_dim)]);
+    let cache_ty = |len: Dim| {
+        TensorType::new(
+            DType::F32,
+            vec![
+                batch.clone(),
+                Dim::fixed(att.kv_heads),
+                len,
+                Dim::fixed(att.head_dim),
+            ],
+        )
+    };
     let mut past_caches = Vec::new();
     if let Some(past) = &past {
         for layer in 0..spec.num_layers {
@@ -36,15 +46,27 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
     let mut x = g.gather(embed, input_ids, 0)?;
     g.set_label(x, "embed");
 
-    let Position::Rope(rope_spec) = &spec.position else { unreachable!("checked by check_supported") };
+    let Position::Rope(rope_spec) = &spec.position else {
+        unreachable!("checked by check_supported")
+    };
     let tables = rope::tables(rope_spec, att.head_dim, spec.max_positions);
-    let angles = rope_angles(&mut g, positions, &tables.inv_freq, tables.attention_scaling)?;
+    let angles = rope_angles(
+        &mut g,
+        positions,
+        &tables.inv_freq,
+        tables.attention_scaling,
+    )?;
 
     let mut caches = Vec::new();
     let mut past_caches = past_caches.into_iter();
     for layer in 0..spec.num_layers {
         let prefix = format!("model.layers.{layer}");
-        let normed = rms_norm(&mut g, x, &format!("{prefix}.input_layernorm"), spec.norm.eps)?;
+        let normed = rms_norm(
+            &mut g,
+            x,
+            &format!("{prefix}.input_layernorm"),
+            spec.norm.eps,
+        )?;
         let (attn, cache) = self_attention(
             &mut g,
             normed,
@@ -57,14 +79,23 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
             past_caches.next(),
         )?;
         x = g.add(x, attn)?;
-        let normed = rms_norm(&mut g, x, &format!("{prefix}.post_attention_layernorm"), spec.norm.eps)?;
+        let normed = rms_norm(
+            &mut g,
+            x,
+            &format!("{prefix}.post_attention_layernorm"),
+            spec.norm.eps,
+        )?;
         let mlp = gated_mlp(&mut g, normed, &format!("{prefix}.mlp"), hidden, &spec.ffn)?;
         x = g.add(x, mlp)?;
         g.set_label(x, format!("{prefix}.out"));
         caches.push(cache);
     }
     let x = rms_norm(&mut g, x, "model.norm", spec.norm.eps)?;
-    let head = if spec.embeddings.tied { "model.embed_tokens" } else { "lm_head" };
+    let head = if spec.embeddings.tied {
+        "model.embed_tokens"
+    } else {
+        "lm_head"
+    };
     let logits = linear(&mut g, x, head, hidden, spec.vocab_size, false)?;
     g.output("logits", logits)?;
     for (layer, cache) in caches.into_iter().enumerate() {

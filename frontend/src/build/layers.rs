@@ -7,12 +7,25 @@ use kiln_ir::{BinaryOp, DType, Dim, Graph, IrError, NodeId, ReduceOp, TensorType
 type R = Result<NodeId, IrError>;
 
 /// `x · Wᵀ (+ b)` with a Hugging Face `[out, in]` weight named `{name}.weight` (and `.bias`).
-pub fn linear(g: &mut Graph, x: NodeId, name: &str, in_dim: usize, out_dim: usize, bias: bool) -> R {
-    let w = g.weight(&format!("{name}.weight"), TensorType::fixed(DType::F32, &[out_dim, in_dim]))?;
+pub fn linear(
+    g: &mut Graph,
+    x: NodeId,
+    name: &str,
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+) -> R {
+    let w = g.weight(
+        &format!("{name}.weight"),
+        TensorType::fixed(DType::F32, &[out_dim, in_dim]),
+    )?;
     let wt = g.transpose_last(w)?;
     let mut y = g.matmul(x, wt)?;
     if bias {
-        let b = g.weight(&format!("{name}.bias"), TensorType::fixed(DType::F32, &[out_dim]))?;
+        let b = g.weight(
+            &format!("{name}.bias"),
+            TensorType::fixed(DType::F32, &[out_dim]),
+        )?;
         y = g.add(y, b)?;
     }
     g.set_label(y, name);
@@ -21,9 +34,17 @@ pub fn linear(g: &mut Graph, x: NodeId, name: &str, in_dim: usize, out_dim: usiz
 
 /// `x · rsqrt(mean(x²) + eps) · w` over the last axis, in the order transformers computes it.
 pub fn rms_norm(g: &mut Graph, x: NodeId, name: &str, eps: f64) -> R {
-    let hidden = g.ty(x).shape.last().and_then(Dim::as_fixed).expect("fixed hidden size");
+    let hidden = g
+        .ty(x)
+        .shape
+        .last()
+        .and_then(Dim::as_fixed)
+        .expect("fixed hidden size");
     let axis = g.ty(x).rank() - 1;
-    let w = g.weight(&format!("{name}.weight"), TensorType::fixed(DType::F32, &[hidden]))?;
+    let w = g.weight(
+        &format!("{name}.weight"),
+        TensorType::fixed(DType::F32, &[hidden]),
+    )?;
     let sq = g.mul(x, x)?;
     let mean = g.reduce(ReduceOp::Mean, sq, &[axis])?;
     let shifted = g.binary_scalar(BinaryOp::Add, mean, eps)?;
@@ -53,7 +74,8 @@ pub fn activation(g: &mut Graph, x: NodeId, act: Activation) -> R {
             let x3 = g.mul(x2, x)?;
             let cubic = g.binary_scalar(BinaryOp::Mul, x3, 0.044715)?;
             let inner = g.add(x, cubic)?;
-            let scaled = g.binary_scalar(BinaryOp::Mul, inner, (2.0 / std::f64::consts::PI).sqrt())?;
+            let scaled =
+                g.binary_scalar(BinaryOp::Mul, inner, (2.0 / std::f64::consts::PI).sqrt())?;
             let t = g.unary(UnaryOp::Tanh, scaled)?;
             half_x_one_plus(g, x, t)
         }

@@ -74,15 +74,27 @@ impl BuildOptions {
     }
 }
 
-pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<Graph, FrontendError> {
+pub fn build(
+    spec: &ModelSpec,
+    program: Program,
+    opts: BuildOptions,
+) -> Result<Graph, FrontendError> {
     check_supported(spec)?;
-    let refuse = |field: &str, message: String| FrontendError::new("<build options>", Some(field), message);
+    let refuse =
+        |field: &str, message: String| FrontendError::new("<build options>", Some(field), message);
     if opts.max_batch == 0 {
-        return Err(refuse("max_batch", "expected a positive integer, found 0".into()));
+        return Err(refuse(
+            "max_batch",
+            "expected a positive integer, found 0".into(),
+        ));
     }
     let limit = match &spec.position {
         Position::Rope(Rope {
-            scaling: RopeScaling::Dynamic { original_max_positions, .. },
+            scaling:
+                RopeScaling::Dynamic {
+                    original_max_positions,
+                    ..
+                },
             ..
         }) => (*original_max_positions).min(spec.max_positions),
         _ => spec.max_positions,
@@ -90,10 +102,14 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
     if opts.max_seq < 2 || opts.max_seq > limit {
         return Err(refuse(
             "max_seq",
-            format!("{} must be between 2 and the model's position limit {limit}", opts.max_seq),
+            format!(
+                "{} must be between 2 and the model's position limit {limit}",
+                opts.max_seq
+            ),
         ));
     }
-    decoder::build(spec, program, opts).map_err(|e| FrontendError::new("<builder>", None, e.to_string()))
+    decoder::build(spec, program, opts)
+        .map_err(|e| FrontendError::new("<builder>", None, e.to_string()))
 }
 
 /// Refuses, by name, every axis value the builders do not implement yet.
@@ -118,7 +134,10 @@ pub fn check_supported(spec: &ModelSpec) -> Result<(), FrontendError> {
         return refuse("residual", format!("{:?}", spec.residual));
     }
     if spec.norm.kind != NormKind::RmsNorm || spec.norm.placement != NormPlacement::Pre {
-        return refuse("norm", format!("{:?} {:?}", spec.norm.kind, spec.norm.placement));
+        return refuse(
+            "norm",
+            format!("{:?} {:?}", spec.norm.kind, spec.norm.placement),
+        );
     }
     if !spec.ffn.gated {
         return refuse("ffn.gated", "an ungated MLP".into());
@@ -146,13 +165,19 @@ pub fn check_supported(spec: &ModelSpec) -> Result<(), FrontendError> {
         return refuse("attention.windows", format!("{w:?}"));
     }
     if spec.attention.logit_softcap.is_some() {
-        return refuse("attention.logit_softcap", "attention logit soft-capping".into());
+        return refuse(
+            "attention.logit_softcap",
+            "attention logit soft-capping".into(),
+        );
     }
     if spec.embeddings.scale.is_some() {
         return refuse("embeddings.scale", "scaled embeddings".into());
     }
     if spec.attention.windows.len() != spec.num_layers {
-        return refuse("attention.windows", "a window list not matching the layer count".into());
+        return refuse(
+            "attention.windows",
+            "a window list not matching the layer count".into(),
+        );
     }
     Ok(())
 }

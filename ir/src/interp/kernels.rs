@@ -9,12 +9,26 @@ use crate::op::{BinaryOp, Literal, Op, ReduceOp, ScatterMode, UnaryOp};
 
 /// Evaluates `op` on concrete operands, producing a tensor of the given dtype and shape (the
 /// node's type under the current symbol bindings).
-pub fn eval(op: &Op, xs: &[&Tensor], dtype: DType, shape: Vec<usize>, env: &Bindings) -> Result<Tensor, String> {
+pub fn eval(
+    op: &Op,
+    xs: &[&Tensor],
+    dtype: DType,
+    shape: Vec<usize>,
+    env: &Bindings,
+) -> Result<Tensor, String> {
     let numel: usize = shape.iter().product();
     let data = match op {
         Op::Input { .. } | Op::Weight { .. } => unreachable!("sources are bound, not evaluated"),
-        Op::Const(Literal::Splat(v)) => return Ok(Tensor::from_f64(dtype, &shape, std::iter::repeat_n(*v, numel))),
-        Op::Const(Literal::Dense(vs)) => return Ok(Tensor::from_f64(dtype, &shape, vs.iter().copied())),
+        Op::Const(Literal::Splat(v)) => {
+            return Ok(Tensor::from_f64(
+                dtype,
+                &shape,
+                std::iter::repeat_n(*v, numel),
+            ))
+        }
+        Op::Const(Literal::Dense(vs)) => {
+            return Ok(Tensor::from_f64(dtype, &shape, vs.iter().copied()))
+        }
         Op::Iota { axis } => {
             let st = strides(&shape);
             let values = (0..numel).map(|i| ((i / st[*axis]) % shape[*axis]) as f64);
@@ -23,7 +37,9 @@ pub fn eval(op: &Op, xs: &[&Tensor], dtype: DType, shape: Vec<usize>, env: &Bind
         Op::Unary(u) => unary(*u, &xs[0].data),
         Op::Binary(b) => binary(*b, &xs[0].data, &xs[1].data)?,
         Op::Select => {
-            let Data::Bool(c) = &xs[0].data else { unreachable!("verified bool condition") };
+            let Data::Bool(c) = &xs[0].data else {
+                unreachable!("verified bool condition")
+            };
             match (&xs[1].data, &xs[2].data) {
                 (Data::Float(a), Data::Float(b)) => Data::Float(zip3(c, a, b)),
                 (Data::Int(a), Data::Int(b)) => Data::Int(zip3(c, a, b)),
@@ -52,13 +68,22 @@ pub fn eval(op: &Op, xs: &[&Tensor], dtype: DType, shape: Vec<usize>, env: &Bind
         }
         Op::Slice { axis, start, end } => {
             let x = xs[0];
-            let (s, e) = (start.eval(env).ok_or("unbound slice start")?, end.eval(env).ok_or("unbound slice end")?);
+            let (s, e) = (
+                start.eval(env).ok_or("unbound slice start")?,
+                end.eval(env).ok_or("unbound slice end")?,
+            );
             if s > e || e > x.shape[*axis] {
-                return Err(format!("slice {s}..{e} out of range for axis length {}", x.shape[*axis]));
+                return Err(format!(
+                    "slice {s}..{e} out of range for axis length {}",
+                    x.shape[*axis]
+                ));
             }
             let src = strides(&x.shape);
             let base = s * src[*axis];
-            let idx: Vec<usize> = map_indices(&shape, &src).into_iter().map(|i| i + base).collect();
+            let idx: Vec<usize> = map_indices(&shape, &src)
+                .into_iter()
+                .map(|i| i + base)
+                .collect();
             x.data.take(&idx)
         }
         Op::Concat { axis } => concat(xs, *axis, &shape),
@@ -82,7 +107,10 @@ pub fn eval(op: &Op, xs: &[&Tensor], dtype: DType, shape: Vec<usize>, env: &Bind
 }
 
 fn zip3<T: Copy>(c: &[bool], a: &[T], b: &[T]) -> Vec<T> {
-    c.iter().zip(a.iter().zip(b)).map(|(&c, (&a, &b))| if c { a } else { b }).collect()
+    c.iter()
+        .zip(a.iter().zip(b))
+        .map(|(&c, (&a, &b))| if c { a } else { b })
+        .collect()
 }
 
 /// For every result position (row-major over `shape`), the source index `Σ idxᵢ·src_strides[i]`.
@@ -107,7 +135,9 @@ fn map_indices(shape: &[usize], src_strides: &[usize]) -> Vec<usize> {
 }
 
 fn int_values(t: &Tensor, bound: usize) -> Result<Vec<usize>, String> {
-    let Data::Int(v) = &t.data else { unreachable!("verified integer indices") };
+    let Data::Int(v) = &t.data else {
+        unreachable!("verified integer indices")
+    };
     v.iter()
         .map(|&i| {
             usize::try_from(i)
@@ -231,7 +261,9 @@ fn cast(x: &Tensor, dtype: DType) -> Tensor {
         (Data::Float(v), d) if d.is_int() => Data::Int(v.iter().map(|&a| a as i64).collect()),
         (Data::Int(v), d) if d.is_float() => Data::Float(v.iter().map(|&a| a as f32).collect()),
         (Data::Int(v), d) if d.is_int() => Data::Int(v.clone()),
-        (Data::Bool(v), d) if d.is_float() => Data::Float(v.iter().map(|&a| a as u8 as f32).collect()),
+        (Data::Bool(v), d) if d.is_float() => {
+            Data::Float(v.iter().map(|&a| a as u8 as f32).collect())
+        }
         (Data::Bool(v), d) if d.is_int() => Data::Int(v.iter().map(|&a| a as i64).collect()),
         (Data::Bool(v), _) => Data::Bool(v.clone()),
         (data, _) => Data::Bool((0..data.len()).map(|i| data.get_f64(i) != 0.0).collect()),
@@ -251,11 +283,19 @@ fn reduce(op: ReduceOp, x: &Tensor, axes: &[usize], out_shape: &[usize]) -> Data
     let dst = map_indices(&x.shape, &dst_strides);
     match &x.data {
         Data::Float(v) => {
-            let init = if op == ReduceOp::Max { f64::NEG_INFINITY } else { 0.0 };
+            let init = if op == ReduceOp::Max {
+                f64::NEG_INFINITY
+            } else {
+                0.0
+            };
             let mut acc = vec![init; numel];
             for (&d, &a) in dst.iter().zip(v) {
                 let a = a as f64;
-                acc[d] = if op == ReduceOp::Max { acc[d].max(a) } else { acc[d] + a };
+                acc[d] = if op == ReduceOp::Max {
+                    acc[d].max(a)
+                } else {
+                    acc[d] + a
+                };
             }
             if op == ReduceOp::Mean {
                 acc.iter_mut().for_each(|a| *a /= count as f64);
@@ -266,7 +306,11 @@ fn reduce(op: ReduceOp, x: &Tensor, axes: &[usize], out_shape: &[usize]) -> Data
             let init = if op == ReduceOp::Max { i64::MIN } else { 0 };
             let mut acc = vec![init; numel];
             for (&d, &a) in dst.iter().zip(v) {
-                acc[d] = if op == ReduceOp::Max { acc[d].max(a) } else { acc[d].wrapping_add(a) };
+                acc[d] = if op == ReduceOp::Max {
+                    acc[d].max(a)
+                } else {
+                    acc[d].wrapping_add(a)
+                };
             }
             Data::Int(acc)
         }
@@ -313,7 +357,11 @@ fn matmul(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Data {
             for (&oa, &ob) in ao.iter().zip(&bo) {
                 for i in 0..m {
                     for j in 0..n {
-                        out.push((0..k).map(|p| x[oa + i * k + p].wrapping_mul(y[ob + p * n + j])).sum());
+                        out.push(
+                            (0..k)
+                                .map(|p| x[oa + i * k + p].wrapping_mul(y[ob + p * n + j]))
+                                .sum(),
+                        );
                     }
                 }
             }
@@ -335,18 +383,33 @@ fn concat(xs: &[&Tensor], axis: usize, shape: &[usize]) -> Data {
         }
     }
     match &xs[0].data {
-        Data::Float(_) => Data::Float(picks.iter().map(|&(k, i)| match &xs[k].data {
-            Data::Float(v) => v[i],
-            _ => unreachable!("verified same dtypes"),
-        }).collect()),
-        Data::Int(_) => Data::Int(picks.iter().map(|&(k, i)| match &xs[k].data {
-            Data::Int(v) => v[i],
-            _ => unreachable!("verified same dtypes"),
-        }).collect()),
-        Data::Bool(_) => Data::Bool(picks.iter().map(|&(k, i)| match &xs[k].data {
-            Data::Bool(v) => v[i],
-            _ => unreachable!("verified same dtypes"),
-        }).collect()),
+        Data::Float(_) => Data::Float(
+            picks
+                .iter()
+                .map(|&(k, i)| match &xs[k].data {
+                    Data::Float(v) => v[i],
+                    _ => unreachable!("verified same dtypes"),
+                })
+                .collect(),
+        ),
+        Data::Int(_) => Data::Int(
+            picks
+                .iter()
+                .map(|&(k, i)| match &xs[k].data {
+                    Data::Int(v) => v[i],
+                    _ => unreachable!("verified same dtypes"),
+                })
+                .collect(),
+        ),
+        Data::Bool(_) => Data::Bool(
+            picks
+                .iter()
+                .map(|&(k, i)| match &xs[k].data {
+                    Data::Bool(v) => v[i],
+                    _ => unreachable!("verified same dtypes"),
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -363,9 +426,13 @@ fn scatter(xs: &[&Tensor], axis: usize, mode: ScatterMode) -> Result<Data, Strin
             for q in 0..post {
                 let d = (p * len + i) * post + q;
                 match (&mut out, &upd.data, mode) {
-                    (Data::Float(o), Data::Float(v), ScatterMode::Add) => o[d] = (o[d] as f64 + v[u] as f64) as f32,
+                    (Data::Float(o), Data::Float(v), ScatterMode::Add) => {
+                        o[d] = (o[d] as f64 + v[u] as f64) as f32
+                    }
                     (Data::Float(o), Data::Float(v), ScatterMode::Replace) => o[d] = v[u],
-                    (Data::Int(o), Data::Int(v), ScatterMode::Add) => o[d] = o[d].wrapping_add(v[u]),
+                    (Data::Int(o), Data::Int(v), ScatterMode::Add) => {
+                        o[d] = o[d].wrapping_add(v[u])
+                    }
                     (Data::Int(o), Data::Int(v), ScatterMode::Replace) => o[d] = v[u],
                     (Data::Bool(o), Data::Bool(v), ScatterMode::Replace) => o[d] = v[u],
                     (Data::Bool(o), Data::Bool(v), ScatterMode::Add) => o[d] |= v[u],

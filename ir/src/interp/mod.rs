@@ -6,8 +6,10 @@
 //! `kernels.rs`.
 
 mod kernels;
+pub mod random;
 mod tensor;
 
+pub use kernels::eval as eval_op;
 pub use tensor::{strides, Data, Tensor};
 
 use crate::dim::Bindings;
@@ -49,10 +51,20 @@ pub fn interpret(g: &Graph, inputs: &TensorMap, weights: &TensorMap) -> Result<T
             .iter()
             .map(|d| d.eval(&env))
             .collect::<Option<Vec<usize>>>()
-            .ok_or_else(|| IrError::new(format!("{}: shape {} does not evaluate", node.op.name(), node.ty)))?;
+            .ok_or_else(|| {
+                IrError::new(format!(
+                    "{}: shape {} does not evaluate",
+                    node.op.name(),
+                    node.ty
+                ))
+            })?;
         let args: Vec<&Tensor> = operands.iter().map(|o| &values[o]).collect();
         let result = kernels::eval(&node.op, &args, node.ty.dtype, shape, &env).map_err(|e| {
-            let label = node.label.as_deref().map(|l| format!(" ({l})")).unwrap_or_default();
+            let label = node
+                .label
+                .as_deref()
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default();
             IrError::new(format!("{}{label}: {e}", node.op.name()))
         })?;
         for operand in operands {
@@ -64,15 +76,18 @@ pub fn interpret(g: &Graph, inputs: &TensorMap, weights: &TensorMap) -> Result<T
         }
         values.insert(id, result);
     }
-    Ok(g
-        .outputs()
+    Ok(g.outputs()
         .iter()
         .map(|(name, id)| (name.clone(), values[id].clone()))
         .collect())
 }
 
 /// Solves the graph's symbols from the shapes of the bound tensors.
-pub fn bind_symbols(g: &Graph, inputs: &TensorMap, weights: &TensorMap) -> Result<Bindings, IrError> {
+pub fn bind_symbols(
+    g: &Graph,
+    inputs: &TensorMap,
+    weights: &TensorMap,
+) -> Result<Bindings, IrError> {
     let mut env = Bindings::new();
     let mut checks = Vec::new();
     for &id in g.inputs().iter().chain(g.weights()) {
@@ -87,13 +102,20 @@ pub fn bind_symbols(g: &Graph, inputs: &TensorMap, weights: &TensorMap) -> Resul
             .ok_or_else(|| IrError::new(format!("{kind} `{name}` is not given")))?;
         let at = || format!("{kind} `{name}`");
         if t.dtype != node.ty.dtype || t.shape.len() != node.ty.rank() {
-            return Err(IrError::new(format!("expected {}, got {}{:?}", node.ty, t.dtype, t.shape)).context(at()));
+            return Err(IrError::new(format!(
+                "expected {}, got {}{:?}",
+                node.ty, t.dtype, t.shape
+            ))
+            .context(at()));
         }
         for (d, &n) in node.ty.shape.iter().zip(&t.shape) {
             match d.as_symbol() {
                 Some(s) => match env.insert(s.to_string(), n) {
                     Some(prev) if prev != n => {
-                        return Err(IrError::new(format!("symbol `{s}` is {prev} elsewhere but {n} here")).context(at()))
+                        return Err(IrError::new(format!(
+                            "symbol `{s}` is {prev} elsewhere but {n} here"
+                        ))
+                        .context(at()))
                     }
                     _ => {}
                 },
@@ -109,7 +131,9 @@ pub fn bind_symbols(g: &Graph, inputs: &TensorMap, weights: &TensorMap) -> Resul
     for (s, &v) in &env {
         let max = g.symbols()[s];
         if v > max {
-            return Err(IrError::new(format!("symbol `{s}` = {v} exceeds its maximum {max}")));
+            return Err(IrError::new(format!(
+                "symbol `{s}` = {v} exceeds its maximum {max}"
+            )));
         }
     }
     Ok(env)

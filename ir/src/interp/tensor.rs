@@ -55,7 +55,11 @@ impl Data {
 
 impl Tensor {
     pub fn new(dtype: DType, shape: Vec<usize>, data: Data) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor data does not fill its shape");
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "tensor data does not fill its shape"
+        );
         let mut t = Tensor { dtype, shape, data };
         t.round();
         t
@@ -71,7 +75,11 @@ impl Tensor {
 
     /// A tensor of `dtype` from f64 values (floats rounded to the type, integers truncated
     /// toward zero, bool as `≠ 0`).
-    pub fn from_f64(dtype: DType, shape: &[usize], values: impl IntoIterator<Item = f64>) -> Tensor {
+    pub fn from_f64(
+        dtype: DType,
+        shape: &[usize],
+        values: impl IntoIterator<Item = f64>,
+    ) -> Tensor {
         let data = match dtype {
             d if d.is_float() => Data::Float(values.into_iter().map(|v| v as f32).collect()),
             d if d.is_int() => Data::Int(values.into_iter().map(|v| v as i64).collect()),
@@ -98,8 +106,12 @@ impl Tensor {
     /// Rounds values to what the dtype can hold.
     pub(crate) fn round(&mut self) {
         match (&mut self.data, self.dtype) {
-            (Data::Float(v), DType::F16) => v.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32()),
-            (Data::Float(v), DType::BF16) => v.iter_mut().for_each(|x| *x = bf16::from_f32(*x).to_f32()),
+            (Data::Float(v), DType::F16) => {
+                v.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32())
+            }
+            (Data::Float(v), DType::BF16) => {
+                v.iter_mut().for_each(|x| *x = bf16::from_f32(*x).to_f32())
+            }
             (Data::Int(v), DType::I32) => v.iter_mut().for_each(|x| *x = *x as i32 as i64),
             _ => {}
         }

@@ -18,7 +18,9 @@ pub fn parse(text: &str) -> Result<Graph, IrError> {
             .line(line.trim())
             .map_err(|e| IrError::new(format!("line {}: {e}", i + 1)))?;
     }
-    parser.graph.ok_or_else(|| IrError::new("no `graph NAME` line"))
+    parser
+        .graph
+        .ok_or_else(|| IrError::new("no `graph NAME` line"))
 }
 
 #[derive(Default)]
@@ -44,23 +46,36 @@ impl Parser {
         match keyword {
             "sym" => {
                 let (name, max) = rest.split_once("<=").ok_or("expected `sym NAME <= MAX`")?;
-                let max = max.trim().parse().map_err(|_| format!("bad maximum `{}`", max.trim()))?;
+                let max = max
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad maximum `{}`", max.trim()))?;
                 g.symbol(name.trim(), max).map_err(|e| e.0)?;
             }
             "input" | "weight" => {
                 let (name, ty) = rest.split_once(" : ").ok_or("expected `NAME : TYPE`")?;
                 let ty = parse_type(ty)?;
-                let (sigil, bare) = if keyword == "input" { ('%', "input") } else { ('@', "weight") };
+                let (sigil, bare) = if keyword == "input" {
+                    ('%', "input")
+                } else {
+                    ('@', "weight")
+                };
                 let stripped = name
                     .trim()
                     .strip_prefix(sigil)
                     .ok_or_else(|| format!("{bare} names start with `{sigil}`"))?;
-                let id = if keyword == "input" { g.input(stripped, ty) } else { g.weight(stripped, ty) }
-                    .map_err(|e| e.0)?;
+                let id = if keyword == "input" {
+                    g.input(stripped, ty)
+                } else {
+                    g.weight(stripped, ty)
+                }
+                .map_err(|e| e.0)?;
                 self.values.insert(name.trim().to_string(), id);
             }
             "output" => {
-                let (name, value) = rest.split_once(" = ").ok_or("expected `output NAME = VALUE`")?;
+                let (name, value) = rest
+                    .split_once(" = ")
+                    .ok_or("expected `output NAME = VALUE`")?;
                 let id = lookup(&self.values, value.trim())?;
                 g.output(name.trim(), id).map_err(|e| e.0)?;
             }
@@ -78,15 +93,24 @@ impl Parser {
 }
 
 fn lookup(values: &HashMap<String, NodeId>, name: &str) -> Result<NodeId, String> {
-    values.get(name).copied().ok_or_else(|| format!("`{name}` is not defined above"))
+    values
+        .get(name)
+        .copied()
+        .ok_or_else(|| format!("`{name}` is not defined above"))
 }
 
-fn node_line(g: &mut Graph, values: &HashMap<String, NodeId>, line: &str) -> Result<(String, NodeId), String> {
+fn node_line(
+    g: &mut Graph,
+    values: &HashMap<String, NodeId>,
+    line: &str,
+) -> Result<(String, NodeId), String> {
     let (body, label) = match line.split_once(" // ") {
         Some((body, label)) => (body.trim_end(), Some(label.trim())),
         None => (line, None),
     };
-    let (name, rhs) = body.split_once(" = ").ok_or("expected `%N = OP ... : TYPE`")?;
+    let (name, rhs) = body
+        .split_once(" = ")
+        .ok_or("expected `%N = OP ... : TYPE`")?;
     let (rhs, ty) = rhs.rsplit_once(" : ").ok_or("missing ` : TYPE`")?;
     let ty = parse_type(ty)?;
     let mut tokens = rhs.split_whitespace();
@@ -114,9 +138,19 @@ fn node_line(g: &mut Graph, values: &HashMap<String, NodeId>, line: &str) -> Res
     Ok((name.trim().to_string(), id))
 }
 
-fn build_op(name: &str, attrs: &HashMap<&str, &str>, literal: Option<Literal>) -> Result<Op, String> {
-    let attr = |key: &str| attrs.get(key).copied().ok_or_else(|| format!("{name} needs `{key}=`"));
-    let axis = || -> Result<usize, String> { attr("axis")?.parse().map_err(|_| "bad axis".to_string()) };
+fn build_op(
+    name: &str,
+    attrs: &HashMap<&str, &str>,
+    literal: Option<Literal>,
+) -> Result<Op, String> {
+    let attr = |key: &str| {
+        attrs
+            .get(key)
+            .copied()
+            .ok_or_else(|| format!("{name} needs `{key}=`"))
+    };
+    let axis =
+        || -> Result<usize, String> { attr("axis")?.parse().map_err(|_| "bad axis".to_string()) };
     if let Some(u) = UnaryOp::from_name(name) {
         return Ok(Op::Unary(u));
     }
@@ -130,7 +164,10 @@ fn build_op(name: &str, attrs: &HashMap<&str, &str>, literal: Option<Literal>) -
         });
     }
     if let Some(mode) = ScatterMode::from_name(name) {
-        return Ok(Op::Scatter { axis: axis()?, mode });
+        return Ok(Op::Scatter {
+            axis: axis()?,
+            mode,
+        });
     }
     Ok(match name {
         "const" => Op::Const(literal.ok_or("const needs a value")?),
@@ -169,10 +206,16 @@ fn parse_list(s: &str) -> Result<Vec<usize>, String> {
 }
 
 fn parse_literal(s: &str) -> Result<Literal, String> {
-    let number = |x: &str| x.trim().parse::<f64>().map_err(|_| format!("bad number `{x}`"));
+    let number = |x: &str| {
+        x.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("bad number `{x}`"))
+    };
     match s.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
         Some("") => Ok(Literal::Dense(Vec::new())),
-        Some(inner) => Ok(Literal::Dense(inner.split(',').map(number).collect::<Result<_, _>>()?)),
+        Some(inner) => Ok(Literal::Dense(
+            inner.split(',').map(number).collect::<Result<_, _>>()?,
+        )),
         None => Ok(Literal::Splat(number(s)?)),
     }
 }
@@ -181,7 +224,9 @@ fn parse_literal(s: &str) -> Result<Literal, String> {
 pub(crate) fn parse_type(s: &str) -> Result<TensorType, String> {
     let s = s.trim();
     let (dtype, dims) = s.split_once('[').ok_or_else(|| format!("bad type `{s}`"))?;
-    let dims = dims.strip_suffix(']').ok_or_else(|| format!("bad type `{s}`"))?;
+    let dims = dims
+        .strip_suffix(']')
+        .ok_or_else(|| format!("bad type `{s}`"))?;
     let dtype: DType = dtype.parse()?;
     let shape = if dims.trim().is_empty() {
         Vec::new()
@@ -224,6 +269,8 @@ pub(crate) fn parse_dim(s: &str) -> Result<Dim, String> {
 
 pub(crate) fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

@@ -70,7 +70,10 @@ fn list(xs: &[usize]) -> String {
 /// The op's parameters that the result type does not already carry.
 pub(super) fn attributes(op: &Op) -> Vec<(&'static str, String)> {
     match op {
-        Op::Iota { axis } | Op::Concat { axis } | Op::Gather { axis } | Op::Scatter { axis, .. } => {
+        Op::Iota { axis }
+        | Op::Concat { axis }
+        | Op::Gather { axis }
+        | Op::Scatter { axis, .. } => {
             vec![("axis", axis.to_string())]
         }
         Op::Reduce { axes, .. } => vec![("axes", list(axes))],

@@ -1,0 +1,60 @@
+//! The check every pass answers to: the graph before and after computes the same outputs on
+//! random inputs (the interpreter is the oracle).
+
+use kiln_ir::interp::random::random_bindings;
+use kiln_ir::interp::{interpret, Tensor};
+use kiln_ir::{Bindings, Graph};
+
+/// Runs both graphs on the same random inputs for each seed and compares every output of
+/// `before` with the output of the same name in `after`, to relative error `tol`
+/// (`max |a − b| / max(1, max |a|)`); non-finite values must match exactly.
+pub fn check_equivalent(
+    before: &Graph,
+    after: &Graph,
+    env: &Bindings,
+    int_bound: u64,
+    seeds: std::ops::Range<u64>,
+    tol: f64,
+) -> Result<(), String> {
+    for seed in seeds {
+        let (inputs, weights) =
+            random_bindings(before, env, int_bound, seed).map_err(|e| e.to_string())?;
+        let a = interpret(before, &inputs, &weights).map_err(|e| format!("before: {e}"))?;
+        let b = interpret(after, &inputs, &weights).map_err(|e| format!("after: {e}"))?;
+        for (name, x) in &a {
+            let y = b
+                .get(name)
+                .ok_or_else(|| format!("output `{name}` disappeared"))?;
+            let err = difference(x, y).map_err(|e| format!("output `{name}`, seed {seed}: {e}"))?;
+            if err > tol {
+                return Err(format!(
+                    "output `{name}`, seed {seed}: relative error {err:.3e} > {tol:e}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn difference(x: &Tensor, y: &Tensor) -> Result<f64, String> {
+    if x.shape != y.shape || x.dtype != y.dtype {
+        return Err(format!(
+            "{}{:?} became {}{:?}",
+            x.dtype, x.shape, y.dtype, y.shape
+        ));
+    }
+    let (x, y) = (x.to_f64(), y.to_f64());
+    let scale = x
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, |m, v| m.max(v.abs()));
+    let mut worst = 0.0f64;
+    for (p, q) in x.iter().zip(&y) {
+        if p.is_finite() && q.is_finite() {
+            worst = worst.max((p - q).abs() / scale);
+        } else if !(p == q || (p.is_nan() && q.is_nan())) {
+            return Err(format!("{p} became {q}"));
+        }
+    }
+    Ok(worst)
+}

@@ -1,0 +1,64 @@
+//! The pass manager: an ordered list of named passes, the verifier between them, and a hook
+//! that sees the graph after each one (for `--after` and `--print-after-all`).
+
+use kiln_ir::{verify, Graph, IrError};
+use std::fmt;
+
+pub trait Pass {
+    /// The name used in the pipeline listing, `--after` and snapshot names.
+    fn name(&self) -> &'static str;
+    fn run(&self, g: &mut Graph) -> Result<(), IrError>;
+}
+
+#[derive(Debug)]
+pub struct PipelineError {
+    pub pass: &'static str,
+    pub error: IrError,
+}
+
+impl fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pass `{}`: {}", self.pass, self.error)
+    }
+}
+
+impl std::error::Error for PipelineError {}
+
+pub struct Pipeline {
+    passes: Vec<Box<dyn Pass>>,
+}
+
+impl Pipeline {
+    /// The standard pipeline, in order.
+    pub fn standard() -> Pipeline {
+        Pipeline {
+            passes: vec![Box::new(crate::canonicalize::Canonicalize)],
+        }
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.passes.iter().map(|p| p.name()).collect()
+    }
+
+    /// Runs every pass in order, verifying after each and handing the result to `after`.
+    pub fn run(
+        &self,
+        g: &mut Graph,
+        mut after: impl FnMut(&'static str, &Graph),
+    ) -> Result<(), PipelineError> {
+        verify(g).map_err(|error| PipelineError {
+            pass: "build",
+            error,
+        })?;
+        for pass in &self.passes {
+            let fail = |error| PipelineError {
+                pass: pass.name(),
+                error,
+            };
+            pass.run(g).map_err(fail)?;
+            verify(g).map_err(fail)?;
+            after(pass.name(), g);
+        }
+        Ok(())
+    }
+}
