@@ -32,6 +32,11 @@ impl TensorType {
         TensorType::new(dtype, self.shape.clone())
     }
 
+    /// The sizes when every dimension is constant.
+    pub fn fixed_shape(&self) -> Option<Vec<usize>> {
+        self.shape.iter().map(Dim::as_fixed).collect()
+    }
+
     /// The number of elements when every dimension is constant.
     pub fn fixed_numel(&self) -> Option<usize> {
         self.shape.iter().map(Dim::as_fixed).product()

@@ -60,12 +60,7 @@ fn as_literal(g: &Graph, id: kiln_ir::NodeId) -> Option<Literal> {
     match &node.op {
         Op::Const(lit) => Some(lit.clone()),
         Op::Iota { .. } => {
-            let shape: Vec<usize> = node
-                .ty
-                .shape
-                .iter()
-                .map(|d| d.as_fixed())
-                .collect::<Option<_>>()?;
+            let shape = node.ty.fixed_shape()?;
             if shape.iter().product::<usize>() > DENSE_LIMIT {
                 return None;
             }
@@ -105,13 +100,7 @@ fn dense_fold(
     literals: &[&Literal],
 ) -> Result<Option<Literal>, IrError> {
     let node = g.node(id);
-    let Some(shape) = node
-        .ty
-        .shape
-        .iter()
-        .map(|d| d.as_fixed())
-        .collect::<Option<Vec<usize>>>()
-    else {
+    let Some(shape) = node.ty.fixed_shape() else {
         return Ok(None);
     };
     if shape.iter().product::<usize>() > DENSE_LIMIT {
@@ -120,12 +109,7 @@ fn dense_fold(
     let mut args = Vec::new();
     for (&o, lit) in operands.iter().zip(literals) {
         let ty = g.ty(o);
-        let Some(s) = ty
-            .shape
-            .iter()
-            .map(|d| d.as_fixed())
-            .collect::<Option<Vec<usize>>>()
-        else {
+        let Some(s) = ty.fixed_shape() else {
             return Ok(None);
         };
         let n: usize = s.iter().product();
