@@ -38,16 +38,6 @@ impl DType {
         }
     }
 
-    /// Bytes one element occupies in memory.
-    pub fn size_bytes(self) -> usize {
-        match self {
-            DType::F32 | DType::I32 => 4,
-            DType::F16 | DType::BF16 => 2,
-            DType::I64 => 8,
-            DType::Bool => 1,
-        }
-    }
-
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F16 | DType::BF16)
     }

@@ -175,10 +175,6 @@ impl Graph {
         &self.g[id]
     }
 
-    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
-        &mut self.g[id]
-    }
-
     pub fn contains(&self, id: NodeId) -> bool {
         self.g.contains_node(id)
     }

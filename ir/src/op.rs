@@ -280,11 +280,6 @@ impl Op {
         )
     }
 
-    /// Ops whose result type is stored on the node rather than derived from operands.
-    pub fn is_typed(&self) -> bool {
-        self.is_source() || matches!(self, Op::Cast | Op::Reshape | Op::Broadcast)
-    }
-
     /// The number of operands, `None` for variadic `concat`.
     pub fn arity(&self) -> Option<usize> {
         Some(match self {

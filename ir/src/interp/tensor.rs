@@ -96,13 +96,6 @@ impl Tensor {
         (0..self.data.len()).map(|i| self.data.get_f64(i)).collect()
     }
 
-    pub fn as_f32(&self) -> Option<&[f32]> {
-        match &self.data {
-            Data::Float(v) => Some(v),
-            _ => None,
-        }
-    }
-
     /// Rounds values to what the dtype can hold.
     pub(crate) fn round(&mut self) {
         match (&mut self.data, self.dtype) {
