@@ -10,6 +10,7 @@
 use std::fmt;
 use std::io;
 
+use crate::dequant::DEQUANT_TYPES;
 use crate::ggml_type::GgmlType;
 
 /// An error reading a GGUF file, or asking its metadata for a value it does not hold. Boxed,
@@ -76,6 +77,15 @@ pub enum ErrorKind {
     Misaligned { offset: u64, alignment: u64 },
     /// A tensor's data, bytes `start..end` of the file, goes past its `file_len` bytes.
     TensorOutOfBounds { start: u64, end: u64, file_len: u64 },
+    /// Dequantizing this type is not implemented yet.
+    DequantUnsupported { ggml_type: GgmlType },
+    /// Tensor data of `found` bytes where `numel` elements of `ggml_type` take `expected`.
+    DataLength {
+        ggml_type: GgmlType,
+        numel: u64,
+        expected: u64,
+        found: u64,
+    },
     /// A metadata key that is not in the file.
     MissingKey { key: String },
     /// A metadata value of another type than asked for.
@@ -250,6 +260,21 @@ impl ErrorKind {
                     "data spans bytes {start}..{end}, the file has {file_len} bytes"
                 )),
             ),
+            DequantUnsupported { ggml_type } => (
+                format!("dequantizing {ggml_type} is not supported yet"),
+                Some(format!("supported: {}", dequant_types())),
+            ),
+            DataLength {
+                ggml_type,
+                numel,
+                expected,
+                found,
+            } => (
+                "tensor data has the wrong length".into(),
+                Some(format!(
+                    "expected {expected} bytes for {numel} {ggml_type} elements, found {found}"
+                )),
+            ),
             MissingKey { key } => (format!("missing metadata key `{key}`"), None),
             WrongType {
                 key,
@@ -269,6 +294,12 @@ fn known_types() -> String {
         .iter()
         .map(|t| format!("{t}={}", t.id()))
         .collect();
+    names.join(", ")
+}
+
+/// The names of the types that can be dequantized, for the unsupported-type message.
+fn dequant_types() -> String {
+    let names: Vec<&str> = DEQUANT_TYPES.iter().map(|t| t.name()).collect();
     names.join(", ")
 }
 

@@ -15,8 +15,12 @@
 //!
 //! No input makes it panic or allocate much more than the file holds: every length and count is
 //! checked against the bytes left before anything is allocated. It knows nothing of model
-//! architectures, dequantization or the IR.
+//! architectures or the IR.
+//!
+//! [`dequantize`] and [`dequantize_tensor`] decode tensor data of the common types (F32, F16,
+//! BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) to `f32`, matching gguf-py bit for bit.
 
+mod dequant;
 mod error;
 mod file;
 mod ggml_type;
@@ -27,6 +31,7 @@ mod reader;
 mod tensor;
 mod value;
 
+pub use dequant::{dequantize, dequantize_tensor, DEQUANT_TYPES};
 pub use error::{ErrorKind, GgufError};
 pub use file::GgufFile;
 pub use ggml_type::GgmlType;

@@ -1,0 +1,16 @@
+//! Q4_0: blocks of 32 elements in 18 bytes, an f16 scale `d` then 16 bytes of 4-bit quants.
+//! Byte `j`'s low nibble is element `j`, its high nibble element `j + 16`; an element is
+//! `(nibble - 8) * d`.
+
+use super::f16_at;
+
+pub(super) fn decode(bytes: &[u8], out: &mut [f32]) {
+    for (block, y) in bytes.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
+        let d = f16_at(block, 0);
+        let (lo, hi) = y.split_at_mut(16);
+        for ((a, b), &q) in lo.iter_mut().zip(hi).zip(&block[2..]) {
+            *a = d * f32::from((q & 0x0F) as i8 - 8);
+            *b = d * f32::from((q >> 4) as i8 - 8);
+        }
+    }
+}
