@@ -374,43 +374,21 @@ fn matmul(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Data {
 fn concat(xs: &[&Tensor], axis: usize, shape: &[usize]) -> Data {
     let pre: usize = shape[..axis].iter().product();
     let post: usize = shape[axis + 1..].iter().product();
-    // Gather (operand, index) pairs row by row, then flatten per data kind.
-    let mut picks: Vec<(usize, usize)> = Vec::with_capacity(shape.iter().product());
+    // Join the operands end to end, then pick from the joined data row by row.
+    let mut starts = Vec::with_capacity(xs.len());
+    let mut joined = xs[0].data.take(&[]);
+    for x in xs {
+        starts.push(joined.len());
+        joined.append(&x.data);
+    }
+    let mut picks: Vec<usize> = Vec::with_capacity(shape.iter().product());
     for p in 0..pre {
-        for (k, x) in xs.iter().enumerate() {
-            let len = x.shape[axis];
-            picks.extend((0..len * post).map(|q| (k, p * len * post + q)));
+        for (x, start) in xs.iter().zip(&starts) {
+            let run = x.shape[axis] * post;
+            picks.extend(start + p * run..start + (p + 1) * run);
         }
     }
-    match &xs[0].data {
-        Data::Float(_) => Data::Float(
-            picks
-                .iter()
-                .map(|&(k, i)| match &xs[k].data {
-                    Data::Float(v) => v[i],
-                    _ => unreachable!("verified same dtypes"),
-                })
-                .collect(),
-        ),
-        Data::Int(_) => Data::Int(
-            picks
-                .iter()
-                .map(|&(k, i)| match &xs[k].data {
-                    Data::Int(v) => v[i],
-                    _ => unreachable!("verified same dtypes"),
-                })
-                .collect(),
-        ),
-        Data::Bool(_) => Data::Bool(
-            picks
-                .iter()
-                .map(|&(k, i)| match &xs[k].data {
-                    Data::Bool(v) => v[i],
-                    _ => unreachable!("verified same dtypes"),
-                })
-                .collect(),
-        ),
-    }
+    joined.take(&picks)
 }
 
 fn scatter(xs: &[&Tensor], axis: usize, mode: ScatterMode) -> Result<Data, String> {

@@ -43,6 +43,16 @@ impl Data {
         }
     }
 
+    /// Appends `other`'s elements (of the same kind).
+    pub fn append(&mut self, other: &Data) {
+        match (self, other) {
+            (Data::Float(a), Data::Float(b)) => a.extend_from_slice(b),
+            (Data::Int(a), Data::Int(b)) => a.extend_from_slice(b),
+            (Data::Bool(a), Data::Bool(b)) => a.extend_from_slice(b),
+            _ => unreachable!("verified same dtypes"),
+        }
+    }
+
     /// Element `i` as f64 (bool as 0/1).
     pub fn get_f64(&self, i: usize) -> f64 {
         match self {
