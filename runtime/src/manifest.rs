@@ -1,0 +1,182 @@
+//! The artifact manifest: everything the runtime needs to run compiled code, as plain serde data.
+//!
+//! The compiler fills it; the runtime reads it and never needs a compiler crate to do so.
+//!
+//! **Kernel ABI.** Every step of a program names one function in the artifact's object code with
+//! the C signature
+//! `fn(bufs: *const *mut u8, syms: *const i64, start: i64, end: i64, fns: *const *const u8)`:
+//! `bufs` is the program's buffer table (indexed as [`ProgramDesc::buffers`]), `syms` the bound
+//! values of [`ProgramDesc::symbols`], `[start, end)` the slice of the step's work items this call
+//! must do (the runtime splits [`Step::work`] across threads; items are independent), and `fns`
+//! the runtime function table ([`RUNTIME_FUNCTIONS`], in that order).
+//!
+//! Invariants: buffer indices in steps and I/O are in range; every input and output names a
+//! buffer of its own kind; steps run in order, each after the previous one has finished.
+
+use crate::poly::Poly;
+use serde::{Deserialize, Serialize};
+
+/// Bumped on every incompatible change of the manifest or the artifact layout.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Functions the runtime hands to kernels, in table order. The names are part of the ABI.
+///
+/// - `gemm_f32(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, c_cs)`: `c = a·b`, strides in
+///   elements, all `i64` but the three `*f32`.
+/// - `sinf`, `cosf`, `logf`, `erff`, `tanhf`: `f32 → f32`; `powf`: `(f32, f32) → f32`.
+pub const RUNTIME_FUNCTIONS: &[&str] =
+    &["gemm_f32", "sinf", "cosf", "logf", "erff", "tanhf", "powf"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ElemType {
+    F32,
+    F16,
+    Bf16,
+    I32,
+    I64,
+    Bool,
+}
+
+impl ElemType {
+    pub fn size(self) -> usize {
+        match self {
+            ElemType::F32 | ElemType::I32 => 4,
+            ElemType::F16 | ElemType::Bf16 => 2,
+            ElemType::I64 => 8,
+            ElemType::Bool => 1,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ElemType::F32 => "f32",
+            ElemType::F16 => "f16",
+            ElemType::Bf16 => "bf16",
+            ElemType::I32 => "i32",
+            ElemType::I64 => "i64",
+            ElemType::Bool => "bool",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The `kiln` version that wrote the artifact.
+    pub kiln_version: String,
+    pub target: Target,
+    pub model: ModelInfo,
+    /// The weights the programs read, in buffer order: names and shapes in Hugging Face's layout
+    /// (row-major, `[out, in]` for linear layers).
+    pub weights: Vec<TensorDesc>,
+    /// Constants baked in by the compiler; their bytes live in the artifact's data section.
+    pub constants: Vec<ConstantDesc>,
+    pub programs: Vec<ProgramDesc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// `x86_64`.
+    pub arch: String,
+    /// CPU features the code was compiled for (`avx`, `fma`, `sse4.1`…); the loader checks them.
+    pub features: Vec<String>,
+}
+
+/// What the decoding loop and the weight loader need to know of the model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// `llama`, `mistral`, `qwen2`, … as read from the config.
+    pub family: String,
+    pub vocab_size: usize,
+    pub num_layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub max_positions: usize,
+    pub tied_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    /// The chat template from the config, if it carried one.
+    pub chat_template: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorDesc {
+    pub name: String,
+    pub dtype: ElemType,
+    pub shape: Vec<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConstantDesc {
+    pub dtype: ElemType,
+    pub shape: Vec<usize>,
+    /// Byte offset and length in the data section.
+    pub offset: usize,
+    pub len: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymbolDesc {
+    pub name: String,
+    /// The largest value the program was compiled for.
+    pub max: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BufferKind {
+    /// Program input `inputs[i]`.
+    Input(usize),
+    /// Weight `weights[i]` of the manifest.
+    Weight(usize),
+    /// Constant `constants[i]` of the manifest.
+    Constant(usize),
+    /// Written by a step (outputs and intermediates).
+    Temp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufferDesc {
+    pub kind: BufferKind,
+    pub dtype: ElemType,
+    /// Element count.
+    pub numel: Poly,
+}
+
+/// A named program input or output: a buffer and its (symbolic) shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoDesc {
+    pub name: String,
+    pub buffer: usize,
+    pub dtype: ElemType,
+    pub shape: Vec<Poly>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// The kernel's symbol in the object code.
+    pub kernel: String,
+    /// Number of independent work items.
+    pub work: Poly,
+    /// Rough cost of one work item in bytes touched, for the thread split.
+    pub item_cost: u64,
+    /// What the step computes, for profiles and error messages.
+    pub label: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramDesc {
+    /// `prefill`, `decode`, …
+    pub name: String,
+    pub symbols: Vec<SymbolDesc>,
+    pub buffers: Vec<BufferDesc>,
+    pub inputs: Vec<IoDesc>,
+    pub outputs: Vec<IoDesc>,
+    pub steps: Vec<Step>,
+}
+
+impl Manifest {
+    pub fn program(&self, name: &str) -> Option<&ProgramDesc> {
+        self.programs.iter().find(|p| p.name == name)
+    }
+}
