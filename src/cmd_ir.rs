@@ -1,8 +1,8 @@
 //! `kiln ir`: builds one program of a model and prints its IR — as built, after a named pass,
 //! or after every pass — as canonical text or Graphviz DOT.
 
-use crate::model;
 use clap::{Args, ValueEnum};
+use kiln::model;
 use kiln_frontend::{build, BuildOptions, Program};
 use kiln_ir::Graph;
 use kiln_passes::Pipeline;

@@ -3,7 +3,6 @@
 //! exits with status 1.
 
 mod cmd_ir;
-mod model;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -120,6 +120,12 @@ pub fn read_spec(file: &GgufFile) -> Result<ModelSpec, FrontendError> {
             tied: file.tensor("output.weight").is_none(),
             scale: None,
         },
+        tokens: SpecialTokens {
+            bos: token_id(file, "tokenizer.ggml.bos_token_id")?,
+            eos: token_id(file, "tokenizer.ggml.eos_token_id")?
+                .into_iter()
+                .collect(),
+        },
     })
 }
 
@@ -216,4 +222,15 @@ impl Meta<'_> {
             }),
         }
     }
+}
+
+fn token_id(file: &GgufFile, key: &str) -> Result<Option<u32>, FrontendError> {
+    if file.get(key).is_none() {
+        return Ok(None);
+    }
+    file.get_u64(key)
+        .ok()
+        .and_then(|v| u32::try_from(v).ok())
+        .map(Some)
+        .ok_or_else(|| FrontendError::new(&file.source, Some(key), "expected a token id"))
 }

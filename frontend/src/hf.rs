@@ -112,7 +112,27 @@ pub fn read_config(text: &str, file: &str) -> Result<ModelSpec, FrontendError> {
             tied: f.bool_or("tie_word_embeddings", false)?,
             scale: None,
         },
+        tokens: special_tokens(&f)?,
     })
+}
+
+/// `bos_token_id` (an id or null) and `eos_token_id` (an id, a list of ids, or null).
+fn special_tokens(f: &Fields) -> Result<SpecialTokens, FrontendError> {
+    let id = |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+    let bos = match f.get("bos_token_id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(id(v).ok_or_else(|| f.error("bos_token_id", "expected a token id"))?),
+    };
+    let eos = match f.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|v| id(v).ok_or_else(|| f.error("eos_token_id", "expected a list of token ids")))
+            .collect::<Result<_, _>>()?,
+        Some(v) => vec![id(v)
+            .ok_or_else(|| f.error("eos_token_id", "expected a token id or a list of them"))?],
+    };
+    Ok(SpecialTokens { bos, eos })
 }
 
 fn activation(f: &Fields) -> Result<Activation, FrontendError> {

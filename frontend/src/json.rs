@@ -28,7 +28,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The value, treating JSON `null` as absent.
-    fn get(&self, key: &str) -> Option<&'a Value> {
+    pub fn get(&self, key: &str) -> Option<&'a Value> {
         self.obj.get(key).filter(|v| !v.is_null())
     }
 

@@ -195,6 +195,14 @@ pub struct Embeddings {
     pub scale: Option<f64>,
 }
 
+/// Token ids with a meaning to decoding.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpecialTokens {
+    pub bos: Option<u32>,
+    /// Generation stops at any of these.
+    pub eos: Vec<u32>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
     /// The family as the source named it (`llama`, `mistral`, `qwen2`).
@@ -212,4 +220,5 @@ pub struct ModelSpec {
     pub position: Position,
     pub attention: Attention,
     pub embeddings: Embeddings,
+    pub tokens: SpecialTokens,
 }

@@ -55,6 +55,16 @@ impl Dim {
         self.as_fixed() == Some(1)
     }
 
+    /// The `(symbol, coefficient)` terms, sorted by symbol.
+    pub fn terms(&self) -> &[(String, i64)] {
+        &self.terms
+    }
+
+    /// The constant term.
+    pub fn constant(&self) -> i64 {
+        self.constant
+    }
+
     pub fn symbols(&self) -> impl Iterator<Item = &str> {
         self.terms.iter().map(|(s, _)| s.as_str())
     }

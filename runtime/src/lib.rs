@@ -8,10 +8,17 @@
 pub mod artifact;
 pub mod atomic;
 pub mod error;
+pub mod executor;
+pub mod functions;
+pub mod loader;
 pub mod manifest;
 pub mod poly;
+pub mod pool;
+pub mod tensor;
 
 pub use artifact::Artifact;
 pub use error::{Result, RuntimeError};
+pub use executor::{Model, Runner};
 pub use manifest::{ElemType, Manifest};
 pub use poly::Poly;
+pub use tensor::Tensor;

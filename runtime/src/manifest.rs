@@ -152,14 +152,28 @@ pub struct IoDesc {
     pub shape: Vec<Poly>,
 }
 
+/// `⌈extent / tile⌉` work items along one axis of a kernel's work.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkFactor {
+    pub extent: Poly,
+    pub tile: u64,
+}
+
+impl WorkFactor {
+    pub fn count(&self, symbols: &[i64]) -> i64 {
+        let tile = self.tile as i64;
+        (self.extent.eval(symbols) + tile - 1) / tile
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// The kernel's symbol in the object code.
     pub kernel: String,
-    /// Number of independent work items.
-    pub work: Poly,
-    /// Rough cost of one work item in bytes touched, for the thread split.
-    pub item_cost: u64,
+    /// The number of independent work items: the product of the factors.
+    pub work: Vec<WorkFactor>,
+    /// Bytes one work item touches, roughly, for the thread split.
+    pub item_bytes: Poly,
     /// What the step computes, for profiles and error messages.
     pub label: String,
 }

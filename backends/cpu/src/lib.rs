@@ -1,4 +1,75 @@
-//! `kiln-backend-cpu`: Cranelift code generation of kernels into object code.
+//! `kiln-backend-cpu`: compiles graphs into an artifact of x86-64 object code (Cranelift).
 //!
-//! Not yet implemented: the crate holds its place in the workspace so that the dependency
-//! direction of the design (backends depend on `kiln-ir`, never the reverse) is fixed from the start.
+//! [`compile`] lowers each program to buffers, views and kernels (`lower`), emits every kernel
+//! as one function of a single object module (`codegen`), and packs the object, the manifest
+//! and the constants into a `kiln_runtime::Artifact`. The runtime runs it; this crate never
+//! executes code.
+
+pub mod codegen;
+pub mod error;
+pub mod isa;
+pub mod kernel;
+pub mod lower;
+pub mod view;
+
+pub use error::{CompileError, Result};
+
+use cranelift_object::{ObjectBuilder, ObjectModule};
+use kiln_ir::Graph;
+use kiln_runtime::manifest::{Manifest, ModelInfo, ProgramDesc, Step, Target};
+use kiln_runtime::Artifact;
+use lower::SharedTables;
+
+/// Compiles `programs` (e.g. `prefill` and `decode` of one model) into one artifact.
+pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
+    let builder = ObjectBuilder::new(
+        isa::target_isa()?,
+        "kiln",
+        cranelift_module::default_libcall_names(),
+    )?;
+    let mut module = ObjectModule::new(builder);
+    let mut shared = SharedTables::default();
+    let mut descs = Vec::new();
+    for g in programs {
+        let lowered = lower::lower(g, &mut shared)?;
+        let mut steps = Vec::new();
+        for (i, (kernel, label)) in lowered.kernels.iter().enumerate() {
+            let name = format!("{}_{i}", lowered.name);
+            codegen::define(&mut module, &name, kernel)?;
+            let (work, item_bytes) = kernel.work();
+            steps.push(Step {
+                kernel: name,
+                work,
+                item_bytes,
+                label: label.clone(),
+            });
+        }
+        descs.push(ProgramDesc {
+            name: lowered.name,
+            symbols: lowered.symbols,
+            buffers: lowered.buffers,
+            inputs: lowered.inputs,
+            outputs: lowered.outputs,
+            steps,
+        });
+    }
+    let object = module
+        .finish()
+        .emit()
+        .map_err(|e| CompileError(format!("cannot write the object file: {e}")))?;
+    Ok(Artifact {
+        manifest: Manifest {
+            kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+            target: Target {
+                arch: "x86_64".into(),
+                features: isa::FEATURES.iter().map(|s| s.to_string()).collect(),
+            },
+            model,
+            weights: shared.weights,
+            constants: shared.constants,
+            programs: descs,
+        },
+        object,
+        data: shared.data,
+    })
+}

@@ -1,0 +1,308 @@
+//! Matrix-multiply kernels (`Kernel::MatMul`): `out[.., m, n] = Σₖ a[.., m, k]·b[.., k, n]`
+//! over strided, batch-broadcast operands, into a contiguous output.
+//!
+//! Work items are `tile_m × tile_n` output tiles of one batch element. A tile of at least
+//! [`GEMM_MIN_ROWS`] rows (in kernels compiled with tiles taller than that) calls the runtime's
+//! `gemm_f32`; smaller tiles run Cranelift loops in one of three forms chosen at compile time
+//! from the strides:
+//! - **dot**: `a` and `b` both unit-stride along `k` (a linear layer's `x·Wᵀ`, attention scores
+//!   `q·kᵀ`): four outputs at a time, each a 4-lane FMA dot product, so one pass over `a`'s row
+//!   feeds four rows of `W`;
+//! - **axpy**: `b` unit-stride along `n` (`probs·v`): 16 then 4 output lanes at a time,
+//!   accumulating `a[m,k]·b[k, n..]`;
+//! - **scalar**: anything else.
+
+use super::builder::KernelFn;
+use crate::view::View;
+use cranelift_codegen::ir::{condcodes::IntCC, types, AbiParam, InstBuilder, Signature, Value};
+use cranelift_frontend::Variable;
+use kiln_ir::DType;
+
+/// Tiles with at least this many rows go to the GEMM library.
+pub const GEMM_MIN_ROWS: i64 = 8;
+
+struct Operands {
+    a: Value,
+    b: Value,
+    c: Value,
+    a_rs: Value,
+    a_cs: Value,
+    b_rs: Value,
+    b_cs: Value,
+    c_rs: Value,
+    k: Value,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Form {
+    Dot,
+    Axpy,
+    Scalar,
+}
+
+pub fn emit(f: &mut KernelFn, a: &View, b: &View, out: &View, tile_m: i64, tile_n: i64) {
+    let r = out.rank();
+    let form = if a.strides[r - 1].is_constant(1) && b.strides[r - 2].is_constant(1) {
+        Form::Dot
+    } else if b.strides[r - 1].is_constant(1) {
+        Form::Axpy
+    } else {
+        Form::Scalar
+    };
+    let out_dims = f.polys(&out.dims);
+    let (m_len, n_len) = (out_dims[r - 2], out_dims[r - 1]);
+    let a_strides = f.polys(&a.strides);
+    let b_strides = f.polys(&b.strides);
+    let c_strides = f.polys(&out.strides);
+    let a_off = f.poly(&a.offset);
+    let b_off = f.poly(&b.offset);
+    let k = f.poly(&a.dims[r - 1]);
+    let ptrs = [a, b, out].map(|v| f.buffer(v.buffer().expect("matmul operands are buffers")));
+    let tiles_n = ceil_div(f, n_len, tile_n);
+    let tiles_m = ceil_div(f, m_len, tile_m);
+    let (start, end) = (f.start, f.end);
+    f.for_loop(start, end, 1, |f, w| {
+        let tn = f.b.ins().urem(w, tiles_n);
+        let t = f.b.ins().udiv(w, tiles_n);
+        let tm = f.b.ins().urem(t, tiles_m);
+        let batch = f.b.ins().udiv(t, tiles_m);
+        let coords = f.unravel(batch, &out_dims[..r - 2]);
+        let a_base = f.linear(a_off, &coords, &a_strides[..r - 2]);
+        let b_base = f.linear(b_off, &coords, &b_strides[..r - 2]);
+        let zero = f.iconst(0);
+        let c_base = f.linear(zero, &coords, &c_strides[..r - 2]);
+        let m0 = f.b.ins().imul_imm_s(tm, tile_m);
+        let m1 = tile_end(f, m0, tile_m, m_len);
+        let n0 = f.b.ins().imul_imm_s(tn, tile_n);
+        let n1 = tile_end(f, n0, tile_n, n_len);
+        let at = |f: &mut KernelFn, ptr: Value, index: Value| f.address(ptr, index, DType::F32);
+        let ops = Operands {
+            a: at(f, ptrs[0], a_base),
+            b: at(f, ptrs[1], b_base),
+            c: at(f, ptrs[2], c_base),
+            a_rs: a_strides[r - 2],
+            a_cs: a_strides[r - 1],
+            b_rs: b_strides[r - 2],
+            b_cs: b_strides[r - 1],
+            c_rs: c_strides[r - 2],
+            k,
+        };
+        let rows = |f: &mut KernelFn| {
+            f.for_loop(m0, m1, 1, |f, m| match form {
+                Form::Dot => dot_row(f, &ops, m, n0, n1),
+                Form::Axpy => axpy_row(f, &ops, m, n0, n1),
+                Form::Scalar => scalar_row(f, &ops, m, n0, n1),
+            });
+        };
+        if tile_m >= GEMM_MIN_ROWS {
+            let tall = f.b.ins().isub(m1, m0);
+            let big =
+                f.b.ins()
+                    .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, tall, GEMM_MIN_ROWS);
+            let gemm_block = f.b.create_block();
+            let loops_block = f.b.create_block();
+            let join = f.b.create_block();
+            f.b.ins().brif(big, gemm_block, &[], loops_block, &[]);
+            f.b.switch_to_block(gemm_block);
+            call_gemm(f, &ops, m0, m1, n0, n1);
+            f.b.ins().jump(join, &[]);
+            f.b.switch_to_block(loops_block);
+            rows(f);
+            f.b.ins().jump(join, &[]);
+            f.b.switch_to_block(join);
+        } else {
+            rows(f);
+        }
+    });
+}
+
+fn ceil_div(f: &mut KernelFn, x: Value, d: i64) -> Value {
+    let up = f.b.ins().iadd_imm_s(x, d - 1);
+    let d = f.iconst(d);
+    f.b.ins().udiv(up, d)
+}
+
+fn tile_end(f: &mut KernelFn, start: Value, tile: i64, len: Value) -> Value {
+    let end = f.b.ins().iadd_imm_s(start, tile);
+    f.b.ins().smin(end, len)
+}
+
+/// Address of element `index` (in elements) from `base`.
+fn elem(f: &mut KernelFn, base: Value, index: Value) -> Value {
+    f.address(base, index, DType::F32)
+}
+
+fn mul_add_index(f: &mut KernelFn, a: Value, stride: Value, b: Value) -> Value {
+    let t = f.b.ins().imul(a, stride);
+    f.b.ins().iadd(t, b)
+}
+
+fn call_gemm(f: &mut KernelFn, o: &Operands, m0: Value, m1: Value, n0: Value, n1: Value) {
+    let mut sig = Signature::new(f.call_conv);
+    for _ in 0..12 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    let sig = f.b.import_signature(sig);
+    let callee = f.load(types::I64, f.fns);
+    let zero = f.iconst(0);
+    let a_at = mul_add_index(f, m0, o.a_rs, zero);
+    let a = elem(f, o.a, a_at);
+    let b_at = mul_add_index(f, n0, o.b_cs, zero);
+    let b = elem(f, o.b, b_at);
+    let c_at = mul_add_index(f, m0, o.c_rs, n0);
+    let c = elem(f, o.c, c_at);
+    let m = f.b.ins().isub(m1, m0);
+    let n = f.b.ins().isub(n1, n0);
+    let one = f.iconst(1);
+    let args = [
+        m, n, o.k, a, o.a_rs, o.a_cs, b, o.b_rs, o.b_cs, c, o.c_rs, one,
+    ];
+    f.b.ins().call_indirect(sig, callee, &args);
+}
+
+/// Sums the four lanes of a vector.
+fn lane_sum(f: &mut KernelFn, v: Value) -> Value {
+    let mut s = f.b.ins().extractlane(v, 0);
+    for lane in 1..4 {
+        let x = f.b.ins().extractlane(v, lane);
+        s = f.b.ins().fadd(s, x);
+    }
+    s
+}
+
+fn zero_var(f: &mut KernelFn, vector: bool) -> Variable {
+    let z = f.b.ins().f32const(0.0);
+    if vector {
+        let z = f.b.ins().splat(types::F32X4, z);
+        f.var(types::F32X4, z)
+    } else {
+        f.var(types::F32, z)
+    }
+}
+
+fn fma_into(f: &mut KernelFn, acc: Variable, x: Value, y: Value) {
+    let a = f.b.use_var(acc);
+    let next = f.b.ins().fma(x, y, a);
+    f.b.def_var(acc, next);
+}
+
+/// Dot form: `width` outputs at a time (4, then 1 for the rest).
+fn dot_row(f: &mut KernelFn, o: &Operands, m: Value, n0: Value, n1: Value) {
+    let a_row_at = f.b.ins().imul(m, o.a_rs);
+    let a_row = elem(f, o.a, a_row_at);
+    let c_row_at = f.b.ins().imul(m, o.c_rs);
+    let c_row = elem(f, o.c, c_row_at);
+    let rest = f.for_loop(n0, n1, 4, |f, n| dot_block(f, o, a_row, c_row, n, 4));
+    f.for_loop(rest, n1, 1, |f, n| dot_block(f, o, a_row, c_row, n, 1));
+}
+
+fn dot_block(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n: Value, width: usize) {
+    let b_rows: Vec<Value> = (0..width)
+        .map(|j| {
+            let col = f.b.ins().iadd_imm_s(n, j as i64);
+            let at = f.b.ins().imul(col, o.b_cs);
+            elem(f, o.b, at)
+        })
+        .collect();
+    let vacc: Vec<Variable> = (0..width).map(|_| zero_var(f, true)).collect();
+    let sacc: Vec<Variable> = (0..width).map(|_| zero_var(f, false)).collect();
+    let zero = f.iconst(0);
+    let rest = f.for_loop(zero, o.k, 4, |f, k| {
+        let x_at = elem(f, a_row, k);
+        let x = f.load(types::F32X4, x_at);
+        for j in 0..width {
+            let w_at = elem(f, b_rows[j], k);
+            let w = f.load(types::F32X4, w_at);
+            fma_into(f, vacc[j], x, w);
+        }
+    });
+    f.for_loop(rest, o.k, 1, |f, k| {
+        let x_at = elem(f, a_row, k);
+        let x = f.load(types::F32, x_at);
+        for j in 0..width {
+            let w_at = elem(f, b_rows[j], k);
+            let w = f.load(types::F32, w_at);
+            fma_into(f, sacc[j], x, w);
+        }
+    });
+    for j in 0..width {
+        let v = f.b.use_var(vacc[j]);
+        let lanes = lane_sum(f, v);
+        let s = f.b.use_var(sacc[j]);
+        let total = f.b.ins().fadd(lanes, s);
+        let col = f.b.ins().iadd_imm_s(n, j as i64);
+        let addr = elem(f, c_row, col);
+        f.store(total, addr);
+    }
+}
+
+/// Axpy form: 16 output lanes at a time, then 4, then scalars.
+fn axpy_row(f: &mut KernelFn, o: &Operands, m: Value, n0: Value, n1: Value) {
+    let a_row_at = f.b.ins().imul(m, o.a_rs);
+    let a_row = elem(f, o.a, a_row_at);
+    let c_row_at = f.b.ins().imul(m, o.c_rs);
+    let c_row = elem(f, o.c, c_row_at);
+    let rest = f.for_loop(n0, n1, 16, |f, n| axpy_block(f, o, a_row, c_row, n, 4));
+    let rest = f.for_loop(rest, n1, 4, |f, n| axpy_block(f, o, a_row, c_row, n, 1));
+    scalar_cols(f, o, a_row, c_row, rest, n1);
+}
+
+fn axpy_block(
+    f: &mut KernelFn,
+    o: &Operands,
+    a_row: Value,
+    c_row: Value,
+    n: Value,
+    vectors: usize,
+) {
+    let acc: Vec<Variable> = (0..vectors).map(|_| zero_var(f, true)).collect();
+    let zero = f.iconst(0);
+    f.for_loop(zero, o.k, 1, |f, k| {
+        let x_at = f.b.ins().imul(k, o.a_cs);
+        let x_addr = elem(f, a_row, x_at);
+        let x = f.load(types::F32, x_addr);
+        let x = f.b.ins().splat(types::F32X4, x);
+        let row_at = mul_add_index(f, k, o.b_rs, n);
+        for (v, &acc) in acc.iter().enumerate() {
+            let at = f.b.ins().iadd_imm_s(row_at, 4 * v as i64);
+            let addr = elem(f, o.b, at);
+            let w = f.load(types::F32X4, addr);
+            fma_into(f, acc, x, w);
+        }
+    });
+    for (v, &acc) in acc.iter().enumerate() {
+        let total = f.b.use_var(acc);
+        let col = f.b.ins().iadd_imm_s(n, 4 * v as i64);
+        let addr = elem(f, c_row, col);
+        f.store(total, addr);
+    }
+}
+
+fn scalar_row(f: &mut KernelFn, o: &Operands, m: Value, n0: Value, n1: Value) {
+    let a_row_at = f.b.ins().imul(m, o.a_rs);
+    let a_row = elem(f, o.a, a_row_at);
+    let c_row_at = f.b.ins().imul(m, o.c_rs);
+    let c_row = elem(f, o.c, c_row_at);
+    scalar_cols(f, o, a_row, c_row, n0, n1);
+}
+
+/// Outputs `n0..n1` of one row, one scalar dot product each.
+fn scalar_cols(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n0: Value, n1: Value) {
+    f.for_loop(n0, n1, 1, |f, n| {
+        let acc = zero_var(f, false);
+        let zero = f.iconst(0);
+        f.for_loop(zero, o.k, 1, |f, k| {
+            let x_at = f.b.ins().imul(k, o.a_cs);
+            let x_addr = elem(f, a_row, x_at);
+            let x = f.load(types::F32, x_addr);
+            let w_at = f.b.ins().imul(k, o.b_rs);
+            let w_at = mul_add_index(f, n, o.b_cs, w_at);
+            let w_addr = elem(f, o.b, w_at);
+            let w = f.load(types::F32, w_addr);
+            fma_into(f, acc, x, w);
+        });
+        let total = f.b.use_var(acc);
+        let addr = elem(f, c_row, n);
+        f.store(total, addr);
+    });
+}

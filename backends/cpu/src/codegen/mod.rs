@@ -1,0 +1,52 @@
+//! Code generation: each [`Kernel`] becomes one exported function of a Cranelift object module,
+//! with the kernel ABI of `kiln_runtime::manifest`.
+
+mod builder;
+mod gather;
+mod map;
+mod math;
+mod matmul;
+mod reduce;
+
+use crate::error::Result;
+use crate::kernel::Kernel;
+use builder::{kernel_signature, KernelFn};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{Linkage, Module};
+use cranelift_object::ObjectModule;
+
+/// Emits `kernel` as the exported function `name`.
+pub fn define(module: &mut ObjectModule, name: &str, kernel: &Kernel) -> Result<()> {
+    let call_conv = module.isa().default_call_conv();
+    let sig = kernel_signature(call_conv);
+    let id = module.declare_function(name, Linkage::Export, &sig)?;
+    let mut ctx = module.make_context();
+    ctx.func.signature = sig;
+    let mut fctx = FunctionBuilderContext::new();
+    let mut f = KernelFn::new(FunctionBuilder::new(&mut ctx.func, &mut fctx), call_conv);
+    match kernel {
+        Kernel::Map { out, leaves, expr } => map::emit(&mut f, out, leaves, expr),
+        Kernel::Reduce {
+            op,
+            input,
+            axes,
+            out,
+        } => reduce::emit(&mut f, *op, input, axes, out),
+        Kernel::MatMul {
+            a,
+            b,
+            out,
+            tile_m,
+            tile_n,
+        } => matmul::emit(&mut f, a, b, out, *tile_m, *tile_n),
+        Kernel::Gather {
+            data,
+            indices,
+            axis,
+            out,
+        } => gather::emit(&mut f, data, indices, *axis, out),
+    }
+    f.finish(module.target_config());
+    module.define_function(id, &mut ctx)?;
+    Ok(())
+}

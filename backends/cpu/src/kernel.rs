@@ -1,0 +1,133 @@
+//! Kernel descriptions: what one compiled function computes, independent of how it is emitted.
+//!
+//! Lowering (`lower.rs`) turns a graph into a list of these; code generation (`codegen/`) turns
+//! each into one Cranelift function with the manifest's kernel ABI. Every kernel writes one
+//! output view of a buffer it alone writes, and splits its work into independent items
+//! (`work`) that the runtime hands out to threads.
+
+use crate::view::View;
+use kiln_ir::op::{BinaryOp, ReduceOp, UnaryOp};
+use kiln_ir::DType;
+use kiln_runtime::manifest::WorkFactor;
+use kiln_runtime::Poly;
+
+/// One node of an elementwise expression; operands are earlier nodes of the same list.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExprOp {
+    /// Reads leaf `i` of the kernel.
+    Leaf(usize),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+    Select(usize, usize, usize),
+    Cast(usize),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExprNode {
+    pub op: ExprOp,
+    pub dtype: DType,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kernel {
+    /// `out[idx] = expr(leaves[..][idx])` over the output's shape; the last node is the result.
+    /// Work items are rows: every axis but the last.
+    Map {
+        out: View,
+        leaves: Vec<View>,
+        expr: Vec<ExprNode>,
+    },
+    /// `out = reduce(input, axes)` with the reduced axes kept at size 1; `out` is contiguous.
+    /// Work items are output elements.
+    Reduce {
+        op: ReduceOp,
+        input: View,
+        axes: Vec<usize>,
+        out: View,
+    },
+    /// `out[.., m, n] = Σₖ a[.., m, k]·b[.., k, n]`; `a` and `b` are already broadcast to the
+    /// output's batch axes; `out` is contiguous. Work items are tiles of `tile_m × tile_n`.
+    MatMul {
+        a: View,
+        b: View,
+        out: View,
+        tile_m: i64,
+        tile_n: i64,
+    },
+    /// `out[pre, i.., post] = data[pre, indices[i..], post]`; `out` is contiguous.
+    /// Work items are rows of `out`.
+    Gather {
+        data: View,
+        indices: View,
+        axis: usize,
+        out: View,
+    },
+}
+
+impl Kernel {
+    pub fn out(&self) -> &View {
+        match self {
+            Kernel::Map { out, .. }
+            | Kernel::Reduce { out, .. }
+            | Kernel::MatMul { out, .. }
+            | Kernel::Gather { out, .. } => out,
+        }
+    }
+
+    /// The work items as factors `⌈extent / tile⌉` whose product is the item count, and the
+    /// bytes one item touches (for the thread split).
+    pub fn work(&self) -> (Vec<WorkFactor>, Poly) {
+        let out = self.out();
+        let bytes = |v: &View| Poly::constant(elem_size(v.dtype) as i64);
+        let whole = |p: &Poly| WorkFactor {
+            extent: p.clone(),
+            tile: 1,
+        };
+        let inner = || out.dims.last().cloned().unwrap_or(Poly::constant(1));
+        match self {
+            Kernel::Map { leaves, .. } => (
+                vec![whole(&rows(&out.dims))],
+                inner().mul(&bytes(out)).scale(leaves.len() as i64 + 1),
+            ),
+            Kernel::Gather { .. } => (
+                vec![whole(&rows(&out.dims))],
+                inner().mul(&bytes(out)).scale(2),
+            ),
+            Kernel::Reduce { input, axes, .. } => (
+                vec![whole(&out.numel())],
+                Poly::product(axes.iter().map(|&a| &input.dims[a])).mul(&bytes(input)),
+            ),
+            Kernel::MatMul {
+                a, tile_m, tile_n, ..
+            } => {
+                let r = out.rank();
+                let factors = vec![
+                    whole(&Poly::product(&out.dims[..r - 2])),
+                    WorkFactor {
+                        extent: out.dims[r - 2].clone(),
+                        tile: *tile_m as u64,
+                    },
+                    WorkFactor {
+                        extent: out.dims[r - 1].clone(),
+                        tile: *tile_n as u64,
+                    },
+                ];
+                (factors, a.dims[r - 1].scale(tile_m * tile_n * 4))
+            }
+        }
+    }
+}
+
+/// Rows of a shape: the product of every axis but the last (1 for rank 0).
+pub fn rows(dims: &[Poly]) -> Poly {
+    Poly::product(&dims[..dims.len().saturating_sub(1)])
+}
+
+pub fn elem_size(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 | DType::I32 => 4,
+        DType::F16 | DType::BF16 => 2,
+        DType::I64 => 8,
+        DType::Bool => 1,
+    }
+}

@@ -1,0 +1,428 @@
+//! Lowering: a graph becomes buffers, views and a straight list of kernels.
+//!
+//! Walking the graph in its canonical order, every node gets a [`View`]: sources and layout
+//! ops (`permute`, `broadcast`, `slice`, `reshape` of a contiguous value, splat constants,
+//! `iota`) are views and emit nothing; every other op writes a fresh buffer through one kernel
+//! (`concat` through one copy per operand into slices of its buffer). A `reshape` of a view that
+//! is not contiguous materializes a copy first.
+//!
+//! Invariants of the result: each temporary buffer is written by the kernels of one node only,
+//! before any kernel reads it; inputs, weights and constants are never written; every program
+//! output is a temporary buffer of its own, contiguous and whole.
+
+use crate::error::{CompileError, Result};
+use crate::kernel::{ExprNode, ExprOp, Kernel};
+use crate::view::{Source, View};
+use kiln_ir::{DType, Dim, Graph, Literal, NodeId, Op, TensorType};
+use kiln_runtime::manifest::{
+    BufferDesc, BufferKind, ConstantDesc, ElemType, IoDesc, SymbolDesc, TensorDesc,
+};
+use kiln_runtime::Poly;
+use std::collections::HashMap;
+
+/// What programs of one artifact share: the weights they read and the constants' bytes.
+#[derive(Default)]
+pub struct SharedTables {
+    pub weights: Vec<TensorDesc>,
+    pub constants: Vec<ConstantDesc>,
+    pub data: Vec<u8>,
+}
+
+/// A lowered program: the manifest's description minus the steps, and one kernel per step.
+pub struct LoweredProgram {
+    pub name: String,
+    pub symbols: Vec<SymbolDesc>,
+    pub buffers: Vec<BufferDesc>,
+    pub inputs: Vec<IoDesc>,
+    pub outputs: Vec<IoDesc>,
+    /// Kernels in execution order, each with a label for profiles.
+    pub kernels: Vec<(Kernel, String)>,
+}
+
+pub fn elem_type(dtype: DType) -> ElemType {
+    match dtype {
+        DType::F32 => ElemType::F32,
+        DType::F16 => ElemType::F16,
+        DType::BF16 => ElemType::Bf16,
+        DType::I32 => ElemType::I32,
+        DType::I64 => ElemType::I64,
+        DType::Bool => ElemType::Bool,
+    }
+}
+
+struct Lowering<'a> {
+    g: &'a Graph,
+    symbols: Vec<String>,
+    shared: &'a mut SharedTables,
+    buffers: Vec<BufferDesc>,
+    kernels: Vec<(Kernel, String)>,
+    views: HashMap<NodeId, View>,
+    inputs: Vec<IoDesc>,
+}
+
+pub fn lower(g: &Graph, shared: &mut SharedTables) -> Result<LoweredProgram> {
+    let symbols: Vec<String> = g.symbols().keys().cloned().collect();
+    let mut l = Lowering {
+        g,
+        symbols,
+        shared,
+        buffers: Vec::new(),
+        kernels: Vec::new(),
+        views: HashMap::new(),
+        inputs: Vec::new(),
+    };
+    for id in g.order() {
+        let view = l.node(id).map_err(|e| {
+            let node = g.node(id);
+            let label = node
+                .label
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
+            CompileError(format!(
+                "program `{}`: cannot compile `{}`{label} : {}: {}",
+                g.name,
+                node.op.name(),
+                node.ty,
+                e.0
+            ))
+        })?;
+        l.views.insert(id, view);
+    }
+    let mut outputs = Vec::new();
+    for (name, id) in g.outputs() {
+        let view = l.views[id].clone();
+        let taken = outputs
+            .iter()
+            .any(|o: &IoDesc| Some(o.buffer) == view.buffer());
+        let buffer = match view.buffer() {
+            Some(b) if !taken && l.is_whole_temp(&view, b) => b,
+            _ => {
+                let copy = l.materialize(&view, &format!("output {name}"));
+                copy.buffer().unwrap()
+            }
+        };
+        outputs.push(IoDesc {
+            name: name.clone(),
+            buffer,
+            dtype: elem_type(view.dtype),
+            shape: view.dims.clone(),
+        });
+    }
+    let symbols = l
+        .symbols
+        .iter()
+        .map(|name| SymbolDesc {
+            name: name.clone(),
+            max: g.symbols()[name],
+        })
+        .collect();
+    Ok(LoweredProgram {
+        name: g.name.clone(),
+        symbols,
+        buffers: l.buffers,
+        inputs: l.inputs,
+        outputs,
+        kernels: l.kernels,
+    })
+}
+
+impl Lowering<'_> {
+    fn dim(&self, d: &Dim) -> Poly {
+        d.terms()
+            .iter()
+            .fold(Poly::constant(d.constant()), |acc, (s, k)| {
+                let index = self.symbols.iter().position(|n| n == s).unwrap() as u32;
+                acc.add(&Poly::symbol(index).scale(*k))
+            })
+    }
+
+    fn shape(&self, ty: &TensorType) -> Vec<Poly> {
+        ty.shape.iter().map(|d| self.dim(d)).collect()
+    }
+
+    fn buffer(&mut self, kind: BufferKind, ty: &TensorType) -> View {
+        let dims = self.shape(ty);
+        self.buffers.push(BufferDesc {
+            kind,
+            dtype: elem_type(ty.dtype),
+            numel: Poly::product(&dims),
+        });
+        View::contiguous(Source::Buffer(self.buffers.len() - 1), ty.dtype, dims)
+    }
+
+    fn temp(&mut self, ty: &TensorType) -> View {
+        self.buffer(BufferKind::Temp, ty)
+    }
+
+    fn is_whole_temp(&self, view: &View, buffer: usize) -> bool {
+        let desc = &self.buffers[buffer];
+        desc.kind == BufferKind::Temp
+            && view.offset.is_constant(0)
+            && view.is_contiguous()
+            && view.numel() == desc.numel
+    }
+
+    fn push(&mut self, kernel: Kernel, label: String) {
+        self.kernels.push((kernel, label));
+    }
+
+    /// A contiguous copy of `view` in a new buffer.
+    fn materialize(&mut self, view: &View, label: &str) -> View {
+        let ty_dims = view.dims.clone();
+        self.buffers.push(BufferDesc {
+            kind: BufferKind::Temp,
+            dtype: elem_type(view.dtype),
+            numel: Poly::product(&ty_dims),
+        });
+        let out = View::contiguous(Source::Buffer(self.buffers.len() - 1), view.dtype, ty_dims);
+        self.copy(view, &out, label);
+        out
+    }
+
+    fn copy(&mut self, from: &View, to: &View, label: &str) {
+        self.push(
+            Kernel::Map {
+                out: to.clone(),
+                leaves: vec![from.clone()],
+                expr: vec![ExprNode {
+                    op: ExprOp::Leaf(0),
+                    dtype: from.dtype,
+                }],
+            },
+            format!("copy {label}"),
+        );
+    }
+
+    fn node(&mut self, id: NodeId) -> Result<View> {
+        let g = self.g;
+        let node = g.node(id);
+        let ty = &node.ty;
+        let label = format!(
+            "{}{}",
+            node.op.name(),
+            node.label
+                .as_deref()
+                .map(|l| format!(" {l}"))
+                .unwrap_or_default()
+        );
+        let operands: Vec<View> = g
+            .operands(id)
+            .iter()
+            .map(|o| self.views[o].clone())
+            .collect();
+        let elementwise = |op: ExprOp| {
+            let mut expr: Vec<ExprNode> = operands
+                .iter()
+                .enumerate()
+                .map(|(i, v)| ExprNode {
+                    op: ExprOp::Leaf(i),
+                    dtype: v.dtype,
+                })
+                .collect();
+            expr.push(ExprNode {
+                op,
+                dtype: ty.dtype,
+            });
+            expr
+        };
+        Ok(match &node.op {
+            Op::Input { name } => {
+                let index = self.inputs.len();
+                let view = self.buffer(BufferKind::Input(index), ty);
+                self.inputs.push(IoDesc {
+                    name: name.clone(),
+                    buffer: view.buffer().unwrap(),
+                    dtype: elem_type(ty.dtype),
+                    shape: view.dims.clone(),
+                });
+                view
+            }
+            Op::Weight { name } => {
+                let shape = ty
+                    .fixed_shape()
+                    .ok_or_else(|| CompileError("weights must have fixed shapes".into()))?;
+                let desc = TensorDesc {
+                    name: name.clone(),
+                    dtype: elem_type(ty.dtype),
+                    shape,
+                };
+                let index = match self.shared.weights.iter().position(|w| w.name == *name) {
+                    Some(i) if self.shared.weights[i] == desc => i,
+                    Some(_) => {
+                        return Err(CompileError(format!(
+                            "weight `{name}` is declared with two different types"
+                        )))
+                    }
+                    None => {
+                        self.shared.weights.push(desc);
+                        self.shared.weights.len() - 1
+                    }
+                };
+                self.buffer(BufferKind::Weight(index), ty)
+            }
+            Op::Const(Literal::Splat(v)) => View::splat(*v, ty.dtype, self.shape(ty)),
+            Op::Const(Literal::Dense(values)) => {
+                let index = self.constant(ty, values)?;
+                self.buffer(BufferKind::Constant(index), ty)
+            }
+            Op::Iota { axis } => View::iota(*axis, ty.dtype, self.shape(ty)),
+            Op::Unary(u) => self.map(
+                ty,
+                operands.clone(),
+                elementwise(ExprOp::Unary(*u, 0)),
+                label,
+            ),
+            Op::Binary(b) => self.map(
+                ty,
+                operands.clone(),
+                elementwise(ExprOp::Binary(*b, 0, 1)),
+                label,
+            ),
+            Op::Select => self.map(
+                ty,
+                operands.clone(),
+                elementwise(ExprOp::Select(0, 1, 2)),
+                label,
+            ),
+            Op::Cast => self.map(ty, operands.clone(), elementwise(ExprOp::Cast(0)), label),
+            Op::Reduce { op, axes } => {
+                let out = self.temp(ty);
+                self.push(
+                    Kernel::Reduce {
+                        op: *op,
+                        input: operands[0].clone(),
+                        axes: axes.clone(),
+                        out: out.clone(),
+                    },
+                    label,
+                );
+                out
+            }
+            Op::MatMul => {
+                if ty.dtype != DType::F32 {
+                    return Err(CompileError("matmul is compiled for f32 only".into()));
+                }
+                let out = self.temp(ty);
+                let r = out.rank();
+                let batch = &out.dims[..r - 2];
+                let widen = |v: &View| {
+                    let mut dims = batch.to_vec();
+                    dims.extend_from_slice(&v.dims[v.rank() - 2..]);
+                    v.broadcast(dims)
+                };
+                let (a, b) = (widen(&operands[0]), widen(&operands[1]));
+                let (tile_m, tile_n) = match out.dims[r - 2].as_constant() {
+                    Some(m) if m <= 4 => (m.max(1), 16),
+                    _ => (64, 128),
+                };
+                self.push(
+                    Kernel::MatMul {
+                        a,
+                        b,
+                        out: out.clone(),
+                        tile_m,
+                        tile_n,
+                    },
+                    label,
+                );
+                out
+            }
+            Op::Reshape => {
+                let dims = self.shape(ty);
+                match operands[0].reshape(dims.clone()) {
+                    Some(v) => v,
+                    None => {
+                        let copy = self.materialize(&operands[0], &label);
+                        copy.reshape(dims).expect("a contiguous copy reshapes")
+                    }
+                }
+            }
+            Op::Permute { perm } => operands[0].permute(perm),
+            Op::Broadcast => operands[0].broadcast(self.shape(ty)),
+            Op::Slice { axis, start, end } => {
+                operands[0].slice(*axis, &self.dim(start), &self.dim(end))
+            }
+            Op::Concat { axis } => {
+                let out = self.temp(ty);
+                let mut at = Poly::constant(0);
+                for v in &operands {
+                    let end = at.add(&v.dims[*axis]);
+                    let part = out.slice(*axis, &at, &end);
+                    self.copy(v, &part, &label);
+                    at = end;
+                }
+                out
+            }
+            Op::Gather { axis } => {
+                let out = self.temp(ty);
+                self.push(
+                    Kernel::Gather {
+                        data: operands[0].clone(),
+                        indices: operands[1].clone(),
+                        axis: *axis,
+                        out: out.clone(),
+                    },
+                    label,
+                );
+                out
+            }
+            Op::Scatter { .. } => {
+                return Err(CompileError(
+                    "scatter is not supported by the CPU backend yet".into(),
+                ))
+            }
+        })
+    }
+
+    fn map(
+        &mut self,
+        ty: &TensorType,
+        leaves: Vec<View>,
+        expr: Vec<ExprNode>,
+        label: String,
+    ) -> View {
+        let out = self.temp(ty);
+        self.push(
+            Kernel::Map {
+                out: out.clone(),
+                leaves,
+                expr,
+            },
+            label,
+        );
+        out
+    }
+
+    fn constant(&mut self, ty: &TensorType, values: &[f64]) -> Result<usize> {
+        let shape = ty
+            .fixed_shape()
+            .ok_or_else(|| CompileError("dense constants must have fixed shapes".into()))?;
+        let offset = self.shared.data.len();
+        for &v in values {
+            match ty.dtype {
+                DType::F32 => self
+                    .shared
+                    .data
+                    .extend_from_slice(&(v as f32).to_le_bytes()),
+                DType::I64 => self
+                    .shared
+                    .data
+                    .extend_from_slice(&(v as i64).to_le_bytes()),
+                DType::I32 => self
+                    .shared
+                    .data
+                    .extend_from_slice(&(v as i32).to_le_bytes()),
+                DType::Bool => self.shared.data.push((v != 0.0) as u8),
+                other => return Err(CompileError(format!("{other} constants are not supported"))),
+            }
+        }
+        self.shared.constants.push(ConstantDesc {
+            dtype: elem_type(ty.dtype),
+            shape,
+            offset,
+            len: self.shared.data.len() - offset,
+        });
+        Ok(self.shared.constants.len() - 1)
+    }
+}

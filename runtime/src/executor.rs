@@ -1,0 +1,393 @@
+//! Running compiled programs: a [`Model`] is a loaded artifact with its weights; a [`Runner`]
+//! executes one of its programs, owning that program's inputs and intermediate buffers.
+//!
+//! A run binds the size symbols from the inputs' shapes (each symbol must appear alone as some
+//! input axis), sizes every intermediate from its element-count polynomial (storage is reused
+//! across runs and only grows), builds the buffer table and calls the steps in order, each split
+//! across the pool's threads when it has enough work.
+
+use crate::artifact::Artifact;
+use crate::error::{Result, RuntimeError};
+use crate::functions;
+use crate::loader::Code;
+use crate::manifest::{BufferKind, ElemType, Manifest, ProgramDesc};
+use crate::pool::Pool;
+use crate::tensor::Tensor;
+use std::sync::Mutex;
+
+type KernelFn = unsafe extern "C" fn(*const *mut u8, *const i64, i64, i64, *const usize);
+
+/// Steps touching fewer bytes than this run on the calling thread alone.
+const PARALLEL_MIN_BYTES: i64 = 48 * 1024;
+
+pub struct Model {
+    manifest: Manifest,
+    file: String,
+    code: Code,
+    functions: Vec<usize>,
+    weights: Vec<Tensor>,
+    constants: Vec<Tensor>,
+    pool: Mutex<Pool>,
+}
+
+fn host_has(feature: &str) -> bool {
+    match feature {
+        "sse4.2" => std::arch::is_x86_feature_detected!("sse4.2"),
+        "avx" => std::arch::is_x86_feature_detected!("avx"),
+        "avx2" => std::arch::is_x86_feature_detected!("avx2"),
+        "fma" => std::arch::is_x86_feature_detected!("fma"),
+        "bmi1" => std::arch::is_x86_feature_detected!("bmi1"),
+        "bmi2" => std::arch::is_x86_feature_detected!("bmi2"),
+        "popcnt" => std::arch::is_x86_feature_detected!("popcnt"),
+        "lzcnt" => std::arch::is_x86_feature_detected!("lzcnt"),
+        _ => false,
+    }
+}
+
+/// Threads to use by default: the machine's cores.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Model {
+    /// Loads the artifact's code and checks `weights` against the manifest (one per entry of
+    /// `manifest.weights`, same order, dtype and shape). `file` names the artifact in errors.
+    pub fn new(
+        artifact: Artifact,
+        file: &str,
+        weights: Vec<Tensor>,
+        threads: usize,
+    ) -> Result<Model> {
+        let manifest = artifact.manifest;
+        if manifest.target.arch != std::env::consts::ARCH {
+            return Err(RuntimeError::new(
+                file,
+                Some("target"),
+                format!(
+                    "compiled for {}, this machine is {}",
+                    manifest.target.arch,
+                    std::env::consts::ARCH
+                ),
+            ));
+        }
+        if let Some(missing) = manifest.target.features.iter().find(|f| !host_has(f)) {
+            return Err(RuntimeError::new(
+                file,
+                Some("target"),
+                format!("compiled for CPUs with `{missing}`, which this CPU lacks"),
+            ));
+        }
+        if weights.len() != manifest.weights.len() {
+            return Err(RuntimeError::new(
+                file,
+                Some("weights"),
+                format!(
+                    "{} weights given, the artifact expects {}",
+                    weights.len(),
+                    manifest.weights.len()
+                ),
+            ));
+        }
+        for (w, desc) in weights.iter().zip(&manifest.weights) {
+            if w.dtype != desc.dtype || w.shape != desc.shape {
+                return Err(RuntimeError::tensor(
+                    file,
+                    &desc.name,
+                    format!(
+                        "expected {}{:?}, got {}{:?}",
+                        desc.dtype.name(),
+                        desc.shape,
+                        w.dtype.name(),
+                        w.shape
+                    ),
+                ));
+            }
+        }
+        let mut constants = Vec::new();
+        for (i, c) in manifest.constants.iter().enumerate() {
+            let bytes = artifact
+                .data
+                .get(c.offset..c.offset + c.len)
+                .ok_or_else(|| {
+                    RuntimeError::new(
+                        file,
+                        Some("constants"),
+                        format!("constant {i} lies outside the data section"),
+                    )
+                })?;
+            constants.push(Tensor::from_bytes(c.dtype, &c.shape, bytes));
+        }
+        let code = Code::load(&artifact.object, file)?;
+        for program in &manifest.programs {
+            for step in &program.steps {
+                if code.symbol(&step.kernel).is_none() {
+                    return Err(RuntimeError::new(
+                        file,
+                        Some("object"),
+                        format!(
+                            "kernel `{}` of program `{}` is missing",
+                            step.kernel, program.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Model {
+            manifest,
+            file: file.to_string(),
+            code,
+            functions: functions::table(),
+            weights,
+            constants,
+            pool: Mutex::new(Pool::new(threads)),
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// A runner for the program `name`.
+    pub fn runner(&self, name: &str) -> Result<Runner<'_>> {
+        let desc = self.manifest.program(name).ok_or_else(|| {
+            let known: Vec<&str> = self
+                .manifest
+                .programs
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect();
+            RuntimeError::new(
+                &self.file,
+                Some("programs"),
+                format!("no program `{name}` (has {})", known.join(", ")),
+            )
+        })?;
+        let kernels = desc
+            .steps
+            .iter()
+            .map(|s| {
+                let address = self.code.symbol(&s.kernel).expect("checked at load");
+                // SAFETY: the symbol is a kernel compiled with the manifest's ABI.
+                unsafe { std::mem::transmute::<usize, KernelFn>(address) }
+            })
+            .collect();
+        let temps = desc
+            .buffers
+            .iter()
+            .map(|b| Tensor::zeros(b.dtype, &[0]))
+            .collect();
+        Ok(Runner {
+            model: self,
+            desc,
+            kernels,
+            temps,
+            inputs: vec![None; desc.inputs.len()],
+            symbols: vec![0; desc.symbols.len()],
+        })
+    }
+}
+
+pub struct Runner<'m> {
+    model: &'m Model,
+    desc: &'m ProgramDesc,
+    kernels: Vec<KernelFn>,
+    /// Storage of `Temp` buffers, indexed by buffer (other entries stay empty).
+    temps: Vec<Tensor>,
+    inputs: Vec<Option<Tensor>>,
+    symbols: Vec<i64>,
+}
+
+impl Runner<'_> {
+    pub fn desc(&self) -> &ProgramDesc {
+        self.desc
+    }
+
+    fn err(&self, field: &str, message: String) -> RuntimeError {
+        RuntimeError::new(
+            format!("program `{}`", self.desc.name),
+            Some(field),
+            message,
+        )
+    }
+
+    /// Sets input `name`; its dtype and rank must match the program's.
+    pub fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()> {
+        let index = self
+            .desc
+            .inputs
+            .iter()
+            .position(|i| i.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.desc.inputs.iter().map(|i| i.name.as_str()).collect();
+                self.err(
+                    name,
+                    format!("no such input (inputs: {})", known.join(", ")),
+                )
+            })?;
+        let io = &self.desc.inputs[index];
+        if tensor.dtype != io.dtype || tensor.shape.len() != io.shape.len() {
+            return Err(self.err(
+                name,
+                format!(
+                    "expected {} of rank {}, got {}{:?}",
+                    io.dtype.name(),
+                    io.shape.len(),
+                    tensor.dtype.name(),
+                    tensor.shape
+                ),
+            ));
+        }
+        if name == "input_ids" {
+            let vocab = self.model.manifest.model.vocab_size as i64;
+            if let Some(bad) = tensor.as_i64().iter().find(|&&t| t < 0 || t >= vocab) {
+                return Err(self.err(
+                    name,
+                    format!("token id {bad} is outside the vocabulary (0..{vocab})"),
+                ));
+            }
+        }
+        self.inputs[index] = Some(tensor);
+        Ok(())
+    }
+
+    fn bind_symbols(&mut self) -> Result<()> {
+        let mut bound: Vec<Option<i64>> = vec![None; self.symbols.len()];
+        for (io, tensor) in self.desc.inputs.iter().zip(&self.inputs) {
+            let tensor = tensor
+                .as_ref()
+                .ok_or_else(|| self.err(&io.name, "input not set".into()))?;
+            for (dim, &actual) in io.shape.iter().zip(&tensor.shape) {
+                if let [t] = dim.terms.as_slice() {
+                    if t.coeff == 1 && t.symbols.len() == 1 {
+                        let s = t.symbols[0] as usize;
+                        match bound[s] {
+                            Some(v) if v != actual as i64 => {
+                                return Err(self.err(
+                                    &io.name,
+                                    format!(
+                                        "`{}` is {v} elsewhere but {actual} here",
+                                        self.desc.symbols[s].name
+                                    ),
+                                ))
+                            }
+                            _ => bound[s] = Some(actual as i64),
+                        }
+                    }
+                }
+            }
+        }
+        for (i, sym) in self.desc.symbols.iter().enumerate() {
+            let v = bound[i]
+                .ok_or_else(|| self.err(&sym.name, "no input shape determines this size".into()))?;
+            if v as usize > sym.max {
+                return Err(self.err(
+                    &sym.name,
+                    format!(
+                        "is {v}, but the program was compiled for at most {}",
+                        sym.max
+                    ),
+                ));
+            }
+            self.symbols[i] = v;
+        }
+        for (io, tensor) in self.desc.inputs.iter().zip(&self.inputs) {
+            let shape = &tensor.as_ref().unwrap().shape;
+            let expected: Vec<usize> = io
+                .shape
+                .iter()
+                .map(|d| d.eval(&self.symbols) as usize)
+                .collect();
+            if *shape != expected {
+                return Err(self.err(
+                    &io.name,
+                    format!("shape {shape:?} does not match {expected:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the program on the inputs set.
+    pub fn run(&mut self) -> Result<()> {
+        self.bind_symbols()?;
+        let syms = self.symbols.clone();
+        for (b, desc) in self.desc.buffers.iter().enumerate() {
+            if desc.kind == BufferKind::Temp {
+                let numel = desc.numel.eval(&syms).max(0) as usize;
+                self.temps[b].resize(&[numel]);
+            }
+        }
+        for io in &self.desc.outputs {
+            let shape: Vec<usize> = io.shape.iter().map(|d| d.eval(&syms) as usize).collect();
+            self.temps[io.buffer].resize(&shape);
+        }
+        let model = self.model;
+        let table: Vec<usize> = self
+            .desc
+            .buffers
+            .iter()
+            .enumerate()
+            .map(|(b, desc)| match desc.kind {
+                BufferKind::Input(i) => self.inputs[i].as_ref().unwrap().as_ptr() as usize,
+                BufferKind::Weight(i) => model.weights[i].as_ptr() as usize,
+                BufferKind::Constant(i) => model.constants[i].as_ptr() as usize,
+                BufferKind::Temp => self.temps[b].as_mut_ptr() as usize,
+            })
+            .collect();
+        let fns = model.functions.as_ptr() as usize;
+        let mut pool = model.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let threads = pool.threads() as i64;
+        for (step, &kernel) in self.desc.steps.iter().zip(&self.kernels) {
+            let count: i64 = step.work.iter().map(|f| f.count(&syms)).product();
+            if count <= 0 {
+                continue;
+            }
+            let bytes = count.saturating_mul(step.item_bytes.eval(&syms));
+            let chunk = if bytes < PARALLEL_MIN_BYTES {
+                count
+            } else {
+                (count / (threads * 4)).max(1)
+            };
+            let (bufs, syms_ptr) = (table.as_ptr() as usize, syms.as_ptr() as usize);
+            pool.run(count, chunk, &|start, end| {
+                // SAFETY: the table holds live buffers sized for these symbols; items of one
+                // step write disjoint elements.
+                unsafe {
+                    kernel(
+                        bufs as *const *mut u8,
+                        syms_ptr as *const i64,
+                        start,
+                        end,
+                        fns as *const usize,
+                    )
+                }
+            });
+        }
+        Ok(())
+    }
+
+    pub fn output(&self, name: &str) -> Result<&Tensor> {
+        let io = self
+            .desc
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| self.err(name, "no such output".into()))?;
+        Ok(&self.temps[io.buffer])
+    }
+
+    /// Moves output `name` out (the next run allocates it afresh), e.g. to feed a cache back.
+    pub fn take_output(&mut self, name: &str) -> Result<Tensor> {
+        let io = self
+            .desc
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| self.err(name, "no such output".into()))?;
+        let dtype: ElemType = io.dtype;
+        Ok(std::mem::replace(
+            &mut self.temps[io.buffer],
+            Tensor::zeros(dtype, &[0]),
+        ))
+    }
+}

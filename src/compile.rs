@@ -1,0 +1,42 @@
+//! The compiler driver: spec → one graph per program → pass pipeline → CPU backend → artifact.
+
+use kiln_frontend::{build, BuildOptions, ModelSpec, Program};
+use kiln_passes::Pipeline;
+use kiln_runtime::manifest::ModelInfo;
+use kiln_runtime::Artifact;
+
+/// The programs a decoding artifact carries.
+pub const DECODING_PROGRAMS: [Program; 2] = [Program::Prefill, Program::Decode];
+
+/// What the runtime needs to know of the model, from its spec.
+pub fn model_info(spec: &ModelSpec) -> ModelInfo {
+    ModelInfo {
+        family: spec.family.clone(),
+        vocab_size: spec.vocab_size,
+        num_layers: spec.num_layers,
+        heads: spec.attention.heads,
+        kv_heads: spec.attention.kv_heads,
+        head_dim: spec.attention.head_dim,
+        max_positions: spec.max_positions,
+        tied_embeddings: spec.embeddings.tied,
+        bos_token_id: spec.tokens.bos,
+        eos_token_ids: spec.tokens.eos.clone(),
+        chat_template: None,
+    }
+}
+
+/// Builds `programs`, optimizes each with the standard pipeline and compiles them for the CPU.
+pub fn compile_cpu(
+    spec: &ModelSpec,
+    programs: &[Program],
+    opts: BuildOptions,
+) -> Result<Artifact, String> {
+    let pipeline = Pipeline::standard();
+    let mut graphs = Vec::new();
+    for &program in programs {
+        let mut g = build(spec, program, opts).map_err(|e| e.to_string())?;
+        pipeline.run(&mut g, |_, _| {}).map_err(|e| e.to_string())?;
+        graphs.push(g);
+    }
+    kiln_backend_cpu::compile(&graphs, model_info(spec)).map_err(|e| e.to_string())
+}
