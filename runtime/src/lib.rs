@@ -10,8 +10,10 @@ pub mod atomic;
 pub mod error;
 pub mod manifest;
 pub mod poly;
+pub mod weights;
 
 pub use artifact::Artifact;
 pub use error::{Result, RuntimeError};
 pub use manifest::{ElemType, Manifest};
 pub use poly::Poly;
+pub use weights::{load_weights, WeightSet};
