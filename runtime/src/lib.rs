@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod poly;
 pub mod pool;
 pub mod tensor;
+pub mod weights;
 
 pub use artifact::Artifact;
 pub use error::{Result, RuntimeError};
@@ -22,3 +23,4 @@ pub use executor::{Model, Runner};
 pub use manifest::{ElemType, Manifest};
 pub use poly::Poly;
 pub use tensor::Tensor;
+pub use weights::{load_weights, WeightSet};

@@ -1,0 +1,64 @@
+//! Loading a model's weights in the layout an artifact expects.
+//!
+//! This module owns the public entry point ([`load_weights`]), the choice of reader from the
+//! path, and the one rule every source obeys: the weights found must be exactly the manifest's
+//! weights, by name and shape (see `plan`). The readers (`safetensors`, `gguf`) only list what a
+//! file holds under Hugging Face names and decode the tensors they are asked for.
+//!
+//! Every tensor comes back as `f32` in Hugging Face's layout (row-major, `[out, in]` for linear
+//! layers), whatever the file stored; no input makes the loader panic.
+
+mod gguf;
+mod plan;
+mod safetensors;
+
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::Mmap;
+
+use crate::error::{Result, RuntimeError};
+use crate::manifest::{ElemType, ModelInfo, TensorDesc};
+
+/// Weights in the layout an artifact expects: one f32 vec per `Manifest::weights` entry, same order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightSet {
+    pub tensors: Vec<Vec<f32>>,
+}
+
+/// Loads the weights `expected` (the manifest's `weights`: names, dtypes and shapes in Hugging
+/// Face's layout) of `model` (the manifest's `model`) from `path`, which is one of:
+/// - a `.gguf` file (llama or qwen2 architecture, any type kiln-gguf dequantizes);
+/// - a `.json` file: a sharded checkpoint's `model.safetensors.index.json`;
+/// - a directory holding `model.safetensors` or, failing that, `model.safetensors.index.json`;
+/// - any other file: a single safetensors file.
+///
+/// The file must hold every expected tensor with the expected shape and nothing else, except a
+/// `lm_head.weight` that a model with tied embeddings does not expect.
+pub fn load_weights(path: &Path, expected: &[TensorDesc], model: &ModelInfo) -> Result<WeightSet> {
+    let source = path.display().to_string();
+    if let Some(t) = expected.iter().find(|t| t.dtype != ElemType::F32) {
+        return Err(RuntimeError::tensor(
+            source,
+            &t.name,
+            format!(
+                "the artifact expects {}, but the weight loader produces only f32",
+                t.dtype.name()
+            ),
+        ));
+    }
+    let tensors = if path.extension().is_some_and(|e| e == "gguf") {
+        gguf::load(path, expected, model)?
+    } else {
+        safetensors::load(path, expected, model)?
+    };
+    Ok(WeightSet { tensors })
+}
+
+/// Maps the file at `path` into memory, read-only.
+fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| RuntimeError::io(path.display().to_string(), e))?;
+    // SAFETY: the mapping is only read, and kiln never writes a weights file while loading it.
+    // As with every mmap-based loader, another process truncating the file meanwhile would fault.
+    unsafe { Mmap::map(&file) }.map_err(|e| RuntimeError::io(path.display().to_string(), e))
+}
