@@ -3,15 +3,22 @@
 //! Invariant: this crate depends on no compiler crate (`kiln-ir`, `kiln-frontend`,
 //! `kiln-passes`, backends), so an application embedding an artifact links only the runtime;
 //! `tests/architecture.rs` enforces it. The artifact format (`manifest`, `artifact`, `poly`) is
-//! defined here, and the compiler writes it.
+//! defined here, and the compiler writes it. Text in and out of a model is here too: `tokenizer`
+//! (text ↔ ids), `chat` (chat templates) and `sampling` (choosing the next token).
 
 pub mod artifact;
 pub mod atomic;
+pub mod chat;
 pub mod error;
 pub mod manifest;
 pub mod poly;
+pub mod sampling;
+pub mod tokenizer;
 
 pub use artifact::Artifact;
+pub use chat::{render_chat, ChatMessage};
 pub use error::{Result, RuntimeError};
 pub use manifest::{ElemType, Manifest};
 pub use poly::Poly;
+pub use sampling::{Sampler, Sampling};
+pub use tokenizer::{DecodeStream, Tokenizer};
