@@ -44,7 +44,7 @@ impl Value {
     }
 
     /// The value as a signed 128-bit integer, when it is an integer of any width.
-    pub(crate) fn as_integer(&self) -> Option<i128> {
+    pub fn as_integer(&self) -> Option<i128> {
         Some(match *self {
             Value::U8(v) => v.into(),
             Value::I8(v) => v.into(),

@@ -3,10 +3,12 @@
 //! Invariant: this crate depends on no compiler crate (`kiln-ir`, `kiln-frontend`,
 //! `kiln-passes`, backends), so an application embedding an artifact links only the runtime;
 //! `tests/architecture.rs` enforces it. The artifact format (`manifest`, `artifact`, `poly`) is
-//! defined here, and the compiler writes it.
+//! defined here, and the compiler writes it. Text in and out of a model is here too: `tokenizer`
+//! (text ↔ ids), `chat` (chat templates) and `sampling` (choosing the next token).
 
 pub mod artifact;
 pub mod atomic;
+pub mod chat;
 pub mod error;
 pub mod executor;
 pub mod functions;
@@ -14,13 +16,18 @@ pub mod loader;
 pub mod manifest;
 pub mod poly;
 pub mod pool;
+pub mod sampling;
 pub mod tensor;
+pub mod tokenizer;
 pub mod weights;
 
 pub use artifact::Artifact;
+pub use chat::{render_chat, ChatMessage};
 pub use error::{Result, RuntimeError};
 pub use executor::{Model, Runner};
 pub use manifest::{ElemType, Manifest};
 pub use poly::Poly;
+pub use sampling::{Sampler, Sampling};
 pub use tensor::Tensor;
+pub use tokenizer::{DecodeStream, Tokenizer};
 pub use weights::{load_weights, WeightSet};
