@@ -71,7 +71,8 @@ pub fn lower(g: &Graph, shared: &mut SharedTables) -> Result<LoweredProgram> {
         views: HashMap::new(),
         inputs: Vec::new(),
     };
-    for id in g.order() {
+    let sources = g.inputs().iter().chain(g.weights()).copied();
+    for id in sources.chain(g.order()) {
         let view = l.node(id).map_err(|e| {
             let node = g.node(id);
             let label = node

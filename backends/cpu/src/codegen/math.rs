@@ -106,7 +106,7 @@ pub fn exp(f: &mut KernelFn, x: Value) -> Value {
         8.333_452e-3,
         4.166_579_6e-2,
         1.666_666_5e-1,
-        5.000_000_1e-1,
+        0.5,
     ];
     let mut p = f32_const(f, coeffs[0], ty);
     for &c in &coeffs[1..] {
@@ -126,17 +126,15 @@ pub fn exp(f: &mut KernelFn, x: Value) -> Value {
         f.b.ins().iadd_imm_s(ni, 127)
     };
     let bits = f.b.ins().ishl_imm_s(biased, 23);
-    let scale = f.b.ins().bitcast(
-        ty,
-        MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little),
-        bits,
-    );
+    let little = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    let scale = f.b.ins().bitcast(ty, little, bits);
     let result = f.b.ins().fmul(y, scale);
     // Below the normal range the result flushes to zero (this also maps -inf to 0).
     let zero = f32_const(f, 0.0, ty);
     let small = f.b.ins().fcmp(FloatCC::LessThan, x, lo);
     if lanes {
-        f.b.ins().bitselect(small, zero, result)
+        let mask = f.b.ins().bitcast(ty, little, small);
+        f.b.ins().bitselect(mask, zero, result)
     } else {
         f.b.ins().select(small, zero, result)
     }

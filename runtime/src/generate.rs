@@ -1,0 +1,219 @@
+//! Decoding: prefill the prompts, then run the decode program token by token, feeding each
+//! step's key/value caches back as the next step's `past_*` inputs (moved, not copied), until
+//! every sequence hits an end-of-sequence id or the token budget.
+//!
+//! The cache is contiguous: `[batch, kv_heads, positions, head_dim]` per layer. Sequences of one
+//! batch share their length (masks come from positions and every sequence starts at 0), so
+//! prompts of different lengths run as separate batches, one per length, in the order given.
+
+use crate::error::{Result, RuntimeError};
+use crate::executor::{Model, Runner};
+use crate::sampling::{Sampler, Sampling};
+use crate::tensor::Tensor;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    /// Stop a sequence at any of these ids (the id itself is kept in the output).
+    pub eos: Vec<u32>,
+}
+
+/// The result of one `generate` call.
+#[derive(Clone, Debug, Default)]
+pub struct Generation {
+    /// New tokens of each prompt, in the order the prompts were given.
+    pub tokens: Vec<Vec<u32>>,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub prefill_time: Duration,
+    pub decode_time: Duration,
+}
+
+impl Generation {
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_time.as_secs_f64().max(1e-9)
+    }
+
+    /// Decode throughput: tokens produced by decode steps (the first new token of each sequence
+    /// comes from the prefill) per second of decoding.
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        let decoded = self.new_tokens.saturating_sub(self.tokens.len());
+        decoded as f64 / self.decode_time.as_secs_f64().max(1e-9)
+    }
+}
+
+pub struct Generator<'m> {
+    prefill: Runner<'m>,
+    decode: Runner<'m>,
+}
+
+fn positions(batch: usize, start: usize, len: usize) -> Tensor {
+    let values: Vec<i64> = (0..batch)
+        .flat_map(|_| (start..start + len).map(|p| p as i64))
+        .collect();
+    Tensor::i64(&[batch, len], &values)
+}
+
+/// The logits of the last position of each sequence: rows of a `[batch, seq, vocab]` output.
+fn last_logits(logits: &Tensor) -> Vec<&[f32]> {
+    let (seq, vocab) = (logits.shape[1], logits.shape[2]);
+    logits
+        .as_f32()
+        .chunks(seq * vocab)
+        .map(|row| &row[(seq - 1) * vocab..])
+        .collect()
+}
+
+impl<'m> Generator<'m> {
+    pub fn new(model: &'m Model) -> Result<Generator<'m>> {
+        Ok(Generator {
+            prefill: model.runner("prefill")?,
+            decode: model.runner("decode")?,
+        })
+    }
+
+    /// Generates for every prompt; `on_token(prompt_index, token)` sees each new token as it
+    /// is chosen.
+    pub fn generate(
+        &mut self,
+        prompts: &[Vec<u32>],
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(usize, u32),
+    ) -> Result<Generation> {
+        opts.sampling.validate()?;
+        let mut result = Generation {
+            tokens: vec![Vec::new(); prompts.len()],
+            ..Generation::default()
+        };
+        let mut lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        lengths.dedup();
+        let mut seen = std::collections::BTreeSet::new();
+        for len in lengths {
+            if !seen.insert(len) {
+                continue;
+            }
+            let members: Vec<usize> = (0..prompts.len())
+                .filter(|&i| prompts[i].len() == len)
+                .collect();
+            self.generate_batch(prompts, &members, opts, &mut result, &mut on_token)?;
+        }
+        Ok(result)
+    }
+
+    fn generate_batch(
+        &mut self,
+        prompts: &[Vec<u32>],
+        members: &[usize],
+        opts: &GenerateOptions,
+        result: &mut Generation,
+        on_token: &mut impl FnMut(usize, u32),
+    ) -> Result<()> {
+        let (batch, len) = (members.len(), prompts[members[0]].len());
+        if len == 0 {
+            return Err(RuntimeError::new(
+                "<prompt>",
+                None,
+                "a prompt has no tokens",
+            ));
+        }
+        let mut samplers: Vec<Sampler> = members
+            .iter()
+            .map(|&i| Sampler::new(seeded(&opts.sampling, i as u64)))
+            .collect::<Result<_>>()?;
+        let ids: Vec<i64> = members
+            .iter()
+            .flat_map(|&i| prompts[i].iter().map(|&t| t as i64))
+            .collect();
+        let started = Instant::now();
+        self.prefill
+            .set_input("input_ids", Tensor::i64(&[batch, len], &ids))?;
+        self.prefill
+            .set_input("position_ids", positions(batch, 0, len))?;
+        self.prefill.run()?;
+        let mut next: Vec<u32> = last_logits(self.prefill.output("logits")?)
+            .iter()
+            .zip(&mut samplers)
+            .map(|(logits, s)| s.next(logits))
+            .collect();
+        result.prefill_time += started.elapsed();
+        result.prompt_tokens += batch * len;
+        let mut done = vec![false; batch];
+        let mut from_prefill = true;
+        let started = Instant::now();
+        for step in 0..opts.max_new_tokens {
+            for (b, &i) in members.iter().enumerate() {
+                if !done[b] {
+                    result.tokens[i].push(next[b]);
+                    result.new_tokens += 1;
+                    on_token(i, next[b]);
+                    done[b] = opts.eos.contains(&next[b]);
+                }
+            }
+            if done.iter().all(|&d| d) || step + 1 == opts.max_new_tokens {
+                break;
+            }
+            let names: Vec<String> = self
+                .decode
+                .desc()
+                .inputs
+                .iter()
+                .map(|i| i.name.clone())
+                .collect();
+            let source = if from_prefill {
+                &mut self.prefill
+            } else {
+                &mut self.decode
+            };
+            let caches = take_caches(source, names)?;
+            from_prefill = false;
+            for (name, cache) in caches {
+                self.decode.set_input(&name, cache)?;
+            }
+            let last: Vec<i64> = next.iter().map(|&t| t as i64).collect();
+            self.decode
+                .set_input("input_ids", Tensor::i64(&[batch, 1], &last))?;
+            self.decode
+                .set_input("position_ids", positions(batch, len + step, 1))?;
+            self.decode.run()?;
+            next = last_logits(self.decode.output("logits")?)
+                .iter()
+                .zip(&mut samplers)
+                .map(|(logits, s)| s.next(logits))
+                .collect();
+        }
+        result.decode_time += started.elapsed();
+        Ok(())
+    }
+}
+
+/// Moves the outputs `X` of `source` out for every input named `past_X`.
+fn take_caches(source: &mut Runner<'_>, inputs: Vec<String>) -> Result<Vec<(String, Tensor)>> {
+    inputs
+        .into_iter()
+        .filter_map(|name| {
+            let output = name.strip_prefix("past_")?.to_string();
+            Some((name, output))
+        })
+        .map(|(name, output)| Ok((name, source.take_output(&output)?)))
+        .collect()
+}
+
+/// Each sequence samples from its own stream: the seed plus its prompt index.
+fn seeded(sampling: &Sampling, index: u64) -> Sampling {
+    match sampling {
+        Sampling::Sample {
+            temperature,
+            top_k,
+            top_p,
+            seed,
+        } => Sampling::Sample {
+            temperature: *temperature,
+            top_k: *top_k,
+            top_p: *top_p,
+            seed: seed.wrapping_add(index),
+        },
+        Sampling::Greedy => Sampling::Greedy,
+    }
+}
