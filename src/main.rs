@@ -2,7 +2,11 @@
 //! Every failure prints one `error:` line naming the file, the field and what was expected, and
 //! exits with status 1.
 
+mod cmd_bench;
+mod cmd_compile;
+mod cmd_generate;
 mod cmd_ir;
+mod cmd_run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,12 +26,24 @@ struct Cli {
 enum Command {
     /// Print a program's IR, as built or after passes of the pipeline.
     Ir(cmd_ir::IrArgs),
+    /// Compile a model into a `.kiln` artifact.
+    Compile(cmd_compile::CompileArgs),
+    /// Generate text with an artifact (or the embedded tiny model).
+    Generate(cmd_generate::GenerateArgs),
+    /// Run one program of an artifact on inputs from a safetensors file.
+    Run(cmd_run::RunArgs),
+    /// Measure prefill and decode throughput of an artifact.
+    Bench(cmd_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ir(args) => cmd_ir::run(args),
+        Command::Compile(args) => cmd_compile::run(args),
+        Command::Generate(args) => cmd_generate::run(args),
+        Command::Run(args) => cmd_run::run(args),
+        Command::Bench(args) => cmd_bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

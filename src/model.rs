@@ -13,3 +13,25 @@ pub fn spec(path: Option<&Path>) -> Result<ModelSpec, String> {
     }
     .map_err(|e| e.to_string())
 }
+
+/// Seeded random weights for `weights` (norm scales 1, everything else uniform in ±0.1): what
+/// the embedded demo runs with when no weights are given.
+pub fn random_weights(
+    weights: &[kiln_runtime::manifest::TensorDesc],
+    seed: u64,
+) -> Vec<kiln_runtime::Tensor> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    weights
+        .iter()
+        .map(|w| {
+            let numel: usize = w.shape.iter().product();
+            let values: Vec<f32> = if w.name.ends_with("norm.weight") {
+                vec![1.0; numel]
+            } else {
+                (0..numel).map(|_| rng.random_range(-0.1..0.1)).collect()
+            };
+            kiln_runtime::Tensor::f32(&w.shape, &values)
+        })
+        .collect()
+}

@@ -7,7 +7,7 @@ use common::{fixture_dir, read_safetensors, HF_CASES};
 use kiln_frontend::{load_spec, BuildOptions};
 use kiln_ir::interp::Data;
 use kiln_runtime::generate::{GenerateOptions, Generator};
-use kiln_runtime::{load_weights, Artifact, Model, Sampling, Tensor};
+use kiln_runtime::{load_weights, open::weight_tensors, Artifact, Model, Sampling, Tensor};
 
 /// Compiles a fixture's model (through artifact bytes, as a file would) and loads its weights.
 fn compiled(case: &str) -> Model {
@@ -27,12 +27,7 @@ fn compiled(case: &str) -> Model {
         &manifest.model,
     )
     .unwrap();
-    let tensors = weights
-        .tensors
-        .iter()
-        .zip(&manifest.weights)
-        .map(|(values, desc)| Tensor::f32(&desc.shape, values))
-        .collect();
+    let tensors = weight_tensors(weights, &manifest.weights);
     Model::new(artifact, case, tensors, 2).unwrap()
 }
 

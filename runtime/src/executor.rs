@@ -14,6 +14,7 @@ use crate::manifest::{BufferKind, ElemType, Manifest, ProgramDesc};
 use crate::pool::Pool;
 use crate::tensor::Tensor;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 type KernelFn = unsafe extern "C" fn(*const *mut u8, *const i64, i64, i64, *const usize);
 
@@ -183,6 +184,7 @@ impl Model {
             temps,
             inputs: vec![None; desc.inputs.len()],
             symbols: vec![0; desc.symbols.len()],
+            profile: None,
         })
     }
 }
@@ -195,11 +197,23 @@ pub struct Runner<'m> {
     temps: Vec<Tensor>,
     inputs: Vec<Option<Tensor>>,
     symbols: Vec<i64>,
+    /// Time spent in each step over all runs, when profiling.
+    profile: Option<Vec<Duration>>,
 }
 
 impl Runner<'_> {
     pub fn desc(&self) -> &ProgramDesc {
         self.desc
+    }
+
+    /// Starts (or stops) timing every step of every run.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| vec![Duration::ZERO; self.desc.steps.len()]);
+    }
+
+    /// Time spent in each step (indexed as the program's steps) since profiling started.
+    pub fn profile(&self) -> Option<&[Duration]> {
+        self.profile.as_deref()
     }
 
     fn err(&self, field: &str, message: String) -> RuntimeError {
@@ -337,7 +351,8 @@ impl Runner<'_> {
         let fns = model.functions.as_ptr() as usize;
         let mut pool = model.pool.lock().unwrap_or_else(|p| p.into_inner());
         let threads = pool.threads() as i64;
-        for (step, &kernel) in self.desc.steps.iter().zip(&self.kernels) {
+        for (i, (step, &kernel)) in self.desc.steps.iter().zip(&self.kernels).enumerate() {
+            let started = self.profile.is_some().then(Instant::now);
             let count: i64 = step.work.iter().map(|f| f.count(&syms)).product();
             if count <= 0 {
                 continue;
@@ -362,6 +377,9 @@ impl Runner<'_> {
                     )
                 }
             });
+            if let (Some(profile), Some(started)) = (&mut self.profile, started) {
+                profile[i] += started.elapsed();
+            }
         }
         Ok(())
     }

@@ -74,6 +74,17 @@ impl<'m> Generator<'m> {
         })
     }
 
+    /// Starts timing every step of both programs.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.prefill.set_profiling(on);
+        self.decode.set_profiling(on);
+    }
+
+    /// The two runners, for their profiles.
+    pub fn runners(&self) -> [&Runner<'m>; 2] {
+        [&self.prefill, &self.decode]
+    }
+
     /// Generates for every prompt; `on_token(prompt_index, token)` sees each new token as it
     /// is chosen.
     pub fn generate(

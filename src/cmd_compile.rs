@@ -1,0 +1,69 @@
+//! `kiln compile`: a model config (config.json, model directory or .gguf) in, a `.kiln`
+//! artifact out, holding the `prefill` and `decode` programs.
+
+use clap::{Args, ValueEnum};
+use kiln::compile::{compile_cpu, DECODING_PROGRAMS};
+use kiln::model;
+use kiln_frontend::BuildOptions;
+use kiln_runtime::Artifact;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct CompileArgs {
+    /// config.json, a model directory, or a .gguf file (default: an embedded tiny Llama).
+    model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    target: Target,
+    /// Where to write the artifact.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Largest batch the programs accept.
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// Longest sequence (prompt plus generated tokens); default: the model's position limit.
+    #[arg(long)]
+    max_seq: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Target {
+    Cpu,
+}
+
+pub fn build_options(
+    spec: &kiln_frontend::ModelSpec,
+    max_batch: Option<usize>,
+    max_seq: Option<usize>,
+) -> BuildOptions {
+    let mut opts = BuildOptions::for_spec(spec);
+    opts.max_batch = max_batch.unwrap_or(opts.max_batch);
+    opts.max_seq = max_seq.unwrap_or(opts.max_seq);
+    opts
+}
+
+pub fn run(args: CompileArgs) -> Result<(), String> {
+    let started = Instant::now();
+    let spec = model::spec(args.model.as_deref())?;
+    let opts = build_options(&spec, args.max_batch, args.max_seq);
+    let artifact = match args.target {
+        Target::Cpu => compile_cpu(&spec, &DECODING_PROGRAMS, opts)?,
+    };
+    artifact.write(&args.output).map_err(|e| e.to_string())?;
+    let bytes = artifact.to_bytes();
+    let kernels: usize = artifact
+        .manifest
+        .programs
+        .iter()
+        .map(|p| p.steps.len())
+        .sum();
+    eprintln!(
+        "wrote {} ({} KiB, {} kernels, sha256 {}) in {:.2} s",
+        args.output.display(),
+        bytes.len() / 1024,
+        kernels,
+        &Artifact::content_hash(&bytes)[..16],
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
