@@ -139,7 +139,12 @@ impl<'a> KernelFn<'a> {
     }
 
     pub fn load(&mut self, ty: Type, addr: Value) -> Value {
-        self.b.ins().load(ty, flags(), addr, 0)
+        self.load_at(ty, addr, 0)
+    }
+
+    /// A load from `addr + offset` bytes.
+    pub fn load_at(&mut self, ty: Type, addr: Value, offset: i32) -> Value {
+        self.b.ins().load(ty, flags(), addr, offset)
     }
 
     pub fn store(&mut self, value: Value, addr: Value) {

@@ -12,7 +12,7 @@
 //!   accumulating `a[m,k]·b[k, n..]`;
 //! - **scalar**: anything else.
 
-use super::builder::KernelFn;
+use super::builder::{KernelFn, PTR};
 use crate::view::View;
 use cranelift_codegen::ir::{condcodes::IntCC, types, AbiParam, InstBuilder, Signature, Value};
 use cranelift_frontend::Variable;
@@ -196,37 +196,62 @@ fn dot_row(f: &mut KernelFn, o: &Operands, m: Value, n0: Value, n1: Value) {
     f.for_loop(rest, n1, 1, |f, n| dot_block(f, o, a_row, c_row, n, 1));
 }
 
+/// Vectors of `k` each dot-form row consumes per main-loop iteration.
+const DOT_UNROLL: usize = 2;
+
+/// `width` dot products sharing the row of `a`, walked with pointers that advance through `k`
+/// (`DOT_UNROLL` vectors at a time, then one vector, then scalars), so the loop body is loads,
+/// FMAs and pointer increments.
 fn dot_block(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n: Value, width: usize) {
-    let b_rows: Vec<Value> = (0..width)
+    let x_ptr = f.var(PTR, a_row);
+    let w_ptrs: Vec<Variable> = (0..width)
         .map(|j| {
             let col = f.b.ins().iadd_imm_s(n, j as i64);
             let at = f.b.ins().imul(col, o.b_cs);
-            elem(f, o.b, at)
+            let row = elem(f, o.b, at);
+            f.var(PTR, row)
         })
         .collect();
-    let vacc: Vec<Variable> = (0..width).map(|_| zero_var(f, true)).collect();
+    let vacc: Vec<Vec<Variable>> = (0..DOT_UNROLL)
+        .map(|_| (0..width).map(|_| zero_var(f, true)).collect())
+        .collect();
     let sacc: Vec<Variable> = (0..width).map(|_| zero_var(f, false)).collect();
+    // One pass of the loop body: `vectors` consecutive loads per row (0 = one scalar).
+    let body = |f: &mut KernelFn, vectors: usize| {
+        let (ty, lanes) = if vectors == 0 {
+            (types::F32, 1)
+        } else {
+            (types::F32X4, 4)
+        };
+        let xp = f.b.use_var(x_ptr);
+        let wps: Vec<Value> = w_ptrs.iter().map(|&p| f.b.use_var(p)).collect();
+        for u in 0..vectors.max(1) {
+            let offset = (u * lanes * 4) as i32;
+            let x = f.load_at(ty, xp, offset);
+            for j in 0..width {
+                let w = f.load_at(ty, wps[j], offset);
+                let acc = if vectors == 0 { sacc[j] } else { vacc[u][j] };
+                fma_into(f, acc, x, w);
+            }
+        }
+        let step = (vectors.max(1) * lanes * 4) as i64;
+        let next = f.b.ins().iadd_imm_s(xp, step);
+        f.b.def_var(x_ptr, next);
+        for (j, &p) in w_ptrs.iter().enumerate() {
+            let next = f.b.ins().iadd_imm_s(wps[j], step);
+            f.b.def_var(p, next);
+        }
+    };
     let zero = f.iconst(0);
-    let rest = f.for_loop(zero, o.k, 4, |f, k| {
-        let x_at = elem(f, a_row, k);
-        let x = f.load(types::F32X4, x_at);
-        for j in 0..width {
-            let w_at = elem(f, b_rows[j], k);
-            let w = f.load(types::F32X4, w_at);
-            fma_into(f, vacc[j], x, w);
-        }
-    });
-    f.for_loop(rest, o.k, 1, |f, k| {
-        let x_at = elem(f, a_row, k);
-        let x = f.load(types::F32, x_at);
-        for j in 0..width {
-            let w_at = elem(f, b_rows[j], k);
-            let w = f.load(types::F32, w_at);
-            fma_into(f, sacc[j], x, w);
-        }
-    });
+    let rest = f.for_loop(zero, o.k, 4 * DOT_UNROLL as i64, |f, _| body(f, DOT_UNROLL));
+    let rest = f.for_loop(rest, o.k, 4, |f, _| body(f, 1));
+    f.for_loop(rest, o.k, 1, |f, _| body(f, 0));
     for j in 0..width {
-        let v = f.b.use_var(vacc[j]);
+        let mut v = f.b.use_var(vacc[0][j]);
+        for row in &vacc[1..] {
+            let more = f.b.use_var(row[j]);
+            v = f.b.ins().fadd(v, more);
+        }
         let lanes = lane_sum(f, v);
         let s = f.b.use_var(sacc[j]);
         let total = f.b.ins().fadd(lanes, s);
