@@ -225,12 +225,15 @@ fn dot_block(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n: Valu
         };
         let xp = f.b.use_var(x_ptr);
         let wps: Vec<Value> = w_ptrs.iter().map(|&p| f.b.use_var(p)).collect();
-        for u in 0..vectors.max(1) {
+        let accumulators: Vec<&[Variable]> = match vectors {
+            0 => vec![&sacc],
+            n => vacc[..n].iter().map(Vec::as_slice).collect(),
+        };
+        for (u, accs) in accumulators.into_iter().enumerate() {
             let offset = (u * lanes * 4) as i32;
             let x = f.load_at(ty, xp, offset);
-            for j in 0..width {
-                let w = f.load_at(ty, wps[j], offset);
-                let acc = if vectors == 0 { sacc[j] } else { vacc[u][j] };
+            for (&wp, &acc) in wps.iter().zip(accs) {
+                let w = f.load_at(ty, wp, offset);
                 fma_into(f, acc, x, w);
             }
         }
