@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{fixture_dir, read_safetensors, HF_CASES};
+use common::cpu::{interp_tensor, runtime_tensor};
+use common::{fixture_dir, read_safetensors, relative_error, HF_CASES};
 use kiln_frontend::{load_spec, BuildOptions};
 use kiln_ir::interp::Data;
 use kiln_runtime::generate::{GenerateOptions, Generator};
@@ -31,30 +32,6 @@ fn compiled(case: &str) -> Model {
     Model::new(artifact, case, tensors, 2).unwrap()
 }
 
-fn runtime_tensor(t: &kiln_ir::interp::Tensor) -> Tensor {
-    match &t.data {
-        Data::Int(v) => Tensor::i64(&t.shape, v),
-        Data::Float(v) => Tensor::f32(&t.shape, v),
-        Data::Bool(_) => panic!("no bool inputs"),
-    }
-}
-
-fn floats(t: &kiln_ir::interp::Tensor) -> &[f32] {
-    match &t.data {
-        Data::Float(v) => v,
-        _ => panic!("expected floats"),
-    }
-}
-
-fn relative_error(a: &[f32], b: &[f32]) -> f64 {
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs() as f64)
-        .fold(0.0, f64::max);
-    diff / b.iter().map(|y| y.abs() as f64).fold(0.0, f64::max)
-}
-
 fn prefill_matches_transformers(case: &str) -> f64 {
     let reference = read_safetensors(&fixture_dir(case).join("reference.safetensors"));
     let model = compiled(case);
@@ -65,10 +42,8 @@ fn prefill_matches_transformers(case: &str) -> f64 {
             .unwrap();
     }
     prefill.run().unwrap();
-    let logits = prefill.output("logits").unwrap();
-    let expected = &reference["logits"];
-    assert_eq!(logits.shape, expected.shape);
-    relative_error(logits.as_f32(), floats(expected))
+    let logits = interp_tensor(prefill.output("logits").unwrap());
+    relative_error(&logits, &reference["logits"])
 }
 
 fn greedy_matches_transformers(case: &str) {

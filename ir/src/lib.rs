@@ -1,8 +1,9 @@
 //! `kiln-ir`: the graph IR every other crate of kiln speaks.
 //!
 //! It owns the element types, symbolic shapes, the closed op set, the graph and its builder
-//! helpers, the verifier, the canonical text form (print and parse), DOT export, and the
-//! reference interpreter. It knows nothing of model formats, passes, backends or runtimes.
+//! helpers, the verifier, the canonical text form (print and parse), DOT export, the reference
+//! interpreter, and random graphs for property tests (`testing`). It knows nothing of model
+//! formats, passes, backends or runtimes.
 
 pub mod builder;
 pub mod dim;
@@ -13,6 +14,7 @@ pub mod graph;
 pub mod infer;
 pub mod interp;
 pub mod op;
+pub mod testing;
 pub mod text;
 pub mod ty;
 pub mod verify;

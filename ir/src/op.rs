@@ -88,9 +88,9 @@ named_enum!(
         Mul => "mul",
         /// `a / b` (integers: truncating).
         Div => "div",
-        /// larger of the two.
+        /// larger of the two (NaN if either is NaN).
         Max => "max",
-        /// smaller of the two.
+        /// smaller of the two (NaN if either is NaN).
         Min => "min",
         /// `aᵇ` (floats).
         Pow => "pow",
@@ -136,7 +136,7 @@ named_enum!(
     ReduceOp {
         /// sum (f64 accumulation in the interpreter).
         Sum => "reduce_sum",
-        /// maximum.
+        /// maximum (NaN if any element is NaN; the type's least value over no elements).
         Max => "reduce_max",
         /// arithmetic mean (floats).
         Mean => "reduce_mean",
@@ -210,7 +210,8 @@ pub enum Op {
     Binary(BinaryOp),
     /// `cond ? a : b` elementwise; `cond` is bool.
     Select,
-    /// Conversion to the node's element type (typed; shape unchanged).
+    /// Conversion to the node's element type (typed; shape unchanged). Floats become integers
+    /// truncated toward zero and saturated to the type's range (NaN becomes 0).
     Cast,
     /// Reduction over `axes` (sorted, unique); each reduced axis stays with size 1.
     Reduce {

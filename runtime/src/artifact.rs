@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Reading checks the magic, then the version (an artifact of another format is refused by name,
-//! before anything else of it is trusted), then the hash, then the manifest.
+//! before anything else of it is trusted), then the hash, then the manifest. A hash mismatch is
+//! reported as truncation when the file ends before the sections its headers declare.
 
 use crate::error::{Result, RuntimeError};
 use crate::manifest::{Manifest, FORMAT_VERSION};
@@ -26,6 +27,20 @@ pub struct Artifact {
     pub object: Vec<u8>,
     /// Bytes of the manifest's constants.
     pub data: Vec<u8>,
+}
+
+/// The body length the section headers ask for, read as far as `body` goes (to tell a truncated
+/// file from a modified one once the hash has failed).
+fn declared_len(body: &[u8]) -> usize {
+    let mut at = 0usize;
+    for _ in 0..3 {
+        let Some(field) = body.get(at..at.saturating_add(8)) else {
+            return at.saturating_add(8);
+        };
+        let len = u64::from_le_bytes(field.try_into().unwrap());
+        at = at.saturating_add(8).saturating_add(len as usize);
+    }
+    at
 }
 
 impl Artifact {
@@ -49,10 +64,16 @@ impl Artifact {
     /// Parses artifact bytes; `file` names the source in errors.
     pub fn from_bytes(bytes: &[u8], file: &str) -> Result<Artifact> {
         let err = |msg: String| RuntimeError::new(file, None, msg);
-        if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        if bytes.get(..8) != Some(&MAGIC[..]) {
             return Err(err(
                 "not a kiln artifact (missing the KILNART header)".into()
             ));
+        }
+        if bytes.len() < HEADER_LEN {
+            return Err(err(format!(
+                "truncated: {} bytes, shorter than the {HEADER_LEN}-byte header",
+                bytes.len()
+            )));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
         if version != FORMAT_VERSION {
@@ -63,9 +84,16 @@ impl Artifact {
         }
         let body = &bytes[HEADER_LEN..];
         if Sha256::digest(body).as_slice() != &bytes[16..48] {
-            return Err(err(
-                "content hash does not match: the artifact is corrupt or was modified".into(),
-            ));
+            let need = HEADER_LEN.saturating_add(declared_len(body));
+            let reason = if need > bytes.len() {
+                format!(
+                    "the artifact is truncated ({} bytes, its sections need at least {need})",
+                    bytes.len()
+                )
+            } else {
+                "the artifact is corrupt or was modified".into()
+            };
+            return Err(err(format!("content hash does not match: {reason}")));
         }
         let mut sections = Vec::new();
         let mut rest = body;

@@ -1,5 +1,8 @@
-//! Shared test helpers: fixture paths, safetensors ↔ interpreter tensors, error measures.
+//! Shared test helpers: fixture paths, safetensors ↔ interpreter tensors, error measures; `cpu`
+//! runs graphs on the CPU backend next to the interpreter.
 #![allow(dead_code)]
+
+pub mod cpu;
 
 use kiln_ir::interp::{Tensor, TensorMap};
 use kiln_ir::DType;

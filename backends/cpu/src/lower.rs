@@ -4,7 +4,11 @@
 //! ops (`permute`, `broadcast`, `slice`, `reshape` of a contiguous value, splat constants,
 //! `iota`) are views and emit nothing; every other op writes a fresh buffer through one kernel
 //! (`concat` through one copy per operand into slices of its buffer). A `reshape` of a view that
-//! is not contiguous materializes a copy first.
+//! is not contiguous materializes a copy first, and so does a splat or iota operand of the
+//! kernels that read buffers (reduce, matmul, gather).
+//!
+//! Refused, with an error naming the node: `scatter`, matmuls of other types than `f32`, and any
+//! `f16` or `bf16` value (no kernel computes in either).
 //!
 //! Invariants of the result: each temporary buffer is written by the kernels of one node only,
 //! before any kernel reads it; inputs, weights and constants are never written; every program
@@ -181,6 +185,15 @@ impl Lowering<'_> {
         out
     }
 
+    /// `view` when it reads a buffer; otherwise (a splat or an iota) a copy in a new buffer, for
+    /// kernels that index their operands freely.
+    fn buffered(&mut self, view: &View, label: &str) -> View {
+        match view.source {
+            Source::Buffer(_) => view.clone(),
+            _ => self.materialize(view, label),
+        }
+    }
+
     fn copy(&mut self, from: &View, to: &View, label: &str) {
         self.push(
             Kernel::Map {
@@ -199,6 +212,12 @@ impl Lowering<'_> {
         let g = self.g;
         let node = g.node(id);
         let ty = &node.ty;
+        if matches!(ty.dtype, DType::F16 | DType::BF16) {
+            return Err(CompileError(format!(
+                "{} values are not supported by the CPU backend yet",
+                ty.dtype
+            )));
+        }
         let label = format!(
             "{}{}",
             node.op.name(),
@@ -289,10 +308,11 @@ impl Lowering<'_> {
             Op::Cast => self.map(ty, operands.clone(), elementwise(ExprOp::Cast(0)), label),
             Op::Reduce { op, axes } => {
                 let out = self.temp(ty);
+                let input = self.buffered(&operands[0], &label);
                 self.push(
                     Kernel::Reduce {
                         op: *op,
-                        input: operands[0].clone(),
+                        input,
                         axes: axes.clone(),
                         out: out.clone(),
                     },
@@ -305,6 +325,10 @@ impl Lowering<'_> {
                     return Err(CompileError("matmul is compiled for f32 only".into()));
                 }
                 let out = self.temp(ty);
+                let (a, b) = (
+                    self.buffered(&operands[0], &label),
+                    self.buffered(&operands[1], &label),
+                );
                 let r = out.rank();
                 let batch = &out.dims[..r - 2];
                 let widen = |v: &View| {
@@ -312,7 +336,7 @@ impl Lowering<'_> {
                     dims.extend_from_slice(&v.dims[v.rank() - 2..]);
                     v.broadcast(dims)
                 };
-                let (a, b) = (widen(&operands[0]), widen(&operands[1]));
+                let (a, b) = (widen(&a), widen(&b));
                 let (tile_m, tile_n) = match out.dims[r - 2].as_constant() {
                     Some(m) if m <= 4 => (m.max(1), 16),
                     _ => (64, 128),
@@ -357,12 +381,25 @@ impl Lowering<'_> {
             }
             Op::Gather { axis } => {
                 let out = self.temp(ty);
+                let data = self.buffered(&operands[0], &label);
+                let mut indices = self.buffered(&operands[1], &label);
+                let mut written = out.clone();
+                if indices.rank() == 0 {
+                    // One index is gathered as an axis of length 1.
+                    let one = Poly::constant(1);
+                    indices = indices
+                        .reshape(vec![one.clone()])
+                        .expect("a scalar reshapes");
+                    let mut dims = out.dims.clone();
+                    dims.insert(*axis, one);
+                    written = out.reshape(dims).expect("a fresh buffer reshapes");
+                }
                 self.push(
                     Kernel::Gather {
-                        data: operands[0].clone(),
-                        indices: operands[1].clone(),
+                        data,
+                        indices,
                         axis: *axis,
-                        out: out.clone(),
+                        out: written,
                     },
                     label,
                 );

@@ -185,6 +185,15 @@ fn unary(op: UnaryOp, x: &Data) -> Data {
     }
 }
 
+/// `f(a, b)`, or NaN when either is NaN (`max` and `min` propagate NaN, as PyTorch's do).
+fn nan_or(a: f64, b: f64, f: fn(f64, f64) -> f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        f(a, b)
+    }
+}
+
 fn compare<T: PartialOrd>(op: BinaryOp, a: T, b: T) -> bool {
     match op {
         BinaryOp::Eq => a == b,
@@ -212,8 +221,8 @@ fn binary(op: BinaryOp, x: &Data, y: &Data) -> Result<Data, String> {
                         BinaryOp::Sub => a - b,
                         BinaryOp::Mul => a * b,
                         BinaryOp::Div => a / b,
-                        BinaryOp::Max => a.max(b),
-                        BinaryOp::Min => a.min(b),
+                        BinaryOp::Max => nan_or(a, b, f64::max),
+                        BinaryOp::Min => nan_or(a, b, f64::min),
                         BinaryOp::Pow => a.powf(b),
                         _ => unreachable!("verified dtype"),
                     }) as f32
@@ -258,6 +267,7 @@ fn binary(op: BinaryOp, x: &Data, y: &Data) -> Result<Data, String> {
 fn cast(x: &Tensor, dtype: DType) -> Tensor {
     let data = match (&x.data, dtype) {
         (Data::Float(v), d) if d.is_float() => Data::Float(v.clone()),
+        (Data::Float(v), DType::I32) => Data::Int(v.iter().map(|&a| a as i32 as i64).collect()),
         (Data::Float(v), d) if d.is_int() => Data::Int(v.iter().map(|&a| a as i64).collect()),
         (Data::Int(v), d) if d.is_float() => Data::Float(v.iter().map(|&a| a as f32).collect()),
         (Data::Int(v), d) if d.is_int() => Data::Int(v.clone()),
@@ -292,7 +302,7 @@ fn reduce(op: ReduceOp, x: &Tensor, axes: &[usize], out_shape: &[usize]) -> Data
             for (&d, &a) in dst.iter().zip(v) {
                 let a = a as f64;
                 acc[d] = if op == ReduceOp::Max {
-                    acc[d].max(a)
+                    nan_or(acc[d], a, f64::max)
                 } else {
                     acc[d] + a
                 };
@@ -303,7 +313,11 @@ fn reduce(op: ReduceOp, x: &Tensor, axes: &[usize], out_shape: &[usize]) -> Data
             Data::Float(acc.into_iter().map(|a| a as f32).collect())
         }
         Data::Int(v) => {
-            let init = if op == ReduceOp::Max { i64::MIN } else { 0 };
+            let init = match (op, x.dtype) {
+                (ReduceOp::Max, DType::I32) => i32::MIN as i64,
+                (ReduceOp::Max, _) => i64::MIN,
+                _ => 0,
+            };
             let mut acc = vec![init; numel];
             for (&d, &a) in dst.iter().zip(v) {
                 acc[d] = if op == ReduceOp::Max {

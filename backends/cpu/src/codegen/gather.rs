@@ -3,12 +3,14 @@
 //! Work items are output rows. When axes follow the gathered one (an embedding lookup), a row
 //! reads one index and copies a strided run of `data` (four `f32` lanes at a time when the run
 //! is unit-stride); otherwise every element of the row reads its own index. Indices are clamped
-//! into `[0, len)` so no input can make a kernel read outside `data`; the runtime rejects
-//! out-of-range token ids before they get here.
+//! into `[0, len)` so no input can make a kernel read outside `data` (when `len` is 0 there is
+//! nothing to read and the rows are zeros); the runtime rejects out-of-range token ids before
+//! they get here.
 
 use super::builder::{scalar_type, KernelFn};
+use super::math;
 use crate::view::View;
-use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, Value};
 use kiln_ir::DType;
 
 struct Strided {
@@ -53,9 +55,23 @@ pub fn emit(f: &mut KernelFn, data: &View, indices: &View, axis: usize, out: &Vi
     let ty = scalar_type(dtype);
     let vector = post > 0 && dtype == DType::F32 && data.strides[data.rank() - 1].is_constant(1);
     let (start, end) = (f.start, f.end);
+    let inner = out_dims[r - 1];
+    // An empty gathered axis has no element to read: the rows are zeros.
+    let empty = f.b.ins().icmp_imm_s(IntCC::Equal, len, 0);
+    let (zeros, gather, done) = (f.b.create_block(), f.b.create_block(), f.b.create_block());
+    f.b.ins().brif(empty, zeros, &[], gather, &[]);
+    f.b.switch_to_block(zeros);
+    let first = f.b.ins().imul(start, inner);
+    let last = f.b.ins().imul(end, inner);
+    f.for_loop(first, last, 1, |f, i| {
+        let zero = math::constant(f, 0.0, dtype, false);
+        let to = f.address(out_ptr, i, dtype);
+        f.store(zero, to);
+    });
+    f.b.ins().jump(done, &[]);
+    f.b.switch_to_block(gather);
     f.for_loop(start, end, 1, |f, row| {
         let coords = f.unravel(row, &out_dims[..r - 1]);
-        let inner = out_dims[r - 1];
         let out_row = f.b.ins().imul(row, inner);
         let zero = f.iconst(0);
         let pre = f.linear(d.offset, &coords[..p], &d.strides[..p]);
@@ -99,4 +115,6 @@ pub fn emit(f: &mut KernelFn, data: &View, indices: &View, axis: usize, out: &Vi
             });
         }
     });
+    f.b.ins().jump(done, &[]);
+    f.b.switch_to_block(done);
 }

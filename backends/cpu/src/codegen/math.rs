@@ -2,8 +2,9 @@
 //! the float ops that have a vector form.
 //!
 //! `exp` (and `sigmoid` through it) is kiln's own polynomial, vectorized: range reduction by
-//! `ln 2` in two parts, a degree-6 polynomial on `[-ln2/2, ln2/2]`, and the exponent built in
-//! the float's bits; relative error below 2e-7 on the normal range, `0` below `-87.3`.
+//! `ln 2` in two parts, a degree-6 polynomial on `[-ln2/2, ln2/2]`, and `2ⁿ` built in the
+//! float's bits (as two factors, so subnormal and near-overflow results are right); relative
+//! error below 2e-7 on the normal range, infinity above it, 0 below `-104`.
 //! `log`, `sin`, `cos`, `tanh`, `erf` and `pow` call the runtime's scalar functions
 //! (`RUNTIME_FUNCTIONS`), so expressions holding them are not vectorized.
 
@@ -89,8 +90,9 @@ pub fn exp(f: &mut KernelFn, x: Value) -> Value {
     } else {
         (types::I32, false)
     };
-    let lo = f32_const(f, -87.3, ty);
-    let hi = f32_const(f, 88.7, ty);
+    // Below `lo` e^x rounds to 0 in f32; above `hi` the result overflows to infinity.
+    let lo = f32_const(f, -104.0, ty);
+    let hi = f32_const(f, 89.0, ty);
     let clamped = f.b.ins().fmax(x, lo);
     let clamped = f.b.ins().fmin(clamped, hi);
     let log2e = f32_const(f, std::f32::consts::LOG2_E, ty);
@@ -118,18 +120,25 @@ pub fn exp(f: &mut KernelFn, x: Value) -> Value {
     let r1 = f.b.ins().fadd(r, one);
     let y = f.b.ins().fma(p, r2, r1);
     let ni = f.b.ins().fcvt_to_sint_sat(int_ty, n);
-    let biased = if lanes {
-        let bias = f.b.ins().iconst(types::I32, 127);
-        let bias = f.b.ins().splat(types::I32X4, bias);
-        f.b.ins().iadd(ni, bias)
-    } else {
-        f.b.ins().iadd_imm_s(ni, 127)
-    };
-    let bits = f.b.ins().ishl_imm_s(biased, 23);
     let little = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-    let scale = f.b.ins().bitcast(ty, little, bits);
-    let result = f.b.ins().fmul(y, scale);
-    // Below the normal range the result flushes to zero (this also maps -inf to 0).
+    // 2ⁿ as 2^(n>>1)·2^(n−(n>>1)): for n in [-150, 128] each factor is a normal float, so
+    // results next to overflow and in the subnormal range come out right.
+    let half = f.b.ins().sshr_imm_s(ni, 1);
+    let rest = f.b.ins().isub(ni, half);
+    let mut result = y;
+    for e in [half, rest] {
+        let biased = if lanes {
+            let bias = f.b.ins().iconst(types::I32, 127);
+            let bias = f.b.ins().splat(types::I32X4, bias);
+            f.b.ins().iadd(e, bias)
+        } else {
+            f.b.ins().iadd_imm_s(e, 127)
+        };
+        let bits = f.b.ins().ishl_imm_s(biased, 23);
+        let scale = f.b.ins().bitcast(ty, little, bits);
+        result = f.b.ins().fmul(result, scale);
+    }
+    // Below `lo` (and at -inf) the result is 0.
     let zero = f32_const(f, 0.0, ty);
     let small = f.b.ins().fcmp(FloatCC::LessThan, x, lo);
     if lanes {

@@ -28,6 +28,7 @@ fn combine_op(op: ReduceOp) -> BinaryOp {
 fn identity(op: ReduceOp, dtype: DType) -> f64 {
     match (op, dtype) {
         (ReduceOp::Max, DType::F32) => f64::NEG_INFINITY,
+        (ReduceOp::Max, DType::I32) => i32::MIN as f64,
         (ReduceOp::Max, _) => i64::MIN as f64,
         _ => 0.0,
     }
