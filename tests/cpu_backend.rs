@@ -8,7 +8,7 @@ use common::{fixture_dir, read_safetensors, relative_error, HF_CASES};
 use kiln_frontend::{load_spec, BuildOptions};
 use kiln_ir::interp::Data;
 use kiln_runtime::generate::{GenerateOptions, Generator};
-use kiln_runtime::{load_weights, open::weight_tensors, Artifact, Model, Sampling, Tensor};
+use kiln_runtime::{load_weights, open::weight_tensors, Artifact, Model, Sampling};
 
 /// Compiles a fixture's model (through artifact bytes, as a file would) and loads its weights.
 fn compiled(case: &str) -> Model {
