@@ -53,6 +53,8 @@ pub enum Kernel {
         out: View,
         tile_m: i64,
         tile_n: i64,
+        /// Tiles with at least this many rows call the runtime's GEMM; `None`: never.
+        gemm_min_rows: Option<i64>,
     },
     /// `out[pre, i.., post] = data[pre, indices[i..], post]`; `out` is contiguous.
     /// Work items are rows of `out`.

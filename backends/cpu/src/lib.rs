@@ -20,8 +20,34 @@ use kiln_runtime::manifest::{Manifest, ModelInfo, ProgramDesc, Step, Target};
 use kiln_runtime::Artifact;
 use lower::SharedTables;
 
+/// Code-generation choices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuOptions {
+    /// Matmul tiles with at least this many rows call the GEMM library (the `gemm` crate);
+    /// smaller ones run kiln's own loops. `None`: never call it. The default, 8, comes from
+    /// `backends/cpu/examples/matmul_choice.rs` (see docs/backend-cpu.md).
+    pub gemm_min_rows: Option<i64>,
+}
+
+impl Default for CpuOptions {
+    fn default() -> CpuOptions {
+        CpuOptions {
+            gemm_min_rows: Some(8),
+        }
+    }
+}
+
 /// Compiles `programs` (e.g. `prefill` and `decode` of one model) into one artifact.
 pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
+    compile_with(programs, model, &CpuOptions::default())
+}
+
+/// [`compile`] with explicit code-generation choices.
+pub fn compile_with(
+    programs: &[Graph],
+    model: ModelInfo,
+    options: &CpuOptions,
+) -> Result<Artifact> {
     let builder = ObjectBuilder::new(
         isa::target_isa()?,
         "kiln",
@@ -31,7 +57,7 @@ pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
     let mut shared = SharedTables::default();
     let mut descs = Vec::new();
     for g in programs {
-        let lowered = lower::lower(g, &mut shared)?;
+        let lowered = lower::lower(g, &mut shared, options)?;
         let mut steps = Vec::new();
         for (i, (kernel, label)) in lowered.kernels.iter().enumerate() {
             let name = format!("{}_{i}", lowered.name);

@@ -17,6 +17,7 @@
 use crate::error::{CompileError, Result};
 use crate::kernel::{ExprNode, ExprOp, Kernel};
 use crate::view::{Source, View};
+use crate::CpuOptions;
 use kiln_ir::{DType, Dim, Graph, Literal, NodeId, Op, TensorType};
 use kiln_runtime::manifest::{
     BufferDesc, BufferKind, ConstantDesc, ElemType, IoDesc, SymbolDesc, TensorDesc,
@@ -56,6 +57,7 @@ pub fn elem_type(dtype: DType) -> ElemType {
 
 struct Lowering<'a> {
     g: &'a Graph,
+    options: &'a CpuOptions,
     symbols: Vec<String>,
     shared: &'a mut SharedTables,
     buffers: Vec<BufferDesc>,
@@ -64,10 +66,11 @@ struct Lowering<'a> {
     inputs: Vec<IoDesc>,
 }
 
-pub fn lower(g: &Graph, shared: &mut SharedTables) -> Result<LoweredProgram> {
+pub fn lower(g: &Graph, shared: &mut SharedTables, options: &CpuOptions) -> Result<LoweredProgram> {
     let symbols: Vec<String> = g.symbols().keys().cloned().collect();
     let mut l = Lowering {
         g,
+        options,
         symbols,
         shared,
         buffers: Vec::new(),
@@ -348,6 +351,7 @@ impl Lowering<'_> {
                         out: out.clone(),
                         tile_m,
                         tile_n,
+                        gemm_min_rows: self.options.gemm_min_rows,
                     },
                     label,
                 );

@@ -2,7 +2,7 @@
 //! over strided, batch-broadcast operands, into a contiguous output.
 //!
 //! Work items are `tile_m × tile_n` output tiles of one batch element. A tile of at least
-//! [`GEMM_MIN_ROWS`] rows (in kernels compiled with tiles taller than that) calls the runtime's
+//! `gemm_min_rows` rows (when the kernel's tiles can be that tall) calls the runtime's
 //! `gemm_f32`; smaller tiles run Cranelift loops in one of three forms chosen at compile time
 //! from the strides:
 //! - **dot**: `a` and `b` both unit-stride along `k` (a linear layer's `x·Wᵀ`, attention scores
@@ -17,9 +17,6 @@ use crate::view::View;
 use cranelift_codegen::ir::{condcodes::IntCC, types, AbiParam, InstBuilder, Signature, Value};
 use cranelift_frontend::Variable;
 use kiln_ir::DType;
-
-/// Tiles with at least this many rows go to the GEMM library.
-pub const GEMM_MIN_ROWS: i64 = 8;
 
 struct Operands {
     a: Value,
@@ -40,7 +37,14 @@ enum Form {
     Scalar,
 }
 
-pub fn emit(f: &mut KernelFn, a: &View, b: &View, out: &View, tile_m: i64, tile_n: i64) {
+pub fn emit(
+    f: &mut KernelFn,
+    a: &View,
+    b: &View,
+    out: &View,
+    (tile_m, tile_n): (i64, i64),
+    gemm_min_rows: Option<i64>,
+) {
     let r = out.rank();
     let form = if a.strides[r - 1].is_constant(1) && b.strides[r - 2].is_constant(1) {
         Form::Dot
@@ -94,11 +98,11 @@ pub fn emit(f: &mut KernelFn, a: &View, b: &View, out: &View, tile_m: i64, tile_
                 Form::Scalar => scalar_row(f, &ops, m, n0, n1),
             });
         };
-        if tile_m >= GEMM_MIN_ROWS {
+        if let Some(min_rows) = gemm_min_rows.filter(|&r| tile_m >= r) {
             let tall = f.b.ins().isub(m1, m0);
             let big =
                 f.b.ins()
-                    .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, tall, GEMM_MIN_ROWS);
+                    .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, tall, min_rows);
             let gemm_block = f.b.create_block();
             let loops_block = f.b.create_block();
             let join = f.b.create_block();

@@ -38,7 +38,8 @@ pub fn define(module: &mut ObjectModule, name: &str, kernel: &Kernel) -> Result<
             out,
             tile_m,
             tile_n,
-        } => matmul::emit(&mut f, a, b, out, *tile_m, *tile_n),
+            gemm_min_rows,
+        } => matmul::emit(&mut f, a, b, out, (*tile_m, *tile_n), *gemm_min_rows),
         Kernel::Gather {
             data,
             indices,
