@@ -205,3 +205,119 @@ fn print_after_all_shows_every_stage_and_dot_renders() {
     assert!(ok);
     assert!(out.starts_with("digraph \"prefill\" {") && out.trim_end().ends_with('}'));
 }
+
+/// Compiles the Llama fixture into a scratch artifact and returns its path.
+fn compiled_fixture(name: &str) -> PathBuf {
+    let artifact = scratch(name, b"");
+    let config = fixture_dir("llama").join("config.json");
+    let (ok, _, stderr) = kiln(&[
+        "compile",
+        config.to_str().unwrap(),
+        "-o",
+        artifact.to_str().unwrap(),
+        "--max-batch",
+        "2",
+        "--max-seq",
+        "64",
+    ]);
+    assert!(ok, "compile failed: {stderr}");
+    artifact
+}
+
+#[test]
+fn run_writes_outputs_that_match_transformers() {
+    let artifact = compiled_fixture("run.kiln");
+    let dir = fixture_dir("llama");
+    let reference = common::read_safetensors(&dir.join("reference.safetensors"));
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let inputs: Vec<(String, safetensors::tensor::TensorView<'_>)> = ["input_ids", "position_ids"]
+        .iter()
+        .map(|n| (n.to_string(), st.tensor(n).unwrap()))
+        .collect();
+    let in_path = scratch(
+        "run-in.safetensors",
+        &safetensors::serialize(inputs, None).unwrap(),
+    );
+    let out_path = scratch("run-out.safetensors", b"");
+    let weights = dir.join("model.safetensors");
+    let (ok, _, stderr) = kiln(&[
+        "run",
+        artifact.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--program",
+        "prefill",
+        "--inputs",
+        in_path.to_str().unwrap(),
+        "--outputs",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(ok, "run failed: {stderr}");
+    let outputs = common::read_safetensors(&out_path);
+    let err = common::relative_error(&outputs["logits"], &reference["logits"]);
+    assert!(err <= 1e-4, "logits relative error {err:.2e}");
+    for layer in 0..2 {
+        assert_eq!(
+            outputs[&format!("key_{layer}")].shape[2],
+            12,
+            "cache holds the prompt"
+        );
+    }
+}
+
+#[test]
+fn generate_streams_and_reports_throughput() {
+    let (ok, stdout, stderr) = kiln(&["generate", "--max-tokens", "8", "--prompt", "kiln"]);
+    assert!(ok, "generate failed: {stderr}");
+    assert!(
+        stdout.starts_with("kiln"),
+        "prompt echoed first: {stdout:?}"
+    );
+    assert!(stderr.contains("decode: 8 tokens"), "{stderr}");
+}
+
+#[test]
+fn runtime_input_errors_name_the_file_and_tensor() {
+    let artifact = compiled_fixture("bad-run.kiln");
+    let weights = fixture_dir("llama").join("model.safetensors");
+    let wrong_dtype = {
+        let ids = [1.0f32; 4];
+        let bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 4], &bytes)
+                .unwrap();
+        scratch(
+            "bad-in.safetensors",
+            &safetensors::serialize([("input_ids", view)], None).unwrap(),
+        )
+    };
+    let out = scratch("bad-out.safetensors", b"");
+    let run = |weights: &Path, inputs: &Path| {
+        kiln(&[
+            "run",
+            artifact.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--outputs",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (ok, _, stderr) = run(&weights, &wrong_dtype);
+    assert!(
+        !ok && stderr.contains("input_ids") && stderr.contains("expected i64"),
+        "{stderr}"
+    );
+    let gguf = fixture_dir("../gguf").join("llama.gguf");
+    let not_weights = scratch("not-weights.safetensors", b"not a safetensors file");
+    let (ok, _, stderr) = run(&not_weights, &wrong_dtype);
+    assert!(
+        !ok && stderr.contains("not-weights.safetensors"),
+        "{stderr}"
+    );
+    // The GGUF twin of the fixture holds the same weights: accepted up to the bad input.
+    let (ok, _, stderr) = run(&gguf, &wrong_dtype);
+    assert!(!ok && stderr.contains("input_ids"), "{stderr}");
+}

@@ -85,3 +85,63 @@ fn compiled_greedy_decoding_matches_transformers_on_every_fixture() {
         greedy_matches_transformers(case);
     }
 }
+
+/// Runs `prompts` as one `generate` call.
+fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Vec<Vec<u32>> {
+    let mut generator = Generator::new(model).unwrap();
+    generator.generate(prompts, opts, |_, _| {}).unwrap().tokens
+}
+
+#[test]
+fn batched_prompts_decode_as_they_would_alone() {
+    let model = compiled("llama");
+    let greedy = GenerateOptions {
+        max_new_tokens: 12,
+        sampling: Sampling::Greedy,
+        eos: Vec::new(),
+    };
+    // Two prompts of one length share a batch; the third runs in a batch of its own length.
+    let prompts = vec![vec![5, 9, 13, 2], vec![7, 7, 1, 30], vec![11, 4]];
+    let together = generate(&model, &prompts, &greedy);
+    for (prompt, tokens) in prompts.iter().zip(&together) {
+        let alone = generate(&model, std::slice::from_ref(prompt), &greedy);
+        assert_eq!(&alone[0], tokens, "prompt {prompt:?}");
+        assert_eq!(tokens.len(), 12);
+    }
+}
+
+#[test]
+fn sampling_is_seeded_and_stops_at_eos() {
+    let model = compiled("llama");
+    let sample = |seed| GenerateOptions {
+        max_new_tokens: 16,
+        sampling: Sampling::Sample {
+            temperature: 1.5,
+            top_k: Some(20),
+            top_p: Some(0.95),
+            seed,
+        },
+        eos: Vec::new(),
+    };
+    let prompt = vec![vec![5, 9, 13, 2]];
+    let first = generate(&model, &prompt, &sample(7));
+    assert_eq!(
+        first,
+        generate(&model, &prompt, &sample(7)),
+        "same seed, same tokens"
+    );
+    assert_ne!(
+        first,
+        generate(&model, &prompt, &sample(8)),
+        "another seed, other tokens"
+    );
+    // Stopping at the third token's id keeps it and nothing after it.
+    let eos = first[0][2];
+    let stop_at = first[0].iter().position(|&t| t == eos).unwrap();
+    let opts = GenerateOptions {
+        eos: vec![eos],
+        ..sample(7)
+    };
+    let stopped = generate(&model, &prompt, &opts);
+    assert_eq!(stopped[0], first[0][..=stop_at]);
+}
