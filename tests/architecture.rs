@@ -1,6 +1,7 @@
 //! The design's invariants that the compiler cannot see: the dependency direction between crates
-//! (`kiln-ir` depends on no other kiln crate; `kiln-runtime` on no compiler crate) and a module
-//! doc at the top of every Rust file.
+//! (`kiln-ir` depends on no other kiln crate; `kiln-runtime` on no compiler crate; the embedded
+//! example application on `kiln-runtime` alone, the compiler being only its build-dependency)
+//! and a module doc at the top of every Rust file.
 
 use std::path::{Path, PathBuf};
 
@@ -8,19 +9,33 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The kiln crates a manifest's `[dependencies]` table names.
-fn kiln_dependencies(manifest: &Path) -> Vec<String> {
+/// The crates a manifest's `[dependencies]` tables name: `[dependencies]`, its
+/// `[target.'cfg(..)'.dependencies]` variants, and `[dependencies.NAME]` tables.
+fn dependencies(manifest: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(manifest).unwrap();
     let mut in_deps = false;
     let mut deps = Vec::new();
     for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_deps = line == "[dependencies]";
-        } else if in_deps && line.starts_with("kiln-") {
+        if let Some(table) = line.strip_prefix('[') {
+            let table = table.trim_end_matches(']');
+            let for_target = table.starts_with("target.") && table.ends_with(".dependencies");
+            in_deps = table == "dependencies" || for_target;
+            if let Some(name) = table.strip_prefix("dependencies.") {
+                deps.push(name.to_string());
+            }
+        } else if in_deps && !line.is_empty() && !line.starts_with('#') {
             deps.push(line.split(['.', ' ', '=']).next().unwrap().to_string());
         }
     }
     deps
+}
+
+/// The kiln crates a manifest's `[dependencies]` tables name.
+fn kiln_dependencies(manifest: &Path) -> Vec<String> {
+    dependencies(manifest)
+        .into_iter()
+        .filter(|dep| dep == "kiln" || dep.starts_with("kiln-"))
+        .collect()
 }
 
 #[test]
@@ -46,6 +61,15 @@ fn runtime_links_no_compiler_crate() {
             "kiln-runtime depends on compiler crate {dep}"
         );
     }
+}
+
+#[test]
+fn embedded_example_links_only_the_runtime() {
+    // The compiler (`kiln` and its crates) may be a build-dependency, never a dependency.
+    assert_eq!(
+        dependencies(&root().join("examples/embedded/Cargo.toml")),
+        ["kiln-runtime"]
+    );
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

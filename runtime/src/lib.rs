@@ -34,4 +34,4 @@ pub use poly::Poly;
 pub use sampling::{Sampler, Sampling};
 pub use tensor::Tensor;
 pub use tokenizer::{DecodeStream, Tokenizer};
-pub use weights::{load_weights, WeightSet};
+pub use weights::{load_weights, load_weights_from_bytes, WeightSet};

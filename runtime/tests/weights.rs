@@ -1,12 +1,13 @@
 //! `load_weights` as a specification: the tiny Hugging Face llama fixture loads the same from its
-//! safetensors file, from shards, and from its llama.cpp GGUF twin; every bad input is an error
-//! that names the tensor or file at fault.
+//! safetensors file, from shards, from its llama.cpp GGUF twin, and from either file's bytes in
+//! memory (`load_weights_from_bytes`); every bad input is an error that names the tensor or file
+//! at fault.
 
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
-use kiln_runtime::load_weights;
 use kiln_runtime::manifest::{ElemType, ModelInfo, TensorDesc};
+use kiln_runtime::{load_weights, load_weights_from_bytes};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
@@ -257,6 +258,25 @@ fn a_stored_copy_of_tied_embeddings_is_ignored() {
     );
 }
 
+#[test]
+fn bytes_in_memory_load_like_the_file() {
+    let mut tensors = llama();
+    tensors.reverse();
+    for file in [HF_LLAMA, GGUF_LLAMA] {
+        let bytes = std::fs::read(fixture(file)).unwrap();
+        let loaded = load_weights_from_bytes(&bytes, file, &expect(&tensors), &model(false))
+            .unwrap_or_else(|e| panic!("loading the bytes of {file}: {e}"));
+        let from_path = load_weights(&fixture(file), &expect(&tensors), &model(false)).unwrap();
+        assert_eq!(loaded, from_path, "{file}");
+        // The bytes need no alignment: load them again one byte off.
+        let mut shifted = vec![0u8; bytes.len() + 1];
+        shifted[1..].copy_from_slice(&bytes);
+        let loaded = load_weights_from_bytes(&shifted[1..], file, &expect(&tensors), &model(false))
+            .unwrap_or_else(|e| panic!("loading the unaligned bytes of {file}: {e}"));
+        assert_eq!(loaded, from_path, "{file}, unaligned");
+    }
+}
+
 // Errors.
 
 #[test]
@@ -354,6 +374,40 @@ fn truncated_files_are_errors_naming_the_file() {
             check_error(&path, &expected, &model(false), &[name]);
         }
     }
+}
+
+#[test]
+fn bad_bytes_in_memory_are_errors_naming_the_source() {
+    let expected = expect(&llama());
+    for file in [HF_LLAMA, GGUF_LLAMA] {
+        let bytes = std::fs::read(fixture(file)).unwrap();
+        for len in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
+            let message = match load_weights_from_bytes(
+                &bytes[..len],
+                "<embedded>",
+                &expected,
+                &model(false),
+            ) {
+                Ok(_) => panic!("loading {len} bytes of {file} succeeded"),
+                Err(e) => e.to_string(),
+            };
+            assert!(message.starts_with("<embedded>"), "`{message}`");
+        }
+    }
+    let mut expected = expected;
+    expected.pop();
+    let message = load_weights_from_bytes(
+        &std::fs::read(fixture(HF_LLAMA)).unwrap(),
+        "<embedded>",
+        &expected,
+        &model(false),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        message.contains("<embedded>") && message.contains("not a weight"),
+        "`{message}`"
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use kiln_gguf::{GgufError, TensorInfo};
+use kiln_gguf::{GgufError, GgufFile, TensorInfo};
 
 use super::map_file;
 use super::plan::{plan, Stored};
@@ -45,8 +45,31 @@ pub(super) fn load(
     expected: &[TensorDesc],
     model: &ModelInfo,
 ) -> Result<Vec<Vec<f32>>> {
-    let source = path.display().to_string();
     let file = kiln_gguf::read_path(path).map_err(from_gguf)?;
+    let bytes = map_file(path)?;
+    decode(&file, &bytes, &path.display().to_string(), expected, model)
+}
+
+/// The expected tensors of the GGUF file held in `bytes`, in order, as f32 in Hugging Face's
+/// layout; `source` names it in errors.
+pub(super) fn load_bytes(
+    bytes: &[u8],
+    source: &str,
+    expected: &[TensorDesc],
+    model: &ModelInfo,
+) -> Result<Vec<Vec<f32>>> {
+    let file = kiln_gguf::parse(bytes, source).map_err(from_gguf)?;
+    decode(&file, bytes, source, expected, model)
+}
+
+/// The expected tensors of `file`, whose whole content is `bytes`.
+fn decode(
+    file: &GgufFile,
+    bytes: &[u8],
+    source: &str,
+    expected: &[TensorDesc],
+    model: &ModelInfo,
+) -> Result<Vec<Vec<f32>>> {
     let permuted = match file.get_str(ARCHITECTURE_KEY).map_err(from_gguf)? {
         "llama" => true,
         "qwen2" => false,
@@ -63,30 +86,29 @@ pub(super) fn load(
         .iter()
         .map(|info| {
             let name = hf_name(&info.name).ok_or_else(|| {
-                RuntimeError::tensor(&source, &info.name, "no Hugging Face name for this tensor")
+                RuntimeError::tensor(source, &info.name, "no Hugging Face name for this tensor")
             })?;
             Ok(Stored {
                 name,
                 shape: info.shape(),
-                file: source.clone(),
+                file: source.to_string(),
                 data: info,
             })
         })
         .collect::<Result<Vec<Stored<&TensorInfo>>>>()?;
-    let order = plan(&stored, expected, model, &source)?;
-    let bytes = map_file(path)?;
+    let order = plan(&stored, expected, model, source)?;
     order
         .into_iter()
         .map(|i| {
             let tensor = &stored[i];
-            let data = kiln_gguf::tensor_data(&file, &bytes, tensor.data).map_err(from_gguf)?;
+            let data = kiln_gguf::tensor_data(file, bytes, tensor.data).map_err(from_gguf)?;
             let values =
-                kiln_gguf::dequantize_tensor(&file, tensor.data, data).map_err(from_gguf)?;
+                kiln_gguf::dequantize_tensor(file, tensor.data, data).map_err(from_gguf)?;
             match permuted_heads(&tensor.name, model).filter(|_| permuted) {
                 None => Ok(values),
                 Some(heads) => unpermute_rows(&values, &tensor.shape, heads).ok_or_else(|| {
                     RuntimeError::tensor(
-                        &source,
+                        source,
                         &tensor.name,
                         format!(
                             "shape {:?}: the rows are not a whole number of pairs for each of \

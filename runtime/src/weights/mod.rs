@@ -1,9 +1,10 @@
 //! Loading a model's weights in the layout an artifact expects.
 //!
-//! This module owns the public entry point ([`load_weights`]), the choice of reader from the
-//! path, and the one rule every source obeys: the weights found must be exactly the manifest's
-//! weights, by name and shape (see `plan`). The readers (`safetensors`, `gguf`) only list what a
-//! file holds under Hugging Face names and decode the tensors they are asked for.
+//! This module owns the public entry points ([`load_weights`] for a path,
+//! [`load_weights_from_bytes`] for a file held in memory), the choice of reader, and the one rule
+//! every source obeys: the weights found must be exactly the manifest's weights, by name and
+//! shape (see `plan`). The readers (`safetensors`, `gguf`) only list what a file holds under
+//! Hugging Face names and decode the tensors they are asked for.
 //!
 //! Every tensor comes back as `f32` in Hugging Face's layout (row-major, `[out, in]` for linear
 //! layers), whatever the file stored; no input makes the loader panic.
@@ -37,22 +38,53 @@ pub struct WeightSet {
 /// `lm_head.weight` that a model with tied embeddings does not expect.
 pub fn load_weights(path: &Path, expected: &[TensorDesc], model: &ModelInfo) -> Result<WeightSet> {
     let source = path.display().to_string();
-    if let Some(t) = expected.iter().find(|t| t.dtype != ElemType::F32) {
-        return Err(RuntimeError::tensor(
-            source,
-            &t.name,
-            format!(
-                "the artifact expects {}, but the weight loader produces only f32",
-                t.dtype.name()
-            ),
-        ));
-    }
+    check_f32(&source, expected)?;
     let tensors = if path.extension().is_some_and(|e| e == "gguf") {
         gguf::load(path, expected, model)?
     } else {
         safetensors::load(path, expected, model)?
     };
     Ok(WeightSet { tensors })
+}
+
+/// Loads the weights `expected` of `model`, as [`load_weights`] does, from the bytes of one whole
+/// weights file held in memory (read by the application, or embedded with `include_bytes!`):
+/// - bytes that open with GGUF's magic `GGUF` are a `.gguf` file;
+/// - any other bytes are a single safetensors file (a sharded checkpoint needs [`load_weights`]).
+///
+/// `source` names the bytes in errors, where a path would. The rules and checks are those of
+/// [`load_weights`]; the bytes need no particular alignment.
+pub fn load_weights_from_bytes(
+    bytes: &[u8],
+    source: &str,
+    expected: &[TensorDesc],
+    model: &ModelInfo,
+) -> Result<WeightSet> {
+    check_f32(source, expected)?;
+    let tensors = if bytes.starts_with(GGUF_MAGIC) {
+        gguf::load_bytes(bytes, source, expected, model)?
+    } else {
+        safetensors::load_bytes(bytes, source, expected, model)?
+    };
+    Ok(WeightSet { tensors })
+}
+
+/// The first bytes of every GGUF file.
+const GGUF_MAGIC: &[u8] = b"GGUF";
+
+/// Refuses a manifest expecting weights in a type other than f32, the only one loaders produce.
+fn check_f32(source: &str, expected: &[TensorDesc]) -> Result<()> {
+    match expected.iter().find(|t| t.dtype != ElemType::F32) {
+        None => Ok(()),
+        Some(t) => Err(RuntimeError::tensor(
+            source,
+            &t.name,
+            format!(
+                "the artifact expects {}, but the weight loader produces only f32",
+                t.dtype.name()
+            ),
+        )),
+    }
 }
 
 /// Maps the file at `path` into memory, read-only.

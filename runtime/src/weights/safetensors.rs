@@ -1,9 +1,10 @@
 //! Safetensors checkpoints: a single file, or shards listed by a `model.safetensors.index.json`.
 //!
-//! This module owns finding the files from the path given, reading the index (its `weight_map`
-//! maps each tensor to a shard file in the index's directory, and each shard must hold the
-//! tensors the index puts in it), listing the tensors of every shard, and converting F32, F16 and
-//! BF16 data to f32; a tensor of any other dtype is an error.
+//! This module owns finding the files from the path given (or taking one file's bytes as
+//! given), reading the index (its `weight_map` maps each tensor to a shard file in the index's
+//! directory, and each shard must hold the tensors the index puts in it), listing the tensors of
+//! every shard, and converting F32, F16 and BF16 data to f32; a tensor of any other dtype is an
+//! error.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -36,11 +37,46 @@ pub(super) fn load(
         .iter()
         .map(|shard| map_file(shard))
         .collect::<Result<Vec<_>>>()?;
+    let shards: Vec<(String, &[u8])> = checkpoint
+        .shards
+        .iter()
+        .zip(&maps)
+        .map(|(shard, map)| (shard.display().to_string(), &map[..]))
+        .collect();
+    let source = path.display().to_string();
+    decode(&shards, checkpoint.index.as_ref(), expected, model, &source)
+}
+
+/// The expected tensors of the single safetensors file held in `bytes`, in order, as f32;
+/// `source` names it in errors.
+pub(super) fn load_bytes(
+    bytes: &[u8],
+    source: &str,
+    expected: &[TensorDesc],
+    model: &ModelInfo,
+) -> Result<Vec<Vec<f32>>> {
+    decode(
+        &[(source.to_string(), bytes)],
+        None,
+        expected,
+        model,
+        source,
+    )
+}
+
+/// The expected tensors of a checkpoint whose shards are `(file name, bytes)`, checked against
+/// its index if it has one, in order, as f32. `source` is what the caller named.
+fn decode(
+    shards: &[(String, &[u8])],
+    index: Option<&Index>,
+    expected: &[TensorDesc],
+    model: &ModelInfo,
+    source: &str,
+) -> Result<Vec<Vec<f32>>> {
     let mut stored = Vec::new();
-    for (shard, map) in checkpoint.shards.iter().zip(&maps) {
-        let file = shard.display().to_string();
-        let tensors = SafeTensors::deserialize(map).map_err(|e| {
-            RuntimeError::new(&file, None, format!("not a valid safetensors file: {e}"))
+    for (file, bytes) in shards {
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
+            RuntimeError::new(file, None, format!("not a valid safetensors file: {e}"))
         })?;
         stored.extend(tensors.iter().map(|(name, view)| Stored {
             name: name.to_string(),
@@ -51,10 +87,10 @@ pub(super) fn load(
     }
     // The header is a map: sort, so that errors do not depend on its order.
     stored.sort_by(|a, b| a.name.cmp(&b.name));
-    if let Some(index) = &checkpoint.index {
+    if let Some(index) = index {
         index.check(&stored)?;
     }
-    plan(&stored, expected, model, &path.display().to_string())?
+    plan(&stored, expected, model, source)?
         .into_iter()
         .map(|i| to_f32(&stored[i]))
         .collect()
