@@ -60,5 +60,8 @@ fn gguf_metadata_describes_the_same_model_as_config_json() {
     // GGUF stores the epsilon as f32; the graphs compute in f32, so that is the same value.
     assert_eq!(from_gguf.norm.eps as f32, from_hf.norm.eps as f32);
     from_gguf.norm.eps = from_hf.norm.eps;
+    // The GGUF fixture carries no tokenizer, so no special token ids.
+    assert_eq!(from_gguf.tokens, Default::default());
+    from_gguf.tokens = from_hf.tokens.clone();
     assert_eq!(from_gguf, from_hf);
 }
