@@ -172,7 +172,9 @@ fn unknown_pass_is_rejected_with_the_pipeline() {
     let (ok, _, stderr) = kiln(&["ir", "--after", "fuse-everything"]);
     assert!(!ok);
     assert!(
-        stderr.contains("unknown pass `fuse-everything` (expected build or one of: canonicalize)"),
+        stderr.contains(
+            "unknown pass `fuse-everything` (expected build or one of: canonicalize, gqa-share)"
+        ),
         "{stderr}"
     );
 }

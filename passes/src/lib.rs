@@ -6,6 +6,7 @@
 
 pub mod canonicalize;
 mod equivalence;
+pub mod gqa_share;
 mod pipeline;
 
 pub use equivalence::check_equivalent;

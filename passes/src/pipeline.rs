@@ -32,7 +32,10 @@ impl Pipeline {
     /// The standard pipeline, in order.
     pub fn standard() -> Pipeline {
         Pipeline {
-            passes: vec![Box::new(crate::canonicalize::Canonicalize)],
+            passes: vec![
+                Box::new(crate::canonicalize::Canonicalize),
+                Box::new(crate::gqa_share::GqaShare),
+            ],
         }
     }
 

@@ -20,6 +20,11 @@ use std::collections::BTreeMap;
 
 pub struct Canonicalize;
 
+/// Removes the nodes no output depends on (inputs and weights stay); returns how many.
+pub fn remove_dead(g: &mut Graph) -> usize {
+    dce::run(g)
+}
+
 /// Rounds after which the pass stops even if a rewrite still applies (none should).
 const MAX_ROUNDS: usize = 16;
 

@@ -201,11 +201,15 @@ fn dot_row(f: &mut KernelFn, o: &Operands, m: Value, n0: Value, n1: Value) {
 }
 
 /// Vectors of `k` each dot-form row consumes per main-loop iteration.
-const DOT_UNROLL: usize = 2;
+const DOT_UNROLL: usize = 4;
+/// Independent accumulators per row (consecutive vectors alternate between them), enough to
+/// cover the FMA latency without running out of the 16 vector registers.
+const DOT_CHAINS: usize = 2;
 
 /// `width` dot products sharing the row of `a`, walked with pointers that advance through `k`
 /// (`DOT_UNROLL` vectors at a time, then one vector, then scalars), so the loop body is loads,
-/// FMAs and pointer increments.
+/// FMAs and pointer increments; a decode step is bound by how few instructions stream the
+/// weights, so the body is as large as the registers allow.
 fn dot_block(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n: Value, width: usize) {
     let x_ptr = f.var(PTR, a_row);
     let w_ptrs: Vec<Variable> = (0..width)
@@ -216,7 +220,7 @@ fn dot_block(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n: Valu
             f.var(PTR, row)
         })
         .collect();
-    let vacc: Vec<Vec<Variable>> = (0..DOT_UNROLL)
+    let vacc: Vec<Vec<Variable>> = (0..DOT_CHAINS)
         .map(|_| (0..width).map(|_| zero_var(f, true)).collect())
         .collect();
     let sacc: Vec<Variable> = (0..width).map(|_| zero_var(f, false)).collect();
@@ -231,7 +235,7 @@ fn dot_block(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n: Valu
         let wps: Vec<Value> = w_ptrs.iter().map(|&p| f.b.use_var(p)).collect();
         let accumulators: Vec<&[Variable]> = match vectors {
             0 => vec![&sacc],
-            n => vacc[..n].iter().map(Vec::as_slice).collect(),
+            n => (0..n).map(|u| vacc[u % DOT_CHAINS].as_slice()).collect(),
         };
         for (u, accs) in accumulators.into_iter().enumerate() {
             let offset = (u * lanes * 4) as i32;
