@@ -10,7 +10,7 @@ use crate::artifact::Artifact;
 use crate::error::{Result, RuntimeError};
 use crate::functions;
 use crate::loader::Code;
-use crate::manifest::{BufferKind, ElemType, Manifest, ProgramDesc};
+use crate::manifest::{BufferKind, ElemType, IoDesc, Manifest, ProgramDesc};
 use crate::pool::Pool;
 use crate::tensor::Tensor;
 use std::sync::Mutex;
@@ -201,7 +201,7 @@ pub struct Runner<'m> {
     profile: Option<Vec<Duration>>,
 }
 
-impl Runner<'_> {
+impl<'m> Runner<'m> {
     pub fn desc(&self) -> &ProgramDesc {
         self.desc
     }
@@ -384,24 +384,22 @@ impl Runner<'_> {
         Ok(())
     }
 
-    pub fn output(&self, name: &str) -> Result<&Tensor> {
-        let io = self
-            .desc
-            .outputs
+    fn output_desc(&self, name: &str) -> Result<&'m IoDesc> {
+        let desc: &'m ProgramDesc = self.desc;
+        desc.outputs
             .iter()
             .find(|o| o.name == name)
-            .ok_or_else(|| self.err(name, "no such output".into()))?;
+            .ok_or_else(|| self.err(name, "no such output".into()))
+    }
+
+    pub fn output(&self, name: &str) -> Result<&Tensor> {
+        let io = self.output_desc(name)?;
         Ok(&self.temps[io.buffer])
     }
 
     /// Moves output `name` out (the next run allocates it afresh), e.g. to feed a cache back.
     pub fn take_output(&mut self, name: &str) -> Result<Tensor> {
-        let io = self
-            .desc
-            .outputs
-            .iter()
-            .find(|o| o.name == name)
-            .ok_or_else(|| self.err(name, "no such output".into()))?;
+        let io = self.output_desc(name)?;
         let dtype: ElemType = io.dtype;
         Ok(std::mem::replace(
             &mut self.temps[io.buffer],

@@ -83,7 +83,7 @@ pub struct Target {
 }
 
 /// What the decoding loop and the weight loader need to know of the model.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// `llama`, `mistral`, `qwen2`, … as read from the config.
     pub family: String,

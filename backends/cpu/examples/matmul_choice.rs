@@ -28,25 +28,14 @@ fn graph(m: usize) -> Graph {
     g
 }
 
-fn model_info() -> ModelInfo {
-    ModelInfo {
-        family: "bench".into(),
-        vocab_size: 1,
-        num_layers: 1,
-        heads: 1,
-        kv_heads: 1,
-        head_dim: 1,
-        max_positions: 1,
-        tied_embeddings: false,
-        bos_token_id: None,
-        eos_token_ids: Vec::new(),
-        chat_template: None,
-    }
-}
-
 /// Median GFLOP/s of the matmul over enough repetitions to take ~0.2 s.
 fn gflops(m: usize, gemm_min_rows: Option<i64>, threads: usize) -> f64 {
-    let artifact = compile_with(&[graph(m)], model_info(), &CpuOptions { gemm_min_rows }).unwrap();
+    let artifact = compile_with(
+        &[graph(m)],
+        ModelInfo::default(),
+        &CpuOptions { gemm_min_rows },
+    )
+    .unwrap();
     let weights: Vec<f32> = (0..N * K)
         .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
         .collect();

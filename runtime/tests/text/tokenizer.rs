@@ -167,17 +167,11 @@ fn from_file_reads_a_tokenizer_json() {
     // tokenizer.json has no BOS, EOS or template: the model's config brings them.
     assert_eq!(tokenizer.bos_id(), None);
     let info = ModelInfo {
-        family: "llama".into(),
         vocab_size: 18,
-        num_layers: 1,
-        heads: 1,
-        kv_heads: 1,
-        head_dim: 1,
-        max_positions: 1,
-        tied_embeddings: false,
         bos_token_id: Some(0),
         eos_token_ids: vec![0, 12],
         chat_template: Some("{{ messages }}".into()),
+        ..ModelInfo::default()
     };
     let tokenizer = tokenizer.with_model_info(&info);
     assert_eq!(tokenizer.bos_id(), Some(0));

@@ -190,12 +190,16 @@ fn fma_into(f: &mut KernelFn, acc: Variable, x: Value, y: Value) {
     f.b.def_var(acc, next);
 }
 
+/// The addresses of row `m` of `a` and of the output.
+fn rows_of(f: &mut KernelFn, o: &Operands, m: Value) -> (Value, Value) {
+    let a_row_at = f.b.ins().imul(m, o.a_rs);
+    let c_row_at = f.b.ins().imul(m, o.c_rs);
+    (elem(f, o.a, a_row_at), elem(f, o.c, c_row_at))
+}
+
 /// Dot form: `width` outputs at a time (4, then 1 for the rest).
 fn dot_row(f: &mut KernelFn, o: &Operands, m: Value, n0: Value, n1: Value) {
-    let a_row_at = f.b.ins().imul(m, o.a_rs);
-    let a_row = elem(f, o.a, a_row_at);
-    let c_row_at = f.b.ins().imul(m, o.c_rs);
-    let c_row = elem(f, o.c, c_row_at);
+    let (a_row, c_row) = rows_of(f, o, m);
     let rest = f.for_loop(n0, n1, 4, |f, n| dot_block(f, o, a_row, c_row, n, 4));
     f.for_loop(rest, n1, 1, |f, n| dot_block(f, o, a_row, c_row, n, 1));
 }
@@ -274,10 +278,7 @@ fn dot_block(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n: Valu
 
 /// Axpy form: 16 output lanes at a time, then 4, then scalars.
 fn axpy_row(f: &mut KernelFn, o: &Operands, m: Value, n0: Value, n1: Value) {
-    let a_row_at = f.b.ins().imul(m, o.a_rs);
-    let a_row = elem(f, o.a, a_row_at);
-    let c_row_at = f.b.ins().imul(m, o.c_rs);
-    let c_row = elem(f, o.c, c_row_at);
+    let (a_row, c_row) = rows_of(f, o, m);
     let rest = f.for_loop(n0, n1, 16, |f, n| axpy_block(f, o, a_row, c_row, n, 4));
     let rest = f.for_loop(rest, n1, 4, |f, n| axpy_block(f, o, a_row, c_row, n, 1));
     scalar_cols(f, o, a_row, c_row, rest, n1);
@@ -315,10 +316,7 @@ fn axpy_block(
 }
 
 fn scalar_row(f: &mut KernelFn, o: &Operands, m: Value, n0: Value, n1: Value) {
-    let a_row_at = f.b.ins().imul(m, o.a_rs);
-    let a_row = elem(f, o.a, a_row_at);
-    let c_row_at = f.b.ins().imul(m, o.c_rs);
-    let c_row = elem(f, o.c, c_row_at);
+    let (a_row, c_row) = rows_of(f, o, m);
     scalar_cols(f, o, a_row, c_row, n0, n1);
 }
 
