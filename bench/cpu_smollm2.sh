@@ -23,8 +23,14 @@
 #      (a failing kiln step is recorded as an error row; the peers are still reported)
 #   5. writes bench/results/cpu-smollm2-YYYY-MM-DD.json (machine, versions, bandwidth, rows) and
 #      prints a markdown table with kiln's ratios to each peer and to the bandwidth limit.
-# Environment: THREADS, RUNS, KILN_WEIGHTS (GGUF that kiln compiles and loads; default the
-# fetched Q4_1 GGUF, which kiln runs in f32). Builds run under `nice -n 15` with one job.
+# Each measurement first waits (up to WAIT_IDLE_S seconds, default 1800) until other processes
+# use at most IDLE_BUSY_PCT percent (default 10) of the CPUs over 2 s: with 2 threads on 2
+# cores, any other work preempts the benchmark's threads, and llama.cpp's spinning thread
+# barriers then collapse (10x slower decode was seen under a parallel build). The CPU use seen
+# just before each measurement is recorded with its row.
+# Environment: THREADS, RUNS, WAIT_IDLE_S, IDLE_BUSY_PCT, KILN_WEIGHTS (GGUF that kiln compiles
+# and loads; default the fetched Q4_1 GGUF, which kiln runs in f32). Builds run under
+# `nice -n 15` with one job.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,10 +42,40 @@ RUNS=${RUNS:-5}
 PEERS_ONLY=0
 [ "${1:-}" = "--peers-only" ] && PEERS_ONLY=1
 mkdir -p "$BENCH" "$ROWS"
-rm -f "$ROWS"/*.json
+rm -f "$ROWS"/*.json "$ROWS"/*.busy
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
+WAIT_IDLE_S=${WAIT_IDLE_S:-1800}
+IDLE_BUSY_PCT=${IDLE_BUSY_PCT:-10}
+
 log() { echo "cpu_smollm2.sh: $*" >&2; }
+
+# Percent of all CPUs' time spent busy (not idle or waiting for I/O) over 2 seconds.
+cpu_busy_pct() {
+    local a b total=0 idle i
+    read -ra a < <(head -1 /proc/stat)
+    sleep 2
+    read -ra b < <(head -1 /proc/stat)
+    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+    idle=$((b[4] - a[4] + b[5] - a[5]))
+    echo $(((total - idle) * 100 / (total > 0 ? total : 1)))
+}
+
+# Waits until the machine is idle enough to measure NAME; records the CPU use it last saw.
+wait_idle() {
+    local name=$1 deadline=$((SECONDS + WAIT_IDLE_S)) busy
+    while :; do
+        busy=$(cpu_busy_pct)
+        [ "$busy" -le "$IDLE_BUSY_PCT" ] && break
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "warning: other work uses ${busy}% of the CPUs; measuring $name anyway"
+            break
+        fi
+        log "other work uses ${busy}% of the CPUs; waiting to measure $name"
+        sleep 20
+    done
+    echo "$busy" >"$ROWS/$name.busy"
+}
 
 # 1-2. Model and f32 copies.
 GGUF=$(scripts/fetch_smollm2.sh)
@@ -70,11 +106,14 @@ esac
 bench/peers/llamacpp.sh check "$F32_GGUF"
 
 # 4. Measurements.
+wait_idle bandwidth
 log "memory bandwidth"
 "$BENCH/bandwidth" "$THREADS" | tee "$BENCH/bandwidth.json"
+wait_idle 1-candle
 log "candle ($RUNS runs)"
 "$CANDLE_BIN" --model-dir "$HF_DIR" --prompt-tokens 128 --decode-tokens 128 --runs "$RUNS" \
     --threads "$THREADS" | tee "$ROWS/1-candle.json"
+wait_idle 2-llamacpp
 log "llama.cpp ($RUNS runs)"
 THREADS=$THREADS RUNS=$RUNS bench/peers/llamacpp.sh bench "$F32_GGUF" | tee "$ROWS/2-llamacpp.json"
 
@@ -91,7 +130,7 @@ if [ "$PEERS_ONLY" = 0 ]; then
     elif ! target/release/kiln compile "$KILN_WEIGHTS" --target cpu -o "$ARTIFACT" \
             >"$BENCH/kiln-compile.log" 2>&1; then
         kiln_error "kiln compile failed: $(tail -1 "$BENCH/kiln-compile.log")"
-    elif ! target/release/kiln bench "$ARTIFACT" --weights "$KILN_WEIGHTS" --prompt-tokens 128 \
+    elif ! wait_idle 0-kiln || ! target/release/kiln bench "$ARTIFACT" --weights "$KILN_WEIGHTS" --prompt-tokens 128 \
             --decode-tokens 128 --runs "$RUNS" --threads "$THREADS" --json \
             >"$BENCH/kiln-bench.out" 2>"$BENCH/kiln-bench.log"; then
         kiln_error "kiln bench failed: $(tail -1 "$BENCH/kiln-bench.log")"
@@ -131,7 +170,18 @@ candle_version = re.search(r'name = "candle-core"\nversion = "([^"]+)"', lock).g
 import gguf
 weight_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(f32_gguf).tensors)
 bandwidth = json.load(open(os.path.join(bench, "bandwidth.json")))
-rows = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(bench, "rows", "*.json")))]
+def busy(name):
+    try:
+        return int(open(os.path.join(bench, "rows", name + ".busy")).read())
+    except (OSError, ValueError):
+        return None
+
+bandwidth["cpu_busy_before_pct"] = busy("bandwidth")
+rows = []
+for p in sorted(glob.glob(os.path.join(bench, "rows", "*.json"))):
+    row = json.load(open(p))
+    row["cpu_busy_before_pct"] = busy(os.path.basename(p)[: -len(".json")])
+    rows.append(row)
 llama_row = next((r for r in rows if r["peer"].startswith("llama.cpp")), {})
 limit = bandwidth["bandwidth_gb_s"] * 1e9 / weight_bytes
 
