@@ -72,10 +72,17 @@ check() {
 }
 
 bench() {
-    python3 - "$BIN/llama-bench" "$GGUF" "$THREADS" "$RUNS" "$LLAMA_CPP_PYTHON_VERSION" <<'EOF'
-import json, resource, statistics, subprocess, sys
+    python3 - "$BIN/llama-bench" "$GGUF" "$THREADS" "$RUNS" "$LLAMA_CPP_PYTHON_VERSION" "$SRC" <<'EOF'
+import json, os, re, resource, statistics, subprocess, sys
 
-exe, gguf, threads, runs, version = sys.argv[1:]
+exe, gguf, threads, runs, version, src = sys.argv[1:]
+# The sdist has no git history, so llama-bench reports build 0 (unknown); ggml's version is
+# the closest identification of the vendored sources.
+ggml_cmake = open(os.path.join(src, "ggml", "CMakeLists.txt")).read()
+ggml_version = ".".join(
+    re.search(rf"set\(GGML_VERSION_{part} (\d+)\)", ggml_cmake).group(1)
+    for part in ("MAJOR", "MINOR", "PATCH")
+)
 cmd = [exe, "-m", gguf, "-p", "128", "-n", "128", "-t", threads, "-r", runs, "-o", "json"]
 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
@@ -94,8 +101,9 @@ print(json.dumps({
     "prefill_samples": [round(x, 2) for x in pp["samples_ts"]],
     "decode_samples": [round(x, 2) for x in tg["samples_ts"]],
     "llama_cpp_build": f'{pp.get("build_number", "?")} ({pp.get("build_commit", "unknown")})',
+    "ggml_version": ggml_version,
     "cpu_info": pp.get("cpu_info"),
-    "command": " ".join(["llama-bench"] + cmd[1:]),
+    "command": " ".join(["llama-bench", "-m", os.path.basename(gguf)] + cmd[3:]),
     "note": "decode = llama-bench tg128, generated from an empty context",
 }))
 EOF
