@@ -157,6 +157,8 @@ measure 2-llamacpp env THREADS="$THREADS" RUNS="$RUNS" bench/peers/llamacpp.sh b
 cp "$ROWS/2-llamacpp.out" "$ROWS/2-llamacpp.json"
 cat "$ROWS/2-llamacpp.json"
 
+# The first "error:" line of a log, else its last line.
+first_error() { grep -m1 'error:' "$1" || tail -1 "$1"; }
 kiln_error() {
     python3 -c 'import json, sys; print(json.dumps({"peer": "kiln", "error": sys.argv[1]}))' "$1" \
         >"$ROWS/0-kiln.json"
@@ -169,11 +171,11 @@ if [ "$PEERS_ONLY" = 0 ]; then
         kiln_error "cargo build --release failed (target/bench/kiln-build.log)"
     elif ! target/release/kiln compile "$KILN_WEIGHTS" --target cpu -o "$ARTIFACT" \
             >"$BENCH/kiln-compile.log" 2>&1; then
-        kiln_error "kiln compile failed: $(tail -1 "$BENCH/kiln-compile.log")"
+        kiln_error "kiln compile failed: $(first_error "$BENCH/kiln-compile.log")"
     elif ! measure 0-kiln target/release/kiln bench "$ARTIFACT" --weights "$KILN_WEIGHTS" \
             --prompt-tokens 128 --decode-tokens 128 --runs "$RUNS" --threads "$THREADS" --json \
             2>"$BENCH/kiln-bench.log"; then
-        kiln_error "kiln bench failed: $(tail -1 "$BENCH/kiln-bench.log")"
+        kiln_error "kiln bench failed: $(first_error "$BENCH/kiln-bench.log")"
     else
         # The last JSON object line is the result.
         line=$(grep '^{' "$ROWS/0-kiln.out" | tail -1 || true)
