@@ -1,8 +1,11 @@
 //! The function under construction: the kernel ABI's parameters, size polynomials evaluated
 //! once at entry, buffer pointers, counted loops and typed memory access.
 //!
-//! Invariant: `poly` and `buffer` cache their values, so they are called before the first loop
-//! is opened (in the entry block), where their values dominate the whole function.
+//! Invariants: `poly` and `buffer` cache their values, so they are called before the first loop
+//! is opened (in the entry block), where their values dominate the whole function. A kernel
+//! never loads from memory it writes (its output is a buffer of its own), so every load is
+//! marked `readonly`: Cranelift may then place it next to its use, and a dot-product loop keeps
+//! its loads folded into the FMAs instead of hoisting them all and spilling registers.
 
 use crate::kernel::elem_size;
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Signature, Type, Value};
@@ -25,6 +28,11 @@ pub fn kernel_signature(call_conv: CallConv) -> Signature {
 
 pub fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
+}
+
+/// Flags of every load (see the module doc).
+fn load_flags() -> MemFlagsData {
+    flags().with_readonly().with_can_move()
 }
 
 /// The Cranelift scalar type holding one element of `dtype` (bools are bytes).
@@ -114,7 +122,7 @@ impl<'a> KernelFn<'a> {
         let v = self
             .b
             .ins()
-            .load(types::I64, flags(), self.syms, (index * 8) as i32);
+            .load(types::I64, load_flags(), self.syms, (index * 8) as i32);
         self.symbols.insert(index, v);
         v
     }
@@ -127,7 +135,7 @@ impl<'a> KernelFn<'a> {
         let v = self
             .b
             .ins()
-            .load(PTR, flags(), self.bufs, (index * 8) as i32);
+            .load(PTR, load_flags(), self.bufs, (index * 8) as i32);
         self.buffers.insert(index, v);
         v
     }
@@ -144,7 +152,7 @@ impl<'a> KernelFn<'a> {
 
     /// A load from `addr + offset` bytes.
     pub fn load_at(&mut self, ty: Type, addr: Value, offset: i32) -> Value {
-        self.b.ins().load(ty, flags(), addr, offset)
+        self.b.ins().load(ty, load_flags(), addr, offset)
     }
 
     pub fn store(&mut self, value: Value, addr: Value) {

@@ -246,7 +246,7 @@ fn dot_block(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n: Valu
             let x = f.load_at(ty, xp, offset);
             for (&wp, &acc) in wps.iter().zip(accs) {
                 let w = f.load_at(ty, wp, offset);
-                fma_into(f, acc, x, w);
+                fma_into(f, acc, w, x);
             }
         }
         let step = (vectors.max(1) * lanes * 4) as i64;
