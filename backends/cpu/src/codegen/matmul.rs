@@ -6,8 +6,8 @@
 //! `gemm_f32`; smaller tiles run Cranelift loops in one of three forms chosen at compile time
 //! from the strides:
 //! - **dot**: `a` and `b` both unit-stride along `k` (a linear layer's `x·Wᵀ`, attention scores
-//!   `q·kᵀ`): four outputs at a time, each a 4-lane FMA dot product, so one pass over `a`'s row
-//!   feeds four rows of `W`;
+//!   `q·kᵀ`): one output at a time, a 4-lane FMA dot product over four accumulator chains, so
+//!   each thread streams the weights as one sequential run;
 //! - **axpy**: `b` unit-stride along `n` (`probs·v`): 16 then 4 output lanes at a time,
 //!   accumulating `a[m,k]·b[k, n..]`;
 //! - **scalar**: anything else.
@@ -197,83 +197,66 @@ fn rows_of(f: &mut KernelFn, o: &Operands, m: Value) -> (Value, Value) {
     (elem(f, o.a, a_row_at), elem(f, o.c, c_row_at))
 }
 
-/// Dot form: `width` outputs at a time (4, then 1 for the rest).
+/// Dot form: one output at a time, each a dot product of `a`'s row with one row of `b`.
 fn dot_row(f: &mut KernelFn, o: &Operands, m: Value, n0: Value, n1: Value) {
     let (a_row, c_row) = rows_of(f, o, m);
-    let rest = f.for_loop(n0, n1, 4, |f, n| dot_block(f, o, a_row, c_row, n, 4));
-    f.for_loop(rest, n1, 1, |f, n| dot_block(f, o, a_row, c_row, n, 1));
+    f.for_loop(n0, n1, 1, |f, n| dot_one(f, o, a_row, c_row, n));
 }
 
-/// Vectors of `k` each dot-form row consumes per main-loop iteration.
+/// Vectors of `k` consumed per main-loop iteration, each into its own accumulator chain.
 const DOT_UNROLL: usize = 4;
-/// Independent accumulators per row (consecutive vectors alternate between them), enough to
-/// cover the FMA latency without running out of the 16 vector registers.
-const DOT_CHAINS: usize = 2;
 
-/// `width` dot products sharing the row of `a`, walked with pointers that advance through `k`
-/// (`DOT_UNROLL` vectors at a time, then one vector, then scalars), so the loop body is loads,
-/// FMAs and pointer increments; a decode step is bound by how few instructions stream the
-/// weights, so the body is as large as the registers allow.
-fn dot_block(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n: Value, width: usize) {
+/// One dot product, walked with two pointers that advance through `k` (`DOT_UNROLL` vectors at a
+/// time, then one vector, then scalars). The weights are read as one sequential stream per
+/// thread, row after row: streaming several rows side by side (sharing each load of `a`) was
+/// measured slower on the benchmark machine — a decode step is bound by how fast the weights
+/// stream in, and the hardware prefetcher follows one long stream far better than several
+/// short ones.
+fn dot_one(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n: Value) {
     let x_ptr = f.var(PTR, a_row);
-    let w_ptrs: Vec<Variable> = (0..width)
-        .map(|j| {
-            let col = f.b.ins().iadd_imm_s(n, j as i64);
-            let at = f.b.ins().imul(col, o.b_cs);
-            let row = elem(f, o.b, at);
-            f.var(PTR, row)
-        })
-        .collect();
-    let vacc: Vec<Vec<Variable>> = (0..DOT_CHAINS)
-        .map(|_| (0..width).map(|_| zero_var(f, true)).collect())
-        .collect();
-    let sacc: Vec<Variable> = (0..width).map(|_| zero_var(f, false)).collect();
-    // One pass of the loop body: `vectors` consecutive loads per row (0 = one scalar).
+    let at = f.b.ins().imul(n, o.b_cs);
+    let row = elem(f, o.b, at);
+    let w_ptr = f.var(PTR, row);
+    let vacc: Vec<Variable> = (0..DOT_UNROLL).map(|_| zero_var(f, true)).collect();
+    let sacc = zero_var(f, false);
+    // One pass of the loop body: `vectors` consecutive vector loads (0 = one scalar).
     let body = |f: &mut KernelFn, vectors: usize| {
         let (ty, lanes) = if vectors == 0 {
             (types::F32, 1)
         } else {
             (types::F32X4, 4)
         };
-        let xp = f.b.use_var(x_ptr);
-        let wps: Vec<Value> = w_ptrs.iter().map(|&p| f.b.use_var(p)).collect();
-        let accumulators: Vec<&[Variable]> = match vectors {
-            0 => vec![&sacc],
-            n => (0..n).map(|u| vacc[u % DOT_CHAINS].as_slice()).collect(),
+        let (xp, wp) = (f.b.use_var(x_ptr), f.b.use_var(w_ptr));
+        let accumulators: Vec<Variable> = match vectors {
+            0 => vec![sacc],
+            n => vacc[..n].to_vec(),
         };
-        for (u, accs) in accumulators.into_iter().enumerate() {
+        for (u, acc) in accumulators.into_iter().enumerate() {
             let offset = (u * lanes * 4) as i32;
             let x = f.load_at(ty, xp, offset);
-            for (&wp, &acc) in wps.iter().zip(accs) {
-                let w = f.load_at(ty, wp, offset);
-                fma_into(f, acc, w, x);
-            }
+            let w = f.load_at(ty, wp, offset);
+            fma_into(f, acc, w, x);
         }
         let step = (vectors.max(1) * lanes * 4) as i64;
-        let next = f.b.ins().iadd_imm_s(xp, step);
-        f.b.def_var(x_ptr, next);
-        for (j, &p) in w_ptrs.iter().enumerate() {
-            let next = f.b.ins().iadd_imm_s(wps[j], step);
-            f.b.def_var(p, next);
-        }
+        let next_x = f.b.ins().iadd_imm_s(xp, step);
+        let next_w = f.b.ins().iadd_imm_s(wp, step);
+        f.b.def_var(x_ptr, next_x);
+        f.b.def_var(w_ptr, next_w);
     };
     let zero = f.iconst(0);
     let rest = f.for_loop(zero, o.k, 4 * DOT_UNROLL as i64, |f, _| body(f, DOT_UNROLL));
     let rest = f.for_loop(rest, o.k, 4, |f, _| body(f, 1));
     f.for_loop(rest, o.k, 1, |f, _| body(f, 0));
-    for j in 0..width {
-        let mut v = f.b.use_var(vacc[0][j]);
-        for row in &vacc[1..] {
-            let more = f.b.use_var(row[j]);
-            v = f.b.ins().fadd(v, more);
-        }
-        let lanes = lane_sum(f, v);
-        let s = f.b.use_var(sacc[j]);
-        let total = f.b.ins().fadd(lanes, s);
-        let col = f.b.ins().iadd_imm_s(n, j as i64);
-        let addr = elem(f, c_row, col);
-        f.store(total, addr);
+    let mut v = f.b.use_var(vacc[0]);
+    for &more in &vacc[1..] {
+        let more = f.b.use_var(more);
+        v = f.b.ins().fadd(v, more);
     }
+    let lanes = lane_sum(f, v);
+    let s = f.b.use_var(sacc);
+    let total = f.b.ins().fadd(lanes, s);
+    let addr = elem(f, c_row, n);
+    f.store(total, addr);
 }
 
 /// Axpy form: 16 output lanes at a time, then 4, then scalars.
