@@ -47,6 +47,8 @@ impl Generation {
 pub struct Generator<'m> {
     prefill: Runner<'m>,
     decode: Runner<'m>,
+    /// `(past_X, X)`: each decode cache input and the output that feeds it.
+    caches: Vec<(String, String)>,
 }
 
 fn positions(batch: usize, start: usize, len: usize) -> Tensor {
@@ -68,9 +70,20 @@ fn last_logits(logits: &Tensor) -> Vec<&[f32]> {
 
 impl<'m> Generator<'m> {
     pub fn new(model: &'m Model) -> Result<Generator<'m>> {
+        let decode = model.runner("decode")?;
+        let caches = decode
+            .desc()
+            .inputs
+            .iter()
+            .filter_map(|i| {
+                let output = i.name.strip_prefix("past_")?;
+                Some((i.name.clone(), output.to_string()))
+            })
+            .collect();
         Ok(Generator {
             prefill: model.runner("prefill")?,
-            decode: model.runner("decode")?,
+            decode,
+            caches,
         })
     }
 
@@ -98,10 +111,8 @@ impl<'m> Generator<'m> {
             tokens: vec![Vec::new(); prompts.len()],
             ..Generation::default()
         };
-        let mut lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
-        lengths.dedup();
         let mut seen = std::collections::BTreeSet::new();
-        for len in lengths {
+        for len in prompts.iter().map(Vec::len) {
             if !seen.insert(len) {
                 continue;
             }
@@ -165,22 +176,19 @@ impl<'m> Generator<'m> {
             if done.iter().all(|&d| d) || step + 1 == opts.max_new_tokens {
                 break;
             }
-            let names: Vec<String> = self
-                .decode
-                .desc()
-                .inputs
-                .iter()
-                .map(|i| i.name.clone())
-                .collect();
             let source = if from_prefill {
                 &mut self.prefill
             } else {
                 &mut self.decode
             };
-            let caches = take_caches(source, names)?;
+            let caches: Vec<Tensor> = self
+                .caches
+                .iter()
+                .map(|(_, output)| source.take_output(output))
+                .collect::<Result<_>>()?;
             from_prefill = false;
-            for (name, cache) in caches {
-                self.decode.set_input(&name, cache)?;
+            for ((input, _), cache) in self.caches.iter().zip(caches) {
+                self.decode.set_input(input, cache)?;
             }
             let last: Vec<i64> = next.iter().map(|&t| t as i64).collect();
             self.decode
@@ -197,18 +205,6 @@ impl<'m> Generator<'m> {
         result.decode_time += started.elapsed();
         Ok(())
     }
-}
-
-/// Moves the outputs `X` of `source` out for every input named `past_X`.
-fn take_caches(source: &mut Runner<'_>, inputs: Vec<String>) -> Result<Vec<(String, Tensor)>> {
-    inputs
-        .into_iter()
-        .filter_map(|name| {
-            let output = name.strip_prefix("past_")?.to_string();
-            Some((name, output))
-        })
-        .map(|(name, output)| Ok((name, source.take_output(&output)?)))
-        .collect()
 }
 
 /// Each sequence samples from its own stream: the seed plus its prompt index.

@@ -120,16 +120,12 @@ impl Kernel {
     }
 }
 
+/// Bytes of one element of `dtype`.
+pub fn elem_size(dtype: DType) -> usize {
+    crate::lower::elem_type(dtype).size()
+}
+
 /// Rows of a shape: the product of every axis but the last (1 for rank 0).
 pub fn rows(dims: &[Poly]) -> Poly {
     Poly::product(&dims[..dims.len().saturating_sub(1)])
-}
-
-pub fn elem_size(dtype: DType) -> usize {
-    match dtype {
-        DType::F32 | DType::I32 => 4,
-        DType::F16 | DType::BF16 => 2,
-        DType::I64 => 8,
-        DType::Bool => 1,
-    }
 }

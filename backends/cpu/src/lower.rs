@@ -151,12 +151,17 @@ impl Lowering<'_> {
 
     fn buffer(&mut self, kind: BufferKind, ty: &TensorType) -> View {
         let dims = self.shape(ty);
+        self.new_buffer(kind, ty.dtype, dims)
+    }
+
+    /// A new buffer of `dims` elements of `dtype`, as a contiguous view.
+    fn new_buffer(&mut self, kind: BufferKind, dtype: DType, dims: Vec<Poly>) -> View {
         self.buffers.push(BufferDesc {
             kind,
-            dtype: elem_type(ty.dtype),
+            dtype: elem_type(dtype),
             numel: Poly::product(&dims),
         });
-        View::contiguous(Source::Buffer(self.buffers.len() - 1), ty.dtype, dims)
+        View::contiguous(Source::Buffer(self.buffers.len() - 1), dtype, dims)
     }
 
     fn temp(&mut self, ty: &TensorType) -> View {
@@ -177,13 +182,7 @@ impl Lowering<'_> {
 
     /// A contiguous copy of `view` in a new buffer.
     fn materialize(&mut self, view: &View, label: &str) -> View {
-        let ty_dims = view.dims.clone();
-        self.buffers.push(BufferDesc {
-            kind: BufferKind::Temp,
-            dtype: elem_type(view.dtype),
-            numel: Poly::product(&ty_dims),
-        });
-        let out = View::contiguous(Source::Buffer(self.buffers.len() - 1), view.dtype, ty_dims);
+        let out = self.new_buffer(BufferKind::Temp, view.dtype, view.dims.clone());
         self.copy(view, &out, label);
         out
     }
