@@ -51,17 +51,17 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
     };
     artifact.write(&args.output).map_err(|e| e.to_string())?;
     let bytes = artifact.to_bytes();
-    let kernels: usize = artifact
+    let kernels: Vec<String> = artifact
         .manifest
         .programs
         .iter()
-        .map(|p| p.steps.len())
-        .sum();
+        .map(|p| format!("{} {}", p.name, p.steps.len()))
+        .collect();
     eprintln!(
-        "wrote {} ({} KiB, {} kernels, sha256 {}) in {:.2} s",
+        "wrote {} ({} KiB, kernels: {}, sha256 {}) in {:.2} s",
         args.output.display(),
         bytes.len() / 1024,
-        kernels,
+        kernels.join(", "),
         &Artifact::content_hash(&bytes)[..16],
         started.elapsed().as_secs_f64()
     );

@@ -15,6 +15,8 @@ use kiln_ir::interp::random::random_bindings;
 use kiln_ir::interp::{interpret, Data};
 use kiln_ir::testing::{random_graph, Profile};
 use kiln_ir::{BinaryOp, Bindings, DType, Dim, Graph, NodeId, ReduceOp, TensorType, UnaryOp};
+use kiln_passes::elementwise_fusion::ElementwiseFusion;
+use kiln_passes::Pass;
 use proptest::prelude::*;
 
 /// Sizes of `seq` each case runs at, in this order: tails, 0 right after a non-empty run, and
@@ -79,8 +81,19 @@ fn text(name: &str, body: &str, tol: Tol) -> Case {
 /// Interprets `g` and runs it compiled at each of `envs` in turn on one runner, on random inputs
 /// (integers in `0..ints`) and weights, comparing every output within `tol`.
 fn check(g: &Graph, envs: &[Bindings], ints: u64, tol: Tol) -> Result<(), String> {
+    check_compiled(g, g, envs, ints, tol)
+}
+
+/// As [`check`], running `compiled` (a rewrite of `g` with the same signature) on the CPU.
+fn check_compiled(
+    g: &Graph,
+    compiled: &Graph,
+    envs: &[Bindings],
+    ints: u64,
+    tol: Tol,
+) -> Result<(), String> {
     let (_, weights) = random_bindings(g, &envs[0], ints, 0).map_err(|e| e.to_string())?;
-    let artifact = compile(std::slice::from_ref(g)).map_err(|e| e.to_string())?;
+    let artifact = compile(std::slice::from_ref(compiled)).map_err(|e| e.to_string())?;
     let model = load(artifact, &weights);
     let mut runner = model.runner(&g.name).unwrap();
     for (i, env) in envs.iter().enumerate() {
@@ -654,6 +667,21 @@ proptest! {
             .collect();
         check(&g, &envs, 2, Tol::Norm(1e-4))
             .map_err(|e| TestCaseError::fail(format!("{e}\n{}", kiln_ir::text::print(&g))))?;
+    }
+
+    /// The same graphs after elementwise fusion: every region is one map or reduce kernel, and
+    /// the results still match the interpreter on the graph as generated.
+    #[test]
+    fn fused_random_graphs_match_the_interpreter(seed in any::<u64>()) {
+        let g = random_graph(seed, CPU_PROFILE);
+        let mut fused = g.clone();
+        ElementwiseFusion.run(&mut fused).unwrap();
+        let envs: Vec<Bindings> = [(2, 3), (1, 5), (4, 6)]
+            .into_iter()
+            .map(|(b, s)| [("batch".to_string(), b), ("seq".to_string(), s)].into())
+            .collect();
+        check_compiled(&g, &fused, &envs, 2, Tol::Norm(1e-4))
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{}", kiln_ir::text::print(&fused))))?;
     }
 }
 

@@ -110,6 +110,7 @@ pub fn infer(
             Ok(TensorType::new(x.dtype, shape))
         }
         Op::MatMul => matmul(operands[0], operands[1]),
+        Op::Fused(region) => region.infer(operands),
         Op::Reshape => {
             let ty = declared()?;
             let x = operands[0];

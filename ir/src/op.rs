@@ -14,8 +14,10 @@
 //! | contraction | `matmul` | `[.., m, k] × [.., k, n]`, batch dims broadcast |
 //! | layout | `reshape`, `broadcast` (typed), `permute`, `slice`, `concat` | |
 //! | indexing | `gather`, `scatter`, `scatter_add` | data, integer indices (, updates) |
+//! | structured | `fused`, `fused_reduce_*` (elementwise regions, see `region.rs`) | leaves of one shape |
 
 use crate::dim::Dim;
+use crate::region::Region;
 
 macro_rules! named_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal),* $(,)? }) => {
@@ -247,6 +249,9 @@ pub enum Op {
         axis: usize,
         mode: ScatterMode,
     },
+    /// Elementwise steps over the operands evaluated as one op, optionally reduced (see
+    /// [`Region`]); introduced by fusion, never by frontends.
+    Fused(Region),
 }
 
 impl Op {
@@ -270,6 +275,7 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::Gather { .. } => "gather",
             Op::Scatter { mode, .. } => mode.name(),
+            Op::Fused(region) => region.name(),
         }
     }
 
@@ -281,7 +287,7 @@ impl Op {
         )
     }
 
-    /// The number of operands, `None` for variadic `concat`.
+    /// The number of operands, `None` for the variadic `concat` and fused regions.
     pub fn arity(&self) -> Option<usize> {
         Some(match self {
             Op::Input { .. } | Op::Weight { .. } | Op::Const(_) | Op::Iota { .. } => 0,
@@ -289,7 +295,7 @@ impl Op {
             Op::Permute { .. } | Op::Broadcast | Op::Slice { .. } => 1,
             Op::Binary(_) | Op::MatMul | Op::Gather { .. } => 2,
             Op::Select | Op::Scatter { .. } => 3,
-            Op::Concat { .. } => return None,
+            Op::Concat { .. } | Op::Fused(_) => return None,
         })
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A graph is valid when
 //! 1. every node's operand slots are exactly `0..n`, with `n` the op's arity (any `n ≥ 1` for
-//!    `concat`), and every operand exists;
+//!    `concat` and fused regions), and every operand exists;
 //! 2. every node's stored type is the type [`crate::infer::infer`] derives for its op and operands
 //!    (dense constants have a fixed shape and one value per element);
 //! 3. every symbol named in a type is declared on the graph, with a maximum of at least 1;
@@ -37,7 +37,7 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
             .context(at()));
         }
         if node.op.arity().is_none() && slots.is_empty() {
-            return Err(IrError::new("concat without operands").context(at()));
+            return Err(IrError::new("no operands").context(at()));
         }
         let operands = g.operands(id);
         let types: Vec<_> = operands.iter().map(|&o| g.ty(o)).collect();

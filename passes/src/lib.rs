@@ -5,6 +5,7 @@
 //! every pass: a pass that breaks an invariant fails at once, naming itself.
 
 pub mod canonicalize;
+pub mod elementwise_fusion;
 mod equivalence;
 pub mod gqa_share;
 mod pipeline;

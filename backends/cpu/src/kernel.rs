@@ -37,11 +37,12 @@ pub enum Kernel {
         leaves: Vec<View>,
         expr: Vec<ExprNode>,
     },
-    /// `out = reduce(input, axes)` with the reduced axes kept at size 1; `out` is contiguous.
-    /// Work items are output elements.
+    /// `out = reduce(expr(leaves[..]), axes)` with the reduced axes kept at size 1; the leaves
+    /// share one shape and `out` is contiguous. Work items are output elements.
     Reduce {
         op: ReduceOp,
-        input: View,
+        leaves: Vec<View>,
+        expr: Vec<ExprNode>,
         axes: Vec<usize>,
         out: View,
     },
@@ -95,9 +96,11 @@ impl Kernel {
                 vec![whole(&rows(&out.dims))],
                 inner().mul(&bytes(out)).scale(2),
             ),
-            Kernel::Reduce { input, axes, .. } => (
+            Kernel::Reduce { leaves, axes, .. } => (
                 vec![whole(&out.numel())],
-                Poly::product(axes.iter().map(|&a| &input.dims[a])).mul(&bytes(input)),
+                Poly::product(axes.iter().map(|&a| &leaves[0].dims[a]))
+                    .mul(&bytes(&leaves[0]))
+                    .scale(leaves.len() as i64),
             ),
             Kernel::MatMul {
                 a, tile_m, tile_n, ..

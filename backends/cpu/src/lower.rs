@@ -18,7 +18,9 @@ use crate::error::{CompileError, Result};
 use crate::kernel::{ExprNode, ExprOp, Kernel};
 use crate::view::{Source, View};
 use crate::CpuOptions;
-use kiln_ir::{DType, Dim, Graph, Literal, NodeId, Op, TensorType};
+use kiln_ir::{
+    DType, Dim, Graph, Literal, NodeId, Op, ReduceOp, RegionKind, Step, StepOp, TensorType,
+};
 use kiln_runtime::manifest::{
     BufferDesc, BufferKind, ConstantDesc, ElemType, IoDesc, SymbolDesc, TensorDesc,
 };
@@ -42,6 +44,30 @@ pub struct LoweredProgram {
     pub outputs: Vec<IoDesc>,
     /// Kernels in execution order, each with a label for profiles.
     pub kernels: Vec<(Kernel, String)>,
+}
+
+/// The expression of elementwise `steps` (of result types `dtypes`) over `leaves`, numbered as
+/// in a fused region: the leaves first, then each step.
+fn expression(leaves: &[View], steps: &[Step], dtypes: &[DType]) -> Vec<ExprNode> {
+    let mut expr: Vec<ExprNode> = leaves
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ExprNode {
+            op: ExprOp::Leaf(i),
+            dtype: v.dtype,
+        })
+        .collect();
+    for (step, &dtype) in steps.iter().zip(dtypes) {
+        let a = &step.args;
+        let op = match step.op {
+            StepOp::Unary(u) => ExprOp::Unary(u, a[0]),
+            StepOp::Binary(b) => ExprOp::Binary(b, a[0], a[1]),
+            StepOp::Select => ExprOp::Select(a[0], a[1], a[2]),
+            StepOp::Cast(_) => ExprOp::Cast(a[0]),
+        };
+        expr.push(ExprNode { op, dtype });
+    }
+    expr
 }
 
 pub fn elem_type(dtype: DType) -> ElemType {
@@ -233,21 +259,6 @@ impl Lowering<'_> {
             .iter()
             .map(|o| self.views[o].clone())
             .collect();
-        let elementwise = |op: ExprOp| {
-            let mut expr: Vec<ExprNode> = operands
-                .iter()
-                .enumerate()
-                .map(|(i, v)| ExprNode {
-                    op: ExprOp::Leaf(i),
-                    dtype: v.dtype,
-                })
-                .collect();
-            expr.push(ExprNode {
-                op,
-                dtype: ty.dtype,
-            });
-            expr
-        };
         Ok(match &node.op {
             Op::Input { name } => {
                 let index = self.inputs.len();
@@ -289,38 +300,31 @@ impl Lowering<'_> {
                 self.buffer(BufferKind::Constant(index), ty)
             }
             Op::Iota { axis } => View::iota(*axis, ty.dtype, self.shape(ty)),
-            Op::Unary(u) => self.map(
-                ty,
-                operands.clone(),
-                elementwise(ExprOp::Unary(*u, 0)),
-                label,
-            ),
-            Op::Binary(b) => self.map(
-                ty,
-                operands.clone(),
-                elementwise(ExprOp::Binary(*b, 0, 1)),
-                label,
-            ),
-            Op::Select => self.map(
-                ty,
-                operands.clone(),
-                elementwise(ExprOp::Select(0, 1, 2)),
-                label,
-            ),
-            Op::Cast => self.map(ty, operands.clone(), elementwise(ExprOp::Cast(0)), label),
+            Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast => {
+                let op = StepOp::of(&node.op, ty.dtype).expect("an elementwise op");
+                let step = Step {
+                    op,
+                    args: (0..operands.len()).collect(),
+                };
+                let expr = expression(&operands, &[step], &[ty.dtype]);
+                self.map(ty, operands, expr, label)
+            }
             Op::Reduce { op, axes } => {
-                let out = self.temp(ty);
-                let input = self.buffered(&operands[0], &label);
-                self.push(
-                    Kernel::Reduce {
-                        op: *op,
-                        input,
-                        axes: axes.clone(),
-                        out: out.clone(),
-                    },
-                    label,
-                );
-                out
+                let expr = expression(&operands, &[], &[]);
+                self.reduce(ty, *op, axes, operands, expr, label)
+            }
+            Op::Fused(region) => {
+                let types = region
+                    .types(&g.operands(id).iter().map(|&o| g.ty(o)).collect::<Vec<_>>())
+                    .map_err(CompileError)?;
+                let dtypes: Vec<DType> = types[operands.len()..].iter().map(|t| t.dtype).collect();
+                let expr = expression(&operands, &region.steps, &dtypes);
+                match &region.kind {
+                    RegionKind::Map => self.map(ty, operands, expr, label),
+                    RegionKind::Reduce { op, axes } => {
+                        self.reduce(ty, *op, axes, operands, expr, label)
+                    }
+                }
             }
             Op::MatMul => {
                 if ty.dtype != DType::F32 {
@@ -429,6 +433,29 @@ impl Lowering<'_> {
                 out: out.clone(),
                 leaves,
                 expr,
+            },
+            label,
+        );
+        out
+    }
+
+    fn reduce(
+        &mut self,
+        ty: &TensorType,
+        op: ReduceOp,
+        axes: &[usize],
+        leaves: Vec<View>,
+        expr: Vec<ExprNode>,
+        label: String,
+    ) -> View {
+        let out = self.temp(ty);
+        self.push(
+            Kernel::Reduce {
+                op,
+                leaves,
+                expr,
+                axes: axes.to_vec(),
+                out: out.clone(),
             },
             label,
         );

@@ -4,8 +4,11 @@
 
 use super::tensor::{strides, Data, Tensor};
 use crate::dim::Bindings;
+use crate::dim::Dim;
 use crate::dtype::DType;
 use crate::op::{BinaryOp, Literal, Op, ReduceOp, ScatterMode, UnaryOp};
+use crate::region::{Region, RegionKind};
+use crate::ty::TensorType;
 
 /// Evaluates `op` on concrete operands, producing a tensor of the given dtype and shape (the
 /// node's type under the current symbol bindings).
@@ -102,8 +105,50 @@ pub fn eval(
             data.data.take(&out)
         }
         Op::Scatter { axis, mode } => scatter(xs, *axis, *mode)?,
+        Op::Fused(region) => return fused(region, xs, dtype, shape, env),
     };
     Ok(Tensor::new(dtype, shape, data))
+}
+
+/// A region evaluated step by step on whole tensors of the leaves' shape, then reduced if its
+/// kind says so: the same primitives, in the same order, as the unfused graph.
+fn fused(
+    region: &Region,
+    xs: &[&Tensor],
+    dtype: DType,
+    shape: Vec<usize>,
+    env: &Bindings,
+) -> Result<Tensor, String> {
+    let domain = xs[0].shape.clone();
+    let leaf_types: Vec<TensorType> = xs
+        .iter()
+        .map(|t| TensorType::new(t.dtype, t.shape.iter().map(|&n| Dim::fixed(n)).collect()))
+        .collect();
+    let types = region.types(&leaf_types.iter().collect::<Vec<_>>())?;
+    let mut steps: Vec<Tensor> = Vec::with_capacity(region.steps.len());
+    for (step, ty) in region.steps.iter().zip(&types[xs.len()..]) {
+        let args: Vec<&Tensor> = step
+            .args
+            .iter()
+            .map(|&a| xs.get(a).copied().unwrap_or_else(|| &steps[a - xs.len()]))
+            .collect();
+        let value = eval(&step.op.primitive(), &args, ty.dtype, domain.clone(), env)?;
+        steps.push(value);
+    }
+    let last = steps.pop().expect("a region has steps");
+    match &region.kind {
+        RegionKind::Map => Ok(last),
+        RegionKind::Reduce { op, axes } => eval(
+            &Op::Reduce {
+                op: *op,
+                axes: axes.clone(),
+            },
+            &[&last],
+            dtype,
+            shape,
+            env,
+        ),
+    }
 }
 
 fn zip3<T: Copy>(c: &[bool], a: &[T], b: &[T]) -> Vec<T> {

@@ -18,9 +18,10 @@
 //! ([`crate::Graph::order`]), inputs are `%name` and weights `@name`. An op line is
 //! `%N = OP OPERANDS ATTRS : TYPE` with an optional `// label`; operands are comma-separated,
 //! attributes are space-separated `key=value` (lists without spaces, dims in affine form), and a
-//! constant's value (a number or a `[…]` list) follows `const` directly. The result type is
-//! always printed; for typed ops (`cast`, `reshape`, `broadcast`, sources) it is the op's
-//! parameter. Lines starting with `#` and blank lines are ignored by the parser.
+//! constant's value (a number or a `[…]` list) follows `const` directly, and a fused region's
+//! steps follow its attributes in braces (`{ $2 = mul $0, $1; … }`, see [`crate::region`]).
+//! The result type is always printed; for typed ops (`cast`, `reshape`, `broadcast`, sources)
+//! it is the op's parameter. Lines starting with `#` and blank lines are ignored by the parser.
 
 mod parse;
 mod print;

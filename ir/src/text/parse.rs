@@ -8,6 +8,7 @@ use crate::dtype::DType;
 use crate::error::IrError;
 use crate::graph::{Graph, NodeId};
 use crate::op::{BinaryOp, Literal, Op, ReduceOp, ScatterMode, UnaryOp};
+use crate::region::{Region, RegionKind};
 use crate::ty::TensorType;
 use std::collections::HashMap;
 
@@ -113,6 +114,10 @@ fn node_line(
         .ok_or("expected `%N = OP ... : TYPE`")?;
     let (rhs, ty) = rhs.rsplit_once(" : ").ok_or("missing ` : TYPE`")?;
     let ty = parse_type(ty)?;
+    let (rhs, body) = match rhs.split_once('{') {
+        Some((head, body)) => (head, Some(body.strip_suffix('}').ok_or("unclosed `{`")?)),
+        None => (rhs, None),
+    };
     let mut tokens = rhs.split_whitespace();
     let op_name = tokens.next().ok_or("missing op name")?;
     let mut operands = Vec::new();
@@ -130,7 +135,13 @@ fn node_line(
             return Err(format!("unexpected `{token}`"));
         }
     }
-    let op = build_op(op_name, &attrs, literal)?;
+    let op = match body {
+        Some(body) => Op::Fused(Region {
+            kind: region_kind(op_name, &attrs)?,
+            steps: Region::parse_steps(body, operands.len())?,
+        }),
+        None => build_op(op_name, &attrs, literal)?,
+    };
     let id = g.push_typed(op, &operands, ty).map_err(|e| e.0)?;
     if let Some(label) = label {
         g.set_label(id, label);
@@ -188,6 +199,21 @@ fn build_op(
         "concat" => Op::Concat { axis: axis()? },
         "gather" => Op::Gather { axis: axis()? },
         _ => return Err(format!("unknown op `{name}`")),
+    })
+}
+
+fn region_kind(name: &str, attrs: &HashMap<&str, &str>) -> Result<RegionKind, String> {
+    if name == "fused" {
+        return Ok(RegionKind::Map);
+    }
+    let op =
+        Region::reduce_of_name(name).ok_or_else(|| format!("`{name}` takes no `{{…}}` body"))?;
+    let axes = attrs
+        .get("axes")
+        .ok_or_else(|| format!("{name} needs `axes=`"))?;
+    Ok(RegionKind::Reduce {
+        op,
+        axes: parse_list(axes)?,
     })
 }
 

@@ -2,6 +2,7 @@
 
 use crate::graph::{Graph, NodeId};
 use crate::op::{Literal, Op};
+use crate::region::{Region, RegionKind};
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -35,6 +36,9 @@ pub fn print(g: &Graph) -> String {
         }
         for (key, value) in attributes(&node.op) {
             write!(out, " {key}={value}").unwrap();
+        }
+        if let Op::Fused(region) = &node.op {
+            write!(out, " {}", region.print_body(operands.len())).unwrap();
         }
         write!(out, " : {}", node.ty).unwrap();
         if let Some(label) = &node.label {
@@ -76,7 +80,11 @@ pub(super) fn attributes(op: &Op) -> Vec<(&'static str, String)> {
         | Op::Scatter { axis, .. } => {
             vec![("axis", axis.to_string())]
         }
-        Op::Reduce { axes, .. } => vec![("axes", list(axes))],
+        Op::Reduce { axes, .. }
+        | Op::Fused(Region {
+            kind: RegionKind::Reduce { axes, .. },
+            ..
+        }) => vec![("axes", list(axes))],
         Op::Permute { perm } => vec![("perm", list(perm))],
         Op::Slice { axis, start, end } => vec![
             ("axis", axis.to_string()),

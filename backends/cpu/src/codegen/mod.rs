@@ -2,6 +2,7 @@
 //! with the kernel ABI of `kiln_runtime::manifest`.
 
 mod builder;
+mod expr;
 mod gather;
 mod map;
 mod math;
@@ -28,10 +29,11 @@ pub fn define(module: &mut ObjectModule, name: &str, kernel: &Kernel) -> Result<
         Kernel::Map { out, leaves, expr } => map::emit(&mut f, out, leaves, expr),
         Kernel::Reduce {
             op,
-            input,
+            leaves,
+            expr,
             axes,
             out,
-        } => reduce::emit(&mut f, *op, input, axes, out),
+        } => reduce::emit(&mut f, *op, leaves, expr, axes, out),
         Kernel::MatMul {
             a,
             b,

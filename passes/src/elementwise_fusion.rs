@@ -1,0 +1,207 @@
+//! `elementwise-fusion`: chains of elementwise ops, and the elementwise ops feeding a reduction,
+//! become one fused region each.
+//!
+//! Matches: elementwise nodes (unary, binary, compare, `select`, `cast`). Such a node is
+//! *inlined* into its users when
+//! 1. it is not a program output and every user is elementwise or a reduction of it, and
+//! 2. it has one user, or it is cheap (no `exp`, `log`, `sin`, `cos`, `tanh`, `erf`,
+//!    `sigmoid`, `pow`) and reads no other elementwise value directly — a copy into several
+//!    regions is then one op deep, so recomputation never chains (a residual stream is stored
+//!    at least every other add).
+//!
+//! Every other elementwise node, and every reduction, is a *root*. A root with at least one
+//! inlined operand is replaced by a region of the inlined operand trees: `fused` for an
+//! elementwise root (the root is the last step), `fused_reduce_*` for a reduction (the region
+//! computes the reduced value). Leaves are the values the trees read that are not inlined:
+//! sources, layout ops (`broadcast`, `slice`, `reshape`, …), matmuls, gathers, other roots. An
+//! inlined node read twice in one region is one step; one read by several regions is a step
+//! of each.
+//!
+//! Produces, on the Llama decoder: RMSNorm as `fused_reduce_mean` (x·x) + `fused` (add ε,
+//! rsqrt) + `fused` (x·r·w); SwiGLU as one `fused` (silu(gate)·up); the masked, scaled scores
+//! as `fused_reduce_max` + `fused` (sub, exp); RoPE's products and sum as one `fused` per half.
+//!
+//! Why: a region is one kernel in the backends, and its intermediate values never reach
+//! memory. Decode is bound by weight reads, so every kernel it saves is launch and
+//! synchronization overhead saved; prefill saves the memory traffic of each intermediate.
+//!
+//! Refuses: nothing it matches. Elementwise work separated by a layout op (a broadcast of a
+//! reduced value, a concat) stays in separate regions: a region's leaves all have the region's
+//! shape, so broadcasts remain explicit, free views in front of it.
+
+use crate::canonicalize::remove_dead;
+use crate::pipeline::Pass;
+use kiln_ir::{
+    BinaryOp, Graph, IrError, NodeId, Op, Region, RegionKind, Step, StepOp, TensorType, UnaryOp,
+};
+use std::collections::{HashMap, HashSet};
+
+pub struct ElementwiseFusion;
+
+fn is_elementwise(op: &Op) -> bool {
+    matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast)
+}
+
+/// Ops worth recomputing in every region that reads them.
+fn is_cheap(op: &Op) -> bool {
+    match op {
+        Op::Unary(u) => !matches!(
+            u,
+            UnaryOp::Exp
+                | UnaryOp::Log
+                | UnaryOp::Sin
+                | UnaryOp::Cos
+                | UnaryOp::Tanh
+                | UnaryOp::Erf
+                | UnaryOp::Sigmoid
+        ),
+        Op::Binary(b) => *b != BinaryOp::Pow,
+        Op::Select | Op::Cast => true,
+        _ => false,
+    }
+}
+
+/// The nodes inlined into their users (rule in the module doc).
+fn inlined_nodes(g: &Graph) -> HashSet<NodeId> {
+    let outputs: HashSet<NodeId> = g.outputs().iter().map(|(_, id)| *id).collect();
+    g.order()
+        .into_iter()
+        .filter(|&id| {
+            let op = &g.node(id).op;
+            if !is_elementwise(op) || outputs.contains(&id) {
+                return false;
+            }
+            let users = g.users(id);
+            let fusible = users.iter().all(|&u| {
+                let user = &g.node(u).op;
+                is_elementwise(user) || matches!(user, Op::Reduce { .. })
+            });
+            let duplicable = is_cheap(op)
+                && g.operands(id)
+                    .iter()
+                    .all(|&o| !is_elementwise(&g.node(o).op));
+            fusible && !users.is_empty() && (users.len() == 1 || duplicable)
+        })
+        .collect()
+}
+
+/// A value while a region is collected: a leaf or a step, each numbered in its own list.
+#[derive(Clone, Copy)]
+enum Value {
+    Leaf(usize),
+    Step(usize),
+}
+
+/// A region under construction, collected from the inlined trees below one root.
+#[derive(Default)]
+struct Collector {
+    leaves: Vec<NodeId>,
+    steps: Vec<(StepOp, Vec<Value>)>,
+    values: HashMap<NodeId, Value>,
+}
+
+impl Collector {
+    fn value(&mut self, g: &Graph, inlined: &HashSet<NodeId>, id: NodeId) -> Value {
+        if let Some(&v) = self.values.get(&id) {
+            return v;
+        }
+        let v = if inlined.contains(&id) {
+            self.step(g, inlined, id)
+        } else {
+            self.leaves.push(id);
+            Value::Leaf(self.leaves.len() - 1)
+        };
+        self.values.insert(id, v);
+        v
+    }
+
+    /// `id` as a step over its operands' values.
+    fn step(&mut self, g: &Graph, inlined: &HashSet<NodeId>, id: NodeId) -> Value {
+        let args = g
+            .operands(id)
+            .into_iter()
+            .map(|o| self.value(g, inlined, o))
+            .collect();
+        let node = g.node(id);
+        let op = StepOp::of(&node.op, node.ty.dtype).expect("only elementwise nodes are steps");
+        self.steps.push((op, args));
+        Value::Step(self.steps.len() - 1)
+    }
+
+    fn region(self, kind: RegionKind) -> (Region, Vec<NodeId>) {
+        let leaves = self.leaves.len();
+        let number = |v: &Value| match *v {
+            Value::Leaf(i) => i,
+            Value::Step(i) => leaves + i,
+        };
+        let steps = self
+            .steps
+            .iter()
+            .map(|(op, args)| Step {
+                op: *op,
+                args: args.iter().map(number).collect(),
+            })
+            .collect();
+        (Region { kind, steps }, self.leaves)
+    }
+}
+
+/// The region replacing `root`, if any of its operands is inlined.
+fn region_for(g: &Graph, inlined: &HashSet<NodeId>, root: NodeId) -> Option<(Region, Vec<NodeId>)> {
+    let operands = g.operands(root);
+    if !operands.iter().any(|o| inlined.contains(o)) {
+        return None;
+    }
+    let mut c = Collector::default();
+    match &g.node(root).op {
+        Op::Reduce { op, axes } => {
+            c.value(g, inlined, operands[0]);
+            Some(c.region(RegionKind::Reduce {
+                op: *op,
+                axes: axes.clone(),
+            }))
+        }
+        _ => {
+            c.step(g, inlined, root);
+            Some(c.region(RegionKind::Map))
+        }
+    }
+}
+
+impl Pass for ElementwiseFusion {
+    fn name(&self) -> &'static str {
+        "elementwise-fusion"
+    }
+
+    fn run(&self, g: &mut Graph) -> Result<(), IrError> {
+        let inlined = inlined_nodes(g);
+        let roots: Vec<NodeId> = g
+            .order()
+            .into_iter()
+            .filter(|&id| {
+                let op = &g.node(id).op;
+                (is_elementwise(op) || matches!(op, Op::Reduce { .. })) && !inlined.contains(&id)
+            })
+            .collect();
+        let (mut regions, mut steps) = (0, 0);
+        for root in roots {
+            let Some((region, leaves)) = region_for(g, &inlined, root) else {
+                continue;
+            };
+            regions += 1;
+            steps += region.steps.len();
+            let ty: TensorType = g.ty(root).clone();
+            let fused = g.push_typed(Op::Fused(region), &leaves, ty)?;
+            if let Some(label) = g.node(root).label.clone() {
+                g.set_label(fused, label);
+            }
+            g.replace_uses(root, fused);
+        }
+        let removed = remove_dead(g);
+        g.remark(format!(
+            "elementwise-fusion: {regions} regions of {steps} elementwise steps in all, \
+             {removed} nodes removed"
+        ));
+        Ok(())
+    }
+}
