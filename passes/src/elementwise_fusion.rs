@@ -9,6 +9,12 @@
 //!    regions is then one op deep, so recomputation never chains (a residual stream is stored
 //!    at least every other add).
 //!
+//! First, a broadcast of a cheap elementwise node that nothing else reads is moved below it:
+//! `broadcast(f(a, b))` becomes `f(broadcast(a), broadcast(b))`. The op then runs at the
+//! broadcast shape (recomputed along the broadcast axes, which cheap ops afford) and can join
+//! the region that reads it — RMSNorm's `rsqrt(mean + ε)` joins its scaling, an attention
+//! mask's compare joins the masked scores.
+//!
 //! Every other elementwise node, and every reduction, is a *root*. A root with at least one
 //! inlined operand is replaced by a region of the inlined operand trees: `fused` for an
 //! elementwise root (the root is the last step), `fused_reduce_*` for a reduction (the region
@@ -17,9 +23,10 @@
 //! inlined node read twice in one region is one step; one read by several regions is a step
 //! of each.
 //!
-//! Produces, on the Llama decoder: RMSNorm as `fused_reduce_mean` (x·x) + `fused` (add ε,
-//! rsqrt) + `fused` (x·r·w); SwiGLU as one `fused` (silu(gate)·up); the masked, scaled scores
-//! as `fused_reduce_max` + `fused` (sub, exp); RoPE's products and sum as one `fused` per half.
+//! Produces, on the Llama decoder: RMSNorm as `fused_reduce_mean` (x·x) + `fused`
+//! (x·rsqrt(m + ε)·w); SwiGLU as one `fused` (silu(gate)·up); the masked, scaled scores as
+//! `fused` (mask compare, scale, select) + `fused` (sub, exp) between the reductions; RoPE's
+//! products and sum as one `fused`.
 //!
 //! Why: a region is one kernel in the backends, and its intermediate values never reach
 //! memory. Decode is bound by weight reads, so every kernel it saves is launch and
@@ -58,6 +65,50 @@ fn is_cheap(op: &Op) -> bool {
         Op::Binary(b) => *b != BinaryOp::Pow,
         Op::Select | Op::Cast => true,
         _ => false,
+    }
+}
+
+/// Moves every broadcast of a cheap, otherwise unread elementwise node below it (see the
+/// module doc), until none is left; returns how many moved.
+fn hoist_broadcasts(g: &mut Graph) -> Result<usize, IrError> {
+    let outputs: HashSet<NodeId> = g.outputs().iter().map(|(_, id)| *id).collect();
+    let mut moved = 0;
+    loop {
+        let candidate = g.order().into_iter().find(|&b| {
+            if !matches!(g.node(b).op, Op::Broadcast) {
+                return false;
+            }
+            let e = g.operands(b)[0];
+            let op = &g.node(e).op;
+            is_elementwise(op) && is_cheap(op) && !outputs.contains(&e) && g.users(e) == [b]
+        });
+        let Some(b) = candidate else {
+            return Ok(moved);
+        };
+        let e = g.operands(b)[0];
+        let shape = g.ty(b).shape.clone();
+        let operands = g
+            .operands(e)
+            .into_iter()
+            .map(|o| {
+                // A broadcast of a broadcast reads the first one's operand directly.
+                let source = match g.node(o).op {
+                    Op::Broadcast => g.operands(o)[0],
+                    _ => o,
+                };
+                g.broadcast_to(source, &shape)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let node = g.node(e).clone();
+        let ty = TensorType::new(node.ty.dtype, shape);
+        let hoisted = g.push_typed(node.op, &operands, ty)?;
+        if let Some(label) = node.label {
+            g.set_label(hoisted, label);
+        }
+        g.replace_uses(b, hoisted);
+        g.remove(b);
+        g.remove(e);
+        moved += 1;
     }
 }
 
@@ -174,6 +225,7 @@ impl Pass for ElementwiseFusion {
     }
 
     fn run(&self, g: &mut Graph) -> Result<(), IrError> {
+        let hoisted = hoist_broadcasts(g)?;
         let inlined = inlined_nodes(g);
         let roots: Vec<NodeId> = g
             .order()
@@ -199,8 +251,8 @@ impl Pass for ElementwiseFusion {
         }
         let removed = remove_dead(g);
         g.remark(format!(
-            "elementwise-fusion: {regions} regions of {steps} elementwise steps in all, \
-             {removed} nodes removed"
+            "elementwise-fusion: {hoisted} broadcasts moved below the op they read, {regions} \
+             regions of {steps} elementwise steps in all, {removed} nodes removed"
         ));
         Ok(())
     }
