@@ -1,10 +1,11 @@
 //! `kiln compile`: a model config (config.json, model directory or .gguf) in, a `.kiln`
-//! artifact out, holding the `prefill` and `decode` programs.
+//! artifact out, holding the `prefill` and `decode` programs that generation runs and the
+//! `forward` program that scores every position (by default; `--programs` chooses).
 
 use clap::{Args, ValueEnum};
-use kiln::compile::{compile_cpu, DECODING_PROGRAMS};
+use kiln::compile::compile_cpu;
 use kiln::model;
-use kiln_frontend::BuildOptions;
+use kiln_frontend::{BuildOptions, Program};
 use kiln_runtime::Artifact;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,6 +25,9 @@ pub struct CompileArgs {
     /// Longest sequence (prompt plus generated tokens); default: the model's position limit.
     #[arg(long)]
     max_seq: Option<usize>,
+    /// The programs to compile, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "prefill,decode,forward")]
+    programs: Vec<Program>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -47,7 +51,7 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
     let spec = model::spec(args.model.as_deref())?;
     let opts = build_options(&spec, args.max_batch, args.max_seq);
     let artifact = match args.target {
-        Target::Cpu => compile_cpu(&spec, &DECODING_PROGRAMS, opts)?,
+        Target::Cpu => compile_cpu(&spec, &args.programs, opts)?,
     };
     artifact.write(&args.output).map_err(|e| e.to_string())?;
     let bytes = artifact.to_bytes();

@@ -5,7 +5,7 @@ use kiln_passes::Pipeline;
 use kiln_runtime::manifest::ModelInfo;
 use kiln_runtime::Artifact;
 
-/// The programs a decoding artifact carries.
+/// The programs generation needs.
 pub const DECODING_PROGRAMS: [Program; 2] = [Program::Prefill, Program::Decode];
 
 /// What the runtime needs to know of the model, from its spec.

@@ -242,24 +242,30 @@ fn run_writes_outputs_that_match_transformers() {
         "run-in.safetensors",
         &safetensors::serialize(inputs, None).unwrap(),
     );
-    let out_path = scratch("run-out.safetensors", b"");
     let weights = dir.join("model.safetensors");
-    let (ok, _, stderr) = kiln(&[
-        "run",
-        artifact.to_str().unwrap(),
-        "--weights",
-        weights.to_str().unwrap(),
-        "--program",
-        "prefill",
-        "--inputs",
-        in_path.to_str().unwrap(),
-        "--outputs",
-        out_path.to_str().unwrap(),
-    ]);
-    assert!(ok, "run failed: {stderr}");
-    let outputs = common::read_safetensors(&out_path);
-    let err = common::relative_error(&outputs["logits"], &reference["logits"]);
-    assert!(err <= 1e-4, "logits relative error {err:.2e}");
+    let run = |program: &str| {
+        let out_path = scratch(&format!("run-{program}.safetensors"), b"");
+        let (ok, _, stderr) = kiln(&[
+            "run",
+            artifact.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--program",
+            program,
+            "--inputs",
+            in_path.to_str().unwrap(),
+            "--outputs",
+            out_path.to_str().unwrap(),
+        ]);
+        assert!(ok, "run {program} failed: {stderr}");
+        common::read_safetensors(&out_path)
+    };
+    let all = &reference["logits"];
+    let err = common::relative_error(&run("forward")["logits"], all);
+    assert!(err <= 1e-4, "forward logits relative error {err:.2e}");
+    let outputs = run("prefill");
+    let err = common::relative_error(&outputs["logits"], &common::last_positions(all));
+    assert!(err <= 1e-4, "prefill logits relative error {err:.2e}");
     for layer in 0..2 {
         assert_eq!(
             outputs[&format!("key_{layer}")].shape[2],

@@ -1,11 +1,12 @@
-//! The CPU backend end to end on the Hugging Face fixtures: compiled prefill logits against
-//! transformers' (relative error ≤ 1e-4) and 20 greedy tokens identical to `generate`.
+//! The CPU backend end to end on the Hugging Face fixtures: compiled `forward` logits (every
+//! position) and `prefill` logits (the last) against transformers' (relative error ≤ 1e-4), and
+//! 20 greedy tokens identical to `generate`.
 
 mod common;
 
 use common::cpu::{interp_tensor, runtime_tensor};
-use common::{fixture_dir, read_safetensors, relative_error, HF_CASES};
-use kiln_frontend::{load_spec, BuildOptions};
+use common::{fixture_dir, last_positions, read_safetensors, relative_error, HF_CASES};
+use kiln_frontend::{load_spec, BuildOptions, Program};
 use kiln_ir::interp::Data;
 use kiln_runtime::generate::{GenerateOptions, Generator};
 use kiln_runtime::{load_weights, open::weight_tensors, Artifact, Model, Sampling};
@@ -18,8 +19,7 @@ fn compiled(case: &str) -> Model {
         max_batch: 2,
         max_seq: 64,
     };
-    let artifact =
-        kiln::compile::compile_cpu(&spec, &kiln::compile::DECODING_PROGRAMS, opts).unwrap();
+    let artifact = kiln::compile::compile_cpu(&spec, &Program::ALL, opts).unwrap();
     let artifact = Artifact::from_bytes(&artifact.to_bytes(), case).unwrap();
     let manifest = &artifact.manifest;
     let weights = load_weights(
@@ -32,18 +32,24 @@ fn compiled(case: &str) -> Model {
     Model::new(artifact, case, tensors, 2).unwrap()
 }
 
-fn prefill_matches_transformers(case: &str) -> f64 {
+/// The worst relative error of `forward`'s and `prefill`'s logits against transformers'.
+fn logits_match_transformers(case: &str) -> f64 {
     let reference = read_safetensors(&fixture_dir(case).join("reference.safetensors"));
     let model = compiled(case);
-    let mut prefill = model.runner("prefill").unwrap();
-    for name in ["input_ids", "position_ids"] {
-        prefill
-            .set_input(name, runtime_tensor(&reference[name]))
-            .unwrap();
-    }
-    prefill.run().unwrap();
-    let logits = interp_tensor(prefill.output("logits").unwrap());
-    relative_error(&logits, &reference["logits"])
+    let logits = |program: &str| {
+        let mut runner = model.runner(program).unwrap();
+        for name in ["input_ids", "position_ids"] {
+            runner
+                .set_input(name, runtime_tensor(&reference[name]))
+                .unwrap();
+        }
+        runner.run().unwrap();
+        interp_tensor(runner.output("logits").unwrap())
+    };
+    let all = &reference["logits"];
+    let forward = relative_error(&logits("forward"), all);
+    let prefill = relative_error(&logits("prefill"), &last_positions(all));
+    forward.max(prefill)
 }
 
 fn greedy_matches_transformers(case: &str) {
@@ -71,10 +77,10 @@ fn greedy_matches_transformers(case: &str) {
 }
 
 #[test]
-fn compiled_prefill_matches_transformers_on_every_fixture() {
+fn compiled_logits_match_transformers_on_every_fixture() {
     for case in HF_CASES {
-        let err = prefill_matches_transformers(case);
-        println!("{case}: prefill logits relative error {err:.2e}");
+        let err = logits_match_transformers(case);
+        println!("{case}: forward and prefill logits relative error {err:.2e}");
         assert!(err <= 1e-4, "{case}: relative error {err:.2e} > 1e-4");
     }
 }

@@ -1,6 +1,7 @@
 //! The frontend's semantics against Hugging Face transformers: the interpreter, running the
-//! built `prefill` graph on each fixture's weights, reproduces the logits transformers computed;
-//! the `decode` graph, run token by token from an empty cache, reproduces `prefill`.
+//! built `forward` graph on each fixture's weights, reproduces the logits transformers computed
+//! at every position, and `prefill` those of the last position; the `decode` graph, run token
+//! by token from an empty cache, reproduces them and `prefill`'s cache.
 
 mod common;
 
@@ -16,8 +17,7 @@ fn prefill_matches_transformers(case: &str) {
     let spec = load_spec(&dir).unwrap();
     let weights = read_safetensors(&dir.join("model.safetensors"));
     let reference = read_safetensors(&dir.join("reference.safetensors"));
-    let g = build(&spec, Program::Prefill, BuildOptions::for_spec(&spec)).unwrap();
-    kiln_ir::verify(&g).unwrap();
+    let opts = BuildOptions::for_spec(&spec);
     let inputs: TensorMap = [
         ("input_ids".to_string(), reference["input_ids"].clone()),
         (
@@ -26,9 +26,20 @@ fn prefill_matches_transformers(case: &str) {
         ),
     ]
     .into();
-    let out = interpret(&g, &inputs, &weights).unwrap();
-    let err = relative_error(&out["logits"], &reference["logits"]);
-    println!("{case}: prefill logits relative error {err:.3e}");
+    let run = |program| {
+        let g = build(&spec, program, opts).unwrap();
+        kiln_ir::verify(&g).unwrap();
+        interpret(&g, &inputs, &weights).unwrap()
+    };
+    let all = &reference["logits"];
+    let err = relative_error(&run(Program::Forward)["logits"], all);
+    println!("{case}: forward logits relative error {err:.3e}");
+    assert!(
+        err <= TOLERANCE,
+        "{case}: relative error {err:.3e} > {TOLERANCE:e}"
+    );
+    let err = relative_error(&run(Program::Prefill)["logits"], &last_positions(all));
+    println!("{case}: prefill (last position) logits relative error {err:.3e}");
     assert!(
         err <= TOLERANCE,
         "{case}: relative error {err:.3e} > {TOLERANCE:e}"

@@ -8,7 +8,7 @@
 mod common;
 
 use common::read_safetensors;
-use kiln_frontend::{load_spec, BuildOptions};
+use kiln_frontend::{load_spec, BuildOptions, Program};
 use kiln_ir::interp::Data;
 use kiln_runtime::generate::{GenerateOptions, Generator};
 use kiln_runtime::{
@@ -45,8 +45,7 @@ fn compiled(path: &std::path::Path) -> (Model, Tokenizer) {
         max_batch: 1,
         max_seq: 64,
     };
-    let artifact =
-        kiln::compile::compile_cpu(&spec, &kiln::compile::DECODING_PROGRAMS, opts).unwrap();
+    let artifact = kiln::compile::compile_cpu(&spec, &Program::ALL, opts).unwrap();
     let manifest = &artifact.manifest;
     let weights = load_weights(path, &manifest.weights, &manifest.model).unwrap();
     let tensors = weight_tensors(weights, &manifest.weights);
@@ -77,36 +76,45 @@ fn smollm2_matches_transformers() {
         "tokenizer differs from transformers'"
     );
 
-    let mut prefill = model.runner("prefill").unwrap();
     let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
     let n = ids.len();
-    prefill
-        .set_input("input_ids", kiln_runtime::Tensor::i64(&[1, n], &ids))
-        .unwrap();
     let positions: Vec<i64> = (0..n as i64).collect();
-    prefill
-        .set_input(
-            "position_ids",
-            kiln_runtime::Tensor::i64(&[1, n], &positions),
-        )
-        .unwrap();
-    prefill.run().unwrap();
-    let logits = prefill.output("logits").unwrap().as_f32();
+    let logits = |program: &str| {
+        let mut runner = model.runner(program).unwrap();
+        runner
+            .set_input("input_ids", kiln_runtime::Tensor::i64(&[1, n], &ids))
+            .unwrap();
+        runner
+            .set_input(
+                "position_ids",
+                kiln_runtime::Tensor::i64(&[1, n], &positions),
+            )
+            .unwrap();
+        runner.run().unwrap();
+        runner.output("logits").unwrap().as_f32().to_vec()
+    };
     let Data::Float(expected) = &reference["logits"].data else {
         panic!("logits are floats")
     };
-    let diff = logits
-        .iter()
-        .zip(expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
     let scale = expected.iter().map(|b| b.abs()).fold(0.0f32, f32::max);
-    let err = diff / scale;
-    println!("SmolLM2 prefill logits relative error {err:.2e}");
+    let error = |got: &[f32], want: &[f32]| {
+        assert_eq!(got.len(), want.len());
+        let diff = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        diff / scale
+    };
+    let err = error(&logits("forward"), expected);
+    println!("SmolLM2 forward logits relative error {err:.2e}");
     assert!(err <= 1e-3, "relative error {err:.2e} > 1e-3");
 
     let vocab = model.manifest().model.vocab_size;
-    let last = &logits[(n - 1) * vocab..];
+    let last = logits("prefill");
+    let err = error(&last, &expected[(n - 1) * vocab..]);
+    println!("SmolLM2 prefill (last position) logits relative error {err:.2e}");
+    assert!(err <= 1e-3, "relative error {err:.2e} > 1e-3");
     let next = (0..vocab)
         .max_by(|&a, &b| last[a].total_cmp(&last[b]))
         .unwrap() as u32;

@@ -78,6 +78,21 @@ pub fn take_rows(t: &Tensor, b: usize, range: std::ops::Range<usize>) -> Tensor 
     Tensor::new(t.dtype, shape, t.data.take(&idx))
 }
 
+/// The last position of every sequence of `[batch, seq, ..]` values, as `[batch, 1, ..]`.
+pub fn last_positions(t: &Tensor) -> Tensor {
+    let (batch, seq, inner) = (
+        t.shape[0],
+        t.shape[1],
+        t.shape[2..].iter().product::<usize>(),
+    );
+    let idx: Vec<usize> = (0..batch)
+        .flat_map(|b| ((b * seq + seq - 1) * inner..(b * seq + seq) * inner).collect::<Vec<_>>())
+        .collect();
+    let mut shape = t.shape.clone();
+    shape[1] = 1;
+    Tensor::new(t.dtype, shape, t.data.take(&idx))
+}
+
 pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
     Tensor::from_f64(
         dtype,

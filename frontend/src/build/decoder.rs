@@ -1,6 +1,7 @@
 //! The causal decoder (Llama family): embedding, pre-norm attention + gated-MLP layers, final
-//! norm and the (tied or untied) head; `prefill` and `decode` differ only in their token count
-//! and in carrying a cache in.
+//! norm and the (tied or untied) head. `prefill` and `decode` differ only in their token count
+//! and in carrying a cache in; `prefill` applies the head to the last position only, `forward`
+//! to every position and returns no cache.
 
 use super::attention::{rope_angles, self_attention, LayerCache};
 use super::layers::{gated_mlp, linear, rms_norm};
@@ -13,7 +14,7 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
     let mut g = Graph::new(program.name());
     let batch = g.symbol("batch", opts.max_batch)?;
     let (seq, past) = match program {
-        Program::Prefill => (g.symbol("seq", opts.max_seq)?, None),
+        Program::Prefill | Program::Forward => (g.symbol("seq", opts.max_seq)?, None),
         Program::Decode => (Dim::fixed(1), Some(g.symbol("past", opts.max_seq - 1)?)),
     };
     let tokens_ty = TensorType::new(DType::I64, vec![batch.clone(), seq.clone()]);
@@ -90,6 +91,10 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
         g.set_label(x, format!("{prefix}.out"));
         caches.push(cache);
     }
+    let x = match program {
+        Program::Prefill => g.slice(x, 1, seq.minus(&Dim::fixed(1)), seq)?,
+        Program::Decode | Program::Forward => x,
+    };
     let x = rms_norm(&mut g, x, "model.norm", spec.norm.eps)?;
     let head = if spec.embeddings.tied {
         "model.embed_tokens"
@@ -98,6 +103,9 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
     };
     let logits = linear(&mut g, x, head, hidden, spec.vocab_size, false)?;
     g.output("logits", logits)?;
+    if program == Program::Forward {
+        return Ok(g);
+    }
     for (layer, cache) in caches.into_iter().enumerate() {
         g.output(&format!("key_{layer}"), cache.key)?;
         g.output(&format!("value_{layer}"), cache.value)?;

@@ -1,11 +1,14 @@
 //! Graph builders: a `ModelSpec` in, one program's graph out, written in primitives only.
 //!
 //! Programs of the causal-decoder family:
-//! - `prefill`: `input_ids`, `position_ids` `i64[batch, seq]` → `logits f32[batch, seq, vocab]`
-//!   and each layer's cache `key_L`, `value_L` `f32[batch, kv_heads, seq, head_dim]`;
+//! - `prefill`: `input_ids`, `position_ids` `i64[batch, seq]` → the last position's
+//!   `logits f32[batch, 1, vocab]` (all generation needs) and each layer's cache `key_L`,
+//!   `value_L` `f32[batch, kv_heads, seq, head_dim]`;
 //! - `decode`: one token per sequence (`i64[batch, 1]`) plus the cache so far
 //!   (`past_key_L`, `past_value_L` `f32[batch, kv_heads, past, head_dim]`) → `logits` and the
-//!   cache one longer (`past+1`).
+//!   cache one longer (`past+1`);
+//! - `forward`: the inputs of `prefill` → `logits f32[batch, seq, vocab]` at every position and
+//!   no cache (scoring, evaluation, comparison with other frameworks).
 //!
 //! The cache holds `kv_heads` heads (as Hugging Face's does); attention repeats them explicitly
 //! for grouped-query attention, and masks with explicit compares, so later passes see — and fuse —
@@ -27,15 +30,17 @@ use std::str::FromStr;
 pub enum Program {
     Prefill,
     Decode,
+    Forward,
 }
 
 impl Program {
-    pub const ALL: [Program; 2] = [Program::Prefill, Program::Decode];
+    pub const ALL: [Program; 3] = [Program::Prefill, Program::Decode, Program::Forward];
 
     pub fn name(self) -> &'static str {
         match self {
             Program::Prefill => "prefill",
             Program::Decode => "decode",
+            Program::Forward => "forward",
         }
     }
 }
@@ -52,7 +57,7 @@ impl FromStr for Program {
         Program::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown program `{s}` (expected prefill or decode)"))
+            .ok_or_else(|| format!("unknown program `{s}` (expected prefill, decode or forward)"))
     }
 }
 
