@@ -55,19 +55,33 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
     };
     artifact.write(&args.output).map_err(|e| e.to_string())?;
     let bytes = artifact.to_bytes();
-    let kernels: Vec<String> = artifact
-        .manifest
-        .programs
-        .iter()
-        .map(|p| format!("{} {}", p.name, p.steps.len()))
-        .collect();
     eprintln!(
-        "wrote {} ({} KiB, kernels: {}, sha256 {}) in {:.2} s",
+        "wrote {} ({} KiB, sha256 {}) in {:.2} s",
         args.output.display(),
         bytes.len() / 1024,
-        kernels.join(", "),
         &Artifact::content_hash(&bytes)[..16],
         started.elapsed().as_secs_f64()
     );
+    for p in &artifact.manifest.programs {
+        eprintln!(
+            "  {}: {} kernels; at the maxima, intermediates in a {} arena ({} apart)",
+            p.name,
+            p.steps.len(),
+            human_bytes(p.memory.peak_bytes),
+            human_bytes(p.memory.intermediate_bytes)
+        );
+    }
     Ok(())
+}
+
+/// `12.3 KiB`, `4.5 MiB`, `1.2 GiB`.
+fn human_bytes(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
 }

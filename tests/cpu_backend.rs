@@ -85,6 +85,38 @@ fn compiled_logits_match_transformers_on_every_fixture() {
     }
 }
 
+/// Every program's intermediates share one arena, a fraction of their total size, and a runner
+/// allocates no more than the plan at the maxima for shapes below them.
+#[test]
+fn intermediates_share_one_arena() {
+    let model = compiled("llama");
+    for program in &model.manifest().programs {
+        let m = &program.memory;
+        println!(
+            "{}: arena {} bytes for {} bytes of intermediates at the maxima",
+            program.name, m.peak_bytes, m.intermediate_bytes
+        );
+        assert!(m.peak_bytes > 0 && m.peak_bytes * 4 <= m.intermediate_bytes);
+    }
+    let reference = read_safetensors(&fixture_dir("llama").join("reference.safetensors"));
+    let mut forward = model.runner("forward").unwrap();
+    for name in ["input_ids", "position_ids"] {
+        forward
+            .set_input(name, runtime_tensor(&reference[name]))
+            .unwrap();
+    }
+    forward.run().unwrap();
+    let at_maxima = model
+        .manifest()
+        .program("forward")
+        .unwrap()
+        .memory
+        .peak_bytes as usize;
+    let allocated = forward.arena_bytes();
+    println!("forward: arena {allocated} bytes for the fixture's prompt");
+    assert!(allocated > 0 && allocated <= at_maxima + 64);
+}
+
 #[test]
 fn compiled_greedy_decoding_matches_transformers_on_every_fixture() {
     for case in HF_CASES {

@@ -71,9 +71,9 @@ fn is_cheap(op: &Op) -> bool {
 /// Moves every broadcast of a cheap, otherwise unread elementwise node below it (see the
 /// module doc), until none is left; returns how many moved.
 fn hoist_broadcasts(g: &mut Graph) -> Result<usize, IrError> {
-    let outputs: HashSet<NodeId> = g.outputs().iter().map(|(_, id)| *id).collect();
     let mut moved = 0;
     loop {
+        let outputs: HashSet<NodeId> = g.outputs().iter().map(|(_, id)| *id).collect();
         let candidate = g.order().into_iter().find(|&b| {
             if !matches!(g.node(b).op, Op::Broadcast) {
                 return false;

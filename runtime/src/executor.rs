@@ -6,6 +6,7 @@
 //! across runs and only grows), builds the buffer table and calls the steps in order, each split
 //! across the pool's threads when it has enough work.
 
+use crate::arena::Arena;
 use crate::artifact::Artifact;
 use crate::error::{Result, RuntimeError};
 use crate::functions;
@@ -182,6 +183,7 @@ impl Model {
             desc,
             kernels,
             temps,
+            arena: Arena::new(desc),
             inputs: vec![None; desc.inputs.len()],
             symbols: vec![0; desc.symbols.len()],
             profile: None,
@@ -193,8 +195,10 @@ pub struct Runner<'m> {
     model: &'m Model,
     desc: &'m ProgramDesc,
     kernels: Vec<KernelFn>,
-    /// Storage of `Temp` buffers, indexed by buffer (other entries stay empty).
+    /// Storage of `Temp` buffers (outputs), indexed by buffer (other entries stay empty).
     temps: Vec<Tensor>,
+    /// Storage of the intermediates.
+    arena: Arena,
     inputs: Vec<Option<Tensor>>,
     symbols: Vec<i64>,
     /// Time spent in each step over all runs, when profiling.
@@ -207,6 +211,11 @@ impl<'m> Runner<'m> {
     }
 
     /// Starts (or stops) timing every step of every run.
+    /// Bytes of the arena holding the intermediates, as planned for the largest symbols run.
+    pub fn arena_bytes(&self) -> usize {
+        self.arena.bytes()
+    }
+
     pub fn set_profiling(&mut self, on: bool) {
         self.profile = on.then(|| vec![Duration::ZERO; self.desc.steps.len()]);
     }
@@ -325,12 +334,7 @@ impl<'m> Runner<'m> {
     pub fn run(&mut self) -> Result<()> {
         self.bind_symbols()?;
         let syms = self.symbols.clone();
-        for (b, desc) in self.desc.buffers.iter().enumerate() {
-            if desc.kind == BufferKind::Temp {
-                let numel = desc.numel.eval(&syms).max(0) as usize;
-                self.temps[b].resize(&[numel]);
-            }
-        }
+        self.arena.fit(self.desc, &syms);
         for io in &self.desc.outputs {
             let shape: Vec<usize> = io.shape.iter().map(|d| d.eval(&syms) as usize).collect();
             self.temps[io.buffer].resize(&shape);
@@ -346,6 +350,7 @@ impl<'m> Runner<'m> {
                 BufferKind::Weight(i) => model.weights[i].as_ptr() as usize,
                 BufferKind::Constant(i) => model.constants[i].as_ptr() as usize,
                 BufferKind::Temp => self.temps[b].as_mut_ptr() as usize,
+                BufferKind::Intermediate { .. } => self.arena.address(b),
             })
             .collect();
         let fns = model.functions.as_ptr() as usize;

@@ -6,6 +6,7 @@
 //! defined here, and the compiler writes it. Text in and out of a model is here too: `tokenizer`
 //! (text ↔ ids), `chat` (chat templates) and `sampling` (choosing the next token).
 
+pub mod arena;
 pub mod artifact;
 pub mod atomic;
 pub mod chat;
@@ -15,6 +16,7 @@ pub mod functions;
 pub mod generate;
 pub mod loader;
 pub mod manifest;
+pub mod memory_plan;
 pub mod open;
 pub mod poly;
 pub mod pool;

@@ -17,7 +17,7 @@ use crate::poly::Poly;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of the manifest or the artifact layout.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Functions the runtime hands to kernels, in table order. The names are part of the ABI.
 ///
@@ -131,8 +131,11 @@ pub enum BufferKind {
     Weight(usize),
     /// Constant `constants[i]` of the manifest.
     Constant(usize),
-    /// Written by a step (outputs and intermediates).
+    /// A program output, written by the steps and handed to the caller.
     Temp,
+    /// An intermediate value, live from step `first` to step `last` (inclusive); it lies in the
+    /// runner's arena (see [`crate::memory_plan`]).
+    Intermediate { first: usize, last: usize },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +190,17 @@ pub struct ProgramDesc {
     pub inputs: Vec<IoDesc>,
     pub outputs: Vec<IoDesc>,
     pub steps: Vec<Step>,
+    pub memory: MemoryDesc,
+}
+
+/// The memory plan's result at the symbols' maxima: what one arena for every intermediate
+/// needs, against what separate buffers would.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryDesc {
+    /// Bytes of the arena.
+    pub peak_bytes: u64,
+    /// Bytes of all intermediates together.
+    pub intermediate_bytes: u64,
 }
 
 impl Manifest {

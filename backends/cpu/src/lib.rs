@@ -1,7 +1,8 @@
 //! `kiln-backend-cpu`: compiles graphs into an artifact of x86-64 object code (Cranelift).
 //!
-//! [`compile`] lowers each program to buffers, views and kernels (`lower`), emits every kernel
-//! as one function of a single object module (`codegen`), and packs the object, the manifest
+//! [`compile`] lowers each program to buffers, views and kernels (`lower`), places its
+//! intermediates in one arena (`memory`), emits every kernel as one function of a single object
+//! module (`codegen`), and packs the object, the manifest
 //! and the constants into a `kiln_runtime::Artifact`. The runtime runs it; this crate never
 //! executes code.
 
@@ -10,6 +11,7 @@ pub mod error;
 pub mod isa;
 pub mod kernel;
 pub mod lower;
+pub mod memory;
 pub mod view;
 
 pub use error::{CompileError, Result};
@@ -57,7 +59,8 @@ pub fn compile_with(
     let mut shared = SharedTables::default();
     let mut descs = Vec::new();
     for g in programs {
-        let lowered = lower::lower(g, &mut shared, options)?;
+        let mut lowered = lower::lower(g, &mut shared, options)?;
+        let memory = memory::plan_intermediates(&mut lowered);
         let mut steps = Vec::new();
         for (i, (kernel, label)) in lowered.kernels.iter().enumerate() {
             let name = format!("{}_{i}", lowered.name);
@@ -77,6 +80,7 @@ pub fn compile_with(
             inputs: lowered.inputs,
             outputs: lowered.outputs,
             steps,
+            memory,
         });
     }
     let object = module

@@ -1,0 +1,59 @@
+//! Memory planning for one lowered program: every temporary buffer that is not a program
+//! output becomes an intermediate of the runner's arena, with its lifetime — the first and the
+//! last step whose kernel touches it — and the plan at the symbols' maxima is recorded.
+//!
+//! Lowering's invariants make the lifetimes exact: a temporary is written by the kernels of
+//! one node before any kernel reads it, and kernels run in order, so no step outside
+//! `first..=last` touches the buffer. Outputs stay separate buffers: the caller takes them
+//! (a decode step's cache becomes the next step's input).
+
+use crate::kernel::Kernel;
+use crate::lower::LoweredProgram;
+use kiln_runtime::manifest::{BufferKind, MemoryDesc};
+use kiln_runtime::memory_plan::{plan, Lifetime};
+
+/// Turns `program`'s non-output temporaries into intermediates and returns the plan's peak at
+/// the symbols' maxima.
+pub fn plan_intermediates(program: &mut LoweredProgram) -> MemoryDesc {
+    let mut span: Vec<Option<(usize, usize)>> = vec![None; program.buffers.len()];
+    for (step, (kernel, _)) in program.kernels.iter().enumerate() {
+        for buffer in touched(kernel) {
+            let (first, _) = span[buffer].unwrap_or((step, step));
+            span[buffer] = Some((first, step));
+        }
+    }
+    let maxima: Vec<i64> = program.symbols.iter().map(|s| s.max as i64).collect();
+    let mut lifetimes = Vec::new();
+    for (b, desc) in program.buffers.iter_mut().enumerate() {
+        let output = program.outputs.iter().any(|o| o.buffer == b);
+        if desc.kind != BufferKind::Temp || output {
+            continue;
+        }
+        let (first, last) = span[b].expect("lowering touches every temporary it creates");
+        desc.kind = BufferKind::Intermediate { first, last };
+        let numel = desc.numel.eval(&maxima).max(0) as usize;
+        lifetimes.push(Lifetime {
+            first,
+            last,
+            bytes: numel * desc.dtype.size(),
+        });
+    }
+    MemoryDesc {
+        peak_bytes: plan(&lifetimes).bytes as u64,
+        intermediate_bytes: lifetimes.iter().map(|l| l.bytes as u64).sum(),
+    }
+}
+
+/// Every buffer `kernel` reads or writes.
+fn touched(kernel: &Kernel) -> Vec<usize> {
+    let views = match kernel {
+        Kernel::Map { out, leaves, .. } | Kernel::Reduce { out, leaves, .. } => {
+            leaves.iter().chain([out]).collect::<Vec<_>>()
+        }
+        Kernel::MatMul { a, b, out, .. } => vec![a, b, out],
+        Kernel::Gather {
+            data, indices, out, ..
+        } => vec![data, indices, out],
+    };
+    views.into_iter().filter_map(|v| v.buffer()).collect()
+}
