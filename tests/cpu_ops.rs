@@ -685,6 +685,49 @@ proptest! {
     }
 }
 
+/// Rotate-half RoPE and a cache append after elementwise fusion: each half of the rotation is
+/// one kernel writing its slice of the rotated value, inside its slice of the grown cache, and
+/// the only copy left is the old cache's.
+#[test]
+fn concat_parts_are_written_in_place() {
+    let g = kiln_ir::text::parse(
+        "graph rope
+sym seq <= 16
+sym past <= 16
+input %x : f32[2, seq, 8]
+input %cos : f32[seq, 8]
+input %sin : f32[seq, 8]
+input %past : f32[2, past, 8]
+%0 = broadcast %cos : f32[2, seq, 8]
+%1 = broadcast %sin : f32[2, seq, 8]
+%2 = mul %x, %0 : f32[2, seq, 8]
+%3 = slice %x axis=2 start=4 end=8 : f32[2, seq, 4]
+%4 = neg %3 : f32[2, seq, 4]
+%5 = slice %x axis=2 start=0 end=4 : f32[2, seq, 4]
+%6 = concat %4, %5 axis=2 : f32[2, seq, 8]
+%7 = mul %6, %1 : f32[2, seq, 8]
+%8 = add %2, %7 : f32[2, seq, 8]
+%9 = concat %past, %8 axis=1 : f32[2, past+seq, 8]
+output cache = %9",
+    )
+    .unwrap();
+    let mut fused = g.clone();
+    ElementwiseFusion.run(&mut fused).unwrap();
+    let artifact = compile(std::slice::from_ref(&fused)).unwrap();
+    let labels: Vec<&str> = artifact.manifest.programs[0]
+        .steps
+        .iter()
+        .map(|s| s.label.as_str())
+        .collect();
+    assert_eq!(labels.len(), 3, "two halves and one copy: {labels:?}");
+    assert_eq!(labels.iter().filter(|l| l.starts_with("copy")).count(), 1);
+    let envs: Vec<Bindings> = [(3, 2), (1, 0), (5, 7)]
+        .into_iter()
+        .map(|(s, p)| [("seq".to_string(), s), ("past".to_string(), p)].into())
+        .collect();
+    check_compiled(&g, &fused, &envs, 2, Tol::Exact).unwrap();
+}
+
 /// An axis of length 0 has no element to gather: the kernel reads nothing and writes zeros (the
 /// interpreter refuses such indices).
 #[test]

@@ -164,6 +164,32 @@ output n = %0
     assert!(!out.contains("fused"), "no region has two steps:\n{out}");
 }
 
+/// Rotate-half RoPE as the Llama builder writes it.
+#[test]
+fn rope_is_one_region_per_half_joined_by_a_concat() {
+    let out = check(
+        "graph g
+sym s <= 8
+input %x : f32[s, 8]
+input %cos : f32[s, 8]
+input %sin : f32[s, 8]
+%0 = mul %x, %cos : f32[s, 8]
+%1 = slice %x axis=1 start=4 end=8 : f32[s, 4]
+%2 = neg %1 : f32[s, 4]
+%3 = slice %x axis=1 start=0 end=4 : f32[s, 4]
+%4 = concat %2, %3 axis=1 : f32[s, 8]
+%5 = mul %4, %sin : f32[s, 8]
+%6 = add %0, %5 : f32[s, 8]
+output y = %6
+",
+        &[("s", 3)],
+    );
+    insta::assert_snapshot!(out);
+    let ops = ops(&out);
+    assert_eq!(ops.iter().filter(|&&o| o == "fused").count(), 2, "{out}");
+    assert_eq!(ops.last(), Some(&"concat"), "{out}");
+}
+
 #[test]
 fn a_hoisted_op_that_becomes_an_output_stays_stored() {
     let out = check(

@@ -2,16 +2,19 @@
 //!
 //! Walking the graph in its canonical order, every node gets a [`View`]: sources and layout
 //! ops (`permute`, `broadcast`, `slice`, `reshape` of a contiguous value, splat constants,
-//! `iota`) are views and emit nothing; every other op writes a fresh buffer through one kernel
-//! (`concat` through one copy per operand into slices of its buffer). A `reshape` of a view that
-//! is not contiguous materializes a copy first, and so does a splat or iota operand of the
-//! kernels that read buffers (reduce, matmul, gather).
+//! `iota`) are views and emit nothing; every other op writes a fresh buffer through one kernel,
+//! and a fused region is one map or reduce kernel. `concat` copies each operand into its slice
+//! of the concat's buffer, except the elementwise results and inner concats read by that concat
+//! alone: those are written straight into their slice (so RoPE's halves land in the rotated
+//! value and the new key in the grown cache). A `reshape` of a view that is not contiguous
+//! materializes a copy first, and so does a splat or iota operand of the kernels that read
+//! buffers (matmul, gather).
 //!
 //! Refused, with an error naming the node: `scatter`, matmuls of other types than `f32`, and any
 //! `f16` or `bf16` value (no kernel computes in either).
 //!
-//! Invariants of the result: each temporary buffer is written by the kernels of one node only,
-//! before any kernel reads it; inputs, weights and constants are never written; every program
+//! Invariants of the result: each temporary buffer is written by the kernels of one node (and
+//! of the parts placed in it, for a concat), before any kernel reads it; inputs, weights and constants are never written; every program
 //! output is a temporary buffer of its own, contiguous and whole.
 
 use crate::error::{CompileError, Result};
@@ -90,6 +93,35 @@ struct Lowering<'a> {
     kernels: Vec<(Kernel, String)>,
     views: HashMap<NodeId, View>,
     inputs: Vec<IoDesc>,
+    /// Values written straight into their part of a concat: value → (concat, operand slot).
+    in_place: HashMap<NodeId, (NodeId, usize)>,
+    /// The buffer view of every concat, made when it or a part placed in it is lowered.
+    concat_views: HashMap<NodeId, View>,
+}
+
+/// The values a concat's buffer can receive directly: maps and concats (their kernels write
+/// through any view) read by that concat alone, once, and not program outputs.
+fn concat_parts_in_place(g: &Graph) -> HashMap<NodeId, (NodeId, usize)> {
+    let outputs: Vec<NodeId> = g.outputs().iter().map(|(_, id)| *id).collect();
+    let mut placed = HashMap::new();
+    for id in g.order() {
+        if !matches!(g.node(id).op, Op::Concat { .. }) {
+            continue;
+        }
+        let operands = g.operands(id);
+        for (slot, &o) in operands.iter().enumerate() {
+            let writes_any_view = match &g.node(o).op {
+                Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast | Op::Concat { .. } => true,
+                Op::Fused(region) => region.kind == RegionKind::Map,
+                _ => false,
+            };
+            let once = operands.iter().filter(|&&x| x == o).count() == 1;
+            if writes_any_view && once && g.users(o) == [id] && !outputs.contains(&o) {
+                placed.insert(o, (id, slot));
+            }
+        }
+    }
+    placed
 }
 
 pub fn lower(g: &Graph, shared: &mut SharedTables, options: &CpuOptions) -> Result<LoweredProgram> {
@@ -103,6 +135,8 @@ pub fn lower(g: &Graph, shared: &mut SharedTables, options: &CpuOptions) -> Resu
         kernels: Vec::new(),
         views: HashMap::new(),
         inputs: Vec::new(),
+        in_place: concat_parts_in_place(g),
+        concat_views: HashMap::new(),
     };
     let sources = g.inputs().iter().chain(g.weights()).copied();
     for id in sources.chain(g.order()) {
@@ -307,7 +341,7 @@ impl Lowering<'_> {
                     args: (0..operands.len()).collect(),
                 };
                 let expr = expression(&operands, &[step], &[ty.dtype]);
-                self.map(ty, operands, expr, label)
+                self.map(id, operands, expr, label)
             }
             Op::Reduce { op, axes } => {
                 let expr = expression(&operands, &[], &[]);
@@ -320,7 +354,7 @@ impl Lowering<'_> {
                 let dtypes: Vec<DType> = types[operands.len()..].iter().map(|t| t.dtype).collect();
                 let expr = expression(&operands, &region.steps, &dtypes);
                 match &region.kind {
-                    RegionKind::Map => self.map(ty, operands, expr, label),
+                    RegionKind::Map => self.map(id, operands, expr, label),
                     RegionKind::Reduce { op, axes } => {
                         self.reduce(ty, *op, axes, operands, expr, label)
                     }
@@ -376,12 +410,14 @@ impl Lowering<'_> {
                 operands[0].slice(*axis, &self.dim(start), &self.dim(end))
             }
             Op::Concat { axis } => {
-                let out = self.temp(ty);
+                let out = self.concat_view(id);
                 let mut at = Poly::constant(0);
-                for v in &operands {
+                for (slot, (v, &o)) in operands.iter().zip(&g.operands(id)).enumerate() {
                     let end = at.add(&v.dims[*axis]);
-                    let part = out.slice(*axis, &at, &end);
-                    self.copy(v, &part, &label);
+                    if self.in_place.get(&o) != Some(&(id, slot)) {
+                        let part = out.slice(*axis, &at, &end);
+                        self.copy(v, &part, &label);
+                    }
                     at = end;
                 }
                 out
@@ -420,14 +456,36 @@ impl Lowering<'_> {
         })
     }
 
-    fn map(
-        &mut self,
-        ty: &TensorType,
-        leaves: Vec<View>,
-        expr: Vec<ExprNode>,
-        label: String,
-    ) -> View {
-        let out = self.temp(ty);
+    /// The view `id` is written through: its part of a concat's buffer (see
+    /// [`concat_parts_in_place`]) or a new buffer.
+    fn destination(&mut self, id: NodeId) -> View {
+        let Some(&(concat, slot)) = self.in_place.get(&id) else {
+            return self.temp(&self.g.node(id).ty);
+        };
+        let Op::Concat { axis } = self.g.node(concat).op else {
+            unreachable!("parts are placed in concats")
+        };
+        let whole = self.concat_view(concat);
+        let before = self.g.operands(concat)[..slot]
+            .iter()
+            .fold(Poly::constant(0), |at, &o| {
+                at.add(&self.dim(&self.g.ty(o).shape[axis]))
+            });
+        let end = before.add(&self.dim(&self.g.ty(id).shape[axis]));
+        whole.slice(axis, &before, &end)
+    }
+
+    fn concat_view(&mut self, concat: NodeId) -> View {
+        if let Some(view) = self.concat_views.get(&concat) {
+            return view.clone();
+        }
+        let view = self.destination(concat);
+        self.concat_views.insert(concat, view.clone());
+        view
+    }
+
+    fn map(&mut self, id: NodeId, leaves: Vec<View>, expr: Vec<ExprNode>, label: String) -> View {
+        let out = self.destination(id);
         self.push(
             Kernel::Map {
                 out: out.clone(),

@@ -25,6 +25,11 @@ pub fn remove_dead(g: &mut Graph) -> usize {
     dce::run(g)
 }
 
+/// Merges structurally equal nodes; returns how many were merged.
+pub fn merge_equal(g: &mut Graph) -> usize {
+    cse::run(g)
+}
+
 /// Rounds after which the pass stops even if a rewrite still applies (none should).
 const MAX_ROUNDS: usize = 16;
 

@@ -9,11 +9,8 @@
 //!    regions is then one op deep, so recomputation never chains (a residual stream is stored
 //!    at least every other add).
 //!
-//! First, a broadcast of a cheap elementwise node that nothing else reads is moved below it:
-//! `broadcast(f(a, b))` becomes `f(broadcast(a), broadcast(b))`. The op then runs at the
-//! broadcast shape (recomputed along the broadcast axes, which cheap ops afford) and can join
-//! the region that reads it — RMSNorm's `rsqrt(mean + ε)` joins its scaling, an attention
-//! mask's compare joins the masked scores.
+//! First, layout ops that split elementwise chains are moved out of them (`layout.rs`):
+//! broadcasts below cheap ops, concats below elementwise ops, slices above them.
 //!
 //! Every other elementwise node, and every reduction, is a *root*. A root with at least one
 //! inlined operand is replaced by a region of the inlined operand trees: `fused` for an
@@ -25,8 +22,9 @@
 //!
 //! Produces, on the Llama decoder: RMSNorm as `fused_reduce_mean` (x·x) + `fused`
 //! (x·rsqrt(m + ε)·w); SwiGLU as one `fused` (silu(gate)·up); the masked, scaled scores as
-//! `fused` (mask compare, scale, select) + `fused` (sub, exp) between the reductions; RoPE's
-//! products and sum as one `fused`.
+//! `fused` (mask compare, scale, select) + `fused` (sub, exp) between the reductions; RoPE as
+//! one `fused` per half of the rotation, joined by a concat (which the CPU backend lowers to
+//! each half writing its part of the result).
 //!
 //! Why: a region is one kernel in the backends, and its intermediate values never reach
 //! memory. Decode is bound by weight reads, so every kernel it saves is launch and
@@ -36,7 +34,7 @@
 //! reduced value, a concat) stays in separate regions: a region's leaves all have the region's
 //! shape, so broadcasts remain explicit, free views in front of it.
 
-use crate::canonicalize::remove_dead;
+use crate::canonicalize::{merge_equal, remove_dead};
 use crate::pipeline::Pass;
 use kiln_ir::{
     BinaryOp, Graph, IrError, NodeId, Op, Region, RegionKind, Step, StepOp, TensorType, UnaryOp,
@@ -44,6 +42,8 @@ use kiln_ir::{
 use std::collections::{HashMap, HashSet};
 
 pub struct ElementwiseFusion;
+
+mod layout;
 
 fn is_elementwise(op: &Op) -> bool {
     matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast)
@@ -65,50 +65,6 @@ fn is_cheap(op: &Op) -> bool {
         Op::Binary(b) => *b != BinaryOp::Pow,
         Op::Select | Op::Cast => true,
         _ => false,
-    }
-}
-
-/// Moves every broadcast of a cheap, otherwise unread elementwise node below it (see the
-/// module doc), until none is left; returns how many moved.
-fn hoist_broadcasts(g: &mut Graph) -> Result<usize, IrError> {
-    let mut moved = 0;
-    loop {
-        let outputs: HashSet<NodeId> = g.outputs().iter().map(|(_, id)| *id).collect();
-        let candidate = g.order().into_iter().find(|&b| {
-            if !matches!(g.node(b).op, Op::Broadcast) {
-                return false;
-            }
-            let e = g.operands(b)[0];
-            let op = &g.node(e).op;
-            is_elementwise(op) && is_cheap(op) && !outputs.contains(&e) && g.users(e) == [b]
-        });
-        let Some(b) = candidate else {
-            return Ok(moved);
-        };
-        let e = g.operands(b)[0];
-        let shape = g.ty(b).shape.clone();
-        let operands = g
-            .operands(e)
-            .into_iter()
-            .map(|o| {
-                // A broadcast of a broadcast reads the first one's operand directly.
-                let source = match g.node(o).op {
-                    Op::Broadcast => g.operands(o)[0],
-                    _ => o,
-                };
-                g.broadcast_to(source, &shape)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let node = g.node(e).clone();
-        let ty = TensorType::new(node.ty.dtype, shape);
-        let hoisted = g.push_typed(node.op, &operands, ty)?;
-        if let Some(label) = node.label {
-            g.set_label(hoisted, label);
-        }
-        g.replace_uses(b, hoisted);
-        g.remove(b);
-        g.remove(e);
-        moved += 1;
     }
 }
 
@@ -225,7 +181,9 @@ impl Pass for ElementwiseFusion {
     }
 
     fn run(&self, g: &mut Graph) -> Result<(), IrError> {
-        let hoisted = hoist_broadcasts(g)?;
+        let moved = layout::run(g)?;
+        // The rewrites may slice one value the same way twice.
+        merge_equal(g);
         let inlined = inlined_nodes(g);
         let roots: Vec<NodeId> = g
             .order()
@@ -251,8 +209,8 @@ impl Pass for ElementwiseFusion {
         }
         let removed = remove_dead(g);
         g.remark(format!(
-            "elementwise-fusion: {hoisted} broadcasts moved below the op they read, {regions} \
-             regions of {steps} elementwise steps in all, {removed} nodes removed"
+            "elementwise-fusion: {moved}, {regions} regions of {steps} elementwise steps in all, \
+             {removed} nodes removed"
         ));
         Ok(())
     }

@@ -1,0 +1,180 @@
+//! The layout rewrites that run before regions are formed, so that elementwise chains broken
+//! by a layout op become one chain. Each rule is an identity of the IR's semantics; each
+//! applies only to values nothing else reads (no work is duplicated, except the cheap ops a
+//! broadcast spreads), and never to program outputs.
+//!
+//! 1. **Broadcasts move below cheap ops**: `broadcast(f(a, b))` → `f(broadcast(a), broadcast(b))`
+//!    when `f` is cheap (see `is_cheap`) and read only by the broadcast. RMSNorm's
+//!    `rsqrt(mean + ε)` joins its scaling; an attention mask's compare joins the scores.
+//! 2. **Concats move below elementwise ops**: `f(concat(p, q), b)` →
+//!    `concat(f(p, b[..p]), f(q, b[p..]))` when the concat is read only by `f` (the other
+//!    operands are sliced, which costs nothing). RoPE's rotate-half concat moves below the
+//!    products and the sum, so each half is one chain that writes its part of the result.
+//! 3. **Slices move above elementwise ops**: `f(a, b)[r]` → `f(a[r], b[r])` when every reader
+//!    of `f` is a slice, so each part is computed where it is read and `f` is never stored
+//!    whole (rule 2 leaves such slices of RoPE's `x·cos`).
+//!
+//! Rules 2 and 3 never undo each other: 2 moves a concat towards the outputs and 3 creates no
+//! concat, so repeating them ends.
+
+use super::{is_cheap, is_elementwise};
+use kiln_ir::{Dim, Graph, IrError, NodeId, Op, TensorType};
+use std::collections::HashSet;
+
+/// Applies the rules until none applies; returns what was moved, for the pass's remark.
+pub fn run(g: &mut Graph) -> Result<String, IrError> {
+    let (mut broadcasts, mut concats, mut slices) = (0, 0, 0);
+    loop {
+        if hoist_broadcast(g)? {
+            broadcasts += 1;
+        } else if sink_concat(g)? {
+            concats += 1;
+        } else if lift_slices(g)? {
+            slices += 1;
+        } else {
+            return Ok(format!(
+                "{broadcasts} broadcasts, {concats} concats and {slices} sliced values moved \
+                 past elementwise ops"
+            ));
+        }
+    }
+}
+
+fn outputs(g: &Graph) -> HashSet<NodeId> {
+    g.outputs().iter().map(|(_, id)| *id).collect()
+}
+
+/// `node` rebuilt on `operands` at `shape` (its dtype and label kept); its uses move to it.
+fn rebuild(g: &mut Graph, node: NodeId, operands: &[NodeId], shape: Vec<Dim>) -> R {
+    let n = g.node(node).clone();
+    let id = g.push_typed(n.op, operands, TensorType::new(n.ty.dtype, shape))?;
+    if let Some(label) = n.label {
+        g.set_label(id, label);
+    }
+    Ok(id)
+}
+
+type R = Result<NodeId, IrError>;
+
+/// Rule 1 on the first broadcast it applies to.
+fn hoist_broadcast(g: &mut Graph) -> Result<bool, IrError> {
+    let outputs = outputs(g);
+    let candidate = g.order().into_iter().find(|&b| {
+        if !matches!(g.node(b).op, Op::Broadcast) {
+            return false;
+        }
+        let e = g.operands(b)[0];
+        let op = &g.node(e).op;
+        is_elementwise(op) && is_cheap(op) && !outputs.contains(&e) && g.users(e) == [b]
+    });
+    let Some(b) = candidate else {
+        return Ok(false);
+    };
+    let e = g.operands(b)[0];
+    let shape = g.ty(b).shape.clone();
+    let operands = g
+        .operands(e)
+        .into_iter()
+        .map(|o| {
+            // A broadcast of a broadcast reads the first one's operand directly.
+            let source = match g.node(o).op {
+                Op::Broadcast => g.operands(o)[0],
+                _ => o,
+            };
+            g.broadcast_to(source, &shape)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let hoisted = rebuild(g, e, &operands, shape)?;
+    g.replace_uses(b, hoisted);
+    g.remove(b);
+    g.remove(e);
+    Ok(true)
+}
+
+/// Rule 2 on the first elementwise node it applies to.
+fn sink_concat(g: &mut Graph) -> Result<bool, IrError> {
+    let outputs = outputs(g);
+    let found = g.order().into_iter().find_map(|e| {
+        if !is_elementwise(&g.node(e).op) {
+            return None;
+        }
+        let operands = g.operands(e);
+        let slot = operands.iter().position(|&c| {
+            matches!(g.node(c).op, Op::Concat { .. })
+                && !outputs.contains(&c)
+                && g.users(c) == [e]
+                && operands.iter().filter(|&&o| o == c).count() == 1
+        })?;
+        Some((e, slot))
+    });
+    let Some((e, slot)) = found else {
+        return Ok(false);
+    };
+    let operands = g.operands(e);
+    let concat = operands[slot];
+    let Op::Concat { axis } = g.node(concat).op else {
+        unreachable!("matched a concat")
+    };
+    let mut parts = Vec::new();
+    let mut start = Dim::fixed(0);
+    for part in g.operands(concat) {
+        let end = start.plus(&g.ty(part).shape[axis]);
+        let part_operands = operands
+            .iter()
+            .map(|&o| {
+                if o == concat {
+                    Ok(part)
+                } else {
+                    g.slice(o, axis, start.clone(), end.clone())
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let shape = g.ty(part).shape.clone();
+        parts.push(rebuild(g, e, &part_operands, shape)?);
+        start = end;
+    }
+    let joined = g.concat(&parts, axis)?;
+    g.replace_uses(e, joined);
+    g.remove(e);
+    g.remove(concat);
+    Ok(true)
+}
+
+/// Rule 3 on the first elementwise node it applies to.
+fn lift_slices(g: &mut Graph) -> Result<bool, IrError> {
+    let outputs = outputs(g);
+    let candidate = g.order().into_iter().find(|&e| {
+        let users = g.users(e);
+        is_elementwise(&g.node(e).op)
+            && !outputs.contains(&e)
+            && !users.is_empty()
+            && users
+                .iter()
+                .all(|&u| matches!(g.node(u).op, Op::Slice { .. }))
+    });
+    let Some(e) = candidate else {
+        return Ok(false);
+    };
+    for slice in g.users(e) {
+        let Op::Slice {
+            axis,
+            ref start,
+            ref end,
+        } = g.node(slice).op
+        else {
+            unreachable!("every user is a slice")
+        };
+        let (start, end) = (start.clone(), end.clone());
+        let operands = g
+            .operands(e)
+            .into_iter()
+            .map(|o| g.slice(o, axis, start.clone(), end.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shape = g.ty(slice).shape.clone();
+        let lifted = rebuild(g, e, &operands, shape)?;
+        g.replace_uses(slice, lifted);
+        g.remove(slice);
+    }
+    g.remove(e);
+    Ok(true)
+}
