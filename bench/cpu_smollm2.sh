@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# kiln's CPU benchmark: SmolLM2-135M-Instruct, f32, THREADS threads (default 2), prefill of a
+# kiln's CPU benchmark: SmolLM2-135M-Instruct, THREADS threads (default 2), prefill of a
 # 128-token prompt and 128 greedy decode steps, tokens/s (median of RUNS runs, default 5) and
 # peak memory, for kiln and two peers on the same weights:
+#   kiln             each of KILN_VARIANTS (default: f32 weights with the standard pipeline, f32
+#                    without the fusion passes, bf16 weights with the standard pipeline)
 #   candle 0.11      candle_transformers' llama on an f32 safetensors copy (bench/peers/candle)
-#   llama.cpp        llama-bench on an F32 GGUF copy (bench/peers/llamacpp.sh)
+#   llama.cpp        llama-bench on an F32 and on an F16 GGUF copy (bench/peers/llamacpp.sh)
 # plus this machine's memory bandwidth (bench/peers/bandwidth.c), the ceiling for decode, which
-# reads all f32 weights (~540 MB) once per token.
+# reads all weights (~540 MB in f32, ~270 MB in 16 bits) once per token.
 #
 #   bench/cpu_smollm2.sh              # everything
 #   bench/cpu_smollm2.sh --peers-only # skip kiln
 #
 # Steps (downloads and builds are cached under target/, so reruns only measure):
 #   1. scripts/fetch_smollm2.sh fetches the Q4_1/Q8_0 GGUF into target/models
-#   2. bench/peers/convert_smollm2.py dequantizes it to target/bench/smollm2-f32/ (safetensors)
-#      and target/bench/smollm2-f32.gguf
-#   3. builds the bandwidth probe, candle peer and llama.cpp; checks that both peers continue
+#   2. bench/peers/convert_smollm2.py dequantizes it to target/bench/smollm2-f32/ (safetensors),
+#      target/bench/smollm2-f32.gguf and target/bench/smollm2-f16.gguf
+#   3. builds the bandwidth probe, candle peer and llama.cpp; checks that the peers continue
 #      "The capital of France is" with " Paris"
-#   4. runs bandwidth, candle, llama.cpp, then kiln:
-#        target/release/kiln compile GGUF --target cpu -o target/bench/smollm2.kiln
-#        target/release/kiln bench target/bench/smollm2.kiln --weights GGUF --prompt-tokens 128 \
-#            --decode-tokens 128 --runs RUNS --threads THREADS --json
-#      (a failing kiln step is recorded as an error row; the peers are still reported)
+#   4. runs bandwidth, candle, llama.cpp F32 and F16, then for each kiln variant NAME:FLAGS
+#      (FLAGS joined by `+`):
+#        target/release/kiln compile GGUF --target cpu -o target/bench/smollm2-NAME.kiln FLAGS \
+#            --programs prefill,decode
+#        target/release/kiln bench target/bench/smollm2-NAME.kiln --weights GGUF \
+#            --prompt-tokens 128 --decode-tokens 128 --runs RUNS --threads THREADS --json
+#      (a failing kiln step is recorded as an error row; the others are still reported)
 #   5. writes bench/results/cpu-smollm2-YYYY-MM-DD.json (machine, versions, bandwidth, rows) and
 #      prints a markdown table with kiln's ratios to each peer and to the bandwidth limit.
 # With 2 threads on 2 cores any other work preempts the benchmark's threads, and llama.cpp's
@@ -30,9 +34,9 @@
 # again (up to ATTEMPTS times, default 3) while other processes used more than that during it
 # (all CPU time spent minus the measured command's own). The share of the CPUs that other
 # processes took during the kept measurement is recorded with its row (cpu_other_pct).
-# Environment: THREADS, RUNS, WAIT_IDLE_S, IDLE_BUSY_PCT, ATTEMPTS, KILN_WEIGHTS (GGUF that kiln compiles
-# and loads; default the fetched Q4_1 GGUF, which kiln runs in f32). Builds run under
-# `nice -n 15` with one job.
+# Environment: THREADS, RUNS, WAIT_IDLE_S, IDLE_BUSY_PCT, ATTEMPTS, KILN_WEIGHTS (GGUF that kiln
+# compiles and loads; default the fetched Q4_1 GGUF, which kiln dequantizes at load),
+# KILN_VARIANTS (space-separated NAME:FLAGS). Builds run under `nice -n 15` with one job.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -116,6 +120,7 @@ measure() {
 # 1-2. Model and f32 copies.
 GGUF=$(scripts/fetch_smollm2.sh)
 KILN_WEIGHTS=${KILN_WEIGHTS:-$GGUF}
+KILN_VARIANTS=${KILN_VARIANTS:-"f32: f32-unfused:--skip-passes+attention-fusion,elementwise-fusion bf16-weights:--precision+bf16-weights"}
 python3 -c 'import gguf, numpy, safetensors, tokenizers' 2>/dev/null ||
     pip install --quiet gguf==0.19.0 numpy safetensors tokenizers >&2
 nice -n 15 python3 bench/peers/convert_smollm2.py convert "$GGUF" "$BENCH"
@@ -140,6 +145,7 @@ case "$CANDLE_TEXT" in
     *) log "candle's continuation does not start with ' Paris': the f32 safetensors are wrong"; exit 1 ;;
 esac
 bench/peers/llamacpp.sh check "$F32_GGUF"
+bench/peers/llamacpp.sh check "$BENCH/smollm2-f16.gguf"
 
 # 4. Measurements.
 # The VM's memory bandwidth varies with its neighbours (23-33 GB/s seen within an hour), so it
@@ -152,40 +158,53 @@ measure 1-candle "$CANDLE_BIN" --model-dir "$HF_DIR" --prompt-tokens 128 --decod
     --runs "$RUNS" --threads "$THREADS"
 cp "$ROWS/1-candle.out" "$ROWS/1-candle.json"
 cat "$ROWS/1-candle.json"
-log "llama.cpp ($RUNS runs)"
-measure 2-llamacpp env THREADS="$THREADS" RUNS="$RUNS" bench/peers/llamacpp.sh bench "$F32_GGUF"
-cp "$ROWS/2-llamacpp.out" "$ROWS/2-llamacpp.json"
-cat "$ROWS/2-llamacpp.json"
+for weights in f32 f16; do
+    log "llama.cpp $weights ($RUNS runs)"
+    measure "2-llamacpp-$weights" env THREADS="$THREADS" RUNS="$RUNS" bench/peers/llamacpp.sh \
+        bench "$BENCH/smollm2-$weights.gguf"
+    cp "$ROWS/2-llamacpp-$weights.out" "$ROWS/2-llamacpp-$weights.json"
+    cat "$ROWS/2-llamacpp-$weights.json"
+done
 
 # The first "error:" line of a log, else its last line.
 first_error() { grep -m1 'error:' "$1" || tail -1 "$1"; }
 kiln_error() {
-    python3 -c 'import json, sys; print(json.dumps({"peer": "kiln", "error": sys.argv[1]}))' "$1" \
-        >"$ROWS/0-kiln.json"
-    log "kiln: $1"
+    python3 -c 'import json, sys; print(json.dumps({"peer": sys.argv[1], "error": sys.argv[2]}))' \
+        "kiln $1" "$2" >"$ROWS/0-kiln-$1.json"
+    log "kiln $1: $2"
 }
 if [ "$PEERS_ONLY" = 0 ]; then
-    log "kiln ($RUNS runs)"
-    ARTIFACT=$BENCH/smollm2.kiln
     if ! nice -n 15 cargo build --release -j 1 --quiet --bin kiln 2>"$BENCH/kiln-build.log"; then
-        kiln_error "cargo build --release failed (target/bench/kiln-build.log)"
-    elif ! target/release/kiln compile "$KILN_WEIGHTS" --target cpu -o "$ARTIFACT" \
-            >"$BENCH/kiln-compile.log" 2>&1; then
-        kiln_error "kiln compile failed: $(first_error "$BENCH/kiln-compile.log")"
-    elif ! measure 0-kiln target/release/kiln bench "$ARTIFACT" --weights "$KILN_WEIGHTS" \
-            --prompt-tokens 128 --decode-tokens 128 --runs "$RUNS" --threads "$THREADS" --json \
-            2>"$BENCH/kiln-bench.log"; then
-        kiln_error "kiln bench failed: $(first_error "$BENCH/kiln-bench.log")"
-    else
-        # The last JSON object line is the result.
-        line=$(grep '^{' "$ROWS/0-kiln.out" | tail -1 || true)
-        if ! echo "$line" | python3 -c 'import json, sys; r = json.load(sys.stdin); r["peer"] = "kiln"
-for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes"): r[k] + 0
-print(json.dumps(r))' >"$ROWS/0-kiln.json" 2>/dev/null; then
-            kiln_error "kiln bench printed no JSON row with the expected fields"
-        fi
-        cat "$ROWS/0-kiln.json"
+        for variant in $KILN_VARIANTS; do
+            kiln_error "${variant%%:*}" "cargo build --release failed (target/bench/kiln-build.log)"
+        done
+        KILN_VARIANTS=
     fi
+    for variant in $KILN_VARIANTS; do
+        name=${variant%%:*}
+        flags=${variant#*:}
+        log "kiln $name ($RUNS runs; compile flags: ${flags//+/ })"
+        ARTIFACT=$BENCH/smollm2-$name.kiln
+        # shellcheck disable=SC2086 # the flags are words
+        if ! target/release/kiln compile "$KILN_WEIGHTS" --target cpu -o "$ARTIFACT" ${flags//+/ } \
+                --programs prefill,decode >"$BENCH/kiln-compile-$name.log" 2>&1; then
+            kiln_error "$name" "kiln compile failed: $(first_error "$BENCH/kiln-compile-$name.log")"
+        elif ! measure "0-kiln-$name" target/release/kiln bench "$ARTIFACT" --weights "$KILN_WEIGHTS" \
+                --prompt-tokens 128 --decode-tokens 128 --runs "$RUNS" --threads "$THREADS" --json \
+                2>"$BENCH/kiln-bench-$name.log"; then
+            kiln_error "$name" "kiln bench failed: $(first_error "$BENCH/kiln-bench-$name.log")"
+        else
+            # The last JSON object line is the result.
+            line=$(grep '^{' "$ROWS/0-kiln-$name.out" | tail -1 || true)
+            if ! echo "$line" | python3 -c 'import json, sys; r = json.load(sys.stdin)
+r["peer"] = "kiln " + sys.argv[1]; r["compile_flags"] = sys.argv[2]
+for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes"): r[k] + 0
+print(json.dumps(r))' "$name" "${flags//+/ }" >"$ROWS/0-kiln-$name.json" 2>/dev/null; then
+                kiln_error "$name" "kiln bench printed no JSON row with the expected fields"
+            fi
+            cat "$ROWS/0-kiln-$name.json"
+        fi
+    done
 fi
 
 log "memory bandwidth again"
@@ -215,6 +234,12 @@ candle_version = re.search(r'name = "candle-core"\nversion = "([^"]+)"', lock).g
 
 import gguf
 weight_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(f32_gguf).tensors)
+half_gguf = f32_gguf.replace("-f32.gguf", "-f16.gguf")
+half_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(half_gguf).tensors)
+
+def row_weight_bytes(row):
+    """Bytes of weights one decode step reads: the 16-bit copies for bf16 / F16 rows."""
+    return half_bytes if ("bf16" in row["peer"] or "F16" in row["peer"]) else weight_bytes
 def other_cpu(name):
     try:
         return int(open(os.path.join(bench, "rows", name + ".other")).read())
@@ -249,8 +274,8 @@ limit_low = bandwidth["lowest_gb_s"] * 1e9 / weight_bytes
 
 today = datetime.datetime.now(datetime.timezone.utc)
 result = {
-    "benchmark": "SmolLM2-135M-Instruct, f32 weights, CPU: prefill of a 128-token prompt, "
-                 "128 greedy decode steps",
+    "benchmark": "SmolLM2-135M-Instruct, f32 and 16-bit weights, CPU: prefill of a 128-token "
+                 "prompt, 128 greedy decode steps",
     "date": today.strftime("%Y-%m-%d"),
     "threads": int(threads),
     "runs": int(runs),
@@ -273,6 +298,7 @@ result = {
                      + (f', ggml {llama_row["ggml_version"]}' if "ggml_version" in llama_row else ""),
     },
     "weights_f32_bytes": weight_bytes,
+    "weights_16bit_bytes": half_bytes,
     "bandwidth": bandwidth,
     "bandwidth_limit_decode_tokens_per_s": round(limit, 2),
     "bandwidth_limit_decode_tokens_per_s_at_lowest": round(limit_low, 2),
@@ -286,11 +312,14 @@ with open(path, "w") as f:
 print(f"cpu_smollm2.sh: wrote {os.path.relpath(path, root)}", file=sys.stderr)
 
 ok = [r for r in rows if "error" not in r]
-print(f'\nSmolLM2-135M f32, {threads} threads, {field("model name")}, {result["date"]}; '
+print(f'\nSmolLM2-135M, {threads} threads, {field("model name")}, {result["date"]}; '
       f'bandwidth {bandwidth["lowest_gb_s"]}-{bandwidth["bandwidth_gb_s"]} GB/s (read, before/after) '
-      f'-> decode limit {limit_low:.1f}-{limit:.1f} tok/s for {weight_bytes / 1e6:.0f} MB of weights\n')
-def share(decode):
-    high, low = decode / limit, decode / limit_low
+      f'-> decode limit {limit_low:.1f}-{limit:.1f} tok/s for {weight_bytes / 1e6:.0f} MB of f32 '
+      f'weights, twice that for {half_bytes / 1e6:.0f} MB of 16-bit ones\n')
+def share(row):
+    scale = weight_bytes / row_weight_bytes(row)
+    high = row["decode_tokens_per_s"] / (limit * scale)
+    low = row["decode_tokens_per_s"] / (limit_low * scale)
     return f"{high:.0%}" if f"{high:.0%}" == f"{low:.0%}" else f"{high:.0%}-{low:.0%}"
 
 print("| | prefill tok/s | decode tok/s | peak RSS MiB | decode / bandwidth limit | other CPU use |")
@@ -301,14 +330,16 @@ for r in rows:
         print(f'| {r["peer"]} | — | — | — | {r["error"]} | {other} |')
     else:
         print(f'| {r["peer"]} | {r["prefill_tokens_per_s"]:.1f} | {r["decode_tokens_per_s"]:.1f} | '
-              f'{r["peak_rss_bytes"] / 2**20:.0f} | {share(r["decode_tokens_per_s"])} | {other} |')
-kiln = next((r for r in ok if r["peer"] == "kiln"), None)
-if kiln:
-    print("\n| kiln vs | prefill | decode | peak RSS |")
-    print("|---|---:|---:|---:|")
-    for r in ok:
-        if r is not kiln:
-            print(f'| {r["peer"]} | {kiln["prefill_tokens_per_s"] / r["prefill_tokens_per_s"]:.2f}x | '
-                  f'{kiln["decode_tokens_per_s"] / r["decode_tokens_per_s"]:.2f}x | '
-                  f'{kiln["peak_rss_bytes"] / r["peak_rss_bytes"]:.2f}x |')
+              f'{r["peak_rss_bytes"] / 2**20:.0f} | {share(r)} | {other} |')
+kilns = [r for r in ok if r["peer"].startswith("kiln")]
+peers = [r for r in ok if not r["peer"].startswith("kiln")]
+if kilns and peers:
+    print("\n| ratio | vs | prefill | decode | peak RSS |")
+    print("|---|---|---:|---:|---:|")
+    for k in kilns:
+        for r in peers:
+            print(f'| {k["peer"]} | {r["peer"]} | '
+                  f'{k["prefill_tokens_per_s"] / r["prefill_tokens_per_s"]:.2f}x | '
+                  f'{k["decode_tokens_per_s"] / r["decode_tokens_per_s"]:.2f}x | '
+                  f'{k["peak_rss_bytes"] / r["peak_rss_bytes"]:.2f}x |')
 EOF

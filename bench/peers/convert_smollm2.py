@@ -10,6 +10,8 @@ weights, dequantized to f32:
   OUT/smollm2-f32/tokenizer.json     byte-level BPE tokenizer rebuilt from the GGUF vocabulary
                                      (only used to check the conversion, see `encode`/`decode`)
   OUT/smollm2-f32.gguf               every tensor F32, same metadata (general.file_type = ALL_F32)
+  OUT/smollm2-f16.gguf               matrices F16, vectors F32 (general.file_type = MOSTLY_F16),
+                                     as llama.cpp's own converter writes an F16 model
                                      and llama.cpp's own row order, for llama.cpp
 
 llama.cpp's HF->GGUF converter permutes the rows of attn_q/attn_k (rotary pairs interleaved
@@ -148,6 +150,34 @@ def tokenizer_json(reader):
     return tok.to_str()
 
 
+def write_gguf(reader, path, file_type, half_matrices):
+    """Writes every tensor of `reader` dequantized, as F16 for matrices when `half_matrices`
+    (vectors stay F32), else all F32, with the reader's metadata and `file_type`."""
+    import gguf
+
+    partial = str(path) + ".partial"
+    writer = gguf.GGUFWriter(partial, arch=field_value(reader, "general.architecture"))
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue  # written by GGUFWriter itself
+        vtype = field.types[0]
+        sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        value = field.contents()
+        if field.name == gguf.Keys.General.FILE_TYPE:
+            value = int(file_type)
+        writer.add_key_value(field.name, value, vtype, sub_type=sub_type)
+    for name, w in dequantized(reader):
+        if half_matrices and w.ndim == 2:
+            writer.add_tensor(name, w.astype(np.float16), raw_dtype=gguf.GGMLQuantizationType.F16)
+        else:
+            writer.add_tensor(name, w, raw_dtype=gguf.GGMLQuantizationType.F32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(partial, path)
+
+
 def up_to_date(out, src):
     return out.exists() and out.stat().st_mtime >= src.stat().st_mtime
 
@@ -161,9 +191,10 @@ def convert(gguf_path, out_dir):
     hf_dir = out_dir / "smollm2-f32"
     st_path = hf_dir / "model.safetensors"
     f32_gguf = out_dir / "smollm2-f32.gguf"
-    outputs = [st_path, hf_dir / "config.json", hf_dir / "tokenizer.json", f32_gguf]
+    f16_gguf = out_dir / "smollm2-f16.gguf"
+    outputs = [st_path, hf_dir / "config.json", hf_dir / "tokenizer.json", f32_gguf, f16_gguf]
     if all(up_to_date(p, gguf_path) for p in outputs):
-        print(f"convert_smollm2.py: {hf_dir} and {f32_gguf} are up to date", file=sys.stderr)
+        print(f"convert_smollm2.py: {hf_dir} and the GGUFs are up to date", file=sys.stderr)
         return
     hf_dir.mkdir(parents=True, exist_ok=True)
 
@@ -185,30 +216,15 @@ def convert(gguf_path, out_dir):
     (hf_dir / "tokenizer.json").write_text(tokenizer_json(reader))
     del hf
 
-    # F32 GGUF for llama.cpp: same metadata and tensor order, llama.cpp's row order.
-    partial = str(f32_gguf) + ".partial"
-    writer = gguf.GGUFWriter(partial, arch=field_value(reader, "general.architecture"))
-    for field in reader.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue  # written by GGUFWriter itself
-        vtype = field.types[0]
-        sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        value = field.contents()
-        if field.name == gguf.Keys.General.FILE_TYPE:
-            value = int(gguf.LlamaFileType.ALL_F32)
-        writer.add_key_value(field.name, value, vtype, sub_type=sub_type)
-    for name, w in dequantized(reader):
-        writer.add_tensor(name, w, raw_dtype=gguf.GGMLQuantizationType.F32)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(partial, f32_gguf)
+    # GGUFs for llama.cpp: same metadata and tensor order, llama.cpp's row order.
+    write_gguf(reader, f32_gguf, gguf.LlamaFileType.ALL_F32, half_matrices=False)
+    write_gguf(reader, f16_gguf, gguf.LlamaFileType.MOSTLY_F16, half_matrices=True)
 
     total = sum(int(np.prod(t.shape)) for t in reader.tensors)
     print(
         f"convert_smollm2.py: {total / 1e6:.1f}M parameters -> {st_path} "
-        f"({st_path.stat().st_size / 1e6:.0f} MB), {f32_gguf} ({f32_gguf.stat().st_size / 1e6:.0f} MB)",
+        f"({st_path.stat().st_size / 1e6:.0f} MB), {f32_gguf} ({f32_gguf.stat().st_size / 1e6:.0f} MB), "
+        f"{f16_gguf} ({f16_gguf.stat().st_size / 1e6:.0f} MB)",
         file=sys.stderr,
     )
 

@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# Peer benchmark for kiln: llama.cpp on the F32 GGUF of SmolLM2-135M-Instruct, CPU only.
+# Peer benchmark for kiln: llama.cpp on the F32 or F16 GGUF of SmolLM2-135M-Instruct, CPU only.
 #
 # llama.cpp is the copy vendored in the llama-cpp-python source package on PyPI (fetched with
 # pip, version pinned below), built once with cmake into target/bench/llama.cpp/build: Release,
 # CPU backend only, no BLAS, -march=native (GGML_NATIVE), static. Later runs reuse the build.
 #
 #   bench/peers/llamacpp.sh build                 # fetch + build only
-#   bench/peers/llamacpp.sh check [F32_GGUF]      # greedy "The capital of France is" -> must say Paris
-#   bench/peers/llamacpp.sh [bench] [F32_GGUF]    # build if needed, then benchmark
+#   bench/peers/llamacpp.sh check [GGUF]      # greedy "The capital of France is" -> must say Paris
+#   bench/peers/llamacpp.sh [bench] [GGUF]    # build if needed, then benchmark
 #
 # The benchmark is llama-bench's own: `llama-bench -m GGUF -p 128 -n 128 -t THREADS -r RUNS -o json`
 # (pp128: one 128-token batch; tg128: 128 tokens generated one at a time, starting from an
 # empty context). It prints one JSON line with the medians of llama-bench's per-repetition
 # samples and the peak RSS of the llama-bench process (getrusage of the child):
-#   {"peer":"llama.cpp …","prefill_tokens_per_s":…,"decode_tokens_per_s":…,"peak_rss_bytes":…}
-# Environment: THREADS (default 2), RUNS (default 5). F32_GGUF defaults to
-# target/bench/smollm2-f32.gguf, made by bench/peers/convert_smollm2.py.
+#   {"peer":"llama.cpp F32 …","prefill_tokens_per_s":…,"decode_tokens_per_s":…,"peak_rss_bytes":…}
+# (F32 or F16 after the GGUF's general.file_type). Environment: THREADS (default 2), RUNS
+# (default 5). GGUF defaults to target/bench/smollm2-f32.gguf; bench/peers/convert_smollm2.py
+# makes it and target/bench/smollm2-f16.gguf.
 set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION=0.3.36
@@ -74,6 +75,7 @@ check() {
 bench() {
     python3 - "$BIN/llama-bench" "$GGUF" "$THREADS" "$RUNS" "$LLAMA_CPP_PYTHON_VERSION" "$SRC" <<'EOF'
 import json, os, re, resource, statistics, subprocess, sys
+from gguf import GGUFReader
 
 exe, gguf, threads, runs, version, src = sys.argv[1:]
 # The sdist has no git history, so llama-bench reports build 0 (unknown); ggml's version is
@@ -83,6 +85,9 @@ ggml_version = ".".join(
     re.search(rf"set\(GGML_VERSION_{part} (\d+)\)", ggml_cmake).group(1)
     for part in ("MAJOR", "MINOR", "PATCH")
 )
+# The weights' type, from the file_type the converter wrote (ALL_F32 = 0, MOSTLY_F16 = 1).
+file_type = int(GGUFReader(gguf).fields["general.file_type"].parts[-1][0])
+weights = {0: "F32", 1: "F16"}.get(file_type, f"file type {file_type}")
 cmd = [exe, "-m", gguf, "-p", "128", "-n", "128", "-t", threads, "-r", runs, "-o", "json"]
 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
@@ -90,7 +95,7 @@ tests = json.loads(out)
 pp = next(t for t in tests if t["n_prompt"] > 0 and t["n_gen"] == 0)
 tg = next(t for t in tests if t["n_gen"] > 0 and t["n_prompt"] == 0)
 print(json.dumps({
-    "peer": f"llama.cpp (llama-cpp-python {version})",
+    "peer": f"llama.cpp {weights} (llama-cpp-python {version})",
     "prefill_tokens_per_s": round(statistics.median(pp["samples_ts"]), 2),
     "decode_tokens_per_s": round(statistics.median(tg["samples_ts"]), 2),
     "peak_rss_bytes": peak,
