@@ -231,6 +231,7 @@ pub fn infer(
             }
             Ok(data.clone())
         }
+        Op::FlashAttention(attention) => attention.infer(operands),
     }
 }
 

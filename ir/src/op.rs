@@ -14,7 +14,9 @@
 //! | contraction | `matmul` | `[.., m, k] × [.., k, n]`, batch dims broadcast |
 //! | layout | `reshape`, `broadcast` (typed), `permute`, `slice`, `concat` | |
 //! | indexing | `gather`, `scatter`, `scatter_add` | data, integer indices (, updates) |
+//! | structured | `flash_attention` (see `attention.rs`) | queries, keys, values (, positions) |
 
+use crate::attention::Attention;
 use crate::dim::Dim;
 
 macro_rules! named_enum {
@@ -247,6 +249,9 @@ pub enum Op {
         axis: usize,
         mode: ScatterMode,
     },
+    /// `softmax(scale·q·kᵀ + mask)·v` in one op, never holding the scores (introduced by the
+    /// `attention-fusion` pass; semantics in `attention.rs`).
+    FlashAttention(Attention),
 }
 
 impl Op {
@@ -270,6 +275,7 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::Gather { .. } => "gather",
             Op::Scatter { mode, .. } => mode.name(),
+            Op::FlashAttention(_) => "flash_attention",
         }
     }
 
@@ -289,6 +295,7 @@ impl Op {
             Op::Permute { .. } | Op::Broadcast | Op::Slice { .. } => 1,
             Op::Binary(_) | Op::MatMul | Op::Gather { .. } => 2,
             Op::Select | Op::Scatter { .. } => 3,
+            Op::FlashAttention(a) => a.arity(),
             Op::Concat { .. } => return None,
         })
     }

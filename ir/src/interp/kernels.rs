@@ -102,6 +102,7 @@ pub fn eval(
             data.data.take(&out)
         }
         Op::Scatter { axis, mode } => scatter(xs, *axis, *mode)?,
+        Op::FlashAttention(attention) => super::attention::eval(attention, xs)?,
     };
     Ok(Tensor::new(dtype, shape, data))
 }
