@@ -173,7 +173,7 @@ fn unknown_pass_is_rejected_with_the_pipeline() {
     assert!(!ok);
     assert!(
         stderr.contains(
-            "unknown pass `fuse-everything` (expected build or one of: canonicalize, gqa-share)"
+            "unknown pass `fuse-everything` (expected build or one of: canonicalize, gqa-share, attention-fusion)"
         ),
         "{stderr}"
     );
