@@ -10,9 +10,8 @@
 
 mod common;
 
-use common::cpu::{compare, compile, load, run, Tol};
-use kiln_ir::interp::random::random_bindings;
-use kiln_ir::interp::{interpret, Data};
+use common::cpu::{check, check_compiled, compare, compile, load, run, Tol};
+use kiln_ir::interp::Data;
 use kiln_ir::testing::{random_graph, Profile};
 use kiln_ir::{BinaryOp, Bindings, DType, Dim, Graph, NodeId, ReduceOp, TensorType, UnaryOp};
 use kiln_passes::elementwise_fusion::ElementwiseFusion;
@@ -76,36 +75,6 @@ fn text(name: &str, body: &str, tol: Tol) -> Case {
     let graph = kiln_ir::text::parse(&format!("graph {name}\n{sym}{body}"))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     Case::new(graph, tol)
-}
-
-/// Interprets `g` and runs it compiled at each of `envs` in turn on one runner, on random inputs
-/// (integers in `0..ints`) and weights, comparing every output within `tol`.
-fn check(g: &Graph, envs: &[Bindings], ints: u64, tol: Tol) -> Result<(), String> {
-    check_compiled(g, g, envs, ints, tol)
-}
-
-/// As [`check`], running `compiled` (a rewrite of `g` with the same signature) on the CPU.
-fn check_compiled(
-    g: &Graph,
-    compiled: &Graph,
-    envs: &[Bindings],
-    ints: u64,
-    tol: Tol,
-) -> Result<(), String> {
-    let (_, weights) = random_bindings(g, &envs[0], ints, 0).map_err(|e| e.to_string())?;
-    let artifact = compile(std::slice::from_ref(compiled)).map_err(|e| e.to_string())?;
-    let model = load(artifact, &weights);
-    let mut runner = model.runner(&g.name).unwrap();
-    for (i, env) in envs.iter().enumerate() {
-        let at = format!("{env:?}");
-        let (inputs, _) = random_bindings(g, env, ints, 1 + i as u64).map_err(|e| e.to_string())?;
-        let want = interpret(g, &inputs, &weights).map_err(|e| format!("{at}: {e}"))?;
-        let got = run(&mut runner, &inputs);
-        for (name, w) in &want {
-            compare(&format!("{at} {name}"), &got[name], w, tol)?;
-        }
-    }
-    Ok(())
 }
 
 /// Runs every case, then reports all that failed.

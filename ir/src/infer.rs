@@ -232,6 +232,7 @@ pub fn infer(
             }
             Ok(data.clone())
         }
+        Op::FlashAttention(attention) => attention.infer(operands),
     }
 }
 

@@ -5,6 +5,7 @@
 //! interpreter, and random graphs for property tests (`testing`). It knows nothing of model
 //! formats, passes, backends or runtimes.
 
+pub mod attention;
 pub mod builder;
 pub mod dim;
 pub mod dot;
@@ -20,6 +21,7 @@ pub mod text;
 pub mod ty;
 pub mod verify;
 
+pub use attention::{Attention, AttentionBias, AttentionMask};
 pub use dim::{Bindings, Dim};
 pub use dtype::DType;
 pub use error::IrError;

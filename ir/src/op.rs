@@ -15,7 +15,9 @@
 //! | layout | `reshape`, `broadcast` (typed), `permute`, `slice`, `concat` | |
 //! | indexing | `gather`, `scatter`, `scatter_add` | data, integer indices (, updates) |
 //! | structured | `fused`, `fused_reduce_*` (elementwise regions, see `region.rs`) | leaves of one shape |
+//! | structured | `flash_attention` (see `attention.rs`) | queries, keys, values (, positions) |
 
+use crate::attention::Attention;
 use crate::dim::Dim;
 use crate::region::Region;
 
@@ -252,6 +254,9 @@ pub enum Op {
     /// Elementwise steps over the operands evaluated as one op, optionally reduced (see
     /// [`Region`]); introduced by fusion, never by frontends.
     Fused(Region),
+    /// `softmax(scale·q·kᵀ + mask)·v` in one op, never holding the scores (introduced by the
+    /// `attention-fusion` pass; semantics in `attention.rs`).
+    FlashAttention(Attention),
 }
 
 impl Op {
@@ -276,6 +281,7 @@ impl Op {
             Op::Gather { .. } => "gather",
             Op::Scatter { mode, .. } => mode.name(),
             Op::Fused(region) => region.name(),
+            Op::FlashAttention(_) => "flash_attention",
         }
     }
 
@@ -295,6 +301,7 @@ impl Op {
             Op::Permute { .. } | Op::Broadcast | Op::Slice { .. } => 1,
             Op::Binary(_) | Op::MatMul | Op::Gather { .. } => 2,
             Op::Select | Op::Scatter { .. } => 3,
+            Op::FlashAttention(a) => a.arity(),
             Op::Concat { .. } | Op::Fused(_) => return None,
         })
     }

@@ -25,11 +25,11 @@ use kiln_ir::{Dim, Graph, IrError, NodeId, Op};
 pub struct GqaShare;
 
 /// The parts of one matched repeat.
-struct Repeat {
+pub(crate) struct Repeat {
     /// `X` as `[b, kv, 1, P, d]`.
-    grouped: NodeId,
+    pub(crate) grouped: NodeId,
     kv: Dim,
-    group: Dim,
+    pub(crate) group: Dim,
 }
 
 fn is_op(g: &Graph, id: NodeId, want: fn(&Op) -> bool) -> bool {
@@ -37,7 +37,7 @@ fn is_op(g: &Graph, id: NodeId, want: fn(&Op) -> bool) -> bool {
 }
 
 /// `R = reshape(broadcast(X5))` with `X5 = reshape(X)` of the shapes in the module doc.
-fn match_repeat(g: &Graph, r: NodeId) -> Option<Repeat> {
+pub(crate) fn match_repeat(g: &Graph, r: NodeId) -> Option<Repeat> {
     if !is_op(g, r, |op| matches!(op, Op::Reshape)) || g.ty(r).rank() != 4 {
         return None;
     }

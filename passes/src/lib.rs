@@ -4,6 +4,7 @@
 //! names `kiln ir --after NAME` accepts and the snapshot files carry. The verifier runs after
 //! every pass: a pass that breaks an invariant fails at once, naming itself.
 
+pub mod attention_fusion;
 pub mod canonicalize;
 pub mod elementwise_fusion;
 mod equivalence;

@@ -35,6 +35,7 @@ impl Pipeline {
             passes: vec![
                 Box::new(crate::canonicalize::Canonicalize),
                 Box::new(crate::gqa_share::GqaShare),
+                Box::new(crate::attention_fusion::AttentionFusion),
                 Box::new(crate::elementwise_fusion::ElementwiseFusion),
             ],
         }

@@ -3,8 +3,9 @@
 //! runtime, and compare results within a stated tolerance.
 
 use kiln_backend_cpu::CompileError;
-use kiln_ir::interp::{self, Data, TensorMap};
-use kiln_ir::{DType, Graph};
+use kiln_ir::interp::random::random_bindings;
+use kiln_ir::interp::{self, interpret, Data, TensorMap};
+use kiln_ir::{Bindings, DType, Graph};
 use kiln_runtime::manifest::{ElemType, ModelInfo};
 use kiln_runtime::{Artifact, Model, Runner, Tensor};
 
@@ -173,6 +174,36 @@ pub fn compare(
         };
         if !ok {
             return Err(format!("{what}[{i}]: got {a:e}, expected {b:e} ({tol:?})"));
+        }
+    }
+    Ok(())
+}
+
+/// Interprets `g` and runs it compiled at each of `envs` in turn on one runner, on random inputs
+/// (integers in `0..ints`) and weights, comparing every output within `tol`.
+pub fn check(g: &Graph, envs: &[Bindings], ints: u64, tol: Tol) -> Result<(), String> {
+    check_compiled(g, g, envs, ints, tol)
+}
+
+/// As [`check`], running `compiled` (a rewrite of `g` with the same signature) on the CPU.
+pub fn check_compiled(
+    g: &Graph,
+    compiled: &Graph,
+    envs: &[Bindings],
+    ints: u64,
+    tol: Tol,
+) -> Result<(), String> {
+    let (_, weights) = random_bindings(g, &envs[0], ints, 0).map_err(|e| e.to_string())?;
+    let artifact = compile(std::slice::from_ref(compiled)).map_err(|e| e.to_string())?;
+    let model = load(artifact, &weights);
+    let mut runner = model.runner(&g.name).unwrap();
+    for (i, env) in envs.iter().enumerate() {
+        let at = format!("{env:?}");
+        let (inputs, _) = random_bindings(g, env, ints, 1 + i as u64).map_err(|e| e.to_string())?;
+        let want = interpret(g, &inputs, &weights).map_err(|e| format!("{at}: {e}"))?;
+        let got = run(&mut runner, &inputs);
+        for (name, w) in &want {
+            compare(&format!("{at} {name}"), &got[name], w, tol)?;
         }
     }
     Ok(())

@@ -7,7 +7,7 @@
 
 use crate::view::View;
 use kiln_ir::op::{BinaryOp, ReduceOp, UnaryOp};
-use kiln_ir::DType;
+use kiln_ir::{Attention, DType};
 use kiln_runtime::manifest::WorkFactor;
 use kiln_runtime::Poly;
 
@@ -65,6 +65,23 @@ pub enum Kernel {
         axis: usize,
         out: View,
     },
+    /// `flash_attention`; see [`AttentionKernel`].
+    Attention(Box<AttentionKernel>),
+}
+
+/// `flash_attention` (semantics in `kiln_ir::attention`): `q: [B, H, S, D]`,
+/// `k: [B, H/group, T, D]`, `v: [B, H/group, T, Dv]`, the query positions `[B, S]` unless the
+/// mask is `none`, into `out: [B, H, S, Dv]`. `D` and `Dv` are constants and the last axis of
+/// `q`, `k`, `v` and `out` is unit-stride. Work items are tiles of `tile_q` queries of one batch
+/// element and head.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionKernel {
+    pub q: View,
+    pub k: View,
+    pub v: View,
+    pub positions: Option<View>,
+    pub out: View,
+    pub attention: Attention,
 }
 
 impl Kernel {
@@ -74,6 +91,7 @@ impl Kernel {
             | Kernel::Reduce { out, .. }
             | Kernel::MatMul { out, .. }
             | Kernel::Gather { out, .. } => out,
+            Kernel::Attention(a) => &a.out,
         }
     }
 
@@ -118,6 +136,24 @@ impl Kernel {
                     },
                 ];
                 (factors, a.dims[r - 1].scale(tile_m * tile_n * 4))
+            }
+            Kernel::Attention(a) => {
+                let AttentionKernel {
+                    q, k, attention, ..
+                } = a.as_ref();
+                let factors = vec![
+                    whole(&q.dims[0].mul(&q.dims[1])),
+                    WorkFactor {
+                        extent: q.dims[2].clone(),
+                        tile: attention.tile_q as u64,
+                    },
+                ];
+                // Every key and value of the head, and the tile's queries and outputs.
+                let per_key = k.dims[3].add(&out.dims[3]).scale(4);
+                let rows = q.dims[3]
+                    .add(&out.dims[3])
+                    .scale(4 * attention.tile_q as i64);
+                (factors, k.dims[2].mul(&per_key).add(&rows))
             }
         }
     }

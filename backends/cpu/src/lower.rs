@@ -10,12 +10,16 @@
 //! materializes a copy first, and so does a splat or iota operand of the kernels that read
 //! buffers (matmul, gather).
 //!
+//! `flash_attention` is lowered in `lower/attention.rs`.
+//!
 //! Refused, with an error naming the node: `scatter`, matmuls of other types than `f32`, and any
 //! `f16` or `bf16` value (no kernel computes in either).
 //!
 //! Invariants of the result: each temporary buffer is written by the kernels of one node (and
 //! of the parts placed in it, for a concat), before any kernel reads it; inputs, weights and constants are never written; every program
 //! output is a temporary buffer of its own, contiguous and whole.
+
+mod attention;
 
 use crate::error::{CompileError, Result};
 use crate::kernel::{ExprNode, ExprOp, Kernel};
@@ -453,6 +457,7 @@ impl Lowering<'_> {
                     "scatter is not supported by the CPU backend yet".into(),
                 ))
             }
+            Op::FlashAttention(attention) => self.attention(attention, &operands, ty, label)?,
         })
     }
 

@@ -54,6 +54,10 @@ fn touched(kernel: &Kernel) -> Vec<usize> {
         Kernel::Gather {
             data, indices, out, ..
         } => vec![data, indices, out],
+        Kernel::Attention(a) => [&a.q, &a.k, &a.v, &a.out]
+            .into_iter()
+            .chain(&a.positions)
+            .collect(),
     };
     views.into_iter().filter_map(|v| v.buffer()).collect()
 }

@@ -106,6 +106,7 @@ pub fn eval(
         }
         Op::Scatter { axis, mode } => scatter(xs, *axis, *mode)?,
         Op::Fused(region) => return fused(region, xs, dtype, shape, env),
+        Op::FlashAttention(attention) => super::attention::eval(attention, xs)?,
     };
     Ok(Tensor::new(dtype, shape, data))
 }

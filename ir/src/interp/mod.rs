@@ -3,8 +3,9 @@
 //! It binds the graph's symbols from the shapes of the given inputs and weights (each symbol
 //! must be consistent everywhere and within its declared maximum), then evaluates nodes in the
 //! canonical order, dropping each value after its last use. Semantics per op live in
-//! `kernels.rs`.
+//! `kernels.rs`, those of `flash_attention` in `attention.rs`.
 
+mod attention;
 mod kernels;
 pub mod random;
 mod tensor;

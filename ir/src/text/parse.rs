@@ -198,6 +198,7 @@ fn build_op(
         },
         "concat" => Op::Concat { axis: axis()? },
         "gather" => Op::Gather { axis: axis()? },
+        "flash_attention" => Op::FlashAttention(crate::Attention::from_attributes(attrs)?),
         _ => return Err(format!("unknown op `{name}`")),
     })
 }

@@ -91,6 +91,7 @@ pub(super) fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             ("start", start.to_string()),
             ("end", end.to_string()),
         ],
+        Op::FlashAttention(attention) => attention.attributes(),
         _ => Vec::new(),
     }
 }

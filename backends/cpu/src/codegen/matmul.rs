@@ -120,13 +120,13 @@ pub fn emit(
     });
 }
 
-fn ceil_div(f: &mut KernelFn, x: Value, d: i64) -> Value {
+pub(super) fn ceil_div(f: &mut KernelFn, x: Value, d: i64) -> Value {
     let up = f.b.ins().iadd_imm_s(x, d - 1);
     let d = f.iconst(d);
     f.b.ins().udiv(up, d)
 }
 
-fn tile_end(f: &mut KernelFn, start: Value, tile: i64, len: Value) -> Value {
+pub(super) fn tile_end(f: &mut KernelFn, start: Value, tile: i64, len: Value) -> Value {
     let end = f.b.ins().iadd_imm_s(start, tile);
     f.b.ins().smin(end, len)
 }
@@ -165,7 +165,7 @@ fn call_gemm(f: &mut KernelFn, o: &Operands, m0: Value, m1: Value, n0: Value, n1
 }
 
 /// Sums the four lanes of a vector.
-fn lane_sum(f: &mut KernelFn, v: Value) -> Value {
+pub(super) fn lane_sum(f: &mut KernelFn, v: Value) -> Value {
     let mut s = f.b.ins().extractlane(v, 0);
     for lane in 1..4 {
         let x = f.b.ins().extractlane(v, lane);
@@ -174,7 +174,7 @@ fn lane_sum(f: &mut KernelFn, v: Value) -> Value {
     s
 }
 
-fn zero_var(f: &mut KernelFn, vector: bool) -> Variable {
+pub(super) fn zero_var(f: &mut KernelFn, vector: bool) -> Variable {
     let z = f.b.ins().f32const(0.0);
     if vector {
         let z = f.b.ins().splat(types::F32X4, z);
@@ -184,7 +184,7 @@ fn zero_var(f: &mut KernelFn, vector: bool) -> Variable {
     }
 }
 
-fn fma_into(f: &mut KernelFn, acc: Variable, x: Value, y: Value) {
+pub(super) fn fma_into(f: &mut KernelFn, acc: Variable, x: Value, y: Value) {
     let a = f.b.use_var(acc);
     let next = f.b.ins().fma(x, y, a);
     f.b.def_var(acc, next);

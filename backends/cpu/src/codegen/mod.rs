@@ -1,6 +1,7 @@
 //! Code generation: each [`Kernel`] becomes one exported function of a Cranelift object module,
 //! with the kernel ABI of `kiln_runtime::manifest`.
 
+mod attention;
 mod builder;
 mod expr;
 mod gather;
@@ -48,6 +49,7 @@ pub fn define(module: &mut ObjectModule, name: &str, kernel: &Kernel) -> Result<
             axis,
             out,
         } => gather::emit(&mut f, data, indices, *axis, out),
+        Kernel::Attention(a) => attention::emit(&mut f, a),
     }
     f.finish(module.target_config());
     module.define_function(id, &mut ctx)?;

@@ -1,0 +1,285 @@
+//! The fused attention op (`flash_attention`): its parameters, typing rule, text attributes and
+//! the set of keys each query may see.
+//!
+//! `flash_attention q, k, v[, positions]` computes, for every batch `b`, head `h` and query `i`,
+//!
+//! ```text
+//! out[b, h, i, :] = Σⱼ softmaxⱼ(scale · q[b, h, i, :] · k[b, h / group, j, :]) · v[b, h / group, j, :]
+//! ```
+//!
+//! over the keys `j` that the mask allows for the query's position `positions[b, i]`. Operand
+//! types: `q: f32[B, H, S, D]`, `k: f32[B, H/group, T, D]`, `v: f32[B, H/group, T, Dv]`,
+//! `positions: i64|i32[B, S]` (absent exactly when the mask is `none`); result `f32[B, H, S, Dv]`.
+//! A query that sees no key gets NaN, as `softmax` over scores that are all `-inf` does.
+//!
+//! Invariants: `group`, `tile_q` and `tile_k` are at least 1; `scale` is finite; a sliding window
+//! is at least 1 key wide. The tiles are a schedule hint for backends and do not change the value.
+
+use crate::dim::Dim;
+use crate::dtype::DType;
+use crate::ty::TensorType;
+use std::collections::HashMap;
+use std::ops::Range;
+
+/// Which keys a query at position `p` sees (keys are numbered `0..T` along the cache).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttentionMask {
+    /// every key.
+    None,
+    /// keys `j ≤ p`.
+    Causal,
+    /// keys `p − w < j ≤ p` (a sliding window of `w` keys).
+    Window(usize),
+    /// keys `j ≤ p` and every key of the prefix `j < n` (bidirectional over the prefix).
+    Prefix(usize),
+}
+
+/// What is added to the scaled scores before the softmax.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttentionBias {
+    /// nothing (the only kind the builders emit so far; ALiBi and relative biases are refused
+    /// by the fusion pass and stay in primitives).
+    None,
+}
+
+/// The parameters of one fused attention.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub mask: AttentionMask,
+    pub bias: AttentionBias,
+    /// Query heads per key/value head (1: multi-head attention).
+    pub group: usize,
+    /// The factor on `q·k` (usually `1/√D`).
+    pub scale: f64,
+    /// Queries per tile.
+    pub tile_q: usize,
+    /// Keys per tile.
+    pub tile_k: usize,
+}
+
+impl PartialEq for Attention {
+    fn eq(&self, other: &Attention) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Attention {}
+
+impl std::hash::Hash for Attention {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl Attention {
+    /// Everything, with the scale as bits (so equality and hashing agree, as for literals).
+    fn key(&self) -> (AttentionMask, AttentionBias, usize, u64, usize, usize) {
+        (
+            self.mask,
+            self.bias,
+            self.group,
+            self.scale.to_bits(),
+            self.tile_q,
+            self.tile_k,
+        )
+    }
+
+    /// Operands: `q, k, v` and, unless the mask is `none`, the query positions.
+    pub fn arity(&self) -> usize {
+        if self.mask == AttentionMask::None {
+            3
+        } else {
+            4
+        }
+    }
+
+    /// The keys `lo..hi` (of `keys`) a query at `position` sees, as one range: every mask kind
+    /// allows a contiguous run of keys. Empty when it sees none.
+    pub fn visible_keys(&self, position: i64, keys: usize) -> Range<usize> {
+        let t = keys as i64;
+        let clamp = |x: i64| x.clamp(0, t) as usize;
+        match self.mask {
+            AttentionMask::None => 0..keys,
+            AttentionMask::Causal => 0..clamp(position + 1),
+            AttentionMask::Window(w) => clamp(position - w as i64 + 1)..clamp(position + 1),
+            AttentionMask::Prefix(n) => 0..clamp((position + 1).max(n as i64)),
+        }
+    }
+
+    /// The attributes in the canonical text form.
+    pub fn attributes(&self) -> Vec<(&'static str, String)> {
+        let mask = match self.mask {
+            AttentionMask::None => "none".to_string(),
+            AttentionMask::Causal => "causal".to_string(),
+            AttentionMask::Window(w) => format!("window({w})"),
+            AttentionMask::Prefix(n) => format!("prefix({n})"),
+        };
+        let bias = match self.bias {
+            AttentionBias::None => "none",
+        };
+        vec![
+            ("mask", mask),
+            ("bias", bias.to_string()),
+            ("group", self.group.to_string()),
+            ("scale", format!("{:?}", self.scale)),
+            ("tile_q", self.tile_q.to_string()),
+            ("tile_k", self.tile_k.to_string()),
+        ]
+    }
+
+    /// Reads the attributes printed by [`Attention::attributes`].
+    pub fn from_attributes(attrs: &HashMap<&str, &str>) -> Result<Attention, String> {
+        let get = |key: &str| {
+            attrs
+                .get(key)
+                .copied()
+                .ok_or_else(|| format!("flash_attention needs `{key}=`"))
+        };
+        let count = |key: &str| -> Result<usize, String> {
+            let s = get(key)?;
+            s.parse().map_err(|_| format!("bad {key} `{s}`"))
+        };
+        let mask = get("mask")?;
+        let argument = |kind: &str| -> Option<Result<usize, String>> {
+            let inner = mask
+                .strip_prefix(kind)?
+                .strip_prefix('(')?
+                .strip_suffix(')')?;
+            Some(inner.parse().map_err(|_| format!("bad mask `{mask}`")))
+        };
+        let mask = match mask {
+            "none" => AttentionMask::None,
+            "causal" => AttentionMask::Causal,
+            _ => match (argument("window"), argument("prefix")) {
+                (Some(w), _) => AttentionMask::Window(w?),
+                (_, Some(n)) => AttentionMask::Prefix(n?),
+                _ => return Err(format!("unknown mask `{mask}`")),
+            },
+        };
+        let bias = match get("bias")? {
+            "none" => AttentionBias::None,
+            other => return Err(format!("unknown bias `{other}`")),
+        };
+        let scale = get("scale")?;
+        Ok(Attention {
+            mask,
+            bias,
+            group: count("group")?,
+            scale: scale.parse().map_err(|_| format!("bad scale `{scale}`"))?,
+            tile_q: count("tile_q")?,
+            tile_k: count("tile_k")?,
+        })
+    }
+
+    /// The result type for the given operands (the typing rule in the module doc).
+    pub fn infer(&self, operands: &[&TensorType]) -> Result<TensorType, String> {
+        if self.group == 0 || self.tile_q == 0 || self.tile_k == 0 {
+            return Err("flash_attention group and tiles must be at least 1".into());
+        }
+        if !self.scale.is_finite() {
+            return Err(format!(
+                "flash_attention scale {} is not finite",
+                self.scale
+            ));
+        }
+        if self.mask == AttentionMask::Window(0) {
+            return Err("a sliding window must be at least 1 key wide".into());
+        }
+        let (q, k, v) = (operands[0], operands[1], operands[2]);
+        for (name, t) in [("queries", q), ("keys", k), ("values", v)] {
+            if t.dtype != DType::F32 || t.rank() != 4 {
+                return Err(format!(
+                    "flash_attention {name} must be f32 of rank 4, got {t}"
+                ));
+            }
+        }
+        let (batch, heads, seq) = (&q.shape[0], &q.shape[1], &q.shape[2]);
+        let kv_heads = &k.shape[1];
+        let grouped = match (heads.as_fixed(), kv_heads.as_fixed()) {
+            (Some(h), Some(kv)) => h == kv * self.group,
+            _ => self.group == 1 && heads == kv_heads,
+        };
+        let fits = k.shape[0] == *batch
+            && v.shape[0] == *batch
+            && grouped
+            && v.shape[1] == *kv_heads
+            && v.shape[2] == k.shape[2]
+            && k.shape[3] == q.shape[3];
+        if !fits {
+            return Err(format!(
+                "flash_attention operands do not fit: queries {q}, keys {k}, values {v}, \
+                 group {}",
+                self.group
+            ));
+        }
+        if let Some(p) = operands.get(3) {
+            if !p.dtype.is_int() || p.shape != [batch.clone(), seq.clone()] {
+                return Err(format!(
+                    "flash_attention positions must be integers [{batch}, {seq}], got {p}"
+                ));
+            }
+        }
+        let shape: Vec<Dim> = vec![
+            batch.clone(),
+            heads.clone(),
+            seq.clone(),
+            v.shape[3].clone(),
+        ];
+        Ok(TensorType::new(DType::F32, shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_mask(mask: AttentionMask) -> Attention {
+        Attention {
+            mask,
+            bias: AttentionBias::None,
+            group: 1,
+            scale: 1.0,
+            tile_q: 1,
+            tile_k: 1,
+        }
+    }
+
+    #[test]
+    fn visible_keys_follow_each_mask() {
+        assert_eq!(with_mask(AttentionMask::None).visible_keys(2, 5), 0..5);
+        assert_eq!(with_mask(AttentionMask::Causal).visible_keys(2, 5), 0..3);
+        assert_eq!(with_mask(AttentionMask::Causal).visible_keys(9, 5), 0..5);
+        assert_eq!(with_mask(AttentionMask::Window(2)).visible_keys(3, 5), 2..4);
+        assert_eq!(with_mask(AttentionMask::Window(2)).visible_keys(8, 5), 5..5);
+        assert_eq!(with_mask(AttentionMask::Prefix(3)).visible_keys(0, 5), 0..3);
+        assert_eq!(with_mask(AttentionMask::Prefix(3)).visible_keys(3, 5), 0..4);
+    }
+
+    #[test]
+    fn text_round_trip_and_bad_attributes() {
+        let text = "graph g
+sym s <= 8
+input %q : f32[1, 4, s, 8]
+input %k : f32[1, 2, s, 8]
+input %v : f32[1, 2, s, 4]
+input %pos : i64[1, s]
+%0 = flash_attention %q, %k, %v, %pos mask=window(3) bias=none group=2 scale=0.125 tile_q=16 tile_k=64 : f32[1, 4, s, 4]
+output y = %0
+";
+        let g = crate::text::parse(text).unwrap();
+        assert_eq!(crate::text::print(&g), text);
+        for (from, to, error) in [
+            ("window(3)", "diagonal", "unknown mask `diagonal`"),
+            ("group=2", "group=3", "operands do not fit"),
+            ("tile_q=16", "tile_q=0", "tiles must be at least 1"),
+            (
+                ", %pos mask=window(3)",
+                " mask=window(3)",
+                "takes 4 operands",
+            ),
+        ] {
+            let e = crate::text::parse(&text.replace(from, to)).unwrap_err();
+            assert!(e.to_string().contains(error), "{from} → {to}: {e}");
+        }
+    }
+}
