@@ -2,9 +2,10 @@
 //! artifact out, holding the `prefill` and `decode` programs.
 
 use clap::{Args, ValueEnum};
-use kiln::compile::{compile_cpu, DECODING_PROGRAMS};
+use kiln::compile::{compile_cpu_with, DECODING_PROGRAMS};
 use kiln::model;
 use kiln_frontend::BuildOptions;
+use kiln_passes::{PipelineOptions, Precision};
 use kiln_runtime::Artifact;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,6 +25,9 @@ pub struct CompileArgs {
     /// Longest sequence (prompt plus generated tokens); default: the model's position limit.
     #[arg(long)]
     max_seq: Option<usize>,
+    /// Mixed-precision policy: f32, bf16-weights (weights stored bf16, f32 compute), bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -47,7 +51,14 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
     let spec = model::spec(args.model.as_deref())?;
     let opts = build_options(&spec, args.max_batch, args.max_seq);
     let artifact = match args.target {
-        Target::Cpu => compile_cpu(&spec, &DECODING_PROGRAMS, opts)?,
+        Target::Cpu => compile_cpu_with(
+            &spec,
+            &DECODING_PROGRAMS,
+            opts,
+            &PipelineOptions {
+                precision: args.precision,
+            },
+        )?,
     };
     artifact.write(&args.output).map_err(|e| e.to_string())?;
     let bytes = artifact.to_bytes();
@@ -58,10 +69,11 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
         .map(|p| p.steps.len())
         .sum();
     eprintln!(
-        "wrote {} ({} KiB, {} kernels, sha256 {}) in {:.2} s",
+        "wrote {} ({} KiB, {} kernels, precision {}, sha256 {}) in {:.2} s",
         args.output.display(),
         bytes.len() / 1024,
         kernels,
+        args.precision,
         &Artifact::content_hash(&bytes)[..16],
         started.elapsed().as_secs_f64()
     );

@@ -8,7 +8,7 @@ use common::{fixture_dir, read_safetensors, relative_error, HF_CASES};
 use kiln_frontend::{load_spec, BuildOptions};
 use kiln_ir::interp::Data;
 use kiln_runtime::generate::{GenerateOptions, Generator};
-use kiln_runtime::{load_weights, open::weight_tensors, Artifact, Model, Sampling};
+use kiln_runtime::{load_weights, Artifact, Model, Sampling};
 
 /// Compiles a fixture's model (through artifact bytes, as a file would) and loads its weights.
 fn compiled(case: &str) -> Model {
@@ -28,8 +28,7 @@ fn compiled(case: &str) -> Model {
         &manifest.model,
     )
     .unwrap();
-    let tensors = weight_tensors(weights, &manifest.weights);
-    Model::new(artifact, case, tensors, 2).unwrap()
+    Model::new(artifact, case, weights.tensors, 2).unwrap()
 }
 
 fn prefill_matches_transformers(case: &str) -> f64 {

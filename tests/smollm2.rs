@@ -11,9 +11,7 @@ use common::read_safetensors;
 use kiln_frontend::{load_spec, BuildOptions};
 use kiln_ir::interp::Data;
 use kiln_runtime::generate::{GenerateOptions, Generator};
-use kiln_runtime::{
-    load_weights, open::weight_tensors, open_tokenizer, Model, Sampling, Tokenizer,
-};
+use kiln_runtime::{load_weights, open_tokenizer, Model, Sampling, Tokenizer};
 use std::path::PathBuf;
 
 const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -49,9 +47,11 @@ fn compiled(path: &std::path::Path) -> (Model, Tokenizer) {
         kiln::compile::compile_cpu(&spec, &kiln::compile::DECODING_PROGRAMS, opts).unwrap();
     let manifest = &artifact.manifest;
     let weights = load_weights(path, &manifest.weights, &manifest.model).unwrap();
-    let tensors = weight_tensors(weights, &manifest.weights);
     let tokenizer = open_tokenizer(None, path, &manifest.model).unwrap();
-    (Model::new(artifact, NAME, tensors, 2).unwrap(), tokenizer)
+    (
+        Model::new(artifact, NAME, weights.tensors, 2).unwrap(),
+        tokenizer,
+    )
 }
 
 fn ints(t: &kiln_ir::interp::Tensor) -> Vec<u32> {

@@ -24,17 +24,33 @@ impl fmt::Display for PipelineError {
 
 impl std::error::Error for PipelineError {}
 
+/// The choices the standard pipeline's passes take; the default is what
+/// [`Pipeline::standard`] runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipelineOptions {
+    /// The `mixed-precision` policy.
+    pub precision: crate::Precision,
+}
+
 pub struct Pipeline {
     passes: Vec<Box<dyn Pass>>,
 }
 
 impl Pipeline {
-    /// The standard pipeline, in order.
+    /// The standard pipeline with default options, in order.
     pub fn standard() -> Pipeline {
+        Pipeline::with_options(&PipelineOptions::default())
+    }
+
+    /// The standard pipeline, in order, with `options`.
+    pub fn with_options(options: &PipelineOptions) -> Pipeline {
         Pipeline {
             passes: vec![
                 Box::new(crate::canonicalize::Canonicalize),
                 Box::new(crate::gqa_share::GqaShare),
+                Box::new(crate::mixed_precision::MixedPrecision {
+                    precision: options.precision,
+                }),
             ],
         }
     }
