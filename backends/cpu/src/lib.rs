@@ -10,6 +10,7 @@ pub mod error;
 pub mod isa;
 pub mod kernel;
 pub mod lower;
+pub mod narrow;
 pub mod view;
 
 pub use error::{CompileError, Result};

@@ -7,8 +7,14 @@
 //! is not contiguous materializes a copy first, and so does a splat or iota operand of the
 //! kernels that read buffers (reduce, matmul, gather).
 //!
-//! Refused, with an error naming the node: `scatter`, matmuls of other types than `f32`, and any
-//! `f16` or `bf16` value (no kernel computes in either).
+//! Refused, with an error naming the node: `scatter`, matmuls of other types than `f32`, any
+//! `f16` value, and `bf16` values other than those the `bf16-weights` policy writes (kernels
+//! compute in f32): bf16 weights, their views and gathered rows, and casts of them to f32.
+//!
+//! A view's `dtype` is the type its elements are stored in. A `cast` of a bf16 weight to f32 is
+//! a *widening view* of the weight: its IR type is f32, its storage bf16, and no f32 copy is
+//! made. Matmuls read such operands directly (widening in registers) and maps widen them in
+//! their expression; any other kernel gets a widened copy (see `narrow.rs`).
 //!
 //! Invariants of the result: each temporary buffer is written by the kernels of one node only,
 //! before any kernel reads it; inputs, weights and constants are never written; every program
@@ -16,6 +22,7 @@
 
 use crate::error::{CompileError, Result};
 use crate::kernel::{ExprNode, ExprOp, Kernel};
+use crate::narrow;
 use crate::view::{Source, View};
 use crate::CpuOptions;
 use kiln_ir::{DType, Dim, Graph, Literal, NodeId, Op, TensorType};
@@ -99,7 +106,10 @@ pub fn lower(g: &Graph, shared: &mut SharedTables, options: &CpuOptions) -> Resu
     }
     let mut outputs = Vec::new();
     for (name, id) in g.outputs() {
-        let view = l.views[id].clone();
+        let mut view = l.views[id].clone();
+        if view.dtype != g.ty(*id).dtype {
+            view = l.widened(&view, g.ty(*id).dtype, &format!("output {name}"));
+        }
         let taken = outputs
             .iter()
             .any(|o: &IoDesc| Some(o.buffer) == view.buffer());
@@ -196,6 +206,20 @@ impl Lowering<'_> {
         }
     }
 
+    /// A contiguous copy of `view` (a widening view) in `dtype`.
+    fn widened(&mut self, view: &View, dtype: DType, label: &str) -> View {
+        let out = self.new_buffer(BufferKind::Temp, dtype, view.dims.clone());
+        self.push(
+            Kernel::Map {
+                out: out.clone(),
+                leaves: vec![view.clone()],
+                expr: narrow::widening(view.dtype, dtype),
+            },
+            format!("widen {label}"),
+        );
+        out
+    }
+
     fn copy(&mut self, from: &View, to: &View, label: &str) {
         self.push(
             Kernel::Map {
@@ -214,12 +238,7 @@ impl Lowering<'_> {
         let g = self.g;
         let node = g.node(id);
         let ty = &node.ty;
-        if matches!(ty.dtype, DType::F16 | DType::BF16) {
-            return Err(CompileError(format!(
-                "{} values are not supported by the CPU backend yet",
-                ty.dtype
-            )));
-        }
+        narrow::check_supported(node)?;
         let label = format!(
             "{}{}",
             node.op.name(),
@@ -228,26 +247,19 @@ impl Lowering<'_> {
                 .map(|l| format!(" {l}"))
                 .unwrap_or_default()
         );
-        let operands: Vec<View> = g
-            .operands(id)
-            .iter()
-            .map(|o| self.views[o].clone())
-            .collect();
-        let elementwise = |op: ExprOp| {
-            let mut expr: Vec<ExprNode> = operands
-                .iter()
-                .enumerate()
-                .map(|(i, v)| ExprNode {
-                    op: ExprOp::Leaf(i),
-                    dtype: v.dtype,
-                })
-                .collect();
-            expr.push(ExprNode {
-                op,
-                dtype: ty.dtype,
+        let mut operands = Vec::new();
+        for o in g.operands(id) {
+            let view = self.views[&o].clone();
+            let wide = g.ty(o).dtype;
+            operands.push(if view.dtype == wide || narrow::reads_widening(&node.op) {
+                view
+            } else {
+                self.widened(&view, wide, &label)
             });
-            expr
-        };
+        }
+        let types: Vec<DType> = g.operands(id).iter().map(|&o| g.ty(o).dtype).collect();
+        let elementwise =
+            |op: &dyn Fn(&[usize]) -> ExprOp| narrow::elementwise(&operands, &types, op, ty.dtype);
         Ok(match &node.op {
             Op::Input { name } => {
                 let index = self.inputs.len();
@@ -292,22 +304,30 @@ impl Lowering<'_> {
             Op::Unary(u) => self.map(
                 ty,
                 operands.clone(),
-                elementwise(ExprOp::Unary(*u, 0)),
+                elementwise(&|a| ExprOp::Unary(*u, a[0])),
                 label,
             ),
             Op::Binary(b) => self.map(
                 ty,
                 operands.clone(),
-                elementwise(ExprOp::Binary(*b, 0, 1)),
+                elementwise(&|a| ExprOp::Binary(*b, a[0], a[1])),
                 label,
             ),
             Op::Select => self.map(
                 ty,
                 operands.clone(),
-                elementwise(ExprOp::Select(0, 1, 2)),
+                elementwise(&|a| ExprOp::Select(a[0], a[1], a[2])),
                 label,
             ),
-            Op::Cast => self.map(ty, operands.clone(), elementwise(ExprOp::Cast(0)), label),
+            Op::Cast if narrow::is_widening_view(&operands[0], ty.dtype, &self.buffers) => {
+                operands[0].clone()
+            }
+            Op::Cast => self.map(
+                ty,
+                operands.clone(),
+                elementwise(&|a| ExprOp::Cast(a[0])),
+                label,
+            ),
             Op::Reduce { op, axes } => {
                 let out = self.temp(ty);
                 let input = self.buffered(&operands[0], &label);
@@ -323,8 +343,12 @@ impl Lowering<'_> {
                 out
             }
             Op::MatMul => {
-                if ty.dtype != DType::F32 {
-                    return Err(CompileError("matmul is compiled for f32 only".into()));
+                if ty.dtype != DType::F32 || types.iter().any(|&t| t != DType::F32) {
+                    return Err(CompileError(
+                        "matmul is compiled for f32 operands only (bf16 weights are read through \
+                         a cast to f32: the bf16-weights precision)"
+                            .into(),
+                    ));
                 }
                 let out = self.temp(ty);
                 let (a, b) = (
