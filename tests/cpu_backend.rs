@@ -8,8 +8,8 @@ use common::cpu::{interp_tensor, runtime_tensor};
 use common::{fixture_dir, read_safetensors, relative_error, HF_CASES};
 use kiln_frontend::{load_spec, BuildOptions};
 use kiln_ir::interp::Data;
-use kiln_runtime::generate::{GenerateOptions, Generator};
 use kiln_passes::{PipelineOptions, Precision};
+use kiln_runtime::generate::{GenerateOptions, Generator};
 use kiln_runtime::{load_weights, Artifact, Model, Sampling};
 
 /// Compiles a fixture's model (through artifact bytes, as a file would) and loads its weights.

@@ -13,8 +13,8 @@ mod common;
 use common::read_safetensors;
 use kiln_frontend::{load_spec, BuildOptions};
 use kiln_ir::interp::Data;
-use kiln_runtime::generate::{GenerateOptions, Generator};
 use kiln_passes::{PipelineOptions, Precision};
+use kiln_runtime::generate::{GenerateOptions, Generator};
 use kiln_runtime::{load_weights, open_tokenizer, Model, Sampling, Tokenizer};
 use std::path::PathBuf;
 
