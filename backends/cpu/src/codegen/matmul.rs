@@ -160,7 +160,7 @@ fn gemm_function(o: &Operands) -> (&'static str, Option<i64>) {
         (DType::F32, DType::F32) => ("gemm_f32", None),
         (a, b) => (
             "gemm_bf16",
-            Some((a == DType::BF16) as i64 | (b == DType::BF16) as i64 * 2),
+            Some((a == DType::BF16) as i64 | ((b == DType::BF16) as i64) << 1),
         ),
     }
 }
