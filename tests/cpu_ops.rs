@@ -447,13 +447,14 @@ fn bf16_weight_matmuls() {
     check_table(cases.into_iter().map(|c| c.seqs(MATMUL_SEQS)).collect());
 }
 
-/// The CPU backend computes in f32: narrow arithmetic is refused with an error naming it.
+/// The CPU backend computes in f32: narrow values other than weights, and matmuls of narrow
+/// operands, are refused with an error naming them.
 #[test]
-fn narrow_arithmetic_is_refused() {
+fn narrow_values_and_matmuls_are_refused() {
     for (body, fragment) in [
         (
             "input %x : f32[4]\n%0 = cast %x : bf16[4]\noutput y = %0",
-            "bf16 arithmetic is not supported",
+            "bf16 values are not supported",
         ),
         (
             "weight @w : f16[4]\n%0 = cast @w : f32[4]\noutput y = %0",
@@ -462,7 +463,12 @@ fn narrow_arithmetic_is_refused() {
         (
             "input %x : f32[2, 4]\nweight @w : bf16[4, 3]\n%0 = cast %x : bf16[2, 4]\n\
              %1 = matmul %0, @w : f32[2, 3]\noutput y = %1",
-            "bf16 arithmetic is not supported",
+            "bf16 values are not supported",
+        ),
+        (
+            "weight @a : bf16[2, 4]\nweight @w : bf16[4, 3]\n%0 = matmul @a, @w : f32[2, 3]\n\
+             output y = %0",
+            "matmul is compiled for f32 only",
         ),
     ] {
         let g = kiln_ir::text::parse(&format!("graph g\n{body}")).unwrap();

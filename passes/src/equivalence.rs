@@ -44,7 +44,8 @@ pub fn check_equivalent(
 pub fn stored_as(g: &Graph, weights: &TensorMap, env: &Bindings) -> Result<TensorMap, String> {
     let mut out = weights.clone();
     for &id in g.weights() {
-        let (node, Op::Weight { name }) = (g.node(id), &g.node(id).op) else {
+        let node = g.node(id);
+        let Op::Weight { name } = &node.op else {
             continue;
         };
         if let Some(t) = out.get_mut(name).filter(|t| t.dtype != node.ty.dtype) {

@@ -345,8 +345,8 @@ impl Lowering<'_> {
             Op::MatMul => {
                 if ty.dtype != DType::F32 || types.iter().any(|&t| t != DType::F32) {
                     return Err(CompileError(
-                        "matmul is compiled for f32 operands only (bf16 weights are read through \
-                         a cast to f32: the bf16-weights precision)"
+                        "matmul is compiled for f32 only (bf16 weights are read through a cast \
+                         to f32: the bf16-weights precision)"
                             .into(),
                     ));
                 }

@@ -32,8 +32,8 @@ pub fn check_supported(node: &Node) -> Result<()> {
             "f16 values are not supported by the CPU backend".into(),
         )),
         DType::BF16 if !holds_bf16 => Err(CompileError(
-            "bf16 arithmetic is not supported by the CPU backend, which computes in f32 and \
-             reads bf16 only as stored weights (the bf16-weights precision)"
+            "bf16 values are not supported here: the CPU backend computes in f32 and holds bf16 \
+             only as stored weights, their views and gathered rows (the bf16-weights precision)"
                 .into(),
         )),
         _ => Ok(()),
