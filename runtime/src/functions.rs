@@ -109,10 +109,9 @@ extern "C" fn gemm_bf16(
     c_cs: i64,
     narrow: i64,
 ) {
-    let (a_len, b_len) = (
-        if narrow & 1 != 0 { m * k } else { 0 } as usize,
-        if narrow & 2 != 0 { k * n } else { 0 } as usize,
-    );
+    let (a_narrow, b_narrow) = (narrow & 1 != 0, narrow & 2 != 0);
+    let a_len = if a_narrow { (m * k) as usize } else { 0 };
+    let b_len = if b_narrow { (k * n) as usize } else { 0 };
     PANELS.with(|panels| {
         let mut scratch = panels.borrow_mut();
         if scratch.len() < a_len + b_len {
@@ -123,13 +122,13 @@ extern "C" fn gemm_bf16(
         // SAFETY: the kernel passes pointers and strides of buffers sized by the manifest, and
         // the panels hold `m·k` and `k·n` elements.
         unsafe {
-            let (a, a_rs, a_cs) = if a_len > 0 {
+            let (a, a_rs, a_cs) = if a_narrow {
                 let (rs, cs) = widen_bf16(m, k, a.cast(), a_rs, a_cs, a_panel);
                 (a_panel.as_ptr(), rs, cs)
             } else {
                 (a.cast(), a_rs, a_cs)
             };
-            let (b, b_rs, b_cs) = if b_len > 0 {
+            let (b, b_rs, b_cs) = if b_narrow {
                 let (rs, cs) = widen_bf16(k, n, b.cast(), b_rs, b_cs, b_panel);
                 (b_panel.as_ptr(), rs, cs)
             } else {
