@@ -8,20 +8,25 @@ use kiln_ir::interp::interpret;
 use kiln_ir::interp::random::random_bindings;
 use kiln_ir::{text, verify, Bindings, DType};
 
-/// `%0` (the op on `%a`, `%b` of `ty`) against the reference computed in f32 and rounded.
+/// `%0` (the op on `%a`, `%b` of `ty`) against the reference computed in f32 and rounded; in
+/// `op`, `T` stands for the `[3, 5]` type and `R` for the `[3, 1]` type.
 fn check(op: &str, ty: DType) {
     let shape = |d: DType| format!("{d}[3, 5]");
     let (n, f) = (shape(ty), shape(DType::F32));
+    let (rn, rf) = (format!("{ty}[3, 1]"), "f32[3, 1]".to_string());
     let inputs = format!(
         "input %x : {f}\ninput %y : {f}\n%a = cast %x : {n}\n%b = cast %y : {n}\n\
          %wa = cast %a : {f}\n%wb = cast %b : {f}\n"
     );
-    let narrow = format!("graph g\n{inputs}{}\noutput z = %0\n", op.replace("T", &n));
+    let narrow_op = op.replace('T', &n).replace('R', &rn);
+    let narrow = format!("graph g\n{inputs}{narrow_op}\noutput z = %0\n");
     let wide = op
         .replace("%a", "%wa")
         .replace("%b", "%wb")
-        .replace("T", &f);
-    let reference = format!("graph g\n{inputs}{wide}\n%r = cast %0 : {n}\noutput z = %r\n");
+        .replace('T', &f)
+        .replace('R', &rf);
+    let result = if op.ends_with('R') { &rn } else { &n };
+    let reference = format!("graph g\n{inputs}{wide}\n%r = cast %0 : {result}\noutput z = %r\n");
     let (narrow, reference) = (
         text::parse(&narrow).unwrap(),
         text::parse(&reference).unwrap(),
@@ -49,7 +54,12 @@ fn every_op_rounds_its_narrow_result() {
     .into_iter()
     .chain(
         ["add", "sub", "mul", "div", "max", "min", "pow"].map(|b| format!("%0 = {b} %a, %b : T")),
-    );
+    )
+    .chain(["reduce_sum", "reduce_max", "reduce_mean"].map(|r| format!("%0 = {r} %a axes=[1] : R")))
+    .chain([
+        "%c = lt %a, %b : bool[3, 5]\n%0 = select %c, %a, %b : T".to_string(),
+        "%s = slice %a axis=1 start=0 end=1 : R\n%0 = broadcast %s : T".to_string(),
+    ]);
     for ty in [DType::BF16, DType::F16] {
         for op in ops.clone() {
             check(&op, ty);
