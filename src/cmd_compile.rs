@@ -3,9 +3,10 @@
 //! `forward` program that scores every position (by default; `--programs` chooses).
 
 use clap::{Args, ValueEnum};
-use kiln::compile::compile_cpu;
+use kiln::compile::compile_cpu_with;
 use kiln::model;
 use kiln_frontend::{BuildOptions, Program};
+use kiln_passes::{Pipeline, PipelineOptions, Precision};
 use kiln_runtime::Artifact;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,6 +29,12 @@ pub struct CompileArgs {
     /// The programs to compile, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "prefill,decode,forward")]
     programs: Vec<Program>,
+    /// Mixed-precision policy: f32, bf16-weights (weights stored bf16, f32 compute), bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    /// Passes of the pipeline to leave out, comma-separated (e.g. to measure what they buy).
+    #[arg(long, value_delimiter = ',')]
+    skip_passes: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -50,15 +57,28 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
     let started = Instant::now();
     let spec = model::spec(args.model.as_deref())?;
     let opts = build_options(&spec, args.max_batch, args.max_seq);
+    let unknown = Pipeline::unknown(&args.skip_passes);
+    if !unknown.is_empty() {
+        return Err(format!(
+            "--skip-passes: no pass named {} (the pipeline is {})",
+            unknown.join(", "),
+            Pipeline::standard().names().join(", ")
+        ));
+    }
+    let pipeline = PipelineOptions {
+        precision: args.precision,
+        skip: args.skip_passes.clone(),
+    };
     let artifact = match args.target {
-        Target::Cpu => compile_cpu(&spec, &args.programs, opts)?,
+        Target::Cpu => compile_cpu_with(&spec, &args.programs, opts, &pipeline)?,
     };
     artifact.write(&args.output).map_err(|e| e.to_string())?;
     let bytes = artifact.to_bytes();
     eprintln!(
-        "wrote {} ({} KiB, sha256 {}) in {:.2} s",
+        "wrote {} ({} KiB, precision {}, sha256 {}) in {:.2} s",
         args.output.display(),
         bytes.len() / 1024,
+        args.precision,
         &Artifact::content_hash(&bytes)[..16],
         started.elapsed().as_secs_f64()
     );

@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use kiln::model;
 use kiln_frontend::{build, BuildOptions, Program};
 use kiln_ir::Graph;
-use kiln_passes::Pipeline;
+use kiln_passes::{Pipeline, PipelineOptions, Precision};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -29,6 +29,9 @@ pub struct IrArgs {
     /// Longest sequence the program accepts (default: the model's position limit).
     #[arg(long)]
     max_seq: Option<usize>,
+    /// Mixed-precision policy: f32, bf16-weights, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -43,7 +46,10 @@ pub fn run(args: IrArgs) -> Result<(), String> {
     opts.max_batch = args.max_batch.unwrap_or(opts.max_batch);
     opts.max_seq = args.max_seq.unwrap_or(opts.max_seq);
     let mut graph = build(&spec, args.program, opts).map_err(|e| e.to_string())?;
-    let pipeline = Pipeline::standard();
+    let pipeline = Pipeline::with_options(&PipelineOptions {
+        precision: args.precision,
+        ..PipelineOptions::default()
+    });
     if let Some(after) = &args.after {
         if after != "build" && !pipeline.names().contains(&after.as_str()) {
             return Err(format!(

@@ -1,7 +1,7 @@
 //! The compiler driver: spec → one graph per program → pass pipeline → CPU backend → artifact.
 
 use kiln_frontend::{build, BuildOptions, ModelSpec, Program};
-use kiln_passes::Pipeline;
+use kiln_passes::{Pipeline, PipelineOptions, Precision};
 use kiln_runtime::manifest::ModelInfo;
 use kiln_runtime::Artifact;
 
@@ -31,7 +31,29 @@ pub fn compile_cpu(
     programs: &[Program],
     opts: BuildOptions,
 ) -> Result<Artifact, String> {
-    let pipeline = Pipeline::standard();
+    compile_cpu_with(spec, programs, opts, &PipelineOptions::default())
+}
+
+/// [`compile_cpu`] with the pipeline's options. The CPU backend computes in f32: of the
+/// precision policies it compiles `f32` and `bf16-weights` (weights stored bf16, widened as the
+/// matmuls read them) and refuses those with narrow matmul operands.
+pub fn compile_cpu_with(
+    spec: &ModelSpec,
+    programs: &[Program],
+    opts: BuildOptions,
+    options: &PipelineOptions,
+) -> Result<Artifact, String> {
+    let precision = options.precision;
+    if precision.matmul_dtype() != kiln_ir::DType::F32 {
+        return Err(format!(
+            "precision `{precision}` is not supported by the CPU backend, which computes in f32 \
+             (its matmuls have {} operands); use `{}` to store the weights in bf16, or `{}`",
+            precision.matmul_dtype(),
+            Precision::Bf16Weights,
+            Precision::F32
+        ));
+    }
+    let pipeline = Pipeline::with_options(options);
     let mut graphs = Vec::new();
     for &program in programs {
         let mut g = build(spec, program, opts).map_err(|e| e.to_string())?;

@@ -209,6 +209,55 @@ fn print_after_all_shows_every_stage_and_dot_renders() {
     assert!(out.starts_with("digraph \"prefill\" {") && out.trim_end().ends_with('}'));
 }
 
+#[test]
+fn precision_reaches_the_pass_the_artifact_and_the_summary() {
+    let (ok, out, stderr) = kiln(&["ir", "--precision", "bf16", "--print-after-all"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        out.contains("// ----- after mixed-precision -----")
+            && out.contains("remark mixed-precision: policy bf16: "),
+        "{out}"
+    );
+    let (ok, _, stderr) = kiln(&["ir", "--precision", "f8"]);
+    assert!(!ok && stderr.contains("unknown precision `f8`"), "{stderr}");
+    let config = fixture_dir("llama").join("config.json");
+    let compile = |name: &str, precision: &str| {
+        let artifact = scratch(name, b"");
+        let (ok, _, stderr) = kiln(&[
+            "compile",
+            config.to_str().unwrap(),
+            "-o",
+            artifact.to_str().unwrap(),
+            "--max-seq",
+            "64",
+            "--precision",
+            precision,
+        ]);
+        (ok, stderr, artifact)
+    };
+    let (ok, stderr, artifact) = compile("bf16w.kiln", "bf16-weights");
+    assert!(ok && stderr.contains("precision bf16-weights"), "{stderr}");
+    let manifest = kiln_runtime::Artifact::read(&artifact).unwrap().manifest;
+    let dtype = |name: &str| {
+        manifest
+            .weights
+            .iter()
+            .find(|w| w.name == name)
+            .unwrap()
+            .dtype
+    };
+    use kiln_runtime::ElemType;
+    assert_eq!(dtype("model.layers.0.mlp.up_proj.weight"), ElemType::Bf16);
+    assert_eq!(dtype("model.embed_tokens.weight"), ElemType::Bf16);
+    assert_eq!(dtype("model.norm.weight"), ElemType::F32);
+    let (ok, stderr, _) = compile("bf16.kiln", "bf16");
+    assert!(!ok, "the CPU backend compiled bf16 arithmetic");
+    assert!(
+        stderr.contains("precision `bf16` is not supported by the CPU backend"),
+        "{stderr}"
+    );
+}
+
 /// Compiles the Llama fixture into a scratch artifact and returns its path.
 fn compiled_fixture(name: &str) -> PathBuf {
     let artifact = scratch(name, b"");

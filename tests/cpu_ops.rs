@@ -367,6 +367,98 @@ fn matmuls() {
     check_table(cases.into_iter().map(|c| c.seqs(MATMUL_SEQS)).collect());
 }
 
+/// Matmuls reading a bf16 weight through a cast (the `bf16-weights` precision), in every form:
+/// the weight widens as it is loaded (dot, axpy, scalar) or per GEMM panel (70 rows), with
+/// every tail of the dot loop (k = 23: 16 + 4 + 3) and of the axpy lanes (n = 21: 16 + 4 + 1);
+/// the accumulation is f32 as for f32 weights, so the tolerance is `SUMS`. A gathered bf16 row
+/// widens exactly, and so does a bf16 weight read by other kernels.
+#[test]
+fn bf16_weight_matmuls() {
+    let linear = |name: &str, x: &str, out: &str| {
+        text(
+            name,
+            &format!(
+                "input %x : f32[{x}]\nweight @w : bf16[130, 23]\n\
+                 %0 = cast @w : f32[130, 23]\n%1 = permute %0 perm=[1,0] : f32[23, 130]\n\
+                 %2 = matmul %x, %1 : f32[{out}]\noutput y = %2"
+            ),
+            SUMS,
+        )
+    };
+    let cases = vec![
+        linear("bf16_dot_linear", "seq, 23", "seq, 130"),
+        linear("bf16_dot_decode_batched", "seq, 1, 23", "seq, 1, 130"),
+        text(
+            "bf16_axpy_untransposed",
+            "input %x : f32[seq, 5]\nweight @w : bf16[5, 21]\n\
+             %0 = cast @w : f32[5, 21]\n%1 = matmul %x, %0 : f32[seq, 21]\noutput y = %1",
+            SUMS,
+        ),
+        text(
+            "bf16_scalar_permuted",
+            "input %x : f32[19, seq]\nweight @w : bf16[6, 19]\n\
+             %0 = permute %x perm=[1,0] : f32[seq, 19]\n%1 = cast @w : f32[6, 19]\n\
+             %2 = permute %1 perm=[1,0] : f32[19, 6]\n%3 = matmul %0, %2 : f32[seq, 6]\n\
+             output y = %3",
+            SUMS,
+        ),
+        // The weight on the left, 9 rows: a GEMM call with `a` narrow, then loops for a tail.
+        text(
+            "bf16_weight_on_the_left",
+            "input %x : f32[19, seq]\nweight @w : bf16[9, 19]\n\
+             %0 = cast @w : f32[9, 19]\n%1 = matmul %0, %x : f32[9, seq]\noutput y = %1",
+            SUMS,
+        ),
+        text(
+            "bf16_gather_then_widen",
+            "input %ids : i64[seq]\nweight @e : bf16[16, 19]\n\
+             %0 = gather @e, %ids axis=0 : bf16[seq, 19]\n%1 = cast %0 : f32[seq, 19]\n\
+             output y = %1",
+            Tol::Exact,
+        )
+        .ints(16),
+        text(
+            "bf16_weight_read_by_other_kernels",
+            "input %x : f32[seq, 19]\nweight @w : bf16[1, 19]\n\
+             %0 = cast @w : f32[1, 19]\n%1 = broadcast %0 : f32[seq, 19]\n\
+             %2 = add %x, %1 : f32[seq, 19]\n%3 = reduce_sum %0 axes=[1] : f32[1, 1]\n\
+             output y = %2\noutput s = %3\noutput w = %0",
+            SUMS,
+        ),
+    ];
+    check_table(cases.into_iter().map(|c| c.seqs(MATMUL_SEQS)).collect());
+}
+
+/// The CPU backend computes in f32: narrow values other than weights, and matmuls of narrow
+/// operands, are refused with an error naming them.
+#[test]
+fn narrow_values_and_matmuls_are_refused() {
+    for (body, fragment) in [
+        (
+            "input %x : f32[4]\n%0 = cast %x : bf16[4]\noutput y = %0",
+            "bf16 values are not supported",
+        ),
+        (
+            "weight @w : f16[4]\n%0 = cast @w : f32[4]\noutput y = %0",
+            "f16 values are not supported",
+        ),
+        (
+            "input %x : f32[2, 4]\nweight @w : bf16[4, 3]\n%0 = cast %x : bf16[2, 4]\n\
+             %1 = matmul %0, @w : f32[2, 3]\noutput y = %1",
+            "bf16 values are not supported",
+        ),
+        (
+            "weight @a : bf16[2, 4]\nweight @w : bf16[4, 3]\n%0 = matmul @a, @w : f32[2, 3]\n\
+             output y = %0",
+            "matmul is compiled for f32 only",
+        ),
+    ] {
+        let g = kiln_ir::text::parse(&format!("graph g\n{body}")).unwrap();
+        let err = compile(&[g]).unwrap_err().to_string();
+        assert!(err.contains(fragment), "{err}");
+    }
+}
+
 #[test]
 fn layout_ops() {
     check_table(vec![

@@ -42,6 +42,11 @@ impl DType {
         matches!(self, DType::F32 | DType::F16 | DType::BF16)
     }
 
+    /// The 16-bit floats, which compute in and accumulate to `f32`.
+    pub fn is_narrow(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16)
+    }
+
     pub fn is_int(self) -> bool {
         matches!(self, DType::I32 | DType::I64)
     }

@@ -251,6 +251,36 @@ impl Graph {
         }
     }
 
+    /// Stores weight `id` as `dtype` from now on: the weight node takes the new element type and
+    /// every former user (and output) reads `cast(weight)` back to the old type instead, so the
+    /// graph stays well typed. Returns the cast (the weight itself when the type is unchanged).
+    pub fn retype_weight(&mut self, id: NodeId, dtype: crate::DType) -> Result<NodeId, IrError> {
+        let old = self.g[id].ty.clone();
+        if !self.weights.contains(&id) {
+            return Err(IrError::new(format!("node {} is not a weight", id.index())));
+        }
+        if old.dtype == dtype {
+            return Ok(id);
+        }
+        let users: Vec<_> = self
+            .g
+            .edges_directed(id, Direction::Outgoing)
+            .map(|e| (e.id(), e.target(), *e.weight()))
+            .collect();
+        self.g[id].ty = old.with_dtype(dtype);
+        let cast = self.push_typed(Op::Cast, &[id], old)?;
+        for (edge, target, slot) in users {
+            self.g.remove_edge(edge);
+            self.g.add_edge(cast, target, slot);
+        }
+        for (_, out) in &mut self.outputs {
+            if *out == id {
+                *out = cast;
+            }
+        }
+        Ok(cast)
+    }
+
     /// Removes a node that nothing uses any more. Signature nodes (inputs, weights) stay.
     pub fn remove(&mut self, id: NodeId) {
         debug_assert!(

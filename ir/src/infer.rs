@@ -2,7 +2,8 @@
 //!
 //! [`infer`] returns the result type of an op applied to operands of the given types, or a
 //! message saying which rule is broken. *Typed* ops (sources, `cast`, `reshape`, `broadcast`)
-//! take the declared type and check that it is consistent with the operands. The builder uses
+//! take the declared type and check that it is consistent with the operands. A `matmul` of
+//! `f16` or `bf16` operands may declare an `f32` result (accumulation and result in f32). The builder uses
 //! this to type new nodes; the verifier uses it to re-check every node.
 
 use crate::dim::Dim;
@@ -25,6 +26,7 @@ pub fn infer(
             ));
         }
     }
+    let declared_type = declared;
     let declared = || {
         declared
             .cloned()
@@ -109,7 +111,15 @@ pub fn infer(
             }
             Ok(TensorType::new(x.dtype, shape))
         }
-        Op::MatMul => matmul(operands[0], operands[1]),
+        Op::MatMul => {
+            let ty = matmul(operands[0], operands[1])?;
+            Ok(match declared_type {
+                Some(d) if d.dtype == DType::F32 && d.shape == ty.shape && ty.dtype.is_narrow() => {
+                    d.clone()
+                }
+                _ => ty,
+            })
+        }
         Op::Fused(region) => region.infer(operands),
         Op::Reshape => {
             let ty = declared()?;

@@ -11,7 +11,7 @@
 //! | sources | `input`, `weight`, `const`, `iota` (typed) | none |
 //! | elementwise | unary, binary, compare, `select`, `cast` (typed) | same shapes (broadcast is explicit) |
 //! | reduce | `reduce_sum`, `reduce_max`, `reduce_mean` | one; reduced axes are kept with size 1 |
-//! | contraction | `matmul` | `[.., m, k] × [.., k, n]`, batch dims broadcast |
+//! | contraction | `matmul` (typed when it widens) | `[.., m, k] × [.., k, n]`, batch dims broadcast |
 //! | layout | `reshape`, `broadcast` (typed), `permute`, `slice`, `concat` | |
 //! | indexing | `gather`, `scatter`, `scatter_add` | data, integer indices (, updates) |
 //! | structured | `fused`, `fused_reduce_*` (elementwise regions, see `region.rs`) | leaves of one shape |
@@ -223,6 +223,9 @@ pub enum Op {
         axes: Vec<usize>,
     },
     /// Batched matrix product `[.., m, k] × [.., k, n] → [.., m, n]`; batch dims broadcast.
+    /// The result has the operands' type, or `f32` for `f16`/`bf16` operands that accumulate in
+    /// f32 (declared on the node). Products are summed in at least f32 precision (the
+    /// interpreter: f64) and rounded once to the result type.
     MatMul,
     /// Same elements, new shape (typed; row-major order unchanged).
     Reshape,

@@ -1,9 +1,12 @@
 //! The check every pass answers to: the graph before and after computes the same outputs on
 //! random inputs (the interpreter is the oracle).
+//!
+//! A pass may change the type a weight is stored in (`mixed-precision`): `after` then gets the
+//! same random weights rounded to its type, as the runtime's loader rounds them.
 
 use kiln_ir::interp::random::random_bindings;
-use kiln_ir::interp::{interpret, Tensor};
-use kiln_ir::{Bindings, Graph};
+use kiln_ir::interp::{eval_op, interpret, Tensor, TensorMap};
+use kiln_ir::{Bindings, Graph, Op};
 
 /// Runs both graphs on the same random inputs for each seed and compares every output of
 /// `before` with the output of the same name in `after`, to relative error `tol`
@@ -20,7 +23,8 @@ pub fn check_equivalent(
         let (inputs, weights) =
             random_bindings(before, env, int_bound, seed).map_err(|e| e.to_string())?;
         let a = interpret(before, &inputs, &weights).map_err(|e| format!("before: {e}"))?;
-        let b = interpret(after, &inputs, &weights).map_err(|e| format!("after: {e}"))?;
+        let stored = stored_as(after, &weights, env)?;
+        let b = interpret(after, &inputs, &stored).map_err(|e| format!("after: {e}"))?;
         for (name, x) in &a {
             let y = b
                 .get(name)
@@ -34,6 +38,22 @@ pub fn check_equivalent(
         }
     }
     Ok(())
+}
+
+/// `weights` in the types `g` stores them in (rounded to nearest even where narrower).
+pub fn stored_as(g: &Graph, weights: &TensorMap, env: &Bindings) -> Result<TensorMap, String> {
+    let mut out = weights.clone();
+    for &id in g.weights() {
+        let node = g.node(id);
+        let Op::Weight { name } = &node.op else {
+            continue;
+        };
+        if let Some(t) = out.get_mut(name).filter(|t| t.dtype != node.ty.dtype) {
+            *t = eval_op(&Op::Cast, &[t], node.ty.dtype, t.shape.clone(), env)
+                .map_err(|e| format!("weight `{name}`: {e}"))?;
+        }
+    }
+    Ok(out)
 }
 
 fn difference(x: &Tensor, y: &Tensor) -> Result<f64, String> {

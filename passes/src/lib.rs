@@ -9,7 +9,9 @@ pub mod canonicalize;
 pub mod elementwise_fusion;
 mod equivalence;
 pub mod gqa_share;
+pub mod mixed_precision;
 mod pipeline;
 
-pub use equivalence::check_equivalent;
-pub use pipeline::{Pass, Pipeline, PipelineError};
+pub use equivalence::{check_equivalent, stored_as};
+pub use mixed_precision::Precision;
+pub use pipeline::{Pass, Pipeline, PipelineError, PipelineOptions};

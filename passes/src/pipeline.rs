@@ -24,21 +24,57 @@ impl fmt::Display for PipelineError {
 
 impl std::error::Error for PipelineError {}
 
+/// The choices the standard pipeline's passes take; the default is what
+/// [`Pipeline::standard`] runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipelineOptions {
+    /// The `mixed-precision` policy.
+    pub precision: crate::Precision,
+    /// Passes left out, by name (to measure what a pass buys, or to bisect a miscompile).
+    pub skip: Vec<String>,
+}
+
 pub struct Pipeline {
     passes: Vec<Box<dyn Pass>>,
 }
 
 impl Pipeline {
-    /// The standard pipeline, in order.
+    /// The standard pipeline with default options, in order.
     pub fn standard() -> Pipeline {
+        Pipeline::with_options(&PipelineOptions::default())
+    }
+
+    /// The standard pipeline, in order, with `options`.
+    pub fn with_options(options: &PipelineOptions) -> Pipeline {
         Pipeline {
             passes: vec![
                 Box::new(crate::canonicalize::Canonicalize),
                 Box::new(crate::gqa_share::GqaShare),
                 Box::new(crate::attention_fusion::AttentionFusion),
+                Box::new(crate::mixed_precision::MixedPrecision {
+                    precision: options.precision,
+                }),
                 Box::new(crate::elementwise_fusion::ElementwiseFusion),
             ],
         }
+        .without(&options.skip)
+    }
+
+    /// This pipeline less the passes named in `skip` (names no pass has are ignored; see
+    /// [`Pipeline::unknown`]).
+    fn without(mut self, skip: &[String]) -> Pipeline {
+        self.passes.retain(|p| !skip.iter().any(|s| s == p.name()));
+        self
+    }
+
+    /// The names in `names` that no pass of the standard pipeline has.
+    pub fn unknown(names: &[String]) -> Vec<String> {
+        let known = Pipeline::standard().names();
+        names
+            .iter()
+            .filter(|n| !known.contains(&n.as_str()))
+            .cloned()
+            .collect()
     }
 
     pub fn names(&self) -> Vec<&'static str> {

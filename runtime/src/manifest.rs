@@ -24,8 +24,18 @@ pub const FORMAT_VERSION: u32 = 2;
 /// - `gemm_f32(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, c_cs)`: `c = a·b`, strides in
 ///   elements, all `i64` but the three `*f32`.
 /// - `sinf`, `cosf`, `logf`, `erff`, `tanhf`: `f32 → f32`; `powf`: `(f32, f32) → f32`.
-pub const RUNTIME_FUNCTIONS: &[&str] =
-    &["gemm_f32", "sinf", "cosf", "logf", "erff", "tanhf", "powf"];
+/// - `gemm_bf16(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, c_cs, narrow)`: `gemm_f32` where
+///   `a` (bit 0 of `narrow`) and/or `b` (bit 1) point to `bf16` elements.
+pub const RUNTIME_FUNCTIONS: &[&str] = &[
+    "gemm_f32",
+    "sinf",
+    "cosf",
+    "logf",
+    "erff",
+    "tanhf",
+    "powf",
+    "gemm_bf16",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -4,27 +4,16 @@
 use crate::artifact::Artifact;
 use crate::error::{Result, RuntimeError};
 use crate::executor::Model;
-use crate::manifest::{ModelInfo, TensorDesc};
-use crate::tensor::Tensor;
+use crate::manifest::ModelInfo;
 use crate::tokenizer::Tokenizer;
-use crate::weights::{load_weights, WeightSet};
+use crate::weights::load_weights;
 use std::path::{Path, PathBuf};
-
-/// The weights as tensors in manifest order.
-pub fn weight_tensors(set: WeightSet, expected: &[TensorDesc]) -> Vec<Tensor> {
-    set.tensors
-        .into_iter()
-        .zip(expected)
-        .map(|(values, desc)| Tensor::f32(&desc.shape, &values))
-        .collect()
-}
 
 /// Loads the artifact at `artifact` and the weights at `weights` (see [`load_weights`]).
 pub fn open_model(artifact: &Path, weights: &Path, threads: usize) -> Result<Model> {
     let art = Artifact::read(artifact)?;
     let set = load_weights(weights, &art.manifest.weights, &art.manifest.model)?;
-    let tensors = weight_tensors(set, &art.manifest.weights);
-    Model::new(art, &artifact.display().to_string(), tensors, threads)
+    Model::new(art, &artifact.display().to_string(), set.tensors, threads)
 }
 
 /// The tokenizer for a model: `explicit` if given; else the one a GGUF weights file embeds;

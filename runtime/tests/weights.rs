@@ -1,7 +1,7 @@
 //! `load_weights` as a specification: the tiny Hugging Face llama fixture loads the same from its
 //! safetensors file, from shards, from its llama.cpp GGUF twin, and from either file's bytes in
-//! memory (`load_weights_from_bytes`); every bad input is an error that names the tensor or file
-//! at fault.
+//! memory (`load_weights_from_bytes`), in f32 or rounded to the bf16 or f16 the manifest asks
+//! for; every bad input is an error that names the tensor or file at fault.
 
 use std::path::{Path, PathBuf};
 
@@ -146,7 +146,7 @@ fn check(path: &Path, expected: &[TensorDesc], model: &ModelInfo, want: &[Tensor
         .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
     assert_eq!(loaded.tensors.len(), want.len());
     for (got, want) in loaded.tensors.iter().zip(want) {
-        assert!(*got == want.values, "{}: values differ", want.name);
+        assert!(got.as_f32() == want.values, "{}: values differ", want.name);
     }
 }
 
@@ -350,15 +350,15 @@ fn integer_tensor_is_mis_typed() {
 }
 
 #[test]
-fn a_non_f32_weight_in_the_manifest_is_refused() {
+fn an_integer_weight_in_the_manifest_is_refused() {
     let mut expected = expect(&llama());
-    expected[3].dtype = ElemType::Bf16;
+    expected[3].dtype = ElemType::I32;
     let name = format!("`{}`", expected[3].name);
     check_error(
         &fixture(HF_LLAMA),
         &expected,
         &model(false),
-        &[&name, "bf16", "only f32"],
+        &[&name, "i32", "only f32, bf16 and f16"],
     );
 }
 
@@ -476,4 +476,130 @@ fn gguf_tensor_without_a_hugging_face_name_is_named() {
     std::fs::write(&path, bytes).unwrap();
     let fragments = ["renamed.gguf", "`outpux.weight`", "no Hugging Face name"];
     check_error(&path, &expect(&llama()), &model(false), &fragments);
+}
+
+// Narrow weights.
+
+/// `expected` with every weight in `dtype`.
+fn as_type(expected: &[TensorDesc], dtype: ElemType) -> Vec<TensorDesc> {
+    let mut expected = expected.to_vec();
+    expected.iter_mut().for_each(|t| t.dtype = dtype);
+    expected
+}
+
+/// The 16-bit patterns of a loaded tensor.
+fn halves(t: &kiln_runtime::Tensor) -> Vec<u16> {
+    t.bytes()
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// Loading `path` as `dtype` gives `want`'s values rounded by `round` (the `half` crate's
+/// conversion, round to nearest even).
+fn check_narrow(path: &Path, dtype: ElemType, want: &[Tensor], round: fn(f32) -> u16) {
+    let expected = as_type(&expect(want), dtype);
+    let loaded = load_weights(path, &expected, &model(false))
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+    for (got, want) in loaded.tensors.iter().zip(want) {
+        assert_eq!(
+            (got.dtype, &got.shape),
+            (dtype, &want.shape),
+            "{}",
+            want.name
+        );
+        let rounded: Vec<u16> = want.values.iter().map(|&v| round(v)).collect();
+        assert!(halves(got) == rounded, "{}: values differ", want.name);
+    }
+}
+
+fn bf16_bits(v: f32) -> u16 {
+    bf16::from_f32(v).to_bits()
+}
+
+fn f16_bits(v: f32) -> u16 {
+    f16::from_f32(v).to_bits()
+}
+
+#[test]
+fn every_source_format_loads_as_bf16_and_f16() {
+    // The tiny llama as F32 safetensors, as its GGUF twin (F32), and re-stored as BF16 and F16
+    // safetensors: each loads as the f32 values rounded to the manifest's type.
+    let tensors = llama();
+    let dir = TempDir::new().unwrap();
+    for (dtype, round) in [
+        (ElemType::Bf16, bf16_bits as fn(f32) -> u16),
+        (ElemType::F16, f16_bits),
+    ] {
+        check_narrow(&fixture(HF_LLAMA), dtype, &tensors, round);
+        check_narrow(&fixture(GGUF_LLAMA), dtype, &tensors, round);
+    }
+    for (st_dtype, round) in [
+        (Dtype::BF16, bf16_bits as fn(f32) -> u16),
+        (Dtype::F16, f16_bits),
+    ] {
+        let path = dir.path().join("half.safetensors");
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|t| {
+                t.values
+                    .iter()
+                    .flat_map(|&v| round(v).to_le_bytes())
+                    .collect()
+            })
+            .collect();
+        let entries: Vec<_> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|(t, b)| (t.name.as_str(), st_dtype, t.shape.as_slice(), b.clone()))
+            .collect();
+        write_safetensors(&path, &entries);
+        // The file's own values, rounded once: loading them as any type is exact.
+        let stored: Vec<Tensor> = tensors
+            .iter()
+            .map(|t| Tensor {
+                values: t
+                    .values
+                    .iter()
+                    .map(|&v| match st_dtype {
+                        Dtype::BF16 => bf16::from_f32(v).to_f32(),
+                        _ => f16::from_f32(v).to_f32(),
+                    })
+                    .collect(),
+                ..t.clone()
+            })
+            .collect();
+        check(&path, &expect(&stored), &model(false), &stored);
+        check_narrow(&path, ElemType::Bf16, &stored, bf16_bits);
+        check_narrow(&path, ElemType::F16, &stored, f16_bits);
+    }
+}
+
+#[test]
+fn bf16_rounds_to_nearest_even() {
+    // Ties between neighbouring bf16 values (8 significant bits) go to the even one; anything
+    // past a tie goes to the nearer.
+    let one_ulp = 2f32.powi(-7);
+    let values = [
+        1.0 + one_ulp / 2.0,        // tie: 1.0 (even) over 1 + ulp
+        1.0 + 3.0 * one_ulp / 2.0,  // tie: 1 + 2 ulp (even) over 1 + ulp
+        1.0 + one_ulp / 2.0 + 1e-6, // past the tie: 1 + ulp
+        -(1.0 + one_ulp / 2.0),     // the sign does not matter
+    ];
+    let want = [1.0, 1.0 + 2.0 * one_ulp, 1.0 + one_ulp, -1.0];
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("ties.safetensors");
+    write_safetensors(&path, &[("t", Dtype::F32, &[4], f32_bytes(&values))]);
+    let t = Tensor {
+        name: "t".into(),
+        shape: vec![4],
+        values: values.to_vec(),
+    };
+    let expected = as_type(&expect(&[t]), ElemType::Bf16);
+    let loaded = load_weights(&path, &expected, &model(false)).unwrap();
+    let got: Vec<f32> = halves(&loaded.tensors[0])
+        .into_iter()
+        .map(|b| bf16::from_bits(b).to_f32())
+        .collect();
+    assert_eq!(got, want);
 }

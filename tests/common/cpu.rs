@@ -49,10 +49,15 @@ fn elem_type(dtype: DType) -> ElemType {
     kiln_backend_cpu::lower::elem_type(dtype)
 }
 
-/// An interpreter tensor as the runtime holds it (f32, i64, i32 or bool).
+/// An interpreter tensor as the runtime holds it (f32, bf16, i64, i32 or bool).
 pub fn runtime_tensor(t: &interp::Tensor) -> Tensor {
     let bytes: Vec<u8> = match (&t.data, t.dtype) {
         (Data::Float(v), DType::F32) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        // The interpreter holds bf16 values exactly: each is the high half of its f32.
+        (Data::Float(v), DType::BF16) => v
+            .iter()
+            .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+            .collect(),
         (Data::Int(v), DType::I64) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         (Data::Int(v), DType::I32) => v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
         (Data::Bool(v), _) => v.iter().map(|&x| x as u8).collect(),

@@ -47,7 +47,8 @@ pub enum Kernel {
         out: View,
     },
     /// `out[.., m, n] = Σₖ a[.., m, k]·b[.., k, n]`; `a` and `b` are already broadcast to the
-    /// output's batch axes; `out` is contiguous. Work items are tiles of `tile_m × tile_n`.
+    /// output's batch axes and each is stored `f32` or `bf16` (widened as it is read); `out` is
+    /// contiguous `f32`. Work items are tiles of `tile_m × tile_n`.
     MatMul {
         a: View,
         b: View,

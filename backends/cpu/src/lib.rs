@@ -12,6 +12,7 @@ pub mod isa;
 pub mod kernel;
 pub mod lower;
 pub mod memory;
+pub mod narrow;
 pub mod view;
 
 pub use error::{CompileError, Result};

@@ -12,8 +12,14 @@
 //!
 //! `flash_attention` is lowered in `lower/attention.rs`.
 //!
-//! Refused, with an error naming the node: `scatter`, matmuls of other types than `f32`, and any
-//! `f16` or `bf16` value (no kernel computes in either).
+//! Refused, with an error naming the node: `scatter`, matmuls of other types than `f32`, any
+//! `f16` value, and `bf16` values other than those the `bf16-weights` policy writes (kernels
+//! compute in f32): bf16 weights, their views and gathered rows, and casts of them to f32.
+//!
+//! A view's `dtype` is the type its elements are stored in. A `cast` of a bf16 weight to f32 is
+//! a *widening view* of the weight: its IR type is f32, its storage bf16, and no f32 copy is
+//! made. Matmuls read such operands directly (widening in registers) and maps widen them in
+//! their expression; any other kernel gets a widened copy (see `narrow.rs`).
 //!
 //! Invariants of the result: each temporary buffer is written by the kernels of one node (and
 //! of the parts placed in it, for a concat), before any kernel reads it; inputs, weights and constants are never written; every program
@@ -23,6 +29,7 @@ mod attention;
 
 use crate::error::{CompileError, Result};
 use crate::kernel::{ExprNode, ExprOp, Kernel};
+use crate::narrow;
 use crate::view::{Source, View};
 use crate::CpuOptions;
 use kiln_ir::{
@@ -53,9 +60,15 @@ pub struct LoweredProgram {
     pub kernels: Vec<(Kernel, String)>,
 }
 
-/// The expression of elementwise `steps` (of result types `dtypes`) over `leaves`, numbered as
-/// in a fused region: the leaves first, then each step.
-fn expression(leaves: &[View], steps: &[Step], dtypes: &[DType]) -> Vec<ExprNode> {
+/// The expression of elementwise `steps` (of result types `dtypes`) over `leaves` (of IR types
+/// `leaf_types`), numbered as in a fused region: the leaves first, then each step. A leaf
+/// stored narrower than its IR type (a bf16 weight read as f32) is widened by a cast.
+fn expression(
+    leaves: &[View],
+    leaf_types: &[DType],
+    steps: &[Step],
+    dtypes: &[DType],
+) -> Vec<ExprNode> {
     let mut expr: Vec<ExprNode> = leaves
         .iter()
         .enumerate()
@@ -64,8 +77,19 @@ fn expression(leaves: &[View], steps: &[Step], dtypes: &[DType]) -> Vec<ExprNode
             dtype: v.dtype,
         })
         .collect();
+    // Where each region value is: a leaf stored narrower than its IR type reads through a cast.
+    let mut at: Vec<usize> = (0..leaves.len()).collect();
+    for (i, (leaf, &ty)) in leaves.iter().zip(leaf_types).enumerate() {
+        if leaf.dtype != ty {
+            expr.push(ExprNode {
+                op: ExprOp::Cast(i),
+                dtype: ty,
+            });
+            at[i] = expr.len() - 1;
+        }
+    }
     for (step, &dtype) in steps.iter().zip(dtypes) {
-        let a = &step.args;
+        let a: Vec<usize> = step.args.iter().map(|&x| at[x]).collect();
         let op = match step.op {
             StepOp::Unary(u) => ExprOp::Unary(u, a[0]),
             StepOp::Binary(b) => ExprOp::Binary(b, a[0], a[1]),
@@ -73,6 +97,7 @@ fn expression(leaves: &[View], steps: &[Step], dtypes: &[DType]) -> Vec<ExprNode
             StepOp::Cast(_) => ExprOp::Cast(a[0]),
         };
         expr.push(ExprNode { op, dtype });
+        at.push(expr.len() - 1);
     }
     expr
 }
@@ -163,7 +188,10 @@ pub fn lower(g: &Graph, shared: &mut SharedTables, options: &CpuOptions) -> Resu
     }
     let mut outputs = Vec::new();
     for (name, id) in g.outputs() {
-        let view = l.views[id].clone();
+        let mut view = l.views[id].clone();
+        if view.dtype != g.ty(*id).dtype {
+            view = l.widened(&view, g.ty(*id).dtype, &format!("output {name}"));
+        }
         let taken = outputs
             .iter()
             .any(|o: &IoDesc| Some(o.buffer) == view.buffer());
@@ -260,6 +288,20 @@ impl Lowering<'_> {
         }
     }
 
+    /// A contiguous copy of `view` (a widening view) in `dtype`.
+    fn widened(&mut self, view: &View, dtype: DType, label: &str) -> View {
+        let out = self.new_buffer(BufferKind::Temp, dtype, view.dims.clone());
+        self.push(
+            Kernel::Map {
+                out: out.clone(),
+                leaves: vec![view.clone()],
+                expr: narrow::widening(view.dtype, dtype),
+            },
+            format!("widen {label}"),
+        );
+        out
+    }
+
     fn copy(&mut self, from: &View, to: &View, label: &str) {
         self.push(
             Kernel::Map {
@@ -278,12 +320,7 @@ impl Lowering<'_> {
         let g = self.g;
         let node = g.node(id);
         let ty = &node.ty;
-        if matches!(ty.dtype, DType::F16 | DType::BF16) {
-            return Err(CompileError(format!(
-                "{} values are not supported by the CPU backend yet",
-                ty.dtype
-            )));
-        }
+        narrow::check_supported(node)?;
         let label = format!(
             "{}{}",
             node.op.name(),
@@ -292,11 +329,17 @@ impl Lowering<'_> {
                 .map(|l| format!(" {l}"))
                 .unwrap_or_default()
         );
-        let operands: Vec<View> = g
-            .operands(id)
-            .iter()
-            .map(|o| self.views[o].clone())
-            .collect();
+        let mut operands = Vec::new();
+        for o in g.operands(id) {
+            let view = self.views[&o].clone();
+            let wide = g.ty(o).dtype;
+            operands.push(if view.dtype == wide || narrow::reads_widening(&node.op) {
+                view
+            } else {
+                self.widened(&view, wide, &label)
+            });
+        }
+        let types: Vec<DType> = g.operands(id).iter().map(|&o| g.ty(o).dtype).collect();
         Ok(match &node.op {
             Op::Input { name } => {
                 let index = self.inputs.len();
@@ -338,25 +381,28 @@ impl Lowering<'_> {
                 self.buffer(BufferKind::Constant(index), ty)
             }
             Op::Iota { axis } => View::iota(*axis, ty.dtype, self.shape(ty)),
+            Op::Cast if narrow::is_widening_view(&operands[0], ty.dtype, &self.buffers) => {
+                operands[0].clone()
+            }
             Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast => {
                 let op = StepOp::of(&node.op, ty.dtype).expect("an elementwise op");
                 let step = Step {
                     op,
                     args: (0..operands.len()).collect(),
                 };
-                let expr = expression(&operands, &[step], &[ty.dtype]);
+                let expr = expression(&operands, &types, &[step], &[ty.dtype]);
                 self.map(id, operands, expr, label)
             }
             Op::Reduce { op, axes } => {
-                let expr = expression(&operands, &[], &[]);
+                let expr = expression(&operands, &types, &[], &[]);
                 self.reduce(ty, *op, axes, operands, expr, label)
             }
             Op::Fused(region) => {
-                let types = region
+                let values = region
                     .types(&g.operands(id).iter().map(|&o| g.ty(o)).collect::<Vec<_>>())
                     .map_err(CompileError)?;
-                let dtypes: Vec<DType> = types[operands.len()..].iter().map(|t| t.dtype).collect();
-                let expr = expression(&operands, &region.steps, &dtypes);
+                let dtypes: Vec<DType> = values[operands.len()..].iter().map(|t| t.dtype).collect();
+                let expr = expression(&operands, &types, &region.steps, &dtypes);
                 match &region.kind {
                     RegionKind::Map => self.map(id, operands, expr, label),
                     RegionKind::Reduce { op, axes } => {
@@ -365,8 +411,12 @@ impl Lowering<'_> {
                 }
             }
             Op::MatMul => {
-                if ty.dtype != DType::F32 {
-                    return Err(CompileError("matmul is compiled for f32 only".into()));
+                if ty.dtype != DType::F32 || types.iter().any(|&t| t != DType::F32) {
+                    return Err(CompileError(
+                        "matmul is compiled for f32 only (bf16 weights are read through a cast \
+                         to f32: the bf16-weights precision)"
+                            .into(),
+                    ));
                 }
                 let out = self.temp(ty);
                 let (a, b) = (

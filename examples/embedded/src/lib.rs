@@ -10,7 +10,7 @@
 
 use kiln_runtime::{
     load_weights_from_bytes, Artifact, GenerateOptions, Generation, Generator, Model, RuntimeError,
-    Sampling, Tensor, Tokenizer,
+    Sampling, Tokenizer,
 };
 
 /// The artifact `build.rs` compiled from `tests/fixtures/hf/llama/config.json`.
@@ -31,13 +31,7 @@ pub fn load_model(threads: usize) -> kiln_runtime::Result<Model> {
     let manifest = &artifact.manifest;
     let weights =
         load_weights_from_bytes(WEIGHTS, WEIGHTS_NAME, &manifest.weights, &manifest.model)?;
-    let tensors = weights
-        .tensors
-        .iter()
-        .zip(&manifest.weights)
-        .map(|(values, desc)| Tensor::f32(&desc.shape, values))
-        .collect();
-    Model::new(artifact, ARTIFACT_NAME, tensors, threads)
+    Model::new(artifact, ARTIFACT_NAME, weights.tensors, threads)
 }
 
 /// The tokenizer of the example. The fixture has no tokenizer of its own, so the example uses

@@ -11,10 +11,11 @@ use std::path::Path;
 
 use kiln_gguf::{GgufError, GgufFile, TensorInfo};
 
-use super::map_file;
 use super::plan::{plan, Stored};
+use super::{map_file, typed};
 use crate::error::{Result, RuntimeError};
 use crate::manifest::{ModelInfo, TensorDesc};
+use crate::tensor::Tensor;
 
 const ARCHITECTURE_KEY: &str = "general.architecture";
 
@@ -39,25 +40,21 @@ const LAYER: [(&str, &str); 9] = [
     ("ffn_down", "mlp.down_proj"),
 ];
 
-/// The expected tensors of the GGUF file at `path`, in order, as f32 in Hugging Face's layout.
-pub(super) fn load(
-    path: &Path,
-    expected: &[TensorDesc],
-    model: &ModelInfo,
-) -> Result<Vec<Vec<f32>>> {
+/// The expected tensors of the GGUF file at `path`, in order, in Hugging Face's layout.
+pub(super) fn load(path: &Path, expected: &[TensorDesc], model: &ModelInfo) -> Result<Vec<Tensor>> {
     let file = kiln_gguf::read_path(path).map_err(from_gguf)?;
     let bytes = map_file(path)?;
     decode(&file, &bytes, &path.display().to_string(), expected, model)
 }
 
-/// The expected tensors of the GGUF file held in `bytes`, in order, as f32 in Hugging Face's
-/// layout; `source` names it in errors.
+/// The expected tensors of the GGUF file held in `bytes`, in order, in Hugging Face's layout;
+/// `source` names it in errors.
 pub(super) fn load_bytes(
     bytes: &[u8],
     source: &str,
     expected: &[TensorDesc],
     model: &ModelInfo,
-) -> Result<Vec<Vec<f32>>> {
+) -> Result<Vec<Tensor>> {
     let file = kiln_gguf::parse(bytes, source).map_err(from_gguf)?;
     decode(&file, bytes, source, expected, model)
 }
@@ -69,7 +66,7 @@ fn decode(
     source: &str,
     expected: &[TensorDesc],
     model: &ModelInfo,
-) -> Result<Vec<Vec<f32>>> {
+) -> Result<Vec<Tensor>> {
     let permuted = match file.get_str(ARCHITECTURE_KEY).map_err(from_gguf)? {
         "llama" => true,
         "qwen2" => false,
@@ -99,13 +96,14 @@ fn decode(
     let order = plan(&stored, expected, model, source)?;
     order
         .into_iter()
-        .map(|i| {
+        .zip(expected)
+        .map(|(i, desc)| {
             let tensor = &stored[i];
             let data = kiln_gguf::tensor_data(file, bytes, tensor.data).map_err(from_gguf)?;
             let values =
                 kiln_gguf::dequantize_tensor(file, tensor.data, data).map_err(from_gguf)?;
-            match permuted_heads(&tensor.name, model).filter(|_| permuted) {
-                None => Ok(values),
+            let values = match permuted_heads(&tensor.name, model).filter(|_| permuted) {
+                None => values,
                 Some(heads) => unpermute_rows(&values, &tensor.shape, heads).ok_or_else(|| {
                     RuntimeError::tensor(
                         source,
@@ -116,8 +114,9 @@ fn decode(
                             tensor.shape
                         ),
                     )
-                }),
-            }
+                })?,
+            };
+            Ok(typed(values, desc))
         })
         .collect()
 }

@@ -6,8 +6,11 @@
 //! shape (see `plan`). The readers (`safetensors`, `gguf`) only list what a file holds under
 //! Hugging Face names and decode the tensors they are asked for.
 //!
-//! Every tensor comes back as `f32` in Hugging Face's layout (row-major, `[out, in]` for linear
-//! layers), whatever the file stored; no input makes the loader panic.
+//! Every tensor comes back in Hugging Face's layout (row-major, `[out, in]` for linear layers)
+//! and in the type the manifest asks for — `f32`, `bf16` or `f16` — whatever the file stored:
+//! each tensor is decoded to f32, then rounded to nearest even into the manifest's type, one
+//! tensor at a time, so no f32 copy of a narrow model exists at once. No input makes the loader
+//! panic.
 
 mod gguf;
 mod plan;
@@ -16,15 +19,18 @@ mod safetensors;
 use std::fs::File;
 use std::path::Path;
 
+use half::{bf16, f16};
 use memmap2::Mmap;
 
 use crate::error::{Result, RuntimeError};
 use crate::manifest::{ElemType, ModelInfo, TensorDesc};
+use crate::tensor::Tensor;
 
-/// Weights in the layout an artifact expects: one f32 vec per `Manifest::weights` entry, same order.
+/// Weights in the layout and types an artifact expects: one tensor per `Manifest::weights`
+/// entry, same order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WeightSet {
-    pub tensors: Vec<Vec<f32>>,
+    pub tensors: Vec<Tensor>,
 }
 
 /// Loads the weights `expected` (the manifest's `weights`: names, dtypes and shapes in Hugging
@@ -38,7 +44,7 @@ pub struct WeightSet {
 /// `lm_head.weight` that a model with tied embeddings does not expect.
 pub fn load_weights(path: &Path, expected: &[TensorDesc], model: &ModelInfo) -> Result<WeightSet> {
     let source = path.display().to_string();
-    check_f32(&source, expected)?;
+    check_types(&source, expected)?;
     let tensors = if path.extension().is_some_and(|e| e == "gguf") {
         gguf::load(path, expected, model)?
     } else {
@@ -60,7 +66,7 @@ pub fn load_weights_from_bytes(
     expected: &[TensorDesc],
     model: &ModelInfo,
 ) -> Result<WeightSet> {
-    check_f32(source, expected)?;
+    check_types(source, expected)?;
     let tensors = if bytes.starts_with(GGUF_MAGIC) {
         gguf::load_bytes(bytes, source, expected, model)?
     } else {
@@ -72,18 +78,36 @@ pub fn load_weights_from_bytes(
 /// The first bytes of every GGUF file.
 const GGUF_MAGIC: &[u8] = b"GGUF";
 
-/// Refuses a manifest expecting weights in a type other than f32, the only one loaders produce.
-fn check_f32(source: &str, expected: &[TensorDesc]) -> Result<()> {
-    match expected.iter().find(|t| t.dtype != ElemType::F32) {
+/// Refuses a manifest expecting weights in a type the loader does not produce.
+fn check_types(source: &str, expected: &[TensorDesc]) -> Result<()> {
+    let produced = [ElemType::F32, ElemType::Bf16, ElemType::F16];
+    match expected.iter().find(|t| !produced.contains(&t.dtype)) {
         None => Ok(()),
         Some(t) => Err(RuntimeError::tensor(
             source,
             &t.name,
             format!(
-                "the artifact expects {}, but the weight loader produces only f32",
+                "the artifact expects {}, but the weight loader produces only f32, bf16 and f16",
                 t.dtype.name()
             ),
         )),
+    }
+}
+
+/// The decoded `values` of the tensor `desc` describes, in its type (rounded to nearest even).
+fn typed(values: Vec<f32>, desc: &TensorDesc) -> Tensor {
+    let mut t = Tensor::zeros(desc.dtype, &desc.shape);
+    match desc.dtype {
+        ElemType::Bf16 => narrow(&values, t.bytes_mut(), |v| bf16::from_f32(v).to_le_bytes()),
+        ElemType::F16 => narrow(&values, t.bytes_mut(), |v| f16::from_f32(v).to_le_bytes()),
+        _ => t.as_f32_mut().copy_from_slice(&values),
+    }
+    t
+}
+
+fn narrow(values: &[f32], bytes: &mut [u8], round: fn(f32) -> [u8; 2]) {
+    for (to, &v) in bytes.chunks_exact_mut(2).zip(values) {
+        to.copy_from_slice(&round(v));
     }
 }
 

@@ -14,10 +14,11 @@ use ::safetensors::{Dtype, SafeTensors};
 use kiln_gguf::GgmlType;
 use serde::Deserialize;
 
-use super::map_file;
 use super::plan::{plan, Stored};
+use super::{map_file, typed};
 use crate::error::{Result, RuntimeError};
 use crate::manifest::{ModelInfo, TensorDesc};
+use crate::tensor::Tensor;
 
 /// The file name of a single-file checkpoint in a model directory.
 const SINGLE: &str = "model.safetensors";
@@ -26,11 +27,7 @@ const INDEX: &str = "model.safetensors.index.json";
 
 /// The expected tensors of the checkpoint at `path` (a file, an index or a model directory), in
 /// order, as f32.
-pub(super) fn load(
-    path: &Path,
-    expected: &[TensorDesc],
-    model: &ModelInfo,
-) -> Result<Vec<Vec<f32>>> {
+pub(super) fn load(path: &Path, expected: &[TensorDesc], model: &ModelInfo) -> Result<Vec<Tensor>> {
     let checkpoint = Checkpoint::find(path)?;
     let maps = checkpoint
         .shards
@@ -47,14 +44,14 @@ pub(super) fn load(
     decode(&shards, checkpoint.index.as_ref(), expected, model, &source)
 }
 
-/// The expected tensors of the single safetensors file held in `bytes`, in order, as f32;
+/// The expected tensors of the single safetensors file held in `bytes`, in order;
 /// `source` names it in errors.
 pub(super) fn load_bytes(
     bytes: &[u8],
     source: &str,
     expected: &[TensorDesc],
     model: &ModelInfo,
-) -> Result<Vec<Vec<f32>>> {
+) -> Result<Vec<Tensor>> {
     decode(
         &[(source.to_string(), bytes)],
         None,
@@ -65,14 +62,14 @@ pub(super) fn load_bytes(
 }
 
 /// The expected tensors of a checkpoint whose shards are `(file name, bytes)`, checked against
-/// its index if it has one, in order, as f32. `source` is what the caller named.
+/// its index if it has one, in order, in the expected types. `source` is what the caller named.
 fn decode(
     shards: &[(String, &[u8])],
     index: Option<&Index>,
     expected: &[TensorDesc],
     model: &ModelInfo,
     source: &str,
-) -> Result<Vec<Vec<f32>>> {
+) -> Result<Vec<Tensor>> {
     let mut stored = Vec::new();
     for (file, bytes) in shards {
         let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
@@ -92,7 +89,8 @@ fn decode(
     }
     plan(&stored, expected, model, source)?
         .into_iter()
-        .map(|i| to_f32(&stored[i]))
+        .zip(expected)
+        .map(|(i, desc)| Ok(typed(to_f32(&stored[i])?, desc)))
         .collect()
 }
 

@@ -155,6 +155,12 @@ impl<'a> KernelFn<'a> {
         self.b.ins().load(ty, load_flags(), addr, offset)
     }
 
+    /// Four 16-bit elements at `addr + offset` bytes, each zero-extended into a lane of an
+    /// `i32x4`.
+    pub fn uload16x4(&mut self, addr: Value, offset: i32) -> Value {
+        self.b.ins().uload16x4(load_flags(), addr, offset)
+    }
+
     pub fn store(&mut self, value: Value, addr: Value) {
         self.b.ins().store(flags(), value, addr, 0);
     }

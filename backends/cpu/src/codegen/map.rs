@@ -3,8 +3,8 @@
 //!
 //! Work items are output rows (every axis but the last). Each row splits its index into
 //! coordinates once, then runs the last axis: four `f32` lanes at a time when the expression
-//! vectorizes along it (see `expr::vectorizes`) and the output is unit-stride there, then a
-//! scalar tail; otherwise scalar throughout.
+//! vectorizes along it (see `expr::vectorizes`: bf16 leaves that are only widened count) and
+//! the output is unit-stride there, then a scalar tail; otherwise scalar throughout.
 
 use super::builder::KernelFn;
 use super::expr::{self, Operand};
@@ -47,7 +47,7 @@ pub fn emit(f: &mut KernelFn, out: &View, leaves: &[View], expr: &[ExprNode]) {
                     .zip(&bases)
                     .map(|(o, &base)| expr::load_lanes(f, o, base, j, last))
                     .collect();
-                let v = expr::evaluate(f, expr, &values);
+                let v = expr::evaluate(f, expr, &values, true);
                 let at = f.b.ins().iadd(out_base, j);
                 let addr = f.address(out_op.ptr.unwrap(), at, DType::F32);
                 f.store(v, addr);
@@ -61,7 +61,7 @@ pub fn emit(f: &mut KernelFn, out: &View, leaves: &[View], expr: &[ExprNode]) {
                 .zip(&bases)
                 .map(|(o, &base)| expr::load_scalar(f, o, base, j, last))
                 .collect();
-            let v = expr::evaluate(f, expr, &values);
+            let v = expr::evaluate(f, expr, &values, false);
             let step = f.b.ins().imul(j, out_op.strides[last]);
             let at = f.b.ins().iadd(out_base, step);
             let addr = f.address(out_op.ptr.unwrap(), at, out.dtype);

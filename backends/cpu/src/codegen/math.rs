@@ -251,6 +251,7 @@ pub fn cast(f: &mut KernelFn, from: DType, to: DType, x: Value) -> Value {
     let to_ty = scalar_type(to);
     match (from, to) {
         _ if from == to => x,
+        (DType::BF16, DType::F32) => super::widen::bf16_to_f32(f, x),
         (DType::F32, DType::Bool) => {
             let zero = f.b.ins().f32const(0.0);
             f.b.ins().fcmp(FloatCC::NotEqual, x, zero)

@@ -11,17 +11,28 @@
 //! - **axpy**: `b` unit-stride along `n` (`probs·v`): 16 then 4 output lanes at a time,
 //!   accumulating `a[m,k]·b[k, n..]`;
 //! - **scalar**: anything else.
+//!
+//! Either operand may be stored as `bf16` (a weight under the `bf16-weights` policy): every form
+//! widens it to f32 as it loads (`widen.rs`), and a GEMM tile goes through the runtime's
+//! `gemm_bf16`, which widens the tile's panel of each bf16 operand into scratch memory first.
+//! Accumulation is f32 throughout.
 
 use super::builder::{KernelFn, PTR};
+use super::widen::load_f32;
+use crate::kernel::elem_size;
 use crate::view::View;
 use cranelift_codegen::ir::{condcodes::IntCC, types, AbiParam, InstBuilder, Signature, Value};
 use cranelift_frontend::Variable;
 use kiln_ir::DType;
+use kiln_runtime::manifest::RUNTIME_FUNCTIONS;
 
 struct Operands {
     a: Value,
     b: Value,
     c: Value,
+    /// Storage types of `a` and `b` (`f32` or `bf16`); `c` is `f32`.
+    a_ty: DType,
+    b_ty: DType,
     a_rs: Value,
     a_cs: Value,
     b_rs: Value,
@@ -79,11 +90,12 @@ pub fn emit(
         let m1 = tile_end(f, m0, tile_m, m_len);
         let n0 = f.b.ins().imul_imm_s(tn, tile_n);
         let n1 = tile_end(f, n0, tile_n, n_len);
-        let at = |f: &mut KernelFn, ptr: Value, index: Value| f.address(ptr, index, DType::F32);
         let ops = Operands {
-            a: at(f, ptrs[0], a_base),
-            b: at(f, ptrs[1], b_base),
-            c: at(f, ptrs[2], c_base),
+            a: f.address(ptrs[0], a_base, a.dtype),
+            b: f.address(ptrs[1], b_base, b.dtype),
+            c: f.address(ptrs[2], c_base, DType::F32),
+            a_ty: a.dtype,
+            b_ty: b.dtype,
             a_rs: a_strides[r - 2],
             a_cs: a_strides[r - 1],
             b_rs: b_strides[r - 2],
@@ -131,9 +143,26 @@ pub(super) fn tile_end(f: &mut KernelFn, start: Value, tile: i64, len: Value) ->
     f.b.ins().smin(end, len)
 }
 
-/// Address of element `index` (in elements) from `base`.
+/// Address of the f32 element `index` (in elements) from `base`.
 fn elem(f: &mut KernelFn, base: Value, index: Value) -> Value {
     f.address(base, index, DType::F32)
+}
+
+/// The `f32` value of element `index` of an operand of storage type `dtype` at `base`.
+fn load_elem(f: &mut KernelFn, dtype: DType, base: Value, index: Value, lanes: u8) -> Value {
+    let addr = f.address(base, index, dtype);
+    load_f32(f, dtype, addr, 0, lanes)
+}
+
+/// The runtime function a GEMM tile of these operand types calls, and its table index.
+fn gemm_function(o: &Operands) -> (&'static str, Option<i64>) {
+    match (o.a_ty, o.b_ty) {
+        (DType::F32, DType::F32) => ("gemm_f32", None),
+        (a, b) => (
+            "gemm_bf16",
+            Some((a == DType::BF16) as i64 | ((b == DType::BF16) as i64) << 1),
+        ),
+    }
 }
 
 fn mul_add_index(f: &mut KernelFn, a: Value, stride: Value, b: Value) -> Value {
@@ -142,25 +171,30 @@ fn mul_add_index(f: &mut KernelFn, a: Value, stride: Value, b: Value) -> Value {
 }
 
 fn call_gemm(f: &mut KernelFn, o: &Operands, m0: Value, m1: Value, n0: Value, n1: Value) {
+    let (name, narrow) = gemm_function(o);
     let mut sig = Signature::new(f.call_conv);
-    for _ in 0..12 {
+    for _ in 0..12 + narrow.is_some() as usize {
         sig.params.push(AbiParam::new(types::I64));
     }
     let sig = f.b.import_signature(sig);
-    let callee = f.load(types::I64, f.fns);
+    let index = RUNTIME_FUNCTIONS.iter().position(|n| *n == name).unwrap();
+    let callee = f.load_at(types::I64, f.fns, (index * 8) as i32);
     let zero = f.iconst(0);
     let a_at = mul_add_index(f, m0, o.a_rs, zero);
-    let a = elem(f, o.a, a_at);
+    let a = f.address(o.a, a_at, o.a_ty);
     let b_at = mul_add_index(f, n0, o.b_cs, zero);
-    let b = elem(f, o.b, b_at);
+    let b = f.address(o.b, b_at, o.b_ty);
     let c_at = mul_add_index(f, m0, o.c_rs, n0);
     let c = elem(f, o.c, c_at);
     let m = f.b.ins().isub(m1, m0);
     let n = f.b.ins().isub(n1, n0);
     let one = f.iconst(1);
-    let args = [
+    let mut args = vec![
         m, n, o.k, a, o.a_rs, o.a_cs, b, o.b_rs, o.b_cs, c, o.c_rs, one,
     ];
+    if let Some(flags) = narrow {
+        args.push(f.iconst(flags));
+    }
     f.b.ins().call_indirect(sig, callee, &args);
 }
 
@@ -194,7 +228,7 @@ pub(super) fn fma_into(f: &mut KernelFn, acc: Variable, x: Value, y: Value) {
 fn rows_of(f: &mut KernelFn, o: &Operands, m: Value) -> (Value, Value) {
     let a_row_at = f.b.ins().imul(m, o.a_rs);
     let c_row_at = f.b.ins().imul(m, o.c_rs);
-    (elem(f, o.a, a_row_at), elem(f, o.c, c_row_at))
+    (f.address(o.a, a_row_at, o.a_ty), elem(f, o.c, c_row_at))
 }
 
 /// Dot form: one output at a time, each a dot product of `a`'s row with one row of `b`.
@@ -215,31 +249,28 @@ const DOT_UNROLL: usize = 4;
 fn dot_one(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n: Value) {
     let x_ptr = f.var(PTR, a_row);
     let at = f.b.ins().imul(n, o.b_cs);
-    let row = elem(f, o.b, at);
+    let row = f.address(o.b, at, o.b_ty);
     let w_ptr = f.var(PTR, row);
+    let (x_size, w_size) = (elem_size(o.a_ty), elem_size(o.b_ty));
     let vacc: Vec<Variable> = (0..DOT_UNROLL).map(|_| zero_var(f, true)).collect();
     let sacc = zero_var(f, false);
     // One pass of the loop body: `vectors` consecutive vector loads (0 = one scalar).
     let body = |f: &mut KernelFn, vectors: usize| {
-        let (ty, lanes) = if vectors == 0 {
-            (types::F32, 1)
-        } else {
-            (types::F32X4, 4)
-        };
+        let lanes = if vectors == 0 { 1 } else { 4 };
         let (xp, wp) = (f.b.use_var(x_ptr), f.b.use_var(w_ptr));
         let accumulators: Vec<Variable> = match vectors {
             0 => vec![sacc],
             n => vacc[..n].to_vec(),
         };
         for (u, acc) in accumulators.into_iter().enumerate() {
-            let offset = (u * lanes * 4) as i32;
-            let x = f.load_at(ty, xp, offset);
-            let w = f.load_at(ty, wp, offset);
+            let at = u * lanes as usize;
+            let x = load_f32(f, o.a_ty, xp, (at * x_size) as i32, lanes);
+            let w = load_f32(f, o.b_ty, wp, (at * w_size) as i32, lanes);
             fma_into(f, acc, w, x);
         }
-        let step = (vectors.max(1) * lanes * 4) as i64;
-        let next_x = f.b.ins().iadd_imm_s(xp, step);
-        let next_w = f.b.ins().iadd_imm_s(wp, step);
+        let step = vectors.max(1) * lanes as usize;
+        let next_x = f.b.ins().iadd_imm_s(xp, (step * x_size) as i64);
+        let next_w = f.b.ins().iadd_imm_s(wp, (step * w_size) as i64);
         f.b.def_var(x_ptr, next_x);
         f.b.def_var(w_ptr, next_w);
     };
@@ -279,14 +310,12 @@ fn axpy_block(
     let zero = f.iconst(0);
     f.for_loop(zero, o.k, 1, |f, k| {
         let x_at = f.b.ins().imul(k, o.a_cs);
-        let x_addr = elem(f, a_row, x_at);
-        let x = f.load(types::F32, x_addr);
+        let x = load_elem(f, o.a_ty, a_row, x_at, 1);
         let x = f.b.ins().splat(types::F32X4, x);
         let row_at = mul_add_index(f, k, o.b_rs, n);
         for (v, &acc) in acc.iter().enumerate() {
             let at = f.b.ins().iadd_imm_s(row_at, 4 * v as i64);
-            let addr = elem(f, o.b, at);
-            let w = f.load(types::F32X4, addr);
+            let w = load_elem(f, o.b_ty, o.b, at, 4);
             fma_into(f, acc, x, w);
         }
     });
@@ -310,12 +339,10 @@ fn scalar_cols(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n0: V
         let zero = f.iconst(0);
         f.for_loop(zero, o.k, 1, |f, k| {
             let x_at = f.b.ins().imul(k, o.a_cs);
-            let x_addr = elem(f, a_row, x_at);
-            let x = f.load(types::F32, x_addr);
+            let x = load_elem(f, o.a_ty, a_row, x_at, 1);
             let w_at = f.b.ins().imul(k, o.b_rs);
             let w_at = mul_add_index(f, n, o.b_cs, w_at);
-            let w_addr = elem(f, o.b, w_at);
-            let w = f.load(types::F32, w_addr);
+            let w = load_elem(f, o.b_ty, o.b, w_at, 1);
             fma_into(f, acc, x, w);
         });
         let total = f.b.use_var(acc);

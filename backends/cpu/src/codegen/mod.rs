@@ -9,6 +9,7 @@ mod map;
 mod math;
 mod matmul;
 mod reduce;
+mod widen;
 
 use crate::error::Result;
 use crate::kernel::Kernel;

@@ -141,7 +141,7 @@ impl Walk<'_> {
                     .zip(bases)
                     .map(|(o, &base)| expr::load_lanes(f, o, base, i, axis))
                     .collect();
-                let x = expr::evaluate(f, self.expr, &values);
+                let x = expr::evaluate(f, self.expr, &values, true);
                 let a = f.b.use_var(v);
                 let next = math::binary(f, self.bin, self.dtype, a, x);
                 f.b.def_var(v, next);
@@ -155,7 +155,7 @@ impl Walk<'_> {
                 .zip(bases)
                 .map(|(o, &base)| expr::load_scalar(f, o, base, i, axis))
                 .collect();
-            let x = expr::evaluate(f, self.expr, &values);
+            let x = expr::evaluate(f, self.expr, &values, false);
             let a = f.b.use_var(self.acc.scalar);
             let next = math::binary(f, self.bin, self.dtype, a, x);
             f.b.def_var(self.acc.scalar, next);

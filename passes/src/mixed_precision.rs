@@ -1,0 +1,268 @@
+//! `mixed-precision`: stores weights and runs matmuls in a 16-bit float type, under a policy.
+//!
+//! Matches: under every policy but `f32`, each `f32` weight that is only contracted — every use,
+//! through `permute`, `reshape`, `broadcast` and `slice` views, is a `matmul` operand or the
+//! table of a `gather` (linear layers, embeddings, a tied head) — and, under `bf16` and `f16`,
+//! every `f32 × f32 → f32` matmul.
+//!
+//! Produces, by [`Precision`]:
+//!
+//! | policy | weights stored | matmul operands | accumulation, matmul result | everything else |
+//! | --- | --- | --- | --- | --- |
+//! | `f32` (default) | f32 | f32 | f32 | f32 (the pass changes nothing) |
+//! | `bf16-weights` | bf16 | f32 (the weight widened on load) | f32 | f32 |
+//! | `bf16` | bf16 | bf16 | f32 | f32 |
+//! | `f16` | f16 | f16 | f32 | f32 |
+//!
+//! A narrowed weight becomes `weight @w : bf16[..]` followed by one `cast` back to f32 that its
+//! users read; a `gather` from it gathers the narrow rows and casts those
+//! (`cast(gather(@w, ids))`), so no f32 copy of a table exists. Under `bf16` and `f16` each matmul
+//! becomes `matmul(narrow(a), narrow(b)) : f32`, a widening matmul (narrow operands, f32
+//! accumulation and result), where `narrow` cancels a `cast` from the narrow type (a weight's),
+//! moves through `permute`, `reshape` and `broadcast` views (so the transposed weight is read
+//! narrow in place), and otherwise inserts a `cast`. Norms (their statistics and scales),
+//! softmax, RoPE, the residual stream, the KV cache and the logits stay f32: program inputs and
+//! outputs keep their types, so the pass changes no signature but the weights' dtypes.
+//!
+//! Why: a decode step reads every weight once per token, so its time is the weights' bytes over
+//! the memory bandwidth; storing them in 16 bits halves it (`bf16-weights`, the CPU policy:
+//! compute stays f32, the matmul widens each weight in registers). Matmuls hold nearly all the
+//! arithmetic and 16-bit units multiply at several times the f32 rate, while products of 16-bit
+//! values are exact in f32, so narrow operands with f32 accumulation lose only the operands'
+//! rounding (`bf16`, `f16`, for backends with 16-bit matmul units). The reductions whose error
+//! grows with length or that feed `exp` (norm statistics, softmax max and sum), the residual
+//! stream that every layer adds into, and the logits that sampling compares keep f32: elementwise
+//! work is bound by memory traffic that fusion removes, not by arithmetic, so narrowing it would
+//! add rounding for little gain. Each narrow value is one rounding to nearest even; the
+//! interpreter reproduces it, and `docs/passes.md` states the errors measured against f32.
+//!
+//! Refuses (leaves in f32, counted in the remark): weights read other than by contraction (norm
+//! scales, biases: a vector's bytes are negligible and it multiplies every activation) and
+//! matmuls that are not `f32 × f32 → f32`. `f16`'s range ends at 65504: activations beyond it
+//! become infinite at the matmul's input cast, which the pass cannot rule out. Loss scaling for
+//! f16 gradients is not here: no program of this pipeline computes gradients.
+
+use crate::canonicalize::remove_dead;
+use crate::pipeline::Pass;
+use kiln_ir::{DType, Graph, IrError, NodeId, Op};
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// A mixed-precision policy (see the module doc's table).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// Everything f32.
+    #[default]
+    F32,
+    /// Weights stored bf16, all arithmetic f32.
+    Bf16Weights,
+    /// Weights and matmul operands bf16, f32 accumulation; the rest f32.
+    Bf16,
+    /// Weights and matmul operands f16, f32 accumulation; the rest f32.
+    F16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 4] = [
+        Precision::F32,
+        Precision::Bf16Weights,
+        Precision::Bf16,
+        Precision::F16,
+    ];
+
+    /// The policy's name on the command line and in remarks.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16Weights => "bf16-weights",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+
+    /// The type contracted weights are stored in.
+    pub fn weight_dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16Weights | Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        }
+    }
+
+    /// The type of matmul operands.
+    pub fn matmul_dtype(self) -> DType {
+        match self {
+            Precision::F32 | Precision::Bf16Weights => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Precision, String> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                format!("unknown precision `{s}` (expected one of f32, bf16-weights, bf16, f16)")
+            })
+    }
+}
+
+pub struct MixedPrecision {
+    pub precision: Precision,
+}
+
+/// Whether every use of `v`, looking through views, contracts it (a matmul operand or a gather's
+/// table); a program output is not.
+fn only_contracted(g: &Graph, v: NodeId) -> bool {
+    let users = g.users(v);
+    let is_output = g.outputs().iter().any(|(_, id)| *id == v);
+    !is_output
+        && !users.is_empty()
+        && users.iter().all(|&u| match g.node(u).op {
+            Op::MatMul => true,
+            Op::Gather { .. } => {
+                let ops = g.operands(u);
+                ops[0] == v && ops[1] != v
+            }
+            Op::Permute { .. } | Op::Reshape | Op::Broadcast | Op::Slice { .. } => {
+                only_contracted(g, u)
+            }
+            _ => false,
+        })
+}
+
+/// Stores weight `w` as `dtype` (see the module doc); gathers from it gather narrow rows.
+fn narrow_weight(g: &mut Graph, w: NodeId, dtype: DType) -> Result<(), IrError> {
+    let widened = g.retype_weight(w, dtype)?;
+    for user in g.users(widened) {
+        if let Op::Gather { axis } = g.node(user).op {
+            let indices = g.operands(user)[1];
+            let rows = g.gather(w, indices, axis)?;
+            let wide = g.cast(rows, DType::F32)?;
+            if let Some(label) = g.node(user).label.clone() {
+                g.set_label(wide, label);
+            }
+            g.replace_uses(user, wide);
+        }
+    }
+    Ok(())
+}
+
+/// `v` in `dtype`: a cast from `dtype` undone, views narrowed at their source, else a new cast.
+fn narrow(
+    g: &mut Graph,
+    v: NodeId,
+    dtype: DType,
+    memo: &mut HashMap<NodeId, NodeId>,
+) -> Result<NodeId, IrError> {
+    if let Some(&n) = memo.get(&v) {
+        return Ok(n);
+    }
+    let node = g.node(v).clone();
+    let source = g.operands(v).first().copied();
+    let narrowed = match (&node.op, source) {
+        (Op::Cast, Some(x)) if g.ty(x).dtype == dtype => x,
+        (Op::Permute { perm }, Some(x)) => {
+            let x = narrow(g, x, dtype, memo)?;
+            g.permute(x, perm)?
+        }
+        (Op::Reshape, Some(x)) => {
+            let x = narrow(g, x, dtype, memo)?;
+            g.reshape(x, node.ty.shape.clone())?
+        }
+        (Op::Broadcast, Some(x)) => {
+            let x = narrow(g, x, dtype, memo)?;
+            g.broadcast_to(x, &node.ty.shape)?
+        }
+        _ => g.cast(v, dtype)?,
+    };
+    memo.insert(v, narrowed);
+    Ok(narrowed)
+}
+
+/// Rewrites `mm` as a widening matmul of `dtype` operands.
+fn narrow_matmul(
+    g: &mut Graph,
+    mm: NodeId,
+    dtype: DType,
+    memo: &mut HashMap<NodeId, NodeId>,
+) -> Result<(), IrError> {
+    let ops = g.operands(mm);
+    let a = narrow(g, ops[0], dtype, memo)?;
+    let b = narrow(g, ops[1], dtype, memo)?;
+    let ty = g.ty(mm).clone();
+    let wide = g.push_typed(Op::MatMul, &[a, b], ty)?;
+    if let Some(label) = g.node(mm).label.clone() {
+        g.set_label(wide, label);
+    }
+    g.replace_uses(mm, wide);
+    Ok(())
+}
+
+fn is_f32_matmul(g: &Graph, id: NodeId) -> bool {
+    matches!(g.node(id).op, Op::MatMul)
+        && g.ty(id).dtype == DType::F32
+        && g.operands(id).iter().all(|&o| g.ty(o).dtype == DType::F32)
+}
+
+impl Pass for MixedPrecision {
+    fn name(&self) -> &'static str {
+        "mixed-precision"
+    }
+
+    fn run(&self, g: &mut Graph) -> Result<(), IrError> {
+        let p = self.precision;
+        if p == Precision::F32 {
+            g.remark("mixed-precision: policy f32, nothing narrowed");
+            return Ok(());
+        }
+        let (weight_dtype, matmul_dtype) = (p.weight_dtype(), p.matmul_dtype());
+        let (mut narrowed, mut kept, mut bytes) = (0, 0, 0usize);
+        for w in g.weights().to_vec() {
+            if g.ty(w).dtype != DType::F32 {
+                continue;
+            }
+            if !only_contracted(g, w) {
+                kept += 1;
+                continue;
+            }
+            bytes += g.ty(w).fixed_numel().unwrap_or(0) * 2;
+            narrow_weight(g, w, weight_dtype)?;
+            narrowed += 1;
+        }
+        let mut remark = format!(
+            "mixed-precision: policy {p}: {narrowed} weights stored {weight_dtype} ({bytes} bytes \
+             saved), {kept} kept f32 (read other than by contraction)"
+        );
+        if matmul_dtype != DType::F32 {
+            let (mut matmuls, mut refused) = (0, 0);
+            let mut memo = HashMap::new();
+            for mm in g.order() {
+                if is_f32_matmul(g, mm) {
+                    narrow_matmul(g, mm, matmul_dtype, &mut memo)?;
+                    matmuls += 1;
+                } else if matches!(g.node(mm).op, Op::MatMul) {
+                    refused += 1;
+                }
+            }
+            remark += &format!(
+                ", {matmuls} matmuls on {matmul_dtype} operands with f32 accumulation, {refused} \
+                 refused (not f32 × f32 → f32)"
+            );
+        }
+        let removed = remove_dead(g);
+        g.remark(format!("{remark}, {removed} dead nodes removed"));
+        Ok(())
+    }
+}
