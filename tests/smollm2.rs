@@ -146,16 +146,25 @@ fn next_token(model: &Model, tokenizer: &Tokenizer, logits: &[f32]) -> String {
     tokenizer.decode(&[next], false).unwrap()
 }
 
-#[test]
-fn smollm2_matches_transformers() {
+/// Compiles SmolLM2 under `precision`; its logits are within `bound` of transformers', the next
+/// token is " Paris", and the greedy continuation is transformers' token for token.
+fn answers_like_transformers(precision: Precision, bound: f32) {
     let Some(path) = model_path() else { return };
-    let reference = reference();
-    let (model, tokenizer) = compiled(&path, Precision::F32);
-    let (prompt, logits) = check_logits(&model, &tokenizer, 1e-3);
+    let (model, tokenizer) = compiled(&path, precision);
+    let narrow = model.manifest().weights.iter();
+    let narrow = narrow
+        .filter(|w| w.dtype == kiln_runtime::ElemType::Bf16)
+        .count();
+    assert_eq!(
+        narrow > 0,
+        precision == Precision::Bf16Weights,
+        "{narrow} bf16 weights"
+    );
+    let (prompt, logits) = check_logits(&model, &tokenizer, bound);
     assert_eq!(next_token(&model, &tokenizer, &logits), " Paris");
 
     let n = prompt.len();
-    let greedy = ints(&reference["greedy"]);
+    let greedy = ints(&reference()["greedy"]);
     let opts = GenerateOptions {
         max_new_tokens: greedy.len() - n,
         sampling: Sampling::Greedy,
@@ -168,40 +177,19 @@ fn smollm2_matches_transformers() {
     assert_eq!(
         out.tokens[0],
         greedy[n..],
-        "greedy continuation differs from transformers'"
+        "{precision}: greedy continuation differs from transformers'"
     );
 }
 
+#[test]
+fn smollm2_matches_transformers() {
+    answers_like_transformers(Precision::F32, 1e-3);
+}
+
 /// The Q4_1/Q8_0 weights dequantized and rounded to bf16: the logits measured 5.7e-3 relative
-/// error against the f32 reference (bound 2e-2), the next token is " Paris", and the
-/// greedy continuation is transformers' token for token.
+/// error against the f32 reference (bound 2e-2), the next token is " Paris", and the greedy
+/// continuation is transformers' token for token.
 #[test]
 fn smollm2_with_bf16_weights_still_answers_paris() {
-    let Some(path) = model_path() else { return };
-    let reference = reference();
-    let (model, tokenizer) = compiled(&path, Precision::Bf16Weights);
-    assert!(model
-        .manifest()
-        .weights
-        .iter()
-        .any(|w| w.dtype == kiln_runtime::ElemType::Bf16));
-    let (prompt, logits) = check_logits(&model, &tokenizer, 2e-2);
-    assert_eq!(next_token(&model, &tokenizer, &logits), " Paris");
-
-    let n = prompt.len();
-    let greedy = ints(&reference["greedy"]);
-    let opts = GenerateOptions {
-        max_new_tokens: greedy.len() - n,
-        sampling: Sampling::Greedy,
-        eos: Vec::new(),
-    };
-    let out = Generator::new(&model)
-        .unwrap()
-        .generate(&[prompt], &opts, |_, _| {})
-        .unwrap();
-    assert_eq!(
-        out.tokens[0],
-        greedy[n..],
-        "greedy continuation with bf16 weights differs from transformers'"
-    );
+    answers_like_transformers(Precision::Bf16Weights, 2e-2);
 }
