@@ -404,11 +404,33 @@ impl<'m> Runner<'m> {
 
     /// Moves output `name` out (the next run allocates it afresh), e.g. to feed a cache back.
     pub fn take_output(&mut self, name: &str) -> Result<Tensor> {
+        let dtype: ElemType = self.output_desc(name)?.dtype;
+        self.swap_output(name, Tensor::zeros(dtype, &[0]))
+    }
+
+    /// Moves output `name` out and keeps `storage` to hold it next run: a decode loop hands back
+    /// the cache it no longer needs, so two allocations alternate and grow in place instead of
+    /// a fresh one (zeroed, page by page) every step.
+    pub fn swap_output(&mut self, name: &str, storage: Tensor) -> Result<Tensor> {
         let io = self.output_desc(name)?;
-        let dtype: ElemType = io.dtype;
-        Ok(std::mem::replace(
-            &mut self.temps[io.buffer],
-            Tensor::zeros(dtype, &[0]),
-        ))
+        if storage.dtype != io.dtype {
+            return Err(self.err(
+                name,
+                format!(
+                    "storage of {} for an output of {}",
+                    storage.dtype.name(),
+                    io.dtype.name()
+                ),
+            ));
+        }
+        Ok(std::mem::replace(&mut self.temps[io.buffer], storage))
+    }
+
+    /// Moves input `name` out; it must be set again before the next run.
+    pub fn take_input(&mut self, name: &str) -> Result<Tensor> {
+        let index = self.desc.inputs.iter().position(|i| i.name == name);
+        index
+            .and_then(|i| self.inputs[i].take())
+            .ok_or_else(|| self.err(name, "no such input is set".into()))
     }
 }

@@ -176,20 +176,18 @@ impl<'m> Generator<'m> {
             if done.iter().all(|&d| d) || step + 1 == opts.max_new_tokens {
                 break;
             }
-            let source = if from_prefill {
-                &mut self.prefill
-            } else {
-                &mut self.decode
-            };
-            let caches: Vec<Tensor> = self
-                .caches
-                .iter()
-                .map(|(_, output)| source.take_output(output))
-                .collect::<Result<_>>()?;
-            from_prefill = false;
-            for ((input, _), cache) in self.caches.iter().zip(caches) {
+            for (input, output) in &self.caches {
+                let cache = if from_prefill {
+                    self.prefill.take_output(output)?
+                } else {
+                    // The cache this step read holds the next step's output: the two
+                    // allocations alternate and grow in place.
+                    let spent = self.decode.take_input(input)?;
+                    self.decode.swap_output(output, spent)?
+                };
                 self.decode.set_input(input, cache)?;
             }
+            from_prefill = false;
             let last: Vec<i64> = next.iter().map(|&t| t as i64).collect();
             self.decode
                 .set_input("input_ids", Tensor::i64(&[batch, 1], &last))?;
