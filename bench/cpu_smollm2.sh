@@ -25,7 +25,7 @@
 #        target/release/kiln bench target/bench/smollm2-NAME.kiln --weights GGUF \
 #            --prompt-tokens 128 --decode-tokens 128 --runs RUNS --threads THREADS --json
 #      (a failing kiln step is recorded as an error row; the others are still reported)
-#   5. writes bench/results/cpu-smollm2-YYYY-MM-DD.json (machine, versions, bandwidth, rows) and
+#   5. writes bench/results/cpu-smollm2-YYYY-MM-DDTHHMM.json (machine, versions, bandwidth, rows) and
 #      prints a markdown table with kiln's ratios to each peer and to the bandwidth limit.
 # With 2 threads on 2 cores any other work preempts the benchmark's threads, and llama.cpp's
 # spinning thread barriers then collapse (10x slower decode was seen beside a parallel build).
@@ -277,6 +277,7 @@ result = {
     "benchmark": "SmolLM2-135M-Instruct, f32 and 16-bit weights, CPU: prefill of a 128-token "
                  "prompt, 128 greedy decode steps",
     "date": today.strftime("%Y-%m-%d"),
+    "time_utc": today.strftime("%H:%M"),
     "threads": int(threads),
     "runs": int(runs),
     "machine": {
@@ -294,7 +295,7 @@ result = {
         "rustc": sh("rustc", "--version"),
         "gcc": (sh("gcc", "--version") or "").split("\n")[0],
         "candle": candle_version,
-        "llama.cpp": llama_row.get("peer", "").removeprefix("llama.cpp ").strip("()")
+        "llama.cpp": (re.search(r"\((.*)\)", llama_row.get("peer", "")) or [None, ""])[1]
                      + (f', ggml {llama_row["ggml_version"]}' if "ggml_version" in llama_row else ""),
     },
     "weights_f32_bytes": weight_bytes,
@@ -305,7 +306,7 @@ result = {
     "rows": rows,
 }
 os.makedirs(os.path.join(root, "bench/results"), exist_ok=True)
-path = os.path.join(root, f'bench/results/cpu-smollm2-{result["date"]}.json')
+path = os.path.join(root, f'bench/results/cpu-smollm2-{today.strftime("%Y-%m-%dT%H%M")}.json')
 with open(path, "w") as f:
     json.dump(result, f, indent=2)
     f.write("\n")
