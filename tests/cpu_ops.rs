@@ -746,6 +746,46 @@ proptest! {
     }
 }
 
+/// Matmul epilogues on every path: SwiGLU and a residual add fused into the matmuls of a
+/// linear layer (`x·Wᵀ`, the dot form at 1–4 rows, GEMM at 20 rows) and of an `axpy`-form
+/// product, against the interpreter on the graph before fusion.
+#[test]
+fn matmul_epilogues_match_the_interpreter() {
+    let g = kiln_ir::text::parse(
+        "graph mlp
+sym seq <= 32
+input %x : f32[seq, 12]
+input %v : f32[12, 16]
+weight @gate : f32[16, 12]
+weight @up : f32[16, 12]
+weight @down : f32[12, 16]
+%0 = permute @gate perm=[1,0] : f32[12, 16]
+%1 = matmul %x, %0 : f32[seq, 16]
+%2 = permute @up perm=[1,0] : f32[12, 16]
+%3 = matmul %x, %2 : f32[seq, 16]
+%4 = sigmoid %1 : f32[seq, 16]
+%5 = mul %1, %4 : f32[seq, 16]
+%6 = mul %5, %3 : f32[seq, 16]
+%7 = permute @down perm=[1,0] : f32[16, 12]
+%8 = matmul %6, %7 : f32[seq, 12]
+%9 = add %x, %8 : f32[seq, 12]
+%10 = matmul %x, %v : f32[seq, 16]
+%11 = exp %10 : f32[seq, 16]
+output y = %9
+output z = %11",
+    )
+    .unwrap();
+    let mut fused = g.clone();
+    ElementwiseFusion.run(&mut fused).unwrap();
+    let printed = kiln_ir::text::print(&fused);
+    assert_eq!(printed.matches("= fused_matmul").count(), 3, "{printed}");
+    let envs: Vec<Bindings> = [1, 4, 20, 3]
+        .into_iter()
+        .map(|n| [("seq".to_string(), n)].into())
+        .collect();
+    check_compiled(&g, &fused, &envs, 2, Tol::Norm(1e-5)).unwrap();
+}
+
 /// Rotate-half RoPE and a cache append after elementwise fusion: each half of the rotation is
 /// one kernel writing its slice of the rotated value, inside its slice of the grown cache, and
 /// the only copy left is the old cache's.

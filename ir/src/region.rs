@@ -5,6 +5,9 @@
 //! over earlier values, numbered `$0…`: the leaves first, then each step's result in order.
 //! The last step's value is the result ([`RegionKind::Map`]), or is reduced over `axes`
 //! ([`RegionKind::Reduce`]), with the reduce op's rules. A region has at least one step.
+//! A matmul epilogue ([`RegionKind::MatMul`], `fused_matmul %a, %b, %c…`) is the same over
+//! the product `a·b` (value `$0`) and the operands after the first two (`$1…`), all of the
+//! product's shape.
 //!
 //! The meaning of a region is exactly that of its primitives applied in order to whole
 //! tensors (each step rounds to its type as the primitive would), so the interpreter evaluates
@@ -26,6 +29,18 @@ pub enum RegionKind {
     Map,
     /// The last value is reduced over `axes` (sorted, unique), which stay with size 1.
     Reduce { op: ReduceOp, axes: Vec<usize> },
+    /// The first two operands' matmul is value `$0`; the last value is the result.
+    MatMul,
+}
+
+impl RegionKind {
+    /// How many values precede the steps, for a node of `operands` operands.
+    pub fn value_count(&self, operands: usize) -> usize {
+        match self {
+            RegionKind::MatMul => operands.saturating_sub(1),
+            _ => operands,
+        }
+    }
 }
 
 /// The elementwise primitive of one step.
@@ -88,6 +103,7 @@ impl Region {
     pub fn name(&self) -> &'static str {
         match &self.kind {
             RegionKind::Map => "fused",
+            RegionKind::MatMul => "fused_matmul",
             RegionKind::Reduce { op, .. } => match op {
                 ReduceOp::Sum => "fused_reduce_sum",
                 ReduceOp::Max => "fused_reduce_max",
@@ -96,13 +112,35 @@ impl Region {
         }
     }
 
-    /// The reduction kind of a `fused_…` op name.
-    pub fn reduce_of_name(name: &str) -> Option<ReduceOp> {
-        ReduceOp::from_name(name.strip_prefix("fused_")?)
+    /// The kind of region a `fused…` op name stands for (a reduction needs its `axes`).
+    pub fn kind_of_name(name: &str, axes: Option<Vec<usize>>) -> Result<RegionKind, String> {
+        match name {
+            "fused" => Ok(RegionKind::Map),
+            "fused_matmul" => Ok(RegionKind::MatMul),
+            _ => {
+                let op = name
+                    .strip_prefix("fused_")
+                    .and_then(ReduceOp::from_name)
+                    .ok_or_else(|| format!("`{name}` takes no `{{…}}` body"))?;
+                let axes = axes.ok_or_else(|| format!("{name} needs `axes=`"))?;
+                Ok(RegionKind::Reduce { op, axes })
+            }
+        }
     }
 
     /// The type of every value of the region, leaves first; an error names the broken rule.
-    pub fn types(&self, leaves: &[&TensorType]) -> Result<Vec<TensorType>, String> {
+    pub fn types(&self, operands: &[&TensorType]) -> Result<Vec<TensorType>, String> {
+        let product;
+        let mut leaves: Vec<&TensorType> = operands.to_vec();
+        if self.kind == RegionKind::MatMul {
+            if operands.len() < 2 {
+                return Err("fused_matmul needs the matmul's two operands".into());
+            }
+            product = infer(&Op::MatMul, &operands[..2], None)?;
+            leaves = std::iter::once(&product)
+                .chain(operands[2..].iter().copied())
+                .collect();
+        }
         let domain = leaves
             .first()
             .ok_or("a fused region needs at least one operand")?;
@@ -138,7 +176,7 @@ impl Region {
     pub fn infer(&self, leaves: &[&TensorType]) -> Result<TensorType, String> {
         let last = self.types(leaves)?.pop().expect("a region has steps");
         match &self.kind {
-            RegionKind::Map => Ok(last),
+            RegionKind::Map | RegionKind::MatMul => Ok(last),
             RegionKind::Reduce { op, axes } => infer(
                 &Op::Reduce {
                     op: *op,

@@ -141,7 +141,7 @@ output b = %4
 }
 
 #[test]
-fn outputs_and_matmul_operands_are_stored() {
+fn outputs_and_matmul_operands_are_stored_and_an_add_becomes_an_epilogue() {
     let out = check(
         "graph g
 sym s <= 8
@@ -156,15 +156,45 @@ output n = %0
 ",
         &[("s", 3)],
     );
-    assert!(out.contains("= neg %x"), "an output stays a value:\n{out}");
+    assert_eq!(ops(&out), ["neg", "abs", "fused_matmul"], "{out}");
     assert!(
-        out.contains("= abs %0"),
-        "a matmul operand stays a value:\n{out}"
+        out.contains("fused_matmul %1, @w, %0 { $2 = add $1, $0 }"),
+        "{out}"
     );
-    assert!(!out.contains("fused"), "no region has two steps:\n{out}");
 }
 
-/// Rotate-half RoPE as the Llama builder writes it.
+/// SwiGLU's product and the residual add after the down projection ride on the matmuls that
+/// feed them; a matmul read twice keeps its own node.
+#[test]
+fn swiglu_and_residual_adds_become_matmul_epilogues() {
+    let out = check(
+        "graph g
+sym s <= 8
+input %x : f32[s, 8]
+weight @gate : f32[8, 16]
+weight @up : f32[8, 16]
+weight @down : f32[16, 8]
+%0 = matmul %x, @gate : f32[s, 16]
+%1 = matmul %x, @up : f32[s, 16]
+%2 = sigmoid %0 : f32[s, 16]
+%3 = mul %0, %2 : f32[s, 16]
+%4 = mul %3, %1 : f32[s, 16]
+%5 = matmul %4, @down : f32[s, 8]
+%6 = add %x, %5 : f32[s, 8]
+%7 = mul %6, %6 : f32[s, 8]
+output y = %7
+output d = %0
+",
+        &[("s", 5)],
+    );
+    insta::assert_snapshot!(out);
+    assert_eq!(
+        ops(&out),
+        ["matmul", "fused_matmul", "fused_matmul"],
+        "{out}"
+    );
+}
+
 #[test]
 fn rope_is_one_region_per_half_joined_by_a_concat() {
     let out = check(

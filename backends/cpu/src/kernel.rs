@@ -28,6 +28,14 @@ pub struct ExprNode {
     pub dtype: DType,
 }
 
+/// A matmul's epilogue: `out[idx] = expr(out[idx], leaves[..][idx])`, where leaf 0 of `expr`
+/// is the product and leaf `i + 1` is `leaves[i]` (each of the output's shape).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Epilogue {
+    pub leaves: Vec<View>,
+    pub expr: Vec<ExprNode>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kernel {
     /// `out[idx] = expr(leaves[..][idx])` over the output's shape; the last node is the result.
@@ -57,6 +65,8 @@ pub enum Kernel {
         tile_n: i64,
         /// Tiles with at least this many rows call the runtime's GEMM; `None`: never.
         gemm_min_rows: Option<i64>,
+        /// Applied to each output tile once it is computed.
+        epilogue: Option<Epilogue>,
     },
     /// `out[pre, i.., post] = data[pre, indices[i..], post]`; `out` is contiguous.
     /// Work items are rows of `out`.

@@ -28,7 +28,7 @@
 mod attention;
 
 use crate::error::{CompileError, Result};
-use crate::kernel::{ExprNode, ExprOp, Kernel};
+use crate::kernel::{Epilogue, ExprNode, ExprOp, Kernel};
 use crate::narrow;
 use crate::view::{Source, View};
 use crate::CpuOptions;
@@ -60,27 +60,28 @@ pub struct LoweredProgram {
     pub kernels: Vec<(Kernel, String)>,
 }
 
-/// The expression of elementwise `steps` (of result types `dtypes`) over `leaves` (of IR types
-/// `leaf_types`), numbered as in a fused region: the leaves first, then each step. A leaf
-/// stored narrower than its IR type (a bf16 weight read as f32) is widened by a cast.
+/// The expression of elementwise `steps` (of result types `dtypes`) over leaves stored as
+/// `stored` (of IR types `leaf_types`), numbered as in a fused region: the leaves first, then
+/// each step. A leaf stored narrower than its IR type (a bf16 weight read as f32) is widened
+/// by a cast.
 fn expression(
-    leaves: &[View],
+    stored: &[DType],
     leaf_types: &[DType],
     steps: &[Step],
     dtypes: &[DType],
 ) -> Vec<ExprNode> {
-    let mut expr: Vec<ExprNode> = leaves
+    let mut expr: Vec<ExprNode> = stored
         .iter()
         .enumerate()
-        .map(|(i, v)| ExprNode {
+        .map(|(i, &dtype)| ExprNode {
             op: ExprOp::Leaf(i),
-            dtype: v.dtype,
+            dtype,
         })
         .collect();
     // Where each region value is: a leaf stored narrower than its IR type reads through a cast.
-    let mut at: Vec<usize> = (0..leaves.len()).collect();
-    for (i, (leaf, &ty)) in leaves.iter().zip(leaf_types).enumerate() {
-        if leaf.dtype != ty {
+    let mut at: Vec<usize> = (0..stored.len()).collect();
+    for (i, (&storage, &ty)) in stored.iter().zip(leaf_types).enumerate() {
+        if storage != ty {
             expr.push(ExprNode {
                 op: ExprOp::Cast(i),
                 dtype: ty,
@@ -390,64 +391,46 @@ impl Lowering<'_> {
                     op,
                     args: (0..operands.len()).collect(),
                 };
-                let expr = expression(&operands, &types, &[step], &[ty.dtype]);
+                let stored: Vec<DType> = operands.iter().map(|v| v.dtype).collect();
+                let expr = expression(&stored, &types, &[step], &[ty.dtype]);
                 self.map(id, operands, expr, label)
             }
             Op::Reduce { op, axes } => {
-                let expr = expression(&operands, &types, &[], &[]);
+                let stored: Vec<DType> = operands.iter().map(|v| v.dtype).collect();
+                let expr = expression(&stored, &types, &[], &[]);
                 self.reduce(ty, *op, axes, operands, expr, label)
             }
             Op::Fused(region) => {
                 let values = region
                     .types(&g.operands(id).iter().map(|&o| g.ty(o)).collect::<Vec<_>>())
                     .map_err(CompileError)?;
-                let dtypes: Vec<DType> = values[operands.len()..].iter().map(|t| t.dtype).collect();
-                let expr = expression(&operands, &types, &region.steps, &dtypes);
+                let leaf_count = region.kind.value_count(operands.len());
+                let dtypes: Vec<DType> = values[leaf_count..].iter().map(|t| t.dtype).collect();
+                let stored: Vec<DType> = operands.iter().map(|v| v.dtype).collect();
+                let expr = if region.kind == RegionKind::MatMul {
+                    // Value `$0` is the product, read back from the output tile in f32.
+                    let f32 = [DType::F32];
+                    let stored = [&f32[..], &stored[2..]].concat();
+                    let leaf_types = [&f32[..], &types[2..]].concat();
+                    expression(&stored, &leaf_types, &region.steps, &dtypes)
+                } else {
+                    expression(&stored, &types, &region.steps, &dtypes)
+                };
                 match &region.kind {
                     RegionKind::Map => self.map(id, operands, expr, label),
+                    RegionKind::MatMul => {
+                        let epilogue = Epilogue {
+                            leaves: operands[2..].to_vec(),
+                            expr,
+                        };
+                        self.matmul(ty, &operands[..2], &types[..2], Some(epilogue), label)?
+                    }
                     RegionKind::Reduce { op, axes } => {
                         self.reduce(ty, *op, axes, operands, expr, label)
                     }
                 }
             }
-            Op::MatMul => {
-                if ty.dtype != DType::F32 || types.iter().any(|&t| t != DType::F32) {
-                    return Err(CompileError(
-                        "matmul is compiled for f32 only (bf16 weights are read through a cast \
-                         to f32: the bf16-weights precision)"
-                            .into(),
-                    ));
-                }
-                let out = self.temp(ty);
-                let (a, b) = (
-                    self.buffered(&operands[0], &label),
-                    self.buffered(&operands[1], &label),
-                );
-                let r = out.rank();
-                let batch = &out.dims[..r - 2];
-                let widen = |v: &View| {
-                    let mut dims = batch.to_vec();
-                    dims.extend_from_slice(&v.dims[v.rank() - 2..]);
-                    v.broadcast(dims)
-                };
-                let (a, b) = (widen(&a), widen(&b));
-                let (tile_m, tile_n) = match out.dims[r - 2].as_constant() {
-                    Some(m) if m <= 4 => (m.max(1), 16),
-                    _ => (64, 128),
-                };
-                self.push(
-                    Kernel::MatMul {
-                        a,
-                        b,
-                        out: out.clone(),
-                        tile_m,
-                        tile_n,
-                        gemm_min_rows: self.options.gemm_min_rows,
-                    },
-                    label,
-                );
-                out
-            }
+            Op::MatMul => self.matmul(ty, &operands, &types, None, label)?,
             Op::Reshape => {
                 let dims = self.shape(ty);
                 match operands[0].reshape(dims.clone()) {
@@ -550,6 +533,54 @@ impl Lowering<'_> {
             label,
         );
         out
+    }
+
+    /// `a·b` (of IR types `types`), then `epilogue` on each output tile.
+    fn matmul(
+        &mut self,
+        ty: &TensorType,
+        operands: &[View],
+        types: &[DType],
+        epilogue: Option<Epilogue>,
+        label: String,
+    ) -> Result<View> {
+        if types.iter().any(|&t| t != DType::F32) {
+            return Err(CompileError(
+                "matmul is compiled for f32 only (bf16 weights are read through a cast to f32: \
+                 the bf16-weights precision)"
+                    .into(),
+            ));
+        }
+        let out = self.temp(ty);
+        let (a, b) = (
+            self.buffered(&operands[0], &label),
+            self.buffered(&operands[1], &label),
+        );
+        let r = out.rank();
+        let batch = &out.dims[..r - 2];
+        let widen = |v: &View| {
+            let mut dims = batch.to_vec();
+            dims.extend_from_slice(&v.dims[v.rank() - 2..]);
+            v.broadcast(dims)
+        };
+        let (a, b) = (widen(&a), widen(&b));
+        let (tile_m, tile_n) = match out.dims[r - 2].as_constant() {
+            Some(m) if m <= 4 => (m.max(1), 16),
+            _ => (64, 128),
+        };
+        self.push(
+            Kernel::MatMul {
+                a,
+                b,
+                out: out.clone(),
+                tile_m,
+                tile_n,
+                gemm_min_rows: self.options.gemm_min_rows,
+                epilogue,
+            },
+            label,
+        );
+        Ok(out)
     }
 
     fn reduce(

@@ -50,7 +50,16 @@ fn touched(kernel: &Kernel) -> Vec<usize> {
         Kernel::Map { out, leaves, .. } | Kernel::Reduce { out, leaves, .. } => {
             leaves.iter().chain([out]).collect::<Vec<_>>()
         }
-        Kernel::MatMul { a, b, out, .. } => vec![a, b, out],
+        Kernel::MatMul {
+            a,
+            b,
+            out,
+            epilogue,
+            ..
+        } => [a, b, out]
+            .into_iter()
+            .chain(epilogue.iter().flat_map(|e| &e.leaves))
+            .collect(),
         Kernel::Gather {
             data, indices, out, ..
         } => vec![data, indices, out],

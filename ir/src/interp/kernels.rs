@@ -112,7 +112,8 @@ pub fn eval(
 }
 
 /// A region evaluated step by step on whole tensors of the leaves' shape, then reduced if its
-/// kind says so: the same primitives, in the same order, as the unfused graph.
+/// kind says so: the same primitives, in the same order, as the unfused graph. A matmul
+/// epilogue first computes the product, its value `$0`.
 fn fused(
     region: &Region,
     xs: &[&Tensor],
@@ -120,25 +121,34 @@ fn fused(
     shape: Vec<usize>,
     env: &Bindings,
 ) -> Result<Tensor, String> {
-    let domain = xs[0].shape.clone();
-    let leaf_types: Vec<TensorType> = xs
-        .iter()
-        .map(|t| TensorType::new(t.dtype, t.shape.iter().map(|&n| Dim::fixed(n)).collect()))
-        .collect();
-    let types = region.types(&leaf_types.iter().collect::<Vec<_>>())?;
+    let fixed =
+        |t: &Tensor| TensorType::new(t.dtype, t.shape.iter().map(|&n| Dim::fixed(n)).collect());
+    let operand_types: Vec<TensorType> = xs.iter().map(|t| fixed(t)).collect();
+    let types = region.types(&operand_types.iter().collect::<Vec<_>>())?;
+    let product;
+    let values: Vec<&Tensor> = if region.kind == RegionKind::MatMul {
+        product = eval(&Op::MatMul, &xs[..2], types[0].dtype, shape.clone(), env)?;
+        std::iter::once(&product)
+            .chain(xs[2..].iter().copied())
+            .collect()
+    } else {
+        xs.to_vec()
+    };
+    let domain = values[0].shape.clone();
+    let n = values.len();
     let mut steps: Vec<Tensor> = Vec::with_capacity(region.steps.len());
-    for (step, ty) in region.steps.iter().zip(&types[xs.len()..]) {
+    for (step, ty) in region.steps.iter().zip(&types[n..]) {
         let args: Vec<&Tensor> = step
             .args
             .iter()
-            .map(|&a| xs.get(a).copied().unwrap_or_else(|| &steps[a - xs.len()]))
+            .map(|&a| values.get(a).copied().unwrap_or_else(|| &steps[a - n]))
             .collect();
         let value = eval(&step.op.primitive(), &args, ty.dtype, domain.clone(), env)?;
         steps.push(value);
     }
     let last = steps.pop().expect("a region has steps");
     match &region.kind {
-        RegionKind::Map => Ok(last),
+        RegionKind::Map | RegionKind::MatMul => Ok(last),
         RegionKind::Reduce { op, axes } => eval(
             &Op::Reduce {
                 op: *op,

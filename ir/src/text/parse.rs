@@ -8,7 +8,7 @@ use crate::dtype::DType;
 use crate::error::IrError;
 use crate::graph::{Graph, NodeId};
 use crate::op::{BinaryOp, Literal, Op, ReduceOp, ScatterMode, UnaryOp};
-use crate::region::{Region, RegionKind};
+use crate::region::Region;
 use crate::ty::TensorType;
 use std::collections::HashMap;
 
@@ -136,10 +136,15 @@ fn node_line(
         }
     }
     let op = match body {
-        Some(body) => Op::Fused(Region {
-            kind: region_kind(op_name, &attrs)?,
-            steps: Region::parse_steps(body, operands.len())?,
-        }),
+        Some(body) => {
+            let axes = attrs.get("axes").map(|a| parse_list(a)).transpose()?;
+            let kind = Region::kind_of_name(op_name, axes)?;
+            let values = kind.value_count(operands.len());
+            Op::Fused(Region {
+                steps: Region::parse_steps(body, values)?,
+                kind,
+            })
+        }
         None => build_op(op_name, &attrs, literal)?,
     };
     let id = g.push_typed(op, &operands, ty).map_err(|e| e.0)?;
@@ -200,21 +205,6 @@ fn build_op(
         "gather" => Op::Gather { axis: axis()? },
         "flash_attention" => Op::FlashAttention(crate::Attention::from_attributes(attrs)?),
         _ => return Err(format!("unknown op `{name}`")),
-    })
-}
-
-fn region_kind(name: &str, attrs: &HashMap<&str, &str>) -> Result<RegionKind, String> {
-    if name == "fused" {
-        return Ok(RegionKind::Map);
-    }
-    let op =
-        Region::reduce_of_name(name).ok_or_else(|| format!("`{name}` takes no `{{…}}` body"))?;
-    let axes = attrs
-        .get("axes")
-        .ok_or_else(|| format!("{name} needs `axes=`"))?;
-    Ok(RegionKind::Reduce {
-        op,
-        axes: parse_list(axes)?,
     })
 }
 

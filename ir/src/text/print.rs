@@ -38,7 +38,8 @@ pub fn print(g: &Graph) -> String {
             write!(out, " {key}={value}").unwrap();
         }
         if let Op::Fused(region) = &node.op {
-            write!(out, " {}", region.print_body(operands.len())).unwrap();
+            let values = region.kind.value_count(operands.len());
+            write!(out, " {}", region.print_body(values)).unwrap();
         }
         write!(out, " : {}", node.ty).unwrap();
         if let Some(label) = &node.label {

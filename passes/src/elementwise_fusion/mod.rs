@@ -43,6 +43,7 @@ use std::collections::{HashMap, HashSet};
 
 pub struct ElementwiseFusion;
 
+mod epilogue;
 mod layout;
 
 fn is_elementwise(op: &Op) -> bool {
@@ -207,10 +208,13 @@ impl Pass for ElementwiseFusion {
             }
             g.replace_uses(root, fused);
         }
-        let removed = remove_dead(g);
+        // The inlined nodes still read the matmuls until they are gone.
+        let mut removed = remove_dead(g);
+        let epilogues = epilogue::run(g)?;
+        removed += remove_dead(g);
         g.remark(format!(
             "elementwise-fusion: {moved}, {regions} regions of {steps} elementwise steps in all, \
-             {removed} nodes removed"
+             {epilogues} matmul epilogues, {removed} nodes removed"
         ));
         Ok(())
     }

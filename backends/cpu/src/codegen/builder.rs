@@ -161,6 +161,12 @@ impl<'a> KernelFn<'a> {
         self.b.ins().uload16x4(load_flags(), addr, offset)
     }
 
+    /// A load of memory this kernel wrote (a matmul epilogue reading its product back): not
+    /// `readonly`, so it stays ordered after the stores and calls that wrote it.
+    pub fn load_written(&mut self, ty: Type, addr: Value) -> Value {
+        self.b.ins().load(ty, flags(), addr, 0)
+    }
+
     pub fn store(&mut self, value: Value, addr: Value) {
         self.b.ins().store(flags(), value, addr, 0);
     }

@@ -15,11 +15,13 @@
 //! Either operand may be stored as `bf16` (a weight under the `bf16-weights` policy): every form
 //! widens it to f32 as it loads (`widen.rs`), and a GEMM tile goes through the runtime's
 //! `gemm_bf16`, which widens the tile's panel of each bf16 operand into scratch memory first.
-//! Accumulation is f32 throughout.
+//! Accumulation is f32 throughout. An epilogue (`epilogue.rs`) runs on each tile once it is
+//! computed.
 
 use super::builder::{KernelFn, PTR};
+use super::epilogue;
 use super::widen::load_f32;
-use crate::kernel::elem_size;
+use crate::kernel::{elem_size, Epilogue};
 use crate::view::View;
 use cranelift_codegen::ir::{condcodes::IntCC, types, AbiParam, InstBuilder, Signature, Value};
 use cranelift_frontend::Variable;
@@ -55,6 +57,7 @@ pub fn emit(
     out: &View,
     (tile_m, tile_n): (i64, i64),
     gemm_min_rows: Option<i64>,
+    epilogue: Option<&Epilogue>,
 ) {
     let r = out.rank();
     let form = if a.strides[r - 1].is_constant(1) && b.strides[r - 2].is_constant(1) {
@@ -75,6 +78,7 @@ pub fn emit(
     let ptrs = [a, b, out].map(|v| f.buffer(v.buffer().expect("matmul operands are buffers")));
     let tiles_n = ceil_div(f, n_len, tile_n);
     let tiles_m = ceil_div(f, m_len, tile_m);
+    let epilogue = epilogue.map(|e| epilogue::prepare(f, e, out));
     let (start, end) = (f.start, f.end);
     f.for_loop(start, end, 1, |f, w| {
         let tn = f.b.ins().urem(w, tiles_n);
@@ -128,6 +132,9 @@ pub fn emit(
             f.b.switch_to_block(join);
         } else {
             rows(f);
+        }
+        if let Some(e) = &epilogue {
+            epilogue::emit_tile(f, e, &coords, ops.c, ops.c_rs, (m0, m1), (n0, n1));
         }
     });
 }

@@ -3,6 +3,7 @@
 
 mod attention;
 mod builder;
+mod epilogue;
 mod expr;
 mod gather;
 mod map;
@@ -43,7 +44,16 @@ pub fn define(module: &mut ObjectModule, name: &str, kernel: &Kernel) -> Result<
             tile_m,
             tile_n,
             gemm_min_rows,
-        } => matmul::emit(&mut f, a, b, out, (*tile_m, *tile_n), *gemm_min_rows),
+            epilogue,
+        } => matmul::emit(
+            &mut f,
+            a,
+            b,
+            out,
+            (*tile_m, *tile_n),
+            *gemm_min_rows,
+            epilogue.as_ref(),
+        ),
         Kernel::Gather {
             data,
             indices,
