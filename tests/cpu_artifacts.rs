@@ -219,6 +219,17 @@ fn bad_runner_inputs_are_errors_that_name_the_input() {
             "`logits`: no such output",
         ),
         (
+            runner_error(&model, |r| {
+                r.swap_output("y", Tensor::zeros(ElemType::I64, &[0]))
+                    .map(|_| ())
+            }),
+            "`y`: storage of i64 for an output of f32",
+        ),
+        (
+            runner_error(&model, |r| r.take_input("scale").map(|_| ())),
+            "`scale`: no such input is set",
+        ),
+        (
             model.runner("decode").map(|_| ()).unwrap_err().to_string(),
             "test.kiln: `programs`: no program `decode` (has prefill)",
         ),
