@@ -26,6 +26,12 @@
 //! output is a temporary buffer of its own, contiguous and whole.
 
 mod attention;
+mod concat;
+mod expression;
+mod matmul;
+
+use concat::concat_parts_in_place;
+use expression::expression;
 
 use crate::error::{CompileError, Result};
 use crate::kernel::{Epilogue, ExprNode, ExprOp, Kernel};
@@ -60,49 +66,6 @@ pub struct LoweredProgram {
     pub kernels: Vec<(Kernel, String)>,
 }
 
-/// The expression of elementwise `steps` (of result types `dtypes`) over leaves stored as
-/// `stored` (of IR types `leaf_types`), numbered as in a fused region: the leaves first, then
-/// each step. A leaf stored narrower than its IR type (a bf16 weight read as f32) is widened
-/// by a cast.
-fn expression(
-    stored: &[DType],
-    leaf_types: &[DType],
-    steps: &[Step],
-    dtypes: &[DType],
-) -> Vec<ExprNode> {
-    let mut expr: Vec<ExprNode> = stored
-        .iter()
-        .enumerate()
-        .map(|(i, &dtype)| ExprNode {
-            op: ExprOp::Leaf(i),
-            dtype,
-        })
-        .collect();
-    // Where each region value is: a leaf stored narrower than its IR type reads through a cast.
-    let mut at: Vec<usize> = (0..stored.len()).collect();
-    for (i, (&storage, &ty)) in stored.iter().zip(leaf_types).enumerate() {
-        if storage != ty {
-            expr.push(ExprNode {
-                op: ExprOp::Cast(i),
-                dtype: ty,
-            });
-            at[i] = expr.len() - 1;
-        }
-    }
-    for (step, &dtype) in steps.iter().zip(dtypes) {
-        let a: Vec<usize> = step.args.iter().map(|&x| at[x]).collect();
-        let op = match step.op {
-            StepOp::Unary(u) => ExprOp::Unary(u, a[0]),
-            StepOp::Binary(b) => ExprOp::Binary(b, a[0], a[1]),
-            StepOp::Select => ExprOp::Select(a[0], a[1], a[2]),
-            StepOp::Cast(_) => ExprOp::Cast(a[0]),
-        };
-        expr.push(ExprNode { op, dtype });
-        at.push(expr.len() - 1);
-    }
-    expr
-}
-
 pub fn elem_type(dtype: DType) -> ElemType {
     match dtype {
         DType::F32 => ElemType::F32,
@@ -127,31 +90,6 @@ struct Lowering<'a> {
     in_place: HashMap<NodeId, (NodeId, usize)>,
     /// The buffer view of every concat, made when it or a part placed in it is lowered.
     concat_views: HashMap<NodeId, View>,
-}
-
-/// The values a concat's buffer can receive directly: maps and concats (their kernels write
-/// through any view) read by that concat alone, once, and not program outputs.
-fn concat_parts_in_place(g: &Graph) -> HashMap<NodeId, (NodeId, usize)> {
-    let outputs: Vec<NodeId> = g.outputs().iter().map(|(_, id)| *id).collect();
-    let mut placed = HashMap::new();
-    for id in g.order() {
-        if !matches!(g.node(id).op, Op::Concat { .. }) {
-            continue;
-        }
-        let operands = g.operands(id);
-        for (slot, &o) in operands.iter().enumerate() {
-            let writes_any_view = match &g.node(o).op {
-                Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast | Op::Concat { .. } => true,
-                Op::Fused(region) => region.kind == RegionKind::Map,
-                _ => false,
-            };
-            let once = operands.iter().filter(|&&x| x == o).count() == 1;
-            if writes_any_view && once && g.users(o) == [id] && !outputs.contains(&o) {
-                placed.insert(o, (id, slot));
-            }
-        }
-    }
-    placed
 }
 
 pub fn lower(g: &Graph, shared: &mut SharedTables, options: &CpuOptions) -> Result<LoweredProgram> {
@@ -494,34 +432,6 @@ impl Lowering<'_> {
         })
     }
 
-    /// The view `id` is written through: its part of a concat's buffer (see
-    /// [`concat_parts_in_place`]) or a new buffer.
-    fn destination(&mut self, id: NodeId) -> View {
-        let Some(&(concat, slot)) = self.in_place.get(&id) else {
-            return self.temp(&self.g.node(id).ty);
-        };
-        let Op::Concat { axis } = self.g.node(concat).op else {
-            unreachable!("parts are placed in concats")
-        };
-        let whole = self.concat_view(concat);
-        let before = self.g.operands(concat)[..slot]
-            .iter()
-            .fold(Poly::constant(0), |at, &o| {
-                at.add(&self.dim(&self.g.ty(o).shape[axis]))
-            });
-        let end = before.add(&self.dim(&self.g.ty(id).shape[axis]));
-        whole.slice(axis, &before, &end)
-    }
-
-    fn concat_view(&mut self, concat: NodeId) -> View {
-        if let Some(view) = self.concat_views.get(&concat) {
-            return view.clone();
-        }
-        let view = self.destination(concat);
-        self.concat_views.insert(concat, view.clone());
-        view
-    }
-
     fn map(&mut self, id: NodeId, leaves: Vec<View>, expr: Vec<ExprNode>, label: String) -> View {
         let out = self.destination(id);
         self.push(
@@ -533,54 +443,6 @@ impl Lowering<'_> {
             label,
         );
         out
-    }
-
-    /// `a·b` (of IR types `types`), then `epilogue` on each output tile.
-    fn matmul(
-        &mut self,
-        ty: &TensorType,
-        operands: &[View],
-        types: &[DType],
-        epilogue: Option<Epilogue>,
-        label: String,
-    ) -> Result<View> {
-        if types.iter().any(|&t| t != DType::F32) {
-            return Err(CompileError(
-                "matmul is compiled for f32 only (bf16 weights are read through a cast to f32: \
-                 the bf16-weights precision)"
-                    .into(),
-            ));
-        }
-        let out = self.temp(ty);
-        let (a, b) = (
-            self.buffered(&operands[0], &label),
-            self.buffered(&operands[1], &label),
-        );
-        let r = out.rank();
-        let batch = &out.dims[..r - 2];
-        let widen = |v: &View| {
-            let mut dims = batch.to_vec();
-            dims.extend_from_slice(&v.dims[v.rank() - 2..]);
-            v.broadcast(dims)
-        };
-        let (a, b) = (widen(&a), widen(&b));
-        let (tile_m, tile_n) = match out.dims[r - 2].as_constant() {
-            Some(m) if m <= 4 => (m.max(1), 16),
-            _ => (64, 128),
-        };
-        self.push(
-            Kernel::MatMul {
-                a,
-                b,
-                out: out.clone(),
-                tile_m,
-                tile_n,
-                gemm_min_rows: self.options.gemm_min_rows,
-                epilogue,
-            },
-            label,
-        );
-        Ok(out)
     }
 
     fn reduce(

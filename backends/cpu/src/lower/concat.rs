@@ -1,0 +1,64 @@
+//! Concats whose parts are written in place: an elementwise result or an inner concat that only
+//! one concat reads is computed straight into its slice of that concat's buffer, so the concat
+//! copies only the parts it does not own (the old cache rows, values read elsewhere).
+
+use super::Lowering;
+use crate::view::View;
+use kiln_ir::{Graph, NodeId, Op, RegionKind};
+use kiln_runtime::Poly;
+use std::collections::HashMap;
+
+/// The values a concat's buffer can receive directly: maps and concats (their kernels write
+/// through any view) read by that concat alone, once, and not program outputs.
+pub(super) fn concat_parts_in_place(g: &Graph) -> HashMap<NodeId, (NodeId, usize)> {
+    let outputs: Vec<NodeId> = g.outputs().iter().map(|(_, id)| *id).collect();
+    let mut placed = HashMap::new();
+    for id in g.order() {
+        if !matches!(g.node(id).op, Op::Concat { .. }) {
+            continue;
+        }
+        let operands = g.operands(id);
+        for (slot, &o) in operands.iter().enumerate() {
+            let writes_any_view = match &g.node(o).op {
+                Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast | Op::Concat { .. } => true,
+                Op::Fused(region) => region.kind == RegionKind::Map,
+                _ => false,
+            };
+            let once = operands.iter().filter(|&&x| x == o).count() == 1;
+            if writes_any_view && once && g.users(o) == [id] && !outputs.contains(&o) {
+                placed.insert(o, (id, slot));
+            }
+        }
+    }
+    placed
+}
+
+impl Lowering<'_> {
+    /// The view `id` is written through: its part of a concat's buffer (see
+    /// [`concat_parts_in_place`]) or a new buffer.
+    pub(super) fn destination(&mut self, id: NodeId) -> View {
+        let Some(&(concat, slot)) = self.in_place.get(&id) else {
+            return self.temp(&self.g.node(id).ty);
+        };
+        let Op::Concat { axis } = self.g.node(concat).op else {
+            unreachable!("parts are placed in concats")
+        };
+        let whole = self.concat_view(concat);
+        let before = self.g.operands(concat)[..slot]
+            .iter()
+            .fold(Poly::constant(0), |at, &o| {
+                at.add(&self.dim(&self.g.ty(o).shape[axis]))
+            });
+        let end = before.add(&self.dim(&self.g.ty(id).shape[axis]));
+        whole.slice(axis, &before, &end)
+    }
+
+    pub(super) fn concat_view(&mut self, concat: NodeId) -> View {
+        if let Some(view) = self.concat_views.get(&concat) {
+            return view.clone();
+        }
+        let view = self.destination(concat);
+        self.concat_views.insert(concat, view.clone());
+        view
+    }
+}
