@@ -114,25 +114,31 @@ fn relative_error(logits: &[f32], reference: &kiln_ir::interp::Tensor) -> f32 {
     diff / scale
 }
 
-/// The forward and prefill logits' relative errors against transformers', the prompt, and the
-/// prefill logits.
-fn check_logits(model: &Model, tokenizer: &Tokenizer, bound: f32) -> (Vec<u32>, Vec<f32>) {
-    let reference = reference();
+/// Checks the forward and prefill logits against `reference` (transformers') within `bound`;
+/// returns the prompt and the prefill logits.
+fn check_logits(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    reference: &kiln_ir::interp::TensorMap,
+    bound: f32,
+) -> (Vec<u32>, Vec<f32>) {
     let prompt = tokenizer.encode(PROMPT, false).unwrap();
     assert_eq!(
         prompt,
         ints(&reference["input_ids"]),
         "tokenizer differs from transformers'"
     );
+    let mut last = Vec::new();
     for program in ["forward", "prefill"] {
-        let err = relative_error(&logits(model, program, &prompt), &reference["logits"]);
+        let out = logits(model, program, &prompt);
+        let err = relative_error(&out, &reference["logits"]);
         println!("SmolLM2 {program} logits relative error {err:.2e}");
         assert!(
             err <= bound,
             "{program}: relative error {err:.2e} > {bound:e}"
         );
+        last = out;
     }
-    let last = logits(model, "prefill", &prompt);
     (prompt, last)
 }
 
@@ -160,11 +166,12 @@ fn answers_like_transformers(precision: Precision, bound: f32) {
         precision == Precision::Bf16Weights,
         "{narrow} bf16 weights"
     );
-    let (prompt, logits) = check_logits(&model, &tokenizer, bound);
+    let reference = reference();
+    let (prompt, logits) = check_logits(&model, &tokenizer, &reference, bound);
     assert_eq!(next_token(&model, &tokenizer, &logits), " Paris");
 
     let n = prompt.len();
-    let greedy = ints(&reference()["greedy"]);
+    let greedy = ints(&reference["greedy"]);
     let opts = GenerateOptions {
         max_new_tokens: greedy.len() - n,
         sampling: Sampling::Greedy,
