@@ -108,10 +108,10 @@ fn relative_error(logits: &[f32], reference: &kiln_ir::interp::Tensor) -> f32 {
     let diff = logits
         .iter()
         .zip(expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    let scale = expected.iter().map(|b| b.abs()).fold(0.0f32, f32::max);
-    diff / scale
+        .map(|(&a, b)| (a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    let scale = expected.iter().map(|b| b.abs()).fold(0.0, f64::max);
+    (diff / scale) as f32
 }
 
 /// Checks the forward and prefill logits against `reference` (transformers') within `bound`;

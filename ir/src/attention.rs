@@ -12,6 +12,13 @@
 //! `positions: i64|i32[B, S]` (absent exactly when the mask is `none`); result `f32[B, H, S, Dv]`.
 //! A query that sees no key gets NaN, as `softmax` over scores that are all `-inf` does.
 //!
+//! Its backward is two more ops over the same parameters. `flash_attention_lse q, k, v[, positions]`
+//! is `lse[b, h, i] = log Σⱼ exp(scale · q·kⱼ)` over the visible keys (`f32[B, H, S]`, `-inf`
+//! for a query that sees none), what the forward computes on the way. `flash_attention_grad_q`
+//! (`_k`, `_v`) `q, k, v[, positions], out, d_out, lse` is the gradient of `Σ d_out · out` by
+//! that operand: it recomputes the probabilities as `exp(scale · q·kⱼ − lse)` instead of storing
+//! them, and sums the query heads that share a key/value head. Its result has that operand's type.
+//!
 //! Invariants: `group`, `tile_q` and `tile_k` are at least 1; `scale` is finite; a sliding window
 //! is at least 1 key wide. The tiles are a schedule hint for backends and do not change the value.
 
@@ -40,6 +47,36 @@ pub enum AttentionBias {
     /// nothing (the only kind the builders emit so far; ALiBi and relative biases are refused
     /// by the fusion pass and stay in primitives).
     None,
+}
+
+/// The operand a `flash_attention_grad_*` differentiates by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttentionInput {
+    Queries,
+    Keys,
+    Values,
+}
+
+impl AttentionInput {
+    pub const ALL: [AttentionInput; 3] = [
+        AttentionInput::Queries,
+        AttentionInput::Keys,
+        AttentionInput::Values,
+    ];
+
+    /// The operand slot it has in the forward op.
+    pub fn slot(self) -> usize {
+        self as usize
+    }
+
+    /// The op name of its gradient.
+    pub fn grad_name(self) -> &'static str {
+        match self {
+            AttentionInput::Queries => "flash_attention_grad_q",
+            AttentionInput::Keys => "flash_attention_grad_k",
+            AttentionInput::Values => "flash_attention_grad_v",
+        }
+    }
 }
 
 /// The parameters of one fused attention.
@@ -169,6 +206,40 @@ impl Attention {
             tile_q: count("tile_q")?,
             tile_k: count("tile_k")?,
         })
+    }
+
+    /// The result type of `flash_attention_lse` for the given operands.
+    pub fn infer_lse(&self, operands: &[&TensorType]) -> Result<TensorType, String> {
+        let out = self.infer(operands)?;
+        Ok(TensorType::new(DType::F32, out.shape[..3].to_vec()))
+    }
+
+    /// The result type of `flash_attention_grad_*` by `wrt`, whose operands are the forward's,
+    /// then its result, the result's cotangent and the log-sum-exp.
+    pub fn infer_grad(
+        &self,
+        wrt: AttentionInput,
+        operands: &[&TensorType],
+    ) -> Result<TensorType, String> {
+        let n = self.arity();
+        if operands.len() != n + 3 {
+            return Err(format!(
+                "{} takes {} operands, got {}",
+                wrt.grad_name(),
+                n + 3,
+                operands.len()
+            ));
+        }
+        let out = self.infer(&operands[..n])?;
+        let lse = self.infer_lse(&operands[..n])?;
+        let (o, d_out, l) = (operands[n], operands[n + 1], operands[n + 2]);
+        if *o != out || *d_out != out || *l != lse {
+            return Err(format!(
+                "{} expects the result {out}, its cotangent {out} and the log-sum-exp {lse},                  got {o}, {d_out} and {l}",
+                wrt.grad_name()
+            ));
+        }
+        Ok(operands[wrt.slot()].clone())
     }
 
     /// The result type for the given operands (the typing rule in the module doc).

@@ -16,8 +16,10 @@
 //! | indexing | `gather`, `scatter`, `scatter_add` | data, integer indices (, updates) |
 //! | structured | `fused`, `fused_reduce_*` (elementwise regions, see `region.rs`) | leaves of one shape |
 //! | structured | `flash_attention` (see `attention.rs`) | queries, keys, values (, positions) |
+//! | structured | `flash_attention_lse`, `flash_attention_grad_{q,k,v}` (its backward) | the forward's (, result, its cotangent, log-sum-exp) |
+//! | derivative | `grad` | a scalar loss, the value it is differentiated by |
 
-use crate::attention::Attention;
+use crate::attention::{Attention, AttentionInput};
 use crate::dim::Dim;
 use crate::region::Region;
 
@@ -260,6 +262,18 @@ pub enum Op {
     /// `softmax(scale·q·kᵀ + mask)·v` in one op, never holding the scores (introduced by the
     /// `attention-fusion` pass; semantics in `attention.rs`).
     FlashAttention(Attention),
+    /// The log-sum-exp of each query's scaled scores over its visible keys (see `attention.rs`).
+    FlashAttentionLse(Attention),
+    /// The gradient of `flash_attention` by one operand, recomputed from the log-sum-exp (see
+    /// `attention.rs`).
+    FlashAttentionGrad {
+        attention: Attention,
+        wrt: AttentionInput,
+    },
+    /// `∂loss/∂x` for a rank-0 float `loss` (operand 0) and a float value `x` (operand 1); the
+    /// result has `x`'s type. A training program states its gradients this way; the `autodiff`
+    /// pass replaces every `grad` with the reverse-mode computation, so no backend sees one.
+    Grad,
 }
 
 impl Op {
@@ -285,6 +299,9 @@ impl Op {
             Op::Scatter { mode, .. } => mode.name(),
             Op::Fused(region) => region.name(),
             Op::FlashAttention(_) => "flash_attention",
+            Op::FlashAttentionLse(_) => "flash_attention_lse",
+            Op::FlashAttentionGrad { wrt, .. } => wrt.grad_name(),
+            Op::Grad => "grad",
         }
     }
 
@@ -302,9 +319,10 @@ impl Op {
             Op::Input { .. } | Op::Weight { .. } | Op::Const(_) | Op::Iota { .. } => 0,
             Op::Unary(_) | Op::Cast | Op::Reduce { .. } | Op::Reshape => 1,
             Op::Permute { .. } | Op::Broadcast | Op::Slice { .. } => 1,
-            Op::Binary(_) | Op::MatMul | Op::Gather { .. } => 2,
+            Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::Grad => 2,
             Op::Select | Op::Scatter { .. } => 3,
-            Op::FlashAttention(a) => a.arity(),
+            Op::FlashAttention(a) | Op::FlashAttentionLse(a) => a.arity(),
+            Op::FlashAttentionGrad { attention, .. } => attention.arity() + 3,
             Op::Concat { .. } | Op::Fused(_) => return None,
         })
     }

@@ -2,11 +2,15 @@
 //! random inputs (the interpreter is the oracle).
 //!
 //! A pass may change the type a weight is stored in (`mixed-precision`): `after` then gets the
-//! same random weights rounded to its type, as the runtime's loader rounds them.
+//! same random weights rounded to its type, as the runtime's loader rounds them. A graph that
+//! still states gradients with `grad` is compared after `autodiff` expands them.
 
+use crate::autodiff::Autodiff;
+use crate::Pass;
 use kiln_ir::interp::random::random_bindings;
 use kiln_ir::interp::{eval_op, interpret, Tensor, TensorMap};
 use kiln_ir::{Bindings, Graph, Op};
+use std::borrow::Cow;
 
 /// Runs both graphs on the same random inputs for each seed and compares every output of
 /// `before` with the output of the same name in `after`, to relative error `tol`
@@ -19,6 +23,8 @@ pub fn check_equivalent(
     seeds: std::ops::Range<u64>,
     tol: f64,
 ) -> Result<(), String> {
+    let (before, after) = (differentiated(before)?, differentiated(after)?);
+    let (before, after) = (before.as_ref(), after.as_ref());
     for seed in seeds {
         let (inputs, weights) =
             random_bindings(before, env, int_bound, seed).map_err(|e| e.to_string())?;
@@ -38,6 +44,18 @@ pub fn check_equivalent(
         }
     }
     Ok(())
+}
+
+/// `g` with its `grad`s expanded (itself when it has none).
+fn differentiated(g: &Graph) -> Result<Cow<'_, Graph>, String> {
+    if g.node_ids().all(|id| g.node(id).op != Op::Grad) {
+        return Ok(Cow::Borrowed(g));
+    }
+    let mut expanded = g.clone();
+    Autodiff
+        .run(&mut expanded)
+        .map_err(|e| format!("autodiff: {e}"))?;
+    Ok(Cow::Owned(expanded))
 }
 
 /// `weights` in the types `g` stores them in (rounded to nearest even where narrower).

@@ -5,6 +5,7 @@
 //! every pass: a pass that breaks an invariant fails at once, naming itself.
 
 pub mod attention_fusion;
+pub mod autodiff;
 pub mod canonicalize;
 pub mod elementwise_fusion;
 mod equivalence;

@@ -51,6 +51,7 @@ impl Pipeline {
                 Box::new(crate::canonicalize::Canonicalize),
                 Box::new(crate::gqa_share::GqaShare),
                 Box::new(crate::attention_fusion::AttentionFusion),
+                Box::new(crate::autodiff::Autodiff),
                 Box::new(crate::mixed_precision::MixedPrecision {
                     precision: options.precision,
                 }),

@@ -52,11 +52,11 @@ fn elem_type(dtype: DType) -> ElemType {
 /// An interpreter tensor as the runtime holds it (f32, bf16, i64, i32 or bool).
 pub fn runtime_tensor(t: &interp::Tensor) -> Tensor {
     let bytes: Vec<u8> = match (&t.data, t.dtype) {
-        (Data::Float(v), DType::F32) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        (Data::Float(v), DType::F32) => v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
         // The interpreter holds bf16 values exactly: each is the high half of its f32.
         (Data::Float(v), DType::BF16) => v
             .iter()
-            .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+            .flat_map(|&x| (((x as f32).to_bits() >> 16) as u16).to_le_bytes())
             .collect(),
         (Data::Int(v), DType::I64) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         (Data::Int(v), DType::I32) => v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
@@ -75,7 +75,7 @@ pub fn interp_tensor(t: &Tensor) -> interp::Tensor {
             Data::Float(
                 bytes
                     .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
                     .collect(),
             ),
         ),
@@ -165,15 +165,15 @@ pub fn compare(
     let scale = w
         .iter()
         .filter(|x| x.is_finite())
-        .fold(0f64, |m, &x| m.max(x.abs() as f64));
+        .fold(0f64, |m, &x| m.max(x.abs()));
     for (i, (&a, &b)) in g.iter().zip(w).enumerate() {
         let ok = if !b.is_finite() || !a.is_finite() {
             a == b || (a.is_nan() && b.is_nan())
         } else {
-            let diff = (a as f64 - b as f64).abs();
+            let diff = (a - b).abs();
             match tol {
                 Tol::Exact => a.to_bits() == b.to_bits(),
-                Tol::Rel(t) => diff <= t * (b as f64).abs() + f32::from_bits(1) as f64,
+                Tol::Rel(t) => diff <= t * b.abs() + f32::from_bits(1) as f64,
                 Tol::Norm(t) => diff <= t * scale,
             }
         };

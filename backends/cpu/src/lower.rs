@@ -429,6 +429,17 @@ impl Lowering<'_> {
                 ))
             }
             Op::FlashAttention(attention) => self.attention(attention, &operands, ty, label)?,
+            Op::FlashAttentionLse(_) | Op::FlashAttentionGrad { .. } => {
+                return Err(CompileError(format!(
+                    "`{}` (the attention backward) is not supported by the CPU backend yet",
+                    node.op.name()
+                )))
+            }
+            Op::Grad => {
+                return Err(CompileError(
+                    "`grad` reached the backend: run the autodiff pass first".into(),
+                ))
+            }
         })
     }
 

@@ -1,8 +1,8 @@
 //! One plain-Rust implementation per op: the semantics of the IR, written to be obviously right
-//! rather than fast. Float math is done in f64 and rounded to the result type; reductions and
-//! matmul accumulate in f64.
+//! rather than fast. Float math is done in f64 and the result rounded to its type as the
+//! [`Arithmetic`] says; reductions and matmul accumulate in f64.
 
-use super::tensor::{strides, Data, Tensor};
+use super::tensor::{strides, Arithmetic, Data, Tensor};
 use crate::dim::Bindings;
 use crate::dim::Dim;
 use crate::dtype::DType;
@@ -11,7 +11,7 @@ use crate::region::{Region, RegionKind};
 use crate::ty::TensorType;
 
 /// Evaluates `op` on concrete operands, producing a tensor of the given dtype and shape (the
-/// node's type under the current symbol bindings).
+/// node's type under the current symbol bindings), its values rounded to the dtype.
 pub fn eval(
     op: &Op,
     xs: &[&Tensor],
@@ -19,23 +19,27 @@ pub fn eval(
     shape: Vec<usize>,
     env: &Bindings,
 ) -> Result<Tensor, String> {
+    eval_with(op, xs, dtype, shape, env, Arithmetic::Native)
+}
+
+/// [`eval`] under the given arithmetic.
+pub fn eval_with(
+    op: &Op,
+    xs: &[&Tensor],
+    dtype: DType,
+    shape: Vec<usize>,
+    env: &Bindings,
+    arithmetic: Arithmetic,
+) -> Result<Tensor, String> {
     let numel: usize = shape.iter().product();
     let data = match op {
         Op::Input { .. } | Op::Weight { .. } => unreachable!("sources are bound, not evaluated"),
-        Op::Const(Literal::Splat(v)) => {
-            return Ok(Tensor::from_f64(
-                dtype,
-                &shape,
-                std::iter::repeat_n(*v, numel),
-            ))
-        }
-        Op::Const(Literal::Dense(vs)) => {
-            return Ok(Tensor::from_f64(dtype, &shape, vs.iter().copied()))
-        }
+        Op::Const(Literal::Splat(v)) => Data::from_f64(dtype, std::iter::repeat_n(*v, numel)),
+        Op::Const(Literal::Dense(vs)) => Data::from_f64(dtype, vs.iter().copied()),
         Op::Iota { axis } => {
             let st = strides(&shape);
             let values = (0..numel).map(|i| ((i / st[*axis]) % shape[*axis]) as f64);
-            return Ok(Tensor::from_f64(dtype, &shape, values));
+            Data::from_f64(dtype, values)
         }
         Op::Unary(u) => unary(*u, &xs[0].data),
         Op::Binary(b) => binary(*b, &xs[0].data, &xs[1].data)?,
@@ -50,7 +54,7 @@ pub fn eval(
                 _ => unreachable!("verified same types"),
             }
         }
-        Op::Cast => return Ok(cast(xs[0], dtype)),
+        Op::Cast => cast(xs[0], dtype),
         Op::Reduce { op, axes } => reduce(*op, xs[0], axes, &shape),
         Op::MatMul => matmul(xs[0], xs[1], &shape),
         Op::Reshape => xs[0].data.clone(),
@@ -105,10 +109,15 @@ pub fn eval(
             data.data.take(&out)
         }
         Op::Scatter { axis, mode } => scatter(xs, *axis, *mode)?,
-        Op::Fused(region) => return fused(region, xs, dtype, shape, env),
-        Op::FlashAttention(attention) => super::attention::eval(attention, xs)?,
+        Op::Fused(region) => return fused(region, xs, dtype, shape, env, arithmetic),
+        Op::FlashAttention(attention) => super::attention::eval(attention, xs, arithmetic)?,
+        Op::FlashAttentionLse(attention) => super::attention::eval_lse(attention, xs)?,
+        Op::FlashAttentionGrad { attention, wrt } => {
+            super::attention::eval_grad(attention, *wrt, xs)?
+        }
+        Op::Grad => return Err("`grad` has no value until the autodiff pass expands it".into()),
     };
-    Ok(Tensor::new(dtype, shape, data))
+    Ok(Tensor::with_arithmetic(dtype, shape, data, arithmetic))
 }
 
 /// A region evaluated step by step on whole tensors of the leaves' shape, then reduced if its
@@ -120,6 +129,7 @@ fn fused(
     dtype: DType,
     shape: Vec<usize>,
     env: &Bindings,
+    arithmetic: Arithmetic,
 ) -> Result<Tensor, String> {
     let fixed =
         |t: &Tensor| TensorType::new(t.dtype, t.shape.iter().map(|&n| Dim::fixed(n)).collect());
@@ -127,7 +137,14 @@ fn fused(
     let types = region.types(&operand_types.iter().collect::<Vec<_>>())?;
     let product;
     let values: Vec<&Tensor> = if region.kind == RegionKind::MatMul {
-        product = eval(&Op::MatMul, &xs[..2], types[0].dtype, shape.clone(), env)?;
+        product = eval_with(
+            &Op::MatMul,
+            &xs[..2],
+            types[0].dtype,
+            shape.clone(),
+            env,
+            arithmetic,
+        )?;
         std::iter::once(&product)
             .chain(xs[2..].iter().copied())
             .collect()
@@ -143,13 +160,20 @@ fn fused(
             .iter()
             .map(|&a| values.get(a).copied().unwrap_or_else(|| &steps[a - n]))
             .collect();
-        let value = eval(&step.op.primitive(), &args, ty.dtype, domain.clone(), env)?;
+        let value = eval_with(
+            &step.op.primitive(),
+            &args,
+            ty.dtype,
+            domain.clone(),
+            env,
+            arithmetic,
+        )?;
         steps.push(value);
     }
     let last = steps.pop().expect("a region has steps");
     match &region.kind {
         RegionKind::Map | RegionKind::MatMul => Ok(last),
-        RegionKind::Reduce { op, axes } => eval(
+        RegionKind::Reduce { op, axes } => eval_with(
             &Op::Reduce {
                 op: *op,
                 axes: axes.clone(),
@@ -158,6 +182,7 @@ fn fused(
             dtype,
             shape,
             env,
+            arithmetic,
         ),
     }
 }
@@ -208,23 +233,20 @@ fn unary(op: UnaryOp, x: &Data) -> Data {
     match x {
         Data::Float(v) => Data::Float(
             v.iter()
-                .map(|&a| {
-                    let a = a as f64;
-                    (match op {
-                        UnaryOp::Neg => -a,
-                        UnaryOp::Abs => a.abs(),
-                        UnaryOp::Exp => a.exp(),
-                        UnaryOp::Log => a.ln(),
-                        UnaryOp::Sqrt => a.sqrt(),
-                        UnaryOp::Rsqrt => 1.0 / a.sqrt(),
-                        UnaryOp::Recip => 1.0 / a,
-                        UnaryOp::Tanh => a.tanh(),
-                        UnaryOp::Erf => libm::erf(a),
-                        UnaryOp::Sigmoid => 1.0 / (1.0 + (-a).exp()),
-                        UnaryOp::Sin => a.sin(),
-                        UnaryOp::Cos => a.cos(),
-                        UnaryOp::Not => unreachable!("verified dtype"),
-                    }) as f32
+                .map(|&a| match op {
+                    UnaryOp::Neg => -a,
+                    UnaryOp::Abs => a.abs(),
+                    UnaryOp::Exp => a.exp(),
+                    UnaryOp::Log => a.ln(),
+                    UnaryOp::Sqrt => a.sqrt(),
+                    UnaryOp::Rsqrt => 1.0 / a.sqrt(),
+                    UnaryOp::Recip => 1.0 / a,
+                    UnaryOp::Tanh => a.tanh(),
+                    UnaryOp::Erf => libm::erf(a),
+                    UnaryOp::Sigmoid => 1.0 / (1.0 + (-a).exp()),
+                    UnaryOp::Sin => a.sin(),
+                    UnaryOp::Cos => a.cos(),
+                    UnaryOp::Not => unreachable!("verified dtype"),
                 })
                 .collect(),
         ),
@@ -270,18 +292,15 @@ fn binary(op: BinaryOp, x: &Data, y: &Data) -> Result<Data, String> {
         (Data::Float(a), Data::Float(b)) => Data::Float(
             a.iter()
                 .zip(b)
-                .map(|(&a, &b)| {
-                    let (a, b) = (a as f64, b as f64);
-                    (match op {
-                        BinaryOp::Add => a + b,
-                        BinaryOp::Sub => a - b,
-                        BinaryOp::Mul => a * b,
-                        BinaryOp::Div => a / b,
-                        BinaryOp::Max => nan_or(a, b, f64::max),
-                        BinaryOp::Min => nan_or(a, b, f64::min),
-                        BinaryOp::Pow => a.powf(b),
-                        _ => unreachable!("verified dtype"),
-                    }) as f32
+                .map(|(&a, &b)| match op {
+                    BinaryOp::Add => a + b,
+                    BinaryOp::Sub => a - b,
+                    BinaryOp::Mul => a * b,
+                    BinaryOp::Div => a / b,
+                    BinaryOp::Max => nan_or(a, b, f64::max),
+                    BinaryOp::Min => nan_or(a, b, f64::min),
+                    BinaryOp::Pow => a.powf(b),
+                    _ => unreachable!("verified dtype"),
                 })
                 .collect(),
         ),
@@ -320,21 +339,20 @@ fn binary(op: BinaryOp, x: &Data, y: &Data) -> Result<Data, String> {
     })
 }
 
-fn cast(x: &Tensor, dtype: DType) -> Tensor {
-    let data = match (&x.data, dtype) {
+fn cast(x: &Tensor, dtype: DType) -> Data {
+    match (&x.data, dtype) {
         (Data::Float(v), d) if d.is_float() => Data::Float(v.clone()),
         (Data::Float(v), DType::I32) => Data::Int(v.iter().map(|&a| a as i32 as i64).collect()),
         (Data::Float(v), d) if d.is_int() => Data::Int(v.iter().map(|&a| a as i64).collect()),
-        (Data::Int(v), d) if d.is_float() => Data::Float(v.iter().map(|&a| a as f32).collect()),
+        (Data::Int(v), d) if d.is_float() => Data::Float(v.iter().map(|&a| a as f64).collect()),
         (Data::Int(v), d) if d.is_int() => Data::Int(v.clone()),
         (Data::Bool(v), d) if d.is_float() => {
-            Data::Float(v.iter().map(|&a| a as u8 as f32).collect())
+            Data::Float(v.iter().map(|&a| a as u8 as f64).collect())
         }
         (Data::Bool(v), d) if d.is_int() => Data::Int(v.iter().map(|&a| a as i64).collect()),
         (Data::Bool(v), _) => Data::Bool(v.clone()),
         (data, _) => Data::Bool((0..data.len()).map(|i| data.get_f64(i) != 0.0).collect()),
-    };
-    Tensor::new(dtype, x.shape.clone(), data)
+    }
 }
 
 fn reduce(op: ReduceOp, x: &Tensor, axes: &[usize], out_shape: &[usize]) -> Data {
@@ -356,7 +374,6 @@ fn reduce(op: ReduceOp, x: &Tensor, axes: &[usize], out_shape: &[usize]) -> Data
             };
             let mut acc = vec![init; numel];
             for (&d, &a) in dst.iter().zip(v) {
-                let a = a as f64;
                 acc[d] = if op == ReduceOp::Max {
                     nan_or(acc[d], a, f64::max)
                 } else {
@@ -366,7 +383,7 @@ fn reduce(op: ReduceOp, x: &Tensor, axes: &[usize], out_shape: &[usize]) -> Data
             if op == ReduceOp::Mean {
                 acc.iter_mut().for_each(|a| *a /= count as f64);
             }
-            Data::Float(acc.into_iter().map(|a| a as f32).collect())
+            Data::Float(acc)
         }
         Data::Int(v) => {
             let init = match (op, x.dtype) {
@@ -414,9 +431,9 @@ fn matmul(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Data {
                     for j in 0..n {
                         let mut acc = 0f64;
                         for p in 0..k {
-                            acc += x[oa + i * k + p] as f64 * y[ob + p * n + j] as f64;
+                            acc += x[oa + i * k + p] * y[ob + p * n + j];
                         }
-                        out.push(acc as f32);
+                        out.push(acc);
                     }
                 }
             }
@@ -474,9 +491,7 @@ fn scatter(xs: &[&Tensor], axis: usize, mode: ScatterMode) -> Result<Data, Strin
             for q in 0..post {
                 let d = (p * len + i) * post + q;
                 match (&mut out, &upd.data, mode) {
-                    (Data::Float(o), Data::Float(v), ScatterMode::Add) => {
-                        o[d] = (o[d] as f64 + v[u] as f64) as f32
-                    }
+                    (Data::Float(o), Data::Float(v), ScatterMode::Add) => o[d] += v[u],
                     (Data::Float(o), Data::Float(v), ScatterMode::Replace) => o[d] = v[u],
                     (Data::Int(o), Data::Int(v), ScatterMode::Add) => {
                         o[d] = o[d].wrapping_add(v[u])

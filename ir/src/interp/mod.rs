@@ -10,8 +10,8 @@ mod kernels;
 pub mod random;
 mod tensor;
 
-pub use kernels::eval as eval_op;
-pub use tensor::{strides, Data, Tensor};
+pub use kernels::{eval as eval_op, eval_with as eval_op_with};
+pub use tensor::{strides, Arithmetic, Data, Tensor};
 
 use crate::dim::Bindings;
 use crate::error::IrError;
@@ -23,6 +23,16 @@ use std::collections::{BTreeMap, HashMap};
 pub type TensorMap = BTreeMap<String, Tensor>;
 
 pub fn interpret(g: &Graph, inputs: &TensorMap, weights: &TensorMap) -> Result<TensorMap, IrError> {
+    interpret_with(g, inputs, weights, Arithmetic::Native)
+}
+
+/// [`interpret`] under the given arithmetic (`Exact` keeps every float in f64).
+pub fn interpret_with(
+    g: &Graph,
+    inputs: &TensorMap,
+    weights: &TensorMap,
+    arithmetic: Arithmetic,
+) -> Result<TensorMap, IrError> {
     let env = bind_symbols(g, inputs, weights)?;
     let mut values: HashMap<NodeId, Tensor> = HashMap::new();
     for &id in g.inputs().iter().chain(g.weights()) {
@@ -60,7 +70,8 @@ pub fn interpret(g: &Graph, inputs: &TensorMap, weights: &TensorMap) -> Result<T
                 ))
             })?;
         let args: Vec<&Tensor> = operands.iter().map(|o| &values[o]).collect();
-        let result = kernels::eval(&node.op, &args, node.ty.dtype, shape, &env).map_err(|e| {
+        let result = kernels::eval_with(&node.op, &args, node.ty.dtype, shape, &env, arithmetic);
+        let result = result.map_err(|e| {
             let label = node
                 .label
                 .as_deref()

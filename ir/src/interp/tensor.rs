@@ -1,15 +1,27 @@
 //! Concrete tensors of the reference interpreter.
 //!
-//! Floats are held as `f32` whatever their dtype; `f16` and `bf16` values are rounded to their
-//! type after every op that produces them, so the interpreter reproduces narrow-type rounding.
-//! `i32` and `i64` are held as `i64` (an `i32` result wraps to 32 bits), `bool` as `bool`.
+//! Floats are held as `f64` whatever their dtype. Under [`Arithmetic::Native`] every value is
+//! rounded to its dtype after the op that produces it, so the interpreter reproduces f32 and
+//! narrow-type rounding; under [`Arithmetic::Exact`] nothing is rounded (gradient checks by
+//! finite differences need that). `i32` and `i64` are held as `i64` (an `i32` result always wraps
+//! to 32 bits), `bool` as `bool`.
 
 use crate::dtype::DType;
 use half::{bf16, f16};
 
+/// How float values are stored between ops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Arithmetic {
+    /// Rounded to their dtype after every op: what a backend computes.
+    #[default]
+    Native,
+    /// Kept in f64 whatever their dtype: the real-number semantics, up to f64 rounding.
+    Exact,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Data {
-    Float(Vec<f32>),
+    Float(Vec<f64>),
     Int(Vec<i64>),
     Bool(Vec<bool>),
 }
@@ -53,10 +65,20 @@ impl Data {
         }
     }
 
+    /// Data of `dtype` from f64 values (floats as they are, integers truncated toward zero,
+    /// bool as `≠ 0`).
+    pub fn from_f64(dtype: DType, values: impl IntoIterator<Item = f64>) -> Data {
+        match dtype {
+            d if d.is_float() => Data::Float(values.into_iter().collect()),
+            d if d.is_int() => Data::Int(values.into_iter().map(|v| v as i64).collect()),
+            _ => Data::Bool(values.into_iter().map(|v| v != 0.0).collect()),
+        }
+    }
+
     /// Element `i` as f64 (bool as 0/1).
     pub fn get_f64(&self, i: usize) -> f64 {
         match self {
-            Data::Float(v) => v[i] as f64,
+            Data::Float(v) => v[i],
             Data::Int(v) => v[i] as f64,
             Data::Bool(v) => v[i] as u8 as f64,
         }
@@ -64,18 +86,30 @@ impl Data {
 }
 
 impl Tensor {
+    /// A tensor with its values rounded to `dtype`.
     pub fn new(dtype: DType, shape: Vec<usize>, data: Data) -> Tensor {
+        Tensor::with_arithmetic(dtype, shape, data, Arithmetic::Native)
+    }
+
+    /// A tensor whose float values are rounded as `arithmetic` says.
+    pub fn with_arithmetic(
+        dtype: DType,
+        shape: Vec<usize>,
+        data: Data,
+        arithmetic: Arithmetic,
+    ) -> Tensor {
         assert_eq!(
             shape.iter().product::<usize>(),
             data.len(),
             "tensor data does not fill its shape"
         );
         let mut t = Tensor { dtype, shape, data };
-        t.round();
+        t.round(arithmetic);
         t
     }
 
     pub fn f32(shape: &[usize], values: Vec<f32>) -> Tensor {
+        let values = values.into_iter().map(f64::from).collect();
         Tensor::new(DType::F32, shape.to_vec(), Data::Float(values))
     }
 
@@ -90,12 +124,7 @@ impl Tensor {
         shape: &[usize],
         values: impl IntoIterator<Item = f64>,
     ) -> Tensor {
-        let data = match dtype {
-            d if d.is_float() => Data::Float(values.into_iter().map(|v| v as f32).collect()),
-            d if d.is_int() => Data::Int(values.into_iter().map(|v| v as i64).collect()),
-            _ => Data::Bool(values.into_iter().map(|v| v != 0.0).collect()),
-        };
-        Tensor::new(dtype, shape.to_vec(), data)
+        Tensor::new(dtype, shape.to_vec(), Data::from_f64(dtype, values))
     }
 
     pub fn numel(&self) -> usize {
@@ -106,15 +135,20 @@ impl Tensor {
         (0..self.data.len()).map(|i| self.data.get_f64(i)).collect()
     }
 
-    /// Rounds values to what the dtype can hold.
-    pub(crate) fn round(&mut self) {
+    /// Rounds values to what the dtype can hold (floats only under native arithmetic). Narrow
+    /// floats round through f32, as a backend computing in f32 rounds them.
+    fn round(&mut self, arithmetic: Arithmetic) {
+        let native = arithmetic == Arithmetic::Native;
         match (&mut self.data, self.dtype) {
-            (Data::Float(v), DType::F16) => {
-                v.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32())
+            (Data::Float(v), DType::F32) if native => {
+                v.iter_mut().for_each(|x| *x = *x as f32 as f64)
             }
-            (Data::Float(v), DType::BF16) => {
-                v.iter_mut().for_each(|x| *x = bf16::from_f32(*x).to_f32())
-            }
+            (Data::Float(v), DType::F16) if native => v
+                .iter_mut()
+                .for_each(|x| *x = f16::from_f32(*x as f32).to_f64()),
+            (Data::Float(v), DType::BF16) if native => v
+                .iter_mut()
+                .for_each(|x| *x = bf16::from_f32(*x as f32).to_f64()),
             (Data::Int(v), DType::I32) => v.iter_mut().for_each(|x| *x = *x as i32 as i64),
             _ => {}
         }

@@ -204,6 +204,18 @@ fn build_op(
         "concat" => Op::Concat { axis: axis()? },
         "gather" => Op::Gather { axis: axis()? },
         "flash_attention" => Op::FlashAttention(crate::Attention::from_attributes(attrs)?),
+        "flash_attention_lse" => Op::FlashAttentionLse(crate::Attention::from_attributes(attrs)?),
+        "grad" => Op::Grad,
+        _ if name.starts_with("flash_attention_grad_") => {
+            let wrt = crate::attention::AttentionInput::ALL
+                .into_iter()
+                .find(|w| w.grad_name() == name)
+                .ok_or_else(|| format!("unknown op `{name}`"))?;
+            Op::FlashAttentionGrad {
+                attention: crate::Attention::from_attributes(attrs)?,
+                wrt,
+            }
+        }
         _ => return Err(format!("unknown op `{name}`")),
     })
 }

@@ -92,7 +92,9 @@ pub(super) fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             ("start", start.to_string()),
             ("end", end.to_string()),
         ],
-        Op::FlashAttention(attention) => attention.attributes(),
+        Op::FlashAttention(attention)
+        | Op::FlashAttentionLse(attention)
+        | Op::FlashAttentionGrad { attention, .. } => attention.attributes(),
         _ => Vec::new(),
     }
 }
