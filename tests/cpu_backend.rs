@@ -25,12 +25,14 @@ fn compiled_with(case: &str, precision: Precision) -> Model {
     let opts = BuildOptions {
         max_batch: 2,
         max_seq: 64,
+        ..BuildOptions::for_spec(&spec)
     };
     let options = PipelineOptions {
         precision,
         ..PipelineOptions::default()
     };
-    let artifact = kiln::compile::compile_cpu_with(&spec, &Program::ALL, opts, &options).unwrap();
+    let artifact =
+        kiln::compile::compile_cpu_with(&spec, &Program::INFERENCE, opts, &options).unwrap();
     let artifact = Artifact::from_bytes(&artifact.to_bytes(), case).unwrap();
     let manifest = &artifact.manifest;
     let weights = load_weights(

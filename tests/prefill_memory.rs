@@ -23,6 +23,7 @@ fn tiny_prefill(passes: &[&dyn Pass]) -> Graph {
     let opts = BuildOptions {
         max_batch: 1,
         max_seq: 2048,
+        ..BuildOptions::for_spec(&spec)
     };
     let mut g = build(&spec, Program::Prefill, opts).unwrap();
     for pass in passes {

@@ -46,12 +46,14 @@ fn compiled(path: &std::path::Path, precision: Precision) -> (Model, Tokenizer) 
     let opts = BuildOptions {
         max_batch: 1,
         max_seq: 64,
+        ..BuildOptions::for_spec(&spec)
     };
     let options = PipelineOptions {
         precision,
         ..PipelineOptions::default()
     };
-    let artifact = kiln::compile::compile_cpu_with(&spec, &Program::ALL, opts, &options).unwrap();
+    let artifact =
+        kiln::compile::compile_cpu_with(&spec, &Program::INFERENCE, opts, &options).unwrap();
     let manifest = &artifact.manifest;
     let weights = load_weights(path, &manifest.weights, &manifest.model).unwrap();
     let tokenizer = open_tokenizer(None, path, &manifest.model).unwrap();

@@ -29,6 +29,7 @@ fn main() -> Result<(), String> {
     let opts = BuildOptions {
         max_batch: 1,
         max_seq: spec.max_positions,
+        ..BuildOptions::for_spec(&spec)
     };
     let artifact = compile_cpu(&spec, &DECODING_PROGRAMS, opts)
         .map_err(|e| format!("compiling {}: {e}", config.display()))?;

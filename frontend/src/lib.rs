@@ -12,7 +12,7 @@ mod json;
 pub mod rope;
 pub mod spec;
 
-pub use build::{build, BuildOptions, Program};
+pub use build::{build, BuildOptions, LossOptions, Program};
 pub use error::FrontendError;
 pub use spec::ModelSpec;
 

@@ -1,7 +1,8 @@
 //! The causal decoder (Llama family): embedding, pre-norm attention + gated-MLP layers, final
 //! norm and the (tied or untied) head. `prefill` and `decode` differ only in their token count
 //! and in carrying a cache in; `prefill` applies the head to the last position only, `forward`
-//! to every position and returns no cache.
+//! to every position and returns no cache; the training programs continue from the logits of
+//! every position (`train.rs`).
 
 use super::attention::{rope_angles, self_attention, LayerCache};
 use super::layers::{gated_mlp, linear, rms_norm};
@@ -14,12 +15,12 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
     let mut g = Graph::new(program.name());
     let batch = g.symbol("batch", opts.max_batch)?;
     let (seq, past) = match program {
-        Program::Prefill | Program::Forward => (g.symbol("seq", opts.max_seq)?, None),
         Program::Decode => (Dim::fixed(1), Some(g.symbol("past", opts.max_seq - 1)?)),
+        _ => (g.symbol("seq", opts.max_seq)?, None),
     };
     let tokens_ty = TensorType::new(DType::I64, vec![batch.clone(), seq.clone()]);
     let input_ids = g.input("input_ids", tokens_ty.clone())?;
-    let positions = g.input("position_ids", tokens_ty)?;
+    let positions = g.input("position_ids", tokens_ty.clone())?;
     let att = &spec.attention;
     let cache_ty = |len: Dim| {
         TensorType::new(
@@ -92,8 +93,8 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
         caches.push(cache);
     }
     let x = match program {
-        Program::Prefill => g.slice(x, 1, seq.minus(&Dim::fixed(1)), seq)?,
-        Program::Decode | Program::Forward => x,
+        Program::Prefill => g.slice(x, 1, seq.minus(&Dim::fixed(1)), seq.clone())?,
+        _ => x,
     };
     let x = rms_norm(&mut g, x, "model.norm", spec.norm.eps)?;
     let head = if spec.embeddings.tied {
@@ -102,6 +103,10 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
         "lm_head"
     };
     let logits = linear(&mut g, x, head, hidden, spec.vocab_size, false)?;
+    if program.is_training() {
+        super::train::append(&mut g, program, logits, tokens_ty, &opts.loss)?;
+        return Ok(g);
+    }
     g.output("logits", logits)?;
     if program == Program::Forward {
         return Ok(g);

@@ -8,7 +8,9 @@
 //!   (`past_key_L`, `past_value_L` `f32[batch, kv_heads, past, head_dim]`) → `logits` and the
 //!   cache one longer (`past+1`);
 //! - `forward`: the inputs of `prefill` → `logits f32[batch, seq, vocab]` at every position and
-//!   no cache (scoring, evaluation, comparison with other frameworks).
+//!   no cache (scoring, evaluation, comparison with other frameworks);
+//! - `train_step` and `accumulate`: the forward of every position, the loss, its gradients and
+//!   (for `train_step`) clipping and the AdamW update, in one graph (see `train.rs`).
 //!
 //! The cache holds `kv_heads` heads (as Hugging Face's does); attention repeats them explicitly
 //! for grouped-query attention, and masks with explicit compares, so later passes see — and fuse —
@@ -19,6 +21,10 @@
 mod attention;
 mod decoder;
 mod layers;
+mod loss;
+mod train;
+
+pub use loss::LossOptions;
 
 use crate::error::FrontendError;
 use crate::spec::*;
@@ -31,17 +37,35 @@ pub enum Program {
     Prefill,
     Decode,
     Forward,
+    TrainStep,
+    Accumulate,
 }
 
 impl Program {
-    pub const ALL: [Program; 3] = [Program::Prefill, Program::Decode, Program::Forward];
+    pub const ALL: [Program; 5] = [
+        Program::Prefill,
+        Program::Decode,
+        Program::Forward,
+        Program::TrainStep,
+        Program::Accumulate,
+    ];
+    /// The programs that run a trained model.
+    pub const INFERENCE: [Program; 3] = [Program::Prefill, Program::Decode, Program::Forward];
+    /// The programs that train one.
+    pub const TRAINING: [Program; 2] = [Program::TrainStep, Program::Accumulate];
 
     pub fn name(self) -> &'static str {
         match self {
             Program::Prefill => "prefill",
             Program::Decode => "decode",
             Program::Forward => "forward",
+            Program::TrainStep => "train_step",
+            Program::Accumulate => "accumulate",
         }
+    }
+
+    pub fn is_training(self) -> bool {
+        Program::TRAINING.contains(&self)
     }
 }
 
@@ -57,24 +81,33 @@ impl FromStr for Program {
         Program::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown program `{s}` (expected prefill, decode or forward)"))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Program::ALL.iter().map(|p| p.name()).collect();
+                format!(
+                    "unknown program `{s}` (expected one of {})",
+                    names.join(", ")
+                )
+            })
     }
 }
 
-/// Declared maxima of the symbolic dimensions.
+/// Declared maxima of the symbolic dimensions, and the training loss.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BuildOptions {
     pub max_batch: usize,
     /// Longest sequence (prompt plus generated tokens); at most the model's position limit.
     pub max_seq: usize,
+    /// The loss of the training programs.
+    pub loss: LossOptions,
 }
 
 impl BuildOptions {
-    /// Batch up to 8, sequences up to the model's position limit.
+    /// Batch up to 8, sequences up to the model's position limit, plain cross-entropy.
     pub fn for_spec(spec: &ModelSpec) -> BuildOptions {
         BuildOptions {
             max_batch: 8,
             max_seq: spec.max_positions,
+            loss: LossOptions::default(),
         }
     }
 }
@@ -104,6 +137,9 @@ pub fn build(
         }) => (*original_max_positions).min(spec.max_positions),
         _ => spec.max_positions,
     };
+    opts.loss
+        .check()
+        .map_err(|message| refuse("loss", message))?;
     if opts.max_seq < 2 || opts.max_seq > limit {
         return Err(refuse(
             "max_seq",
