@@ -631,6 +631,59 @@ fn gathers() {
 }
 
 #[test]
+fn scatters() {
+    check_table(vec![
+        // The embedding gradient: repeated ids accumulate (f32 sums in index order).
+        text(
+            "scatter_add_embedding_gradient",
+            "input %ids : i64[2, seq]\ninput %g : f32[2, seq, 70]\n\
+             %0 = const 0 : f32[16, 70]\n\
+             %1 = scatter_add %0, %ids, %g axis=0 : f32[16, 70]\noutput y = %1",
+            SUMS,
+        )
+        .ints(16),
+        text(
+            "scatter_add_into_data_i32_ids",
+            "input %ids : i32[seq]\ninput %x : f32[5, 3, 6]\ninput %u : f32[5, seq, 6]\n\
+             %0 = scatter_add %x, %ids, %u axis=1 : f32[5, 3, 6]\noutput y = %0",
+            SUMS,
+        )
+        .ints(3),
+        text(
+            "scatter_add_ints_last_axis",
+            "input %ids : i64[seq]\ninput %x : i64[4, 5]\ninput %u : i64[4, seq]\n\
+             %0 = scatter_add %x, %ids, %u axis=1 : i64[4, 5]\noutput y = %0",
+            Tol::Exact,
+        )
+        .ints(5),
+        // Replacing: the last write of a repeated index wins, as in the interpreter.
+        text(
+            "scatter_replace_rows",
+            "input %ids : i64[seq]\ninput %x : f32[6, 9]\ninput %u : f32[seq, 9]\n\
+             %0 = scatter %x, %ids, %u axis=0 : f32[6, 9]\noutput y = %0",
+            Tol::Exact,
+        )
+        .ints(6),
+        // Updates that are a view (a transpose) are copied contiguous first.
+        text(
+            "scatter_add_of_a_permuted_update",
+            "input %ids : i64[3]\ninput %x : f32[4, seq]\ninput %u : f32[seq, 3]\n\
+             %0 = permute %u perm=[1,0] : f32[3, seq]\n\
+             %1 = scatter_add %x, %ids, %0 axis=0 : f32[4, seq]\noutput y = %1",
+            SUMS,
+        )
+        .ints(4),
+        text(
+            "scatter_scalar_index",
+            "input %i : i64[]\ninput %x : f32[5, 4]\ninput %u : f32[4]\n\
+             %0 = scatter_add %x, %i, %u axis=0 : f32[5, 4]\noutput y = %0",
+            Tol::Exact,
+        )
+        .ints(5),
+    ]);
+}
+
+#[test]
 fn sources_and_outputs() {
     check_table(vec![
         text(

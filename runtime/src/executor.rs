@@ -46,6 +46,36 @@ fn host_has(feature: &str) -> bool {
     }
 }
 
+fn check_weights(manifest: &Manifest, file: &str, weights: &[Tensor]) -> Result<()> {
+    if weights.len() != manifest.weights.len() {
+        return Err(RuntimeError::new(
+            file,
+            Some("weights"),
+            format!(
+                "{} weights given, the artifact expects {}",
+                weights.len(),
+                manifest.weights.len()
+            ),
+        ));
+    }
+    for (w, desc) in weights.iter().zip(&manifest.weights) {
+        if w.dtype != desc.dtype || w.shape != desc.shape {
+            return Err(RuntimeError::tensor(
+                file,
+                &desc.name,
+                format!(
+                    "expected {}{:?}, got {}{:?}",
+                    desc.dtype.name(),
+                    desc.shape,
+                    w.dtype.name(),
+                    w.shape
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Threads to use by default: the machine's cores.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -79,32 +109,7 @@ impl Model {
                 format!("compiled for CPUs with `{missing}`, which this CPU lacks"),
             ));
         }
-        if weights.len() != manifest.weights.len() {
-            return Err(RuntimeError::new(
-                file,
-                Some("weights"),
-                format!(
-                    "{} weights given, the artifact expects {}",
-                    weights.len(),
-                    manifest.weights.len()
-                ),
-            ));
-        }
-        for (w, desc) in weights.iter().zip(&manifest.weights) {
-            if w.dtype != desc.dtype || w.shape != desc.shape {
-                return Err(RuntimeError::tensor(
-                    file,
-                    &desc.name,
-                    format!(
-                        "expected {}{:?}, got {}{:?}",
-                        desc.dtype.name(),
-                        desc.shape,
-                        w.dtype.name(),
-                        w.shape
-                    ),
-                ));
-            }
-        }
+        check_weights(&manifest, file, &weights)?;
         let mut constants = Vec::new();
         for (i, c) in manifest.constants.iter().enumerate() {
             let bytes = artifact
@@ -147,6 +152,17 @@ impl Model {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// Moves the weights out, for a caller that updates them (a trainer) and hands them to every
+    /// run ([`Runner::run_with_weights`]); [`Runner::run`] then refuses to run.
+    pub fn take_weights(&mut self) -> Vec<Tensor> {
+        std::mem::take(&mut self.weights)
+    }
+
+    /// Checks `weights` against the manifest: one per entry, in order, of its dtype and shape.
+    fn check_weights(&self, weights: &[Tensor]) -> Result<()> {
+        check_weights(&self.manifest, &self.file, weights)
     }
 
     /// A runner for the program `name`.
@@ -330,8 +346,26 @@ impl<'m> Runner<'m> {
         Ok(())
     }
 
-    /// Runs the program on the inputs set.
+    /// Runs the program on the inputs set, with the model's weights.
     pub fn run(&mut self) -> Result<()> {
+        let model = self.model;
+        if model.weights.len() != model.manifest.weights.len() {
+            return Err(self.err(
+                "weights",
+                "the model's weights were moved out: pass them to `run_with_weights`".into(),
+            ));
+        }
+        self.run_on(&model.weights)
+    }
+
+    /// Runs the program on the inputs set, with `weights` in place of the model's (one per
+    /// manifest entry, each of its dtype and shape).
+    pub fn run_with_weights(&mut self, weights: &[Tensor]) -> Result<()> {
+        self.model.check_weights(weights)?;
+        self.run_on(weights)
+    }
+
+    fn run_on(&mut self, weights: &[Tensor]) -> Result<()> {
         self.bind_symbols()?;
         let syms = self.symbols.clone();
         self.arena.fit(self.desc, &syms);
@@ -347,7 +381,7 @@ impl<'m> Runner<'m> {
             .enumerate()
             .map(|(b, desc)| match desc.kind {
                 BufferKind::Input(i) => self.inputs[i].as_ref().unwrap().as_ptr() as usize,
-                BufferKind::Weight(i) => model.weights[i].as_ptr() as usize,
+                BufferKind::Weight(i) => weights[i].as_ptr() as usize,
                 BufferKind::Constant(i) => model.constants[i].as_ptr() as usize,
                 BufferKind::Temp => self.temps[b].as_mut_ptr() as usize,
                 BufferKind::Intermediate { .. } => self.arena.address(b),

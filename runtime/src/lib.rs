@@ -4,7 +4,8 @@
 //! `kiln-passes`, backends), so an application embedding an artifact links only the runtime;
 //! `tests/architecture.rs` enforces it. The artifact format (`manifest`, `artifact`, `poly`) is
 //! defined here, and the compiler writes it. Text in and out of a model is here too: `tokenizer`
-//! (text ↔ ids), `chat` (chat templates) and `sampling` (choosing the next token).
+//! (text ↔ ids), `chat` (chat templates) and `sampling` (choosing the next token); `train` drives
+//! the compiled training programs.
 
 pub mod arena;
 pub mod artifact;
@@ -23,6 +24,7 @@ pub mod pool;
 pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use artifact::Artifact;

@@ -14,6 +14,13 @@ fn words_for(bytes: usize) -> usize {
     bytes.div_ceil(8)
 }
 
+/// An empty `f32` tensor: a placeholder while storage is moved elsewhere.
+impl Default for Tensor {
+    fn default() -> Tensor {
+        Tensor::zeros(ElemType::F32, &[0])
+    }
+}
+
 impl Tensor {
     pub fn zeros(dtype: ElemType, shape: &[usize]) -> Tensor {
         let numel: usize = shape.iter().product();

@@ -6,7 +6,7 @@
 //! (`work`) that the runtime hands out to threads.
 
 use crate::view::View;
-use kiln_ir::op::{BinaryOp, ReduceOp, UnaryOp};
+use kiln_ir::op::{BinaryOp, ReduceOp, ScatterMode, UnaryOp};
 use kiln_ir::{Attention, DType};
 use kiln_runtime::manifest::WorkFactor;
 use kiln_runtime::Poly;
@@ -76,9 +76,23 @@ pub enum Kernel {
         axis: usize,
         out: View,
     },
+    /// `out[pre, indices[i..], post] (+)= updates[pre, i.., post]` into `out`, which already
+    /// holds the scattered-into data (a copy kernel wrote it); `out` and `updates` are
+    /// contiguous. Work items are tiles of [`SCATTER_TILE`] columns of `post` of one `pre`
+    /// row: each walks every index, so items never write the same element.
+    Scatter {
+        indices: View,
+        updates: View,
+        axis: usize,
+        mode: ScatterMode,
+        out: View,
+    },
     /// `flash_attention`; see [`AttentionKernel`].
     Attention(Box<AttentionKernel>),
 }
+
+/// Columns per work item of a scatter.
+pub const SCATTER_TILE: i64 = 64;
 
 /// `flash_attention` (semantics in `kiln_ir::attention`): `q: [B, H, S, D]`,
 /// `k: [B, H/group, T, D]`, `v: [B, H/group, T, Dv]`, the query positions `[B, S]` unless the
@@ -101,7 +115,8 @@ impl Kernel {
             Kernel::Map { out, .. }
             | Kernel::Reduce { out, .. }
             | Kernel::MatMul { out, .. }
-            | Kernel::Gather { out, .. } => out,
+            | Kernel::Gather { out, .. }
+            | Kernel::Scatter { out, .. } => out,
             Kernel::Attention(a) => &a.out,
         }
     }
@@ -125,6 +140,18 @@ impl Kernel {
                 vec![whole(&rows(&out.dims))],
                 inner().mul(&bytes(out)).scale(2),
             ),
+            Kernel::Scatter { indices, axis, .. } => {
+                let post = Poly::product(&out.dims[axis + 1..]);
+                let factors = vec![
+                    whole(&Poly::product(&out.dims[..*axis])),
+                    WorkFactor {
+                        extent: post,
+                        tile: SCATTER_TILE as u64,
+                    },
+                ];
+                let per_index = bytes(out).scale(2 * SCATTER_TILE);
+                (factors, indices.numel().mul(&per_index))
+            }
             Kernel::Reduce { leaves, axes, .. } => (
                 vec![whole(&out.numel())],
                 Poly::product(axes.iter().map(|&a| &leaves[0].dims[a]))

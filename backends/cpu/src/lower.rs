@@ -423,10 +423,27 @@ impl Lowering<'_> {
                 );
                 out
             }
-            Op::Scatter { .. } => {
-                return Err(CompileError(
-                    "scatter is not supported by the CPU backend yet".into(),
-                ))
+            Op::Scatter { axis, mode } => {
+                let out = self.temp(ty);
+                self.copy(&operands[0], &out, &label);
+                let indices = self.buffered(&operands[1], &label);
+                let updates = match operands[2].buffer() {
+                    Some(_) if operands[2].offset.is_constant(0) && operands[2].is_contiguous() => {
+                        operands[2].clone()
+                    }
+                    _ => self.materialize(&operands[2], &label),
+                };
+                self.push(
+                    Kernel::Scatter {
+                        indices,
+                        updates,
+                        axis: *axis,
+                        mode: *mode,
+                        out: out.clone(),
+                    },
+                    label,
+                );
+                out
             }
             Op::FlashAttention(attention) => self.attention(attention, &operands, ty, label)?,
             Op::FlashAttentionLse(_) | Op::FlashAttentionGrad { .. } => {

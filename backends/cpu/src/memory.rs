@@ -63,6 +63,12 @@ fn touched(kernel: &Kernel) -> Vec<usize> {
         Kernel::Gather {
             data, indices, out, ..
         } => vec![data, indices, out],
+        Kernel::Scatter {
+            indices,
+            updates,
+            out,
+            ..
+        } => vec![indices, updates, out],
         Kernel::Attention(a) => [&a.q, &a.k, &a.v, &a.out]
             .into_iter()
             .chain(&a.positions)

@@ -13,13 +13,13 @@ use crate::view::View;
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, Value};
 use kiln_ir::DType;
 
-struct Strided {
-    ptr: Value,
-    offset: Value,
-    strides: Vec<Value>,
+pub(super) struct Strided {
+    pub ptr: Value,
+    pub offset: Value,
+    pub strides: Vec<Value>,
 }
 
-fn strided(f: &mut KernelFn, v: &View) -> Strided {
+pub(super) fn strided(f: &mut KernelFn, v: &View) -> Strided {
     Strided {
         ptr: f.buffer(v.buffer().expect("gather operands are buffers")),
         offset: f.poly(&v.offset),
@@ -28,7 +28,13 @@ fn strided(f: &mut KernelFn, v: &View) -> Strided {
 }
 
 /// Loads the index at linear position `at` of `indices`, clamped into `[0, len)`.
-fn read_index(f: &mut KernelFn, indices: &Strided, dtype: DType, at: Value, len: Value) -> Value {
+pub(super) fn read_index(
+    f: &mut KernelFn,
+    indices: &Strided,
+    dtype: DType,
+    at: Value,
+    len: Value,
+) -> Value {
     let addr = f.address(indices.ptr, at, dtype);
     let raw = f.load(scalar_type(dtype), addr);
     let wide = if dtype == DType::I64 {

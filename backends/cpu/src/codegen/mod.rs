@@ -10,6 +10,7 @@ mod map;
 mod math;
 mod matmul;
 mod reduce;
+mod scatter;
 mod widen;
 
 use crate::error::Result;
@@ -60,6 +61,13 @@ pub fn define(module: &mut ObjectModule, name: &str, kernel: &Kernel) -> Result<
             axis,
             out,
         } => gather::emit(&mut f, data, indices, *axis, out),
+        Kernel::Scatter {
+            indices,
+            updates,
+            axis,
+            mode,
+            out,
+        } => scatter::emit(&mut f, indices, updates, *axis, *mode, out),
         Kernel::Attention(a) => attention::emit(&mut f, a),
     }
     f.finish(module.target_config());

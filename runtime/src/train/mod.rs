@@ -1,0 +1,342 @@
+//! The training driver: runs a model's compiled `train_step` (and `accumulate`) programs step by
+//! step over token data, with the learning-rate schedule, the batch-size ramp, loss-spike and
+//! non-finite handling, and checkpoints.
+//!
+//! The trainer owns the weights and the AdamW moments (f32) and hands them to every run; a run's
+//! updated weights and moments are swapped in only when the step is accepted, so a rejected
+//! step (non-finite loss or gradient norm, or a loss spike) is never applied: it is skipped, or
+//! the last checkpoint is restored and the data moves on past the offending batch. One step runs
+//! `accumulate` on all micro-batches but the last and `train_step` on the last, so the loss and
+//! the gradients are means over every token of the step (see the compiler's docs/training.md for
+//! the programs). Runs are deterministic: the same start, options and data give the same bits,
+//! and resuming from a checkpoint continues the uninterrupted run exactly.
+
+mod checkpoint;
+mod data;
+mod schedule;
+mod spike;
+
+pub use checkpoint::Checkpoint;
+pub use data::{Batch, DataPosition, TokenData};
+pub use schedule::{BatchRamp, LrSchedule};
+pub use spike::{SpikeDetector, SpikeOptions, SpikePolicy};
+
+use crate::error::{Result, RuntimeError};
+use crate::executor::{Model, Runner};
+use crate::manifest::ElemType;
+use crate::tensor::Tensor;
+use std::path::{Path, PathBuf};
+
+/// Everything about a run but the model and the data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOptions {
+    /// Sequences per micro-batch.
+    pub batch: usize,
+    pub lr: LrSchedule,
+    pub ramp: BatchRamp,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this; `None`: no clipping.
+    pub max_grad_norm: Option<f64>,
+    pub spike: SpikeOptions,
+}
+
+impl TrainOptions {
+    /// AdamW's usual settings (betas 0.9 / 0.95, eps 1e-8, weight decay 0.1), clipping at 1.0,
+    /// a constant rate and one micro-batch of `batch` sequences per step.
+    pub fn new(batch: usize, lr: f64) -> TrainOptions {
+        TrainOptions {
+            batch,
+            lr: LrSchedule::constant(lr),
+            ramp: BatchRamp::constant(1),
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            max_grad_norm: Some(1.0),
+            spike: SpikeOptions::default(),
+        }
+    }
+}
+
+/// What became of a step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Applied,
+    /// Rejected (the reason) and skipped.
+    Skipped(String),
+    /// Rejected (the reason); the last checkpoint was restored.
+    RolledBack(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepReport {
+    /// Optimizer steps applied so far (after this one).
+    pub step: u64,
+    pub lr: f64,
+    pub loss: f64,
+    /// Before clipping.
+    pub grad_norm: f64,
+    pub micro_batches: usize,
+    /// Tokens predicted in this step.
+    pub tokens: usize,
+    pub outcome: Outcome,
+}
+
+pub struct Trainer<'m> {
+    train: Runner<'m>,
+    accumulate: Option<Runner<'m>>,
+    weights: Vec<crate::manifest::TensorDesc>,
+    params: Vec<Tensor>,
+    adam_m: Vec<Tensor>,
+    adam_v: Vec<Tensor>,
+    /// Optimizer steps applied.
+    step: u64,
+    options: TrainOptions,
+    spike: SpikeDetector,
+    last_checkpoint: Option<PathBuf>,
+}
+
+const HYPERPARAMETERS: [&str; 7] = [
+    "lr",
+    "beta1",
+    "beta2",
+    "eps",
+    "weight_decay",
+    "max_grad_norm",
+    "step",
+];
+
+fn scalar(v: f64) -> Tensor {
+    Tensor::f32(&[], &[v as f32])
+}
+
+impl<'m> Trainer<'m> {
+    /// A trainer of `model`'s weights `params` (those [`Model::take_weights`] returned), with
+    /// fresh moments.
+    pub fn new(
+        model: &'m Model,
+        params: Vec<Tensor>,
+        options: TrainOptions,
+    ) -> Result<Trainer<'m>> {
+        options.lr.check()?;
+        let train = model.runner("train_step")?;
+        let accumulate = model.runner("accumulate").ok();
+        let weights = model.manifest().weights.clone();
+        let zeros: Vec<Tensor> = weights
+            .iter()
+            .map(|w| Tensor::zeros(ElemType::F32, &w.shape))
+            .collect();
+        Ok(Trainer {
+            train,
+            accumulate,
+            weights,
+            params,
+            adam_m: zeros.clone(),
+            adam_v: zeros,
+            step: 0,
+            options,
+            spike: SpikeDetector::default(),
+            last_checkpoint: None,
+        })
+    }
+
+    /// Optimizer steps applied so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    pub fn weight_names(&self) -> impl Iterator<Item = &str> {
+        self.weights.iter().map(|w| w.name.as_str())
+    }
+
+    /// Runs one optimizer step on the next micro-batches of `data` (as many as the ramp says).
+    pub fn step(&mut self, data: &mut TokenData) -> Result<StepReport> {
+        let count = self.options.ramp.at(self.step + 1);
+        let batches = (0..count)
+            .map(|_| data.next_batch(self.options.batch))
+            .collect();
+        self.step_on(batches)
+    }
+
+    /// Runs one optimizer step on the given micro-batches (at least one).
+    pub fn step_on(&mut self, batches: Vec<Batch>) -> Result<StepReport> {
+        let t = self.step + 1;
+        let lr = self.options.lr.at(t);
+        let micro_batches = batches.len();
+        let tokens = batches.iter().map(|b| b.targets.numel()).sum();
+        let mut batches = batches.into_iter();
+        let last = batches.next_back().ok_or_else(|| {
+            RuntimeError::new("<training data>", None, "a step needs at least one batch")
+        })?;
+        let mut sums = self.empty_sums();
+        let sum_names = self.sum_names();
+        for batch in batches {
+            let runner = self.accumulate.as_mut().ok_or_else(|| {
+                RuntimeError::new(
+                    "<artifact>",
+                    Some("programs"),
+                    "a step of several micro-batches needs the `accumulate` program",
+                )
+            })?;
+            set_batch(runner, batch)?;
+            for (name, value) in sums {
+                runner.set_input(&name, value)?;
+            }
+            runner.run_with_weights(&self.params)?;
+            sums = sum_names
+                .iter()
+                .map(|name| Ok((name.clone(), runner.take_output(name)?)))
+                .collect::<Result<_>>()?;
+        }
+        set_batch(&mut self.train, last)?;
+        for (name, value) in sums {
+            self.train.set_input(&name, value)?;
+        }
+        let o = &self.options;
+        let values = [
+            lr,
+            o.beta1,
+            o.beta2,
+            o.eps,
+            o.weight_decay,
+            o.max_grad_norm.unwrap_or(f64::INFINITY),
+            t as f64,
+        ];
+        for (name, value) in HYPERPARAMETERS.iter().zip(values) {
+            self.train.set_input(name, scalar(value))?;
+        }
+        for (i, w) in self.weights.iter().enumerate() {
+            let m = std::mem::take(&mut self.adam_m[i]);
+            let v = std::mem::take(&mut self.adam_v[i]);
+            self.train.set_input(&format!("adam_m.{}", w.name), m)?;
+            self.train.set_input(&format!("adam_v.{}", w.name), v)?;
+        }
+        let ran = self.train.run_with_weights(&self.params);
+        for (i, w) in self.weights.iter().enumerate() {
+            self.adam_m[i] = self.train.take_input(&format!("adam_m.{}", w.name))?;
+            self.adam_v[i] = self.train.take_input(&format!("adam_v.{}", w.name))?;
+        }
+        ran?;
+        let read = |runner: &Runner, name: &str| -> Result<f64> {
+            Ok(runner.output(name)?.as_f32()[0] as f64)
+        };
+        let loss = read(&self.train, "loss")?;
+        let grad_norm = read(&self.train, "grad_norm")?;
+        let outcome = match self.spike.judge(&self.options.spike, loss, grad_norm) {
+            None => {
+                self.apply()?;
+                self.step = t;
+                self.spike.accept(&self.options.spike, loss);
+                Outcome::Applied
+            }
+            Some(reason) => match self.options.spike.policy {
+                SpikePolicy::Skip => Outcome::Skipped(reason),
+                SpikePolicy::Rollback => {
+                    self.rollback()?;
+                    Outcome::RolledBack(reason)
+                }
+            },
+        };
+        Ok(StepReport {
+            step: self.step,
+            lr,
+            loss,
+            grad_norm,
+            micro_batches,
+            tokens,
+            outcome,
+        })
+    }
+
+    /// Swaps the step's new weights and moments in; the old storage holds the next step's.
+    fn apply(&mut self) -> Result<()> {
+        for (i, w) in self.weights.iter().enumerate() {
+            for (prefix, state) in [
+                ("param.", &mut self.params),
+                ("adam_m.", &mut self.adam_m),
+                ("adam_v.", &mut self.adam_v),
+            ] {
+                let old = std::mem::take(&mut state[i]);
+                state[i] = self
+                    .train
+                    .swap_output(&format!("{prefix}{}", w.name), old)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sum_names(&self) -> Vec<String> {
+        ["loss_sum".to_string(), "token_count".to_string()]
+            .into_iter()
+            .chain(self.weights.iter().map(|w| format!("grad_sum.{}", w.name)))
+            .collect()
+    }
+
+    /// The sums before a step's first micro-batch: zeros.
+    fn empty_sums(&self) -> Vec<(String, Tensor)> {
+        let shapes = [Vec::new(), Vec::new()]
+            .into_iter()
+            .chain(self.weights.iter().map(|w| w.shape.clone()));
+        self.sum_names()
+            .into_iter()
+            .zip(shapes)
+            .map(|(name, shape)| (name, Tensor::zeros(ElemType::F32, &shape)))
+            .collect()
+    }
+
+    /// Writes a checkpoint of the current state and the data position.
+    pub fn save_checkpoint(&mut self, path: &Path, data: DataPosition) -> Result<()> {
+        let state = Checkpoint {
+            params: std::mem::take(&mut self.params),
+            adam_m: std::mem::take(&mut self.adam_m),
+            adam_v: std::mem::take(&mut self.adam_v),
+            step: self.step,
+            data,
+            recent_losses: self.spike.losses().collect(),
+        };
+        let written = checkpoint::write(path, &self.weights, &state);
+        self.params = state.params;
+        self.adam_m = state.adam_m;
+        self.adam_v = state.adam_v;
+        written?;
+        self.last_checkpoint = Some(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Restores the state of checkpoint `path`; returns its data position.
+    pub fn resume(&mut self, path: &Path) -> Result<DataPosition> {
+        let state = checkpoint::read(path, &self.weights)?;
+        self.params = state.params;
+        self.adam_m = state.adam_m;
+        self.adam_v = state.adam_v;
+        self.step = state.step;
+        self.spike = SpikeDetector::from_losses(state.recent_losses);
+        self.last_checkpoint = Some(path.to_path_buf());
+        Ok(state.data)
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        let path = self.last_checkpoint.clone().ok_or_else(|| {
+            RuntimeError::new(
+                "<training options>",
+                Some("spike-policy"),
+                "a step was rejected, and rolling back needs a checkpoint written before it",
+            )
+        })?;
+        self.resume(&path)?;
+        Ok(())
+    }
+}
+
+fn set_batch(runner: &mut Runner, batch: Batch) -> Result<()> {
+    runner.set_input("input_ids", batch.input_ids)?;
+    runner.set_input("position_ids", batch.position_ids)?;
+    runner.set_input("targets", batch.targets)
+}
