@@ -7,6 +7,7 @@ mod cmd_compile;
 mod cmd_generate;
 mod cmd_ir;
 mod cmd_run;
+mod cmd_train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
     Run(cmd_run::RunArgs),
     /// Measure prefill and decode throughput of an artifact.
     Bench(cmd_bench::BenchArgs),
+    /// Train a model (default: the embedded tiny Llama on the embedded text), then generate.
+    Train(Box<cmd_train::TrainArgs>),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => cmd_generate::run(args),
         Command::Run(args) => cmd_run::run(args),
         Command::Bench(args) => cmd_bench::run(args),
+        Command::Train(args) => cmd_train::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

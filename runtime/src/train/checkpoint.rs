@@ -32,16 +32,38 @@ pub struct Checkpoint {
 /// The tensor groups of a checkpoint, in file-name prefix order.
 const GROUPS: [&str; 3] = ["param.", "adam_m.", "adam_v."];
 
+/// `tensors` (f32, one per weight) as views named `PREFIX.NAME`.
+fn views<'a>(
+    file: &str,
+    prefix: &str,
+    weights: &[TensorDesc],
+    tensors: &'a [Tensor],
+) -> Result<Vec<(String, TensorView<'a>)>> {
+    weights
+        .iter()
+        .zip(tensors)
+        .map(|(desc, t)| {
+            let view = TensorView::new(Dtype::F32, t.shape.clone(), t.bytes())
+                .map_err(|e| RuntimeError::tensor(file, &desc.name, e.to_string()))?;
+            Ok((format!("{prefix}{}", desc.name), view))
+        })
+        .collect()
+}
+
+/// The weights alone, under their own names (what `--init` and other frameworks read).
+pub fn write_weights(path: &Path, weights: &[TensorDesc], params: &[Tensor]) -> Result<()> {
+    let file = path.display().to_string();
+    let bytes = safetensors::serialize(views(&file, "", weights, params)?, None)
+        .map_err(|e| RuntimeError::new(&file, None, e.to_string()))?;
+    atomic::write_file(path, &bytes)
+}
+
 pub fn write(path: &Path, weights: &[TensorDesc], state: &Checkpoint) -> Result<()> {
     let file = path.display().to_string();
     let groups = [&state.params, &state.adam_m, &state.adam_v];
-    let mut views = Vec::new();
+    let mut views_all = Vec::new();
     for (prefix, tensors) in GROUPS.iter().zip(groups) {
-        for (desc, t) in weights.iter().zip(tensors.iter()) {
-            let view = TensorView::new(Dtype::F32, t.shape.clone(), t.bytes())
-                .map_err(|e| RuntimeError::tensor(&file, &desc.name, e.to_string()))?;
-            views.push((format!("{prefix}{}", desc.name), view));
-        }
+        views_all.extend(views(&file, prefix, weights, tensors)?);
     }
     let losses: Vec<String> = state
         .recent_losses
@@ -56,7 +78,7 @@ pub fn write(path: &Path, weights: &[TensorDesc], state: &Checkpoint) -> Result<
         ("data.index".to_string(), state.data.index.to_string()),
         ("spike.losses".to_string(), losses.join(",")),
     ]);
-    let bytes = safetensors::serialize(views, Some(metadata))
+    let bytes = safetensors::serialize(views_all, Some(metadata))
         .map_err(|e| RuntimeError::new(&file, None, e.to_string()))?;
     atomic::write_file(path, &bytes)
 }

@@ -16,7 +16,7 @@ mod data;
 mod schedule;
 mod spike;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{write_weights, Checkpoint};
 pub use data::{Batch, DataPosition, TokenData};
 pub use schedule::{BatchRamp, LrSchedule};
 pub use spike::{SpikeDetector, SpikeOptions, SpikePolicy};
@@ -150,6 +150,16 @@ impl<'m> Trainer<'m> {
 
     pub fn params(&self) -> &[Tensor] {
         &self.params
+    }
+
+    /// The trained weights, in the manifest's order.
+    pub fn into_params(self) -> Vec<Tensor> {
+        self.params
+    }
+
+    /// Writes the current weights as a safetensors file under their own names (atomically).
+    pub fn save_weights(&self, path: &Path) -> Result<()> {
+        checkpoint::write_weights(path, &self.weights, &self.params)
     }
 
     pub fn weight_names(&self) -> impl Iterator<Item = &str> {

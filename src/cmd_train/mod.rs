@@ -1,0 +1,358 @@
+//! `kiln train`: compiles a model's training programs, then trains it on token data with the
+//! runtime's trainer — learning-rate warmup and cosine decay (or a constant rate), a batch-size
+//! ramp, clipping, AdamW, loss-spike handling and checkpoints — showing a progress bar, writing
+//! a CSV log and a PNG loss curve, and saving the final weights. With no model and no data it
+//! trains the embedded tiny Llama on the embedded text, then generates from it.
+
+mod data;
+mod report;
+
+use clap::{Args, ValueEnum};
+use kiln::compile::{compile_cpu, DECODING_PROGRAMS};
+use kiln::model;
+use kiln_frontend::{BuildOptions, Program};
+use kiln_runtime::executor::default_threads;
+use kiln_runtime::generate::{GenerateOptions, Generator};
+use kiln_runtime::train::{
+    BatchRamp, LrSchedule, Outcome, SpikeOptions, SpikePolicy, StepReport, TokenData, TrainOptions,
+    Trainer,
+};
+use kiln_runtime::{load_weights, open_tokenizer, Model, Sampling, Tokenizer};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// A config.json or model directory (default: the embedded tiny Llama).
+    model: Option<PathBuf>,
+    /// Initial weights (safetensors with Hugging Face names; default: seeded random weights).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Training data: a text file, or token ids as safetensors (`tokens` or `input_ids`);
+    /// default: the embedded text.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// A tokenizer.json for text data (default: the model's, or bytes for the embedded model).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Optimizer steps to run (in all, counting those of a resumed checkpoint).
+    #[arg(long, default_value_t = 300)]
+    steps: u64,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Positions per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Warmup steps (linear from lr/warmup).
+    #[arg(long, default_value_t = 20)]
+    warmup: u64,
+    /// The rate the cosine decays to by the last step (default: lr / 10).
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// A constant rate: no warmup and no decay.
+    #[arg(long, conflicts_with_all = ["warmup", "min_lr"])]
+    constant_lr: bool,
+    /// Micro-batches per step as `STEP:COUNT,…` (e.g. `1:1,100:2`); default: one.
+    #[arg(long)]
+    batch_ramp: Option<String>,
+    /// Clip the global gradient norm to this.
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// No gradient clipping.
+    #[arg(long, conflicts_with = "clip")]
+    no_clip: bool,
+    #[arg(long, default_value_t = 0.9)]
+    beta1: f64,
+    #[arg(long, default_value_t = 0.95)]
+    beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    eps: f64,
+    #[arg(long, default_value_t = 0.1)]
+    weight_decay: f64,
+    /// Label smoothing of the cross-entropy.
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// Weight of the z-loss (`lse²`).
+    #[arg(long, default_value_t = 0.0)]
+    z_loss: f64,
+    /// Reject a step whose loss exceeds this many times the recent mean (non-finite losses and
+    /// gradients are always rejected).
+    #[arg(long)]
+    spike_factor: Option<f64>,
+    /// What to do with a rejected step.
+    #[arg(long, value_enum, default_value = "skip")]
+    spike_policy: PolicyArg,
+    /// Where to write checkpoints (`step-N.safetensors`); needed to roll back.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Write a checkpoint every this many steps (and after the last).
+    #[arg(long, default_value_t = 100, requires = "checkpoint_dir")]
+    checkpoint_every: u64,
+    /// Continue from a checkpoint.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Write the final weights here (safetensors, Hugging Face names).
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Write one CSV row per step here.
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Draw the loss curve into this PNG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// After training, generate from this prompt (default for the embedded model: "The kiln").
+    #[arg(long)]
+    generate: Option<String>,
+    /// Seed of the random initial weights and of the data order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyArg {
+    Skip,
+    Rollback,
+}
+
+fn options(args: &TrainArgs) -> Result<TrainOptions, String> {
+    let lr = if args.constant_lr {
+        LrSchedule::constant(args.lr)
+    } else {
+        LrSchedule {
+            peak: args.lr,
+            warmup: args.warmup.min(args.steps.saturating_sub(1)),
+            decay_until: Some(args.steps),
+            floor: args.min_lr.unwrap_or(args.lr / 10.0),
+        }
+    };
+    let ramp = match &args.batch_ramp {
+        Some(text) => BatchRamp::parse(text).map_err(|e| e.to_string())?,
+        None => BatchRamp::constant(1),
+    };
+    let policy = match args.spike_policy {
+        PolicyArg::Skip => SpikePolicy::Skip,
+        PolicyArg::Rollback if args.checkpoint_dir.is_none() => {
+            return Err("--spike-policy rollback: needs --checkpoint-dir".into())
+        }
+        PolicyArg::Rollback => SpikePolicy::Rollback,
+    };
+    Ok(TrainOptions {
+        batch: args.batch,
+        lr,
+        ramp,
+        beta1: args.beta1,
+        beta2: args.beta2,
+        eps: args.eps,
+        weight_decay: args.weight_decay,
+        max_grad_norm: (!args.no_clip).then_some(args.clip),
+        spike: SpikeOptions {
+            factor: args.spike_factor,
+            policy,
+            ..SpikeOptions::default()
+        },
+    })
+}
+
+/// The tokenizer for text data: given, beside the model, or bytes for the embedded model.
+fn tokenizer(args: &TrainArgs, model: &Model) -> Result<Tokenizer, String> {
+    let info = &model.manifest().model;
+    match (&args.tokenizer, &args.model) {
+        (Some(path), _) => open_tokenizer(Some(path), path, info),
+        (None, Some(model_path)) => open_tokenizer(None, model_path, info),
+        (None, None) => Ok(Tokenizer::bytes()),
+    }
+    .map_err(|e| e.to_string())
+}
+
+pub fn run(args: TrainArgs) -> Result<(), String> {
+    let started = Instant::now();
+    let options = options(&args)?;
+    let spec = model::spec(args.model.as_deref())?;
+    if args.seq > spec.max_positions {
+        return Err(format!(
+            "--seq: {} is longer than the model's {} positions",
+            args.seq, spec.max_positions
+        ));
+    }
+    // Sequences up to the model's limit, so generation after training has room.
+    let build = BuildOptions {
+        max_batch: args.batch,
+        max_seq: spec.max_positions,
+        loss: kiln_frontend::LossOptions {
+            label_smoothing: args.label_smoothing,
+            z_loss: args.z_loss,
+        },
+    };
+    let programs: Vec<Program> = Program::TRAINING
+        .into_iter()
+        .chain(DECODING_PROGRAMS)
+        .collect();
+    let artifact = compile_cpu(&spec, &programs, build)?;
+    let compiled = started.elapsed().as_secs_f64();
+    let source = args
+        .model
+        .as_ref()
+        .map_or("<embedded tiny-llama>".into(), |p| p.display().to_string());
+    let weights = match &args.init {
+        Some(path) => {
+            let m = &artifact.manifest;
+            load_weights(path, &m.weights, &m.model)
+                .map_err(|e| e.to_string())?
+                .tensors
+        }
+        None => model::random_weights(&artifact.manifest.weights, args.seed),
+    };
+    let mut model =
+        Model::new(artifact, &source, weights, args.threads).map_err(|e| e.to_string())?;
+    let tokenizer = tokenizer(&args, &model)?;
+    let ids = data::tokens(args.data.as_deref(), &tokenizer, spec.vocab_size)?;
+    let data_name = args
+        .data
+        .as_ref()
+        .map_or("<embedded text>".into(), |p| p.display().to_string());
+    let mut stream = TokenData::new(ids, args.seq, args.batch, args.seed, &data_name)
+        .map_err(|e| e.to_string())?;
+    let params = model.take_weights();
+    let mut trainer = Trainer::new(&model, params, options).map_err(|e| e.to_string())?;
+    if let Some(path) = &args.resume {
+        let position = trainer.resume(path).map_err(|e| e.to_string())?;
+        stream.seek(position).map_err(|e| e.to_string())?;
+    }
+    eprintln!(
+        "compiled {} in {compiled:.2} s; training on {} tokens of {data_name} ({} windows of {})",
+        source,
+        stream.windows() * args.seq,
+        stream.windows(),
+        args.seq
+    );
+    let rows = train_loop(&args, &mut trainer, &mut stream)?;
+    let params = trainer.into_params();
+    if let Some(path) = &args.save {
+        kiln_runtime::train::write_weights(path, &model.manifest().weights, &params)
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(path) = &args.log {
+        report::write_csv(path, &rows)?;
+    }
+    if let Some(path) = &args.plot {
+        let losses: Vec<f64> = rows.iter().map(|(r, _)| r.loss).collect();
+        report::plot_loss(path, &losses)?;
+    }
+    summarize(&rows);
+    let prompt = args
+        .generate
+        .clone()
+        .or_else(|| args.model.is_none().then(|| "The kiln".to_string()));
+    if let Some(prompt) = prompt {
+        model.put_weights(params).map_err(|e| e.to_string())?;
+        // As long as the training sequences: the positions the model has learned.
+        generate(&model, &tokenizer, &prompt, args.seq)?;
+    }
+    Ok(())
+}
+
+fn train_loop(
+    args: &TrainArgs,
+    trainer: &mut Trainer,
+    stream: &mut TokenData,
+) -> Result<Vec<(StepReport, f64)>, String> {
+    let bar = indicatif::ProgressBar::new(args.steps);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} steps · {msg} · {elapsed} (eta {eta})",
+        )
+        .expect("a valid template"),
+    );
+    bar.set_position(trainer.step_count());
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    while trainer.step_count() < args.steps {
+        let report = trainer.step(stream).map_err(|e| e.to_string())?;
+        if report.outcome != Outcome::Applied {
+            bar.println(format!("step {}: {:?}", report.step + 1, report.outcome));
+        }
+        bar.set_position(report.step);
+        bar.set_message(format!(
+            "loss {:.4} · lr {:.2e} · |g| {:.3}",
+            report.loss, report.lr, report.grad_norm
+        ));
+        let at_interval = report.step % args.checkpoint_every == 0;
+        let applied = report.outcome == Outcome::Applied;
+        if let Some(dir) = &args.checkpoint_dir {
+            if applied && (at_interval || report.step == args.steps) {
+                checkpoint(trainer, dir, stream)?;
+            }
+        }
+        rows.push((report, started.elapsed().as_secs_f64()));
+    }
+    bar.finish();
+    Ok(rows)
+}
+
+fn checkpoint(trainer: &mut Trainer, dir: &Path, stream: &TokenData) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join(format!("step-{}.safetensors", trainer.step_count()));
+    trainer
+        .save_checkpoint(&path, stream.position())
+        .map_err(|e| e.to_string())
+}
+
+fn summarize(rows: &[(StepReport, f64)]) {
+    let (Some((first, _)), Some((last, seconds))) = (rows.first(), rows.last()) else {
+        eprintln!("no step to run");
+        return;
+    };
+    let tokens: usize = rows.iter().map(|(r, _)| r.tokens).sum();
+    let rejected = rows
+        .iter()
+        .filter(|(r, _)| r.outcome != Outcome::Applied)
+        .count();
+    eprintln!(
+        "{} steps in {seconds:.1} s ({:.0} tokens/s); loss {:.4} → {:.4}{}",
+        rows.len(),
+        tokens as f64 / seconds,
+        first.loss,
+        last.loss,
+        if rejected > 0 {
+            format!("; {rejected} steps rejected")
+        } else {
+            String::new()
+        }
+    );
+}
+
+fn generate(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    positions: usize,
+) -> Result<(), String> {
+    let ids = tokenizer.encode(prompt, false).map_err(|e| e.to_string())?;
+    if ids.is_empty() || ids.len() >= positions {
+        return Err(format!(
+            "--generate: the prompt is {} tokens; it needs 1 to {}",
+            ids.len(),
+            positions - 1
+        ));
+    }
+    let mut generator = Generator::new(model).map_err(|e| e.to_string())?;
+    let options = GenerateOptions {
+        max_new_tokens: (positions - ids.len()).min(120),
+        sampling: Sampling::Greedy,
+        eos: tokenizer.eos_ids().to_vec(),
+    };
+    let out = generator
+        .generate(&[ids], &options, |_, _| {})
+        .map_err(|e| e.to_string())?;
+    let text = tokenizer
+        .decode(&out.tokens[0], true)
+        .map_err(|e| e.to_string())?;
+    println!("{prompt}{text}");
+    Ok(())
+}
