@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use kiln::compile::compile_cpu_with;
 use kiln::model;
 use kiln_frontend::{BuildOptions, Program};
-use kiln_passes::{Pipeline, PipelineOptions, Precision};
+use kiln_passes::{Pipeline, PipelineOptions, Precision, Recompute};
 use kiln_runtime::Artifact;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -35,6 +35,10 @@ pub struct CompileArgs {
     /// Passes of the pipeline to leave out, comma-separated (e.g. to measure what they buy).
     #[arg(long, value_delimiter = ',')]
     skip_passes: Vec<String>,
+    /// Training programs: activations to recompute in the backward — `save-all`, `layers`, or
+    /// a memory budget such as `64MiB` (the fewest layers recomputed that fit it).
+    #[arg(long, default_value = "save-all")]
+    recompute: Recompute,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -67,6 +71,7 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
     }
     let pipeline = PipelineOptions {
         precision: args.precision,
+        recompute: args.recompute,
         skip: args.skip_passes.clone(),
     };
     let artifact = match args.target {

@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use kiln::model;
 use kiln_frontend::{build, BuildOptions, Program};
 use kiln_ir::Graph;
-use kiln_passes::{Pipeline, PipelineOptions, Precision};
+use kiln_passes::{Pipeline, PipelineOptions, Precision, Recompute};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -32,6 +32,12 @@ pub struct IrArgs {
     /// Mixed-precision policy: f32, bf16-weights, bf16 or f16.
     #[arg(long, default_value = "f32")]
     precision: Precision,
+    /// Passes of the pipeline to leave out, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    skip_passes: Vec<String>,
+    /// Training programs: `save-all`, `layers`, or a memory budget such as `64MiB`.
+    #[arg(long, default_value = "save-all")]
+    recompute: Recompute,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -48,7 +54,8 @@ pub fn run(args: IrArgs) -> Result<(), String> {
     let mut graph = build(&spec, args.program, opts).map_err(|e| e.to_string())?;
     let pipeline = Pipeline::with_options(&PipelineOptions {
         precision: args.precision,
-        ..PipelineOptions::default()
+        recompute: args.recompute,
+        skip: args.skip_passes.clone(),
     });
     if let Some(after) = &args.after {
         if after != "build" && !pipeline.names().contains(&after.as_str()) {

@@ -228,3 +228,59 @@ fn corrupt_and_foreign_checkpoints_are_refused_by_name() {
     let err = trainer.resume(&path).unwrap_err().to_string();
     assert!(err.contains("ckpt.safetensors"), "{err}");
 }
+
+/// The embedded tiny Llama with four layers, its training programs compiled under `recompute`
+/// for batches of 4 × 64 tokens, and one step on fixed data: the intermediates' arena after it
+/// and the weights it leaves.
+fn one_step_recomputing(recompute: kiln_passes::Recompute) -> (usize, Vec<Vec<u8>>) {
+    let mut config: serde_json::Value =
+        serde_json::from_str(include_str!("../src/embedded/tiny_llama.json")).unwrap();
+    config["num_hidden_layers"] = 4.into();
+    let spec = kiln_frontend::hf::read_config(&config.to_string(), "four layers").unwrap();
+    let opts = BuildOptions {
+        max_batch: 4,
+        max_seq: 64,
+        ..BuildOptions::for_spec(&spec)
+    };
+    let pipeline = kiln_passes::PipelineOptions {
+        recompute,
+        ..Default::default()
+    };
+    let artifact =
+        kiln::compile::compile_cpu_with(&spec, &Program::TRAINING, opts, &pipeline).unwrap();
+    let weights = kiln::model::random_weights(&artifact.manifest.weights, 3);
+    let model = Model::new(artifact, "four layers", weights.clone(), 2).unwrap();
+    let mut trainer = Trainer::new(&model, weights, TrainOptions::new(4, 1e-3)).unwrap();
+    let mut stream = TokenData::new(tokens(2000), 64, 4, 1, "tokens").unwrap();
+    trainer.step(&mut stream).unwrap();
+    (trainer.arena_bytes(), bits(trainer.params()))
+}
+
+/// Recomputing layers, or as many as a budget needs, shrinks the memory the runtime allocates —
+/// within the budget — and changes no bit of the step.
+#[test]
+fn recomputation_fits_the_budget_and_changes_no_bit() {
+    use kiln_passes::Recompute;
+    let (saved, after_saved) = one_step_recomputing(Recompute::SaveAll);
+    let (layers, after_layers) = one_step_recomputing(Recompute::Layers);
+    let budget = ((saved + layers) / 2) as u64;
+    let (budgeted, after_budget) = one_step_recomputing(Recompute::Budget(budget));
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    println!(
+        "arena: save-all {:.1} MiB, layers {:.1} MiB, budget {:.1} MiB → {:.1} MiB",
+        mib(saved),
+        mib(layers),
+        mib(budget as usize),
+        mib(budgeted)
+    );
+    assert!(
+        layers * 2 < saved,
+        "recomputing layers at least halves the arena"
+    );
+    assert!(
+        budgeted as u64 <= budget,
+        "the runtime's arena fits the budget"
+    );
+    assert_eq!(after_layers, after_saved);
+    assert_eq!(after_budget, after_saved);
+}

@@ -254,9 +254,19 @@ fn micro_batches_give_the_whole_batch_step() {
 }
 
 /// Every pass of the standard pipeline keeps what `train_step` computes: each stage, with its
-/// `grad`s expanded, gives the outputs of the graph as built on the fixture's batch.
+/// `grad`s expanded, gives the outputs of the graph as built on the fixture's batch — keeping
+/// every activation or recomputing every layer.
 #[test]
 fn every_pass_keeps_the_train_step() {
+    for recompute in [
+        kiln_passes::Recompute::SaveAll,
+        kiln_passes::Recompute::Layers,
+    ] {
+        every_pass_keeps_the_train_step_with(recompute);
+    }
+}
+
+fn every_pass_keeps_the_train_step_with(recompute: kiln_passes::Recompute) {
     let case = case("llama");
     let opts = BuildOptions::for_spec(&case.spec);
     let built = build(&case.spec, Program::TrainStep, opts).unwrap();
@@ -277,16 +287,25 @@ fn every_pass_keeps_the_train_step() {
     let reference = run(&built);
     let mut stages = Vec::new();
     let mut g = built.clone();
-    Pipeline::standard()
+    let options = kiln_passes::PipelineOptions {
+        recompute,
+        ..Default::default()
+    };
+    Pipeline::with_options(&options)
         .run(&mut g, |pass, after| stages.push((pass, after.clone())))
         .unwrap();
+    assert_eq!(
+        kiln_ir::text::print(&g).contains("(recomputed)"),
+        recompute == kiln_passes::Recompute::Layers,
+        "{recompute}: copies exist exactly when layers are recomputed"
+    );
     for (pass, after) in stages {
         let out = run(&after);
         for (name, value) in &reference {
             let err = relative_error(&out[name], value);
             assert!(
                 err <= 1e-5,
-                "after {pass}, output {name}: relative error {err:.1e}"
+                "{recompute}: after {pass}, output {name}: relative error {err:.1e}"
             );
         }
     }

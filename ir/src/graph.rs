@@ -251,6 +251,19 @@ impl Graph {
         }
     }
 
+    /// Makes `user` read `new` in every operand slot where it reads `old`.
+    pub fn replace_operand_uses(&mut self, user: NodeId, old: NodeId, new: NodeId) {
+        let edges: Vec<_> = self
+            .g
+            .edges_connecting(old, user)
+            .map(|e| (e.id(), *e.weight()))
+            .collect();
+        for (edge, slot) in edges {
+            self.g.remove_edge(edge);
+            self.g.add_edge(new, user, slot);
+        }
+    }
+
     /// Stores weight `id` as `dtype` from now on: the weight node takes the new element type and
     /// every former user (and output) reads `cast(weight)` back to the old type instead, so the
     /// graph stays well typed. Returns the cast (the weight itself when the type is unchanged).

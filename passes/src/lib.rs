@@ -12,7 +12,9 @@ mod equivalence;
 pub mod gqa_share;
 pub mod mixed_precision;
 mod pipeline;
+pub mod recompute;
 
 pub use equivalence::{check_equivalent, stored_as};
 pub use mixed_precision::Precision;
 pub use pipeline::{Pass, Pipeline, PipelineError, PipelineOptions};
+pub use recompute::Recompute;

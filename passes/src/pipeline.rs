@@ -30,6 +30,8 @@ impl std::error::Error for PipelineError {}
 pub struct PipelineOptions {
     /// The `mixed-precision` policy.
     pub precision: crate::Precision,
+    /// The `recompute` policy of training programs.
+    pub recompute: crate::Recompute,
     /// Passes left out, by name (to measure what a pass buys, or to bisect a miscompile).
     pub skip: Vec<String>,
 }
@@ -52,6 +54,9 @@ impl Pipeline {
                 Box::new(crate::gqa_share::GqaShare),
                 Box::new(crate::attention_fusion::AttentionFusion),
                 Box::new(crate::autodiff::Autodiff),
+                Box::new(crate::recompute::RecomputePlanning {
+                    policy: options.recompute,
+                }),
                 Box::new(crate::mixed_precision::MixedPrecision {
                     precision: options.precision,
                 }),

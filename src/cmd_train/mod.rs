@@ -8,9 +8,10 @@ mod data;
 mod report;
 
 use clap::{Args, ValueEnum};
-use kiln::compile::{compile_cpu, DECODING_PROGRAMS};
+use kiln::compile::{compile_cpu_with, DECODING_PROGRAMS};
 use kiln::model;
 use kiln_frontend::{BuildOptions, Program};
+use kiln_passes::{PipelineOptions, Recompute};
 use kiln_runtime::executor::default_threads;
 use kiln_runtime::generate::{GenerateOptions, Generator};
 use kiln_runtime::train::{
@@ -79,6 +80,12 @@ pub struct TrainArgs {
     /// Weight of the z-loss (`lse²`).
     #[arg(long, default_value_t = 0.0)]
     z_loss: f64,
+    /// Activations to recompute in the backward: `save-all` or `layers`.
+    #[arg(long, default_value = "save-all", conflicts_with = "memory_budget")]
+    recompute: Recompute,
+    /// Recompute the fewest layers whose peak memory fits this budget (e.g. `64MiB`).
+    #[arg(long)]
+    memory_budget: Option<String>,
     /// Reject a step whose loss exceeds this many times the recent mean (non-finite losses and
     /// gradients are always rejected).
     #[arg(long)]
@@ -193,7 +200,22 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         .into_iter()
         .chain(DECODING_PROGRAMS)
         .collect();
-    let artifact = compile_cpu(&spec, &programs, build)?;
+    let recompute = match &args.memory_budget {
+        Some(budget) => match budget.parse()? {
+            Recompute::Budget(bytes) => Recompute::Budget(bytes),
+            _ => {
+                return Err(format!(
+                    "--memory-budget: expected a size like `64MiB`, found `{budget}`"
+                ))
+            }
+        },
+        None => args.recompute,
+    };
+    let pipeline = PipelineOptions {
+        recompute,
+        ..PipelineOptions::default()
+    };
+    let artifact = compile_cpu_with(&spec, &programs, build, &pipeline)?;
     let compiled = started.elapsed().as_secs_f64();
     let source = args
         .model
@@ -232,6 +254,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         args.seq
     );
     let rows = train_loop(&args, &mut trainer, &mut stream)?;
+    let arena = trainer.arena_bytes();
     let params = trainer.into_params();
     if let Some(path) = &args.save {
         kiln_runtime::train::write_weights(path, &model.manifest().weights, &params)
@@ -244,7 +267,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         let losses: Vec<f64> = rows.iter().map(|(r, _)| r.loss).collect();
         report::plot_loss(path, &losses)?;
     }
-    summarize(&rows);
+    summarize(&rows, arena);
     let prompt = args
         .generate
         .clone()
@@ -303,7 +326,7 @@ fn checkpoint(trainer: &mut Trainer, dir: &Path, stream: &TokenData) -> Result<(
         .map_err(|e| e.to_string())
 }
 
-fn summarize(rows: &[(StepReport, f64)]) {
+fn summarize(rows: &[(StepReport, f64)], arena: usize) {
     let (Some((first, _)), Some((last, seconds))) = (rows.first(), rows.last()) else {
         eprintln!("no step to run");
         return;
@@ -314,11 +337,12 @@ fn summarize(rows: &[(StepReport, f64)]) {
         .filter(|(r, _)| r.outcome != Outcome::Applied)
         .count();
     eprintln!(
-        "{} steps in {seconds:.1} s ({:.0} tokens/s); loss {:.4} → {:.4}{}",
+        "{} steps in {seconds:.1} s ({:.0} tokens/s); loss {:.4} → {:.4}; intermediates {:.1} MiB{}",
         rows.len(),
         tokens as f64 / seconds,
         first.loss,
         last.loss,
+        arena as f64 / (1u64 << 20) as f64,
         if rejected > 0 {
             format!("; {rejected} steps rejected")
         } else {

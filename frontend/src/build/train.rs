@@ -58,7 +58,9 @@ pub fn append(
     if program == Program::Accumulate {
         g.output("loss_sum", loss_total)?;
         g.output("token_count", count_total)?;
-        for ((name, _), sum) in weights.iter().zip(grad_sums) {
+        // Last weight first: the canonical order then computes each layer's weight gradients
+        // right after its backward (see `clip`).
+        for ((name, _), sum) in weights.iter().zip(grad_sums).rev() {
             g.output(&format!("grad_sum.{name}"), sum)?;
         }
         return Ok(());
@@ -90,8 +92,12 @@ fn clip(g: &mut Graph, grads: Vec<NodeId>) -> Result<(NodeId, Vec<NodeId>), IrEr
         let sum = g.reduce(ReduceOp::Sum, square, &every)?;
         squares.push(g.reshape(sum, Vec::new())?);
     }
-    let mut total = squares[0];
-    for &s in &squares[1..] {
+    // Summed from the last weight to the first: the canonical order computes the gradients in
+    // that order, so each weight's gradient follows its layer's backward closely and the
+    // activation gradients it reads die early.
+    let mut squares = squares.into_iter().rev();
+    let mut total = squares.next().expect("a model has weights");
+    for s in squares {
         total = g.add(total, s)?;
     }
     let norm = g.unary(UnaryOp::Sqrt, total)?;

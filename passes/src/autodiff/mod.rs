@@ -24,6 +24,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub struct Autodiff;
 
+/// The label of each backward sweep's seed `∂loss/∂loss = 1`: the backward is what depends on a
+/// seed (`recompute` tells forward from backward by it).
+pub const SEED_LABEL: &str = "autodiff.seed";
+
 impl Pass for Autodiff {
     fn name(&self) -> &'static str {
         "autodiff"
@@ -69,6 +73,7 @@ fn backward(
 ) -> Result<HashMap<NodeId, NodeId>, IrError> {
     let active = on_paths(g, loss, targets)?;
     let seed = g.scalar(g.ty(loss).dtype, 1.0)?;
+    g.set_label(seed, SEED_LABEL);
     let mut contributions: HashMap<NodeId, Vec<NodeId>> = HashMap::from([(loss, vec![seed])]);
     let mut adjoints = HashMap::new();
     for id in g.order().into_iter().rev() {

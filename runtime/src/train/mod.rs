@@ -152,6 +152,12 @@ impl<'m> Trainer<'m> {
         &self.params
     }
 
+    /// Bytes of the arenas holding the programs' intermediates, as planned for the largest
+    /// shapes run so far.
+    pub fn arena_bytes(&self) -> usize {
+        self.train.arena_bytes() + self.accumulate.as_ref().map_or(0, |a| a.arena_bytes())
+    }
+
     /// The trained weights, in the manifest's order.
     pub fn into_params(self) -> Vec<Tensor> {
         self.params

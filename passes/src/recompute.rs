@@ -1,0 +1,410 @@
+//! `recompute`: chooses which forward activations a training program keeps for its backward and
+//! which it recomputes there, to fit a memory budget.
+//!
+//! **Matches** graphs that `autodiff` differentiated: the backward is every node that depends on
+//! a sweep's seed (labelled `autodiff.seed`), the forward is the rest. A *saved activation* is a
+//! computed forward value that a backward node reads.
+//! **Produces**, for each activation it recomputes, a copy of the forward computation that
+//! yields it, read by the backward users instead; the copy starts from the values that stay
+//! saved (layer boundaries: the values the builders label `….out` and `embed`) and sources. The
+//! original then dies after its last forward use, and the copy lives only around its backward
+//! uses: the canonical order computes a value when the first node needing it is reached, and the
+//! training programs reach the backward layer by layer from the last (see the frontend's
+//! `train.rs`).
+//! **Policies** ([`Recompute`]): `save-all` keeps everything (nothing changes); `layers` recomputes
+//! every layer from its input; `budget(B)` recomputes the fewest layers, first layer first (its
+//! activations live longest), whose estimated peak fits `B` bytes, and fails, saying the least it
+//! can reach, when even `layers` does not fit. The estimate is the largest sum of the bytes of
+//! live values (at the symbols' maxima) over the canonical order of the graph as
+//! `elementwise-fusion` will leave it, views counted as their operand's storage and constants as
+//! none: what a backend
+//! that allocates each value from its first write to its last read needs, before the packing's
+//! slack.
+//! Copies are labelled `… (recomputed)`, and CSE never merges them back into their originals.
+//! **Reports** (remarks): saved activation bytes before and after, the recomputed nodes and
+//! their extra FLOPs, and the estimated peak before and after.
+
+use crate::autodiff::SEED_LABEL;
+use crate::Pass;
+use kiln_ir::{DType, Graph, IrError, NodeId, Op};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+/// Which activations to recompute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recompute {
+    #[default]
+    SaveAll,
+    Layers,
+    /// At most this many bytes at the peak (estimated; see the module doc).
+    Budget(u64),
+}
+
+impl fmt::Display for Recompute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Recompute::SaveAll => f.write_str("save-all"),
+            Recompute::Layers => f.write_str("layers"),
+            Recompute::Budget(b) => write!(f, "budget {}", mib(*b)),
+        }
+    }
+}
+
+impl FromStr for Recompute {
+    type Err = String;
+    /// `save-all`, `layers`, or a byte count with an optional `KiB`, `MiB` or `GiB` suffix.
+    fn from_str(s: &str) -> Result<Recompute, String> {
+        match s {
+            "save-all" => return Ok(Recompute::SaveAll),
+            "layers" => return Ok(Recompute::Layers),
+            _ => {}
+        }
+        let (number, unit) = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
+            .into_iter()
+            .find_map(|(suffix, unit)| s.strip_suffix(suffix).map(|n| (n, unit)))
+            .unwrap_or((s, 1));
+        let value: f64 = number.trim().parse().map_err(|_| {
+            format!("expected `save-all`, `layers` or a byte budget like `64MiB`, found `{s}`")
+        })?;
+        if !(value.is_finite() && value > 0.0) {
+            return Err(format!("a memory budget must be positive, found `{s}`"));
+        }
+        Ok(Recompute::Budget((value * unit as f64) as u64))
+    }
+}
+
+/// The label suffix of a recomputed copy: CSE must not merge it back into the original.
+const RECOMPUTED: &str = " (recomputed)";
+
+/// Whether `node` is a copy this pass made.
+pub fn is_recomputed(node: &kiln_ir::Node) -> bool {
+    node.label
+        .as_deref()
+        .is_some_and(|l| l.ends_with(RECOMPUTED))
+}
+
+pub struct RecomputePlanning {
+    pub policy: Recompute,
+}
+
+impl Pass for RecomputePlanning {
+    fn name(&self) -> &'static str {
+        "recompute"
+    }
+
+    fn run(&self, g: &mut Graph) -> Result<(), IrError> {
+        let Some(plan) = Plan::of(g) else {
+            return Ok(());
+        };
+        let before = estimate(g)?;
+        let layers = plan.layers.len();
+        let count = match self.policy {
+            Recompute::SaveAll => 0,
+            Recompute::Layers => layers,
+            Recompute::Budget(budget) => {
+                let peak = |n: usize| -> Result<u64, IrError> {
+                    let mut trial = g.clone();
+                    plan.apply(&mut trial, n)?;
+                    Ok(estimate(&trial)?.peak)
+                };
+                let least = peak(layers)?;
+                if least > budget {
+                    return Err(IrError::new(format!(
+                        "recompute: the memory budget of {} is below the {} that recomputing \
+                         every layer needs (estimated at the maxima)",
+                        mib(budget),
+                        mib(least)
+                    )));
+                }
+                // The fewest layers that fit: the peak falls as layers are added.
+                let (mut lo, mut hi) = (0, layers);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if peak(mid)? <= budget {
+                        hi = mid;
+                    } else {
+                        lo = mid + 1;
+                    }
+                }
+                lo
+            }
+        };
+        let recomputed = plan.apply(g, count)?;
+        let after = estimate(g)?;
+        g.remark(format!(
+            "recompute ({}): {count} of {layers} layers recomputed ({} nodes, {:.1} MFLOP more); \
+             saved activations {} → {}; estimated peak {} → {}",
+            self.policy,
+            recomputed.nodes,
+            recomputed.flops as f64 / 1e6,
+            mib(before.saved),
+            mib(after.saved),
+            mib(before.peak),
+            mib(after.peak)
+        ));
+        Ok(())
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// The forward/backward split of a differentiated graph and its layers.
+struct Plan {
+    /// Per layer (in forward order), the saved activations it would recompute.
+    layers: Vec<Vec<NodeId>>,
+    /// Values that stay saved whatever the policy: layer boundaries.
+    boundaries: HashSet<NodeId>,
+    backward: HashSet<NodeId>,
+}
+
+struct Recomputed {
+    nodes: usize,
+    flops: u64,
+}
+
+impl Plan {
+    /// `None` for a graph with no backward.
+    fn of(g: &Graph) -> Option<Plan> {
+        let seeds: Vec<NodeId> = g
+            .node_ids()
+            .filter(|&id| g.node(id).label.as_deref() == Some(SEED_LABEL))
+            .collect();
+        if seeds.is_empty() {
+            return None;
+        }
+        let mut backward: HashSet<NodeId> = HashSet::new();
+        let mut stack = seeds;
+        while let Some(id) = stack.pop() {
+            if backward.insert(id) {
+                stack.extend(g.users(id));
+            }
+        }
+        let is_boundary = |id: NodeId| {
+            g.node(id)
+                .label
+                .as_deref()
+                .is_some_and(|l| l == "embed" || l.ends_with(".out"))
+        };
+        let boundaries: HashSet<NodeId> = g
+            .node_ids()
+            .filter(|&id| !backward.contains(&id) && is_boundary(id))
+            .collect();
+        // Layer of a forward value: the number of boundaries it depends on, less one (values
+        // before the first boundary and after the last are not recomputed).
+        let order = g.order();
+        let mut depth: HashMap<NodeId, usize> = HashMap::new();
+        for &id in &order {
+            let d = g
+                .operands(id)
+                .iter()
+                .map(|o| depth.get(o).copied().unwrap_or(0))
+                .max()
+                .unwrap_or(0);
+            depth.insert(id, d + boundaries.contains(&id) as usize);
+        }
+        let mut layers: BTreeMap<usize, Vec<NodeId>> = BTreeMap::new();
+        let last = boundaries.len();
+        for &id in &order {
+            let saved = !backward.contains(&id)
+                && !is_source(&g.node(id).op)
+                && !boundaries.contains(&id)
+                && g.users(id).iter().any(|u| backward.contains(u));
+            let d = depth[&id];
+            if saved && d >= 1 && d < last {
+                layers.entry(d).or_default().push(id);
+            }
+        }
+        Some(Plan {
+            layers: layers.into_values().collect(),
+            boundaries,
+            backward,
+        })
+    }
+
+    /// Recomputes the saved activations of the first `count` layers for their backward users.
+    fn apply(&self, g: &mut Graph, count: usize) -> Result<Recomputed, IrError> {
+        let mut copies: HashMap<NodeId, NodeId> = HashMap::new();
+        let mut flops = 0;
+        for &id in self.layers[..count].iter().flatten() {
+            let copy = self.copy(g, id, &mut copies, &mut flops)?;
+            for user in g.users(id) {
+                if self.backward.contains(&user) {
+                    g.replace_operand_uses(user, id, copy);
+                }
+            }
+        }
+        Ok(Recomputed {
+            nodes: copies.len(),
+            flops,
+        })
+    }
+
+    /// A copy of forward value `id` computed from boundaries and sources.
+    fn copy(
+        &self,
+        g: &mut Graph,
+        id: NodeId,
+        copies: &mut HashMap<NodeId, NodeId>,
+        flops: &mut u64,
+    ) -> Result<NodeId, IrError> {
+        if self.boundaries.contains(&id) || is_source(&g.node(id).op) {
+            return Ok(id);
+        }
+        if let Some(&c) = copies.get(&id) {
+            return Ok(c);
+        }
+        let operands = g
+            .operands(id)
+            .into_iter()
+            .map(|o| self.copy(g, o, copies, flops))
+            .collect::<Result<Vec<_>, _>>()?;
+        let node = g.node(id).clone();
+        *flops += node_flops(g, id);
+        let label = node.label.unwrap_or_else(|| node.op.name().to_string());
+        let copy = g.push_typed(node.op, &operands, node.ty)?;
+        g.set_label(copy, format!("{label}{RECOMPUTED}"));
+        copies.insert(id, copy);
+        Ok(copy)
+    }
+}
+
+fn is_source(op: &Op) -> bool {
+    op.is_source()
+}
+
+/// Floating-point operations of node `id` at the symbols' maxima (matmuls `2·m·n·k`, attention
+/// `4·S·T·D` per head, anything else one per element it reads or writes).
+fn node_flops(g: &Graph, id: NodeId) -> u64 {
+    let elems = |n: NodeId| max_bytes(g, n) / 4;
+    match &g.node(id).op {
+        Op::MatMul => {
+            let a = g.ty(g.operands(id)[0]);
+            let k = a.shape[a.rank() - 1].max_value(g.symbols()).unwrap_or(0) as u64;
+            2 * elems(id) * k
+        }
+        Op::FlashAttention(_) => {
+            let ops = g.operands(id);
+            let keys = g.ty(ops[1]).shape[2].max_value(g.symbols()).unwrap_or(0) as u64;
+            4 * elems(ops[0]) * keys
+        }
+        _ => g
+            .operands(id)
+            .into_iter()
+            .map(elems)
+            .max()
+            .unwrap_or(0)
+            .max(elems(id)),
+    }
+}
+
+/// The bytes of saved activations and the estimated peak (see the module doc).
+struct Estimate {
+    saved: u64,
+    peak: u64,
+}
+
+/// Bytes of `id`'s value at the symbols' maxima.
+fn max_bytes(g: &Graph, id: NodeId) -> u64 {
+    let ty = g.ty(id);
+    let numel: u64 = ty
+        .shape
+        .iter()
+        .map(|d| d.max_value(g.symbols()).unwrap_or(0) as u64)
+        .product();
+    let size = match ty.dtype {
+        DType::F32 | DType::I32 => 4,
+        DType::F16 | DType::BF16 => 2,
+        DType::I64 => 8,
+        DType::Bool => 1,
+    };
+    numel * size
+}
+
+/// [`Estimate`] of `g` as it will be after `elementwise-fusion` (which removes most
+/// elementwise intermediates): fused on a copy first.
+fn estimate(g: &Graph) -> Result<Estimate, IrError> {
+    let mut fused = g.clone();
+    crate::elementwise_fusion::ElementwiseFusion.run(&mut fused)?;
+    Ok(estimate_as_is(&fused))
+}
+
+/// The live bytes over the canonical order, counting a view (`reshape`, `permute`,
+/// `broadcast`, `slice`) as reading its operand's storage rather than as storage of its own,
+/// and constants as no storage.
+fn estimate_as_is(g: &Graph) -> Estimate {
+    let order = g.order();
+    let position: HashMap<NodeId, usize> =
+        order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    let mut storage: HashMap<NodeId, NodeId> = HashMap::new();
+    for &id in &order {
+        let view = matches!(
+            g.node(id).op,
+            Op::Reshape | Op::Permute { .. } | Op::Broadcast | Op::Slice { .. }
+        );
+        let root = match g.operands(id).first() {
+            Some(o) if view => storage.get(o).copied().unwrap_or(*o),
+            _ => id,
+        };
+        storage.insert(id, root);
+    }
+    // Constants and index ramps are read where they are used, never stored.
+    let stored = |id: NodeId| storage[&id] == id && !g.node(id).op.is_source();
+    let bytes = |id: NodeId| if stored(id) { max_bytes(g, id) } else { 0 };
+    let mut last_use: HashMap<NodeId, usize> = HashMap::new();
+    for (i, &id) in order.iter().enumerate() {
+        for o in g.operands(id) {
+            if let Some(&root) = storage.get(&o) {
+                if position.contains_key(&root) {
+                    last_use.insert(root, i);
+                }
+            }
+        }
+    }
+    for (_, id) in g.outputs() {
+        if let Some(&root) = storage.get(id) {
+            last_use.insert(root, order.len());
+        }
+    }
+    let backward = Plan::of(g).map(|p| p.backward).unwrap_or_default();
+    // Saved: the forward values still live when the backward starts.
+    let start = order
+        .iter()
+        .position(|id| backward.contains(id))
+        .unwrap_or(order.len());
+    let saved = order[..start]
+        .iter()
+        .filter(|id| last_use.get(id).is_some_and(|&at| at >= start))
+        .map(|&id| bytes(id))
+        .sum();
+    let mut frees: BTreeMap<usize, u64> = BTreeMap::new();
+    for (&id, &at) in &last_use {
+        *frees.entry(at).or_insert(0) += bytes(id);
+    }
+    let (mut live, mut peak) = (0u64, 0u64);
+    for (i, &id) in order.iter().enumerate() {
+        live += bytes(id);
+        peak = peak.max(live);
+        live -= frees.get(&i).copied().unwrap_or(0);
+    }
+    Estimate { saved, peak }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_read_from_text() {
+        assert_eq!("save-all".parse(), Ok(Recompute::SaveAll));
+        assert_eq!("layers".parse(), Ok(Recompute::Layers));
+        assert_eq!("64MiB".parse(), Ok(Recompute::Budget(64 << 20)));
+        assert_eq!("1.5GiB".parse(), Ok(Recompute::Budget(3 << 29)));
+        assert_eq!("4096".parse(), Ok(Recompute::Budget(4096)));
+        for bad in ["", "-1MiB", "lots", "0"] {
+            assert!(bad.parse::<Recompute>().is_err(), "{bad}");
+        }
+    }
+}
