@@ -310,3 +310,34 @@ fn every_pass_keeps_the_train_step_with(recompute: kiln_passes::Recompute) {
         }
     }
 }
+
+/// The embedding-gradient shrink scales the embedding table's gradient by `α` and leaves every
+/// other gradient and the loss as they are (the fixture's head is untied, so the table is only
+/// reached through the lookup).
+#[test]
+fn embedding_gradient_shrink_scales_only_the_embedding_gradient() {
+    let case = case("llama");
+    let shrunk_loss = LossOptions {
+        embedding_gradient_scale: 0.1,
+        ..LossOptions::default()
+    };
+    let run = |loss| {
+        let g = program(&case, Program::Accumulate, loss);
+        interpret(&g, &batch_inputs(&case, &g, 0..2), &case.weights).unwrap()
+    };
+    let (plain, shrunk) = (run(LossOptions::default()), run(shrunk_loss));
+    for (name, value) in &plain {
+        let got = &shrunk[name];
+        let want = if name == "grad_sum.model.embed_tokens.weight" {
+            Tensor::from_f64(
+                DType::F32,
+                &value.shape,
+                value.to_f64().iter().map(|v| v * 0.1),
+            )
+        } else {
+            value.clone()
+        };
+        let err = relative_error(got, &want);
+        assert!(err <= 1e-6, "{name}: relative error {err:.1e}");
+    }
+}

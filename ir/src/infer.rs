@@ -245,6 +245,7 @@ pub fn infer(
         Op::FlashAttention(attention) => attention.infer(operands),
         Op::FlashAttentionLse(attention) => attention.infer_lse(operands),
         Op::FlashAttentionGrad { attention, wrt } => attention.infer_grad(*wrt, operands),
+        Op::StopGradient => Ok(operands[0].clone()),
         Op::Grad => {
             let (loss, x) = (operands[0], operands[1]);
             if loss.rank() != 0 || !loss.dtype.is_float() {

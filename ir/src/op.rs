@@ -18,6 +18,7 @@
 //! | structured | `flash_attention` (see `attention.rs`) | queries, keys, values (, positions) |
 //! | structured | `flash_attention_lse`, `flash_attention_grad_{q,k,v}` (its backward) | the forward's (, result, its cotangent, log-sum-exp) |
 //! | derivative | `grad` | a scalar loss, the value it is differentiated by |
+//! | derivative | `stop_gradient` | one; its value, through which no gradient flows |
 
 use crate::attention::{Attention, AttentionInput};
 use crate::dim::Dim;
@@ -274,6 +275,9 @@ pub enum Op {
     /// result has `x`'s type. A training program states its gradients this way; the `autodiff`
     /// pass replaces every `grad` with the reverse-mode computation, so no backend sees one.
     Grad,
+    /// Its operand's value, with no derivative: `autodiff` sends no cotangent through it (the
+    /// GLM embedding-gradient shrink, frozen branches). Backends read it as the operand.
+    StopGradient,
 }
 
 impl Op {
@@ -302,6 +306,7 @@ impl Op {
             Op::FlashAttentionLse(_) => "flash_attention_lse",
             Op::FlashAttentionGrad { wrt, .. } => wrt.grad_name(),
             Op::Grad => "grad",
+            Op::StopGradient => "stop_gradient",
         }
     }
 
@@ -317,7 +322,7 @@ impl Op {
     pub fn arity(&self) -> Option<usize> {
         Some(match self {
             Op::Input { .. } | Op::Weight { .. } | Op::Const(_) | Op::Iota { .. } => 0,
-            Op::Unary(_) | Op::Cast | Op::Reduce { .. } | Op::Reshape => 1,
+            Op::Unary(_) | Op::Cast | Op::Reduce { .. } | Op::Reshape | Op::StopGradient => 1,
             Op::Permute { .. } | Op::Broadcast | Op::Slice { .. } => 1,
             Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::Grad => 2,
             Op::Select | Op::Scatter { .. } => 3,

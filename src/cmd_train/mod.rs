@@ -80,6 +80,10 @@ pub struct TrainArgs {
     /// Weight of the z-loss (`lse²`).
     #[arg(long, default_value_t = 0.0)]
     z_loss: f64,
+    /// Scale the gradient reaching the embedding table through the lookup (GLM-130B's
+    /// embedding-gradient shrink; 1: none).
+    #[arg(long, default_value_t = 1.0)]
+    embedding_grad_scale: f64,
     /// Activations to recompute in the backward: `save-all` or `layers`.
     #[arg(long, default_value = "save-all", conflicts_with = "memory_budget")]
     recompute: Recompute,
@@ -194,6 +198,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         loss: kiln_frontend::LossOptions {
             label_smoothing: args.label_smoothing,
             z_loss: args.z_loss,
+            embedding_gradient_scale: args.embedding_grad_scale,
         },
     };
     let programs: Vec<Program> = Program::TRAINING

@@ -452,6 +452,7 @@ impl Lowering<'_> {
                     node.op.name()
                 )))
             }
+            Op::StopGradient => operands[0].clone(),
             Op::Grad => {
                 return Err(CompileError(
                     "`grad` reached the backend: run the autodiff pass first".into(),

@@ -46,6 +46,14 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
     let embed_ty = TensorType::fixed(DType::F32, &[spec.vocab_size, hidden]);
     let embed = g.weight("model.embed_tokens.weight", embed_ty)?;
     let mut x = g.gather(embed, input_ids, 0)?;
+    let alpha = opts.loss.embedding_gradient_scale;
+    if program.is_training() && alpha != 1.0 {
+        // α·e + (1 − α)·stop_gradient(e): e's value, a gradient scaled by α.
+        let frozen = g.push(kiln_ir::Op::StopGradient, &[x])?;
+        let kept = g.binary_scalar(kiln_ir::BinaryOp::Mul, x, alpha)?;
+        let rest = g.binary_scalar(kiln_ir::BinaryOp::Mul, frozen, 1.0 - alpha)?;
+        x = g.add(kept, rest)?;
+    }
     g.set_label(x, "embed");
 
     let Position::Rope(rope_spec) = &spec.position else {

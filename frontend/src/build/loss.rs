@@ -17,17 +17,37 @@ use kiln_ir::{BinaryOp, DType, Dim, Graph, IrError, NodeId, ReduceOp, TensorType
 /// The target id of positions that take no part in the loss (PyTorch's and Hugging Face's).
 pub const IGNORE_INDEX: i64 = -100;
 
-/// What the training loss adds to plain cross-entropy.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// What the training objective adds to plain cross-entropy.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LossOptions {
     /// `ε` in `[0, 1)`: the weight of the uniform distribution in the target.
     pub label_smoothing: f64,
     /// `λ ≥ 0`: the weight of `lse²`.
     pub z_loss: f64,
+    /// `α` in `(0, 1]`: the embedding-gradient shrink (GLM-130B). The embedding lookup becomes
+    /// `α·e + (1 − α)·stop_gradient(e)`: the same value, with the gradient reaching the
+    /// embedding table through the lookup scaled by `α` (1: no shrink).
+    pub embedding_gradient_scale: f64,
+}
+
+impl Default for LossOptions {
+    fn default() -> LossOptions {
+        LossOptions {
+            label_smoothing: 0.0,
+            z_loss: 0.0,
+            embedding_gradient_scale: 1.0,
+        }
+    }
 }
 
 impl LossOptions {
     pub fn check(&self) -> Result<(), String> {
+        let alpha = self.embedding_gradient_scale;
+        if !(alpha > 0.0 && alpha <= 1.0) {
+            return Err(format!(
+                "the embedding-gradient scale must be in (0, 1], found {alpha}"
+            ));
+        }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return Err(format!(
                 "label smoothing must be in [0, 1), found {}",

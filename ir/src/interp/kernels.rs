@@ -115,6 +115,7 @@ pub fn eval_with(
         Op::FlashAttentionGrad { attention, wrt } => {
             super::attention::eval_grad(attention, *wrt, xs)?
         }
+        Op::StopGradient => xs[0].data.clone(),
         Op::Grad => return Err("`grad` has no value until the autodiff pass expands it".into()),
     };
     Ok(Tensor::with_arithmetic(dtype, shape, data, arithmetic))

@@ -206,6 +206,7 @@ fn build_op(
         "flash_attention" => Op::FlashAttention(crate::Attention::from_attributes(attrs)?),
         "flash_attention_lse" => Op::FlashAttentionLse(crate::Attention::from_attributes(attrs)?),
         "grad" => Op::Grad,
+        "stop_gradient" => Op::StopGradient,
         _ if name.starts_with("flash_attention_grad_") => {
             let wrt = crate::attention::AttentionInput::ALL
                 .into_iter()

@@ -133,6 +133,7 @@ pub fn vjp(
                 "the backward of `flash_attention` is not differentiated again",
             ))
         }
+        Op::StopGradient => {}
         Op::Grad => {
             return Err(IrError::new(
                 "a `grad` on the path to the loss: higher derivatives are not supported",
