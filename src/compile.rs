@@ -37,9 +37,7 @@ pub fn compile_cpu(
 /// [`compile_cpu`] with the pipeline's options. The CPU backend computes in f32: of the
 /// precision policies it compiles `f32` and `bf16-weights` (weights stored bf16, widened as the
 /// matmuls read them) and refuses those with narrow matmul operands. Training programs are
-/// compiled in f32 (their weights are the f32 master weights they update), and without
-/// `attention-fusion`: the CPU backend has no kernels for the attention backward yet, so their
-/// attention stays in primitives.
+/// compiled in f32: their weights are the f32 master weights they update.
 pub fn compile_cpu_with(
     spec: &ModelSpec,
     programs: &[Program],
@@ -57,9 +55,6 @@ pub fn compile_cpu_with(
         ));
     }
     let pipeline = Pipeline::with_options(options);
-    let mut training_options = options.clone();
-    training_options.skip.push("attention-fusion".into());
-    let training = Pipeline::with_options(&training_options);
     let mut graphs = Vec::new();
     for &program in programs {
         if program.is_training() && precision != Precision::F32 {
@@ -69,11 +64,6 @@ pub fn compile_cpu_with(
             ));
         }
         let mut g = build(spec, program, opts).map_err(|e| e.to_string())?;
-        let pipeline = if program.is_training() {
-            &training
-        } else {
-            &pipeline
-        };
         pipeline.run(&mut g, |_, _| {}).map_err(|e| e.to_string())?;
         graphs.push(g);
     }

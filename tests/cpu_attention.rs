@@ -1,4 +1,5 @@
-//! The CPU backend's fused attention kernel against the interpreter's `flash_attention`.
+//! The CPU backend's fused attention kernels against the interpreter's `flash_attention` and
+//! its backward (`flash_attention_lse`, `flash_attention_grad_q/k/v`).
 //!
 //! Kernel cases cover each mask kind, group 1 and > 1, head sizes with scalar tails, query and
 //! key counts that are not multiples of the tiles, decode (one query over 1 or more keys),
@@ -29,6 +30,8 @@ struct Case<'a> {
     positions: Option<&'a str>,
     /// Queries as a permuted `[b, S, H, D]` input rather than a contiguous one.
     strided_q: bool,
+    /// Also the log-sum-exp and the three gradients, for a cotangent input `%dy`.
+    backward: bool,
 }
 
 impl Case<'_> {
@@ -58,6 +61,17 @@ impl Case<'_> {
             "%y = flash_attention {operands} {} : f32[b, {h}, {s}, {dv}]\noutput y = %y\n",
             self.attrs
         );
+        if self.backward {
+            let a = self.attrs;
+            text += &format!(
+                "input %dy : f32[b, {h}, {s}, {dv}]\n\
+                 %l = flash_attention_lse {operands} {a} : f32[b, {h}, {s}]\n\
+                 %gq = flash_attention_grad_q {operands}, %y, %dy, %l {a} : f32[b, {h}, {s}, {d}]\n\
+                 %gk = flash_attention_grad_k {operands}, %y, %dy, %l {a} : f32[b, {kv}, {t}, {d}]\n\
+                 %gv = flash_attention_grad_v {operands}, %y, %dy, %l {a} : f32[b, {kv}, {t}, {dv}]\n\
+                 output lse = %l\noutput dq = %gq\noutput dk = %gk\noutput dv = %gv\n"
+            );
+        }
         kiln_ir::text::parse(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", self.name))
     }
 }
@@ -87,6 +101,7 @@ fn prefill<'a>(name: &'a str, heads: usize, kv: usize, attrs: &'a str) -> Case<'
         attrs,
         positions: Some("i64"),
         strided_q: false,
+        backward: false,
     }
 }
 
@@ -167,4 +182,75 @@ fn decode_against_one_and_many_keys() {
         ..prefill("decode_window", 2, 2, attrs)
     };
     run_case(case, &sizes, 80);
+}
+
+/// The backward kernels under every mask kind, grouped heads, head sizes with tails, i32
+/// positions and strided queries, at query and key counts around the tiles.
+#[test]
+fn backward_of_every_mask_kind() {
+    let cases = [
+        prefill(
+            "causal",
+            2,
+            2,
+            "mask=causal bias=none group=1 scale=0.35 tile_q=4 tile_k=8",
+        ),
+        prefill(
+            "grouped",
+            6,
+            2,
+            "mask=causal bias=none group=3 scale=0.25 tile_q=3 tile_k=5",
+        ),
+        prefill(
+            "window",
+            4,
+            2,
+            "mask=window(4) bias=none group=2 scale=0.5 tile_q=4 tile_k=3",
+        ),
+        prefill(
+            "prefix",
+            2,
+            2,
+            "mask=prefix(6) bias=none group=1 scale=0.5 tile_q=2 tile_k=4",
+        ),
+        Case {
+            positions: None,
+            ..prefill(
+                "none",
+                2,
+                1,
+                "mask=none bias=none group=2 scale=0.3 tile_q=4 tile_k=8",
+            )
+        },
+        Case {
+            d: 6,
+            dv: 5,
+            positions: Some("i32"),
+            ..prefill(
+                "tails",
+                1,
+                1,
+                "mask=causal bias=none group=1 scale=0.4 tile_q=4 tile_k=8",
+            )
+        },
+        Case {
+            strided_q: true,
+            ..prefill(
+                "strided",
+                4,
+                2,
+                "mask=causal bias=none group=2 scale=0.35 tile_q=16 tile_k=64",
+            )
+        },
+    ];
+    for case in cases {
+        run_case(
+            Case {
+                backward: true,
+                ..case
+            },
+            PREFILL_SIZES,
+            40,
+        );
+    }
 }

@@ -90,6 +90,11 @@ pub struct TrainArgs {
     /// Recompute the fewest layers whose peak memory fits this budget (e.g. `64MiB`).
     #[arg(long)]
     memory_budget: Option<String>,
+    /// Fuse attention (forward and backward) into `flash_attention` kernels: memory linear in
+    /// the sequence instead of quadratic, but slower on the CPU at short sequences than the
+    /// GEMM path of unfused attention (see docs/training.md), so off by default.
+    #[arg(long)]
+    fused_attention: bool,
     /// Reject a step whose loss exceeds this many times the recent mean (non-finite losses and
     /// gradients are always rejected).
     #[arg(long)]
@@ -218,6 +223,11 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
     };
     let pipeline = PipelineOptions {
         recompute,
+        skip: if args.fused_attention {
+            Vec::new()
+        } else {
+            vec!["attention-fusion".to_string()]
+        },
         ..PipelineOptions::default()
     };
     let artifact = compile_cpu_with(&spec, &programs, build, &pipeline)?;

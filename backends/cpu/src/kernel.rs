@@ -7,7 +7,7 @@
 
 use crate::view::View;
 use kiln_ir::op::{BinaryOp, ReduceOp, ScatterMode, UnaryOp};
-use kiln_ir::{Attention, DType};
+use kiln_ir::{Attention, AttentionInput, DType};
 use kiln_runtime::manifest::WorkFactor;
 use kiln_runtime::Poly;
 
@@ -87,8 +87,10 @@ pub enum Kernel {
         mode: ScatterMode,
         out: View,
     },
-    /// `flash_attention`; see [`AttentionKernel`].
+    /// `flash_attention` or its log-sum-exp; see [`AttentionKernel`].
     Attention(Box<AttentionKernel>),
+    /// `flash_attention_grad_*`; see [`AttentionGradKernel`].
+    AttentionGrad(Box<AttentionGradKernel>),
 }
 
 /// Columns per work item of a scatter.
@@ -107,6 +109,38 @@ pub struct AttentionKernel {
     pub positions: Option<View>,
     pub out: View,
     pub attention: Attention,
+    /// What `out` receives.
+    pub output: AttentionOutput,
+}
+
+/// What an attention kernel writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionOutput {
+    /// The attended values, `out: [B, H, S, Dv]`.
+    Values,
+    /// Each query's log-sum-exp of its scaled visible scores, `out: [B, H, S]` (the values are
+    /// not accumulated).
+    LogSumExp,
+}
+
+/// `flash_attention_grad_*` (semantics in `kiln_ir::attention`): the operands of the forward
+/// (as in [`AttentionKernel`]), the cotangent `d_out: [B, H, S, Dv]`, the log-sum-exp
+/// `lse: [B, H, S]` and `delta: [B, H, S]` (`Σ d_out·out` per query, computed by a reduction
+/// first), into `out`, shaped like the operand `wrt`; `out` is contiguous. Work items are tiles
+/// of `tile_q` queries of one batch element and head (`wrt` queries), or of `tile_k` keys of one
+/// batch element and key/value head (keys, values), so no two items write one row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionGradKernel {
+    pub q: View,
+    pub k: View,
+    pub v: View,
+    pub positions: Option<View>,
+    pub d_out: View,
+    pub lse: View,
+    pub delta: View,
+    pub out: View,
+    pub wrt: AttentionInput,
+    pub attention: Attention,
 }
 
 impl Kernel {
@@ -118,6 +152,7 @@ impl Kernel {
             | Kernel::Gather { out, .. }
             | Kernel::Scatter { out, .. } => out,
             Kernel::Attention(a) => &a.out,
+            Kernel::AttentionGrad(a) => &a.out,
         }
     }
 
@@ -177,7 +212,7 @@ impl Kernel {
             }
             Kernel::Attention(a) => {
                 let AttentionKernel {
-                    q, k, attention, ..
+                    q, k, v, attention, ..
                 } = a.as_ref();
                 let factors = vec![
                     whole(&q.dims[0].mul(&q.dims[1])),
@@ -187,11 +222,43 @@ impl Kernel {
                     },
                 ];
                 // Every key and value of the head, and the tile's queries and outputs.
-                let per_key = k.dims[3].add(&out.dims[3]).scale(4);
-                let rows = q.dims[3]
-                    .add(&out.dims[3])
-                    .scale(4 * attention.tile_q as i64);
+                let per_key = k.dims[3].add(&v.dims[3]).scale(4);
+                let rows = q.dims[3].add(&v.dims[3]).scale(4 * attention.tile_q as i64);
                 (factors, k.dims[2].mul(&per_key).add(&rows))
+            }
+            Kernel::AttentionGrad(a) => {
+                let AttentionGradKernel {
+                    q,
+                    k,
+                    v,
+                    wrt,
+                    attention,
+                    ..
+                } = a.as_ref();
+                let row = q.dims[3].add(&v.dims[3]).scale(4);
+                if *wrt == AttentionInput::Queries {
+                    let factors = vec![
+                        whole(&q.dims[0].mul(&q.dims[1])),
+                        WorkFactor {
+                            extent: q.dims[2].clone(),
+                            tile: attention.tile_q as u64,
+                        },
+                    ];
+                    // Every key and value of the head, for each query of the tile.
+                    let keys = k.dims[2].mul(&row).scale(attention.tile_q as i64);
+                    (factors, keys)
+                } else {
+                    let factors = vec![
+                        whole(&k.dims[0].mul(&k.dims[1])),
+                        WorkFactor {
+                            extent: k.dims[2].clone(),
+                            tile: attention.tile_k as u64,
+                        },
+                    ];
+                    // Every query of the group's heads, for each key of the tile.
+                    let scale = (attention.tile_k * attention.group) as i64;
+                    (factors, q.dims[2].mul(&row).scale(scale))
+                }
             }
         }
     }

@@ -446,11 +446,11 @@ impl Lowering<'_> {
                 out
             }
             Op::FlashAttention(attention) => self.attention(attention, &operands, ty, label)?,
-            Op::FlashAttentionLse(_) | Op::FlashAttentionGrad { .. } => {
-                return Err(CompileError(format!(
-                    "`{}` (the attention backward) is not supported by the CPU backend yet",
-                    node.op.name()
-                )))
+            Op::FlashAttentionLse(attention) => {
+                self.attention_lse(attention, &operands, ty, label)?
+            }
+            Op::FlashAttentionGrad { attention, wrt } => {
+                self.attention_grad(attention, *wrt, &operands, ty, label)?
             }
             Op::StopGradient => operands[0].clone(),
             Op::Grad => {

@@ -73,6 +73,10 @@ fn touched(kernel: &Kernel) -> Vec<usize> {
             .into_iter()
             .chain(&a.positions)
             .collect(),
+        Kernel::AttentionGrad(a) => [&a.q, &a.k, &a.v, &a.d_out, &a.lse, &a.delta, &a.out]
+            .into_iter()
+            .chain(&a.positions)
+            .collect(),
     };
     views.into_iter().filter_map(|v| v.buffer()).collect()
 }

@@ -15,14 +15,15 @@
 //!    `acc += pⱼ · vⱼ` in 4-lane FMAs.
 //!
 //! At the end each output row is `acc / l`; a query that sees no key gets `0 · ∞ = NaN`, as the
-//! unfused softmax does. Scratch (per query: `m`, `l`, `lo`, `hi`, the accumulator row; one
+//! unfused softmax does. Writing the log-sum-exp instead (`AttentionOutput::LogSumExp`, for the
+//! backward) skips the values: each row's result is `m + log l`. Scratch (per query: `m`, `l`, `lo`, `hi`, the accumulator row; one
 //! tile of scores) lives in stack slots, so memory does not grow with the sequence. Scratch is
 //! read and written with ordinary (not read-only) memory flags; operands are only read.
 
 use super::builder::{flags, scalar_type, KernelFn, PTR};
 use super::math;
 use super::matmul::{ceil_div, fma_into, lane_sum, tile_end, zero_var};
-use crate::kernel::AttentionKernel;
+use crate::kernel::{AttentionKernel, AttentionOutput};
 use crate::view::View;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, StackSlotData, StackSlotKind, Type, Value};
@@ -62,9 +63,11 @@ struct Shape<'a> {
     dv: i64,
     keys: Value,
     attention: &'a Attention,
+    /// Accumulate the values (else only the log-sum-exp is needed).
+    values: bool,
 }
 
-fn slot(f: &mut KernelFn, bytes: i64) -> Value {
+pub(super) fn slot(f: &mut KernelFn, bytes: i64) -> Value {
     let data = StackSlotData::new(StackSlotKind::ExplicitSlot, bytes as u32, 4);
     let slot = f.b.create_sized_stack_slot(data);
     f.b.ins().stack_addr(PTR, slot, 0)
@@ -72,20 +75,26 @@ fn slot(f: &mut KernelFn, bytes: i64) -> Value {
 
 /// A load of element `index` (of `size` bytes) from `base`, with ordinary memory flags: the
 /// kernel writes its scratch, so these loads must stay after the stores before them.
-fn load_indexed(f: &mut KernelFn, ty: Type, base: Value, index: Value, size: i64) -> Value {
+pub(super) fn load_indexed(
+    f: &mut KernelFn,
+    ty: Type,
+    base: Value,
+    index: Value,
+    size: i64,
+) -> Value {
     let at = f.b.ins().imul_imm_s(index, size);
     let addr = f.b.ins().iadd(base, at);
     f.b.ins().load(ty, flags(), addr, 0)
 }
 
-fn store_indexed(f: &mut KernelFn, value: Value, base: Value, index: Value, size: i64) {
+pub(super) fn store_indexed(f: &mut KernelFn, value: Value, base: Value, index: Value, size: i64) {
     let at = f.b.ins().imul_imm_s(index, size);
     let addr = f.b.ins().iadd(base, at);
     f.b.ins().store(flags(), value, addr, 0);
 }
 
 /// `base + index · stride` for a byte stride.
-fn offset(f: &mut KernelFn, base: Value, index: Value, stride: Value) -> Value {
+pub(super) fn offset(f: &mut KernelFn, base: Value, index: Value, stride: Value) -> Value {
     let at = f.b.ins().imul(index, stride);
     f.b.ins().iadd(base, at)
 }
@@ -98,6 +107,7 @@ pub fn emit(f: &mut KernelFn, kernel: &AttentionKernel) {
         positions,
         out,
         attention,
+        output,
     } = kernel;
     let constant = |v: &View| v.dims[3].as_constant().expect("lowering checks head sizes");
     let (d, dv) = (constant(q), constant(v));
@@ -146,6 +156,7 @@ pub fn emit(f: &mut KernelFn, kernel: &AttentionKernel) {
         dv,
         keys,
         attention,
+        values: *output == AttentionOutput::Values,
     };
     let tiles_q = ceil_div(f, seq, tile_q);
     let (start, end) = (f.start, f.end);
@@ -230,12 +241,12 @@ fn init_rows(
     (kmin, kmax)
 }
 
-fn dtype_size(dtype: DType) -> i64 {
+pub(super) fn dtype_size(dtype: DType) -> i64 {
     crate::kernel::elem_size(dtype) as i64
 }
 
 /// The visible keys `lo..hi` of a query at position `p` (the IR's `visible_keys`).
-fn visible(f: &mut KernelFn, a: &Attention, p: Value, keys: Value) -> (Value, Value) {
+pub(super) fn visible(f: &mut KernelFn, a: &Attention, p: Value, keys: Value) -> (Value, Value) {
     let zero = f.iconst(0);
     let clamp = |f: &mut KernelFn, x: Value| {
         let x = f.b.ins().smax(x, zero);
@@ -335,7 +346,8 @@ fn tile_of_row(
     let alpha = math::exp(f, shift);
     let acc_at = f.b.ins().imul_imm_s(r, 4 * shape.dv);
     let acc_row = f.b.ins().iadd(s.acc, acc_at);
-    row_update(f, acc_row, shape.dv, |f, acc, _, lanes| {
+    let dv = if shape.values { shape.dv } else { 0 };
+    row_update(f, acc_row, dv, |f, acc, _, lanes| {
         let factor = if lanes == 4 {
             f.b.ins().splat(lane_type(lanes), alpha)
         } else {
@@ -377,6 +389,9 @@ fn tile_of_row(
     let added = f.b.ins().fadd(lanes, scalars);
     let l = f.b.ins().fadd(l, added);
     store_indexed(f, l, s.l, r, 4);
+    if !shape.values {
+        return;
+    }
     f.for_loop(a, e, 1, |f, j| {
         let at = f.b.ins().isub(j, j0);
         let p = load_indexed(f, types::F32, s.scores, at, 4);
@@ -391,14 +406,14 @@ fn tile_of_row(
 }
 
 /// A row of `len` floats as `(first element, lanes)`: 4 lanes at a time, then one at a time.
-fn chunks(len: i64) -> impl Iterator<Item = (i64, i64)> {
+pub(super) fn chunks(len: i64) -> impl Iterator<Item = (i64, i64)> {
     let vectors = len / 4;
     (0..vectors)
         .map(|v| (4 * v, 4))
         .chain((4 * vectors..len).map(|c| (c, 1)))
 }
 
-fn lane_type(lanes: i64) -> Type {
+pub(super) fn lane_type(lanes: i64) -> Type {
     if lanes == 4 {
         types::F32X4
     } else {
@@ -407,7 +422,7 @@ fn lane_type(lanes: i64) -> Type {
 }
 
 /// `acc[c..] = update(acc[c..], c, lanes)` over a row of `len` floats in scratch.
-fn row_update(
+pub(super) fn row_update(
     f: &mut KernelFn,
     row: Value,
     len: i64,
@@ -423,7 +438,7 @@ fn row_update(
 }
 
 /// `Σ x[c]·y[c]` over `len` floats: four accumulator chains of 4 lanes, then scalars.
-fn dot(f: &mut KernelFn, x: Value, y: Value, len: i64) -> Value {
+pub(super) fn dot(f: &mut KernelFn, x: Value, y: Value, len: i64) -> Value {
     let chains: Vec<Variable> = (0..4).map(|_| zero_var(f, true)).collect();
     let tail = zero_var(f, false);
     for (c, lanes) in chunks(len) {
@@ -459,10 +474,19 @@ fn write_rows(
     let zero = f.iconst(0);
     f.for_loop(zero, rows, 1, |f, r| {
         let l = load_indexed(f, types::F32, s.l, r, 4);
+        let i = f.b.ins().iadd(i0, r);
+        if !shape.values {
+            // lse = m + log l (−∞ for a query that sees no key).
+            let m = load_indexed(f, types::F32, s.m, r, 4);
+            let log = math::unary(f, kiln_ir::UnaryOp::Log, DType::F32, l);
+            let lse = f.b.ins().fadd(m, log);
+            let at = offset(f, head.out, i, strides.out);
+            f.b.ins().store(flags(), lse, at, 0);
+            return;
+        }
         let one = f.b.ins().f32const(1.0);
         let inv = f.b.ins().fdiv(one, l);
         let inv4 = f.b.ins().splat(types::F32X4, inv);
-        let i = f.b.ins().iadd(i0, r);
         let out_row = offset(f, head.out, i, strides.out);
         let acc_at = f.b.ins().imul_imm_s(r, 4 * shape.dv);
         let acc_row = f.b.ins().iadd(s.acc, acc_at);

@@ -2,6 +2,7 @@
 //! with the kernel ABI of `kiln_runtime::manifest`.
 
 mod attention;
+mod attention_grad;
 mod builder;
 mod epilogue;
 mod expr;
@@ -69,6 +70,7 @@ pub fn define(module: &mut ObjectModule, name: &str, kernel: &Kernel) -> Result<
             out,
         } => scatter::emit(&mut f, indices, updates, *axis, *mode, out),
         Kernel::Attention(a) => attention::emit(&mut f, a),
+        Kernel::AttentionGrad(a) => attention_grad::emit(&mut f, a),
     }
     f.finish(module.target_config());
     module.define_function(id, &mut ctx)?;

@@ -1,4 +1,5 @@
-//! Lowering `flash_attention` to one `Kernel::Attention`.
+//! Lowering `flash_attention` to one `Kernel::Attention`, its log-sum-exp to another, and each
+//! of its gradients to a reduction (`Δ = Σ d_out·out` per query) and a `Kernel::AttentionGrad`.
 //!
 //! Queries, keys and values are read in place when their last axis is unit-stride (copied
 //! contiguous otherwise), and the head sizes must be constants (they size the kernel's scratch
@@ -11,34 +12,42 @@
 
 use super::Lowering;
 use crate::error::{CompileError, Result};
-use crate::kernel::{AttentionKernel, Kernel};
+use crate::kernel::{
+    AttentionGradKernel, AttentionKernel, AttentionOutput, ExprNode, ExprOp, Kernel,
+};
 use crate::view::View;
-use kiln_ir::{Attention, TensorType};
+use kiln_ir::{Attention, AttentionInput, BinaryOp, DType, ReduceOp, TensorType};
 use kiln_runtime::manifest::BufferKind;
 
 /// The most bytes of stack scratch one attention kernel may use.
 const SCRATCH_LIMIT: i64 = 256 * 1024;
 
 impl Lowering<'_> {
-    pub(super) fn attention(
+    /// `operands[i]` as a buffer whose last axis is unit-stride (copied otherwise).
+    fn rows(&mut self, view: &View, label: &str) -> View {
+        let v = self.buffered(view, label);
+        if v.strides[v.rank() - 1].is_constant(1) {
+            v
+        } else {
+            self.materialize(&v, label)
+        }
+    }
+
+    /// The forward's operands as the kernels read them, after checking the head sizes and the
+    /// scratch the tiles need.
+    fn attention_operands(
         &mut self,
         attention: &Attention,
         operands: &[View],
-        ty: &TensorType,
-        label: String,
-    ) -> Result<View> {
-        let rows = |v: &View, this: &mut Self| {
-            let v = this.buffered(v, &label);
-            if v.strides[3].is_constant(1) {
-                v
-            } else {
-                this.materialize(&v, &label)
-            }
+        label: &str,
+    ) -> Result<(View, View, View, Option<View>)> {
+        let q = self.rows(&operands[0], label);
+        let k = self.rows(&operands[1], label);
+        let v = self.rows(&operands[2], label);
+        let positions = match attention.arity() {
+            4 => Some(self.buffered(&operands[3], label)),
+            _ => None,
         };
-        let q = rows(&operands[0], self);
-        let k = rows(&operands[1], self);
-        let v = rows(&operands[2], self);
-        let positions = operands.get(3).map(|p| self.buffered(p, &label));
         let size = |v: &View| {
             v.dims[3]
                 .as_constant()
@@ -56,6 +65,17 @@ impl Lowering<'_> {
                  scratch, more than {SCRATCH_LIMIT}"
             )));
         }
+        Ok((q, k, v, positions))
+    }
+
+    pub(super) fn attention(
+        &mut self,
+        attention: &Attention,
+        operands: &[View],
+        ty: &TensorType,
+        label: String,
+    ) -> Result<View> {
+        let (q, k, v, positions) = self.attention_operands(attention, operands, &label)?;
         let dims = self.shape(ty);
         let heads_inner = vec![
             dims[0].clone(),
@@ -73,8 +93,89 @@ impl Lowering<'_> {
             positions,
             out: out.clone(),
             attention: attention.clone(),
+            output: AttentionOutput::Values,
         };
         self.push(Kernel::Attention(Box::new(kernel)), label);
         Ok(out)
+    }
+
+    pub(super) fn attention_lse(
+        &mut self,
+        attention: &Attention,
+        operands: &[View],
+        ty: &TensorType,
+        label: String,
+    ) -> Result<View> {
+        let (q, k, v, positions) = self.attention_operands(attention, operands, &label)?;
+        let out = self.temp(ty);
+        let kernel = AttentionKernel {
+            q,
+            k,
+            v,
+            positions,
+            out: out.clone(),
+            attention: attention.clone(),
+            output: AttentionOutput::LogSumExp,
+        };
+        self.push(Kernel::Attention(Box::new(kernel)), label);
+        Ok(out)
+    }
+
+    pub(super) fn attention_grad(
+        &mut self,
+        attention: &Attention,
+        wrt: AttentionInput,
+        operands: &[View],
+        ty: &TensorType,
+        label: String,
+    ) -> Result<View> {
+        let n = attention.arity();
+        let (q, k, v, positions) = self.attention_operands(attention, &operands[..n], &label)?;
+        let (out, d_out) = (&operands[n], &operands[n + 1]);
+        let lse = self.buffered(&operands[n + 2], &label);
+        // Δ[b, h, i] = Σ_c d_out[b, h, i, c] · out[b, h, i, c]
+        let mut rows = out.dims.clone();
+        rows[3] = kiln_runtime::Poly::constant(1);
+        let delta = self.new_buffer(BufferKind::Temp, DType::F32, rows);
+        let leaf = |i| ExprNode {
+            op: ExprOp::Leaf(i),
+            dtype: DType::F32,
+        };
+        self.push(
+            Kernel::Reduce {
+                op: ReduceOp::Sum,
+                leaves: vec![d_out.clone(), out.clone()],
+                expr: vec![
+                    leaf(0),
+                    leaf(1),
+                    ExprNode {
+                        op: ExprOp::Binary(BinaryOp::Mul, 0, 1),
+                        dtype: DType::F32,
+                    },
+                ],
+                axes: vec![3],
+                out: delta.clone(),
+            },
+            format!("{label} Δ"),
+        );
+        let delta = delta
+            .reshape(lse.dims.clone())
+            .expect("a fresh buffer reshapes");
+        let d_out = self.rows(d_out, &label);
+        let result = self.temp(ty);
+        let kernel = AttentionGradKernel {
+            q,
+            k,
+            v,
+            positions,
+            d_out,
+            lse,
+            delta,
+            out: result.clone(),
+            wrt,
+            attention: attention.clone(),
+        };
+        self.push(Kernel::AttentionGrad(Box::new(kernel)), label);
+        Ok(result)
     }
 }
