@@ -32,7 +32,11 @@ pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
     };
     let mut descs = Vec::new();
     for g in programs {
-        let mut lowered = lower::lower(g, &mut shared, &options)?;
+        let mut lowered = lower::lower(g, &mut shared, &options).map_err(|e| {
+            CompileError(format!(
+                "{e} (the CUDA backend shares the CPU backend's lowering and its limits)"
+            ))
+        })?;
         let memory = memory::plan_intermediates(&mut lowered);
         let mut steps = Vec::new();
         for (i, (kernel, label)) in lowered.kernels.iter().enumerate() {
