@@ -3,14 +3,19 @@
 //! `ptxas -arch=sm_90`, which must report no error and no warning; the registers, stack,
 //! spills and shared memory it reports are snapshotted, one line per distinct kernel (program,
 //! kind, label with the layer number dropped, and figures), so a regression shows in review.
-//! The PTX of a few representative kernels of the tiny Llama is snapshotted too.
+//! Random graphs of every op the backends compile (before and after elementwise fusion) and
+//! attention of every mask kind assemble too. The PTX of a few representative kernels of the
+//! tiny Llama is snapshotted.
 //!
 //! `ptxas` is `$KILN_PTXAS` or the one on `PATH` (`.ci/run` installs it from PyPI). Without it
 //! the assembly test fails when `CI` is set and is skipped, saying so, otherwise.
 
 use kiln::compile::{compile, Target};
 use kiln_frontend::{hf, load_spec, BuildOptions, ModelSpec, Program};
-use kiln_passes::{PipelineOptions, Precision};
+use kiln_ir::testing::{random_graph, Profile};
+use kiln_ir::Graph;
+use kiln_passes::elementwise_fusion::ElementwiseFusion;
+use kiln_passes::{Pass, PipelineOptions, Precision};
 use kiln_runtime::Artifact;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -53,6 +58,19 @@ fn cuda_artifact(spec: &ModelSpec, precision: Precision) -> Artifact {
         &options,
     )
     .unwrap()
+}
+
+/// `ptxas`, or `None` (the test is skipped, saying so) when it is absent outside CI.
+fn ptxas_or_skip() -> Option<PathBuf> {
+    let found = ptxas();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ptxas not found (set KILN_PTXAS or put it on PATH); CI must assemble the PTX"
+        );
+        println!("skipped: ptxas not found (set KILN_PTXAS or put ptxas on PATH)");
+    }
+    found
 }
 
 fn ptxas() -> Option<PathBuf> {
@@ -153,12 +171,7 @@ fn label_pattern(label: &str) -> String {
 
 #[test]
 fn every_kernel_assembles_for_sm_90() {
-    let Some(ptxas) = ptxas() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "ptxas not found (set KILN_PTXAS or put it on PATH); CI must assemble the PTX"
-        );
-        println!("skipped: ptxas not found (set KILN_PTXAS or put ptxas on PATH)");
+    let Some(ptxas) = ptxas_or_skip() else {
         return;
     };
     let mut lines = BTreeSet::new();
@@ -204,6 +217,91 @@ fn every_kernel_assembles_for_sm_90() {
     println!("{kernels} kernels assembled");
     let text: Vec<String> = lines.into_iter().collect();
     insta::assert_snapshot!("ptxas_resources", text.join("\n"));
+}
+
+/// The CPU backend's profile of random graphs: no `scatter`, no `f16`/`bf16` arithmetic.
+const PROFILE: Profile = Profile {
+    scatter: false,
+    half_floats: false,
+};
+
+/// Compiles `graphs` (renamed apart) into one CUDA artifact and assembles its module.
+fn assemble_graphs(ptxas: &Path, graphs: Vec<Graph>, what: &str) -> usize {
+    let graphs: Vec<Graph> = graphs
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut g)| {
+            g.name = format!("{}{i}", g.name);
+            g
+        })
+        .collect();
+    let artifact = kiln_backend_cuda::compile(
+        &graphs,
+        kiln::compile::model_info(&hf::read_config(TINY_LLAMA, "tiny_llama.json").unwrap()),
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let ptx = String::from_utf8(artifact.object).unwrap();
+    assemble(ptxas, &ptx, what).len()
+}
+
+/// Random graphs of 48 seeds, as generated and after elementwise fusion: every op and dtype
+/// combination the lowering produces is emitted and assembles.
+#[test]
+fn random_graphs_assemble() {
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let mut graphs = Vec::new();
+    for seed in 0..48 {
+        let g = random_graph(seed, PROFILE);
+        let mut fused = g.clone();
+        ElementwiseFusion.run(&mut fused).unwrap();
+        graphs.extend([g, fused]);
+    }
+    let kernels = assemble_graphs(&ptxas, graphs, "random graphs");
+    println!("{kernels} kernels assembled");
+}
+
+/// `flash_attention` with every mask kind, grouped queries, head sizes that are not multiples
+/// of 32 (and one above 32), i32 and i64 positions, and strided queries.
+#[test]
+fn attention_of_every_mask_assembles() {
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let cases = [
+        ("causal", "i64", 4, 4, 16, 16, false),
+        ("window(4)", "i64", 4, 2, 24, 8, false),
+        ("prefix(6)", "i32", 6, 3, 40, 72, true),
+        ("none", "", 2, 1, 8, 20, false),
+    ];
+    let graphs = cases
+        .iter()
+        .map(|&(mask, pos, heads, kv, d, dv, strided)| {
+            let group = heads / kv;
+            let mut text = "graph attention\nsym b <= 4\nsym s <= 80\nsym t <= 80\n".to_string();
+            if strided {
+                text += &format!("input %x : f32[b, s, {heads}, {d}]\n");
+            } else {
+                text += &format!("input %q : f32[b, {heads}, s, {d}]\n");
+            }
+            text += &format!("input %k : f32[b, {kv}, t, {d}]\ninput %v : f32[b, {kv}, t, {dv}]\n");
+            let mut operands = "%q, %k, %v".to_string();
+            if !pos.is_empty() {
+                text += &format!("input %pos : {pos}[b, s]\n");
+                operands += ", %pos";
+            }
+            if strided {
+                text += &format!("%q = permute %x perm=[0,2,1,3] : f32[b, {heads}, s, {d}]\n");
+            }
+            text += &format!(
+                "%y = flash_attention {operands} mask={mask} bias=none group={group} scale=0.25 \
+                 tile_q=4 tile_k=8 : f32[b, {heads}, s, {dv}]\noutput y = %y\n"
+            );
+            kiln_ir::text::parse(&text).unwrap_or_else(|e| panic!("{mask}: {e}\n{text}"))
+        })
+        .collect();
+    assemble_graphs(&ptxas, graphs, "attention");
 }
 
 /// The entry named `name` in a module's text.
