@@ -10,6 +10,10 @@ pub mod math;
 pub mod types;
 
 #[cfg(test)]
+mod emulate;
+#[cfg(test)]
+mod math_tests;
+#[cfg(test)]
 mod tests;
 
 pub use builder::{KernelBuilder, Shuffle};
