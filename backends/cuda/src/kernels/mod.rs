@@ -8,12 +8,14 @@
 
 mod attention;
 mod context;
-mod dtype;
+pub(crate) mod dtype;
 mod expr;
 mod gather;
 mod map;
 mod matmul;
 mod reduce;
+#[cfg(test)]
+mod tests;
 
 use crate::error::Result;
 use crate::ptx::KernelBuilder;

@@ -10,7 +10,7 @@ pub mod math;
 pub mod types;
 
 #[cfg(test)]
-mod emulate;
+pub(crate) mod emulate;
 #[cfg(test)]
 mod math_tests;
 #[cfg(test)]
