@@ -3,7 +3,7 @@
 //! `forward` program that scores every position (by default; `--programs` chooses).
 
 use clap::{Args, ValueEnum};
-use kiln::compile::compile_cpu_with;
+use kiln::compile::{compile, Target as Backend};
 use kiln::model;
 use kiln_frontend::{BuildOptions, Program};
 use kiln_passes::{Pipeline, PipelineOptions, Precision, Recompute};
@@ -15,6 +15,8 @@ use std::time::Instant;
 pub struct CompileArgs {
     /// config.json, a model directory, or a .gguf file (default: an embedded tiny Llama).
     model: Option<PathBuf>,
+    /// The backend: `cpu` (x86-64 object code) or `cuda` (PTX for sm_90; the artifact is for a
+    /// CUDA executor).
     #[arg(long, value_enum, default_value = "cpu")]
     target: Target,
     /// Where to write the artifact.
@@ -44,6 +46,7 @@ pub struct CompileArgs {
 #[derive(Clone, Copy, ValueEnum)]
 enum Target {
     Cpu,
+    Cuda,
 }
 
 pub fn build_options(
@@ -74,15 +77,18 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
         recompute: args.recompute,
         skip: args.skip_passes.clone(),
     };
-    let artifact = match args.target {
-        Target::Cpu => compile_cpu_with(&spec, &args.programs, opts, &pipeline)?,
+    let backend = match args.target {
+        Target::Cpu => Backend::Cpu,
+        Target::Cuda => Backend::Cuda,
     };
+    let artifact = compile(backend, &spec, &args.programs, opts, &pipeline)?;
     artifact.write(&args.output).map_err(|e| e.to_string())?;
     let bytes = artifact.to_bytes();
     eprintln!(
-        "wrote {} ({} KiB, precision {}, sha256 {}) in {:.2} s",
+        "wrote {} ({} KiB, target {}, precision {}, sha256 {}) in {:.2} s",
         args.output.display(),
         bytes.len() / 1024,
+        artifact.manifest.target.arch,
         args.precision,
         &Artifact::content_hash(&bytes)[..16],
         started.elapsed().as_secs_f64()
@@ -95,8 +101,27 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
             human_bytes(p.memory.peak_bytes),
             human_bytes(p.memory.intermediate_bytes)
         );
+        if backend == Backend::Cuda {
+            eprintln!("    {}", kernel_counts(p));
+        }
     }
     Ok(())
+}
+
+/// The kernels of a CUDA program by kind (`map 12, reduce 5, …`): a CUDA kernel's name is
+/// `PROGRAM_STEP_KIND`.
+fn kernel_counts(p: &kiln_runtime::manifest::ProgramDesc) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for (i, step) in p.steps.iter().enumerate() {
+        let prefix = format!("{}_{i}_", p.name);
+        let kind = step.kernel.strip_prefix(&prefix).unwrap_or(&step.kernel);
+        match counts.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind, 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    format!("kernels by kind: {}", parts.join(", "))
 }
 
 /// `12.3 KiB`, `4.5 MiB`, `1.2 GiB`.

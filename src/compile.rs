@@ -1,6 +1,8 @@
-//! The compiler driver: spec → one graph per program → pass pipeline → CPU backend → artifact.
+//! The compiler driver: spec → one graph per program → pass pipeline → backend (CPU or CUDA)
+//! → artifact.
 
 use kiln_frontend::{build, BuildOptions, ModelSpec, Program};
+use kiln_ir::Graph;
 use kiln_passes::{Pipeline, PipelineOptions, Precision};
 use kiln_runtime::manifest::ModelInfo;
 use kiln_runtime::Artifact;
@@ -25,6 +27,24 @@ pub fn model_info(spec: &ModelSpec) -> ModelInfo {
     }
 }
 
+/// The backend an artifact is compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// x86-64 object code (Cranelift).
+    Cpu,
+    /// PTX for sm_90.
+    Cuda,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Cpu => "CPU",
+            Target::Cuda => "CUDA",
+        }
+    }
+}
+
 /// Builds `programs`, optimizes each with the standard pipeline and compiles them for the CPU.
 pub fn compile_cpu(
     spec: &ModelSpec,
@@ -34,21 +54,34 @@ pub fn compile_cpu(
     compile_cpu_with(spec, programs, opts, &PipelineOptions::default())
 }
 
-/// [`compile_cpu`] with the pipeline's options. The CPU backend computes in f32: of the
-/// precision policies it compiles `f32` and `bf16-weights` (weights stored bf16, widened as the
-/// matmuls read them) and refuses those with narrow matmul operands. Training programs are
-/// compiled in f32: their weights are the f32 master weights they update.
+/// [`compile`] for the CPU.
 pub fn compile_cpu_with(
     spec: &ModelSpec,
     programs: &[Program],
     opts: BuildOptions,
     options: &PipelineOptions,
 ) -> Result<Artifact, String> {
+    compile(Target::Cpu, spec, programs, opts, options)
+}
+
+/// `programs` built and optimized by the pipeline of `options`, as the backends receive them.
+/// Both backends compute in f32: of the precision policies they compile `f32` and
+/// `bf16-weights` (weights stored bf16, widened as the kernels read them) and refuse those with
+/// narrow matmul operands. Training programs are compiled in f32: their weights are the f32
+/// master weights they update.
+pub fn optimized_programs(
+    target: Target,
+    spec: &ModelSpec,
+    programs: &[Program],
+    opts: BuildOptions,
+    options: &PipelineOptions,
+) -> Result<Vec<Graph>, String> {
     let precision = options.precision;
     if precision.matmul_dtype() != kiln_ir::DType::F32 {
         return Err(format!(
-            "precision `{precision}` is not supported by the CPU backend, which computes in f32 \
+            "precision `{precision}` is not supported by the {} backend, which computes in f32 \
              (its matmuls have {} operands); use `{}` to store the weights in bf16, or `{}`",
+            target.name(),
             precision.matmul_dtype(),
             Precision::Bf16Weights,
             Precision::F32
@@ -67,5 +100,22 @@ pub fn compile_cpu_with(
         pipeline.run(&mut g, |_, _| {}).map_err(|e| e.to_string())?;
         graphs.push(g);
     }
-    kiln_backend_cpu::compile(&graphs, model_info(spec)).map_err(|e| e.to_string())
+    Ok(graphs)
+}
+
+/// Builds `programs`, optimizes each with the pipeline of `options` and compiles them for
+/// `target` into one artifact.
+pub fn compile(
+    target: Target,
+    spec: &ModelSpec,
+    programs: &[Program],
+    opts: BuildOptions,
+    options: &PipelineOptions,
+) -> Result<Artifact, String> {
+    let graphs = optimized_programs(target, spec, programs, opts, options)?;
+    let model = model_info(spec);
+    match target {
+        Target::Cpu => kiln_backend_cpu::compile(&graphs, model).map_err(|e| e.to_string()),
+        Target::Cuda => kiln_backend_cuda::compile(&graphs, model).map_err(|e| e.to_string()),
+    }
 }

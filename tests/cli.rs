@@ -258,6 +258,62 @@ fn precision_reaches_the_pass_the_artifact_and_the_summary() {
     );
 }
 
+#[test]
+fn cuda_target_writes_ptx_that_the_cpu_runtime_refuses_by_name() {
+    let config = fixture_dir("llama").join("config.json");
+    let artifact = scratch("cuda.kiln", b"");
+    let compile = |precision: &str| {
+        kiln(&[
+            "compile",
+            config.to_str().unwrap(),
+            "--target",
+            "cuda",
+            "-o",
+            artifact.to_str().unwrap(),
+            "--max-seq",
+            "64",
+            "--precision",
+            precision,
+        ])
+    };
+    let (ok, _, stderr) = compile("bf16-weights");
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("target sm_90") && stderr.contains("kernels by kind: gather 1"),
+        "{stderr}"
+    );
+    let read = kiln_runtime::Artifact::read(&artifact).unwrap();
+    assert_eq!(read.manifest.target.arch, "sm_90");
+    let ptx = String::from_utf8(read.object).unwrap();
+    for program in &read.manifest.programs {
+        for step in &program.steps {
+            let launch = step.launch.as_ref().expect("a CUDA step has a launch");
+            assert!(launch.threads > 0 && !launch.blocks.is_empty());
+            assert!(ptx.contains(&format!(".visible .entry {}(", step.kernel)));
+        }
+    }
+    let weights = fixture_dir("llama").join("model.safetensors");
+    let (ok, _, stderr) = kiln(&[
+        "generate",
+        artifact.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--max-tokens",
+        "1",
+    ]);
+    assert!(!ok, "the CPU runtime ran a CUDA artifact");
+    assert!(
+        stderr.contains("compiled for CUDA GPUs (sm_90)") && stderr.contains("--target cpu"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = compile("bf16");
+    assert!(!ok, "the CUDA backend compiled bf16 arithmetic");
+    assert!(
+        stderr.contains("precision `bf16` is not supported by the CUDA backend"),
+        "{stderr}"
+    );
+}
+
 /// Compiles the Llama fixture into a scratch artifact and returns its path.
 fn compiled_fixture(name: &str) -> PathBuf {
     let artifact = scratch(name, b"");

@@ -23,7 +23,7 @@ const HEADER_LEN: usize = 8 + 4 + 4 + 32;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Artifact {
     pub manifest: Manifest,
-    /// A relocatable ELF object holding every kernel.
+    /// A relocatable ELF object holding every kernel, or for a CUDA target the PTX module's text.
     pub object: Vec<u8>,
     /// Bytes of the manifest's constants.
     pub data: Vec<u8>,

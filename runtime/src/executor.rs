@@ -92,15 +92,20 @@ impl Model {
     ) -> Result<Model> {
         let manifest = artifact.manifest;
         if manifest.target.arch != std::env::consts::ARCH {
-            return Err(RuntimeError::new(
-                file,
-                Some("target"),
+            let message = if manifest.target.arch.starts_with("sm_") {
+                format!(
+                    "compiled for CUDA GPUs ({}): this runtime runs CPU artifacts only (there is \
+                     no CUDA executor yet); compile with `--target cpu`",
+                    manifest.target.arch
+                )
+            } else {
                 format!(
                     "compiled for {}, this machine is {}",
                     manifest.target.arch,
                     std::env::consts::ARCH
-                ),
-            ));
+                )
+            };
+            return Err(RuntimeError::new(file, Some("target"), message));
         }
         if let Some(missing) = manifest.target.features.iter().find(|f| !host_has(f)) {
             return Err(RuntimeError::new(

@@ -10,6 +10,14 @@
 //! must do (the runtime splits [`Step::work`] across threads; items are independent), and `fns`
 //! the runtime function table ([`RUNTIME_FUNCTIONS`], in that order).
 //!
+//! **CUDA targets** (`target.arch` = `sm_90`): the artifact's object section holds one PTX module
+//! instead of an ELF object, and every step carries a [`Launch`]. Each kernel is an `.entry`
+//! named as the step's `kernel`, with two `.param .u64` parameters: a device pointer to the
+//! program's buffer table (one 64-bit device address per entry of [`ProgramDesc::buffers`]) and a
+//! device pointer to the bound symbol values (`i64`, as [`ProgramDesc::symbols`]). Kernels loop
+//! over their work by grid stride, so any grid of at least one block computes the whole step;
+//! [`Launch::blocks`] is the grid that gives each block one piece of work.
+//!
 //! Invariants: buffer indices in steps and I/O are in range; every input and output names a
 //! buffer of its own kind; steps run in order, each after the previous one has finished.
 
@@ -17,7 +25,7 @@ use crate::poly::Poly;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of the manifest or the artifact layout.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Functions the runtime hands to kernels, in table order. The names are part of the ABI.
 ///
@@ -189,6 +197,21 @@ pub struct Step {
     pub item_bytes: Poly,
     /// What the step computes, for profiles and error messages.
     pub label: String,
+    /// How the step is launched on a GPU; absent for CPU steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<Launch>,
+}
+
+/// The launch of one GPU kernel (see the module doc for its parameters). A grid of zero blocks
+/// (an empty tensor) means the step does nothing and is skipped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    /// Blocks of the one-dimensional grid: the product of the factors' counts.
+    pub blocks: Vec<WorkFactor>,
+    /// Threads per block.
+    pub threads: u32,
+    /// Bytes of static shared memory the kernel declares (for occupancy; nothing to pass).
+    pub shared_bytes: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

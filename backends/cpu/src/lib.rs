@@ -72,6 +72,7 @@ pub fn compile_with(
                 work,
                 item_bytes,
                 label: label.clone(),
+                launch: None,
             });
         }
         descs.push(ProgramDesc {

@@ -1,4 +1,85 @@
-//! `kiln-backend-cuda`: PTX emission for NVIDIA GPUs (sm_90).
+//! `kiln-backend-cuda`: compiles graphs into an artifact of PTX for NVIDIA GPUs (sm_90).
 //!
-//! Not yet implemented: the crate holds its place in the workspace so that the dependency
-//! direction of the design (backends depend on `kiln-ir`, never the reverse) is fixed from the start.
+//! [`compile`] reuses the CPU backend's target-independent lowering (`kiln_backend_cpu::lower`:
+//! buffers, views, kernel descriptions; `memory`: the arena plan of intermediates), writes
+//! every kernel as one PTX entry with its own typed builder (`ptx`, `kernels`), and packs the
+//! module text, the manifest (each step with its [`Launch`](kiln_runtime::manifest::Launch)) and
+//! the constants into a `kiln_runtime::Artifact` whose target is `sm_90`. kiln writes the PTX
+//! itself: no CUDA toolkit is needed to compile, and this crate never runs code.
+
+pub mod error;
+pub mod kernels;
+pub mod ptx;
+
+pub use error::{CompileError, Result};
+
+use kiln_backend_cpu::lower::{self, SharedTables};
+use kiln_backend_cpu::{memory, CpuOptions};
+use kiln_ir::Graph;
+use kiln_runtime::manifest::{Manifest, ModelInfo, ProgramDesc, Step, Target};
+use kiln_runtime::Artifact;
+
+/// The `arch` of a CUDA artifact's target.
+pub const ARCH: &str = ptx::TARGET;
+
+/// Compiles `programs` (e.g. `prefill` and `decode` of one model) into one artifact.
+pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
+    let mut module = ptx::Module::default();
+    let mut shared = SharedTables::default();
+    // The lowering's work items and GEMM choice are the CPU's; kernels here choose their own.
+    let options = CpuOptions {
+        gemm_min_rows: None,
+    };
+    let mut descs = Vec::new();
+    for g in programs {
+        let mut lowered = lower::lower(g, &mut shared, &options).map_err(|e| {
+            CompileError(format!(
+                "{e} (the CUDA backend shares the CPU backend's lowering and its limits)"
+            ))
+        })?;
+        let memory = memory::plan_intermediates(&mut lowered);
+        let mut steps = Vec::new();
+        for (i, (kernel, label)) in lowered.kernels.iter().enumerate() {
+            let name = format!("{}_{i}_{}", lowered.name, kernels::kind(kernel));
+            let (entry, launch) = kernels::emit(&name, kernel).map_err(|e| {
+                CompileError(format!(
+                    "program `{}`: cannot compile kernel {name} ({label}): {e}",
+                    g.name
+                ))
+            })?;
+            module.push(entry);
+            let (work, item_bytes) = kernel.work();
+            steps.push(Step {
+                kernel: name,
+                work,
+                item_bytes,
+                label: label.clone(),
+                launch: Some(launch),
+            });
+        }
+        descs.push(ProgramDesc {
+            name: lowered.name,
+            symbols: lowered.symbols,
+            buffers: lowered.buffers,
+            inputs: lowered.inputs,
+            outputs: lowered.outputs,
+            steps,
+            memory,
+        });
+    }
+    Ok(Artifact {
+        manifest: Manifest {
+            kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+            target: Target {
+                arch: ARCH.into(),
+                features: vec![format!("ptx{}", ptx::PTX_VERSION)],
+            },
+            model,
+            weights: shared.weights,
+            constants: shared.constants,
+            programs: descs,
+        },
+        object: module.text().into_bytes(),
+        data: shared.data,
+    })
+}

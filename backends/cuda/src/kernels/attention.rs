@@ -1,0 +1,204 @@
+//! Fused attention kernels (`Kernel::Attention`): online softmax with one warp per query row,
+//! never holding more than 32 scores.
+//!
+//! Blocks of 4 warps; warp `w` (by grid stride over `B·H·S` rows) takes query `i` of batch
+//! element `b` and head `h`, and reads the shared key/value head `h / group`. The query's
+//! position gives its run of visible keys `lo..hi` (`kiln_ir::Attention::visible_keys`; every
+//! key when the mask is `none`), walked in tiles of 32 keys, one key per lane:
+//! 1. lane `t` computes the score `scale · q·k_{j0+t}` (the query row staged in the warp's
+//!    shared memory), `-∞` past `hi`;
+//! 2. the warp's maximum moves the running maximum to `m'`; the running sum `l` and the
+//!    accumulator are rescaled by `e^(m − m')`;
+//! 3. each lane's `p = e^(s − m')` is summed over the warp into `l`, and every lane adds
+//!    `p_t · v_{j0+t}` for `t` in the tile to the output elements it owns (`c ≡ lane mod 32`).
+//!
+//! Each output element is `acc · (1/l)`; a query that sees no key gets `0 · ∞ = NaN`, as the
+//! unfused softmax does. Only warp barriers are used, so warps of a block run independently.
+
+use super::context::{Ctx, Granule};
+use super::reduce::warp_fold;
+use crate::error::Result;
+use crate::ptx::{math, Cmp, Reg, Shuffle, Space, Special, Ty};
+use kiln_backend_cpu::kernel::AttentionKernel;
+use kiln_ir::{AttentionMask, DType};
+use kiln_runtime::manifest::{Launch, WorkFactor};
+
+const WARPS: u32 = 4;
+
+pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
+    let AttentionKernel {
+        q,
+        k,
+        v,
+        positions,
+        out,
+        attention,
+        output,
+    } = kernel;
+    if *output != kiln_backend_cpu::kernel::AttentionOutput::Values {
+        return Err(crate::error::CompileError(
+            "the CUDA backend has no kernel for the attention's log-sum-exp yet (the training \
+             programs need it)"
+                .into(),
+        ));
+    }
+    let constant = |v: &kiln_backend_cpu::view::View| {
+        v.dims[3].as_constant().expect("lowering checks head sizes")
+    };
+    let (d, dv) = (constant(q), constant(v));
+    let rows = q.dims[0].mul(&q.dims[1]).mul(&q.dims[2]);
+    let rows_v = c.value(&rows);
+    let (heads, seq) = (c.value(&q.dims[1]), c.value(&q.dims[2]));
+    let keys = c.reg(&k.dims[2]);
+    let (qa, ka, va, oa) = (
+        c.addressed(q),
+        c.addressed(k),
+        c.addressed(v),
+        c.addressed(out),
+    );
+    let pa = positions.as_ref().map(|p| c.addressed(p));
+    let smem = c.b.shared((WARPS as i64 * d * 4) as u32);
+    let tid = c.special(Special::Tid);
+    let lane = c.b.and(tid, 31i64);
+    let warp = c.b.shr(tid, 5);
+    let q_stage = c.b.mad(warp, d * 4, smem);
+    let owned = (dv + 31) / 32;
+    // Which of the lane's output elements exist (c = lane + 32·u < Dv).
+    let exists: Vec<Reg> = (0..owned)
+        .map(|u| c.b.setp(Cmp::Lt, lane, dv - 32 * u))
+        .collect();
+    c.grid_loop(rows_v, Granule::Warp, |c, w| {
+        let i = c.b.rem(w, seq.clone());
+        let bh = c.b.div(w, seq.clone());
+        let h = c.b.rem(bh, heads.clone());
+        let bi = c.b.div(bh, heads.clone());
+        let kv = c.b.div(h, attention.group as i64);
+        let q_row = c.linear(&qa.offset, &[bi, h, i], &qa.strides[..3]);
+        let k_head = c.linear(&ka.offset, &[bi, kv], &ka.strides[..2]);
+        let v_head = c.linear(&va.offset, &[bi, kv], &va.strides[..2]);
+        let out_row = c.linear(&oa.offset, &[bi, h, i], &oa.strides[..3]);
+        let (lo, hi) = match &pa {
+            Some(p) => {
+                let at = c.linear(&p.offset, &[bi, i], &p.strides);
+                let pos = c.load(p, at)?;
+                let pos = super::expr::convert(c, pos, p.view.dtype, DType::I64)?;
+                visible(c, attention.mask, pos, keys)
+            }
+            None => (c.b.mov(Ty::S64, 0i64), keys),
+        };
+        // Stage the query row.
+        c.for_range(lane, d, 32i64, |c, col| {
+            let at = c.b.mad(col, qa.strides[3].clone(), q_row);
+            let x = c.load(&qa, at)?;
+            let slot = c.b.mad(col, 4i64, q_stage);
+            c.b.st(Space::Shared, "f32", slot, 0, x);
+            Ok(())
+        })?;
+        c.b.warp_sync();
+        let m = c.b.mov(Ty::F32, f32::NEG_INFINITY);
+        let l = c.b.mov(Ty::F32, 0.0f32);
+        let acc: Vec<Reg> = (0..owned).map(|_| c.b.mov(Ty::F32, 0.0f32)).collect();
+        c.for_range(lo, hi, 32i64, |c, j0| {
+            // 1. One score per lane.
+            let j = c.b.add(j0, lane);
+            let valid = c.b.setp(Cmp::Lt, j, hi);
+            let s = c.b.mov(Ty::F32, f32::NEG_INFINITY);
+            c.when(valid, |c| {
+                let k_row = c.b.mad(j, ka.strides[2].clone(), k_head);
+                let dot = c.b.mov(Ty::F32, 0.0f32);
+                for col in 0..d {
+                    let qx =
+                        c.b.ld(Space::Shared, "f32", Ty::F32, q_stage, 4 * col, false);
+                    let at = c.b.add(k_row, col);
+                    let kx = c.load(&ka, at)?;
+                    let next = c.b.mad(qx, kx, dot);
+                    c.b.assign(dot, next);
+                }
+                let scaled = c.b.mul(dot, attention.scale as f32);
+                c.b.assign(s, scaled);
+                Ok(())
+            })?;
+            // 2. The new maximum and the rescaling.
+            let tile_max = warp_fold(c, s, |c, x, y| c.b.max(x, y));
+            let m_new = c.b.max(m, tile_max);
+            let shift = c.b.sub(m, m_new);
+            let alpha = math::exp(&mut c.b, shift);
+            // 3. Probabilities, their sum, the weighted values.
+            let centered = c.b.sub(s, m_new);
+            let e = math::exp(&mut c.b, centered);
+            let p = c.b.selp(e, 0.0f32, valid, Ty::F32);
+            let sum = warp_fold(c, p, |c, x, y| c.b.add(x, y));
+            let l_next = c.b.mad(l, alpha, sum);
+            c.b.assign(l, l_next);
+            c.b.assign(m, m_new);
+            for &a in &acc {
+                let scaled = c.b.mul(a, alpha);
+                c.b.assign(a, scaled);
+            }
+            let left = c.b.sub(hi, j0);
+            let count = c.b.min(left, 32i64);
+            c.for_range(0i64, count, 1i64, |c, t| {
+                let t32 = c.b.cvt(Ty::U32, None, t, None, "");
+                let pt = c.b.shfl(Shuffle::Index, p, t32);
+                let key = c.b.add(j0, t);
+                let v_row = c.b.mad(key, va.strides[2].clone(), v_head);
+                for (u, (&a, &there)) in acc.iter().zip(&exists).enumerate() {
+                    c.when(there, |c| {
+                        let col = c.b.add(lane, 32 * u as i64);
+                        let at = c.b.add(v_row, col);
+                        let x = c.load(&va, at)?;
+                        let next = c.b.mad(pt, x, a);
+                        c.b.assign(a, next);
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            })?;
+            Ok(())
+        })?;
+        let inv = c.b.rcp(l);
+        for (u, (&a, &there)) in acc.iter().zip(&exists).enumerate() {
+            c.when(there, |c| {
+                let col = c.b.add(lane, 32 * u as i64);
+                let at = c.b.add(out_row, col);
+                let y = c.b.mul(a, inv);
+                let base = oa.base.expect("attention writes a buffer");
+                c.store(base, at, DType::F32, y)
+            })?;
+        }
+        // The next row overwrites the staged query.
+        c.b.warp_sync();
+        Ok(())
+    })?;
+    Ok(Launch {
+        blocks: vec![WorkFactor {
+            extent: rows,
+            tile: WARPS as u64,
+        }],
+        threads: WARPS * 32,
+        shared_bytes: c.b.shared_bytes(),
+    })
+}
+
+/// The visible keys `lo..hi` of a query at position `p` among `keys`.
+fn visible(c: &mut Ctx, mask: AttentionMask, p: Reg, keys: Reg) -> (Reg, Reg) {
+    let b = &mut c.b;
+    let clamp = |b: &mut crate::ptx::KernelBuilder, x: Reg| {
+        let x = b.max(x, 0i64);
+        b.min(x, keys)
+    };
+    let next = b.add(p, 1i64);
+    let zero = b.mov(Ty::S64, 0i64);
+    match mask {
+        AttentionMask::None => (zero, keys),
+        AttentionMask::Causal => (zero, clamp(b, next)),
+        AttentionMask::Window(w) => {
+            let lo = b.sub(next, w as i64);
+            (clamp(b, lo), clamp(b, next))
+        }
+        AttentionMask::Prefix(n) => {
+            let hi = b.max(next, n as i64);
+            (zero, clamp(b, hi))
+        }
+    }
+}

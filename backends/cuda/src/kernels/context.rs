@@ -1,0 +1,285 @@
+//! What every kernel's code starts from: the two parameters of the launch ABI (buffer table and
+//! symbol values), size polynomials evaluated once at entry, buffer base addresses, index
+//! arithmetic over views, typed element loads and stores, and the loops kernels are made of.
+//!
+//! Invariants: `value`, `buffer` and `addressed` cache what they emit, so kernels call them
+//! before their first loop, in the entry block, where the registers dominate the whole kernel.
+//! Index arithmetic is signed 64-bit; a view's elements are at `base + index·size`.
+
+use super::dtype::{elem_bytes, mem_name, reg_ty};
+use crate::error::Result;
+use crate::ptx::{Cmp, KernelBuilder, Operand, Reg, Space, Special, Ty};
+use kiln_backend_cpu::view::{Source, View};
+use kiln_ir::DType;
+use kiln_runtime::Poly;
+use std::collections::HashMap;
+
+/// A view ready to address: the buffer's base (none for splats and iotas), offset and strides.
+#[derive(Clone)]
+pub struct Addressed {
+    pub view: View,
+    pub base: Option<Reg>,
+    pub offset: Operand,
+    pub strides: Vec<Operand>,
+}
+
+pub struct Ctx {
+    pub b: KernelBuilder,
+    bufs: Reg,
+    syms: Reg,
+    symbols: HashMap<u32, Reg>,
+    values: HashMap<Poly, Operand>,
+    buffers: HashMap<usize, Reg>,
+}
+
+impl Ctx {
+    /// A kernel `name` with the launch ABI's parameters loaded.
+    pub fn new(name: &str) -> Ctx {
+        let mut b = KernelBuilder::new(name, &["bufs", "syms"]);
+        let bufs = b.param("bufs");
+        let bufs = b.to_global(bufs);
+        let syms = b.param("syms");
+        let syms = b.to_global(syms);
+        Ctx {
+            b,
+            bufs,
+            syms,
+            symbols: HashMap::new(),
+            values: HashMap::new(),
+            buffers: HashMap::new(),
+        }
+    }
+
+    fn symbol(&mut self, index: u32) -> Reg {
+        if let Some(&r) = self.symbols.get(&index) {
+            return r;
+        }
+        let r = self.b.ld(
+            Space::Global,
+            "s64",
+            Ty::S64,
+            self.syms,
+            8 * index as i64,
+            true,
+        );
+        self.symbols.insert(index, r);
+        r
+    }
+
+    /// `p` under the bound symbols: an immediate when it is a constant.
+    pub fn value(&mut self, p: &Poly) -> Operand {
+        if let Some(c) = p.as_constant() {
+            return Operand::Int(c);
+        }
+        if let Some(v) = self.values.get(p) {
+            return v.clone();
+        }
+        let mut acc: Option<Reg> = None;
+        for term in &p.terms {
+            let mut t = self.b.mov(Ty::S64, term.coeff);
+            for &s in &term.symbols {
+                let sym = self.symbol(s);
+                t = self.b.mul(t, sym);
+            }
+            acc = Some(match acc {
+                Some(a) => self.b.add(a, t),
+                None => t,
+            });
+        }
+        let v = Operand::Reg(acc.expect("a non-constant polynomial has terms"));
+        self.values.insert(p.clone(), v.clone());
+        v
+    }
+
+    /// `p` in a register.
+    pub fn reg(&mut self, p: &Poly) -> Reg {
+        match self.value(p) {
+            Operand::Reg(r) => r,
+            other => self.b.mov(Ty::S64, other),
+        }
+    }
+
+    /// The device address of buffer `index`.
+    pub fn buffer(&mut self, index: usize) -> Reg {
+        if let Some(&r) = self.buffers.get(&index) {
+            return r;
+        }
+        let r = self.b.ld(
+            Space::Global,
+            "u64",
+            Ty::U64,
+            self.bufs,
+            8 * index as i64,
+            true,
+        );
+        self.buffers.insert(index, r);
+        r
+    }
+
+    pub fn addressed(&mut self, view: &View) -> Addressed {
+        let base = view.buffer().map(|i| self.buffer(i));
+        let offset = self.value(&view.offset);
+        let strides = view.strides.iter().map(|s| self.value(s)).collect();
+        Addressed {
+            view: view.clone(),
+            base,
+            offset,
+            strides,
+        }
+    }
+
+    /// `offset + Σ coordᵢ·strideᵢ`.
+    pub fn linear(&mut self, offset: &Operand, coords: &[Reg], strides: &[Operand]) -> Reg {
+        let mut acc = self.b.mov(Ty::S64, offset.clone());
+        for (c, s) in coords.iter().zip(strides) {
+            if *s != Operand::Int(0) {
+                acc = self.b.mad(*c, s.clone(), acc);
+            }
+        }
+        acc
+    }
+
+    /// Splits a linear index into row-major coordinates over `dims`, outermost first.
+    pub fn unravel(&mut self, index: Reg, dims: &[Operand]) -> Vec<Reg> {
+        let mut coords = vec![index; dims.len()];
+        let mut rest = index;
+        for i in (1..dims.len()).rev() {
+            coords[i] = self.b.rem(rest, dims[i].clone());
+            rest = self.b.div(rest, dims[i].clone());
+        }
+        if !dims.is_empty() {
+            coords[0] = rest;
+        }
+        coords
+    }
+
+    /// The address of element `index` of a buffer of `dtype` at `base`.
+    pub fn address(&mut self, base: Reg, index: Reg, dtype: DType) -> Result<Reg> {
+        let size = elem_bytes(dtype)?;
+        let base = self.b.mov(Ty::S64, base);
+        Ok(self.b.mad(index, size, base))
+    }
+
+    /// Element `index` of `a` in a register of its dtype's type (splats and iotas touch no
+    /// memory: an iota is its own linear index).
+    pub fn load(&mut self, a: &Addressed, index: Reg) -> Result<Reg> {
+        let dtype = a.view.dtype;
+        Ok(match a.view.source {
+            Source::Buffer(_) => {
+                let addr = self.address(a.base.expect("a buffer has a base"), index, dtype)?;
+                self.load_at(addr, dtype)?
+            }
+            Source::Splat(v) => self.constant(v, dtype)?,
+            Source::Iota => super::expr::convert(self, index, DType::I64, dtype)?,
+        })
+    }
+
+    /// A load of one `dtype` element at `addr` (global, read-only).
+    pub fn load_at(&mut self, addr: Reg, dtype: DType) -> Result<Reg> {
+        let ty = reg_ty(dtype)?;
+        let mem = mem_name(dtype)?;
+        if ty == Ty::Pred {
+            let byte = self.b.ld(Space::Global, mem, Ty::U32, addr, 0, true);
+            return Ok(self.b.setp(Cmp::Ne, byte, 0i64));
+        }
+        Ok(self.b.ld(Space::Global, mem, ty, addr, 0, true))
+    }
+
+    /// Stores `value` (of `dtype`) as element `index` of the buffer at `base`.
+    pub fn store(&mut self, base: Reg, index: Reg, dtype: DType, value: Reg) -> Result<()> {
+        let addr = self.address(base, index, dtype)?;
+        let mem = mem_name(dtype)?;
+        let value = if value.ty == Ty::Pred {
+            self.b.selp(1i64, 0i64, value, Ty::U32)
+        } else {
+            value
+        };
+        self.b.st(Space::Global, mem, addr, 0, value);
+        Ok(())
+    }
+
+    /// A constant of `dtype` in a register.
+    pub fn constant(&mut self, v: f64, dtype: DType) -> Result<Reg> {
+        Ok(match reg_ty(dtype)? {
+            Ty::F32 => self.b.mov(Ty::F32, v as f32),
+            Ty::Pred => self.b.pred_const(v != 0.0),
+            Ty::B16 => {
+                let f = self.b.mov(Ty::F32, v as f32);
+                super::expr::convert(self, f, DType::F32, dtype)?
+            }
+            ty => self.b.mov(ty, v as i64),
+        })
+    }
+
+    /// `for i in (start..end).step_by(step)`, `i` a signed 64-bit register.
+    pub fn for_range(
+        &mut self,
+        start: impl Into<Operand>,
+        end: impl Into<Operand>,
+        step: impl Into<Operand>,
+        body: impl FnOnce(&mut Ctx, Reg) -> Result<()>,
+    ) -> Result<()> {
+        let (end, step) = (end.into(), step.into());
+        let i = self.b.mov(Ty::S64, start.into());
+        let (head, exit) = (self.b.label(), self.b.label());
+        self.b.place(head);
+        let done = self.b.setp(Cmp::Ge, i, end);
+        self.b.bra_if(done, false, exit);
+        body(self, i)?;
+        let next = self.b.add(i, step);
+        self.b.assign(i, next);
+        self.b.bra(head);
+        self.b.place(exit);
+        Ok(())
+    }
+
+    /// Runs `body` only where `p` holds.
+    pub fn when(&mut self, p: Reg, body: impl FnOnce(&mut Ctx) -> Result<()>) -> Result<()> {
+        let skip = self.b.label();
+        self.b.bra_if(p, true, skip);
+        body(self)?;
+        self.b.place(skip);
+        Ok(())
+    }
+
+    /// A special register widened to `s64`.
+    pub fn special(&mut self, s: Special) -> Reg {
+        let r = self.b.special(s);
+        self.b.cvt(Ty::S64, None, r, None, "")
+    }
+
+    /// Items `0..total` spread over the grid: one per thread (`per` = 1), per warp (32) or per
+    /// block (`per` = threads per block), by grid stride.
+    pub fn grid_loop(
+        &mut self,
+        total: Operand,
+        per: Granule,
+        body: impl FnOnce(&mut Ctx, Reg) -> Result<()>,
+    ) -> Result<()> {
+        let ctaid = self.special(Special::Ctaid);
+        let nctaid = self.special(Special::Nctaid);
+        let (start, step) = match per {
+            Granule::Block => (ctaid, nctaid),
+            Granule::Thread | Granule::Warp => {
+                let ntid = self.special(Special::Ntid);
+                let tid = self.special(Special::Tid);
+                let first = self.b.mad(ctaid, ntid, tid);
+                let all = self.b.mul(nctaid, ntid);
+                if per == Granule::Warp {
+                    (self.b.shr(first, 5), self.b.shr(all, 5))
+                } else {
+                    (first, all)
+                }
+            }
+        };
+        self.for_range(start, total, step, body)
+    }
+}
+
+/// What one item of a grid loop runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Granule {
+    Thread,
+    Warp,
+    Block,
+}

@@ -1,0 +1,80 @@
+//! PTX for each kind of [`Kernel`] the shared lowering produces: one `.entry` per kernel with
+//! the launch ABI of `kiln_runtime::manifest` (buffer table and symbol values), and the
+//! [`Launch`] that runs it.
+//!
+//! Every kernel walks its work by grid stride and checks every bound, so any grid size and any
+//! value of the symbols up to their maxima is correct; the launch's grid is the size that gives
+//! each block one piece of work.
+
+mod attention;
+mod context;
+pub(crate) mod dtype;
+mod expr;
+mod gather;
+mod map;
+mod matmul;
+mod reduce;
+#[cfg(test)]
+mod tests;
+
+use crate::error::Result;
+use crate::ptx::KernelBuilder;
+use context::Ctx;
+use kiln_backend_cpu::kernel::Kernel;
+use kiln_runtime::manifest::Launch;
+
+/// Threads per block of the element-wise, reduction and matmul kernels.
+pub const THREADS: u32 = 256;
+
+/// The kind of a kernel; an entry is named `PROGRAM_STEP_KIND`, so profiles and summaries show it.
+pub fn kind(kernel: &Kernel) -> &'static str {
+    match kernel {
+        Kernel::Map { .. } => "map",
+        Kernel::Reduce { .. } => "reduce",
+        Kernel::MatMul { out, .. } => match out.dims[out.rank() - 2].as_constant() {
+            Some(m) if m <= 4 => "matmul_warp",
+            _ => "matmul_tiled",
+        },
+        Kernel::Gather { .. } => "gather",
+        Kernel::Scatter { .. } => "scatter",
+        Kernel::Attention(_) => "attention",
+        Kernel::AttentionGrad(_) => "attention_grad",
+    }
+}
+
+/// The entry `name` computing `kernel`, and its launch.
+pub fn emit(name: &str, kernel: &Kernel) -> Result<(KernelBuilder, Launch)> {
+    let mut c = Ctx::new(name);
+    let launch = match kernel {
+        Kernel::Map { out, leaves, expr } => map::emit(&mut c, out, leaves, expr)?,
+        Kernel::Reduce {
+            op,
+            leaves,
+            expr,
+            axes,
+            out,
+        } => reduce::emit(&mut c, *op, leaves, expr, axes, out)?,
+        Kernel::MatMul {
+            a,
+            b,
+            out,
+            epilogue,
+            ..
+        } => matmul::emit(&mut c, a, b, out, epilogue.as_ref())?,
+        Kernel::Gather {
+            data,
+            indices,
+            axis,
+            out,
+        } => gather::emit(&mut c, data, indices, *axis, out)?,
+        Kernel::Attention(a) => attention::emit(&mut c, a)?,
+        Kernel::Scatter { .. } | Kernel::AttentionGrad(_) => {
+            return Err(crate::error::CompileError(format!(
+                "{name}: the CUDA backend has no `{}` kernel yet (the training programs need it)",
+                kind(kernel)
+            )))
+        }
+    };
+    c.b.ret();
+    Ok((c.b, launch))
+}

@@ -1,0 +1,389 @@
+//! One `.entry` function under construction: typed registers, labels, shared variables and
+//! one method per instruction form, each choosing its opcode suffixes from its operands' types.
+//!
+//! Invariants: a method's destination register is fresh and of the type the instruction
+//! produces; float arithmetic carries an explicit rounding mode (`.rn`), which also keeps
+//! ptxas from contracting a multiply and an add into one FMA, so a kernel rounds exactly where
+//! the IR does; `min`/`max` on floats propagate NaN (`.NaN`), as the IR's ops do. Every
+//! kernel's parameters are `.u64`.
+
+use super::types::{Cmp, Label, Operand, Reg, Space, Special, Ty};
+use std::fmt::Write;
+
+/// The warp shuffles of `shfl.sync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shuffle {
+    /// From lane `lane ^ b`.
+    Xor,
+    /// From lane `b`.
+    Index,
+}
+
+pub struct KernelBuilder {
+    name: String,
+    params: Vec<String>,
+    shared: Vec<(String, u32)>,
+    counts: [u32; Ty::ALL.len()],
+    labels: u32,
+    body: Vec<String>,
+}
+
+fn slot(ty: Ty) -> usize {
+    Ty::ALL
+        .iter()
+        .position(|&t| t == ty)
+        .expect("every type is listed")
+}
+
+impl KernelBuilder {
+    /// An entry `name` taking `.u64` parameters named `params`.
+    pub fn new(name: &str, params: &[&str]) -> KernelBuilder {
+        KernelBuilder {
+            name: name.to_string(),
+            params: params.iter().map(|p| p.to_string()).collect(),
+            shared: Vec::new(),
+            counts: [0; Ty::ALL.len()],
+            labels: 0,
+            body: Vec::new(),
+        }
+    }
+
+    /// Bytes of shared memory declared so far.
+    pub fn shared_bytes(&self) -> u32 {
+        self.shared.iter().map(|(_, b)| b).sum()
+    }
+
+    pub fn reg(&mut self, ty: Ty) -> Reg {
+        let n = self.counts[slot(ty)];
+        self.counts[slot(ty)] += 1;
+        Reg { ty, n }
+    }
+
+    pub fn label(&mut self) -> Label {
+        self.labels += 1;
+        Label(self.labels - 1)
+    }
+
+    /// Places `label` before the next instruction.
+    pub fn place(&mut self, label: Label) {
+        self.body.push(format!("{label}:"));
+    }
+
+    /// Declares `bytes` of shared memory (16-byte aligned) and returns its shared address.
+    pub fn shared(&mut self, bytes: u32) -> Reg {
+        let name = format!("smem{}", self.shared.len());
+        self.shared.push((name.clone(), bytes));
+        self.inst("mov.u64", Ty::U64, &[Operand::Symbol(name)])
+    }
+
+    fn line(&mut self, text: String) {
+        self.body.push(format!("\t{text};"));
+    }
+
+    /// `opcode dst, srcs…` into a fresh register of type `ty`.
+    fn inst(&mut self, opcode: &str, ty: Ty, srcs: &[Operand]) -> Reg {
+        let dst = self.reg(ty);
+        let mut text = format!("{opcode} {dst}");
+        for s in srcs {
+            write!(text, ", {s}").unwrap();
+        }
+        self.line(text);
+        dst
+    }
+
+    /// A register of type `ty` holding `src` (a register of the same width or an immediate).
+    pub fn mov(&mut self, ty: Ty, src: impl Into<Operand>) -> Reg {
+        let src = src.into();
+        let suffix = match (&src, ty) {
+            (Operand::Reg(r), _) if r.ty != ty => ty.bits(),
+            _ => ty.name(),
+        };
+        self.inst(&format!("mov.{suffix}"), ty, &[src])
+    }
+
+    /// Overwrites `dst` with `src` (loop-carried values).
+    pub fn assign(&mut self, dst: Reg, src: impl Into<Operand>) {
+        self.line(format!("mov.{} {dst}, {}", dst.ty.name(), src.into()));
+    }
+
+    /// A predicate holding `value`.
+    pub fn pred_const(&mut self, value: bool) -> Reg {
+        let r = self.mov(Ty::U32, value as i64);
+        self.setp(Cmp::Ne, r, 0i64)
+    }
+
+    pub fn special(&mut self, s: Special) -> Reg {
+        self.inst("mov.u32", Ty::U32, &[Operand::Symbol(s.name().to_string())])
+    }
+
+    /// Parameter `name` of the entry.
+    pub fn param(&mut self, name: &str) -> Reg {
+        assert!(self.params.iter().any(|p| p == name), "no parameter {name}");
+        self.inst(
+            "ld.param.u64",
+            Ty::U64,
+            &[Operand::Symbol(format!("[{name}]"))],
+        )
+    }
+
+    /// Converts a generic address of global memory to a global one.
+    pub fn to_global(&mut self, generic: Reg) -> Reg {
+        self.inst("cvta.to.global.u64", Ty::U64, &[generic.into()])
+    }
+
+    /// A load of a `mem`-typed element (`f32`, `u8`, `b16`, …) from `[addr + offset]` into a
+    /// register of type `ty`; `readonly` global loads go through the non-coherent cache.
+    pub fn ld(
+        &mut self,
+        space: Space,
+        mem: &str,
+        ty: Ty,
+        addr: Reg,
+        offset: i64,
+        readonly: bool,
+    ) -> Reg {
+        let nc = if readonly && space == Space::Global {
+            ".nc"
+        } else {
+            ""
+        };
+        let at = Operand::Symbol(format!("[{addr}+{offset}]"));
+        self.inst(&format!("ld.{}{nc}.{mem}", space.name()), ty, &[at])
+    }
+
+    /// A store of `value` as a `mem`-typed element at `[addr + offset]`.
+    pub fn st(
+        &mut self,
+        space: Space,
+        mem: &str,
+        addr: Reg,
+        offset: i64,
+        value: impl Into<Operand>,
+    ) {
+        self.line(format!(
+            "st.{}.{mem} [{addr}+{offset}], {}",
+            space.name(),
+            value.into()
+        ));
+    }
+
+    fn arith(&mut self, op: &str, a: Reg, srcs: &[Operand]) -> Reg {
+        let opcode = match (op, a.ty.is_float()) {
+            ("mul", false) => format!("mul.lo.{}", a.ty.name()),
+            ("mad", false) => format!("mad.lo.{}", a.ty.name()),
+            ("mad", true) => format!("fma.rn.{}", a.ty.name()),
+            ("add" | "sub" | "mul" | "div", true) => format!("{op}.rn.{}", a.ty.name()),
+            ("min" | "max", true) => format!("{op}.NaN.{}", a.ty.name()),
+            ("and" | "or" | "xor" | "not", _) => format!("{op}.{}", a.ty.bits()),
+            _ => format!("{op}.{}", a.ty.name()),
+        };
+        let mut all = vec![Operand::Reg(a)];
+        all.extend_from_slice(srcs);
+        self.inst(&opcode, a.ty, &all)
+    }
+
+    pub fn add(&mut self, a: Reg, b: impl Into<Operand>) -> Reg {
+        self.arith("add", a, &[b.into()])
+    }
+
+    pub fn sub(&mut self, a: Reg, b: impl Into<Operand>) -> Reg {
+        self.arith("sub", a, &[b.into()])
+    }
+
+    /// `a·b` (the low half for integers).
+    pub fn mul(&mut self, a: Reg, b: impl Into<Operand>) -> Reg {
+        self.arith("mul", a, &[b.into()])
+    }
+
+    /// `a·b + c`: the low half for integers, one rounding (`fma.rn`) for floats.
+    pub fn mad(&mut self, a: Reg, b: impl Into<Operand>, c: impl Into<Operand>) -> Reg {
+        self.arith("mad", a, &[b.into(), c.into()])
+    }
+
+    /// `a / b`: IEEE division for floats, truncating for integers.
+    pub fn div(&mut self, a: Reg, b: impl Into<Operand>) -> Reg {
+        self.arith("div", a, &[b.into()])
+    }
+
+    pub fn rem(&mut self, a: Reg, b: impl Into<Operand>) -> Reg {
+        self.arith("rem", a, &[b.into()])
+    }
+
+    pub fn min(&mut self, a: Reg, b: impl Into<Operand>) -> Reg {
+        self.arith("min", a, &[b.into()])
+    }
+
+    pub fn max(&mut self, a: Reg, b: impl Into<Operand>) -> Reg {
+        self.arith("max", a, &[b.into()])
+    }
+
+    pub fn and(&mut self, a: Reg, b: impl Into<Operand>) -> Reg {
+        self.arith("and", a, &[b.into()])
+    }
+
+    pub fn or(&mut self, a: Reg, b: impl Into<Operand>) -> Reg {
+        self.arith("or", a, &[b.into()])
+    }
+
+    pub fn xor(&mut self, a: Reg, b: impl Into<Operand>) -> Reg {
+        self.arith("xor", a, &[b.into()])
+    }
+
+    pub fn not(&mut self, a: Reg) -> Reg {
+        self.arith("not", a, &[])
+    }
+
+    pub fn neg(&mut self, a: Reg) -> Reg {
+        self.arith("neg", a, &[])
+    }
+
+    pub fn abs(&mut self, a: Reg) -> Reg {
+        self.arith("abs", a, &[])
+    }
+
+    /// `a << b` (bits).
+    pub fn shl(&mut self, a: Reg, b: u32) -> Reg {
+        self.inst(
+            &format!("shl.{}", a.ty.bits()),
+            a.ty,
+            &[a.into(), (b as i64).into()],
+        )
+    }
+
+    /// `a >> b`, arithmetic for signed types.
+    pub fn shr(&mut self, a: Reg, b: u32) -> Reg {
+        self.inst(
+            &format!("shr.{}", a.ty.name()),
+            a.ty,
+            &[a.into(), (b as i64).into()],
+        )
+    }
+
+    pub fn setp(&mut self, cmp: Cmp, a: Reg, b: impl Into<Operand>) -> Reg {
+        let opcode = format!("setp.{}.{}", cmp.name(a.ty), a.ty.name());
+        self.inst(&opcode, Ty::Pred, &[a.into(), b.into()])
+    }
+
+    /// `p ? a : b`.
+    pub fn selp(&mut self, a: impl Into<Operand>, b: impl Into<Operand>, p: Reg, ty: Ty) -> Reg {
+        self.inst(
+            &format!("selp.{}", ty.name()),
+            ty,
+            &[a.into(), b.into(), p.into()],
+        )
+    }
+
+    /// A conversion of `src` to a register of type `ty`, with rounding modifier `round` (`rn`,
+    /// `rzi`, `rni`, or empty); `to` and `from` name the converted types when they differ
+    /// from the registers' (`bf16` held in a `b16` register).
+    pub fn cvt(
+        &mut self,
+        ty: Ty,
+        to: Option<&str>,
+        src: Reg,
+        from: Option<&str>,
+        round: &str,
+    ) -> Reg {
+        let round = if round.is_empty() {
+            String::new()
+        } else {
+            format!(".{round}")
+        };
+        let opcode = format!(
+            "cvt{round}.{}.{}",
+            to.unwrap_or(ty.name()),
+            from.unwrap_or(src.ty.name())
+        );
+        self.inst(&opcode, ty, &[src.into()])
+    }
+
+    /// `2^a` (`ex2.approx.f32`: at most 2 ulp from the exact value, subnormal results kept).
+    pub fn ex2(&mut self, a: Reg) -> Reg {
+        self.inst("ex2.approx.f32", Ty::F32, &[a.into()])
+    }
+
+    /// IEEE square root.
+    pub fn sqrt(&mut self, a: Reg) -> Reg {
+        self.inst(&format!("sqrt.rn.{}", a.ty.name()), a.ty, &[a.into()])
+    }
+
+    /// IEEE reciprocal.
+    pub fn rcp(&mut self, a: Reg) -> Reg {
+        self.inst(&format!("rcp.rn.{}", a.ty.name()), a.ty, &[a.into()])
+    }
+
+    /// A warp shuffle of a 32-bit value among all 32 lanes.
+    pub fn shfl(&mut self, mode: Shuffle, value: Reg, b: impl Into<Operand>) -> Reg {
+        let mode = match mode {
+            Shuffle::Xor => "bfly",
+            Shuffle::Index => "idx",
+        };
+        let all = [value.into(), b.into(), Operand::Int(31), Operand::Int(-1)];
+        self.inst(&format!("shfl.sync.{mode}.b32"), value.ty, &all)
+    }
+
+    /// The two 32-bit halves `(low, high)` of a 64-bit register.
+    pub fn unpack(&mut self, r: Reg) -> (Reg, Reg) {
+        let (lo, hi) = (self.reg(Ty::U32), self.reg(Ty::U32));
+        self.line(format!("mov.b64 {{{lo}, {hi}}}, {r}"));
+        (lo, hi)
+    }
+
+    /// A 64-bit register of type `ty` from its 32-bit halves.
+    pub fn pack(&mut self, ty: Ty, lo: Reg, hi: Reg) -> Reg {
+        let dst = self.reg(ty);
+        self.line(format!("mov.b64 {dst}, {{{lo}, {hi}}}"));
+        dst
+    }
+
+    /// A barrier of the whole block.
+    pub fn bar_sync(&mut self) {
+        self.line("bar.sync 0".into());
+    }
+
+    /// A barrier of the warp's lanes (orders their shared-memory accesses).
+    pub fn warp_sync(&mut self) {
+        self.line("bar.warp.sync -1".into());
+    }
+
+    pub fn bra(&mut self, to: Label) {
+        self.line(format!("bra.uni {to}"));
+    }
+
+    /// Branches to `to` when `p` holds (when it does not, with `negate`).
+    pub fn bra_if(&mut self, p: Reg, negate: bool, to: Label) {
+        let not = if negate { "!" } else { "" };
+        self.line(format!("@{not}{p} bra {to}"));
+    }
+
+    pub fn ret(&mut self) {
+        self.line("ret".into());
+    }
+
+    /// The entry's text.
+    pub fn finish(self) -> String {
+        let mut out = format!(".visible .entry {}(\n", self.name);
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|p| format!("\t.param .u64 {p}"))
+            .collect();
+        out.push_str(&params.join(",\n"));
+        out.push_str("\n)\n{\n");
+        for ty in Ty::ALL {
+            let n = self.counts[slot(ty)];
+            if n > 0 {
+                writeln!(out, "\t.reg .{} {}<{n}>;", ty.name(), ty.prefix()).unwrap();
+            }
+        }
+        for (name, bytes) in &self.shared {
+            writeln!(out, "\t.shared .align 16 .b8 {name}[{bytes}];").unwrap();
+        }
+        for line in &self.body {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push_str("}\n");
+        out
+    }
+}

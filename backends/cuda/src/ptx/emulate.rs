@@ -1,0 +1,661 @@
+//! A CPU emulator of the PTX kiln writes, for tests: it parses an entry's text and runs blocks
+//! of threads on byte-addressed global memory, checking that every access lies inside one of
+//! the buffers the test placed there.
+//!
+//! Threads run one at a time until they reach a point where they must meet others: a warp
+//! shuffle or warp barrier (all 32 lanes of the warp, at the same instruction) or a block
+//! barrier (every live thread of the block). That is the convergence kiln's kernels guarantee;
+//! a kernel that breaks it fails here as a deadlock. Arithmetic follows PTX's rounding:
+//! `.rn` float operations in f32 / f64, `fma` fused, `ex2.approx` correctly rounded (the
+//! hardware's is within 2 ulp), float-to-integer conversions saturating with NaN → 0.
+
+use std::collections::HashMap;
+
+#[derive(Clone, Debug)]
+enum Opnd {
+    Reg(usize),
+    Imm(u64),
+    /// `[reg + offset]` or `[param]`.
+    Addr(Box<Opnd>, i64),
+    /// A named value: a parameter, a shared variable, a special register.
+    Name(String),
+    /// `{lo, hi}` halves of a 64-bit move.
+    Pair(usize, usize),
+    Label(usize),
+}
+
+#[derive(Clone, Debug)]
+struct Inst {
+    guard: Option<(usize, bool)>,
+    parts: Vec<String>,
+    dst: Option<Opnd>,
+    srcs: Vec<Opnd>,
+}
+
+/// A parsed entry.
+pub struct Program {
+    insts: Vec<Inst>,
+    regs: HashMap<String, usize>,
+    /// Offsets of the shared variables, and their total size.
+    shared: HashMap<String, u64>,
+    shared_bytes: u64,
+}
+
+fn parse_operand(
+    text: &str,
+    regs: &mut HashMap<String, usize>,
+    labels: &HashMap<String, usize>,
+) -> Opnd {
+    let text = text.trim();
+    let mut reg = |name: &str| {
+        let n = regs.len();
+        *regs.entry(name.to_string()).or_insert(n)
+    };
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        return match inner.split_once('+') {
+            Some((r, off)) => Opnd::Addr(Box::new(Opnd::Reg(reg(r))), off.parse().unwrap()),
+            None => Opnd::Addr(Box::new(Opnd::Name(inner.to_string())), 0),
+        };
+    }
+    if let Some(inner) = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+        let (a, b) = inner.split_once(", ").unwrap();
+        return Opnd::Pair(reg(a), reg(b));
+    }
+    if let Some(hex) = text.strip_prefix("0f") {
+        return Opnd::Imm(u32::from_str_radix(hex, 16).unwrap() as u64);
+    }
+    if let Some(hex) = text.strip_prefix("0d") {
+        return Opnd::Imm(u64::from_str_radix(hex, 16).unwrap());
+    }
+    if let Some(&at) = labels.get(text) {
+        return Opnd::Label(at);
+    }
+    if text.starts_with("%") && !text.contains('.') && text != "%laneid" {
+        return Opnd::Reg(reg(text));
+    }
+    match text.parse::<i64>() {
+        Ok(v) => Opnd::Imm(v as u64),
+        Err(_) => Opnd::Name(text.to_string()),
+    }
+}
+
+impl Program {
+    /// The instructions of an entry's text (or a bare body).
+    pub fn parse(text: &str) -> Program {
+        let mut shared = HashMap::new();
+        let mut shared_bytes = 0;
+        let mut lines = Vec::new();
+        let mut labels = HashMap::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(decl) = line.strip_prefix(".shared .align 16 .b8 ") {
+                let (name, size) = decl.trim_end_matches("];").split_once('[').unwrap();
+                shared.insert(name.to_string(), shared_bytes);
+                shared_bytes += size.parse::<u64>().unwrap();
+            } else if let Some(label) = line.strip_suffix(':') {
+                labels.insert(label.to_string(), lines.len());
+            } else if line.ends_with(';') && !line.starts_with('.') {
+                lines.push(line.trim_end_matches(';').to_string());
+            }
+        }
+        let mut regs = HashMap::new();
+        let insts = lines
+            .iter()
+            .map(|line| {
+                let (guard, rest) = match line.strip_prefix('@') {
+                    Some(g) => {
+                        let (p, rest) = g.split_once(' ').unwrap();
+                        let (negate, p) = match p.strip_prefix('!') {
+                            Some(p) => (true, p),
+                            None => (false, p),
+                        };
+                        let n = regs.len();
+                        (
+                            Some((*regs.entry(p.to_string()).or_insert(n), negate)),
+                            rest,
+                        )
+                    }
+                    None => (None, line.as_str()),
+                };
+                let (op, operands) = rest.split_once(' ').unwrap_or((rest, ""));
+                let mut ops: Vec<Opnd> = Vec::new();
+                let mut depth = 0;
+                let mut current = String::new();
+                for ch in operands.chars() {
+                    match ch {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                    if ch == ',' && depth == 0 {
+                        ops.push(parse_operand(&current, &mut regs, &labels));
+                        current.clear();
+                    } else {
+                        current.push(ch);
+                    }
+                }
+                if !current.trim().is_empty() {
+                    ops.push(parse_operand(&current, &mut regs, &labels));
+                }
+                let parts: Vec<String> = op.split('.').map(str::to_string).collect();
+                let writes = !matches!(parts[0].as_str(), "st" | "bra" | "bar" | "ret");
+                let dst = if writes && !ops.is_empty() {
+                    Some(ops.remove(0))
+                } else {
+                    None
+                };
+                Inst {
+                    guard,
+                    parts,
+                    dst,
+                    srcs: ops,
+                }
+            })
+            .collect();
+        Program {
+            insts,
+            regs,
+            shared,
+            shared_bytes,
+        }
+    }
+
+    /// Runs one thread of straight-line code with the named registers set (as bits), and
+    /// returns every register's bits by name.
+    pub fn run(&self, inputs: &[(String, u64)]) -> HashMap<String, u64> {
+        let mut t = Thread::new(self.regs.len(), [0; 5]);
+        for (name, v) in inputs {
+            t.regs[self.regs[name]] = *v;
+        }
+        let mut memory = Memory::default();
+        let mut shared = Vec::new();
+        let stop = t.run(self, &mut memory, &mut shared, &HashMap::new());
+        assert!(
+            matches!(stop, Stop::Done),
+            "straight-line code stopped at {stop:?}"
+        );
+        self.regs
+            .iter()
+            .map(|(name, &i)| (name.clone(), t.regs[i]))
+            .collect()
+    }
+}
+
+/// Global memory: buffers placed at increasing addresses, every access checked to lie in one.
+#[derive(Default)]
+pub struct Memory {
+    bytes: Vec<u8>,
+    /// `(start, len)` of each buffer, by address.
+    buffers: Vec<(u64, u64)>,
+}
+
+const BASE: u64 = 1 << 32;
+
+impl Memory {
+    /// Places `data` and returns its address.
+    pub fn place(&mut self, data: &[u8]) -> u64 {
+        let start = (self.bytes.len() as u64).div_ceil(256) * 256;
+        self.bytes.resize(start as usize, 0);
+        self.bytes.extend_from_slice(data);
+        self.buffers.push((BASE + start, data.len() as u64));
+        BASE + start
+    }
+
+    pub fn read(&self, addr: u64, len: u64) -> &[u8] {
+        self.check(addr, len);
+        let at = (addr - BASE) as usize;
+        &self.bytes[at..at + len as usize]
+    }
+
+    fn check(&self, addr: u64, len: u64) {
+        let inside = self
+            .buffers
+            .iter()
+            .any(|&(start, n)| addr >= start && addr + len <= start + n);
+        assert!(
+            inside,
+            "access of {len} bytes at {addr:#x} is outside every buffer"
+        );
+    }
+
+    fn load(&self, addr: u64, len: u64) -> u64 {
+        let mut v = [0u8; 8];
+        v[..len as usize].copy_from_slice(self.read(addr, len));
+        u64::from_le_bytes(v)
+    }
+
+    fn store(&mut self, addr: u64, len: u64, value: u64) {
+        self.check(addr, len);
+        let at = (addr - BASE) as usize;
+        self.bytes[at..at + len as usize].copy_from_slice(&value.to_le_bytes()[..len as usize]);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    Done,
+    /// At a warp-collective instruction (shuffle, warp barrier).
+    Warp,
+    /// At a block barrier.
+    Block,
+}
+
+struct Thread {
+    regs: Vec<u64>,
+    pc: usize,
+    /// `%tid.x, %ntid.x, %ctaid.x, %nctaid.x, %laneid`.
+    special: [u64; 5],
+    done: bool,
+}
+
+fn f32_of(bits: u64) -> f32 {
+    f32::from_bits(bits as u32)
+}
+
+fn f64_of(bits: u64) -> f64 {
+    f64::from_bits(bits)
+}
+
+fn of_f32(v: f32) -> u64 {
+    v.to_bits() as u64
+}
+
+fn bytes_of(ty: &str) -> u64 {
+    match ty {
+        "u8" => 1,
+        "b16" => 2,
+        "f32" | "s32" | "u32" | "b32" => 4,
+        _ => 8,
+    }
+}
+
+/// f32 to bf16 bits, rounding to nearest even (NaN stays NaN).
+fn bf16_of(x: f32) -> u64 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return 0x7fc0;
+    }
+    let round = ((bits >> 16) & 1) + 0x7fff;
+    ((bits + round) >> 16) as u64
+}
+
+fn nan_min_max(a: f32, b: f32, max: bool) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if max {
+        a.max(b)
+    } else {
+        a.min(b)
+    }
+}
+
+impl Thread {
+    fn new(regs: usize, special: [u64; 5]) -> Thread {
+        Thread {
+            regs: vec![0; regs],
+            pc: 0,
+            special,
+            done: false,
+        }
+    }
+
+    fn value(&self, o: &Opnd, p: &Program, params: &HashMap<String, u64>) -> u64 {
+        match o {
+            Opnd::Reg(r) => self.regs[*r],
+            Opnd::Imm(v) => *v,
+            Opnd::Name(n) => match n.as_str() {
+                "%tid.x" => self.special[0],
+                "%ntid.x" => self.special[1],
+                "%ctaid.x" => self.special[2],
+                "%nctaid.x" => self.special[3],
+                "%laneid" => self.special[4],
+                _ => *p
+                    .shared
+                    .get(n)
+                    .or_else(|| params.get(n))
+                    .unwrap_or_else(|| panic!("unknown name {n}")),
+            },
+            Opnd::Pair(lo, hi) => (self.regs[*lo] & 0xffff_ffff) | (self.regs[*hi] << 32),
+            Opnd::Addr(..) | Opnd::Label(_) => panic!("not a value: {o:?}"),
+        }
+    }
+
+    /// Runs until the thread ends or reaches a collective instruction (left unexecuted).
+    fn run(
+        &mut self,
+        p: &Program,
+        memory: &mut Memory,
+        shared: &mut [u8],
+        params: &HashMap<String, u64>,
+    ) -> Stop {
+        loop {
+            let Some(inst) = p.insts.get(self.pc) else {
+                self.done = true;
+                return Stop::Done;
+            };
+            if let Some((g, negate)) = inst.guard {
+                if (self.regs[g] != 0) == negate {
+                    self.pc += 1;
+                    continue;
+                }
+            }
+            let parts: Vec<&str> = inst.parts.iter().map(String::as_str).collect();
+            match parts[0] {
+                "ret" => {
+                    self.done = true;
+                    return Stop::Done;
+                }
+                "shfl" => return Stop::Warp,
+                "bar" if parts.get(1) == Some(&"warp") => return Stop::Warp,
+                "bar" => return Stop::Block,
+                "bra" => {
+                    let Opnd::Label(at) = inst.srcs[0] else {
+                        panic!("bra to {:?}", inst.srcs[0])
+                    };
+                    self.pc = at;
+                    continue;
+                }
+                "ld" | "st" => self.memory_op(inst, &parts, p, memory, shared, params),
+                _ => {
+                    let s: Vec<u64> = inst.srcs.iter().map(|o| self.value(o, p, params)).collect();
+                    let v = alu(&parts, &s);
+                    self.write(inst.dst.as_ref().unwrap(), v);
+                }
+            }
+            self.pc += 1;
+        }
+    }
+
+    fn write(&mut self, dst: &Opnd, v: u64) {
+        match dst {
+            Opnd::Reg(r) => self.regs[*r] = v,
+            Opnd::Pair(lo, hi) => {
+                self.regs[*lo] = v & 0xffff_ffff;
+                self.regs[*hi] = v >> 32;
+            }
+            other => panic!("cannot write {other:?}"),
+        }
+    }
+
+    fn memory_op(
+        &mut self,
+        inst: &Inst,
+        parts: &[&str],
+        p: &Program,
+        memory: &mut Memory,
+        shared: &mut [u8],
+        params: &HashMap<String, u64>,
+    ) {
+        let ty = *parts.last().unwrap();
+        let len = bytes_of(ty);
+        let space = parts[1];
+        // Loads and stores both name their address first.
+        let at = &inst.srcs[0];
+        let Opnd::Addr(base, offset) = at else {
+            panic!("{} needs an address", parts.join("."))
+        };
+        if space == "param" {
+            let v = self.value(base, p, params);
+            self.write(inst.dst.as_ref().unwrap(), v);
+            return;
+        }
+        let addr = self.value(base, p, params).wrapping_add(*offset as u64);
+        if parts[0] == "ld" {
+            let raw = if space == "shared" {
+                let at = addr as usize;
+                let mut v = [0u8; 8];
+                v[..len as usize].copy_from_slice(&shared[at..at + len as usize]);
+                u64::from_le_bytes(v)
+            } else {
+                memory.load(addr, len)
+            };
+            // Narrow signed loads sign-extend, others zero-extend.
+            let v = match ty {
+                "s32" => raw as u32 as i32 as i64 as u64,
+                _ => raw,
+            };
+            self.write(inst.dst.as_ref().unwrap(), v);
+        } else {
+            let v = self.value(&inst.srcs[1], p, params);
+            if space == "shared" {
+                let at = addr as usize;
+                shared[at..at + len as usize].copy_from_slice(&v.to_le_bytes()[..len as usize]);
+            } else {
+                memory.store(addr, len, v);
+            }
+        }
+    }
+}
+
+fn alu(parts: &[&str], s: &[u64]) -> u64 {
+    let ty = *parts.last().unwrap();
+    let op = parts[0];
+    let f = |i: usize| s.get(i).map_or(0.0, |&b| f32_of(b));
+    let d = |i: usize| s.get(i).map_or(0.0, |&b| f64_of(b));
+    let narrow = matches!(ty, "s32" | "b32" | "u32");
+    let unsigned = matches!(ty, "u32" | "u64");
+    let int = |i: usize| -> i64 {
+        let v = s[i];
+        if narrow {
+            if unsigned {
+                v as u32 as i64
+            } else {
+                v as u32 as i32 as i64
+            }
+        } else {
+            v as i64
+        }
+    };
+    let wrap = |v: i64| -> u64 {
+        if narrow {
+            v as u32 as u64
+        } else {
+            v as u64
+        }
+    };
+    match (op, ty) {
+        ("mov", _) | ("cvta", _) => s[0],
+        ("add", "f32") => of_f32(f(0) + f(1)),
+        ("sub", "f32") => of_f32(f(0) - f(1)),
+        ("mul", "f32") => of_f32(f(0) * f(1)),
+        ("div", "f32") => of_f32(f(0) / f(1)),
+        ("fma", "f32") => of_f32(f(0).mul_add(f(1), f(2))),
+        ("mul", "f64") => (d(0) * d(1)).to_bits(),
+        ("fma", "f64") => d(0).mul_add(d(1), d(2)).to_bits(),
+        ("neg", "f32") => of_f32(-f(0)),
+        ("neg", "f64") => (-d(0)).to_bits(),
+        ("abs", "f32") => of_f32(f(0).abs()),
+        ("min", "f32") => of_f32(nan_min_max(f(0), f(1), false)),
+        ("max", "f32") => of_f32(nan_min_max(f(0), f(1), true)),
+        ("rcp", "f32") => of_f32(1.0 / f(0)),
+        ("sqrt", "f32") => of_f32(f(0).sqrt()),
+        ("ex2", "f32") => of_f32((f(0) as f64).exp2() as f32),
+        ("add", _) => wrap(int(0).wrapping_add(int(1))),
+        ("sub", _) => wrap(int(0).wrapping_sub(int(1))),
+        ("mul", _) => wrap(int(0).wrapping_mul(int(1))),
+        ("mad", _) => wrap(int(0).wrapping_mul(int(1)).wrapping_add(int(2))),
+        ("div", _) if unsigned => wrap((s[0] / s[1]) as i64),
+        ("div", _) => wrap(int(0).wrapping_div(int(1))),
+        ("rem", _) => wrap(int(0).wrapping_rem(int(1))),
+        ("min", _) => wrap(int(0).min(int(1))),
+        ("max", _) => wrap(int(0).max(int(1))),
+        ("neg", _) => wrap(int(0).wrapping_neg()),
+        ("abs", _) => wrap(int(0).wrapping_abs()),
+        ("shl", _) => wrap(int(0) << s[1]),
+        ("shr", _) => wrap(int(0) >> s[1]),
+        ("not", "pred") => (s[0] == 0) as u64,
+        ("and", "pred") => s[0] & s[1],
+        ("or", "pred") => s[0] | s[1],
+        ("xor", "pred") => s[0] ^ s[1],
+        ("and", _) => wrap(int(0) & int(1)),
+        ("or", _) => wrap(int(0) | int(1)),
+        ("xor", _) => wrap(int(0) ^ int(1)),
+        ("not", _) => wrap(!int(0)),
+        ("selp", _) => {
+            if s[2] != 0 {
+                s[0]
+            } else {
+                s[1]
+            }
+        }
+        ("setp", _) => setp(parts[1], ty, s, int) as u64,
+        ("cvt", _) => cvt(parts, s[0]),
+        _ => panic!("the emulator does not run `{}`", parts.join(".")),
+    }
+}
+
+fn setp(cmp: &str, ty: &str, s: &[u64], int: impl Fn(usize) -> i64) -> bool {
+    if ty == "f32" {
+        let (a, b) = (f32_of(s[0]), f32_of(s[1]));
+        return match cmp {
+            "eq" => a == b,
+            "neu" => a != b,
+            "lt" => a < b,
+            "le" => a <= b,
+            "gt" => a > b,
+            "ge" => a >= b,
+            "nan" => a.is_nan() || b.is_nan(),
+            _ => panic!("setp.{cmp}.f32"),
+        };
+    }
+    let (a, b) = (int(0), int(1));
+    match cmp {
+        "eq" => a == b,
+        "ne" => a != b,
+        "lt" | "lo" => a < b,
+        "le" | "ls" => a <= b,
+        "gt" | "hi" => a > b,
+        "ge" | "hs" => a >= b,
+        _ => panic!("setp.{cmp}.{ty}"),
+    }
+}
+
+/// `cvt[.round].to.from`.
+fn cvt(parts: &[&str], x: u64) -> u64 {
+    let (round, to, from) = match parts.len() {
+        4 => (parts[1], parts[2], parts[3]),
+        _ => ("", parts[1], parts[2]),
+    };
+    let float = match from {
+        "f32" => f32_of(x) as f64,
+        "f64" => f64_of(x),
+        "bf16" => f32_of(x << 16) as f64,
+        "s32" => x as u32 as i32 as f64,
+        "u32" => x as u32 as f64,
+        "s64" => x as i64 as f64,
+        other => panic!("cvt from {other}"),
+    };
+    let rounded = match round {
+        "rni" => float.round_ties_even(),
+        "rzi" => float.trunc(),
+        _ => float,
+    };
+    match (to, from) {
+        ("f32", "s64") => of_f32(x as i64 as f32),
+        ("f32", _) => of_f32(rounded as f32),
+        ("f64", _) => rounded.to_bits(),
+        ("bf16", _) => bf16_of(rounded as f32),
+        // Integer to integer: the value, truncated to the destination's width.
+        ("s32" | "u32", "s64" | "u32" | "s32") => x as u32 as u64,
+        ("s64", "s32") => x as u32 as i32 as i64 as u64,
+        ("s64", "u32") => x as u32 as u64,
+        // Float to integer saturates, NaN becomes 0 (Rust's `as` does both).
+        ("s32", _) => rounded as i32 as u32 as u64,
+        ("s64", _) => rounded as i64 as u64,
+        (to, from) => panic!("cvt to {to} from {from}"),
+    }
+}
+
+/// Runs `program` over a grid of `blocks` blocks of `threads` threads, with the `.u64`
+/// parameters `params` (by name).
+pub fn launch(
+    program: &Program,
+    memory: &mut Memory,
+    blocks: u64,
+    threads: u64,
+    params: &HashMap<String, u64>,
+) {
+    for block in 0..blocks {
+        let mut shared = vec![0u8; program.shared_bytes as usize];
+        let mut ts: Vec<Thread> = (0..threads)
+            .map(|t| Thread::new(program.regs.len(), [t, threads, block, blocks, t % 32]))
+            .collect();
+        let mut stops: Vec<Stop> = vec![Stop::Warp; threads as usize];
+        let mut waiting = vec![false; threads as usize];
+        loop {
+            for (i, t) in ts.iter_mut().enumerate() {
+                if !t.done && !waiting[i] {
+                    stops[i] = t.run(program, memory, &mut shared, params);
+                    waiting[i] = !t.done;
+                }
+            }
+            if ts.iter().all(|t| t.done) {
+                break;
+            }
+            let mut progressed = false;
+            // Warp collectives: every lane of the warp at the same instruction.
+            for w in 0..threads.div_ceil(32) as usize {
+                let lanes: Vec<usize> = (w * 32..((w + 1) * 32).min(threads as usize)).collect();
+                let ready = lanes
+                    .iter()
+                    .all(|&i| !ts[i].done && waiting[i] && stops[i] == Stop::Warp);
+                if !ready {
+                    continue;
+                }
+                let pc = ts[lanes[0]].pc;
+                assert!(
+                    lanes.iter().all(|&i| ts[i].pc == pc),
+                    "lanes of warp {w} meet at different instructions"
+                );
+                collective(&program.insts[pc], &mut ts, &lanes, program, params);
+                for &i in &lanes {
+                    ts[i].pc += 1;
+                    waiting[i] = false;
+                }
+                progressed = true;
+            }
+            // A block barrier: every live thread there.
+            let live: Vec<usize> = (0..threads as usize).filter(|&i| !ts[i].done).collect();
+            if !progressed && live.iter().all(|&i| waiting[i] && stops[i] == Stop::Block) {
+                for &i in &live {
+                    ts[i].pc += 1;
+                    waiting[i] = false;
+                }
+                progressed = true;
+            }
+            assert!(progressed, "threads of block {block} deadlock");
+        }
+    }
+}
+
+/// A shuffle or warp barrier, executed by `lanes` together.
+fn collective(
+    inst: &Inst,
+    ts: &mut [Thread],
+    lanes: &[usize],
+    p: &Program,
+    params: &HashMap<String, u64>,
+) {
+    if inst.parts[0] == "bar" {
+        return;
+    }
+    let values: Vec<u64> = lanes
+        .iter()
+        .map(|&i| ts[i].value(&inst.srcs[0], p, params))
+        .collect();
+    let results: Vec<u64> = lanes
+        .iter()
+        .enumerate()
+        .map(|(lane, &i)| {
+            let b = ts[i].value(&inst.srcs[1], p, params) as usize;
+            let from = match inst.parts[2].as_str() {
+                "bfly" => lane ^ b,
+                "idx" => b & 31,
+                other => panic!("shfl.{other}"),
+            };
+            *values.get(from).unwrap_or(&values[lane])
+        })
+        .collect();
+    for (&i, v) in lanes.iter().zip(results) {
+        ts[i].write(inst.dst.as_ref().unwrap(), v);
+    }
+}

@@ -1,0 +1,344 @@
+//! The CUDA backend's PTX, checked without a GPU: every kernel of the test models' `prefill`,
+//! `decode` and `forward` programs, at both precisions the backend compiles, is assembled by
+//! `ptxas -arch=sm_90`, which must report no error and no warning; the registers, stack,
+//! spills and shared memory it reports are snapshotted, one line per distinct kernel (program,
+//! kind, label with the layer number dropped, and figures), so a regression shows in review.
+//! Random graphs of every op the backends compile (before and after elementwise fusion) and
+//! attention of every mask kind assemble too. The PTX of a few representative kernels of the
+//! tiny Llama is snapshotted.
+//!
+//! `ptxas` is `$KILN_PTXAS` or the one on `PATH` (`.ci/run` installs it from PyPI). Without it
+//! the assembly test fails when `CI` is set and is skipped, saying so, otherwise.
+
+use kiln::compile::{compile, Target};
+use kiln_frontend::{hf, load_spec, BuildOptions, ModelSpec, Program};
+use kiln_ir::testing::{random_graph, Profile};
+use kiln_ir::Graph;
+use kiln_passes::elementwise_fusion::ElementwiseFusion;
+use kiln_passes::{Pass, PipelineOptions, Precision};
+use kiln_runtime::Artifact;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TINY_LLAMA: &str = include_str!("../src/embedded/tiny_llama.json");
+const PROGRAMS: [Program; 3] = [Program::Prefill, Program::Decode, Program::Forward];
+const PRECISIONS: [Precision; 2] = [Precision::F32, Precision::Bf16Weights];
+
+/// Every test model: the embedded tiny Llama and each tiny Hugging Face fixture, by name.
+fn models() -> Vec<(String, ModelSpec)> {
+    let mut models = vec![(
+        "tiny_llama".to_string(),
+        hf::read_config(TINY_LLAMA, "tiny_llama.json").unwrap(),
+    )];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.json").exists())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        models.push((name, load_spec(&dir).unwrap()));
+    }
+    models
+}
+
+fn cuda_artifact(spec: &ModelSpec, precision: Precision) -> Artifact {
+    let options = PipelineOptions {
+        precision,
+        ..PipelineOptions::default()
+    };
+    compile(
+        Target::Cuda,
+        spec,
+        &PROGRAMS,
+        BuildOptions::for_spec(spec),
+        &options,
+    )
+    .unwrap()
+}
+
+/// `ptxas`, or `None` (the test is skipped, saying so) when it is absent outside CI.
+fn ptxas_or_skip() -> Option<PathBuf> {
+    let found = ptxas();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ptxas not found (set KILN_PTXAS or put it on PATH); CI must assemble the PTX"
+        );
+        println!("skipped: ptxas not found (set KILN_PTXAS or put ptxas on PATH)");
+    }
+    found
+}
+
+fn ptxas() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("KILN_PTXAS") {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("ptxas"))
+        .find(|p| p.is_file())
+}
+
+/// What ptxas reports of one entry.
+#[derive(Debug, Default, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Resources {
+    registers: u32,
+    stack: u32,
+    spill_stores: u32,
+    spill_loads: u32,
+    shared: u32,
+}
+
+/// The number before `unit` in `line` (`"… 32 bytes smem"`, unit `bytes smem`).
+fn number_before(line: &str, unit: &str) -> Option<u32> {
+    let head = &line[..line.find(unit)?];
+    head.split_whitespace().last()?.parse().ok()
+}
+
+/// Assembles `ptx` and returns each entry's resources, failing on any error or warning.
+fn assemble(ptxas: &Path, ptx: &str, what: &str) -> Vec<(String, Resources)> {
+    let dir = std::env::temp_dir().join(format!("kiln-ptxas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{}.ptx", what.replace([' ', '/'], "_")));
+    std::fs::write(&file, ptx).unwrap();
+    let output = Command::new(ptxas)
+        .args(["-arch=sm_90", "-v", "-o"])
+        .arg(file.with_extension("cubin"))
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", ptxas.display()));
+    let log = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{what}: ptxas failed ({}); the PTX is at {}:\n{log}",
+        output.status,
+        file.display()
+    );
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("error") || l.contains("warning"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: ptxas reported:\n{}",
+        bad.join("\n")
+    );
+    let mut entries: Vec<(String, Resources)> = Vec::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let name = rest.split('\'').next().unwrap().to_string();
+            entries.push((name, Resources::default()));
+        } else if let Some((_, r)) = entries.last_mut() {
+            if line.contains("stack frame") {
+                r.stack = number_before(line, "bytes stack frame").unwrap();
+                r.spill_stores = number_before(line, "bytes spill stores").unwrap();
+                r.spill_loads = number_before(line, "bytes spill loads").unwrap();
+            } else if line.contains("Used") && line.contains("registers") {
+                r.registers = number_before(line, "registers").unwrap();
+                r.shared = number_before(line, "bytes smem").unwrap_or(0);
+            }
+        }
+    }
+    std::fs::remove_file(&file).ok();
+    std::fs::remove_file(file.with_extension("cubin")).ok();
+    entries
+}
+
+/// A step's label without the layer number (`… model.layers.3.mlp` → `… layers.N.mlp`).
+fn label_pattern(label: &str) -> String {
+    label
+        .split(' ')
+        .map(|word| {
+            word.split('.')
+                .map(|part| {
+                    if part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty() {
+                        "N"
+                    } else {
+                        part
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(".")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn every_kernel_assembles_for_sm_90() {
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let mut lines = BTreeSet::new();
+    let mut kernels = 0;
+    for (name, spec) in models() {
+        for precision in PRECISIONS {
+            let artifact = cuda_artifact(&spec, precision);
+            let ptx = String::from_utf8(artifact.object.clone()).unwrap();
+            let entries = assemble(&ptxas, &ptx, &format!("{name} {precision}"));
+            let steps: Vec<_> = artifact
+                .manifest
+                .programs
+                .iter()
+                .flat_map(|p| p.steps.iter().map(move |s| (p, s)))
+                .collect();
+            assert_eq!(
+                entries.len(),
+                steps.len(),
+                "{name} {precision}: every step is one entry"
+            );
+            for (program, step) in steps {
+                let (_, r) = entries
+                    .iter()
+                    .find(|(n, _)| *n == step.kernel)
+                    .unwrap_or_else(|| panic!("ptxas did not report {}", step.kernel));
+                let prefix = step.kernel.split('_').take(2).collect::<Vec<_>>().join("_");
+                let kind = &step.kernel[prefix.len() + 1..];
+                lines.insert(format!(
+                    "{:<7} {:<12} {:<44} regs {:>3}  stack {:>3}  spill {}/{}  smem {:>5}",
+                    program.name,
+                    kind,
+                    label_pattern(&step.label),
+                    r.registers,
+                    r.stack,
+                    r.spill_stores,
+                    r.spill_loads,
+                    r.shared
+                ));
+                kernels += 1;
+            }
+        }
+    }
+    println!("{kernels} kernels assembled");
+    let text: Vec<String> = lines.into_iter().collect();
+    insta::assert_snapshot!("ptxas_resources", text.join("\n"));
+}
+
+/// The CPU backend's profile of random graphs: no `scatter`, no `f16`/`bf16` arithmetic.
+const PROFILE: Profile = Profile {
+    scatter: false,
+    half_floats: false,
+};
+
+/// Compiles `graphs` (renamed apart) into one CUDA artifact and assembles its module.
+fn assemble_graphs(ptxas: &Path, graphs: Vec<Graph>, what: &str) -> usize {
+    let graphs: Vec<Graph> = graphs
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut g)| {
+            g.name = format!("{}{i}", g.name);
+            g
+        })
+        .collect();
+    let artifact = kiln_backend_cuda::compile(
+        &graphs,
+        kiln::compile::model_info(&hf::read_config(TINY_LLAMA, "tiny_llama.json").unwrap()),
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let ptx = String::from_utf8(artifact.object).unwrap();
+    assemble(ptxas, &ptx, what).len()
+}
+
+/// Random graphs of 48 seeds, as generated and after elementwise fusion: every op and dtype
+/// combination the lowering produces is emitted and assembles.
+#[test]
+fn random_graphs_assemble() {
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let mut graphs = Vec::new();
+    for seed in 0..48 {
+        let g = random_graph(seed, PROFILE);
+        let mut fused = g.clone();
+        ElementwiseFusion.run(&mut fused).unwrap();
+        graphs.extend([g, fused]);
+    }
+    let kernels = assemble_graphs(&ptxas, graphs, "random graphs");
+    println!("{kernels} kernels assembled");
+}
+
+/// `flash_attention` with every mask kind, grouped queries, head sizes that are not multiples
+/// of 32 (and one above 32), i32 and i64 positions, and strided queries.
+#[test]
+fn attention_of_every_mask_assembles() {
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let cases = [
+        ("causal", "i64", 4, 4, 16, 16, false),
+        ("window(4)", "i64", 4, 2, 24, 8, false),
+        ("prefix(6)", "i32", 6, 3, 40, 72, true),
+        ("none", "", 2, 1, 8, 20, false),
+    ];
+    let graphs = cases
+        .iter()
+        .map(|&(mask, pos, heads, kv, d, dv, strided)| {
+            let group = heads / kv;
+            let mut text = "graph attention\nsym b <= 4\nsym s <= 80\nsym t <= 80\n".to_string();
+            if strided {
+                text += &format!("input %x : f32[b, s, {heads}, {d}]\n");
+            } else {
+                text += &format!("input %q : f32[b, {heads}, s, {d}]\n");
+            }
+            text += &format!("input %k : f32[b, {kv}, t, {d}]\ninput %v : f32[b, {kv}, t, {dv}]\n");
+            let mut operands = "%q, %k, %v".to_string();
+            if !pos.is_empty() {
+                text += &format!("input %pos : {pos}[b, s]\n");
+                operands += ", %pos";
+            }
+            if strided {
+                text += &format!("%q = permute %x perm=[0,2,1,3] : f32[b, {heads}, s, {d}]\n");
+            }
+            text += &format!(
+                "%y = flash_attention {operands} mask={mask} bias=none group={group} scale=0.25 \
+                 tile_q=4 tile_k=8 : f32[b, {heads}, s, {dv}]\noutput y = %y\n"
+            );
+            kiln_ir::text::parse(&text).unwrap_or_else(|e| panic!("{mask}: {e}\n{text}"))
+        })
+        .collect();
+    assemble_graphs(&ptxas, graphs, "attention");
+}
+
+/// The entry named `name` in a module's text.
+fn entry<'a>(ptx: &'a str, name: &str) -> &'a str {
+    let start = ptx
+        .find(&format!(".visible .entry {name}("))
+        .unwrap_or_else(|| panic!("no entry {name}"));
+    let len = ptx[start..].find("\n}\n").unwrap() + 3;
+    &ptx[start..start + len]
+}
+
+/// The first entry of each kernel kind of the tiny Llama's decode (f32), its first warp
+/// matmul with bf16 weights, and its prefill's tiled matmul and attention.
+#[test]
+fn representative_kernels_ptx() {
+    let spec = hf::read_config(TINY_LLAMA, "tiny_llama.json").unwrap();
+    for precision in PRECISIONS {
+        let artifact = cuda_artifact(&spec, precision);
+        let ptx = String::from_utf8(artifact.object.clone()).unwrap();
+        assert!(ptx.contains(".target sm_90\n"));
+        let mut seen = BTreeSet::new();
+        for program in &artifact.manifest.programs {
+            for step in &program.steps {
+                let kind = step.kernel.splitn(3, '_').nth(2).unwrap().to_string();
+                let wanted = matches!(
+                    (precision, program.name.as_str(), kind.as_str()),
+                    (Precision::F32, "decode", _)
+                        | (Precision::F32, "prefill", "matmul_tiled" | "attention")
+                        | (Precision::Bf16Weights, "decode", "matmul_warp")
+                );
+                if wanted && seen.insert((program.name.clone(), kind.clone())) {
+                    insta::assert_snapshot!(
+                        format!("ptx_{}_{}_{kind}", precision, program.name),
+                        entry(&ptx, &step.kernel)
+                    );
+                }
+            }
+        }
+    }
+}
