@@ -208,7 +208,8 @@ pub struct Step {
 pub struct Launch {
     /// Blocks of the one-dimensional grid: the product of the factors' counts.
     pub blocks: Vec<WorkFactor>,
-    /// Threads per block.
+    /// Threads per block: exactly this many (kernels that share work through shared memory
+    /// are written for it).
     pub threads: u32,
     /// Bytes of static shared memory the kernel declares (for occupancy; nothing to pass).
     pub shared_bytes: u32,

@@ -1,7 +1,8 @@
 //! The kernels run: programs compiled by this backend are executed by the PTX emulator
 //! (`ptx::emulate`) and compared with the reference interpreter on random inputs — random
-//! graphs before and after elementwise fusion, attention of every mask kind, and the tiny
-//! Llama's `prefill` and `decode` at both precisions.
+//! graphs before and after elementwise fusion, attention of every mask kind, the tiny Llama's
+//! `prefill`, `forward` and `decode` at both precisions, and every Hugging Face test fixture's
+//! `prefill` and `decode`.
 //!
 //! Grids are capped at a few blocks, so every kernel's grid-stride loop is exercised; every
 //! memory access is checked to lie inside a buffer, and temporaries start as NaN bytes so an
@@ -244,28 +245,70 @@ fn attention_of_every_mask_matches_the_interpreter() {
     }
 }
 
+/// `program` of `spec` after the pipeline at `precision`, emulated against the interpreter.
+fn check_model(
+    spec: &kiln_frontend::ModelSpec,
+    program: kiln_frontend::Program,
+    precision: kiln_passes::Precision,
+    env: &Bindings,
+) -> Result<(), String> {
+    use kiln_frontend::{build, BuildOptions};
+    use kiln_passes::{Pipeline, PipelineOptions};
+    let options = PipelineOptions {
+        precision,
+        ..PipelineOptions::default()
+    };
+    let mut g = build(spec, program, BuildOptions::for_spec(spec)).map_err(|e| e.to_string())?;
+    Pipeline::with_options(&options)
+        .run(&mut g, |_, _| {})
+        .map_err(|e| e.to_string())?;
+    check(&g, &g, env, 1e-4, 16).map_err(|e| format!("{program} at {precision}: {e}"))
+}
+
+/// The tiny Llama's three programs at both precisions.
 #[test]
-fn tiny_llama_prefill_and_decode_match_the_interpreter() {
-    use kiln_frontend::{build, hf, BuildOptions, Program};
-    use kiln_passes::{Pipeline, PipelineOptions, Precision};
+fn tiny_llama_programs_match_the_interpreter() {
+    use kiln_frontend::{hf, Program};
+    use kiln_passes::Precision;
     let text = include_str!("../../../../src/embedded/tiny_llama.json");
     let spec = hf::read_config(text, "tiny_llama.json").unwrap();
     for precision in [Precision::F32, Precision::Bf16Weights] {
-        let options = PipelineOptions {
-            precision,
-            ..PipelineOptions::default()
-        };
         for (program, e) in [
             (Program::Prefill, env(&[("batch", 1), ("seq", 5)])),
+            (Program::Forward, env(&[("batch", 2), ("seq", 3)])),
             (Program::Decode, env(&[("batch", 2), ("past", 3)])),
         ] {
-            let built = build(&spec, program, BuildOptions::for_spec(&spec)).unwrap();
-            let mut g = built.clone();
-            Pipeline::with_options(&options)
-                .run(&mut g, |_, _| {})
-                .unwrap();
-            check(&g, &g, &e, 1e-4, 16)
-                .unwrap_or_else(|err| panic!("{program} at {precision}: {err}"));
+            check_model(&spec, program, precision, &e).unwrap();
+        }
+    }
+}
+
+/// Every Hugging Face test fixture's `prefill` and `decode` (sliding windows, biases, GELU,
+/// MQA, scaled RoPE).
+#[test]
+fn fixture_models_match_the_interpreter() {
+    use kiln_frontend::{load_spec, Program};
+    use kiln_passes::Precision;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.json").exists())
+        .collect();
+    dirs.sort();
+    assert!(
+        dirs.len() >= 6,
+        "fixtures not found under {}",
+        root.display()
+    );
+    for dir in dirs {
+        let spec = load_spec(&dir).unwrap();
+        for (program, e) in [
+            (Program::Prefill, env(&[("batch", 1), ("seq", 6)])),
+            (Program::Decode, env(&[("batch", 1), ("past", 5)])),
+        ] {
+            check_model(&spec, program, Precision::F32, &e)
+                .unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
         }
     }
 }

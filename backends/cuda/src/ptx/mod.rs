@@ -1,6 +1,7 @@
 //! A small typed PTX writer: [`types`] names registers, types and state spaces, [`builder`]
 //! writes one `.entry` instruction by instruction, [`math`] holds the float function sequences,
-//! and [`Module`] joins entries under the module header.
+//! and [`Module`] joins entries under the module header. For tests only, `emulate` runs the
+//! PTX written here on the CPU.
 //!
 //! The text targets PTX ISA 8.8 on `sm_90` with 64-bit addresses; it uses nothing newer than
 //! sm_90 needs (`cvt` to and from `bf16`, `max.NaN`, `shfl.sync`), and nothing of sm_90a.
