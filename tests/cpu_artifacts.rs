@@ -50,9 +50,8 @@ fn matmul_fma_is_an_instruction_and_the_object_imports_nothing() {
 fn what_the_backend_cannot_compile_is_refused_by_name() {
     let cases = [
         (
-            "input %d : f32[5, 4]\ninput %i : i64[2]\ninput %u : f32[2, 4]\n\
-             %0 = scatter_add %d, %i, %u axis=0 : f32[5, 4]  // grad.embed\noutput y = %0",
-            "cannot compile `scatter_add` (grad.embed) : f32[5, 4]: scatter is not supported",
+            "input %l : f32[]\ninput %x : f32[3]\n%0 = grad %l, %x : f32[3]  // d.x\noutput y = %0",
+            "cannot compile `grad` (d.x) : f32[3]: `grad` reached the backend: run the autodiff pass",
         ),
         (
             "input %a : i64[2, 3]\ninput %b : i64[3, 2]\n%0 = matmul %a, %b : i64[2, 2]\n\
