@@ -763,10 +763,9 @@ fn exp_and_sigmoid_match_f64_from_minus_100_to_100() {
     }
 }
 
-/// What random graphs may hold on the CPU backend: it does not compile `scatter` yet, nor
-/// `f16`/`bf16` values.
+/// What random graphs may hold on the CPU backend: everything but `f16`/`bf16` values.
 const CPU_PROFILE: Profile = Profile {
-    scatter: false,
+    scatter: true,
     half_floats: false,
 };
 

@@ -46,7 +46,7 @@ fn host_has(feature: &str) -> bool {
     }
 }
 
-fn check_weights(manifest: &Manifest, file: &str, weights: &[Tensor]) -> Result<()> {
+pub(crate) fn check_weights(manifest: &Manifest, file: &str, weights: &[Tensor]) -> Result<()> {
     if weights.len() != manifest.weights.len() {
         return Err(RuntimeError::new(
             file,
@@ -255,107 +255,19 @@ impl<'m> Runner<'m> {
     }
 
     fn err(&self, field: &str, message: String) -> RuntimeError {
-        RuntimeError::new(
-            format!("program `{}`", self.desc.name),
-            Some(field),
-            message,
-        )
+        program_error(self.desc, field, message)
     }
 
     /// Sets input `name`; its dtype and rank must match the program's.
     pub fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()> {
-        let index = self
-            .desc
-            .inputs
-            .iter()
-            .position(|i| i.name == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = self.desc.inputs.iter().map(|i| i.name.as_str()).collect();
-                self.err(
-                    name,
-                    format!("no such input (inputs: {})", known.join(", ")),
-                )
-            })?;
-        let io = &self.desc.inputs[index];
-        if tensor.dtype != io.dtype || tensor.shape.len() != io.shape.len() {
-            return Err(self.err(
-                name,
-                format!(
-                    "expected {} of rank {}, got {}{:?}",
-                    io.dtype.name(),
-                    io.shape.len(),
-                    tensor.dtype.name(),
-                    tensor.shape
-                ),
-            ));
-        }
-        if name == "input_ids" {
-            let vocab = self.model.manifest.model.vocab_size as i64;
-            if let Some(bad) = tensor.as_i64().iter().find(|&&t| t < 0 || t >= vocab) {
-                return Err(self.err(
-                    name,
-                    format!("token id {bad} is outside the vocabulary (0..{vocab})"),
-                ));
-            }
-        }
+        let vocab = self.model.manifest.model.vocab_size;
+        let index = input_slot(self.desc, vocab, name, &tensor)?;
         self.inputs[index] = Some(tensor);
         Ok(())
     }
 
     fn bind_symbols(&mut self) -> Result<()> {
-        let mut bound: Vec<Option<i64>> = vec![None; self.symbols.len()];
-        for (io, tensor) in self.desc.inputs.iter().zip(&self.inputs) {
-            let tensor = tensor
-                .as_ref()
-                .ok_or_else(|| self.err(&io.name, "input not set".into()))?;
-            for (dim, &actual) in io.shape.iter().zip(&tensor.shape) {
-                if let [t] = dim.terms.as_slice() {
-                    if t.coeff == 1 && t.symbols.len() == 1 {
-                        let s = t.symbols[0] as usize;
-                        match bound[s] {
-                            Some(v) if v != actual as i64 => {
-                                return Err(self.err(
-                                    &io.name,
-                                    format!(
-                                        "`{}` is {v} elsewhere but {actual} here",
-                                        self.desc.symbols[s].name
-                                    ),
-                                ))
-                            }
-                            _ => bound[s] = Some(actual as i64),
-                        }
-                    }
-                }
-            }
-        }
-        for (i, sym) in self.desc.symbols.iter().enumerate() {
-            let v = bound[i]
-                .ok_or_else(|| self.err(&sym.name, "no input shape determines this size".into()))?;
-            if v as usize > sym.max {
-                return Err(self.err(
-                    &sym.name,
-                    format!(
-                        "is {v}, but the program was compiled for at most {}",
-                        sym.max
-                    ),
-                ));
-            }
-            self.symbols[i] = v;
-        }
-        for (io, tensor) in self.desc.inputs.iter().zip(&self.inputs) {
-            let shape = &tensor.as_ref().unwrap().shape;
-            let expected: Vec<usize> = io
-                .shape
-                .iter()
-                .map(|d| d.eval(&self.symbols) as usize)
-                .collect();
-            if *shape != expected {
-                return Err(self.err(
-                    &io.name,
-                    format!("shape {shape:?} does not match {expected:?}"),
-                ));
-            }
-        }
+        self.symbols = bind_symbols(self.desc, &self.inputs)?;
         Ok(())
     }
 
@@ -480,4 +392,112 @@ impl<'m> Runner<'m> {
             .and_then(|i| self.inputs[i].take())
             .ok_or_else(|| self.err(name, "no such input is set".into()))
     }
+}
+
+/// The slot of input `name` of `desc` for `tensor`, checked: its dtype and rank must match, and
+/// token ids must lie in the vocabulary.
+pub(crate) fn input_slot(
+    desc: &ProgramDesc,
+    vocab: usize,
+    name: &str,
+    tensor: &Tensor,
+) -> Result<usize> {
+    let err = |field: &str, message: String| program_error(desc, field, message);
+    let index = desc
+        .inputs
+        .iter()
+        .position(|i| i.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = desc.inputs.iter().map(|i| i.name.as_str()).collect();
+            err(
+                name,
+                format!("no such input (inputs: {})", known.join(", ")),
+            )
+        })?;
+    let io = &desc.inputs[index];
+    if tensor.dtype != io.dtype || tensor.shape.len() != io.shape.len() {
+        return Err(err(
+            name,
+            format!(
+                "expected {} of rank {}, got {}{:?}",
+                io.dtype.name(),
+                io.shape.len(),
+                tensor.dtype.name(),
+                tensor.shape
+            ),
+        ));
+    }
+    if name == "input_ids" {
+        let vocab = vocab as i64;
+        if let Some(bad) = tensor.as_i64().iter().find(|&&t| t < 0 || t >= vocab) {
+            return Err(err(
+                name,
+                format!("token id {bad} is outside the vocabulary (0..{vocab})"),
+            ));
+        }
+    }
+    Ok(index)
+}
+
+/// The symbols' values, from the shapes of the inputs set (every input must be set, each symbol
+/// must appear alone as some input axis, consistently, within its maximum), and every input's
+/// shape checked against them.
+pub(crate) fn bind_symbols(desc: &ProgramDesc, inputs: &[Option<Tensor>]) -> Result<Vec<i64>> {
+    let err = |field: &str, message: String| program_error(desc, field, message);
+    let mut symbols = vec![0i64; desc.symbols.len()];
+    let mut bound: Vec<Option<i64>> = vec![None; desc.symbols.len()];
+    for (io, tensor) in desc.inputs.iter().zip(inputs) {
+        let tensor = tensor
+            .as_ref()
+            .ok_or_else(|| err(&io.name, "input not set".into()))?;
+        for (dim, &actual) in io.shape.iter().zip(&tensor.shape) {
+            if let [t] = dim.terms.as_slice() {
+                if t.coeff == 1 && t.symbols.len() == 1 {
+                    let s = t.symbols[0] as usize;
+                    match bound[s] {
+                        Some(v) if v != actual as i64 => {
+                            return Err(err(
+                                &io.name,
+                                format!(
+                                    "`{}` is {v} elsewhere but {actual} here",
+                                    desc.symbols[s].name
+                                ),
+                            ))
+                        }
+                        _ => bound[s] = Some(actual as i64),
+                    }
+                }
+            }
+        }
+    }
+    for (i, sym) in desc.symbols.iter().enumerate() {
+        let v =
+            bound[i].ok_or_else(|| err(&sym.name, "no input shape determines this size".into()))?;
+        if v as usize > sym.max {
+            return Err(err(
+                &sym.name,
+                format!(
+                    "is {v}, but the program was compiled for at most {}",
+                    sym.max
+                ),
+            ));
+        }
+        symbols[i] = v;
+    }
+    for (io, tensor) in desc.inputs.iter().zip(inputs) {
+        let shape = &tensor.as_ref().unwrap().shape;
+        let expected: Vec<usize> = io.shape.iter().map(|d| d.eval(&symbols) as usize).collect();
+        if *shape != expected {
+            return Err(err(
+                &io.name,
+                format!("shape {shape:?} does not match {expected:?}"),
+            ));
+        }
+    }
+    Ok(symbols)
+}
+
+/// An error about `field` of program `desc`.
+pub(crate) fn program_error(desc: &ProgramDesc, field: &str, message: String) -> RuntimeError {
+    RuntimeError::new(format!("program `{}`", desc.name), Some(field), message)
 }

@@ -11,6 +11,8 @@ pub mod arena;
 pub mod artifact;
 pub mod atomic;
 pub mod chat;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod executor;
 pub mod functions;

@@ -9,10 +9,16 @@ use kiln_ir::DType;
 use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 
+/// The repository root: `KILN_REPO` when set (a test binary run on another machine), else the
+/// one the tests were built in.
+pub fn repo_dir() -> PathBuf {
+    std::env::var_os("KILN_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn fixture_dir(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf")
-        .join(case)
+    repo_dir().join("tests/fixtures/hf").join(case)
 }
 
 pub const HF_CASES: &[&str] = &[

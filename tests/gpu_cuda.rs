@@ -1,0 +1,249 @@
+//! The CUDA backend on a GPU (these tests need one; `scripts/gpu_tests.sh` builds them here and
+//! says how to run them there). Without a GPU each test says so and passes, unless `KILN_GPU` is
+//! set: then a missing GPU fails it.
+//!
+//! - random graphs, plain and fused, at several sizes (not multiples of any tile), against the
+//!   interpreter;
+//! - every tiny Hugging Face fixture: `forward` logits against transformers' within 1e-4 (f32)
+//!   and 2e-2 (bf16 weights), and 20 greedy tokens (prefill, then decode steps feeding the cache
+//!   back) identical to transformers' `generate`.
+
+mod common;
+
+use common::cpu::{compare, interp_tensor, runtime_tensor, Tol};
+use common::*;
+use kiln::compile::{compile, Target};
+use kiln_frontend::{load_spec, BuildOptions, Program};
+use kiln_ir::interp::random::random_bindings;
+use kiln_ir::interp::{interpret, TensorMap};
+use kiln_ir::testing::{random_graph, Profile};
+use kiln_ir::{Bindings, Graph};
+use kiln_passes::elementwise_fusion::ElementwiseFusion;
+use kiln_passes::{Pass, PipelineOptions, Precision};
+use kiln_runtime::cuda::{CudaModel, CudaRunner};
+use kiln_runtime::{load_weights, Artifact, Tensor};
+
+/// Whether a GPU is here; without one, fails when `KILN_GPU` is set and skips otherwise.
+fn gpu(test: &str) -> bool {
+    let present = kiln_runtime::cuda::driver_present();
+    if !present {
+        assert!(
+            std::env::var_os("KILN_GPU").is_none(),
+            "{test}: KILN_GPU is set but no CUDA driver is present"
+        );
+        eprintln!("{test}: skipped (no CUDA driver)");
+    }
+    present
+}
+
+fn run(runner: &mut CudaRunner, inputs: &TensorMap) -> TensorMap {
+    for (name, t) in inputs {
+        runner.set_input(name, runtime_tensor(t)).unwrap();
+    }
+    runner.run().unwrap();
+    runner
+        .output_names()
+        .into_iter()
+        .map(|name| {
+            let t = interp_tensor(&runner.output(&name).unwrap());
+            (name, t)
+        })
+        .collect()
+}
+
+/// Compiles `compiled` for the GPU and checks it against the interpreter on `g` at each binding.
+fn check_on_gpu(g: &Graph, compiled: &Graph, envs: &[Bindings], tol: Tol) -> Result<(), String> {
+    let (_, weights) = random_bindings(g, &envs[0], 2, 0).map_err(|e| e.to_string())?;
+    let artifact = kiln_backend_cuda::compile(std::slice::from_ref(compiled), cpu::model_info())
+        .map_err(|e| e.to_string())?;
+    let tensors = artifact
+        .manifest
+        .weights
+        .iter()
+        .map(|w| runtime_tensor(&weights[&w.name]))
+        .collect();
+    let model = CudaModel::new(artifact, &g.name, tensors).map_err(|e| e.to_string())?;
+    let mut runner = model.runner(&g.name).map_err(|e| e.to_string())?;
+    for (i, env) in envs.iter().enumerate() {
+        let (inputs, _) = random_bindings(g, env, 2, 1 + i as u64).map_err(|e| e.to_string())?;
+        let want = interpret(g, &inputs, &weights).map_err(|e| e.to_string())?;
+        let got = run(&mut runner, &inputs);
+        for (name, w) in &want {
+            compare(&format!("{env:?} {name}"), &got[name], w, tol)?;
+        }
+    }
+    Ok(())
+}
+
+use common::cpu;
+
+const PROFILE: Profile = Profile {
+    scatter: false,
+    half_floats: false,
+};
+
+#[test]
+fn random_graphs_match_the_interpreter() {
+    if !gpu("random graphs") || std::env::var_os("KILN_GPU_CASES").is_some() {
+        return;
+    }
+    let envs: Vec<Bindings> = [(2, 3), (1, 5), (3, 1), (4, 6)]
+        .into_iter()
+        .map(|(b, s)| [("batch".to_string(), b), ("seq".to_string(), s)].into())
+        .collect();
+    let mut failures = Vec::new();
+    for seed in 0..64u64 {
+        let g = random_graph(seed, PROFILE);
+        let mut fused = g.clone();
+        ElementwiseFusion.run(&mut fused).unwrap();
+        for (what, compiled) in [("plain", &g), ("fused", &fused)] {
+            if let Err(e) = check_on_gpu(&g, compiled, &envs, Tol::Norm(1e-4)) {
+                failures.push(format!("seed {seed} {what}: {e}"));
+            }
+        }
+    }
+    println!(
+        "random graphs: {} of 128 compiled graphs differ",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A fixture's inference programs compiled for the GPU at `precision`, with its weights.
+fn fixture_model(case: &str, precision: Precision) -> CudaModel {
+    let dir = fixture_dir(case);
+    let spec = load_spec(&dir.join("config.json")).unwrap();
+    let opts = BuildOptions {
+        max_batch: 2,
+        max_seq: 64,
+        ..BuildOptions::for_spec(&spec)
+    };
+    let options = PipelineOptions {
+        precision,
+        ..PipelineOptions::default()
+    };
+    let artifact = compile(Target::Cuda, &spec, &Program::INFERENCE, opts, &options).unwrap();
+    let artifact = Artifact::from_bytes(&artifact.to_bytes(), case).unwrap();
+    let m = &artifact.manifest;
+    let weights = load_weights(&dir.join("model.safetensors"), &m.weights, &m.model).unwrap();
+    CudaModel::new(artifact, case, weights.tensors).unwrap()
+}
+
+fn forward_error(model: &CudaModel, reference: &TensorMap) -> f64 {
+    let mut runner = model.runner("forward").unwrap();
+    let inputs: TensorMap = ["input_ids", "position_ids"]
+        .into_iter()
+        .map(|n| (n.to_string(), reference[n].clone()))
+        .collect();
+    let out = run(&mut runner, &inputs);
+    relative_error(&out["logits"], &reference["logits"])
+}
+
+fn argmax(logits: &Tensor) -> i64 {
+    let v = logits.as_f32();
+    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap() as i64
+}
+
+/// Greedy continuation of the first prompt for `count` tokens: prefill, then decode steps with
+/// the cache fed back.
+fn greedy(model: &CudaModel, prompt: &[i64], count: usize) -> Vec<i64> {
+    let layers = model.manifest().model.num_layers;
+    let mut prefill = model.runner("prefill").unwrap();
+    let n = prompt.len();
+    prefill
+        .set_input("input_ids", Tensor::i64(&[1, n], prompt))
+        .unwrap();
+    let positions: Vec<i64> = (0..n as i64).collect();
+    prefill
+        .set_input("position_ids", Tensor::i64(&[1, n], &positions))
+        .unwrap();
+    prefill.run().unwrap();
+    let mut next = argmax(&prefill.output("logits").unwrap());
+    let mut cache: Vec<(Tensor, Tensor)> = (0..layers)
+        .map(|l| {
+            (
+                prefill.output(&format!("key_{l}")).unwrap(),
+                prefill.output(&format!("value_{l}")).unwrap(),
+            )
+        })
+        .collect();
+    let mut tokens = vec![next];
+    let mut decode = model.runner("decode").unwrap();
+    for step in 1..count {
+        let position = (n + step - 1) as i64;
+        decode
+            .set_input("input_ids", Tensor::i64(&[1, 1], &[next]))
+            .unwrap();
+        decode
+            .set_input("position_ids", Tensor::i64(&[1, 1], &[position]))
+            .unwrap();
+        for (l, (k, v)) in cache.iter().enumerate() {
+            decode
+                .set_input(&format!("past_key_{l}"), k.clone())
+                .unwrap();
+            decode
+                .set_input(&format!("past_value_{l}"), v.clone())
+                .unwrap();
+        }
+        decode.run().unwrap();
+        next = argmax(&decode.output("logits").unwrap());
+        tokens.push(next);
+        cache = (0..layers)
+            .map(|l| {
+                (
+                    decode.output(&format!("key_{l}")).unwrap(),
+                    decode.output(&format!("value_{l}")).unwrap(),
+                )
+            })
+            .collect();
+    }
+    tokens
+}
+
+#[test]
+fn fixtures_match_transformers_on_the_gpu() {
+    if !gpu("fixtures") {
+        return;
+    }
+    // `KILN_GPU_CASES=llama,qwen2` narrows the fixtures (e.g. under compute-sanitizer).
+    let only = std::env::var("KILN_GPU_CASES").ok();
+    let chosen = |case: &&&str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|c| c == **case))
+    };
+    for case in HF_CASES.iter().filter(chosen) {
+        let reference = read_safetensors(&fixture_dir(case).join("reference.safetensors"));
+        let f32_model = fixture_model(case, Precision::F32);
+        let err = forward_error(&f32_model, &reference);
+        let bf16 = forward_error(&fixture_model(case, Precision::Bf16Weights), &reference);
+        let greedy_ref: Vec<i64> = reference["greedy"]
+            .to_f64()
+            .iter()
+            .map(|&x| x as i64)
+            .collect();
+        let seq = reference["input_ids"].shape[1];
+        let prompt: Vec<i64> = reference["input_ids"].to_f64()[..seq]
+            .iter()
+            .map(|&x| x as i64)
+            .collect();
+        let tokens = greedy(&f32_model, &prompt, greedy_ref.len() - seq);
+        let same = tokens == greedy_ref[seq..];
+        println!(
+            "{case}: forward logits relative error {err:.2e} (f32), {bf16:.2e} (bf16 weights); \
+             {} greedy tokens {}",
+            tokens.len(),
+            if same {
+                "identical to transformers'"
+            } else {
+                "DIFFER"
+            }
+        );
+        assert!(err <= 1e-4, "{case}: f32 logits {err:.2e}");
+        assert!(bf16 <= 2e-2, "{case}: bf16-weight logits {bf16:.2e}");
+        assert!(
+            same,
+            "{case}: greedy {tokens:?} vs {:?}",
+            &greedy_ref[seq..]
+        );
+    }
+}
