@@ -6,7 +6,8 @@
 //!   interpreter;
 //! - every tiny Hugging Face fixture: `forward` logits against transformers' within 1e-4 (f32)
 //!   and 2e-2 (bf16 weights), and 20 greedy tokens (prefill, then decode steps feeding the cache
-//!   back) identical to transformers' `generate`.
+//!   back) identical to transformers' `generate`;
+//! - SmolLM2-135M-Instruct (`KILN_SMOLLM2_GGUF`): 32 greedy tokens identical to the CPU backend's.
 
 mod common;
 
@@ -246,4 +247,64 @@ fn fixtures_match_transformers_on_the_gpu() {
             &greedy_ref[seq..]
         );
     }
+}
+
+/// SmolLM2-135M-Instruct (`$KILN_SMOLLM2_GGUF`) on the GPU continues "The capital of France is"
+/// with the same 32 greedy tokens as the CPU backend.
+#[test]
+fn smollm2_greedy_tokens_match_the_cpu_backend() {
+    let Some(path) = std::env::var_os("KILN_SMOLLM2_GGUF").map(std::path::PathBuf::from) else {
+        eprintln!("smollm2: skipped (KILN_SMOLLM2_GGUF is not set)");
+        return;
+    };
+    if !gpu("smollm2") || std::env::var_os("KILN_GPU_CASES").is_some() {
+        return;
+    }
+    let spec = load_spec(&path).unwrap();
+    let opts = BuildOptions {
+        max_batch: 1,
+        max_seq: 64,
+        ..BuildOptions::for_spec(&spec)
+    };
+    let options = PipelineOptions::default();
+    let programs = [Program::Prefill, Program::Decode];
+    let cpu_artifact = compile(Target::Cpu, &spec, &programs, opts, &options).unwrap();
+    let gpu_artifact = compile(Target::Cuda, &spec, &programs, opts, &options).unwrap();
+    let m = &cpu_artifact.manifest;
+    let weights = load_weights(&path, &m.weights, &m.model).unwrap();
+    let tokenizer = kiln_runtime::open_tokenizer(None, &path, &m.model).unwrap();
+    let prompt = tokenizer.encode("The capital of France is", true).unwrap();
+    let cpu_model =
+        kiln_runtime::Model::new(cpu_artifact, "smollm2", weights.tensors.clone(), 4).unwrap();
+    let mut generator = kiln_runtime::Generator::new(&cpu_model).unwrap();
+    let options = kiln_runtime::GenerateOptions {
+        max_new_tokens: 32,
+        sampling: kiln_runtime::Sampling::Greedy,
+        eos: Vec::new(),
+    };
+    let cpu_tokens: Vec<i64> = generator
+        .generate(&[prompt.clone()], &options, |_, _| {})
+        .unwrap()
+        .tokens[0]
+        .iter()
+        .map(|&t| t as i64)
+        .collect();
+    let gpu_model = CudaModel::new(gpu_artifact, "smollm2", weights.tensors).unwrap();
+    let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+    let gpu_tokens = greedy(&gpu_model, &ids, 32);
+    let text = |t: &[i64]| {
+        let ids: Vec<u32> = t.iter().map(|&x| x as u32).collect();
+        tokenizer.decode(&ids, true).unwrap()
+    };
+    println!(
+        "smollm2: GPU \"The capital of France is{}\" ({} tokens {} the CPU backend's)",
+        text(&gpu_tokens),
+        gpu_tokens.len(),
+        if gpu_tokens == cpu_tokens {
+            "identical to"
+        } else {
+            "DIFFERENT from"
+        }
+    );
+    assert_eq!(gpu_tokens, cpu_tokens, "CPU: {}", text(&cpu_tokens));
 }
