@@ -5,20 +5,9 @@ mod common;
 
 use common::fixture_dir;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn kiln(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "kiln panicked: {stderr}");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr,
-    )
+    common::kiln_cli(args)
 }
 
 fn scratch(name: &str, contents: &[u8]) -> PathBuf {

@@ -2,17 +2,13 @@
 //! curve, the weights and checkpoints; resuming from a checkpoint through the CLI ends on the
 //! same weights as the uninterrupted run; bad data and options are refused by name.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn kiln(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "kiln panicked: {stderr}");
-    (out.status.success(), stderr)
+    let (ok, _, stderr) = common::kiln_cli(args);
+    (ok, stderr)
 }
 
 fn arg(p: &Path) -> &str {

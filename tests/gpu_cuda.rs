@@ -57,12 +57,7 @@ fn check_on_gpu(g: &Graph, compiled: &Graph, envs: &[Bindings], tol: Tol) -> Res
     let (_, weights) = random_bindings(g, &envs[0], 2, 0).map_err(|e| e.to_string())?;
     let artifact = kiln_backend_cuda::compile(std::slice::from_ref(compiled), cpu::model_info())
         .map_err(|e| e.to_string())?;
-    let tensors = artifact
-        .manifest
-        .weights
-        .iter()
-        .map(|w| runtime_tensor(&weights[&w.name]))
-        .collect();
+    let tensors = cpu::in_manifest_order(&artifact, &weights);
     let model = CudaModel::new(artifact, &g.name, tensors).map_err(|e| e.to_string())?;
     let mut runner = model.runner(&g.name).map_err(|e| e.to_string())?;
     for (i, env) in envs.iter().enumerate() {
@@ -283,7 +278,7 @@ fn smollm2_greedy_tokens_match_the_cpu_backend() {
         eos: Vec::new(),
     };
     let cpu_tokens: Vec<i64> = generator
-        .generate(&[prompt.clone()], &options, |_, _| {})
+        .generate(std::slice::from_ref(&prompt), &options, |_, _| {})
         .unwrap()
         .tokens[0]
         .iter()

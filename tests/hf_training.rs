@@ -89,6 +89,17 @@ fn batch_inputs(case: &Case, g: &Graph, rows: std::ops::Range<usize>) -> TensorM
     inputs
 }
 
+/// The optimizer's inputs of `train_step` `g` for its first step: the hyperparameters, step 1
+/// and zero moments.
+fn first_step_inputs(case: &Case, g: &Graph, inputs: &mut TensorMap) {
+    for (name, value) in HYPER {
+        inputs.insert(name.into(), scalar(value));
+    }
+    inputs.insert("step".into(), scalar(1.0));
+    zeros_for(g, &case.weights, "adam_m.", inputs);
+    zeros_for(g, &case.weights, "adam_v.", inputs);
+}
+
 /// Runs `steps` train steps on the whole batch; returns the losses, the gradient norms and the
 /// final weights.
 fn train(case: &Case, steps: usize) -> (Vec<f64>, Vec<f64>, TensorMap) {
@@ -106,11 +117,7 @@ fn train(case: &Case, steps: usize) -> (Vec<f64>, Vec<f64>, TensorMap) {
     }
     let mut weights = case.weights.clone();
     let mut inputs = batch_inputs(case, &g, 0..2);
-    for (name, value) in HYPER {
-        inputs.insert(name.into(), scalar(value));
-    }
-    zeros_for(&g, &weights, "adam_m.", &mut inputs);
-    zeros_for(&g, &weights, "adam_v.", &mut inputs);
+    first_step_inputs(case, &g, &mut inputs);
     let (mut losses, mut norms) = (Vec::new(), Vec::new());
     for step in 1..=steps {
         inputs.insert("step".into(), scalar(step as f64));
@@ -227,22 +234,10 @@ fn micro_batches_give_the_whole_batch_step() {
     for (name, value) in first {
         inputs.insert(name, value);
     }
-    for (name, value) in HYPER {
-        inputs.insert(name.into(), scalar(value));
-    }
-    inputs.insert("step".into(), scalar(1.0));
-    zeros_for(&step, &case.weights, "adam_m.", &mut inputs);
-    zeros_for(&step, &case.weights, "adam_v.", &mut inputs);
+    first_step_inputs(&case, &step, &mut inputs);
     let split = interpret(&step, &inputs, &case.weights).unwrap();
     let mut whole_inputs = batch_inputs(&case, &step, 0..2);
-    for name in ["step", "adam_m.", "adam_v."] {
-        for (k, v) in inputs.iter().filter(|(k, _)| k.starts_with(name)) {
-            whole_inputs.insert(k.clone(), v.clone());
-        }
-    }
-    for (name, value) in HYPER {
-        whole_inputs.insert(name.into(), scalar(value));
-    }
+    first_step_inputs(&case, &step, &mut whole_inputs);
     let whole = interpret(&step, &whole_inputs, &case.weights).unwrap();
     for (name, value) in &whole {
         let err = relative_error(&split[name], value);
@@ -271,12 +266,7 @@ fn every_pass_keeps_the_train_step_with(recompute: kiln_passes::Recompute) {
     let opts = BuildOptions::for_spec(&case.spec);
     let built = build(&case.spec, Program::TrainStep, opts).unwrap();
     let mut inputs = batch_inputs(&case, &built, 0..2);
-    for (name, value) in HYPER {
-        inputs.insert(name.into(), scalar(value));
-    }
-    inputs.insert("step".into(), scalar(1.0));
-    zeros_for(&built, &case.weights, "adam_m.", &mut inputs);
-    zeros_for(&built, &case.weights, "adam_v.", &mut inputs);
+    first_step_inputs(&case, &built, &mut inputs);
     let run = |g: &Graph| {
         let mut g = g.clone();
         if g.node_ids().any(|id| g.node(id).op == Op::Grad) {

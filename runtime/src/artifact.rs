@@ -44,6 +44,26 @@ fn declared_len(body: &[u8]) -> usize {
 }
 
 impl Artifact {
+    /// The bytes of every constant the manifest describes, in order; `file` names the artifact
+    /// in the error for one that lies outside the data section.
+    pub fn constant_bytes(&self, file: &str) -> Result<Vec<&[u8]>> {
+        let data = &self.data;
+        self.manifest
+            .constants
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                data.get(c.offset..c.offset + c.len).ok_or_else(|| {
+                    RuntimeError::new(
+                        file,
+                        Some("constants"),
+                        format!("constant {i} lies outside the data section"),
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// The artifact as bytes, ready to write or embed.
     pub fn to_bytes(&self) -> Vec<u8> {
         let manifest = serde_json::to_vec(&self.manifest).expect("manifest serializes");

@@ -56,6 +56,11 @@ fn upload(stream: &Arc<CudaStream>, bytes: &[u8], file: &str) -> Result<CudaSlic
 impl CudaModel {
     /// Loads a CUDA artifact on GPU 0 with `weights` (one per manifest entry, in order).
     pub fn new(artifact: Artifact, file: &str, weights: Vec<Tensor>) -> Result<CudaModel> {
+        let constants: Vec<Vec<u8>> = artifact
+            .constant_bytes(file)?
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
         let manifest = artifact.manifest;
         if !manifest.target.arch.starts_with("sm_") {
             return Err(RuntimeError::new(
@@ -94,20 +99,10 @@ impl CudaModel {
             .iter()
             .map(|w| upload(&stream, w.bytes(), file))
             .collect::<Result<_>>()?;
-        let mut constants = Vec::new();
-        for (i, c) in manifest.constants.iter().enumerate() {
-            let bytes = artifact
-                .data
-                .get(c.offset..c.offset + c.len)
-                .ok_or_else(|| {
-                    RuntimeError::new(
-                        file,
-                        Some("constants"),
-                        format!("constant {i} lies outside the data section"),
-                    )
-                })?;
-            constants.push(upload(&stream, bytes, file)?);
-        }
+        let constants = constants
+            .into_iter()
+            .map(|bytes| upload(&stream, &bytes, file))
+            .collect::<Result<_>>()?;
         Ok(CudaModel {
             manifest,
             file: file.to_string(),

@@ -90,6 +90,13 @@ impl Model {
         weights: Vec<Tensor>,
         threads: usize,
     ) -> Result<Model> {
+        let constants = artifact
+            .manifest
+            .constants
+            .iter()
+            .zip(artifact.constant_bytes(file)?)
+            .map(|(c, bytes)| Tensor::from_bytes(c.dtype, &c.shape, bytes))
+            .collect();
         let manifest = artifact.manifest;
         if manifest.target.arch != std::env::consts::ARCH {
             let message = if manifest.target.arch.starts_with("sm_") {
@@ -115,20 +122,6 @@ impl Model {
             ));
         }
         check_weights(&manifest, file, &weights)?;
-        let mut constants = Vec::new();
-        for (i, c) in manifest.constants.iter().enumerate() {
-            let bytes = artifact
-                .data
-                .get(c.offset..c.offset + c.len)
-                .ok_or_else(|| {
-                    RuntimeError::new(
-                        file,
-                        Some("constants"),
-                        format!("constant {i} lies outside the data section"),
-                    )
-                })?;
-            constants.push(Tensor::from_bytes(c.dtype, &c.shape, bytes));
-        }
         let code = Code::load(&artifact.object, file)?;
         for program in &manifest.programs {
             for step in &program.steps {

@@ -36,13 +36,18 @@ pub fn compile(graphs: &[Graph]) -> Result<Artifact, CompileError> {
 
 /// Loads `artifact` with the named `weights`, passed in the manifest's order.
 pub fn load(artifact: Artifact, weights: &TensorMap) -> Model {
-    let tensors = artifact
+    let tensors = in_manifest_order(&artifact, weights);
+    Model::new(artifact, "test.kiln", tensors, 2).unwrap()
+}
+
+/// The named `weights` as runtime tensors, in the order `artifact`'s manifest lists them.
+pub fn in_manifest_order(artifact: &Artifact, weights: &TensorMap) -> Vec<Tensor> {
+    artifact
         .manifest
         .weights
         .iter()
         .map(|w| runtime_tensor(&weights[&w.name]))
-        .collect();
-    Model::new(artifact, "test.kiln", tensors, 2).unwrap()
+        .collect()
 }
 
 fn elem_type(dtype: DType) -> ElemType {

@@ -17,6 +17,22 @@ pub fn repo_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// Runs the `kiln` binary with `args`: whether it succeeded, its stdout and its stderr (which
+/// must not show a panic).
+pub fn kiln_cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "kiln panicked: {stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr,
+    )
+}
+
 pub fn fixture_dir(case: &str) -> PathBuf {
     repo_dir().join("tests/fixtures/hf").join(case)
 }

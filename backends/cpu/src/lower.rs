@@ -34,7 +34,7 @@ use concat::concat_parts_in_place;
 use expression::expression;
 
 use crate::error::{CompileError, Result};
-use crate::kernel::{Epilogue, ExprNode, ExprOp, Kernel};
+use crate::kernel::{AttentionOutput, Epilogue, ExprNode, ExprOp, Kernel};
 use crate::narrow;
 use crate::view::{Source, View};
 use crate::CpuOptions;
@@ -445,9 +445,11 @@ impl Lowering<'_> {
                 );
                 out
             }
-            Op::FlashAttention(attention) => self.attention(attention, &operands, ty, label)?,
+            Op::FlashAttention(attention) => {
+                self.attention(attention, AttentionOutput::Values, &operands, ty, label)?
+            }
             Op::FlashAttentionLse(attention) => {
-                self.attention_lse(attention, &operands, ty, label)?
+                self.attention(attention, AttentionOutput::LogSumExp, &operands, ty, label)?
             }
             Op::FlashAttentionGrad { attention, wrt } => {
                 self.attention_grad(attention, *wrt, &operands, ty, label)?

@@ -152,13 +152,8 @@ pub fn emit(f: &mut KernelFn, kernel: &AttentionGradKernel) {
         let tile_q = a.attention.tile_q as i64;
         let tiles = ceil_div(f, seq, tile_q);
         f.for_loop(start, end, 1, |f, w| {
-            let tile = f.b.ins().urem(w, tiles);
-            let bh = f.b.ins().udiv(w, tiles);
-            let h = f.b.ins().urem(bh, heads);
-            let b = f.b.ins().udiv(bh, heads);
+            let (b, h, i0, i1) = item(f, w, (tiles, tile_q, seq), heads);
             let kv = f.b.ins().udiv_imm_s(h, group);
-            let i0 = f.b.ins().imul_imm_s(tile, tile_q);
-            let i1 = tile_end(f, i0, tile_q, seq);
             f.for_loop(i0, i1, 1, |f, i| {
                 clear(f);
                 let (lo, hi) = run(f, b, i);
@@ -177,12 +172,7 @@ pub fn emit(f: &mut KernelFn, kernel: &AttentionGradKernel) {
     let tile_k = a.attention.tile_k as i64;
     let tiles = ceil_div(f, keys, tile_k);
     f.for_loop(start, end, 1, |f, w| {
-        let tile = f.b.ins().urem(w, tiles);
-        let bkv = f.b.ins().udiv(w, tiles);
-        let kv = f.b.ins().urem(bkv, kv_heads);
-        let b = f.b.ins().udiv(bkv, kv_heads);
-        let j0 = f.b.ins().imul_imm_s(tile, tile_k);
-        let j1 = tile_end(f, j0, tile_k, keys);
+        let (b, kv, j0, j1) = item(f, w, (tiles, tile_k, keys), kv_heads);
         f.for_loop(j0, j1, 1, |f, j| {
             clear(f);
             let first = f.b.ins().imul_imm_s(kv, group);
@@ -214,4 +204,21 @@ pub fn emit(f: &mut KernelFn, kernel: &AttentionGradKernel) {
             store_acc(f, to);
         });
     });
+}
+
+/// Work item `w` as `(batch element, head, first row, end of rows)`, for items numbered
+/// batch-major, then head, then tile of `tile` rows out of `len` (`tiles` per head).
+fn item(
+    f: &mut KernelFn,
+    w: Value,
+    (tiles, tile, len): (Value, i64, Value),
+    heads: Value,
+) -> (Value, Value, Value, Value) {
+    let t = f.b.ins().urem(w, tiles);
+    let bh = f.b.ins().udiv(w, tiles);
+    let head = f.b.ins().urem(bh, heads);
+    let b = f.b.ins().udiv(bh, heads);
+    let first = f.b.ins().imul_imm_s(t, tile);
+    let end = tile_end(f, first, tile, len);
+    (b, head, first, end)
 }

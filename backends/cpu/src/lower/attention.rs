@@ -68,46 +68,31 @@ impl Lowering<'_> {
         Ok((q, k, v, positions))
     }
 
+    /// `flash_attention` (`output` values) or `flash_attention_lse` (`output` log-sum-exp).
     pub(super) fn attention(
         &mut self,
         attention: &Attention,
+        output: AttentionOutput,
         operands: &[View],
         ty: &TensorType,
         label: String,
     ) -> Result<View> {
         let (q, k, v, positions) = self.attention_operands(attention, operands, &label)?;
-        let dims = self.shape(ty);
-        let heads_inner = vec![
-            dims[0].clone(),
-            dims[2].clone(),
-            dims[1].clone(),
-            dims[3].clone(),
-        ];
-        let out = self
-            .new_buffer(BufferKind::Temp, ty.dtype, heads_inner)
-            .permute(&[0, 2, 1, 3]);
-        let kernel = AttentionKernel {
-            q,
-            k,
-            v,
-            positions,
-            out: out.clone(),
-            attention: attention.clone(),
-            output: AttentionOutput::Values,
+        let out = match output {
+            // Written through a permuted view of a `[B, S, H, Dv]` buffer (see the module doc).
+            AttentionOutput::Values => {
+                let dims = self.shape(ty);
+                let heads_inner = vec![
+                    dims[0].clone(),
+                    dims[2].clone(),
+                    dims[1].clone(),
+                    dims[3].clone(),
+                ];
+                self.new_buffer(BufferKind::Temp, ty.dtype, heads_inner)
+                    .permute(&[0, 2, 1, 3])
+            }
+            AttentionOutput::LogSumExp => self.temp(ty),
         };
-        self.push(Kernel::Attention(Box::new(kernel)), label);
-        Ok(out)
-    }
-
-    pub(super) fn attention_lse(
-        &mut self,
-        attention: &Attention,
-        operands: &[View],
-        ty: &TensorType,
-        label: String,
-    ) -> Result<View> {
-        let (q, k, v, positions) = self.attention_operands(attention, operands, &label)?;
-        let out = self.temp(ty);
         let kernel = AttentionKernel {
             q,
             k,
@@ -115,7 +100,7 @@ impl Lowering<'_> {
             positions,
             out: out.clone(),
             attention: attention.clone(),
-            output: AttentionOutput::LogSumExp,
+            output,
         };
         self.push(Kernel::Attention(Box::new(kernel)), label);
         Ok(out)
