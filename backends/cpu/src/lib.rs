@@ -19,7 +19,7 @@ pub use error::{CompileError, Result};
 
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use kiln_ir::Graph;
-use kiln_runtime::manifest::{Manifest, ModelInfo, ProgramDesc, Step, Target};
+use kiln_runtime::manifest::{Manifest, ModelInfo, Step, Target};
 use kiln_runtime::Artifact;
 use lower::SharedTables;
 
@@ -75,15 +75,7 @@ pub fn compile_with(
                 launch: None,
             });
         }
-        descs.push(ProgramDesc {
-            name: lowered.name,
-            symbols: lowered.symbols,
-            buffers: lowered.buffers,
-            inputs: lowered.inputs,
-            outputs: lowered.outputs,
-            steps,
-            memory,
-        });
+        descs.push(lowered.into_desc(steps, memory));
     }
     let object = module
         .finish()

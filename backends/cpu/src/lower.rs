@@ -66,6 +66,25 @@ pub struct LoweredProgram {
     pub kernels: Vec<(Kernel, String)>,
 }
 
+impl LoweredProgram {
+    /// The manifest's description of the program, given its compiled `steps` and memory plan.
+    pub fn into_desc(
+        self,
+        steps: Vec<kiln_runtime::manifest::Step>,
+        memory: kiln_runtime::manifest::MemoryDesc,
+    ) -> kiln_runtime::manifest::ProgramDesc {
+        kiln_runtime::manifest::ProgramDesc {
+            name: self.name,
+            symbols: self.symbols,
+            buffers: self.buffers,
+            inputs: self.inputs,
+            outputs: self.outputs,
+            steps,
+            memory,
+        }
+    }
+}
+
 pub fn elem_type(dtype: DType) -> ElemType {
     match dtype {
         DType::F32 => ElemType::F32,

@@ -16,7 +16,7 @@ pub use error::{CompileError, Result};
 use kiln_backend_cpu::lower::{self, SharedTables};
 use kiln_backend_cpu::{memory, CpuOptions};
 use kiln_ir::Graph;
-use kiln_runtime::manifest::{Manifest, ModelInfo, ProgramDesc, Step, Target};
+use kiln_runtime::manifest::{Manifest, ModelInfo, Step, Target};
 use kiln_runtime::Artifact;
 
 /// The `arch` of a CUDA artifact's target.
@@ -57,15 +57,7 @@ pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
                 launch: Some(launch),
             });
         }
-        descs.push(ProgramDesc {
-            name: lowered.name,
-            symbols: lowered.symbols,
-            buffers: lowered.buffers,
-            inputs: lowered.inputs,
-            outputs: lowered.outputs,
-            steps,
-            memory,
-        });
+        descs.push(lowered.into_desc(steps, memory));
     }
     Ok(Artifact {
         manifest: Manifest {
