@@ -1,6 +1,6 @@
 //! `kiln run`: runs one program of an artifact on named inputs from a safetensors file and
 //! writes every named output to another, so kiln can be compared with any framework in a few
-//! lines of Python.
+//! lines of Python. `--device cuda` runs a `--target cuda` artifact on the GPU.
 
 use clap::Args;
 use kiln_runtime::{open_model, ElemType, Tensor};
@@ -24,8 +24,17 @@ pub struct RunArgs {
     /// Where to write every output, as safetensors.
     #[arg(long)]
     outputs: PathBuf,
+    /// Where to run: `cpu`, or `cuda` for an artifact compiled with `--target cuda`.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
     #[arg(long, default_value_t = kiln_runtime::executor::default_threads())]
     threads: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Device {
+    Cpu,
+    Cuda,
 }
 
 fn elem_type(dtype: Dtype, file: &str, name: &str) -> Result<ElemType, String> {
@@ -53,36 +62,80 @@ fn dtype(t: ElemType) -> Dtype {
     }
 }
 
-pub fn run(args: RunArgs) -> Result<(), String> {
+/// The named tensors of a safetensors file, as program inputs.
+fn read_inputs(path: &std::path::Path) -> Result<Vec<(String, Tensor)>, String> {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| format!("{file}: {e}"))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| format!("{file}: not a safetensors file: {e}"))?;
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let dtype = elem_type(view.dtype(), &file, &name)?;
+            Ok((name, Tensor::from_bytes(dtype, view.shape(), view.data())))
+        })
+        .collect()
+}
+
+/// Every output of `program` after one run on `inputs`, on the CPU.
+fn run_cpu(args: &RunArgs, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, String> {
     let model =
         open_model(&args.artifact, &args.weights, args.threads).map_err(|e| e.to_string())?;
     let mut runner = model.runner(&args.program).map_err(|e| e.to_string())?;
     let file = args.inputs.display().to_string();
-    let bytes = std::fs::read(&args.inputs).map_err(|e| format!("{file}: {e}"))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| format!("{file}: not a safetensors file: {e}"))?;
-    for (name, view) in st.tensors() {
-        let t = Tensor::from_bytes(
-            elem_type(view.dtype(), &file, &name)?,
-            view.shape(),
-            view.data(),
-        );
+    for (name, t) in inputs {
         runner
             .set_input(&name, t)
             .map_err(|e| format!("{file}: {e}"))?;
     }
     runner.run().map_err(|e| e.to_string())?;
-    let outputs: Vec<(String, &Tensor)> = runner
+    runner
         .desc()
         .outputs
         .iter()
         .map(|o| {
-            Ok((
-                o.name.clone(),
-                runner.output(&o.name).map_err(|e| e.to_string())?,
-            ))
+            let t = runner.output(&o.name).map_err(|e| e.to_string())?;
+            Ok((o.name.clone(), t.clone()))
         })
-        .collect::<Result<_, String>>()?;
+        .collect()
+}
+
+/// As [`run_cpu`], on the GPU.
+fn run_cuda(
+    args: &RunArgs,
+    inputs: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, Tensor)>, String> {
+    let artifact = kiln_runtime::Artifact::read(&args.artifact).map_err(|e| e.to_string())?;
+    let m = &artifact.manifest;
+    let weights = kiln_runtime::load_weights(&args.weights, &m.weights, &m.model)
+        .map_err(|e| e.to_string())?;
+    let file = args.artifact.display().to_string();
+    let model = kiln_runtime::cuda::CudaModel::new(artifact, &file, weights.tensors)
+        .map_err(|e| e.to_string())?;
+    let mut runner = model.runner(&args.program).map_err(|e| e.to_string())?;
+    let inputs_file = args.inputs.display().to_string();
+    for (name, t) in inputs {
+        runner
+            .set_input(&name, t)
+            .map_err(|e| format!("{inputs_file}: {e}"))?;
+    }
+    runner.run().map_err(|e| e.to_string())?;
+    runner
+        .output_names()
+        .into_iter()
+        .map(|name| {
+            let t = runner.output(&name).map_err(|e| e.to_string())?;
+            Ok((name, t))
+        })
+        .collect()
+}
+
+pub fn run(args: RunArgs) -> Result<(), String> {
+    let inputs = read_inputs(&args.inputs)?;
+    let outputs = match args.device {
+        Device::Cpu => run_cpu(&args, inputs)?,
+        Device::Cuda => run_cuda(&args, inputs)?,
+    };
     let views: BTreeMap<String, safetensors::tensor::TensorView<'_>> = outputs
         .iter()
         .map(|(name, t)| {

@@ -295,6 +295,31 @@ fn cuda_target_writes_ptx_that_the_cpu_runtime_refuses_by_name() {
         stderr.contains("compiled for CUDA GPUs (sm_90)") && stderr.contains("--target cpu"),
         "{stderr}"
     );
+    // `kiln run --device cuda` takes it to the GPU: here, with no driver, a clear error.
+    if !kiln_runtime::cuda::driver_present() {
+        let inputs = scratch("cuda-inputs.safetensors", b"");
+        let ids: Vec<u8> = (3..7i64).flat_map(|i| i.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![1, 4], &ids)
+            .unwrap();
+        let bytes = safetensors::serialize([("input_ids", view)], None).unwrap();
+        std::fs::write(&inputs, bytes).unwrap();
+        let outputs = scratch("cuda-outputs.safetensors", b"");
+        let (ok, _, stderr) = kiln(&[
+            "run",
+            artifact.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--program",
+            "forward",
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--outputs",
+            outputs.to_str().unwrap(),
+            "--device",
+            "cuda",
+        ]);
+        assert!(!ok && stderr.contains("no CUDA driver found"), "{stderr}");
+    }
     let (ok, _, stderr) = compile("bf16");
     assert!(!ok, "the CUDA backend compiled bf16 arithmetic");
     assert!(
