@@ -74,7 +74,7 @@ fn check_on_gpu(g: &Graph, compiled: &Graph, envs: &[Bindings], tol: Tol) -> Res
 use common::cpu;
 
 const PROFILE: Profile = Profile {
-    scatter: false,
+    scatter: true,
     half_floats: false,
 };
 

@@ -14,6 +14,7 @@ mod gather;
 mod map;
 mod matmul;
 mod reduce;
+mod scatter;
 #[cfg(test)]
 mod tests;
 
@@ -68,7 +69,14 @@ pub fn emit(name: &str, kernel: &Kernel) -> Result<(KernelBuilder, Launch)> {
             out,
         } => gather::emit(&mut c, data, indices, *axis, out)?,
         Kernel::Attention(a) => attention::emit(&mut c, a)?,
-        Kernel::Scatter { .. } | Kernel::AttentionGrad(_) => {
+        Kernel::Scatter {
+            indices,
+            updates,
+            axis,
+            mode,
+            out,
+        } => scatter::emit(&mut c, indices, updates, *axis, *mode, out)?,
+        Kernel::AttentionGrad(_) => {
             return Err(crate::error::CompileError(format!(
                 "{name}: the CUDA backend has no `{}` kernel yet (the training programs need it)",
                 kind(kernel)

@@ -194,7 +194,7 @@ fn random_graphs_match_the_interpreter() {
     use kiln_passes::elementwise_fusion::ElementwiseFusion;
     use kiln_passes::Pass;
     let profile = Profile {
-        scatter: false,
+        scatter: true,
         half_floats: false,
     };
     let mut failures = Vec::new();
