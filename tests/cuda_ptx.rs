@@ -342,3 +342,42 @@ fn representative_kernels_ptx() {
         }
     }
 }
+
+/// The training programs of every test model (the embedded tiny Llama's and the fixtures'):
+/// every kernel — the scatter of the embedding gradient and the attention backward among them —
+/// assembles for sm_90, without spills.
+#[test]
+fn training_programs_assemble_for_sm_90() {
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let mut kernels = 0;
+    for (name, spec) in models() {
+        let artifact = compile(
+            Target::Cuda,
+            &spec,
+            &Program::TRAINING,
+            BuildOptions::for_spec(&spec),
+            &PipelineOptions::default(),
+        )
+        .unwrap();
+        let ptx = String::from_utf8(artifact.object.clone()).unwrap();
+        let entries = assemble(&ptxas, &ptx, &format!("{name} training"));
+        let steps: usize = artifact
+            .manifest
+            .programs
+            .iter()
+            .map(|p| p.steps.len())
+            .sum();
+        assert_eq!(entries.len(), steps, "{name}: every step is one entry");
+        for (entry, r) in &entries {
+            assert_eq!(
+                (r.spill_stores, r.spill_loads),
+                (0, 0),
+                "{name}: {entry} spills"
+            );
+        }
+        kernels += steps;
+    }
+    println!("{kernels} training kernels assembled");
+}

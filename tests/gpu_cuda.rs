@@ -7,7 +7,8 @@
 //! - every tiny Hugging Face fixture: `forward` logits against transformers' within 1e-4 (f32)
 //!   and 2e-2 (bf16 weights), and 20 greedy tokens (prefill, then decode steps feeding the cache
 //!   back) identical to transformers' `generate`;
-//! - SmolLM2-135M-Instruct (`KILN_SMOLLM2_GGUF`): 32 greedy tokens identical to the CPU backend's.
+//! - SmolLM2-135M-Instruct (`KILN_SMOLLM2_GGUF`): 32 greedy tokens identical to the CPU backend's;
+//! - five `train_step`s of the tiny Llama fixture: PyTorch's losses and parameters.
 
 mod common;
 
@@ -302,4 +303,112 @@ fn smollm2_greedy_tokens_match_the_cpu_backend() {
         }
     );
     assert_eq!(gpu_tokens, cpu_tokens, "CPU: {}", text(&cpu_tokens));
+}
+
+/// Five `train_step`s of the tiny Llama fixture on the GPU (attention's fused backward included)
+/// give PyTorch's losses and parameters (`tests/fixtures/hf/llama/training.safetensors`).
+#[test]
+fn training_steps_match_pytorch_on_the_gpu() {
+    if !gpu("training") || std::env::var_os("KILN_GPU_CASES").is_some() {
+        return;
+    }
+    let dir = fixture_dir("llama");
+    let reference = read_safetensors(&dir.join("training.safetensors"));
+    let spec = load_spec(&dir.join("config.json")).unwrap();
+    let opts = BuildOptions {
+        max_batch: 2,
+        max_seq: 16,
+        ..BuildOptions::for_spec(&spec)
+    };
+    let programs = [Program::TrainStep];
+    let artifact = compile(
+        Target::Cuda,
+        &spec,
+        &programs,
+        opts,
+        &PipelineOptions::default(),
+    )
+    .unwrap();
+    let kinds: Vec<&str> = artifact
+        .manifest
+        .programs
+        .iter()
+        .flat_map(|p| &p.steps)
+        .map(|s| s.kernel.as_str())
+        .collect();
+    assert!(
+        kinds.iter().any(|k| k.ends_with("attention_grad")),
+        "the fused backward runs"
+    );
+    let m = &artifact.manifest;
+    let descs = m.weights.clone();
+    let mut params = load_weights(&dir.join("model.safetensors"), &m.weights, &m.model)
+        .unwrap()
+        .tensors;
+    let zeros = |w: &kiln_runtime::manifest::TensorDesc| {
+        Tensor::zeros(kiln_runtime::ElemType::F32, &w.shape)
+    };
+    let mut moments: Vec<(Tensor, Tensor)> = descs.iter().map(|w| (zeros(w), zeros(w))).collect();
+    let mut model = CudaModel::new(artifact, "llama", params.clone()).unwrap();
+    let hyper = [
+        ("lr", 1e-3),
+        ("beta1", 0.9),
+        ("beta2", 0.95),
+        ("eps", 1e-6),
+        ("weight_decay", 0.1),
+        ("max_grad_norm", 1.0),
+    ];
+    let want = reference["losses"].to_f64();
+    for step in 1..=5usize {
+        let mut r = model.runner("train_step").unwrap();
+        for name in ["input_ids", "position_ids", "targets"] {
+            r.set_input(name, runtime_tensor(&reference[name])).unwrap();
+        }
+        let scalar = |v: f64| Tensor::f32(&[], &[v as f32]);
+        for (name, v) in hyper.iter().chain(&[
+            ("step", step as f64),
+            ("loss_sum", 0.0),
+            ("token_count", 0.0),
+        ]) {
+            r.set_input(name, scalar(*v)).unwrap();
+        }
+        for (w, (am, av)) in descs.iter().zip(&moments) {
+            r.set_input(&format!("grad_sum.{}", w.name), zeros(w))
+                .unwrap();
+            r.set_input(&format!("adam_m.{}", w.name), am.clone())
+                .unwrap();
+            r.set_input(&format!("adam_v.{}", w.name), av.clone())
+                .unwrap();
+        }
+        r.run().unwrap();
+        let loss = r.output("loss").unwrap().as_f32()[0] as f64;
+        let err = (loss - want[step - 1]).abs() / want[step - 1];
+        println!(
+            "training step {step} on the GPU: loss {loss:.6} (PyTorch {:.6}, rel {err:.1e})",
+            want[step - 1]
+        );
+        assert!(err <= 1e-3, "step {step}");
+        params = descs
+            .iter()
+            .map(|w| r.output(&format!("param.{}", w.name)).unwrap())
+            .collect();
+        moments = descs
+            .iter()
+            .map(|w| {
+                (
+                    r.output(&format!("adam_m.{}", w.name)).unwrap(),
+                    r.output(&format!("adam_v.{}", w.name)).unwrap(),
+                )
+            })
+            .collect();
+        drop(r);
+        model.set_weights(&params).unwrap();
+    }
+    let mut worst: f64 = 0.0;
+    for (w, p) in descs.iter().zip(&params) {
+        let err = relative_error(&interp_tensor(p), &reference[&format!("final.{}", w.name)]);
+        worst = worst.max(err);
+    }
+    println!("training on the GPU: parameters after step 5 within {worst:.1e} of PyTorch's");
+    assert!(worst <= 1e-3);
 }

@@ -117,6 +117,16 @@ impl CudaModel {
         &self.manifest
     }
 
+    /// Uploads new weights (a training step's results), checked against the manifest.
+    pub fn set_weights(&mut self, weights: &[Tensor]) -> Result<()> {
+        check_weights(&self.manifest, &self.file, weights)?;
+        self.weights = weights
+            .iter()
+            .map(|w| upload(&self.stream, w.bytes(), &self.file))
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+
     /// A runner for the program `name`.
     pub fn runner(&self, name: &str) -> Result<CudaRunner<'_>> {
         let desc = self.manifest.program(name).ok_or_else(|| {

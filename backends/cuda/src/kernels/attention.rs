@@ -35,12 +35,8 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         attention,
         output,
     } = kernel;
-    if *output != kiln_backend_cpu::kernel::AttentionOutput::Values {
-        return Err(crate::error::CompileError(
-            "the CUDA backend has no kernel for the attention's log-sum-exp yet (the training \
-             programs need it)"
-                .into(),
-        ));
+    if *output == kiln_backend_cpu::kernel::AttentionOutput::LogSumExp {
+        return super::attention_grad::emit_lse(c, kernel);
     }
     let constant = |v: &kiln_backend_cpu::view::View| {
         v.dims[3].as_constant().expect("lowering checks head sizes")
@@ -181,7 +177,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
 }
 
 /// The visible keys `lo..hi` of a query at position `p` among `keys`.
-fn visible(c: &mut Ctx, mask: AttentionMask, p: Reg, keys: Reg) -> (Reg, Reg) {
+pub(super) fn visible(c: &mut Ctx, mask: AttentionMask, p: Reg, keys: Reg) -> (Reg, Reg) {
     let b = &mut c.b;
     let clamp = |b: &mut crate::ptx::KernelBuilder, x: Reg| {
         let x = b.max(x, 0i64);

@@ -7,6 +7,7 @@
 //! each block one piece of work.
 
 mod attention;
+mod attention_grad;
 mod context;
 pub(crate) mod dtype;
 mod expr;
@@ -38,7 +39,10 @@ pub fn kind(kernel: &Kernel) -> &'static str {
         },
         Kernel::Gather { .. } => "gather",
         Kernel::Scatter { .. } => "scatter",
-        Kernel::Attention(_) => "attention",
+        Kernel::Attention(a) => match a.output {
+            kiln_backend_cpu::kernel::AttentionOutput::Values => "attention",
+            kiln_backend_cpu::kernel::AttentionOutput::LogSumExp => "attention_lse",
+        },
         Kernel::AttentionGrad(_) => "attention_grad",
     }
 }
@@ -76,12 +80,7 @@ pub fn emit(name: &str, kernel: &Kernel) -> Result<(KernelBuilder, Launch)> {
             mode,
             out,
         } => scatter::emit(&mut c, indices, updates, *axis, *mode, out)?,
-        Kernel::AttentionGrad(_) => {
-            return Err(crate::error::CompileError(format!(
-                "{name}: the CUDA backend has no `{}` kernel yet (the training programs need it)",
-                kind(kernel)
-            )))
-        }
+        Kernel::AttentionGrad(a) => attention_grad::emit_grad(&mut c, a)?,
     };
     c.b.ret();
     Ok((c.b, launch))

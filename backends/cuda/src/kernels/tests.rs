@@ -234,9 +234,18 @@ fn attention_of_every_mask_matches_the_interpreter() {
             text += &format!("input %pos : {pos}[b, s]\n");
             operands += ", %pos";
         }
+        let attrs = format!("mask={mask} bias=none group={group} scale=0.3 tile_q=4 tile_k=8");
         text += &format!(
-            "%y = flash_attention {operands} mask={mask} bias=none group={group} scale=0.3 \
-             tile_q=4 tile_k=8 : f32[b, {heads}, s, {dv}]\noutput y = %y\n"
+            "%y = flash_attention {operands} {attrs} : f32[b, {heads}, s, {dv}]\noutput y = %y\n"
+        );
+        // The backward: log-sum-exp and the three gradients for a cotangent `%dy`.
+        text += &format!(
+            "input %dy : f32[b, {heads}, s, {dv}]\n\
+             %l = flash_attention_lse {operands} {attrs} : f32[b, {heads}, s]\n\
+             %gq = flash_attention_grad_q {operands}, %y, %dy, %l {attrs} : f32[b, {heads}, s, {d}]\n\
+             %gk = flash_attention_grad_k {operands}, %y, %dy, %l {attrs} : f32[b, {kv}, t, {d}]\n\
+             %gv = flash_attention_grad_v {operands}, %y, %dy, %l {attrs} : f32[b, {kv}, t, {dv}]\n\
+             output lse = %l\noutput dq = %gq\noutput dk = %gk\noutput dv = %gv\n"
         );
         let g = kiln_ir::text::parse(&text).unwrap();
         // Positions drawn below 40 over 37 keys: some queries see every key, some fewer.
