@@ -1,13 +1,14 @@
 //! `kiln generate`: text generation with a compiled artifact — tokenize (optionally through the
 //! model's chat template), prefill, decode greedily or by sampling, stream the text, and end
 //! with prompt and decode throughput. With no artifact it compiles the embedded tiny Llama and
-//! runs it on seeded random weights, so it works with nothing downloaded.
+//! runs it on seeded random weights, so it works with nothing downloaded. `--device cuda` runs a
+//! `--target cuda` artifact on the GPU, the KV cache staying on the device.
 
 use clap::Args;
 use kiln::compile::{compile_cpu, DECODING_PROGRAMS};
 use kiln::model;
 use kiln_frontend::BuildOptions;
-use kiln_runtime::generate::{GenerateOptions, Generator};
+use kiln_runtime::generate::{DecodeProgram, GenerateOptions, Generator};
 use kiln_runtime::{
     executor::default_threads, open_model, open_tokenizer, render_chat, ChatMessage,
 };
@@ -44,6 +45,15 @@ pub struct GenerateArgs {
     seed: u64,
     #[arg(long, default_value_t = default_threads())]
     threads: usize,
+    /// Where to run: `cpu`, or `cuda` for an artifact compiled with `--target cuda`.
+    #[arg(long, value_enum, default_value = "cpu", requires = "artifact")]
+    device: Device,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Device {
+    Cpu,
+    Cuda,
 }
 
 fn embedded_model(threads: usize) -> Result<Model, String> {
@@ -79,6 +89,9 @@ fn prompt_ids(tokenizer: &Tokenizer, text: &str, chat: bool) -> Result<Vec<u32>,
 }
 
 pub fn run(args: GenerateArgs) -> Result<(), String> {
+    if args.device == Device::Cuda {
+        return run_on_gpu(&args);
+    }
     let (model, tokenizer) = match (&args.artifact, &args.weights) {
         (Some(artifact), Some(weights)) => {
             let model = open_model(artifact, weights, args.threads).map_err(|e| e.to_string())?;
@@ -90,10 +103,41 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
         (Some(_), None) => return Err("--weights: required with an artifact".into()),
         _ => (embedded_model(args.threads)?, Tokenizer::bytes()),
     };
+    let mut generator = Generator::new(&model).map_err(|e| e.to_string())?;
+    stream_generation(&args, &tokenizer, &mut generator)
+}
+
+/// `--device cuda`: the artifact on the GPU.
+fn run_on_gpu(args: &GenerateArgs) -> Result<(), String> {
+    let (Some(artifact), Some(weights)) = (&args.artifact, &args.weights) else {
+        return Err(
+            "--device cuda: needs an artifact compiled with --target cuda, and --weights".into(),
+        );
+    };
+    let art = kiln_runtime::Artifact::read(artifact).map_err(|e| e.to_string())?;
+    let m = &art.manifest;
+    let tensors = kiln_runtime::load_weights(weights, &m.weights, &m.model)
+        .map_err(|e| e.to_string())?
+        .tensors;
+    let tokenizer =
+        open_tokenizer(args.tokenizer.as_deref(), weights, &m.model).map_err(|e| e.to_string())?;
+    let file = artifact.display().to_string();
+    let model =
+        kiln_runtime::cuda::CudaModel::new(art, &file, tensors).map_err(|e| e.to_string())?;
+    let mut generator = Generator::on_gpu(&model).map_err(|e| e.to_string())?;
+    stream_generation(args, &tokenizer, &mut generator)
+}
+
+/// Generates for the prompts, streaming the text of a single prompt, and ends with throughput.
+fn stream_generation<P: DecodeProgram>(
+    args: &GenerateArgs,
+    tokenizer: &Tokenizer,
+    generator: &mut Generator<P>,
+) -> Result<(), String> {
     let prompts: Vec<Vec<u32>> = args
         .prompt
         .iter()
-        .map(|p| prompt_ids(&tokenizer, p, args.chat))
+        .map(|p| prompt_ids(tokenizer, p, args.chat))
         .collect::<Result<_, _>>()?;
     let sampling = match args.temperature {
         Some(temperature) => Sampling::Sample {
@@ -109,7 +153,6 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
         sampling,
         eos: tokenizer.eos_ids().to_vec(),
     };
-    let mut generator = Generator::new(&model).map_err(|e| e.to_string())?;
     let streaming = prompts.len() == 1;
     let mut stream = tokenizer.decode_stream(true);
     let mut stdout = std::io::stdout();

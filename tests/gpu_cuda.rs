@@ -5,8 +5,8 @@
 //! - random graphs, plain and fused, at several sizes (not multiples of any tile), against the
 //!   interpreter;
 //! - every tiny Hugging Face fixture: `forward` logits against transformers' within 1e-4 (f32)
-//!   and 2e-2 (bf16 weights), and 20 greedy tokens (prefill, then decode steps feeding the cache
-//!   back) identical to transformers' `generate`;
+//!   and 2e-2 (bf16 weights), and 20 greedy tokens (the generator on the GPU: prefill, then
+//!   decode steps with the KV cache kept on the device) identical to transformers' `generate`;
 //! - SmolLM2-135M-Instruct (`KILN_SMOLLM2_GGUF`): 32 greedy tokens identical to the CPU backend's;
 //! - five `train_step`s of the tiny Llama fixture: PyTorch's losses and parameters.
 
@@ -136,65 +136,18 @@ fn forward_error(model: &CudaModel, reference: &TensorMap) -> f64 {
     relative_error(&out["logits"], &reference["logits"])
 }
 
-fn argmax(logits: &Tensor) -> i64 {
-    let v = logits.as_f32();
-    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap() as i64
-}
-
-/// Greedy continuation of the first prompt for `count` tokens: prefill, then decode steps with
-/// the cache fed back.
+/// Greedy continuation of `prompt` for `count` tokens on the GPU: the generator's prefill and
+/// decode steps, the KV cache kept on the device.
 fn greedy(model: &CudaModel, prompt: &[i64], count: usize) -> Vec<i64> {
-    let layers = model.manifest().model.num_layers;
-    let mut prefill = model.runner("prefill").unwrap();
-    let n = prompt.len();
-    prefill
-        .set_input("input_ids", Tensor::i64(&[1, n], prompt))
-        .unwrap();
-    let positions: Vec<i64> = (0..n as i64).collect();
-    prefill
-        .set_input("position_ids", Tensor::i64(&[1, n], &positions))
-        .unwrap();
-    prefill.run().unwrap();
-    let mut next = argmax(&prefill.output("logits").unwrap());
-    let mut cache: Vec<(Tensor, Tensor)> = (0..layers)
-        .map(|l| {
-            (
-                prefill.output(&format!("key_{l}")).unwrap(),
-                prefill.output(&format!("value_{l}")).unwrap(),
-            )
-        })
-        .collect();
-    let mut tokens = vec![next];
-    let mut decode = model.runner("decode").unwrap();
-    for step in 1..count {
-        let position = (n + step - 1) as i64;
-        decode
-            .set_input("input_ids", Tensor::i64(&[1, 1], &[next]))
-            .unwrap();
-        decode
-            .set_input("position_ids", Tensor::i64(&[1, 1], &[position]))
-            .unwrap();
-        for (l, (k, v)) in cache.iter().enumerate() {
-            decode
-                .set_input(&format!("past_key_{l}"), k.clone())
-                .unwrap();
-            decode
-                .set_input(&format!("past_value_{l}"), v.clone())
-                .unwrap();
-        }
-        decode.run().unwrap();
-        next = argmax(&decode.output("logits").unwrap());
-        tokens.push(next);
-        cache = (0..layers)
-            .map(|l| {
-                (
-                    decode.output(&format!("key_{l}")).unwrap(),
-                    decode.output(&format!("value_{l}")).unwrap(),
-                )
-            })
-            .collect();
-    }
-    tokens
+    let ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
+    let options = kiln_runtime::GenerateOptions {
+        max_new_tokens: count,
+        sampling: kiln_runtime::Sampling::Greedy,
+        eos: Vec::new(),
+    };
+    let mut generator = kiln_runtime::Generator::on_gpu(model).unwrap();
+    let out = generator.generate(&[ids], &options, |_, _| {}).unwrap();
+    out.tokens[0].iter().map(|&t| t as i64).collect()
 }
 
 #[test]

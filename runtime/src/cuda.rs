@@ -9,7 +9,8 @@
 //! inputs, writes the buffer table and the symbol values to device memory — the two parameters of
 //! every entry — and launches the steps in order on one stream, each with its manifest `Launch`
 //! (a grid of zero blocks is an empty tensor and is skipped). Outputs stay on the device until
-//! read.
+//! read, and an output can become an input without leaving it ([`DeviceTensor`]): the
+//! decoding loop keeps the KV cache on the GPU this way.
 
 use crate::artifact::Artifact;
 use crate::error::{Result, RuntimeError};
@@ -135,7 +136,7 @@ impl CudaModel {
         Ok(CudaRunner {
             model: self,
             desc,
-            inputs: vec![None; desc.inputs.len()],
+            inputs: desc.inputs.iter().map(|_| None).collect(),
             arena: None,
             offsets: vec![0; desc.buffers.len()],
             planned: None,
@@ -145,10 +146,32 @@ impl CudaModel {
     }
 }
 
+/// A tensor in device memory: an output of one run, to be an input of another.
+pub struct DeviceTensor {
+    slice: CudaSlice<u8>,
+    dtype: crate::manifest::ElemType,
+    shape: Vec<usize>,
+}
+
+/// An input of a runner: host data, uploaded at every run, or a device tensor read in place.
+enum Input {
+    Host(Tensor),
+    Device(DeviceTensor),
+}
+
+impl Input {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Input::Host(t) => &t.shape,
+            Input::Device(d) => &d.shape,
+        }
+    }
+}
+
 pub struct CudaRunner<'m> {
     model: &'m CudaModel,
     desc: &'m ProgramDesc,
-    inputs: Vec<Option<Tensor>>,
+    inputs: Vec<Option<Input>>,
     arena: Option<CudaSlice<u8>>,
     /// Byte offset of each intermediate in the arena, indexed by buffer.
     offsets: Vec<usize>,
@@ -164,8 +187,52 @@ impl CudaRunner<'_> {
     pub fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()> {
         let vocab = self.model.manifest.model.vocab_size;
         let slot = input_slot(self.desc, vocab, name, &tensor)?;
-        self.inputs[slot] = Some(tensor);
+        self.inputs[slot] = Some(Input::Host(tensor));
         Ok(())
+    }
+
+    /// Sets input `name` to a tensor already on the device (of the input's type and rank).
+    pub fn set_device_input(&mut self, name: &str, tensor: DeviceTensor) -> Result<()> {
+        let slot = self
+            .desc
+            .inputs
+            .iter()
+            .position(|i| i.name == name)
+            .ok_or_else(|| self.fail(name, "no such input"))?;
+        let io = &self.desc.inputs[slot];
+        if tensor.dtype != io.dtype || tensor.shape.len() != io.shape.len() {
+            return Err(self.fail(
+                name,
+                format!(
+                    "expected {} of rank {}, got {}{:?}",
+                    io.dtype.name(),
+                    io.shape.len(),
+                    tensor.dtype.name(),
+                    tensor.shape
+                ),
+            ));
+        }
+        self.inputs[slot] = Some(Input::Device(tensor));
+        Ok(())
+    }
+
+    /// Moves output `name` of the last run out, leaving it on the device.
+    pub fn take_device_output(&mut self, name: &str) -> Result<DeviceTensor> {
+        let io = self
+            .desc
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| self.fail(name, "no such output"))?;
+        let (slice, shape) = self
+            .outputs
+            .remove(&io.buffer)
+            .ok_or_else(|| self.fail(name, "the program has not run, or the output was taken"))?;
+        Ok(DeviceTensor {
+            slice,
+            dtype: io.dtype,
+            shape,
+        })
     }
 
     fn fail(&self, what: &str, e: impl std::fmt::Display) -> RuntimeError {
@@ -208,16 +275,34 @@ impl CudaRunner<'_> {
 
     /// Runs the program on the inputs set; waits for the GPU to finish.
     pub fn run(&mut self) -> Result<()> {
-        let symbols = bind_symbols(self.desc, &self.inputs)?;
+        let shapes: Vec<Option<&[usize]>> = self
+            .inputs
+            .iter()
+            .map(|i| i.as_ref().map(Input::shape))
+            .collect();
+        let symbols = bind_symbols(self.desc, &shapes)?;
         self.fit(&symbols)?;
         let model = self.model;
         let stream = &model.stream;
         let file = &model.file;
-        let inputs: Vec<CudaSlice<u8>> = self
+        let uploaded: Vec<Option<CudaSlice<u8>>> = self
             .inputs
             .iter()
-            .map(|t| upload(stream, t.as_ref().expect("bound").bytes(), file))
+            .map(|i| match i {
+                Some(Input::Host(t)) => upload(stream, t.bytes(), file).map(Some),
+                _ => Ok(None),
+            })
             .collect::<Result<_>>()?;
+        let inputs: Vec<&CudaSlice<u8>> = self
+            .inputs
+            .iter()
+            .zip(&uploaded)
+            .map(|(i, up)| match (i, up) {
+                (Some(Input::Device(d)), _) => &d.slice,
+                (_, Some(slice)) => slice,
+                _ => unreachable!("every input is bound"),
+            })
+            .collect();
         let mut outputs = HashMap::new();
         for io in &self.desc.outputs {
             let shape: Vec<usize> = io.shape.iter().map(|d| d.eval(&symbols) as usize).collect();
@@ -235,7 +320,7 @@ impl CudaRunner<'_> {
             .iter()
             .enumerate()
             .map(|(b, d)| match d.kind {
-                BufferKind::Input(i) => address(&inputs[i]),
+                BufferKind::Input(i) => address(inputs[i]),
                 BufferKind::Weight(i) => address(&model.weights[i]),
                 BufferKind::Constant(i) => address(&model.constants[i]),
                 BufferKind::Temp => address(&outputs[&b].0),
@@ -302,5 +387,48 @@ impl CudaRunner<'_> {
             .map_err(|e| self.fail(name, e))?;
         let len = shape.iter().product::<usize>() * io.dtype.size();
         Ok(Tensor::from_bytes(io.dtype, shape, &bytes[..len]))
+    }
+}
+
+impl crate::generate::DecodeProgram for CudaRunner<'_> {
+    type Cache = DeviceTensor;
+
+    fn input_names(&self) -> Vec<String> {
+        self.desc.inputs.iter().map(|i| i.name.clone()).collect()
+    }
+
+    fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()> {
+        CudaRunner::set_input(self, name, tensor)
+    }
+
+    fn run(&mut self) -> Result<()> {
+        CudaRunner::run(self)
+    }
+
+    fn host_output(&self, name: &str) -> Result<Tensor> {
+        self.output(name)
+    }
+
+    fn take_cache(&mut self, name: &str) -> Result<DeviceTensor> {
+        self.take_device_output(name)
+    }
+
+    fn set_cache(&mut self, name: &str, cache: DeviceTensor) -> Result<()> {
+        self.set_device_input(name, cache)
+    }
+
+    fn feed_back(&mut self, input: &str, output: &str) -> Result<()> {
+        let grown = self.take_device_output(output)?;
+        self.set_device_input(input, grown)
+    }
+}
+
+impl<'m> crate::generate::Generator<CudaRunner<'m>> {
+    /// Decoding on the GPU: the caches stay on the device between steps.
+    pub fn on_gpu(model: &'m CudaModel) -> Result<Self> {
+        Ok(crate::generate::Generator::from_runners(
+            model.runner("prefill")?,
+            model.runner("decode")?,
+        ))
     }
 }

@@ -260,7 +260,12 @@ impl<'m> Runner<'m> {
     }
 
     fn bind_symbols(&mut self) -> Result<()> {
-        self.symbols = bind_symbols(self.desc, &self.inputs)?;
+        let shapes: Vec<Option<&[usize]>> = self
+            .inputs
+            .iter()
+            .map(|t| t.as_ref().map(|t| t.shape.as_slice()))
+            .collect();
+        self.symbols = bind_symbols(self.desc, &shapes)?;
         Ok(())
     }
 
@@ -432,18 +437,16 @@ pub(crate) fn input_slot(
     Ok(index)
 }
 
-/// The symbols' values, from the shapes of the inputs set (every input must be set, each symbol
+/// The symbols' values, from the shapes of the inputs set (`None`: not set; every input must be set, each symbol
 /// must appear alone as some input axis, consistently, within its maximum), and every input's
 /// shape checked against them.
-pub(crate) fn bind_symbols(desc: &ProgramDesc, inputs: &[Option<Tensor>]) -> Result<Vec<i64>> {
+pub(crate) fn bind_symbols(desc: &ProgramDesc, shapes: &[Option<&[usize]>]) -> Result<Vec<i64>> {
     let err = |field: &str, message: String| program_error(desc, field, message);
     let mut symbols = vec![0i64; desc.symbols.len()];
     let mut bound: Vec<Option<i64>> = vec![None; desc.symbols.len()];
-    for (io, tensor) in desc.inputs.iter().zip(inputs) {
-        let tensor = tensor
-            .as_ref()
-            .ok_or_else(|| err(&io.name, "input not set".into()))?;
-        for (dim, &actual) in io.shape.iter().zip(&tensor.shape) {
+    for (io, shape) in desc.inputs.iter().zip(shapes) {
+        let shape = shape.ok_or_else(|| err(&io.name, "input not set".into()))?;
+        for (dim, &actual) in io.shape.iter().zip(shape) {
             if let [t] = dim.terms.as_slice() {
                 if t.coeff == 1 && t.symbols.len() == 1 {
                     let s = t.symbols[0] as usize;
@@ -477,10 +480,10 @@ pub(crate) fn bind_symbols(desc: &ProgramDesc, inputs: &[Option<Tensor>]) -> Res
         }
         symbols[i] = v;
     }
-    for (io, tensor) in desc.inputs.iter().zip(inputs) {
-        let shape = &tensor.as_ref().unwrap().shape;
+    for (io, shape) in desc.inputs.iter().zip(shapes) {
+        let shape = shape.expect("checked above");
         let expected: Vec<usize> = io.shape.iter().map(|d| d.eval(&symbols) as usize).collect();
-        if *shape != expected {
+        if shape != expected {
             return Err(err(
                 &io.name,
                 format!("shape {shape:?} does not match {expected:?}"),

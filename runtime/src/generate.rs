@@ -5,6 +5,9 @@
 //! The cache is contiguous: `[batch, kv_heads, positions, head_dim]` per layer. Sequences of one
 //! batch share their length (masks come from positions and every sequence starts at 0), so
 //! prompts of different lengths run as separate batches, one per length, in the order given.
+//!
+//! The loop runs on any [`DecodeProgram`]: the CPU's [`Runner`], or the GPU's runner, whose
+//! caches stay on the device (only token ids go in and logits come out).
 
 use crate::error::{Result, RuntimeError};
 use crate::executor::{Model, Runner};
@@ -44,9 +47,61 @@ impl Generation {
     }
 }
 
-pub struct Generator<'m> {
-    prefill: Runner<'m>,
-    decode: Runner<'m>,
+/// What the decoding loop needs of a program's runner.
+pub trait DecodeProgram {
+    /// A cache between runs (a host tensor, or a device buffer).
+    type Cache;
+    fn input_names(&self) -> Vec<String>;
+    fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()>;
+    fn run(&mut self) -> Result<()>;
+    /// Output `name` of the last run, on the host.
+    fn host_output(&self, name: &str) -> Result<Tensor>;
+    /// Moves output `name` of the last run out.
+    fn take_cache(&mut self, name: &str) -> Result<Self::Cache>;
+    fn set_cache(&mut self, name: &str, cache: Self::Cache) -> Result<()>;
+    /// Makes output `output` of the last run the next run's input `input`.
+    fn feed_back(&mut self, input: &str, output: &str) -> Result<()>;
+}
+
+impl DecodeProgram for Runner<'_> {
+    type Cache = Tensor;
+
+    fn input_names(&self) -> Vec<String> {
+        self.desc().inputs.iter().map(|i| i.name.clone()).collect()
+    }
+
+    fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()> {
+        Runner::set_input(self, name, tensor)
+    }
+
+    fn run(&mut self) -> Result<()> {
+        Runner::run(self)
+    }
+
+    fn host_output(&self, name: &str) -> Result<Tensor> {
+        Runner::output(self, name).cloned()
+    }
+
+    fn take_cache(&mut self, name: &str) -> Result<Tensor> {
+        self.take_output(name)
+    }
+
+    fn set_cache(&mut self, name: &str, cache: Tensor) -> Result<()> {
+        Runner::set_input(self, name, cache)
+    }
+
+    /// The cache the run read holds the next run's output: the two allocations alternate and
+    /// grow in place.
+    fn feed_back(&mut self, input: &str, output: &str) -> Result<()> {
+        let spent = self.take_input(input)?;
+        let grown = self.swap_output(output, spent)?;
+        Runner::set_input(self, input, grown)
+    }
+}
+
+pub struct Generator<P: DecodeProgram> {
+    prefill: P,
+    decode: P,
     /// `(past_X, X)`: each decode cache input and the output that feeds it.
     caches: Vec<(String, String)>,
 }
@@ -68,23 +123,12 @@ fn last_logits(logits: &Tensor) -> Vec<&[f32]> {
         .collect()
 }
 
-impl<'m> Generator<'m> {
-    pub fn new(model: &'m Model) -> Result<Generator<'m>> {
-        let decode = model.runner("decode")?;
-        let caches = decode
-            .desc()
-            .inputs
-            .iter()
-            .filter_map(|i| {
-                let output = i.name.strip_prefix("past_")?;
-                Some((i.name.clone(), output.to_string()))
-            })
-            .collect();
-        Ok(Generator {
-            prefill: model.runner("prefill")?,
-            decode,
-            caches,
-        })
+impl<'m> Generator<Runner<'m>> {
+    pub fn new(model: &'m Model) -> Result<Generator<Runner<'m>>> {
+        Ok(Generator::from_runners(
+            model.runner("prefill")?,
+            model.runner("decode")?,
+        ))
     }
 
     /// Starts timing every step of both programs.
@@ -96,6 +140,25 @@ impl<'m> Generator<'m> {
     /// The two runners, for their profiles.
     pub fn runners(&self) -> [&Runner<'m>; 2] {
         [&self.prefill, &self.decode]
+    }
+}
+
+impl<P: DecodeProgram> Generator<P> {
+    /// A generator over a model's `prefill` and `decode` runners.
+    pub fn from_runners(prefill: P, decode: P) -> Generator<P> {
+        let caches = decode
+            .input_names()
+            .into_iter()
+            .filter_map(|name| {
+                let output = name.strip_prefix("past_")?.to_string();
+                Some((name, output))
+            })
+            .collect();
+        Generator {
+            prefill,
+            decode,
+            caches,
+        }
     }
 
     /// Generates for every prompt; `on_token(prompt_index, token)` sees each new token as it
@@ -154,7 +217,7 @@ impl<'m> Generator<'m> {
         self.prefill
             .set_input("position_ids", positions(batch, 0, len))?;
         self.prefill.run()?;
-        let mut next: Vec<u32> = last_logits(self.prefill.output("logits")?)
+        let mut next: Vec<u32> = last_logits(&self.prefill.host_output("logits")?)
             .iter()
             .zip(&mut samplers)
             .map(|(logits, s)| s.next(logits))
@@ -177,15 +240,12 @@ impl<'m> Generator<'m> {
                 break;
             }
             for (input, output) in &self.caches {
-                let cache = if from_prefill {
-                    self.prefill.take_output(output)?
+                if from_prefill {
+                    let cache = self.prefill.take_cache(output)?;
+                    self.decode.set_cache(input, cache)?;
                 } else {
-                    // The cache this step read holds the next step's output: the two
-                    // allocations alternate and grow in place.
-                    let spent = self.decode.take_input(input)?;
-                    self.decode.swap_output(output, spent)?
-                };
-                self.decode.set_input(input, cache)?;
+                    self.decode.feed_back(input, output)?;
+                }
             }
             from_prefill = false;
             let last: Vec<i64> = next.iter().map(|&t| t as i64).collect();
@@ -194,7 +254,7 @@ impl<'m> Generator<'m> {
             self.decode
                 .set_input("position_ids", positions(batch, len + step, 1))?;
             self.decode.run()?;
-            next = last_logits(self.decode.output("logits")?)
+            next = last_logits(&self.decode.host_output("logits")?)
                 .iter()
                 .zip(&mut samplers)
                 .map(|(logits, s)| s.next(logits))
