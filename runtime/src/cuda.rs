@@ -14,7 +14,7 @@
 
 use crate::artifact::Artifact;
 use crate::error::{Result, RuntimeError};
-use crate::executor::{bind_symbols, check_weights, input_slot, program_error};
+use crate::executor::{bind_symbols, check_weights, host_input_slot, input_slot, program_error};
 use crate::manifest::{BufferKind, Manifest, ProgramDesc};
 use crate::memory_plan::{plan, Lifetime};
 use crate::tensor::Tensor;
@@ -186,44 +186,29 @@ impl CudaRunner<'_> {
     /// Sets input `name` (checked as the CPU runner checks it).
     pub fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()> {
         let vocab = self.model.manifest.model.vocab_size;
-        let slot = input_slot(self.desc, vocab, name, &tensor)?;
+        let slot = host_input_slot(self.desc, vocab, name, &tensor)?;
         self.inputs[slot] = Some(Input::Host(tensor));
         Ok(())
     }
 
     /// Sets input `name` to a tensor already on the device (of the input's type and rank).
     pub fn set_device_input(&mut self, name: &str, tensor: DeviceTensor) -> Result<()> {
-        let slot = self
-            .desc
-            .inputs
-            .iter()
-            .position(|i| i.name == name)
-            .ok_or_else(|| self.fail(name, "no such input"))?;
-        let io = &self.desc.inputs[slot];
-        if tensor.dtype != io.dtype || tensor.shape.len() != io.shape.len() {
-            return Err(self.fail(
-                name,
-                format!(
-                    "expected {} of rank {}, got {}{:?}",
-                    io.dtype.name(),
-                    io.shape.len(),
-                    tensor.dtype.name(),
-                    tensor.shape
-                ),
-            ));
-        }
+        let slot = input_slot(self.desc, name, tensor.dtype, &tensor.shape)?;
         self.inputs[slot] = Some(Input::Device(tensor));
         Ok(())
     }
 
-    /// Moves output `name` of the last run out, leaving it on the device.
-    pub fn take_device_output(&mut self, name: &str) -> Result<DeviceTensor> {
-        let io = self
-            .desc
+    fn output_desc(&self, name: &str) -> Result<&'_ crate::manifest::IoDesc> {
+        self.desc
             .outputs
             .iter()
             .find(|o| o.name == name)
-            .ok_or_else(|| self.fail(name, "no such output"))?;
+            .ok_or_else(|| self.fail(name, "no such output"))
+    }
+
+    /// Moves output `name` of the last run out, leaving it on the device.
+    pub fn take_device_output(&mut self, name: &str) -> Result<DeviceTensor> {
+        let io = self.output_desc(name)?.clone();
         let (slice, shape) = self
             .outputs
             .remove(&io.buffer)
@@ -370,12 +355,7 @@ impl CudaRunner<'_> {
 
     /// Output `name` of the last run, copied to the host.
     pub fn output(&self, name: &str) -> Result<Tensor> {
-        let io = self
-            .desc
-            .outputs
-            .iter()
-            .find(|o| o.name == name)
-            .ok_or_else(|| self.fail(name, "no such output"))?;
+        let io = self.output_desc(name)?;
         let (slice, shape) = self
             .outputs
             .get(&io.buffer)

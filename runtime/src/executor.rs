@@ -254,7 +254,7 @@ impl<'m> Runner<'m> {
     /// Sets input `name`; its dtype and rank must match the program's.
     pub fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()> {
         let vocab = self.model.manifest.model.vocab_size;
-        let index = input_slot(self.desc, vocab, name, &tensor)?;
+        let index = host_input_slot(self.desc, vocab, name, &tensor)?;
         self.inputs[index] = Some(tensor);
         Ok(())
     }
@@ -392,13 +392,13 @@ impl<'m> Runner<'m> {
     }
 }
 
-/// The slot of input `name` of `desc` for `tensor`, checked: its dtype and rank must match, and
-/// token ids must lie in the vocabulary.
+/// The slot of input `name` of `desc` for a value of `dtype` and `shape` (dtype and rank must
+/// match the input's).
 pub(crate) fn input_slot(
     desc: &ProgramDesc,
-    vocab: usize,
     name: &str,
-    tensor: &Tensor,
+    dtype: ElemType,
+    shape: &[usize],
 ) -> Result<usize> {
     let err = |field: &str, message: String| program_error(desc, field, message);
     let index = desc
@@ -413,22 +413,34 @@ pub(crate) fn input_slot(
             )
         })?;
     let io = &desc.inputs[index];
-    if tensor.dtype != io.dtype || tensor.shape.len() != io.shape.len() {
+    if dtype != io.dtype || shape.len() != io.shape.len() {
         return Err(err(
             name,
             format!(
-                "expected {} of rank {}, got {}{:?}",
+                "expected {} of rank {}, got {}{shape:?}",
                 io.dtype.name(),
                 io.shape.len(),
-                tensor.dtype.name(),
-                tensor.shape
+                dtype.name(),
             ),
         ));
     }
+    Ok(index)
+}
+
+/// The slot of host input `name` for `tensor` ([`input_slot`]); token ids must also lie in
+/// the vocabulary.
+pub(crate) fn host_input_slot(
+    desc: &ProgramDesc,
+    vocab: usize,
+    name: &str,
+    tensor: &Tensor,
+) -> Result<usize> {
+    let index = input_slot(desc, name, tensor.dtype, &tensor.shape)?;
     if name == "input_ids" {
         let vocab = vocab as i64;
         if let Some(bad) = tensor.as_i64().iter().find(|&&t| t < 0 || t >= vocab) {
-            return Err(err(
+            return Err(program_error(
+                desc,
                 name,
                 format!("token id {bad} is outside the vocabulary (0..{vocab})"),
             ));
