@@ -385,8 +385,8 @@ impl crate::generate::DecodeProgram for CudaRunner<'_> {
         CudaRunner::run(self)
     }
 
-    fn host_output(&self, name: &str) -> Result<Tensor> {
-        self.output(name)
+    fn host_output(&self, name: &str) -> Result<std::borrow::Cow<'_, Tensor>> {
+        self.output(name).map(std::borrow::Cow::Owned)
     }
 
     fn take_cache(&mut self, name: &str) -> Result<DeviceTensor> {

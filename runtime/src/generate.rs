@@ -13,6 +13,7 @@ use crate::error::{Result, RuntimeError};
 use crate::executor::{Model, Runner};
 use crate::sampling::{Sampler, Sampling};
 use crate::tensor::Tensor;
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
@@ -54,8 +55,8 @@ pub trait DecodeProgram {
     fn input_names(&self) -> Vec<String>;
     fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()>;
     fn run(&mut self) -> Result<()>;
-    /// Output `name` of the last run, on the host.
-    fn host_output(&self, name: &str) -> Result<Tensor>;
+    /// Output `name` of the last run, on the host (borrowed where it already is there).
+    fn host_output(&self, name: &str) -> Result<Cow<'_, Tensor>>;
     /// Moves output `name` of the last run out.
     fn take_cache(&mut self, name: &str) -> Result<Self::Cache>;
     fn set_cache(&mut self, name: &str, cache: Self::Cache) -> Result<()>;
@@ -78,8 +79,8 @@ impl DecodeProgram for Runner<'_> {
         Runner::run(self)
     }
 
-    fn host_output(&self, name: &str) -> Result<Tensor> {
-        Runner::output(self, name).cloned()
+    fn host_output(&self, name: &str) -> Result<Cow<'_, Tensor>> {
+        Runner::output(self, name).map(Cow::Borrowed)
     }
 
     fn take_cache(&mut self, name: &str) -> Result<Tensor> {
@@ -217,7 +218,7 @@ impl<P: DecodeProgram> Generator<P> {
         self.prefill
             .set_input("position_ids", positions(batch, 0, len))?;
         self.prefill.run()?;
-        let mut next: Vec<u32> = last_logits(&self.prefill.host_output("logits")?)
+        let mut next: Vec<u32> = last_logits(&*self.prefill.host_output("logits")?)
             .iter()
             .zip(&mut samplers)
             .map(|(logits, s)| s.next(logits))
@@ -254,7 +255,7 @@ impl<P: DecodeProgram> Generator<P> {
             self.decode
                 .set_input("position_ids", positions(batch, len + step, 1))?;
             self.decode.run()?;
-            next = last_logits(&self.decode.host_output("logits")?)
+            next = last_logits(&*self.decode.host_output("logits")?)
                 .iter()
                 .zip(&mut samplers)
                 .map(|(logits, s)| s.next(logits))

@@ -14,25 +14,13 @@
 
 use super::attention::visible;
 use super::context::{Addressed, Ctx, Granule};
-use super::THREADS;
+use super::one_thread_each;
 use crate::error::Result;
 use crate::ptx::{math, Cmp, Reg, Ty};
 use kiln_backend_cpu::kernel::{AttentionGradKernel, AttentionKernel};
 use kiln_backend_cpu::view::View;
 use kiln_ir::{Attention, AttentionInput, DType};
-use kiln_runtime::manifest::{Launch, WorkFactor};
-use kiln_runtime::Poly;
-
-fn launch(total: Poly) -> Launch {
-    Launch {
-        blocks: vec![WorkFactor {
-            extent: total,
-            tile: THREADS as u64,
-        }],
-        threads: THREADS,
-        shared_bytes: 0,
-    }
-}
+use kiln_runtime::manifest::Launch;
 
 fn head_size(v: &View) -> i64 {
     v.dims[3].as_constant().expect("lowering checks head sizes")
@@ -116,7 +104,7 @@ pub fn emit_lse(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         let at = c.linear(&oa.offset, &[b, h, i], &oa.strides);
         c.store(oa.base.expect("a buffer"), at, DType::F32, lse)
     })?;
-    Ok(launch(rows))
+    Ok(one_thread_each(rows))
 }
 
 /// One gradient of `flash_attention` (see the module doc).
@@ -202,5 +190,5 @@ pub fn emit_grad(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
         let at = c.linear(&oa.offset, &[b, head, row, col], &oa.strides);
         c.store(oa.base.expect("a buffer"), at, DType::F32, acc)
     })?;
-    Ok(launch(total))
+    Ok(one_thread_each(total))
 }

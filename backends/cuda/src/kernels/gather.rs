@@ -7,12 +7,11 @@
 
 use super::context::{Ctx, Granule};
 use super::dtype::{elem_bytes, reg_ty};
-use super::THREADS;
 use crate::error::Result;
 use crate::ptx::{Cmp, Space, Ty};
 use kiln_backend_cpu::view::View;
 use kiln_ir::DType;
-use kiln_runtime::manifest::{Launch, WorkFactor};
+use kiln_runtime::manifest::Launch;
 
 pub fn emit(c: &mut Ctx, data: &View, indices: &View, axis: usize, out: &View) -> Result<Launch> {
     let (p, q) = (axis, indices.rank());
@@ -61,12 +60,5 @@ pub fn emit(c: &mut Ctx, data: &View, indices: &View, axis: usize, out: &View) -
         c.b.st(Space::Global, mem, to, 0, value);
         Ok(())
     })?;
-    Ok(Launch {
-        blocks: vec![WorkFactor {
-            extent: total,
-            tile: THREADS as u64,
-        }],
-        threads: THREADS,
-        shared_bytes: 0,
-    })
+    Ok(super::one_thread_each(total))
 }

@@ -5,7 +5,6 @@
 
 use super::context::{Ctx, Granule};
 use super::expr::evaluate;
-use super::THREADS;
 use crate::error::Result;
 use kiln_backend_cpu::kernel::ExprNode;
 use kiln_backend_cpu::view::View;
@@ -30,14 +29,7 @@ pub fn emit(c: &mut Ctx, out: &View, leaves: &[View], expr: &[ExprNode]) -> Resu
         let at = c.linear(&o.offset, &coords, &o.strides);
         c.store(base, at, out.dtype, v)
     })?;
-    Ok(Launch {
-        blocks: vec![WorkFactor {
-            extent: total,
-            tile: THREADS as u64,
-        }],
-        threads: THREADS,
-        shared_bytes: 0,
-    })
+    Ok(super::one_thread_each(total))
 }
 
 /// One block per item of `extent` items.

@@ -28,6 +28,18 @@ use kiln_runtime::manifest::Launch;
 /// Threads per block of the element-wise, reduction and matmul kernels.
 pub const THREADS: u32 = 256;
 
+/// The launch of a kernel that gives each of `items` one thread, in blocks of [`THREADS`].
+pub fn one_thread_each(items: kiln_runtime::Poly) -> Launch {
+    Launch {
+        blocks: vec![kiln_runtime::manifest::WorkFactor {
+            extent: items,
+            tile: THREADS as u64,
+        }],
+        threads: THREADS,
+        shared_bytes: 0,
+    }
+}
+
 /// The kind of a kernel; an entry is named `PROGRAM_STEP_KIND`, so profiles and summaries show it.
 pub fn kind(kernel: &Kernel) -> &'static str {
     match kernel {

@@ -9,12 +9,11 @@
 
 use super::context::{Ctx, Granule};
 use super::dtype::{mem_name, reg_ty};
-use super::THREADS;
 use crate::error::{CompileError, Result};
 use crate::ptx::{Cmp, Space, Ty};
 use kiln_backend_cpu::view::View;
 use kiln_ir::{DType, ScatterMode};
-use kiln_runtime::manifest::{Launch, WorkFactor};
+use kiln_runtime::manifest::Launch;
 use kiln_runtime::Poly;
 
 pub fn emit(
@@ -78,12 +77,5 @@ pub fn emit(
             })
         })
     })?;
-    Ok(Launch {
-        blocks: vec![WorkFactor {
-            extent: total,
-            tile: THREADS as u64,
-        }],
-        threads: THREADS,
-        shared_bytes: 0,
-    })
+    Ok(super::one_thread_each(total))
 }
