@@ -4,6 +4,7 @@
 //! runs it on seeded random weights, so it works with nothing downloaded. `--device cuda` runs a
 //! `--target cuda` artifact on the GPU, the KV cache staying on the device.
 
+use crate::device::Device;
 use clap::Args;
 use kiln::compile::{compile_cpu, DECODING_PROGRAMS};
 use kiln::model;
@@ -48,12 +49,10 @@ pub struct GenerateArgs {
     /// Where to run: `cpu`, or `cuda` for an artifact compiled with `--target cuda`.
     #[arg(long, value_enum, default_value = "cpu", requires = "artifact")]
     device: Device,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Device {
-    Cpu,
-    Cuda,
+    /// On the GPU, launch every kernel of a decode step from the host instead of replaying
+    /// the step as a captured CUDA graph.
+    #[arg(long)]
+    no_cuda_graphs: bool,
 }
 
 fn embedded_model(threads: usize) -> Result<Model, String> {
@@ -124,7 +123,8 @@ fn run_on_gpu(args: &GenerateArgs) -> Result<(), String> {
     let file = artifact.display().to_string();
     let model =
         kiln_runtime::cuda::CudaModel::new(art, &file, tensors).map_err(|e| e.to_string())?;
-    let mut generator = Generator::on_gpu(&model).map_err(|e| e.to_string())?;
+    let mut generator =
+        Generator::on_gpu(&model, !args.no_cuda_graphs).map_err(|e| e.to_string())?;
     stream_generation(args, &tokenizer, &mut generator)
 }
 

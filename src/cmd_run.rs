@@ -2,6 +2,7 @@
 //! writes every named output to another, so kiln can be compared with any framework in a few
 //! lines of Python. `--device cuda` runs a `--target cuda` artifact on the GPU.
 
+use crate::device::Device;
 use clap::Args;
 use kiln_runtime::{open_model, ElemType, Tensor};
 use safetensors::{Dtype, SafeTensors};
@@ -29,12 +30,6 @@ pub struct RunArgs {
     device: Device,
     #[arg(long, default_value_t = kiln_runtime::executor::default_threads())]
     threads: usize,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Device {
-    Cpu,
-    Cuda,
 }
 
 fn elem_type(dtype: Dtype, file: &str, name: &str) -> Result<ElemType, String> {

@@ -8,6 +8,7 @@ mod cmd_generate;
 mod cmd_ir;
 mod cmd_run;
 mod cmd_train;
+mod device;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

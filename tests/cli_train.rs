@@ -121,4 +121,10 @@ fn bad_data_and_options_are_refused_by_name() {
     );
     let (ok, stderr) = train(&["--spike-policy", "rollback"]);
     assert!(!ok && stderr.contains("--checkpoint-dir"), "{stderr}");
+
+    // Without a CUDA driver, training on the GPU is refused with the reason (no panic).
+    if !kiln_runtime::cuda::driver_present() {
+        let (ok, stderr) = train(&["--device", "cuda"]);
+        assert!(!ok && stderr.contains("no CUDA driver found"), "{stderr}");
+    }
 }

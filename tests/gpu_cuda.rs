@@ -22,8 +22,9 @@ use kiln_ir::testing::{random_graph, Profile};
 use kiln_ir::{Bindings, Graph};
 use kiln_passes::elementwise_fusion::ElementwiseFusion;
 use kiln_passes::{Pass, PipelineOptions, Precision};
-use kiln_runtime::cuda::{CudaModel, CudaRunner};
-use kiln_runtime::{load_weights, Artifact, Tensor};
+use kiln_runtime::cuda::{CudaModel, CudaRunner, DeviceTensor};
+use kiln_runtime::train::{Batch, Outcome, TrainOptions, Trainer};
+use kiln_runtime::{load_weights, Artifact};
 
 /// Whether a GPU is here; without one, fails when `KILN_GPU` is set and skips otherwise.
 fn gpu(test: &str) -> bool {
@@ -137,15 +138,16 @@ fn forward_error(model: &CudaModel, reference: &TensorMap) -> f64 {
 }
 
 /// Greedy continuation of `prompt` for `count` tokens on the GPU: the generator's prefill and
-/// decode steps, the KV cache kept on the device.
-fn greedy(model: &CudaModel, prompt: &[i64], count: usize) -> Vec<i64> {
+/// decode steps, the KV cache kept on the device, each decode step launched kernel by kernel or
+/// (with `graphs`) replayed from a captured CUDA graph.
+fn greedy(model: &CudaModel, prompt: &[i64], count: usize, graphs: bool) -> Vec<i64> {
     let ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
     let options = kiln_runtime::GenerateOptions {
         max_new_tokens: count,
         sampling: kiln_runtime::Sampling::Greedy,
         eos: Vec::new(),
     };
-    let mut generator = kiln_runtime::Generator::on_gpu(model).unwrap();
+    let mut generator = kiln_runtime::Generator::on_gpu(model, graphs).unwrap();
     let out = generator.generate(&[ids], &options, |_, _| {}).unwrap();
     out.tokens[0].iter().map(|&t| t as i64).collect()
 }
@@ -176,11 +178,13 @@ fn fixtures_match_transformers_on_the_gpu() {
             .iter()
             .map(|&x| x as i64)
             .collect();
-        let tokens = greedy(&f32_model, &prompt, greedy_ref.len() - seq);
-        let same = tokens == greedy_ref[seq..];
+        let count = greedy_ref.len() - seq;
+        let tokens = greedy(&f32_model, &prompt, count, false);
+        let replayed = greedy(&f32_model, &prompt, count, true);
+        let same = tokens == greedy_ref[seq..] && replayed == tokens;
         println!(
             "{case}: forward logits relative error {err:.2e} (f32), {bf16:.2e} (bf16 weights); \
-             {} greedy tokens {}",
+             {} greedy tokens, launched and replayed from CUDA graphs, {}",
             tokens.len(),
             if same {
                 "identical to transformers'"
@@ -192,7 +196,7 @@ fn fixtures_match_transformers_on_the_gpu() {
         assert!(bf16 <= 2e-2, "{case}: bf16-weight logits {bf16:.2e}");
         assert!(
             same,
-            "{case}: greedy {tokens:?} vs {:?}",
+            "{case}: greedy {tokens:?}, replayed {replayed:?} vs {:?}",
             &greedy_ref[seq..]
         );
     }
@@ -240,7 +244,7 @@ fn smollm2_greedy_tokens_match_the_cpu_backend() {
         .collect();
     let gpu_model = CudaModel::new(gpu_artifact, "smollm2", weights.tensors).unwrap();
     let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
-    let gpu_tokens = greedy(&gpu_model, &ids, 32);
+    let gpu_tokens = greedy(&gpu_model, &ids, 32, true);
     let text = |t: &[i64]| {
         let ids: Vec<u32> = t.iter().map(|&x| x as u32).collect();
         tokenizer.decode(&ids, true).unwrap()
@@ -258,30 +262,17 @@ fn smollm2_greedy_tokens_match_the_cpu_backend() {
     assert_eq!(gpu_tokens, cpu_tokens, "CPU: {}", text(&cpu_tokens));
 }
 
-/// Five `train_step`s of the tiny Llama fixture on the GPU (attention's fused backward included)
-/// give PyTorch's losses and parameters (`tests/fixtures/hf/llama/training.safetensors`).
-#[test]
-fn training_steps_match_pytorch_on_the_gpu() {
-    if !gpu("training") || std::env::var_os("KILN_GPU_CASES").is_some() {
-        return;
-    }
+/// The tiny Llama fixture's training programs compiled for the GPU, its weights moved out.
+fn training_model() -> (CudaModel, Vec<DeviceTensor>) {
     let dir = fixture_dir("llama");
-    let reference = read_safetensors(&dir.join("training.safetensors"));
     let spec = load_spec(&dir.join("config.json")).unwrap();
     let opts = BuildOptions {
         max_batch: 2,
         max_seq: 16,
         ..BuildOptions::for_spec(&spec)
     };
-    let programs = [Program::TrainStep];
-    let artifact = compile(
-        Target::Cuda,
-        &spec,
-        &programs,
-        opts,
-        &PipelineOptions::default(),
-    )
-    .unwrap();
+    let options = PipelineOptions::default();
+    let artifact = compile(Target::Cuda, &spec, &Program::TRAINING, opts, &options).unwrap();
     let kinds: Vec<&str> = artifact
         .manifest
         .programs
@@ -294,74 +285,106 @@ fn training_steps_match_pytorch_on_the_gpu() {
         "the fused backward runs"
     );
     let m = &artifact.manifest;
-    let descs = m.weights.clone();
-    let mut params = load_weights(&dir.join("model.safetensors"), &m.weights, &m.model)
-        .unwrap()
-        .tensors;
-    let zeros = |w: &kiln_runtime::manifest::TensorDesc| {
-        Tensor::zeros(kiln_runtime::ElemType::F32, &w.shape)
+    let weights = load_weights(&dir.join("model.safetensors"), &m.weights, &m.model).unwrap();
+    let mut model = CudaModel::new(artifact, "llama", weights.tensors).unwrap();
+    let params = model.take_weights();
+    (model, params)
+}
+
+/// `tools/fixtures/make_training_fixtures.py`'s hyperparameters, and its batch.
+fn fixture_training(reference: &TensorMap) -> (TrainOptions, impl Fn() -> Batch + '_) {
+    let options = TrainOptions {
+        eps: 1e-6,
+        ..TrainOptions::new(2, 1e-3)
     };
-    let mut moments: Vec<(Tensor, Tensor)> = descs.iter().map(|w| (zeros(w), zeros(w))).collect();
-    let mut model = CudaModel::new(artifact, "llama", params.clone()).unwrap();
-    let hyper = [
-        ("lr", 1e-3),
-        ("beta1", 0.9),
-        ("beta2", 0.95),
-        ("eps", 1e-6),
-        ("weight_decay", 0.1),
-        ("max_grad_norm", 1.0),
-    ];
+    let batch = || Batch {
+        input_ids: runtime_tensor(&reference["input_ids"]),
+        position_ids: runtime_tensor(&reference["position_ids"]),
+        targets: runtime_tensor(&reference["targets"]),
+    };
+    (options, batch)
+}
+
+/// Five steps of the runtime's trainer on the GPU (the state on the device, each step a replayed
+/// CUDA graph; attention's fused backward included) give PyTorch's losses and parameters
+/// (`tests/fixtures/hf/llama/training.safetensors`).
+#[test]
+fn training_steps_match_pytorch_on_the_gpu() {
+    if !gpu("training") || std::env::var_os("KILN_GPU_CASES").is_some() {
+        return;
+    }
+    let reference = read_safetensors(&fixture_dir("llama").join("training.safetensors"));
+    let (model, params) = training_model();
+    let (options, batch) = fixture_training(&reference);
+    let mut trainer = Trainer::on_gpu(&model, params, options).unwrap();
     let want = reference["losses"].to_f64();
-    for step in 1..=5usize {
-        let mut r = model.runner("train_step").unwrap();
-        for name in ["input_ids", "position_ids", "targets"] {
-            r.set_input(name, runtime_tensor(&reference[name])).unwrap();
-        }
-        let scalar = |v: f64| Tensor::f32(&[], &[v as f32]);
-        for (name, v) in hyper.iter().chain(&[
-            ("step", step as f64),
-            ("loss_sum", 0.0),
-            ("token_count", 0.0),
-        ]) {
-            r.set_input(name, scalar(*v)).unwrap();
-        }
-        for (w, (am, av)) in descs.iter().zip(&moments) {
-            r.set_input(&format!("grad_sum.{}", w.name), zeros(w))
-                .unwrap();
-            r.set_input(&format!("adam_m.{}", w.name), am.clone())
-                .unwrap();
-            r.set_input(&format!("adam_v.{}", w.name), av.clone())
-                .unwrap();
-        }
-        r.run().unwrap();
-        let loss = r.output("loss").unwrap().as_f32()[0] as f64;
-        let err = (loss - want[step - 1]).abs() / want[step - 1];
+    for (step, want) in want.iter().enumerate() {
+        let report = trainer.step_on(vec![batch()]).unwrap();
+        assert_eq!(report.outcome, Outcome::Applied);
+        let err = (report.loss - want).abs() / want;
         println!(
-            "training step {step} on the GPU: loss {loss:.6} (PyTorch {:.6}, rel {err:.1e})",
-            want[step - 1]
+            "training step {} on the GPU: loss {:.6} (PyTorch {want:.6}, rel {err:.1e})",
+            step + 1,
+            report.loss
         );
-        assert!(err <= 1e-3, "step {step}");
-        params = descs
-            .iter()
-            .map(|w| r.output(&format!("param.{}", w.name)).unwrap())
-            .collect();
-        moments = descs
-            .iter()
-            .map(|w| {
-                (
-                    r.output(&format!("adam_m.{}", w.name)).unwrap(),
-                    r.output(&format!("adam_v.{}", w.name)).unwrap(),
-                )
-            })
-            .collect();
-        drop(r);
-        model.set_weights(&params).unwrap();
+        assert!(err <= 1e-3, "step {}", step + 1);
     }
     let mut worst: f64 = 0.0;
-    for (w, p) in descs.iter().zip(&params) {
-        let err = relative_error(&interp_tensor(p), &reference[&format!("final.{}", w.name)]);
+    let params = trainer.host_params().unwrap();
+    for (name, p) in trainer.weight_names().zip(&params) {
+        let err = relative_error(&interp_tensor(p), &reference[&format!("final.{name}")]);
         worst = worst.max(err);
     }
     println!("training on the GPU: parameters after step 5 within {worst:.1e} of PyTorch's");
     assert!(worst <= 1e-3);
+}
+
+/// On the GPU, a step of two micro-batches (`accumulate`, then `train_step`) and a run resumed
+/// from a checkpoint give the bits of the uninterrupted run.
+#[test]
+fn gpu_training_accumulates_and_resumes_exactly() {
+    if !gpu("training resume") || std::env::var_os("KILN_GPU_CASES").is_some() {
+        return;
+    }
+    let reference = read_safetensors(&fixture_dir("llama").join("training.safetensors"));
+    let (options, batch) = fixture_training(&reference);
+    let run = |steps: std::ops::Range<u64>, resume: Option<&std::path::Path>, save: bool| {
+        let (model, params) = training_model();
+        let mut trainer = Trainer::on_gpu(&model, params, options.clone()).unwrap();
+        if let Some(path) = resume {
+            trainer.resume(path).unwrap();
+        }
+        let mut losses = Vec::new();
+        for _ in steps {
+            let report = trainer.step_on(vec![batch(), batch()]).unwrap();
+            assert_eq!(report.micro_batches, 2);
+            losses.push(report.loss);
+        }
+        let checkpoint = std::env::temp_dir().join("kiln-gpu-resume.safetensors");
+        if save {
+            let position = kiln_runtime::train::DataPosition {
+                seed: 0,
+                epoch: 0,
+                index: 0,
+            };
+            trainer.save_checkpoint(&checkpoint, position).unwrap();
+        }
+        let bits: Vec<Vec<u32>> = trainer
+            .host_params()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_f32().iter().map(|x| x.to_bits()).collect())
+            .collect();
+        (losses, bits, checkpoint)
+    };
+    let (straight, straight_bits, _) = run(0..4, None, false);
+    let (first, _, checkpoint) = run(0..2, None, true);
+    let (second, resumed_bits, _) = run(2..4, Some(&checkpoint), false);
+    let pieced: Vec<f64> = first.into_iter().chain(second).collect();
+    println!("GPU accumulation: losses {straight:?}; resumed after step 2: {pieced:?}");
+    assert_eq!(pieced, straight);
+    assert!(resumed_bits == straight_bits, "resumed parameters differ");
+    // One micro-batch counted twice is the same mean: the step matches the single-batch run.
+    let want = reference["losses"].to_f64();
+    assert!((straight[0] - want[0]).abs() / want[0] <= 1e-3);
 }

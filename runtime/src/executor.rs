@@ -46,7 +46,27 @@ fn host_has(feature: &str) -> bool {
     }
 }
 
-pub(crate) fn check_weights(manifest: &Manifest, file: &str, weights: &[Tensor]) -> Result<()> {
+/// A tensor's element type and shape, wherever its data lives.
+pub(crate) trait TypedShape {
+    fn dtype(&self) -> ElemType;
+    fn shape(&self) -> &[usize];
+}
+
+impl TypedShape for Tensor {
+    fn dtype(&self) -> ElemType {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+}
+
+/// Checks `weights` against the manifest: one per entry, in order, of its dtype and shape.
+pub(crate) fn check_weights(
+    manifest: &Manifest,
+    file: &str,
+    weights: &[impl TypedShape],
+) -> Result<()> {
     if weights.len() != manifest.weights.len() {
         return Err(RuntimeError::new(
             file,
@@ -59,7 +79,7 @@ pub(crate) fn check_weights(manifest: &Manifest, file: &str, weights: &[Tensor])
         ));
     }
     for (w, desc) in weights.iter().zip(&manifest.weights) {
-        if w.dtype != desc.dtype || w.shape != desc.shape {
+        if w.dtype() != desc.dtype || w.shape() != desc.shape.as_slice() {
             return Err(RuntimeError::tensor(
                 file,
                 &desc.name,
@@ -67,8 +87,8 @@ pub(crate) fn check_weights(manifest: &Manifest, file: &str, weights: &[Tensor])
                     "expected {}{:?}, got {}{:?}",
                     desc.dtype.name(),
                     desc.shape,
-                    w.dtype.name(),
-                    w.shape
+                    w.dtype().name(),
+                    w.shape()
                 ),
             ));
         }

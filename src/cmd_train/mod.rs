@@ -7,16 +7,19 @@
 mod data;
 mod report;
 
+use crate::device::Device;
 use clap::{Args, ValueEnum};
-use kiln::compile::{compile_cpu_with, DECODING_PROGRAMS};
+use kiln::compile::{compile, Target, DECODING_PROGRAMS};
 use kiln::model;
 use kiln_frontend::{BuildOptions, Program};
 use kiln_passes::{PipelineOptions, Recompute};
+use kiln_runtime::cuda::CudaModel;
 use kiln_runtime::executor::default_threads;
-use kiln_runtime::generate::{GenerateOptions, Generator};
+use kiln_runtime::generate::{DecodeProgram, GenerateOptions, Generator};
+use kiln_runtime::manifest::ModelInfo;
 use kiln_runtime::train::{
     BatchRamp, LrSchedule, Outcome, SpikeOptions, SpikePolicy, StepReport, TokenData, TrainOptions,
-    Trainer,
+    TrainProgram, Trainer,
 };
 use kiln_runtime::{load_weights, open_tokenizer, Model, Sampling, Tokenizer};
 use std::path::{Path, PathBuf};
@@ -128,6 +131,10 @@ pub struct TrainArgs {
     seed: u64,
     #[arg(long, default_value_t = default_threads())]
     threads: usize,
+    /// Where to train: `cpu`, or `cuda` (compiles for the GPU; the weights, moments and
+    /// gradient sums stay on it, and each step replays CUDA graphs).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -176,8 +183,7 @@ fn options(args: &TrainArgs) -> Result<TrainOptions, String> {
 }
 
 /// The tokenizer for text data: given, beside the model, or bytes for the embedded model.
-fn tokenizer(args: &TrainArgs, model: &Model) -> Result<Tokenizer, String> {
-    let info = &model.manifest().model;
+fn tokenizer(args: &TrainArgs, info: &ModelInfo) -> Result<Tokenizer, String> {
     match (&args.tokenizer, &args.model) {
         (Some(path), _) => open_tokenizer(Some(path), path, info),
         (None, Some(model_path)) => open_tokenizer(None, model_path, info),
@@ -230,7 +236,11 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         },
         ..PipelineOptions::default()
     };
-    let artifact = compile_cpu_with(&spec, &programs, build, &pipeline)?;
+    let target = match args.device {
+        Device::Cpu => Target::Cpu,
+        Device::Cuda => Target::Cuda,
+    };
+    let artifact = compile(target, &spec, &programs, build, &pipeline)?;
     let compiled = started.elapsed().as_secs_f64();
     let source = args
         .model
@@ -245,9 +255,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         }
         None => model::random_weights(&artifact.manifest.weights, args.seed),
     };
-    let mut model =
-        Model::new(artifact, &source, weights, args.threads).map_err(|e| e.to_string())?;
-    let tokenizer = tokenizer(&args, &model)?;
+    let tokenizer = tokenizer(&args, &artifact.manifest.model)?;
     let ids = data::tokens(args.data.as_deref(), &tokenizer, spec.vocab_size)?;
     let data_name = args
         .data
@@ -255,25 +263,58 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         .map_or("<embedded text>".into(), |p| p.display().to_string());
     let mut stream = TokenData::new(ids, args.seq, args.batch, args.seed, &data_name)
         .map_err(|e| e.to_string())?;
-    let params = model.take_weights();
-    let mut trainer = Trainer::new(&model, params, options).map_err(|e| e.to_string())?;
-    if let Some(path) = &args.resume {
-        let position = trainer.resume(path).map_err(|e| e.to_string())?;
-        stream.seek(position).map_err(|e| e.to_string())?;
-    }
     eprintln!(
-        "compiled {} in {compiled:.2} s; training on {} tokens of {data_name} ({} windows of {})",
-        source,
+        "compiled {source} in {compiled:.2} s; training on {} tokens of {data_name} ({} windows of {})",
         stream.windows() * args.seq,
         stream.windows(),
         args.seq
     );
-    let rows = train_loop(&args, &mut trainer, &mut stream)?;
-    let arena = trainer.arena_bytes();
-    let params = trainer.into_params();
+    let prompt = args
+        .generate
+        .clone()
+        .or_else(|| args.model.is_none().then(|| "The kiln".to_string()));
+    let err = |e: kiln_runtime::RuntimeError| e.to_string();
+    match args.device {
+        Device::Cpu => {
+            let mut model = Model::new(artifact, &source, weights, args.threads).map_err(err)?;
+            let params = model.take_weights();
+            let trainer = Trainer::new(&model, params, options).map_err(err)?;
+            let params = train(&args, trainer, &mut stream)?;
+            model.put_weights(params).map_err(err)?;
+            if let Some(prompt) = prompt {
+                let mut generator = Generator::new(&model).map_err(err)?;
+                generate(&mut generator, &tokenizer, &prompt, args.seq)?;
+            }
+        }
+        Device::Cuda => {
+            let mut model = CudaModel::new(artifact, &source, weights).map_err(err)?;
+            let params = model.take_weights();
+            let trainer = Trainer::on_gpu(&model, params, options).map_err(err)?;
+            let params = train(&args, trainer, &mut stream)?;
+            model.put_weights(params).map_err(err)?;
+            if let Some(prompt) = prompt {
+                let mut generator = Generator::on_gpu(&model, true).map_err(err)?;
+                generate(&mut generator, &tokenizer, &prompt, args.seq)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Trains (from the checkpoint of `--resume`, if given), writes the log, the plot and the final
+/// weights the arguments ask for, and returns the trained weights.
+fn train<P: TrainProgram>(
+    args: &TrainArgs,
+    mut trainer: Trainer<P>,
+    stream: &mut TokenData,
+) -> Result<Vec<P::State>, String> {
+    if let Some(path) = &args.resume {
+        let position = trainer.resume(path).map_err(|e| e.to_string())?;
+        stream.seek(position).map_err(|e| e.to_string())?;
+    }
+    let rows = train_loop(args, &mut trainer, stream)?;
     if let Some(path) = &args.save {
-        kiln_runtime::train::write_weights(path, &model.manifest().weights, &params)
-            .map_err(|e| e.to_string())?;
+        trainer.save_weights(path).map_err(|e| e.to_string())?;
     }
     if let Some(path) = &args.log {
         report::write_csv(path, &rows)?;
@@ -282,22 +323,13 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         let losses: Vec<f64> = rows.iter().map(|(r, _)| r.loss).collect();
         report::plot_loss(path, &losses)?;
     }
-    summarize(&rows, arena);
-    let prompt = args
-        .generate
-        .clone()
-        .or_else(|| args.model.is_none().then(|| "The kiln".to_string()));
-    if let Some(prompt) = prompt {
-        model.put_weights(params).map_err(|e| e.to_string())?;
-        // As long as the training sequences: the positions the model has learned.
-        generate(&model, &tokenizer, &prompt, args.seq)?;
-    }
-    Ok(())
+    summarize(&rows, trainer.arena_bytes());
+    Ok(trainer.into_params())
 }
 
-fn train_loop(
+fn train_loop<P: TrainProgram>(
     args: &TrainArgs,
-    trainer: &mut Trainer,
+    trainer: &mut Trainer<P>,
     stream: &mut TokenData,
 ) -> Result<Vec<(StepReport, f64)>, String> {
     let bar = indicatif::ProgressBar::new(args.steps);
@@ -333,7 +365,11 @@ fn train_loop(
     Ok(rows)
 }
 
-fn checkpoint(trainer: &mut Trainer, dir: &Path, stream: &TokenData) -> Result<(), String> {
+fn checkpoint<P: TrainProgram>(
+    trainer: &mut Trainer<P>,
+    dir: &Path,
+    stream: &TokenData,
+) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join(format!("step-{}.safetensors", trainer.step_count()));
     trainer
@@ -366,8 +402,10 @@ fn summarize(rows: &[(StepReport, f64)], arena: usize) {
     );
 }
 
-fn generate(
-    model: &Model,
+/// Greedy continuation of `prompt`, as long as the training sequences: the positions the model
+/// has learned.
+fn generate<P: DecodeProgram>(
+    generator: &mut Generator<P>,
     tokenizer: &Tokenizer,
     prompt: &str,
     positions: usize,
@@ -380,7 +418,6 @@ fn generate(
             positions - 1
         ));
     }
-    let mut generator = Generator::new(model).map_err(|e| e.to_string())?;
     let options = GenerateOptions {
         max_new_tokens: (positions - ids.len()).min(120),
         sampling: Sampling::Greedy,

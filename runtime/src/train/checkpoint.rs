@@ -14,16 +14,17 @@ use crate::manifest::{ElemType, TensorDesc};
 use crate::tensor::Tensor;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::path::Path;
 
 const FORMAT: &str = "kiln-checkpoint-1";
 
-/// The state a checkpoint holds.
-pub struct Checkpoint {
-    pub params: Vec<Tensor>,
-    pub adam_m: Vec<Tensor>,
-    pub adam_v: Vec<Tensor>,
+/// The state a checkpoint holds (`T`: a tensor, or a borrowed or converted one to write).
+pub struct Checkpoint<T = Tensor> {
+    pub params: Vec<T>,
+    pub adam_m: Vec<T>,
+    pub adam_v: Vec<T>,
     pub step: u64,
     pub data: DataPosition,
     pub recent_losses: Vec<f64>,
@@ -33,16 +34,17 @@ pub struct Checkpoint {
 const GROUPS: [&str; 3] = ["param.", "adam_m.", "adam_v."];
 
 /// `tensors` (f32, one per weight) as views named `PREFIX.NAME`.
-fn views<'a>(
+fn views<'a, T: Borrow<Tensor>>(
     file: &str,
     prefix: &str,
     weights: &[TensorDesc],
-    tensors: &'a [Tensor],
+    tensors: &'a [T],
 ) -> Result<Vec<(String, TensorView<'a>)>> {
     weights
         .iter()
         .zip(tensors)
         .map(|(desc, t)| {
+            let t: &Tensor = t.borrow();
             let view = TensorView::new(Dtype::F32, t.shape.clone(), t.bytes())
                 .map_err(|e| RuntimeError::tensor(file, &desc.name, e.to_string()))?;
             Ok((format!("{prefix}{}", desc.name), view))
@@ -51,14 +53,22 @@ fn views<'a>(
 }
 
 /// The weights alone, under their own names (what `--init` and other frameworks read).
-pub fn write_weights(path: &Path, weights: &[TensorDesc], params: &[Tensor]) -> Result<()> {
+pub fn write_weights<T: Borrow<Tensor>>(
+    path: &Path,
+    weights: &[TensorDesc],
+    params: &[T],
+) -> Result<()> {
     let file = path.display().to_string();
     let bytes = safetensors::serialize(views(&file, "", weights, params)?, None)
         .map_err(|e| RuntimeError::new(&file, None, e.to_string()))?;
     atomic::write_file(path, &bytes)
 }
 
-pub fn write(path: &Path, weights: &[TensorDesc], state: &Checkpoint) -> Result<()> {
+pub fn write<T: Borrow<Tensor>>(
+    path: &Path,
+    weights: &[TensorDesc],
+    state: &Checkpoint<T>,
+) -> Result<()> {
     let file = path.display().to_string();
     let groups = [&state.params, &state.adam_m, &state.adam_v];
     let mut views_all = Vec::new();

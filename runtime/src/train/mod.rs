@@ -2,7 +2,8 @@
 //! step over token data, with the learning-rate schedule, the batch-size ramp, loss-spike and
 //! non-finite handling, and checkpoints.
 //!
-//! The trainer owns the weights and the AdamW moments (f32) and hands them to every run; a run's
+//! The trainer drives any [`TrainProgram`]: the CPU's runner, or the GPU's, where the state stays
+//! on the device. It owns the weights and the AdamW moments (f32) and hands them to every run; a run's
 //! updated weights and moments are swapped in only when the step is accepted, so a rejected
 //! step (non-finite loss or gradient norm, or a loss spike) is never applied: it is skipped, or
 //! the last checkpoint is restored and the data moves on past the offending batch. One step runs
@@ -13,18 +14,21 @@
 
 mod checkpoint;
 mod data;
+mod program;
 mod schedule;
 mod spike;
 
 pub use checkpoint::{write_weights, Checkpoint};
 pub use data::{Batch, DataPosition, TokenData};
+pub use program::TrainProgram;
 pub use schedule::{BatchRamp, LrSchedule};
 pub use spike::{SpikeDetector, SpikeOptions, SpikePolicy};
 
 use crate::error::{Result, RuntimeError};
 use crate::executor::{Model, Runner};
-use crate::manifest::ElemType;
+use crate::manifest::{ElemType, TensorDesc};
 use crate::tensor::Tensor;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// Everything about a run but the model and the data.
@@ -85,13 +89,15 @@ pub struct StepReport {
     pub outcome: Outcome,
 }
 
-pub struct Trainer<'m> {
-    train: Runner<'m>,
-    accumulate: Option<Runner<'m>>,
-    weights: Vec<crate::manifest::TensorDesc>,
-    params: Vec<Tensor>,
-    adam_m: Vec<Tensor>,
-    adam_v: Vec<Tensor>,
+pub struct Trainer<P: TrainProgram> {
+    train: P,
+    accumulate: Option<P>,
+    weights: Vec<TensorDesc>,
+    params: Vec<P::State>,
+    adam_m: Vec<P::State>,
+    adam_v: Vec<P::State>,
+    /// Zeros for the next step's gradient sums (moved into its first run and back).
+    zero_sums: Vec<P::State>,
     /// Optimizer steps applied.
     step: u64,
     options: TrainOptions,
@@ -113,29 +119,52 @@ fn scalar(v: f64) -> Tensor {
     Tensor::f32(&[], &[v as f32])
 }
 
-impl<'m> Trainer<'m> {
+impl<'m> Trainer<Runner<'m>> {
     /// A trainer of `model`'s weights `params` (those [`Model::take_weights`] returned), with
     /// fresh moments.
     pub fn new(
         model: &'m Model,
         params: Vec<Tensor>,
         options: TrainOptions,
-    ) -> Result<Trainer<'m>> {
-        options.lr.check()?;
+    ) -> Result<Trainer<Runner<'m>>> {
         let train = model.runner("train_step")?;
         let accumulate = model.runner("accumulate").ok();
-        let weights = model.manifest().weights.clone();
-        let zeros: Vec<Tensor> = weights
-            .iter()
-            .map(|w| Tensor::zeros(ElemType::F32, &w.shape))
-            .collect();
+        Trainer::from_runners(
+            train,
+            accumulate,
+            &model.manifest().weights,
+            params,
+            options,
+        )
+    }
+}
+
+impl<P: TrainProgram> Trainer<P> {
+    /// A trainer running `train` (and `accumulate`, for steps of several micro-batches) on the
+    /// model `weights` describes, from `params` (one per weight), with fresh moments.
+    pub fn from_runners(
+        train: P,
+        accumulate: Option<P>,
+        weights: &[TensorDesc],
+        params: Vec<P::State>,
+        options: TrainOptions,
+    ) -> Result<Trainer<P>> {
+        options.lr.check()?;
+        let zeros = || -> Result<Vec<P::State>> {
+            weights
+                .iter()
+                .map(|w| train.to_state(Tensor::zeros(ElemType::F32, &w.shape)))
+                .collect()
+        };
+        let (adam_m, adam_v) = (zeros()?, zeros()?);
         Ok(Trainer {
             train,
             accumulate,
-            weights,
+            weights: weights.to_vec(),
             params,
-            adam_m: zeros.clone(),
-            adam_v: zeros,
+            adam_m,
+            adam_v,
+            zero_sums: Vec::new(),
             step: 0,
             options,
             spike: SpikeDetector::default(),
@@ -148,8 +177,17 @@ impl<'m> Trainer<'m> {
         self.step
     }
 
-    pub fn params(&self) -> &[Tensor] {
+    /// The current weights, in the manifest's order (host tensors or device buffers).
+    pub fn params(&self) -> &[P::State] {
         &self.params
+    }
+
+    /// The current weights on the host.
+    pub fn host_params(&self) -> Result<Vec<Tensor>> {
+        self.params
+            .iter()
+            .map(|p| Ok(self.train.to_host(p)?.into_owned()))
+            .collect()
     }
 
     /// Bytes of the arenas holding the programs' intermediates, as planned for the largest
@@ -158,14 +196,19 @@ impl<'m> Trainer<'m> {
         self.train.arena_bytes() + self.accumulate.as_ref().map_or(0, |a| a.arena_bytes())
     }
 
-    /// The trained weights, in the manifest's order.
-    pub fn into_params(self) -> Vec<Tensor> {
+    /// The trained weights, in the manifest's order (to put back into the model).
+    pub fn into_params(self) -> Vec<P::State> {
         self.params
     }
 
     /// Writes the current weights as a safetensors file under their own names (atomically).
     pub fn save_weights(&self, path: &Path) -> Result<()> {
-        checkpoint::write_weights(path, &self.weights, &self.params)
+        checkpoint::write_weights(path, &self.weights, &self.host(&self.params)?)
+    }
+
+    /// `states` on the host.
+    fn host<'s>(&self, states: &'s [P::State]) -> Result<Vec<Cow<'s, Tensor>>> {
+        states.iter().map(|s| self.train.to_host(s)).collect()
     }
 
     pub fn weight_names(&self) -> impl Iterator<Item = &str> {
@@ -191,8 +234,13 @@ impl<'m> Trainer<'m> {
         let last = batches.next_back().ok_or_else(|| {
             RuntimeError::new("<training data>", None, "a step needs at least one batch")
         })?;
-        let mut sums = self.empty_sums();
         let sum_names = self.sum_names();
+        let mut sums = match std::mem::take(&mut self.zero_sums) {
+            zeros if zeros.len() == sum_names.len() => zeros,
+            _ => self.zeros_for_sums()?,
+        };
+        // The zeros the step's first run read, kept for the next step.
+        let mut zeros = None;
         for batch in batches {
             let runner = self.accumulate.as_mut().ok_or_else(|| {
                 RuntimeError::new(
@@ -202,18 +250,17 @@ impl<'m> Trainer<'m> {
                 )
             })?;
             set_batch(runner, batch)?;
-            for (name, value) in sums {
-                runner.set_input(&name, value)?;
+            for (name, value) in sum_names.iter().zip(sums) {
+                runner.set_state(name, value)?;
             }
             runner.run_with_weights(&self.params)?;
-            sums = sum_names
-                .iter()
-                .map(|name| Ok((name.clone(), runner.take_output(name)?)))
-                .collect::<Result<_>>()?;
+            let read = take_each(&sum_names, |name| runner.take_state_input(name))?;
+            zeros.get_or_insert(read);
+            sums = take_each(&sum_names, |name| runner.take_state_output(name))?;
         }
         set_batch(&mut self.train, last)?;
-        for (name, value) in sums {
-            self.train.set_input(&name, value)?;
+        for (name, value) in sum_names.iter().zip(sums) {
+            self.train.set_state(name, value)?;
         }
         let o = &self.options;
         let values = [
@@ -228,23 +275,25 @@ impl<'m> Trainer<'m> {
         for (name, value) in HYPERPARAMETERS.iter().zip(values) {
             self.train.set_input(name, scalar(value))?;
         }
-        for (i, w) in self.weights.iter().enumerate() {
-            let m = std::mem::take(&mut self.adam_m[i]);
-            let v = std::mem::take(&mut self.adam_v[i]);
-            self.train.set_input(&format!("adam_m.{}", w.name), m)?;
-            self.train.set_input(&format!("adam_v.{}", w.name), v)?;
+        let moments = std::mem::take(&mut self.adam_m)
+            .into_iter()
+            .zip(std::mem::take(&mut self.adam_v));
+        for (w, (m, v)) in self.weights.iter().zip(moments) {
+            self.train.set_state(&format!("adam_m.{}", w.name), m)?;
+            self.train.set_state(&format!("adam_v.{}", w.name), v)?;
         }
         let ran = self.train.run_with_weights(&self.params);
-        for (i, w) in self.weights.iter().enumerate() {
-            self.adam_m[i] = self.train.take_input(&format!("adam_m.{}", w.name))?;
-            self.adam_v[i] = self.train.take_input(&format!("adam_v.{}", w.name))?;
+        for w in &self.weights {
+            let m = self.train.take_state_input(&format!("adam_m.{}", w.name))?;
+            let v = self.train.take_state_input(&format!("adam_v.{}", w.name))?;
+            self.adam_m.push(m);
+            self.adam_v.push(v);
         }
         ran?;
-        let read = |runner: &Runner, name: &str| -> Result<f64> {
-            Ok(runner.output(name)?.as_f32()[0] as f64)
-        };
-        let loss = read(&self.train, "loss")?;
-        let grad_norm = read(&self.train, "grad_norm")?;
+        let read = take_each(&sum_names, |name| self.train.take_state_input(name))?;
+        self.zero_sums = zeros.unwrap_or(read);
+        let loss = self.train.scalar_output("loss")?;
+        let grad_norm = self.train.scalar_output("grad_norm")?;
         let outcome = match self.spike.judge(&self.options.spike, loss, grad_norm) {
             None => {
                 self.apply()?;
@@ -273,16 +322,15 @@ impl<'m> Trainer<'m> {
 
     /// Swaps the step's new weights and moments in; the old storage holds the next step's.
     fn apply(&mut self) -> Result<()> {
-        for (i, w) in self.weights.iter().enumerate() {
-            for (prefix, state) in [
-                ("param.", &mut self.params),
-                ("adam_m.", &mut self.adam_m),
-                ("adam_v.", &mut self.adam_v),
-            ] {
-                let old = std::mem::take(&mut state[i]);
-                state[i] = self
-                    .train
-                    .swap_output(&format!("{prefix}{}", w.name), old)?;
+        for (prefix, state) in [
+            ("param.", &mut self.params),
+            ("adam_m.", &mut self.adam_m),
+            ("adam_v.", &mut self.adam_v),
+        ] {
+            let spent = std::mem::take(state);
+            for (w, old) in self.weights.iter().zip(spent) {
+                let name = format!("{prefix}{}", w.name);
+                state.push(self.train.swap_state_output(&name, old)?);
             }
         }
         Ok(())
@@ -296,32 +344,26 @@ impl<'m> Trainer<'m> {
     }
 
     /// The sums before a step's first micro-batch: zeros.
-    fn empty_sums(&self) -> Vec<(String, Tensor)> {
+    fn zeros_for_sums(&self) -> Result<Vec<P::State>> {
         let shapes = [Vec::new(), Vec::new()]
             .into_iter()
             .chain(self.weights.iter().map(|w| w.shape.clone()));
-        self.sum_names()
-            .into_iter()
-            .zip(shapes)
-            .map(|(name, shape)| (name, Tensor::zeros(ElemType::F32, &shape)))
+        shapes
+            .map(|shape| self.train.to_state(Tensor::zeros(ElemType::F32, &shape)))
             .collect()
     }
 
     /// Writes a checkpoint of the current state and the data position.
     pub fn save_checkpoint(&mut self, path: &Path, data: DataPosition) -> Result<()> {
         let state = Checkpoint {
-            params: std::mem::take(&mut self.params),
-            adam_m: std::mem::take(&mut self.adam_m),
-            adam_v: std::mem::take(&mut self.adam_v),
+            params: self.host(&self.params)?,
+            adam_m: self.host(&self.adam_m)?,
+            adam_v: self.host(&self.adam_v)?,
             step: self.step,
             data,
             recent_losses: self.spike.losses().collect(),
         };
-        let written = checkpoint::write(path, &self.weights, &state);
-        self.params = state.params;
-        self.adam_m = state.adam_m;
-        self.adam_v = state.adam_v;
-        written?;
+        checkpoint::write(path, &self.weights, &state)?;
         self.last_checkpoint = Some(path.to_path_buf());
         Ok(())
     }
@@ -329,9 +371,20 @@ impl<'m> Trainer<'m> {
     /// Restores the state of checkpoint `path`; returns its data position.
     pub fn resume(&mut self, path: &Path) -> Result<DataPosition> {
         let state = checkpoint::read(path, &self.weights)?;
-        self.params = state.params;
-        self.adam_m = state.adam_m;
-        self.adam_v = state.adam_v;
+        let on_device = |tensors: Vec<Tensor>| -> Result<Vec<P::State>> {
+            tensors
+                .into_iter()
+                .map(|t| self.train.to_state(t))
+                .collect()
+        };
+        let (params, adam_m, adam_v) = (
+            on_device(state.params)?,
+            on_device(state.adam_m)?,
+            on_device(state.adam_v)?,
+        );
+        self.params = params;
+        self.adam_m = adam_m;
+        self.adam_v = adam_v;
         self.step = state.step;
         self.spike = SpikeDetector::from_losses(state.recent_losses);
         self.last_checkpoint = Some(path.to_path_buf());
@@ -351,7 +404,12 @@ impl<'m> Trainer<'m> {
     }
 }
 
-fn set_batch(runner: &mut Runner, batch: Batch) -> Result<()> {
+/// `take(name)` for each of `names`, in order.
+fn take_each<S>(names: &[String], mut take: impl FnMut(&str) -> Result<S>) -> Result<Vec<S>> {
+    names.iter().map(|name| take(name)).collect()
+}
+
+fn set_batch(runner: &mut impl TrainProgram, batch: Batch) -> Result<()> {
     runner.set_input("input_ids", batch.input_ids)?;
     runner.set_input("position_ids", batch.position_ids)?;
     runner.set_input("targets", batch.targets)

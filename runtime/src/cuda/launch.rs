@@ -1,0 +1,205 @@
+//! How a runner's steps reach the GPU: the grid of each step, and, with CUDA graphs on, the
+//! launches captured once per distinct list of grids and replayed after that.
+//!
+//! Invariants. A step's grid is zero exactly when its work is empty for the bound symbols (the
+//! launch is skipped); otherwise it is at least one block and at most [`MAX_BLOCKS`]. Kernels
+//! walk their work by grid stride and read every size from the symbol table, so any grid of at
+//! least one block computes the same result. With graphs on, grids are sized for the symbols
+//! rounded up to powers of two: a decode step whose context grows by one position per token
+//! replays one graph for every doubling of the context instead of capturing one per token.
+//! Every launch takes the same two addresses (the buffer table and the symbol values), whose
+//! contents the runner rewrites on the stream before each launch or replay; a captured graph
+//! therefore stays valid when inputs, outputs, the arena or the symbols change.
+
+use crate::manifest::Launch;
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUresult, CUstreamCaptureMode};
+use cudarc::driver::{
+    CudaFunction, CudaGraph, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The largest grid launched.
+pub const MAX_BLOCKS: i64 = 1 << 20;
+
+/// Graphs kept per runner; past this the cache starts over (each doubling of a symbol adds one).
+const MAX_GRAPHS: usize = 32;
+
+/// `n` rounded up to a power of two (0 stays 0).
+fn bucket(n: i64) -> i64 {
+    if n <= 0 {
+        n
+    } else {
+        (n as u64).next_power_of_two() as i64
+    }
+}
+
+/// The grid of each of `launches` for `symbols`; with `bucketed`, sized for the symbols rounded
+/// up to powers of two (see the module doc).
+pub fn grids(launches: &[Launch], symbols: &[i64], bucketed: bool) -> Vec<u32> {
+    let rounded: Vec<i64> = symbols.iter().map(|&s| bucket(s)).collect();
+    let blocks = |launch: &Launch, syms: &[i64]| -> i64 {
+        launch.blocks.iter().map(|f| f.count(syms)).product()
+    };
+    launches
+        .iter()
+        .map(|launch| {
+            let exact = blocks(launch, symbols);
+            let grid = if exact <= 0 {
+                0
+            } else if bucketed {
+                blocks(launch, &rounded).max(1)
+            } else {
+                exact
+            };
+            grid.min(MAX_BLOCKS) as u32
+        })
+        .collect()
+}
+
+/// A program's kernels in step order, with their launches.
+pub struct Kernels {
+    pub functions: Vec<CudaFunction>,
+    pub launches: Vec<Launch>,
+}
+
+/// Launches a program's steps, directly or through a cache of captured graphs.
+pub struct Launcher {
+    graphs: Option<HashMap<Vec<u32>, CudaGraph>>,
+}
+
+impl Launcher {
+    pub fn new(graphs: bool) -> Launcher {
+        Launcher {
+            graphs: graphs.then(HashMap::new),
+        }
+    }
+
+    pub fn graphs(&self) -> bool {
+        self.graphs.is_some()
+    }
+
+    /// Graphs captured and kept.
+    pub fn captured(&self) -> usize {
+        self.graphs.as_ref().map_or(0, HashMap::len)
+    }
+
+    /// Runs every step with a nonzero grid on `stream`, each given the two table addresses.
+    pub fn launch(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        kernels: &Kernels,
+        grids: &[u32],
+        tables: [u64; 2],
+    ) -> Result<(), (usize, DriverError)> {
+        let Some(graphs) = &mut self.graphs else {
+            return launch_steps(stream, kernels, grids, tables);
+        };
+        if !graphs.contains_key(grids) {
+            if graphs.len() >= MAX_GRAPHS {
+                graphs.clear();
+            }
+            let graph = capture(stream, kernels, grids, tables)?;
+            graphs.insert(grids.to_vec(), graph);
+        }
+        graphs[grids].launch().map_err(|e| (grids.len(), e))
+    }
+}
+
+/// The launches of [`launch_steps`] captured into a graph; on failure the capture is ended so the
+/// stream stays usable. Errors carry the failing step (or the step count for the graph itself).
+fn capture(
+    stream: &Arc<CudaStream>,
+    kernels: &Kernels,
+    grids: &[u32],
+    tables: [u64; 2],
+) -> Result<CudaGraph, (usize, DriverError)> {
+    let whole = grids.len();
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(|e| (whole, e))?;
+    let launched = launch_steps(stream, kernels, grids, tables);
+    let ended = stream.end_capture(CUgraphInstantiate_flags(0));
+    launched?;
+    match ended {
+        Ok(Some(graph)) => Ok(graph),
+        Ok(None) => Err((
+            whole,
+            DriverError(CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED),
+        )),
+        Err(e) => Err((whole, e)),
+    }
+}
+
+fn launch_steps(
+    stream: &Arc<CudaStream>,
+    kernels: &Kernels,
+    grids: &[u32],
+    tables: [u64; 2],
+) -> Result<(), (usize, DriverError)> {
+    for (i, &grid) in grids.iter().enumerate() {
+        if grid == 0 {
+            continue;
+        }
+        let config = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (kernels.launches[i].threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut builder = stream.launch_builder(&kernels.functions[i]);
+        builder.arg(&tables[0]).arg(&tables[1]);
+        // SAFETY: every entry takes the two table addresses of the manifest's ABI; the runner
+        // keeps both tables alive and filled with live buffers sized for the bound symbols.
+        unsafe { builder.launch(config) }.map_err(|e| (i, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::WorkFactor;
+    use crate::Poly;
+
+    /// One launch over `past + 1` positions in tiles of 4, and one over a fixed 10 items.
+    fn launches() -> Vec<Launch> {
+        let factor = |extent: Poly, tile| WorkFactor { extent, tile };
+        let launch = |blocks| Launch {
+            blocks,
+            threads: 128,
+            shared_bytes: 0,
+        };
+        let past_plus_one = Poly::symbol(0).add(&Poly::constant(1));
+        vec![
+            launch(vec![factor(past_plus_one, 4)]),
+            launch(vec![factor(Poly::constant(10), 1)]),
+        ]
+    }
+
+    #[test]
+    fn exact_grids_cover_the_work_and_bucketed_ones_repeat_within_a_doubling() {
+        let l = launches();
+        assert_eq!(grids(&l, &[6], false), vec![2, 10]);
+        // Symbol 5..=8 round up to 8: one list of grids, so one graph, for all four.
+        let bucketed: Vec<Vec<u32>> = (5..=8).map(|p| grids(&l, &[p], true)).collect();
+        assert!(bucketed.iter().all(|g| *g == vec![3, 10]), "{bucketed:?}");
+        for p in 0..40 {
+            let (exact, sized) = (grids(&l, &[p], false), grids(&l, &[p], true));
+            assert!(exact.iter().zip(&sized).all(|(e, s)| s >= e && *s >= 1));
+        }
+    }
+
+    #[test]
+    fn empty_work_is_skipped_and_grids_are_capped() {
+        let empty = vec![Launch {
+            blocks: vec![WorkFactor {
+                extent: Poly::symbol(0),
+                tile: 1,
+            }],
+            threads: 32,
+            shared_bytes: 0,
+        }];
+        assert_eq!(grids(&empty, &[0], true), vec![0]);
+        assert_eq!(grids(&empty, &[1 << 30], false), vec![MAX_BLOCKS as u32]);
+    }
+}

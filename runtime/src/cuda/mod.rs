@@ -1,0 +1,204 @@
+//! The CUDA executor (feature `cuda`): runs an artifact compiled for `sm_90` on the first GPU,
+//! through cudarc with the driver loaded at run time.
+//!
+//! [`CudaModel::new`] checks that a driver and a device exist (a clear error otherwise, never a
+//! panic), loads the artifact's PTX module, finds every step's entry and uploads the weights and
+//! constants once. All work goes to one stream of the model's own (so that it can be captured
+//! into CUDA graphs); with one stream, cudarc's cross-stream event tracking is switched off. A
+//! [`CudaRunner`] runs one program (see `runner.rs`); its steps are launched directly or
+//! replayed from captured graphs (`launch.rs`). Outputs stay on the device until read, and an
+//! output can become an input without leaving it ([`DeviceTensor`]): the decoding loop keeps
+//! the KV cache on the GPU this way, and the trainer the weights, moments and gradient sums
+//! (`programs.rs`).
+
+mod launch;
+mod programs;
+mod runner;
+
+pub use runner::CudaRunner;
+
+use crate::artifact::Artifact;
+use crate::error::{Result, RuntimeError};
+use crate::executor::{check_weights, TypedShape};
+use crate::manifest::{ElemType, Manifest};
+use crate::tensor::Tensor;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Whether the CUDA driver library can be loaded on this machine.
+pub fn driver_present() -> bool {
+    // SAFETY: only probes whether the library can be opened.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+fn device_error(file: &str, what: &str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::new(file, None, format!("{what}: {e}"))
+}
+
+pub struct CudaModel {
+    manifest: Manifest,
+    file: String,
+    stream: Arc<CudaStream>,
+    functions: HashMap<String, CudaFunction>,
+    weights: Vec<DeviceTensor>,
+    constants: Vec<CudaSlice<u8>>,
+}
+
+/// A device copy of `bytes` (at least one byte: the driver refuses empty allocations).
+fn upload(stream: &Arc<CudaStream>, bytes: &[u8], file: &str) -> Result<CudaSlice<u8>> {
+    let copy = if bytes.is_empty() { &[0u8][..] } else { bytes };
+    stream
+        .clone_htod(copy)
+        .map_err(|e| device_error(file, "copying to the GPU", e))
+}
+
+impl CudaModel {
+    /// Loads a CUDA artifact on GPU 0 with `weights` (one per manifest entry, in order).
+    pub fn new(artifact: Artifact, file: &str, weights: Vec<Tensor>) -> Result<CudaModel> {
+        let constants: Vec<Vec<u8>> = artifact
+            .constant_bytes(file)?
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        let manifest = artifact.manifest;
+        if !manifest.target.arch.starts_with("sm_") {
+            return Err(RuntimeError::new(
+                file,
+                Some("target"),
+                format!(
+                    "compiled for {}, not for a GPU: compile with --target cuda",
+                    manifest.target.arch
+                ),
+            ));
+        }
+        if !driver_present() {
+            return Err(RuntimeError::new(
+                file,
+                None,
+                "no CUDA driver found (libcuda.so): this machine cannot run a CUDA artifact",
+            ));
+        }
+        check_weights(&manifest, file, &weights)?;
+        let ctx = CudaContext::new(0).map_err(|e| device_error(file, "no usable GPU", e))?;
+        // SAFETY: every allocation and launch of this model goes to its one stream, so no use
+        // of a buffer needs ordering against another stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| device_error(file, "creating a stream", e))?;
+        let ptx = String::from_utf8(artifact.object).map_err(|_| {
+            RuntimeError::new(file, Some("object"), "the PTX module is not UTF-8 text")
+        })?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(|e| device_error(file, "loading the PTX module", e))?;
+        let mut functions = HashMap::new();
+        for step in manifest.programs.iter().flat_map(|p| &p.steps) {
+            let f = module
+                .load_function(&step.kernel)
+                .map_err(|e| device_error(file, &format!("kernel `{}`", step.kernel), e))?;
+            functions.insert(step.kernel.clone(), f);
+        }
+        let weights = weights
+            .into_iter()
+            .map(|w| DeviceTensor::upload(&stream, w, file))
+            .collect::<Result<_>>()?;
+        let constants = constants
+            .into_iter()
+            .map(|bytes| upload(&stream, &bytes, file))
+            .collect::<Result<_>>()?;
+        Ok(CudaModel {
+            manifest,
+            file: file.to_string(),
+            stream,
+            functions,
+            weights,
+            constants,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Uploads new weights (a training step's results), checked against the manifest.
+    pub fn set_weights(&mut self, weights: Vec<Tensor>) -> Result<()> {
+        let weights = weights
+            .into_iter()
+            .map(|w| DeviceTensor::upload(&self.stream, w, &self.file))
+            .collect::<Result<_>>()?;
+        self.put_weights(weights)
+    }
+
+    /// Moves the weights out (to be trained); runs then need `run_with_weights` until
+    /// [`CudaModel::put_weights`].
+    pub fn take_weights(&mut self) -> Vec<DeviceTensor> {
+        std::mem::take(&mut self.weights)
+    }
+
+    /// Puts weights back (checked against the manifest).
+    pub fn put_weights(&mut self, weights: Vec<DeviceTensor>) -> Result<()> {
+        check_weights(&self.manifest, &self.file, &weights)?;
+        self.weights = weights;
+        Ok(())
+    }
+
+    /// A runner for the program `name`.
+    pub fn runner(&self, name: &str) -> Result<CudaRunner<'_>> {
+        let desc = self.manifest.program(name).ok_or_else(|| {
+            RuntimeError::new(&self.file, Some("programs"), format!("no program `{name}`"))
+        })?;
+        CudaRunner::new(self, desc)
+    }
+
+    /// A copy of `tensor` on this model's GPU.
+    pub fn upload(&self, tensor: Tensor) -> Result<DeviceTensor> {
+        DeviceTensor::upload(&self.stream, tensor, &self.file)
+    }
+
+    /// A host copy of `tensor`.
+    pub fn download(&self, tensor: &DeviceTensor) -> Result<Tensor> {
+        let len = tensor.byte_len();
+        let bytes = self
+            .stream
+            .clone_dtoh(&tensor.slice.slice(..len.max(1)))
+            .map_err(|e| device_error(&self.file, "copying from the GPU", e))?;
+        Ok(Tensor::from_bytes(
+            tensor.dtype,
+            &tensor.shape,
+            &bytes[..len],
+        ))
+    }
+}
+
+/// A tensor in device memory: an output of one run, to be an input of another. Its allocation
+/// may be larger than its bytes (outputs are allocated with room to grow).
+pub struct DeviceTensor {
+    slice: CudaSlice<u8>,
+    dtype: ElemType,
+    shape: Vec<usize>,
+}
+
+impl DeviceTensor {
+    fn upload(stream: &Arc<CudaStream>, tensor: Tensor, file: &str) -> Result<DeviceTensor> {
+        Ok(DeviceTensor {
+            slice: upload(stream, tensor.bytes(), file)?,
+            dtype: tensor.dtype,
+            shape: tensor.shape,
+        })
+    }
+
+    fn byte_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.size()
+    }
+}
+
+impl TypedShape for DeviceTensor {
+    fn dtype(&self) -> ElemType {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+}

@@ -1,0 +1,366 @@
+//! [`CudaRunner`]: runs one program of a [`CudaModel`] on the GPU.
+//!
+//! A run binds the symbols from the inputs' shapes (the CPU runner's rules), places the
+//! intermediates in one device arena at the offsets the memory plan gives for those sizes (grown
+//! only when a larger plan needs more), copies host inputs into device buffers kept per input,
+//! writes the buffer table and the symbol values into two device tables kept for the runner's
+//! life — the two parameters of every entry — and launches the steps on the model's stream
+//! (`launch.rs`), then waits for them. Output buffers are allocated with room to grow and reused:
+//! a run writes into the buffers of the previous run's outputs that were not taken, and into
+//! those handed back (a fed-back cache, a swapped training state), so a steady decode or
+//! training loop allocates nothing. Kernels write every element of an output, so reused buffers
+//! need no clearing.
+
+use super::launch::{grids, Kernels, Launcher};
+use super::{device_error, CudaModel, DeviceTensor};
+use crate::error::{Result, RuntimeError};
+use crate::executor::{bind_symbols, check_weights, host_input_slot, input_slot, program_error};
+use crate::manifest::{BufferKind, IoDesc, ProgramDesc};
+use crate::memory_plan::{plan, Lifetime};
+use crate::tensor::Tensor;
+use cudarc::driver::{CudaSlice, DevicePtr};
+use std::collections::HashMap;
+
+/// An input of a runner: host data, copied in at every run, or a device tensor read in place.
+enum Input {
+    Host(Tensor),
+    Device(DeviceTensor),
+}
+
+impl Input {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Input::Host(t) => &t.shape,
+            Input::Device(d) => &d.shape,
+        }
+    }
+}
+
+/// Bytes to allocate for a buffer of `bytes`: rounded up to an eighth of the next power of two,
+/// so a tensor that grows a little per run (a KV cache) keeps its buffer for many runs.
+fn capacity(bytes: usize) -> usize {
+    let quantum = (bytes.next_power_of_two() / 8).max(256);
+    bytes.div_ceil(quantum).max(1) * quantum
+}
+
+pub struct CudaRunner<'m> {
+    model: &'m CudaModel,
+    desc: &'m ProgramDesc,
+    kernels: Kernels,
+    launcher: Launcher,
+    inputs: Vec<Option<Input>>,
+    /// The device buffer each host input is copied into.
+    staged: Vec<Option<CudaSlice<u8>>>,
+    arena: Option<CudaSlice<u8>>,
+    /// Byte offset of each intermediate in the arena, indexed by buffer.
+    offsets: Vec<usize>,
+    /// The symbols the offsets were planned for.
+    planned: Option<Vec<i64>>,
+    /// Each output of the last run, by buffer.
+    outputs: HashMap<usize, DeviceTensor>,
+    /// Buffers free for the next run's outputs, by buffer.
+    spare: HashMap<usize, CudaSlice<u8>>,
+    /// The buffer table and the symbol values the entries read.
+    tables: Option<(CudaSlice<u64>, CudaSlice<i64>)>,
+}
+
+impl<'m> CudaRunner<'m> {
+    pub(super) fn new(model: &'m CudaModel, desc: &'m ProgramDesc) -> Result<CudaRunner<'m>> {
+        let mut functions = Vec::new();
+        let mut launches = Vec::new();
+        for step in &desc.steps {
+            let launch = step.launch.clone().ok_or_else(|| {
+                program_error(
+                    desc,
+                    &step.kernel,
+                    "the step has no GPU launch: not a CUDA artifact".into(),
+                )
+            })?;
+            functions.push(model.functions[&step.kernel].clone());
+            launches.push(launch);
+        }
+        Ok(CudaRunner {
+            model,
+            desc,
+            kernels: Kernels {
+                functions,
+                launches,
+            },
+            launcher: Launcher::new(false),
+            inputs: desc.inputs.iter().map(|_| None).collect(),
+            staged: desc.inputs.iter().map(|_| None).collect(),
+            arena: None,
+            offsets: vec![0; desc.buffers.len()],
+            planned: None,
+            outputs: HashMap::new(),
+            spare: HashMap::new(),
+            tables: None,
+        })
+    }
+
+    /// Replays the steps from CUDA graphs, captured once per list of grids (see `launch.rs`),
+    /// instead of launching every kernel from the host.
+    pub fn use_graphs(&mut self, on: bool) {
+        if on != self.launcher.graphs() {
+            self.launcher = Launcher::new(on);
+        }
+    }
+
+    /// Graphs captured so far.
+    pub fn graphs_captured(&self) -> usize {
+        self.launcher.captured()
+    }
+
+    /// Sets input `name` (checked as the CPU runner checks it).
+    pub fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()> {
+        let vocab = self.model.manifest.model.vocab_size;
+        let slot = host_input_slot(self.desc, vocab, name, &tensor)?;
+        self.inputs[slot] = Some(Input::Host(tensor));
+        Ok(())
+    }
+
+    /// Sets input `name` to a tensor already on the device (of the input's type and rank).
+    pub fn set_device_input(&mut self, name: &str, tensor: DeviceTensor) -> Result<()> {
+        let slot = input_slot(self.desc, name, tensor.dtype, &tensor.shape)?;
+        self.inputs[slot] = Some(Input::Device(tensor));
+        Ok(())
+    }
+
+    /// Moves input `name` out: a device input as it is, a host input copied to the device.
+    pub fn take_device_input(&mut self, name: &str) -> Result<DeviceTensor> {
+        let slot = self
+            .desc
+            .inputs
+            .iter()
+            .position(|i| i.name == name)
+            .ok_or_else(|| self.fail(name, "no such input"))?;
+        match self.inputs[slot].take() {
+            Some(Input::Device(d)) => Ok(d),
+            Some(Input::Host(t)) => self.model.upload(t),
+            None => Err(self.fail(name, "the input is not set")),
+        }
+    }
+
+    fn output_desc(&self, name: &str) -> Result<&'m IoDesc> {
+        self.desc
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| self.fail(name, "no such output"))
+    }
+
+    /// Moves output `name` of the last run out, leaving it on the device.
+    pub fn take_device_output(&mut self, name: &str) -> Result<DeviceTensor> {
+        let io = self.output_desc(name)?;
+        self.outputs
+            .remove(&io.buffer)
+            .ok_or_else(|| self.fail(name, "the program has not run, or the output was taken"))
+    }
+
+    /// Hands `storage` back as the buffer of output `name` for the next run.
+    pub fn recycle_output(&mut self, name: &str, storage: DeviceTensor) -> Result<()> {
+        let io = self.output_desc(name)?;
+        self.spare.insert(io.buffer, storage.slice);
+        Ok(())
+    }
+
+    fn fail(&self, what: &str, e: impl std::fmt::Display) -> RuntimeError {
+        program_error(self.desc, what, e.to_string())
+    }
+
+    /// Bytes of the arena holding the intermediates.
+    pub fn arena_bytes(&self) -> usize {
+        self.arena.as_ref().map_or(0, CudaSlice::len)
+    }
+
+    /// Places the intermediates for `symbols` (a new plan, and a larger arena if it needs one).
+    fn fit(&mut self, symbols: &[i64]) -> Result<()> {
+        if self.planned.as_deref() == Some(symbols) {
+            return Ok(());
+        }
+        let mut buffers = Vec::new();
+        let mut lifetimes = Vec::new();
+        for (b, d) in self.desc.buffers.iter().enumerate() {
+            if let BufferKind::Intermediate { first, last } = d.kind {
+                buffers.push(b);
+                let numel = d.numel.eval(symbols).max(0) as usize;
+                lifetimes.push(Lifetime {
+                    first,
+                    last,
+                    bytes: numel * d.dtype.size(),
+                });
+            }
+        }
+        let p = plan(&lifetimes);
+        for (&b, offset) in buffers.iter().zip(p.offsets) {
+            self.offsets[b] = offset;
+        }
+        if p.bytes > self.arena_bytes() {
+            let arena = self
+                .model
+                .stream
+                .alloc_zeros::<u8>(p.bytes.max(1))
+                .map_err(|e| self.fail("arena", e))?;
+            self.arena = Some(arena);
+        }
+        self.planned = Some(symbols.to_vec());
+        Ok(())
+    }
+
+    /// Copies the host inputs into their device buffers (reused while large enough).
+    fn stage_inputs(&mut self) -> Result<()> {
+        let stream = &self.model.stream;
+        for (input, staged) in self.inputs.iter().zip(&mut self.staged) {
+            let Some(Input::Host(t)) = input else {
+                continue;
+            };
+            let bytes = t.bytes();
+            if staged.as_ref().is_none_or(|s| s.len() < bytes.len().max(1)) {
+                let fresh = stream
+                    .alloc_zeros::<u8>(capacity(bytes.len()))
+                    .map_err(|e| device_error(&self.model.file, "allocating an input", e))?;
+                *staged = Some(fresh);
+            }
+            if let Some(slice) = staged.as_mut().filter(|_| !bytes.is_empty()) {
+                stream
+                    .memcpy_htod(bytes, slice)
+                    .map_err(|e| device_error(&self.model.file, "copying an input", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Buffers for this run's outputs: the spare ones where large enough, else new.
+    fn place_outputs(&mut self, symbols: &[i64]) -> Result<HashMap<usize, DeviceTensor>> {
+        for (b, spent) in self.outputs.drain() {
+            self.spare.insert(b, spent.slice);
+        }
+        let mut outputs = HashMap::new();
+        for io in &self.desc.outputs {
+            let shape: Vec<usize> = io.shape.iter().map(|d| d.eval(symbols) as usize).collect();
+            let bytes = shape.iter().product::<usize>() * io.dtype.size();
+            let slice = match self.spare.remove(&io.buffer) {
+                Some(s) if s.len() >= bytes.max(1) => s,
+                _ => self
+                    .model
+                    .stream
+                    .alloc_zeros::<u8>(capacity(bytes))
+                    .map_err(|e| self.fail(&io.name, e))?,
+            };
+            let tensor = DeviceTensor {
+                slice,
+                dtype: io.dtype,
+                shape,
+            };
+            outputs.insert(io.buffer, tensor);
+        }
+        Ok(outputs)
+    }
+
+    /// Runs the program on the inputs set, with the model's weights; waits for the GPU.
+    pub fn run(&mut self) -> Result<()> {
+        if self.model.weights.len() != self.model.manifest.weights.len() {
+            return Err(self.fail(
+                "weights",
+                "the model's weights were moved out: pass them to `run_with_weights`",
+            ));
+        }
+        self.run_on(None)
+    }
+
+    /// Runs the program with `weights` in place of the model's (one per manifest entry, each of
+    /// its dtype and shape); waits for the GPU.
+    pub fn run_with_weights(&mut self, weights: &[DeviceTensor]) -> Result<()> {
+        check_weights(&self.model.manifest, &self.model.file, weights)?;
+        self.run_on(Some(weights))
+    }
+
+    fn run_on(&mut self, weights: Option<&[DeviceTensor]>) -> Result<()> {
+        let shapes: Vec<Option<&[usize]>> = self
+            .inputs
+            .iter()
+            .map(|i| i.as_ref().map(Input::shape))
+            .collect();
+        let symbols = bind_symbols(self.desc, &shapes)?;
+        self.fit(&symbols)?;
+        self.stage_inputs()?;
+        let outputs = self.place_outputs(&symbols)?;
+        let model = self.model;
+        let stream = &model.stream;
+        let address = |slice: &CudaSlice<u8>| slice.device_ptr(stream).0;
+        let arena = self.arena.as_ref().map_or(0, address);
+        let weights = weights.unwrap_or(&model.weights);
+        let table: Vec<u64> = self
+            .desc
+            .buffers
+            .iter()
+            .enumerate()
+            .map(|(b, d)| match d.kind {
+                BufferKind::Input(i) => match (&self.inputs[i], &self.staged[i]) {
+                    (Some(Input::Device(t)), _) => address(&t.slice),
+                    (_, Some(staged)) => address(staged),
+                    _ => unreachable!("every input is bound and staged"),
+                },
+                BufferKind::Weight(i) => address(&weights[i].slice),
+                BufferKind::Constant(i) => address(&model.constants[i]),
+                BufferKind::Temp => address(&outputs[&b].slice),
+                BufferKind::Intermediate { .. } => arena + self.offsets[b] as u64,
+            })
+            .collect();
+        let values: Vec<i64> = if symbols.is_empty() {
+            vec![0]
+        } else {
+            symbols.clone()
+        };
+        let (table_slice, values_slice) = match &mut self.tables {
+            Some(tables) => tables,
+            none => {
+                let t = stream.alloc_zeros::<u64>(table.len().max(1));
+                let v = stream.alloc_zeros::<i64>(values.len());
+                let (t, v) = (t.and_then(|t| v.map(|v| (t, v))))
+                    .map_err(|e| device_error(&model.file, "allocating the tables", e))?;
+                none.insert((t, v))
+            }
+        };
+        let copied = stream
+            .memcpy_htod(&table, table_slice)
+            .and_then(|()| stream.memcpy_htod(&values, values_slice));
+        copied.map_err(|e| device_error(&model.file, "writing the tables", e))?;
+        let tables = [
+            table_slice.device_ptr(stream).0,
+            values_slice.device_ptr(stream).0,
+        ];
+        let grids = grids(&self.kernels.launches, &symbols, self.launcher.graphs());
+        let launched = self.launcher.launch(stream, &self.kernels, &grids, tables);
+        launched.map_err(|(step, e)| match self.desc.steps.get(step) {
+            Some(s) => self.fail(&s.kernel, e),
+            None => self.fail("CUDA graph", e),
+        })?;
+        stream.synchronize().map_err(|e| self.fail("run", e))?;
+        self.outputs = outputs;
+        Ok(())
+    }
+
+    /// The names of the program's outputs.
+    pub fn output_names(&self) -> Vec<String> {
+        self.desc.outputs.iter().map(|o| o.name.clone()).collect()
+    }
+
+    /// Output `name` of the last run, copied to the host.
+    pub fn output(&self, name: &str) -> Result<Tensor> {
+        let io = self.output_desc(name)?;
+        let tensor = self
+            .outputs
+            .get(&io.buffer)
+            .ok_or_else(|| self.fail(name, "the program has not run"))?;
+        self.model.download(tensor)
+    }
+
+    pub(super) fn desc(&self) -> &'m ProgramDesc {
+        self.desc
+    }
+
+    pub(super) fn model(&self) -> &'m CudaModel {
+        self.model
+    }
+}
