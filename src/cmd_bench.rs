@@ -1,40 +1,56 @@
-//! `kiln bench`: prefill and decode throughput of an artifact, the medians of several runs after
-//! a warm-up, and the process's peak resident memory — as a table or one JSON object.
+//! `kiln bench`: prefill and decode throughput of an artifact on the CPU or the GPU, the medians
+//! of several runs after a warm-up, the time to load the model and to run the first (warm-up)
+//! generation, and peak memory — as a table or one JSON object.
 //!
-//! The prompt is fixed pseudo-random token ids, decoding is greedy and never stops early, so
-//! every run does the same work.
+//! The prompt is fixed pseudo-random token ids (one copy per sequence of the batch), decoding is
+//! greedy and never stops early, so every run does the same work. Without `--weights` the model
+//! runs on seeded random weights: the figures are the same, the text is noise.
 
+use crate::device::Device;
 use clap::Args;
+use kiln::model;
+use kiln_runtime::cuda::CudaModel;
 use kiln_runtime::executor::default_threads;
-use kiln_runtime::generate::{GenerateOptions, Generator};
-use kiln_runtime::{open_model, Sampling};
+use kiln_runtime::generate::{DecodeProgram, GenerateOptions, Generator};
+use kiln_runtime::{load_weights, Artifact, Model, Runner, Sampling};
 use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(Args)]
 pub struct BenchArgs {
     /// The `.kiln` artifact.
     artifact: PathBuf,
-    /// Weights: a .gguf, a .safetensors file, a sharded index or a model directory.
+    /// Weights: a .gguf, a .safetensors file, a sharded index or a model directory (default:
+    /// seeded random weights).
     #[arg(long)]
-    weights: PathBuf,
+    weights: Option<PathBuf>,
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     #[arg(long, default_value_t = 5)]
     runs: usize,
     #[arg(long, default_value_t = default_threads())]
     threads: usize,
+    /// Where to run: `cpu`, or `cuda` for an artifact compiled with `--target cuda`.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
+    /// On the GPU, launch every kernel of a decode step instead of replaying a CUDA graph.
+    #[arg(long)]
+    no_cuda_graphs: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Also print where the time goes: the costliest kinds of step in each program.
+    /// CPU: also print where the time goes, the costliest kinds of step in each program.
     #[arg(long)]
     profile: bool,
 }
 
 /// Time per kind of step (the op name, the first word of its label), largest first.
-fn print_profile(runner: &kiln_runtime::Runner<'_>) {
+fn print_profile(runner: &Runner<'_>) {
     let Some(times) = runner.profile() else {
         return;
     };
@@ -83,57 +99,150 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-pub fn run(args: BenchArgs) -> Result<(), String> {
-    if args.runs == 0 || args.prompt_tokens == 0 || args.decode_tokens == 0 {
-        return Err("--runs, --prompt-tokens and --decode-tokens must be positive".into());
-    }
-    let model =
-        open_model(&args.artifact, &args.weights, args.threads).map_err(|e| e.to_string())?;
-    let vocab = model.manifest().model.vocab_size as u64;
+/// What one benchmark measured.
+struct Measured {
+    prefill: f64,
+    decode: f64,
+    /// The warm-up generation: its prefill and first decode step, and all of it.
+    first_step_s: f64,
+    first_run_s: f64,
+}
+
+/// The warm-up generation, then `runs` timed ones.
+fn measure<P: DecodeProgram>(
+    args: &BenchArgs,
+    generator: &mut Generator<P>,
+    vocab: u64,
+) -> Result<Measured, String> {
     let prompt: Vec<u32> = (0..args.prompt_tokens as u64)
         .map(|i| ((i * 7919 + 13) % vocab) as u32)
         .collect();
+    let prompts = vec![prompt; args.batch];
     let opts = GenerateOptions {
         max_new_tokens: args.decode_tokens + 1,
         sampling: Sampling::Greedy,
         eos: Vec::new(),
     };
-    let mut generator = Generator::new(&model).map_err(|e| e.to_string())?;
-    generator.set_profiling(args.profile);
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    let (mut first_step_s, mut first_run_s) = (0.0, 0.0);
     for run in 0..=args.runs {
+        let started = Instant::now();
+        // Two tokens per sequence: the prefill's and the first decode step's.
+        let mut tokens = 0;
         let out = generator
-            .generate(std::slice::from_ref(&prompt), &opts, |_, _| {})
+            .generate(&prompts, &opts, |_, _| {
+                tokens += 1;
+                if run == 0 && tokens == 2 * args.batch {
+                    first_step_s = started.elapsed().as_secs_f64();
+                }
+            })
             .map_err(|e| e.to_string())?;
-        if run > 0 {
+        if run == 0 {
+            first_run_s = started.elapsed().as_secs_f64();
+        } else {
             prefill.push(out.prefill_tokens_per_second());
             decode.push(out.decode_tokens_per_second());
         }
     }
-    let (prefill, decode) = (median(prefill), median(decode));
-    let peak = peak_rss_bytes().unwrap_or(0);
+    Ok(Measured {
+        prefill: median(prefill),
+        decode: median(decode),
+        first_step_s,
+        first_run_s,
+    })
+}
+
+pub fn run(args: BenchArgs) -> Result<(), String> {
+    if args.runs == 0 || args.prompt_tokens == 0 || args.decode_tokens == 0 || args.batch == 0 {
+        return Err("--runs, --prompt-tokens, --decode-tokens and --batch must be positive".into());
+    }
+    let file = args.artifact.display().to_string();
+    let artifact = Artifact::read(&args.artifact).map_err(|e| e.to_string())?;
+    let m = &artifact.manifest;
+    let vocab = m.model.vocab_size as u64;
+    let weights = match &args.weights {
+        Some(path) => {
+            load_weights(path, &m.weights, &m.model)
+                .map_err(|e| e.to_string())?
+                .tensors
+        }
+        None => model::random_weights(&m.weights, 0),
+    };
+    let started = Instant::now();
+    let (measured, load_s, gpu) = match args.device {
+        Device::Cpu => {
+            let model =
+                Model::new(artifact, &file, weights, args.threads).map_err(|e| e.to_string())?;
+            let load_s = started.elapsed().as_secs_f64();
+            let mut generator = Generator::new(&model).map_err(|e| e.to_string())?;
+            generator.set_profiling(args.profile);
+            let measured = measure(&args, &mut generator, vocab)?;
+            if !args.json {
+                report(&args, &measured, load_s, None);
+            }
+            generator.runners().into_iter().for_each(print_profile);
+            (measured, load_s, None)
+        }
+        Device::Cuda => {
+            let model = CudaModel::new(artifact, &file, weights).map_err(|e| e.to_string())?;
+            let load_s = started.elapsed().as_secs_f64();
+            let mut generator =
+                Generator::on_gpu(&model, !args.no_cuda_graphs).map_err(|e| e.to_string())?;
+            let measured = measure(&args, &mut generator, vocab)?;
+            let gpu = model.device_report().map_err(|e| e.to_string())?;
+            if !args.json {
+                report(&args, &measured, load_s, Some(&gpu));
+            }
+            (measured, load_s, Some(gpu))
+        }
+    };
     if args.json {
+        let (name, in_use) = gpu.unwrap_or_default();
         println!(
-            "{{\"peer\":\"kiln {}\",\"prefill_tokens_per_s\":{prefill:.1},\"decode_tokens_per_s\":{decode:.2},\"peak_rss_bytes\":{peak},\"threads\":{},\"runs\":{}}}",
+            "{{\"peer\":\"kiln {}\",\"device\":\"{}\",\"gpu\":\"{name}\",\"cuda_graphs\":{},\"batch\":{},\"prompt_tokens\":{},\"decode_tokens\":{},\"prefill_tokens_per_s\":{:.1},\"decode_tokens_per_s\":{:.2},\"load_s\":{load_s:.3},\"first_step_s\":{:.4},\"first_run_s\":{:.3},\"peak_rss_bytes\":{},\"gpu_memory_in_use_bytes\":{in_use},\"threads\":{},\"runs\":{}}}",
             env!("CARGO_PKG_VERSION"),
+            if args.device == Device::Cuda { "cuda" } else { "cpu" },
+            args.device == Device::Cuda && !args.no_cuda_graphs,
+            args.batch,
+            args.prompt_tokens,
+            args.decode_tokens,
+            measured.prefill,
+            measured.decode,
+            measured.first_step_s,
+            measured.first_run_s,
+            peak_rss_bytes().unwrap_or(0),
             args.threads,
             args.runs
         );
-    } else {
-        println!("| figure | kiln |\n| --- | --- |");
+    }
+    Ok(())
+}
+
+fn report(args: &BenchArgs, m: &Measured, load_s: f64, gpu: Option<&(String, usize)>) {
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    println!("| figure | kiln |\n| --- | --- |");
+    println!(
+        "| prefill {} × {} tokens (tok/s, median of {}) | {:.1} |",
+        args.batch, args.prompt_tokens, args.runs, m.prefill
+    );
+    println!(
+        "| decode {} × {} tokens (tok/s, median of {}) | {:.2} |",
+        args.batch, args.decode_tokens, args.runs, m.decode
+    );
+    println!("| loading the model (s) | {load_s:.2} |");
+    println!(
+        "| warm-up: prefill and first decode step (s) | {:.3} |",
+        m.first_step_s
+    );
+    println!("| warm-up: whole generation (s) | {:.2} |", m.first_run_s);
+    println!(
+        "| peak memory (MiB) | {:.0} |",
+        mib(peak_rss_bytes().unwrap_or(0) as f64)
+    );
+    if let Some((name, in_use)) = gpu {
         println!(
-            "| prefill {} tokens (tok/s, median of {}) | {prefill:.1} |",
-            args.prompt_tokens, args.runs
-        );
-        println!(
-            "| decode {} tokens (tok/s, median of {}) | {decode:.2} |",
-            args.decode_tokens, args.runs
-        );
-        println!(
-            "| peak memory (MiB) | {:.0} |",
-            peak as f64 / (1024.0 * 1024.0)
+            "| {name} memory in use (MiB) | {:.0} |",
+            mib(*in_use as f64)
         );
     }
-    generator.runners().into_iter().for_each(print_profile);
-    Ok(())
 }

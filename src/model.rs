@@ -14,8 +14,9 @@ pub fn spec(path: Option<&Path>) -> Result<ModelSpec, String> {
     .map_err(|e| e.to_string())
 }
 
-/// Seeded random weights for `weights` (norm scales 1, everything else uniform in ±0.1): what
-/// the embedded demo runs with when no weights are given.
+/// Seeded random weights for `weights`, each in its manifest type (norm scales 1, everything else
+/// uniform in ±0.1): what the embedded demo and the benchmarks run with when no weights are
+/// given.
 pub fn random_weights(
     weights: &[kiln_runtime::manifest::TensorDesc],
     seed: u64,
@@ -31,7 +32,7 @@ pub fn random_weights(
             } else {
                 (0..numel).map(|_| rng.random_range(-0.1..0.1)).collect()
             };
-            kiln_runtime::Tensor::f32(&w.shape, &values)
+            kiln_runtime::weights::typed(values, w)
         })
         .collect()
 }

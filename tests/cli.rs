@@ -449,3 +449,48 @@ fn runtime_input_errors_name_the_file_and_tensor() {
     let (ok, _, stderr) = run(&gguf, &wrong_dtype);
     assert!(!ok && stderr.contains("input_ids"), "{stderr}");
 }
+
+/// `kiln bench` on random weights (none given) reports its figures as JSON, also for an artifact
+/// with bf16 weights (the random weights take each weight's type).
+#[test]
+fn bench_runs_on_random_weights_and_reports_json() {
+    let config = fixture_dir("llama").join("config.json");
+    let artifact = scratch("bench.kiln", b"");
+    let (ok, _, stderr) = kiln(&[
+        "compile",
+        config.to_str().unwrap(),
+        "-o",
+        artifact.to_str().unwrap(),
+        "--max-seq",
+        "32",
+        "--max-batch",
+        "2",
+        "--precision",
+        "bf16-weights",
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, out, stderr) = kiln(&[
+        "bench",
+        artifact.to_str().unwrap(),
+        "--prompt-tokens",
+        "4",
+        "--decode-tokens",
+        "4",
+        "--batch",
+        "2",
+        "--runs",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["device"], "cpu");
+    assert_eq!(report["batch"], 2);
+    assert!(
+        report["decode_tokens_per_s"].as_f64().unwrap() > 0.0,
+        "{out}"
+    );
+    assert!(report["first_run_s"].as_f64().is_some(), "{out}");
+}

@@ -212,9 +212,18 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
             embedding_gradient_scale: args.embedding_grad_scale,
         },
     };
-    let programs: Vec<Program> = Program::TRAINING
+    let prompt = args
+        .generate
+        .clone()
+        .or_else(|| args.model.is_none().then(|| "The kiln".to_string()));
+    // `accumulate` only for steps of several micro-batches, the decoding programs only to
+    // generate after training: each program adds compile and load time.
+    let accumulate = (options.ramp.most() > 1).then_some(Program::Accumulate);
+    let decoding = prompt.is_some().then_some(DECODING_PROGRAMS);
+    let programs: Vec<Program> = [Program::TrainStep]
         .into_iter()
-        .chain(DECODING_PROGRAMS)
+        .chain(accumulate)
+        .chain(decoding.into_iter().flatten())
         .collect();
     let recompute = match &args.memory_budget {
         Some(budget) => match budget.parse()? {
@@ -269,10 +278,6 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         stream.windows(),
         args.seq
     );
-    let prompt = args
-        .generate
-        .clone()
-        .or_else(|| args.model.is_none().then(|| "The kiln".to_string()));
     let err = |e: kiln_runtime::RuntimeError| e.to_string();
     match args.device {
         Device::Cpu => {
@@ -287,10 +292,20 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
             }
         }
         Device::Cuda => {
+            let loading = Instant::now();
             let mut model = CudaModel::new(artifact, &source, weights).map_err(err)?;
+            eprintln!(
+                "loaded on the GPU in {:.2} s (the driver compiles the PTX; the weights are copied)",
+                loading.elapsed().as_secs_f64()
+            );
             let params = model.take_weights();
             let trainer = Trainer::on_gpu(&model, params, options).map_err(err)?;
             let params = train(&args, trainer, &mut stream)?;
+            let (gpu, in_use) = model.device_report().map_err(err)?;
+            eprintln!(
+                "{gpu}: {:.2} GiB in use",
+                in_use as f64 / (1u64 << 30) as f64
+            );
             model.put_weights(params).map_err(err)?;
             if let Some(prompt) = prompt {
                 let mut generator = Generator::on_gpu(&model, true).map_err(err)?;

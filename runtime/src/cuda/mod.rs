@@ -152,6 +152,15 @@ impl CudaModel {
         CudaRunner::new(self, desc)
     }
 
+    /// The GPU's name and the bytes of its memory in use (by every process), for reports.
+    pub fn device_report(&self) -> Result<(String, usize)> {
+        let ctx = self.stream.context();
+        let fail = |e| device_error(&self.file, "querying the GPU", e);
+        let name = ctx.name().map_err(fail)?;
+        let (free, total) = ctx.mem_get_info().map_err(fail)?;
+        Ok((name, total - free))
+    }
+
     /// A copy of `tensor` on this model's GPU.
     pub fn upload(&self, tensor: Tensor) -> Result<DeviceTensor> {
         DeviceTensor::upload(&self.stream, tensor, &self.file)

@@ -112,6 +112,15 @@ impl BatchRamp {
         Ok(BatchRamp { stages })
     }
 
+    /// The most micro-batches any step takes.
+    pub fn most(&self) -> usize {
+        self.stages
+            .iter()
+            .map(|&(_, count)| count)
+            .max()
+            .unwrap_or(1)
+    }
+
     pub fn at(&self, step: u64) -> usize {
         self.stages
             .iter()

@@ -95,7 +95,7 @@ fn check_types(source: &str, expected: &[TensorDesc]) -> Result<()> {
 }
 
 /// The decoded `values` of the tensor `desc` describes, in its type (rounded to nearest even).
-fn typed(values: Vec<f32>, desc: &TensorDesc) -> Tensor {
+pub fn typed(values: Vec<f32>, desc: &TensorDesc) -> Tensor {
     let mut t = Tensor::zeros(desc.dtype, &desc.shape);
     match desc.dtype {
         ElemType::Bf16 => narrow(&values, t.bytes_mut(), |v| bf16::from_f32(v).to_le_bytes()),

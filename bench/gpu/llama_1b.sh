@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# kiln's side of the GPU benchmark on the Llama-3.2-1B shape (bench/configs/llama-3.2-1b.json),
+# then PyTorch's (torch_llama.py, eager and torch.compile), then one table of both with ratios.
+#
+# Run from the repository root on a machine with an sm_90 GPU, the CUDA driver and PyTorch, with
+# a kiln binary built for it (`cargo build --release`, or KILN=path/to/kiln):
+#   bench/gpu/llama_1b.sh                    # everything
+#   PARTS=kiln bench/gpu/llama_1b.sh         # kiln's figures only (PARTS=torch: PyTorch's only;
+#                                            # PARTS=compile: kiln's compile times only, no GPU)
+# Results: bench/results/gpu-llama-1b-DATE/{kiln-*.json,train.csv,torch.json} and the merged
+# bench/results/gpu-llama-1b-DATE.json; the table is printed (bench/gpu/table.py).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+KILN=${KILN:-target/release/kiln}
+PARTS=${PARTS:-kiln,torch}
+CONFIG=bench/configs/llama-3.2-1b.json
+STAMP=${STAMP:-$(date -u +%Y-%m-%dT%H%M)}
+OUT=bench/results/gpu-llama-1b-$STAMP
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$OUT"
+
+seconds() { # seconds COMMAND...: runs it, prints its wall time in seconds
+  local start end
+  start=$(date +%s.%N)
+  "$@" > /dev/null 2>&1
+  end=$(date +%s.%N)
+  python3 -c "print(round($end - $start, 3))"
+}
+
+if [[ $PARTS == *kiln* || $PARTS == *compile* ]]; then
+  # The artifacts: decode programs with bf16 weights, and the training step in f32 with layers
+  # recomputed (the activations of all 16 layers at 8 × 2048 tokens do not fit beside the
+  # optimizer state).
+  decode=$(seconds "$KILN" compile "$CONFIG" --target cuda --precision bf16-weights \
+    --programs prefill,decode --max-batch 16 --max-seq 192 -o "$WORK/decode.kiln")
+  train=$(seconds "$KILN" compile "$CONFIG" --target cuda --programs train_step \
+    --max-batch 8 --max-seq 2048 --recompute layers -o "$WORK/train.kiln")
+  python3 - "$OUT/kiln-compile.json" "$decode" "$train" <<'PY'
+import json, sys, platform, os
+json.dump({"host": platform.node(), "cpus": os.cpu_count(),
+           "decode_programs_s": float(sys.argv[2]), "train_step_s": float(sys.argv[3])},
+          open(sys.argv[1], "w"))
+PY
+fi
+
+if [[ $PARTS == *kiln* ]]; then
+  # Decode: the same work as torch_llama.py's (16-token prompt, 128 greedy steps).
+  for batch in 1 16; do
+    "$KILN" bench "$WORK/decode.kiln" --device cuda --batch "$batch" --prompt-tokens 16 \
+      --decode-tokens 128 --runs "${RUNS:-5}" --json > "$OUT/kiln-decode-b$batch.json"
+  done
+  # Training: 8 × 2048 tokens of random ids, as the artifact above, at a constant rate.
+  python3 - "$WORK/tokens.safetensors" <<'PY'
+import sys, numpy as np
+from safetensors.numpy import save_file
+ids = np.random.default_rng(0).integers(0, 128256, size=8 * 2049 * 8, dtype=np.int64)
+save_file({"tokens": ids}, sys.argv[1])
+PY
+  "$KILN" train "$CONFIG" --device cuda --data "$WORK/tokens.safetensors" --batch 8 --seq 2048 \
+    --steps "${TRAIN_STEPS:-4}" --constant-lr --lr 1e-4 --recompute layers \
+    --log "$OUT/train.csv" 2> "$OUT/train.log" || true
+fi
+
+if [[ $PARTS == *torch* ]]; then
+  python3 bench/gpu/torch_llama.py --config "$CONFIG" --out "$OUT/torch.json"
+fi
+
+python3 bench/gpu/table.py "$OUT" | tee "$OUT/table.md"
