@@ -108,20 +108,28 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// The kernels of a CUDA program by kind (`map 12, reduce 5, …`): a CUDA kernel's name is
-/// `PROGRAM_STEP_KIND`.
+/// The kernels of a CUDA program by kind (`map 12, reduce 5, …`) and how many distinct entries
+/// they run: a CUDA kernel's entry is named `KIND_N`.
 fn kernel_counts(p: &kiln_runtime::manifest::ProgramDesc) -> String {
     let mut counts: Vec<(&str, usize)> = Vec::new();
-    for (i, step) in p.steps.iter().enumerate() {
-        let prefix = format!("{}_{i}_", p.name);
-        let kind = step.kernel.strip_prefix(&prefix).unwrap_or(&step.kernel);
+    let mut entries = std::collections::HashSet::new();
+    for step in &p.steps {
+        entries.insert(step.kernel.as_str());
+        let kind = step
+            .kernel
+            .rsplit_once('_')
+            .map_or(&*step.kernel, |(k, _)| k);
         match counts.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, n)) => *n += 1,
             None => counts.push((kind, 1)),
         }
     }
     let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
-    format!("kernels by kind: {}", parts.join(", "))
+    format!(
+        "kernels by kind: {}; {} distinct entries",
+        parts.join(", "),
+        entries.len()
+    )
 }
 
 /// `12.3 KiB`, `4.5 MiB`, `1.2 GiB`.

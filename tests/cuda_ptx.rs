@@ -149,6 +149,11 @@ fn assemble(ptxas: &Path, ptx: &str, what: &str) -> Vec<(String, Resources)> {
     entries
 }
 
+/// The kind of a kernel named `KIND_N`.
+fn kind_of(kernel: &str) -> &str {
+    kernel.rsplit_once('_').map_or(kernel, |(kind, _)| kind)
+}
+
 /// A step's label without the layer number (`… model.layers.3.mlp` → `… layers.N.mlp`).
 fn label_pattern(label: &str) -> String {
     label
@@ -188,17 +193,19 @@ fn every_kernel_assembles_for_sm_90() {
                 .flat_map(|p| p.steps.iter().map(move |s| (p, s)))
                 .collect();
             assert_eq!(
-                entries.len(),
-                steps.len(),
-                "{name} {precision}: every step is one entry"
+                entries
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<BTreeSet<_>>(),
+                steps.iter().map(|(_, s)| s.kernel.as_str()).collect(),
+                "{name} {precision}: the entries are the steps' kernels"
             );
             for (program, step) in steps {
                 let (_, r) = entries
                     .iter()
                     .find(|(n, _)| *n == step.kernel)
                     .unwrap_or_else(|| panic!("ptxas did not report {}", step.kernel));
-                let prefix = step.kernel.split('_').take(2).collect::<Vec<_>>().join("_");
-                let kind = &step.kernel[prefix.len() + 1..];
+                let kind = kind_of(&step.kernel);
                 lines.insert(format!(
                     "{:<7} {:<12} {:<44} regs {:>3}  stack {:>3}  spill {}/{}  smem {:>5}",
                     program.name,
@@ -325,7 +332,7 @@ fn representative_kernels_ptx() {
         let mut seen = BTreeSet::new();
         for program in &artifact.manifest.programs {
             for step in &program.steps {
-                let kind = step.kernel.splitn(3, '_').nth(2).unwrap().to_string();
+                let kind = kind_of(&step.kernel).to_string();
                 let wanted = matches!(
                     (precision, program.name.as_str(), kind.as_str()),
                     (Precision::F32, "decode", _)
@@ -351,7 +358,7 @@ fn training_programs_assemble_for_sm_90() {
     let Some(ptxas) = ptxas_or_skip() else {
         return;
     };
-    let mut kernels = 0;
+    let (mut kernels, mut entry_count) = (0, 0);
     for (name, spec) in models() {
         let artifact = compile(
             Target::Cuda,
@@ -363,13 +370,26 @@ fn training_programs_assemble_for_sm_90() {
         .unwrap();
         let ptx = String::from_utf8(artifact.object.clone()).unwrap();
         let entries = assemble(&ptxas, &ptx, &format!("{name} training"));
+        let kernels_of_steps: BTreeSet<&str> = artifact
+            .manifest
+            .programs
+            .iter()
+            .flat_map(|p| p.steps.iter().map(|s| s.kernel.as_str()))
+            .collect();
         let steps: usize = artifact
             .manifest
             .programs
             .iter()
             .map(|p| p.steps.len())
             .sum();
-        assert_eq!(entries.len(), steps, "{name}: every step is one entry");
+        assert_eq!(
+            entries
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<BTreeSet<_>>(),
+            kernels_of_steps,
+            "{name}: the entries are the steps' kernels"
+        );
         for (entry, r) in &entries {
             assert_eq!(
                 (r.spill_stores, r.spill_loads),
@@ -378,6 +398,7 @@ fn training_programs_assemble_for_sm_90() {
             );
         }
         kernels += steps;
+        entry_count += entries.len();
     }
-    println!("{kernels} training kernels assembled");
+    println!("{kernels} training steps assembled as {entry_count} distinct kernels");
 }

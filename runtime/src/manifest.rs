@@ -12,9 +12,11 @@
 //!
 //! **CUDA targets** (`target.arch` = `sm_90`): the artifact's object section holds one PTX module
 //! instead of an ELF object, and every step carries a [`Launch`]. Each kernel is an `.entry`
-//! named as the step's `kernel`, with two `.param .u64` parameters: a device pointer to the
-//! program's buffer table (one 64-bit device address per entry of [`ProgramDesc::buffers`]) and a
-//! device pointer to the bound symbol values (`i64`, as [`ProgramDesc::symbols`]). Kernels loop
+//! named as the step's `kernel` (steps that compute the same thing on different buffers, such as
+//! the layers of a model, share one entry), with two `.param .u64` parameters: a device pointer
+//! to the step's buffer table (one 64-bit device address per entry of [`Launch::buffers`], the
+//! program buffers the kernel reads and writes, in the kernel's order) and a device pointer to the
+//! bound symbol values (`i64`, as [`ProgramDesc::symbols`]). Kernels loop
 //! over their work by grid stride, so any grid of at least one block computes the whole step;
 //! [`Launch::blocks`] is the grid that gives each block one piece of work.
 //!
@@ -25,7 +27,7 @@ use crate::poly::Poly;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of the manifest or the artifact layout.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Functions the runtime hands to kernels, in table order. The names are part of the ABI.
 ///
@@ -213,6 +215,9 @@ pub struct Launch {
     pub threads: u32,
     /// Bytes of static shared memory the kernel declares (for occupancy; nothing to pass).
     pub shared_bytes: u32,
+    /// The program buffers (indices into [`ProgramDesc::buffers`]) whose addresses make the
+    /// step's buffer table, in the order the kernel reads them.
+    pub buffers: Vec<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,8 @@
 //!
 //! [`compile`] reuses the CPU backend's target-independent lowering (`kiln_backend_cpu::lower`:
 //! buffers, views, kernel descriptions; `memory`: the arena plan of intermediates), writes
-//! every kernel as one PTX entry with its own typed builder (`ptx`, `kernels`), and packs the
+//! every kernel as a PTX entry with its own typed builder (`ptx`, `kernels`; steps whose code is
+//! the same, such as the layers of a model, share one entry), and packs the
 //! module text, the manifest (each step with its [`Launch`](kiln_runtime::manifest::Launch)) and
 //! the constants into a `kiln_runtime::Artifact` whose target is `sm_90`. kiln writes the PTX
 //! itself: no CUDA toolkit is needed to compile, and this crate never runs code.
@@ -40,14 +41,14 @@ pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
         let memory = memory::plan_intermediates(&mut lowered);
         let mut steps = Vec::new();
         for (i, (kernel, label)) in lowered.kernels.iter().enumerate() {
-            let name = format!("{}_{i}_{}", lowered.name, kernels::kind(kernel));
-            let (entry, launch) = kernels::emit(&name, kernel).map_err(|e| {
+            let kind = kernels::kind(kernel);
+            let (entry, launch) = kernels::emit(kind, kernel).map_err(|e| {
                 CompileError(format!(
-                    "program `{}`: cannot compile kernel {name} ({label}): {e}",
+                    "program `{}`: cannot compile step {i}, a {kind} kernel ({label}): {e}",
                     g.name
                 ))
             })?;
-            module.push(entry);
+            let name = module.push_distinct(kind, entry);
             let (work, item_bytes) = kernel.work();
             steps.push(Step {
                 kernel: name,

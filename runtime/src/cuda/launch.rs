@@ -7,9 +7,9 @@
 //! least one block computes the same result. With graphs on, grids are sized for the symbols
 //! rounded up to powers of two: a decode step whose context grows by one position per token
 //! replays one graph for every doubling of the context instead of capturing one per token.
-//! Every launch takes the same two addresses (the buffer table and the symbol values), whose
-//! contents the runner rewrites on the stream before each launch or replay; a captured graph
-//! therefore stays valid when inputs, outputs, the arena or the symbols change.
+//! Every launch takes two fixed addresses, its step's part of the runner's buffer table and the
+//! symbol values, whose contents the runner rewrites on the stream before each launch or replay;
+//! a captured graph therefore stays valid when inputs, outputs, the arena or the symbols change.
 
 use crate::manifest::Launch;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUresult, CUstreamCaptureMode};
@@ -61,6 +61,38 @@ pub fn grids(launches: &[Launch], symbols: &[i64], bucketed: bool) -> Vec<u32> {
 pub struct Kernels {
     pub functions: Vec<CudaFunction>,
     pub launches: Vec<Launch>,
+    /// Where each step's part of the buffer table starts, in entries.
+    pub table_offsets: Vec<usize>,
+}
+
+impl Kernels {
+    pub fn new(functions: Vec<CudaFunction>, launches: Vec<Launch>) -> Kernels {
+        let mut table_offsets = Vec::new();
+        let mut next = 0;
+        for l in &launches {
+            table_offsets.push(next);
+            next += l.buffers.len();
+        }
+        Kernels {
+            functions,
+            launches,
+            table_offsets,
+        }
+    }
+
+    /// The buffer table: each step's buffers, in order, as `address` gives them.
+    pub fn table(&self, address: impl Fn(usize) -> u64) -> Vec<u64> {
+        let table: Vec<u64> = self
+            .launches
+            .iter()
+            .flat_map(|l| l.buffers.iter().map(|&b| address(b)))
+            .collect();
+        if table.is_empty() {
+            vec![0]
+        } else {
+            table
+        }
+    }
 }
 
 /// Launches a program's steps, directly or through a cache of captured graphs.
@@ -84,7 +116,8 @@ impl Launcher {
         self.graphs.as_ref().map_or(0, HashMap::len)
     }
 
-    /// Runs every step with a nonzero grid on `stream`, each given the two table addresses.
+    /// Runs every step with a nonzero grid on `stream`, each given its part of the buffer table
+    /// (`tables[0]`, the table's address) and the symbol values (`tables[1]`).
     pub fn launch(
         &mut self,
         stream: &Arc<CudaStream>,
@@ -146,10 +179,12 @@ fn launch_steps(
             block_dim: (kernels.launches[i].threads, 1, 1),
             shared_mem_bytes: 0,
         };
+        let bufs = tables[0] + 8 * kernels.table_offsets[i] as u64;
         let mut builder = stream.launch_builder(&kernels.functions[i]);
-        builder.arg(&tables[0]).arg(&tables[1]);
+        builder.arg(&bufs).arg(&tables[1]);
         // SAFETY: every entry takes the two table addresses of the manifest's ABI; the runner
-        // keeps both tables alive and filled with live buffers sized for the bound symbols.
+        // keeps both tables alive and filled with live buffers sized for the bound symbols, and
+        // each step's part of the buffer table holds its launch's buffers.
         unsafe { builder.launch(config) }.map_err(|e| (i, e))?;
     }
     Ok(())
@@ -168,6 +203,7 @@ mod tests {
             blocks,
             threads: 128,
             shared_bytes: 0,
+            buffers: Vec::new(),
         };
         let past_plus_one = Poly::symbol(0).add(&Poly::constant(1));
         vec![
@@ -198,6 +234,7 @@ mod tests {
             }],
             threads: 32,
             shared_bytes: 0,
+            buffers: Vec::new(),
         }];
         assert_eq!(grids(&empty, &[0], true), vec![0]);
         assert_eq!(grids(&empty, &[1 << 30], false), vec![MAX_BLOCKS as u32]);

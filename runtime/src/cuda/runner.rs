@@ -3,8 +3,9 @@
 //! A run binds the symbols from the inputs' shapes (the CPU runner's rules), places the
 //! intermediates in one device arena at the offsets the memory plan gives for those sizes (grown
 //! only when a larger plan needs more), copies host inputs into device buffers kept per input,
-//! writes the buffer table and the symbol values into two device tables kept for the runner's
-//! life — the two parameters of every entry — and launches the steps on the model's stream
+//! writes the buffer table (each step's buffers in its kernel's order, `launch.rs`) and the
+//! symbol values into two device tables kept for the runner's life — every entry's two
+//! parameters point into them — and launches the steps on the model's stream
 //! (`launch.rs`), then waits for them. Output buffers are allocated with room to grow and reused:
 //! a run writes into the buffers of the previous run's outputs that were not taken, and into
 //! those handed back (a fed-back cache, a swapped training state), so a steady decode or
@@ -82,10 +83,7 @@ impl<'m> CudaRunner<'m> {
         Ok(CudaRunner {
             model,
             desc,
-            kernels: Kernels {
-                functions,
-                launches,
-            },
+            kernels: Kernels::new(functions, launches),
             launcher: Launcher::new(false),
             inputs: desc.inputs.iter().map(|_| None).collect(),
             staged: desc.inputs.iter().map(|_| None).collect(),
@@ -290,7 +288,7 @@ impl<'m> CudaRunner<'m> {
         let address = |slice: &CudaSlice<u8>| slice.device_ptr(stream).0;
         let arena = self.arena.as_ref().map_or(0, address);
         let weights = weights.unwrap_or(&model.weights);
-        let table: Vec<u64> = self
+        let addresses: Vec<u64> = self
             .desc
             .buffers
             .iter()
@@ -307,6 +305,7 @@ impl<'m> CudaRunner<'m> {
                 BufferKind::Intermediate { .. } => arena + self.offsets[b] as u64,
             })
             .collect();
+        let table = self.kernels.table(|b| addresses[b]);
         let values: Vec<i64> = if symbols.is_empty() {
             vec![0]
         } else {
@@ -315,7 +314,7 @@ impl<'m> CudaRunner<'m> {
         let (table_slice, values_slice) = match &mut self.tables {
             Some(tables) => tables,
             none => {
-                let t = stream.alloc_zeros::<u64>(table.len().max(1));
+                let t = stream.alloc_zeros::<u64>(table.len());
                 let v = stream.alloc_zeros::<i64>(values.len());
                 let (t, v) = (t.and_then(|t| v.map(|v| (t, v))))
                     .map_err(|e| device_error(&model.file, "allocating the tables", e))?;

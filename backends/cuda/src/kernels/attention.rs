@@ -173,6 +173,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         }],
         threads: WARPS * 32,
         shared_bytes: c.b.shared_bytes(),
+        buffers: Vec::new(),
     })
 }
 

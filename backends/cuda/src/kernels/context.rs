@@ -1,6 +1,12 @@
-//! What every kernel's code starts from: the two parameters of the launch ABI (buffer table and
-//! symbol values), size polynomials evaluated once at entry, buffer base addresses, index
-//! arithmetic over views, typed element loads and stores, and the loops kernels are made of.
+//! What every kernel's code starts from: the two parameters of the launch ABI (the step's buffer
+//! table and the symbol values), size polynomials evaluated once at entry, buffer base addresses,
+//! index arithmetic over views, typed element loads and stores, and the loops kernels are made
+//! of.
+//!
+//! A kernel addresses buffers through slots of its own table, numbered in the order it first
+//! reads them ([`Ctx::slots`] lists the program buffer of each), never by program buffer index:
+//! two steps that compute the same thing on different buffers emit the same text, and share one
+//! entry of the module.
 //!
 //! Invariants: `value`, `buffer` and `addressed` cache what they emit, so kernels call them
 //! before their first loop, in the entry block, where the registers dominate the whole kernel.
@@ -30,6 +36,8 @@ pub struct Ctx {
     symbols: HashMap<u32, Reg>,
     values: HashMap<Poly, Operand>,
     buffers: HashMap<usize, Reg>,
+    /// The program buffer of each table slot.
+    slots: Vec<usize>,
 }
 
 impl Ctx {
@@ -47,6 +55,7 @@ impl Ctx {
             symbols: HashMap::new(),
             values: HashMap::new(),
             buffers: HashMap::new(),
+            slots: Vec::new(),
         }
     }
 
@@ -100,20 +109,29 @@ impl Ctx {
     }
 
     /// The device address of buffer `index`.
+    /// The base address of program buffer `index`, from the next free slot of the step's table
+    /// on first use.
     pub fn buffer(&mut self, index: usize) -> Reg {
         if let Some(&r) = self.buffers.get(&index) {
             return r;
         }
+        let slot = self.slots.len();
+        self.slots.push(index);
         let r = self.b.ld(
             Space::Global,
             "u64",
             Ty::U64,
             self.bufs,
-            8 * index as i64,
+            8 * slot as i64,
             true,
         );
         self.buffers.insert(index, r);
         r
+    }
+
+    /// The program buffer of each slot of the step's table, in slot order.
+    pub fn slots(&self) -> &[usize] {
+        &self.slots
     }
 
     pub fn addressed(&mut self, view: &View) -> Addressed {

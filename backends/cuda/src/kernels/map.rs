@@ -38,5 +38,6 @@ pub fn per_block(extent: Poly, threads: u32, shared_bytes: u32) -> Launch {
         blocks: vec![WorkFactor { extent, tile: 1 }],
         threads,
         shared_bytes,
+        buffers: Vec::new(),
     }
 }

@@ -119,6 +119,7 @@ pub fn emit(
             }],
             threads: THREADS,
             shared_bytes: 0,
+            buffers: Vec::new(),
         });
     }
     let a_tile = c.b.shared((4 * TILE * ROW) as u32);
@@ -209,6 +210,7 @@ pub fn emit(
         ],
         threads: (TILE * TILE) as u32,
         shared_bytes: c.b.shared_bytes(),
+        buffers: Vec::new(),
     })
 }
 

@@ -37,10 +37,11 @@ pub fn one_thread_each(items: kiln_runtime::Poly) -> Launch {
         }],
         threads: THREADS,
         shared_bytes: 0,
+        buffers: Vec::new(),
     }
 }
 
-/// The kind of a kernel; an entry is named `PROGRAM_STEP_KIND`, so profiles and summaries show it.
+/// The kind of a kernel; an entry is named `KIND_N`, so profiles and summaries show it.
 pub fn kind(kernel: &Kernel) -> &'static str {
     match kernel {
         Kernel::Map { .. } => "map",
@@ -59,10 +60,10 @@ pub fn kind(kernel: &Kernel) -> &'static str {
     }
 }
 
-/// The entry `name` computing `kernel`, and its launch.
+/// The entry `name` computing `kernel`, and its launch (with the buffers of its table).
 pub fn emit(name: &str, kernel: &Kernel) -> Result<(KernelBuilder, Launch)> {
     let mut c = Ctx::new(name);
-    let launch = match kernel {
+    let mut launch = match kernel {
         Kernel::Map { out, leaves, expr } => map::emit(&mut c, out, leaves, expr)?,
         Kernel::Reduce {
             op,
@@ -95,5 +96,6 @@ pub fn emit(name: &str, kernel: &Kernel) -> Result<(KernelBuilder, Launch)> {
         Kernel::AttentionGrad(a) => attention_grad::emit_grad(&mut c, a)?,
     };
     c.b.ret();
+    launch.buffers = c.slots().to_vec();
     Ok((c.b, launch))
 }

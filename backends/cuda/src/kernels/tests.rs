@@ -98,14 +98,19 @@ fn emulate(artifact: &Artifact, name: &str, inputs: &TensorMap, weights: &Tensor
         };
         addresses.push(memory.place(&bytes));
     }
-    let table: Vec<u8> = addresses.iter().flat_map(|a| a.to_le_bytes()).collect();
     let syms: Vec<u8> = symbols.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let params = HashMap::from([
-        ("bufs".to_string(), memory.place(&table)),
-        ("syms".to_string(), memory.place(&syms)),
-    ]);
+    let syms = memory.place(&syms);
     for step in &program.steps {
         let l = step.launch.as_ref().unwrap();
+        let table: Vec<u8> = l
+            .buffers
+            .iter()
+            .flat_map(|&b| addresses[b].to_le_bytes())
+            .collect();
+        let params = HashMap::from([
+            ("bufs".to_string(), memory.place(&table)),
+            ("syms".to_string(), syms),
+        ]);
         let blocks: i64 = l.blocks.iter().map(|f| f.count(&symbols)).product();
         if blocks > 0 {
             let entry = &entries[step.kernel.as_str()];

@@ -25,15 +25,32 @@ pub const PTX_VERSION: &str = "8.8";
 /// The architecture the text targets.
 pub const TARGET: &str = "sm_90";
 
-/// A PTX module: entries, in order.
+/// A PTX module: entries, in order, each distinct.
 #[derive(Default)]
 pub struct Module {
     entries: Vec<String>,
+    /// The name of each entry by its text under its placeholder name.
+    names: std::collections::HashMap<String, String>,
 }
 
 impl Module {
     pub fn push(&mut self, kernel: KernelBuilder) {
         self.entries.push(kernel.finish());
+    }
+
+    /// Adds `kernel`, built under the name `kind`, as the entry `KIND_N` — or, when an entry of
+    /// the same text exists, adds nothing; returns the entry's name either way.
+    pub fn push_distinct(&mut self, kind: &str, kernel: KernelBuilder) -> String {
+        let text = kernel.finish();
+        if let Some(name) = self.names.get(&text) {
+            return name.clone();
+        }
+        let name = format!("{kind}_{}", self.entries.len());
+        let header = format!(".visible .entry {kind}(");
+        let renamed = text.replacen(&header, &format!(".visible .entry {name}("), 1);
+        self.entries.push(renamed);
+        self.names.insert(text, name.clone());
+        name
     }
 
     /// The module's text.
