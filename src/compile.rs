@@ -43,6 +43,60 @@ impl Target {
             Target::Cuda => "CUDA",
         }
     }
+
+    /// The precision policies the target compiles, for inference or training programs. The CPU
+    /// computes in f32: it compiles `bf16-weights` (weights stored bf16, widened as the kernels
+    /// read them) but no narrow matmul operands, and trains in f32. CUDA kernels also round
+    /// values to bf16 and widen them as they read them (arithmetic stays f32), so they compile
+    /// `bf16`, for training too: the pass keeps the master weights f32 and narrows the matmul
+    /// operands of the forward and the backward. Neither holds f16 values.
+    pub fn precisions(self, training: bool) -> &'static [Precision] {
+        match (self, training) {
+            (Target::Cpu, false) => &[Precision::F32, Precision::Bf16Weights],
+            (Target::Cpu, true) => &[Precision::F32],
+            (Target::Cuda, false) => &[Precision::F32, Precision::Bf16Weights, Precision::Bf16],
+            (Target::Cuda, true) => &[Precision::F32, Precision::Bf16],
+        }
+    }
+
+    /// Why the target does not compile `precision`, and what it compiles instead.
+    fn refusal(self, precision: Precision) -> String {
+        let (reason, instead) = match self {
+            Target::Cpu => (
+                "which computes in f32",
+                format!(
+                    "`{}` to store the weights in bf16, or `{}`",
+                    Precision::Bf16Weights,
+                    Precision::F32
+                ),
+            ),
+            Target::Cuda => (
+                "which holds no f16 values",
+                format!(
+                    "`{}`, `{}` or `{}`",
+                    Precision::Bf16,
+                    Precision::Bf16Weights,
+                    Precision::F32
+                ),
+            ),
+        };
+        format!(
+            "precision `{precision}` is not supported by the {} backend, {reason} (its matmuls \
+             have {} operands); use {instead}",
+            self.name(),
+            precision.matmul_dtype()
+        )
+    }
+}
+
+/// `` `a`, `b` or `c` ``.
+fn quoted(precisions: &[Precision]) -> String {
+    let names: Vec<String> = precisions.iter().map(|p| format!("`{p}`")).collect();
+    match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 /// Builds `programs`, optimizes each with the standard pipeline and compiles them for the CPU.
@@ -65,10 +119,8 @@ pub fn compile_cpu_with(
 }
 
 /// `programs` built and optimized by the pipeline of `options`, as the backends receive them.
-/// Both backends compute in f32: of the precision policies they compile `f32` and
-/// `bf16-weights` (weights stored bf16, widened as the kernels read them) and refuse those with
-/// narrow matmul operands. Training programs are compiled in f32: their weights are the f32
-/// master weights they update.
+/// The precision policy must be one the target compiles for each program
+/// ([`Target::precisions`]).
 pub fn optimized_programs(
     target: Target,
     spec: &ModelSpec,
@@ -77,23 +129,17 @@ pub fn optimized_programs(
     options: &PipelineOptions,
 ) -> Result<Vec<Graph>, String> {
     let precision = options.precision;
-    if precision.matmul_dtype() != kiln_ir::DType::F32 {
-        return Err(format!(
-            "precision `{precision}` is not supported by the {} backend, which computes in f32 \
-             (its matmuls have {} operands); use `{}` to store the weights in bf16, or `{}`",
-            target.name(),
-            precision.matmul_dtype(),
-            Precision::Bf16Weights,
-            Precision::F32
-        ));
+    if !target.precisions(false).contains(&precision) {
+        return Err(target.refusal(precision));
     }
     let pipeline = Pipeline::with_options(options);
     let mut graphs = Vec::new();
     for &program in programs {
-        if program.is_training() && precision != Precision::F32 {
+        let allowed = target.precisions(true);
+        if program.is_training() && !allowed.contains(&precision) {
             return Err(format!(
-                "program `{program}` trains f32 master weights: compile it with precision `{}`",
-                Precision::F32
+                "program `{program}` trains f32 master weights: compile it with precision {}",
+                quoted(allowed)
             ));
         }
         let mut g = build(spec, program, opts).map_err(|e| e.to_string())?;

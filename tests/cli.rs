@@ -321,11 +321,57 @@ fn cuda_target_writes_ptx_that_the_cpu_runtime_refuses_by_name() {
         assert!(!ok && stderr.contains("no CUDA driver found"), "{stderr}");
     }
     let (ok, _, stderr) = compile("bf16");
-    assert!(!ok, "the CUDA backend compiled bf16 arithmetic");
+    assert!(ok && stderr.contains("precision bf16"), "{stderr}");
+    let (ok, _, stderr) = compile("f16");
+    assert!(!ok, "the CUDA backend compiled f16 values");
     assert!(
-        stderr.contains("precision `bf16` is not supported by the CUDA backend"),
+        stderr.contains("precision `f16` is not supported by the CUDA backend"),
         "{stderr}"
     );
+}
+
+/// Training programs compile at the precisions their target trains in: f32 on the CPU, f32 and
+/// bf16 (bf16 matmul operands, f32 master weights) on CUDA; others are refused by name.
+#[test]
+fn training_programs_compile_at_their_targets_precisions() {
+    let config = fixture_dir("llama").join("config.json");
+    let artifact = scratch("training.kiln", b"");
+    let compile = |target: &str, precision: &str| {
+        kiln(&[
+            "compile",
+            config.to_str().unwrap(),
+            "--target",
+            target,
+            "--programs",
+            "train_step,accumulate",
+            "-o",
+            artifact.to_str().unwrap(),
+            "--max-seq",
+            "16",
+            "--precision",
+            precision,
+        ])
+    };
+    let (ok, _, stderr) = compile("cuda", "bf16");
+    assert!(ok && stderr.contains("precision bf16"), "{stderr}");
+    let manifest = kiln_runtime::Artifact::read(&artifact).unwrap().manifest;
+    assert!(
+        manifest
+            .weights
+            .iter()
+            .all(|w| w.dtype == kiln_runtime::ElemType::F32),
+        "the master weights stay f32"
+    );
+    for (target, precision, allowed) in [
+        ("cpu", "bf16-weights", "`f32`"),
+        ("cuda", "bf16-weights", "`f32` or `bf16`"),
+    ] {
+        let (ok, _, stderr) = compile(target, precision);
+        let refusal = format!(
+            "program `train_step` trains f32 master weights: compile it with precision {allowed}"
+        );
+        assert!(!ok && stderr.contains(&refusal), "{target}: {stderr}");
+    }
 }
 
 /// Compiles the Llama fixture into a scratch artifact and returns its path.

@@ -1,8 +1,10 @@
 //! The CUDA backend's PTX, checked without a GPU: every kernel of the test models' `prefill`,
-//! `decode` and `forward` programs, at both precisions the backend compiles, is assembled by
-//! `ptxas -arch=sm_90`, which must report no error and no warning; the registers, stack,
-//! spills and shared memory it reports are snapshotted, one line per distinct kernel (program,
-//! kind, label with the layer number dropped, and figures), so a regression shows in review.
+//! `decode` and `forward` programs at each precision the backend compiles (`f32`,
+//! `bf16-weights`, `bf16`), and of their `train_step` and `accumulate` at `f32` and `bf16`, is
+//! assembled by `ptxas -arch=sm_90`, which must report no error and no warning; the registers,
+//! stack, spills and shared memory it reports are snapshotted, one line per distinct kernel
+//! (program, kind, label with the layer number dropped, and figures), so a regression shows in
+//! review.
 //! Random graphs of every op the backends compile (before and after elementwise fusion) and
 //! attention of every mask kind assemble too. The PTX of a few representative kernels of the
 //! tiny Llama is snapshotted.
@@ -23,7 +25,8 @@ use std::process::Command;
 
 const TINY_LLAMA: &str = include_str!("../src/embedded/tiny_llama.json");
 const PROGRAMS: [Program; 3] = [Program::Prefill, Program::Decode, Program::Forward];
-const PRECISIONS: [Precision; 2] = [Precision::F32, Precision::Bf16Weights];
+const PRECISIONS: [Precision; 3] = [Precision::F32, Precision::Bf16Weights, Precision::Bf16];
+const TRAINING_PRECISIONS: [Precision; 2] = [Precision::F32, Precision::Bf16];
 
 /// Every test model: the embedded tiny Llama and each tiny Hugging Face fixture, by name.
 fn models() -> Vec<(String, ModelSpec)> {
@@ -45,7 +48,7 @@ fn models() -> Vec<(String, ModelSpec)> {
     models
 }
 
-fn cuda_artifact(spec: &ModelSpec, precision: Precision) -> Artifact {
+fn cuda_artifact(spec: &ModelSpec, programs: &[Program], precision: Precision) -> Artifact {
     let options = PipelineOptions {
         precision,
         ..PipelineOptions::default()
@@ -53,7 +56,7 @@ fn cuda_artifact(spec: &ModelSpec, precision: Precision) -> Artifact {
     compile(
         Target::Cuda,
         spec,
-        &PROGRAMS,
+        programs,
         BuildOptions::for_spec(spec),
         &options,
     )
@@ -174,18 +177,20 @@ fn label_pattern(label: &str) -> String {
         .join(" ")
 }
 
-#[test]
-fn every_kernel_assembles_for_sm_90() {
-    let Some(ptxas) = ptxas_or_skip() else {
-        return;
-    };
+/// Assembles every kernel of `programs` of every test model at each of `precisions`; returns
+/// the resource lines (see the module doc) and each model's entries with their figures.
+fn assemble_models(
+    ptxas: &Path,
+    programs: &[Program],
+    precisions: &[Precision],
+) -> (BTreeSet<String>, Vec<(String, Resources)>) {
     let mut lines = BTreeSet::new();
-    let mut kernels = 0;
+    let mut all = Vec::new();
     for (name, spec) in models() {
-        for precision in PRECISIONS {
-            let artifact = cuda_artifact(&spec, precision);
+        for &precision in precisions {
+            let artifact = cuda_artifact(&spec, programs, precision);
             let ptx = String::from_utf8(artifact.object.clone()).unwrap();
-            let entries = assemble(&ptxas, &ptx, &format!("{name} {precision}"));
+            let entries = assemble(ptxas, &ptx, &format!("{name} {precision}"));
             let steps: Vec<_> = artifact
                 .manifest
                 .programs
@@ -217,11 +222,24 @@ fn every_kernel_assembles_for_sm_90() {
                     r.spill_loads,
                     r.shared
                 ));
-                kernels += 1;
             }
+            all.extend(
+                entries
+                    .into_iter()
+                    .map(|(n, r)| (format!("{name} {precision} {n}"), r)),
+            );
         }
     }
-    println!("{kernels} kernels assembled");
+    (lines, all)
+}
+
+#[test]
+fn every_kernel_assembles_for_sm_90() {
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let (lines, entries) = assemble_models(&ptxas, &PROGRAMS, &PRECISIONS);
+    println!("{} kernels assembled", entries.len());
     let text: Vec<String> = lines.into_iter().collect();
     insta::assert_snapshot!("ptxas_resources", text.join("\n"));
 }
@@ -326,7 +344,7 @@ fn entry<'a>(ptx: &'a str, name: &str) -> &'a str {
 fn representative_kernels_ptx() {
     let spec = hf::read_config(TINY_LLAMA, "tiny_llama.json").unwrap();
     for precision in PRECISIONS {
-        let artifact = cuda_artifact(&spec, precision);
+        let artifact = cuda_artifact(&spec, &PROGRAMS, precision);
         let ptx = String::from_utf8(artifact.object.clone()).unwrap();
         assert!(ptx.contains(".target sm_90\n"));
         let mut seen = BTreeSet::new();
@@ -350,55 +368,20 @@ fn representative_kernels_ptx() {
     }
 }
 
-/// The training programs of every test model (the embedded tiny Llama's and the fixtures'):
-/// every kernel — the scatter of the embedding gradient and the attention backward among them —
-/// assembles for sm_90, without spills.
+/// The training programs of every test model (the embedded tiny Llama's and the fixtures') at
+/// `f32` and `bf16`: every kernel — the scatter of the embedding gradient, the attention
+/// backward and the bf16 casts among them — assembles for sm_90, without spills; the figures
+/// are snapshotted as for inference.
 #[test]
 fn training_programs_assemble_for_sm_90() {
     let Some(ptxas) = ptxas_or_skip() else {
         return;
     };
-    let (mut kernels, mut entry_count) = (0, 0);
-    for (name, spec) in models() {
-        let artifact = compile(
-            Target::Cuda,
-            &spec,
-            &Program::TRAINING,
-            BuildOptions::for_spec(&spec),
-            &PipelineOptions::default(),
-        )
-        .unwrap();
-        let ptx = String::from_utf8(artifact.object.clone()).unwrap();
-        let entries = assemble(&ptxas, &ptx, &format!("{name} training"));
-        let kernels_of_steps: BTreeSet<&str> = artifact
-            .manifest
-            .programs
-            .iter()
-            .flat_map(|p| p.steps.iter().map(|s| s.kernel.as_str()))
-            .collect();
-        let steps: usize = artifact
-            .manifest
-            .programs
-            .iter()
-            .map(|p| p.steps.len())
-            .sum();
-        assert_eq!(
-            entries
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<BTreeSet<_>>(),
-            kernels_of_steps,
-            "{name}: the entries are the steps' kernels"
-        );
-        for (entry, r) in &entries {
-            assert_eq!(
-                (r.spill_stores, r.spill_loads),
-                (0, 0),
-                "{name}: {entry} spills"
-            );
-        }
-        kernels += steps;
-        entry_count += entries.len();
+    let (lines, entries) = assemble_models(&ptxas, &Program::TRAINING, &TRAINING_PRECISIONS);
+    for (entry, r) in &entries {
+        assert_eq!((r.spill_stores, r.spill_loads), (0, 0), "{entry} spills");
     }
-    println!("{kernels} training steps assembled as {entry_count} distinct kernels");
+    println!("{} training kernels assembled", entries.len());
+    let text: Vec<String> = lines.into_iter().collect();
+    insta::assert_snapshot!("ptxas_resources_training", text.join("\n"));
 }

@@ -2,8 +2,9 @@
 //!
 //! Matches: under every policy but `f32`, each `f32` weight that is only contracted — every use,
 //! through `permute`, `reshape`, `broadcast` and `slice` views, is a `matmul` operand or the
-//! table of a `gather` (linear layers, embeddings, a tied head) — and, under `bf16` and `f16`,
-//! every `f32 × f32 → f32` matmul.
+//! table of a `gather` (linear layers, embeddings, a tied head) — in a program that computes no
+//! gradients, and, under `bf16` and `f16`, every `f32 × f32 → f32` matmul (of the forward and,
+//! in a differentiated program, of the backward).
 //!
 //! Produces, by [`Precision`]:
 //!
@@ -37,11 +38,18 @@
 //! interpreter reproduces it, and `docs/passes.md` states the errors measured against f32.
 //!
 //! Refuses (leaves in f32, counted in the remark): weights read other than by contraction (norm
-//! scales, biases: a vector's bytes are negligible and it multiplies every activation) and
-//! matmuls that are not `f32 × f32 → f32`. `f16`'s range ends at 65504: activations beyond it
-//! become infinite at the matmul's input cast, which the pass cannot rule out. Loss scaling for
-//! f16 gradients is not here: no program of this pipeline computes gradients.
+//! scales, biases: a vector's bytes are negligible and it multiplies every activation), every
+//! weight of a differentiated program (one holding `autodiff`'s seed: its weights are the f32
+//! master weights that training updates and passes to `train_step` and `accumulate` alike; in
+//! `train_step` AdamW reads each one elementwise anyway), and matmuls that are not
+//! `f32 × f32 → f32`. `f16`'s range ends at 65504: activations beyond it become infinite at the
+//! matmul's input cast, which the pass cannot rule out. `autodiff` runs before this pass, so
+//! under `bf16` and `f16` the backward's matmuls (gradients of activations and of weights) take
+//! narrow operands as the forward's do, while gradients, their clipping and the optimizer stay
+//! f32; there is no loss scaling, so small f16 gradient operands flush to zero (or subnormals)
+//! at the cast, and large ones overflow.
 
+use crate::autodiff::SEED_LABEL;
 use crate::canonicalize::remove_dead;
 use crate::pipeline::Pass;
 use kiln_ir::{DType, Graph, IrError, NodeId, Op};
@@ -228,13 +236,20 @@ impl Pass for MixedPrecision {
             return Ok(());
         }
         let (weight_dtype, matmul_dtype) = (p.weight_dtype(), p.matmul_dtype());
-        let (mut narrowed, mut kept, mut bytes) = (0, 0, 0usize);
+        let (mut narrowed, mut kept, mut trained, mut bytes) = (0, 0, 0, 0usize);
+        let differentiated = g
+            .node_ids()
+            .any(|id| g.node(id).label.as_deref() == Some(SEED_LABEL));
         for w in g.weights().to_vec() {
             if g.ty(w).dtype != DType::F32 {
                 continue;
             }
             if !only_contracted(g, w) {
                 kept += 1;
+                continue;
+            }
+            if differentiated {
+                trained += 1;
                 continue;
             }
             bytes += g.ty(w).fixed_numel().unwrap_or(0) * 2;
@@ -245,6 +260,9 @@ impl Pass for MixedPrecision {
             "mixed-precision: policy {p}: {narrowed} weights stored {weight_dtype} ({bytes} bytes \
              saved), {kept} kept f32 (read other than by contraction)"
         );
+        if differentiated {
+            remark += &format!(", {trained} kept f32 (master weights of a differentiated program)");
+        }
         if matmul_dtype != DType::F32 {
             let (mut matmuls, mut refused) = (0, 0);
             let mut memo = HashMap::new();

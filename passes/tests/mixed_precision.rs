@@ -119,6 +119,38 @@ output y = %0
     assert!(out.contains("1 refused"), "{out}");
 }
 
+/// After `autodiff`, the weights are the f32 master weights that training updates: none is
+/// narrowed (here `@embed` and `@proj` are only contracted), while the matmuls of the forward
+/// and of the backward (the gradients by `@proj` and by the normed activations) take bf16
+/// operands.
+#[test]
+fn a_differentiated_program_keeps_its_weights_f32() {
+    use kiln_passes::autodiff::Autodiff;
+    let loss = "%10 = reduce_sum %9 axes=[0,1] : f32[1, 1]
+%11 = reshape %10 : f32[]
+%12 = grad %11, @proj : f32[24, 32]
+%13 = grad %11, @embed : f32[16, 32]
+output d_proj = %12
+output d_embed = %13
+";
+    let mut g = text::parse(&format!("{LAYER}{loss}")).unwrap();
+    Autodiff.run(&mut g).unwrap();
+    let out = check(&text::print(&g), Precision::Bf16, &[("n", 5)]);
+    for weight in [
+        "@embed : f32[16, 32]",
+        "@proj : f32[24, 32]",
+        "@norm : f32[32]",
+    ] {
+        assert!(out.contains(&format!("weight {weight}")), "{out}");
+    }
+    assert!(
+        out.contains("0 weights stored bf16")
+            && out.contains("2 kept f32 (master weights of a differentiated program)")
+            && out.contains("3 matmuls on bf16 operands"),
+        "{out}"
+    );
+}
+
 /// The tiny Llama's program as the pipeline hands it to this pass (the committed snapshot).
 fn tiny_llama(program: &str) -> Graph {
     let path = format!(

@@ -59,8 +59,12 @@ pub fn compile_with(
     let mut module = ObjectModule::new(builder);
     let mut shared = SharedTables::default();
     let mut descs = Vec::new();
+    let lower_options = lower::LowerOptions {
+        gemm_min_rows: options.gemm_min_rows,
+        narrow: narrow::NarrowValues::Storage,
+    };
     for g in programs {
-        let mut lowered = lower::lower(g, &mut shared, options)?;
+        let mut lowered = lower::lower(g, &mut shared, &lower_options)?;
         let memory = memory::plan_intermediates(&mut lowered);
         let mut steps = Vec::new();
         for (i, (kernel, label)) in lowered.kernels.iter().enumerate() {

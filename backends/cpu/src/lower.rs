@@ -12,9 +12,11 @@
 //!
 //! `flash_attention` is lowered in `lower/attention.rs`.
 //!
-//! Refused, with an error naming the node: `scatter`, matmuls of other types than `f32`, any
-//! `f16` value, and `bf16` values other than those the `bf16-weights` policy writes (kernels
-//! compute in f32): bf16 weights, their views and gathered rows, and casts of them to f32.
+//! Refused, with an error naming the node: matmuls of other operand types than `f32`, any `f16`
+//! value, and `bf16` values other than those the `bf16-weights` policy writes (kernels compute
+//! in f32): bf16 weights, their views and gathered rows, and casts of them to f32. A target whose
+//! kernels round to bf16 (`LowerOptions::narrow`, see `narrow.rs`) also gets the casts to bf16
+//! and the bf16 matmul operands of the `bf16` policy.
 //!
 //! A view's `dtype` is the type its elements are stored in. A `cast` of a bf16 weight to f32 is
 //! a *widening view* of the weight: its IR type is f32, its storage bf16, and no f32 copy is
@@ -37,7 +39,6 @@ use crate::error::{CompileError, Result};
 use crate::kernel::{AttentionOutput, Epilogue, ExprNode, ExprOp, Kernel};
 use crate::narrow;
 use crate::view::{Source, View};
-use crate::CpuOptions;
 use kiln_ir::{
     DType, Dim, Graph, Literal, NodeId, Op, ReduceOp, RegionKind, Step, StepOp, TensorType,
 };
@@ -46,6 +47,16 @@ use kiln_runtime::manifest::{
 };
 use kiln_runtime::Poly;
 use std::collections::HashMap;
+
+/// The target's choices lowering follows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LowerOptions {
+    /// Matmul tiles with at least this many rows call the GEMM library (`CpuOptions`); `None`:
+    /// never.
+    pub gemm_min_rows: Option<i64>,
+    /// The narrow values the target's kernels hold.
+    pub narrow: narrow::NarrowValues,
+}
 
 /// What programs of one artifact share: the weights they read and the constants' bytes.
 #[derive(Default)]
@@ -98,7 +109,7 @@ pub fn elem_type(dtype: DType) -> ElemType {
 
 struct Lowering<'a> {
     g: &'a Graph,
-    options: &'a CpuOptions,
+    options: &'a LowerOptions,
     symbols: Vec<String>,
     shared: &'a mut SharedTables,
     buffers: Vec<BufferDesc>,
@@ -111,7 +122,11 @@ struct Lowering<'a> {
     concat_views: HashMap<NodeId, View>,
 }
 
-pub fn lower(g: &Graph, shared: &mut SharedTables, options: &CpuOptions) -> Result<LoweredProgram> {
+pub fn lower(
+    g: &Graph,
+    shared: &mut SharedTables,
+    options: &LowerOptions,
+) -> Result<LoweredProgram> {
     let symbols: Vec<String> = g.symbols().keys().cloned().collect();
     let mut l = Lowering {
         g,
@@ -278,7 +293,7 @@ impl Lowering<'_> {
         let g = self.g;
         let node = g.node(id);
         let ty = &node.ty;
-        narrow::check_supported(node)?;
+        narrow::check_supported(node, self.options.narrow)?;
         let label = format!(
             "{}{}",
             node.op.name(),

@@ -14,8 +14,9 @@ pub mod ptx;
 
 pub use error::{CompileError, Result};
 
-use kiln_backend_cpu::lower::{self, SharedTables};
-use kiln_backend_cpu::{memory, CpuOptions};
+use kiln_backend_cpu::lower::{self, LowerOptions, SharedTables};
+use kiln_backend_cpu::memory;
+use kiln_backend_cpu::narrow::NarrowValues;
 use kiln_ir::Graph;
 use kiln_runtime::manifest::{Manifest, ModelInfo, Step, Target};
 use kiln_runtime::Artifact;
@@ -28,8 +29,10 @@ pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
     let mut module = ptx::Module::default();
     let mut shared = SharedTables::default();
     // The lowering's work items and GEMM choice are the CPU's; kernels here choose their own.
-    let options = CpuOptions {
+    // Kernels widen bf16 as they read it and round to bf16 as they write it.
+    let options = LowerOptions {
         gemm_min_rows: None,
+        narrow: NarrowValues::Bf16,
     };
     let mut descs = Vec::new();
     for g in programs {

@@ -2,8 +2,9 @@
 //! rows for decode, 64 × 128 otherwise), and the epilogue the kernel applies to each tile.
 
 use super::Lowering;
-use crate::error::{CompileError, Result};
+use crate::error::Result;
 use crate::kernel::{Epilogue, Kernel};
+use crate::narrow;
 use crate::view::View;
 use kiln_ir::{DType, TensorType};
 
@@ -17,13 +18,7 @@ impl Lowering<'_> {
         epilogue: Option<Epilogue>,
         label: String,
     ) -> Result<View> {
-        if types.iter().any(|&t| t != DType::F32) {
-            return Err(CompileError(
-                "matmul is compiled for f32 only (bf16 weights are read through a cast to f32: \
-                 the bf16-weights precision)"
-                    .into(),
-            ));
-        }
+        narrow::check_matmul(types, self.options.narrow)?;
         let out = self.temp(ty);
         let (a, b) = (
             self.buffered(&operands[0], &label),
