@@ -5,10 +5,13 @@
 //! - random graphs, plain and fused, at several sizes (not multiples of any tile), against the
 //!   interpreter;
 //! - every tiny Hugging Face fixture: `forward` logits against transformers' within 1e-4 (f32)
-//!   and 2e-2 (bf16 weights), and 20 greedy tokens (the generator on the GPU: prefill, then
-//!   decode steps with the KV cache kept on the device) identical to transformers' `generate`;
+//!   and 2e-2 (bf16 weights, and the `bf16` precision), and 20 greedy tokens (the generator on
+//!   the GPU: prefill, then decode steps with the KV cache kept on the device, launched kernel
+//!   by kernel and replayed from CUDA graphs) identical to transformers' `generate`;
 //! - SmolLM2-135M-Instruct (`KILN_SMOLLM2_GGUF`): 32 greedy tokens identical to the CPU backend's;
-//! - five `train_step`s of the tiny Llama fixture: PyTorch's losses and parameters.
+//! - the runtime's trainer on the GPU: five steps of the tiny Llama fixture give PyTorch's
+//!   losses and parameters (f32) or follow them (`bf16`); steps of two micro-batches and a run
+//!   resumed from a checkpoint give the bits of the uninterrupted run.
 
 mod common;
 

@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use kiln::compile::{compile, Target, DECODING_PROGRAMS};
 use kiln::model;
 use kiln_frontend::{BuildOptions, Program};
-use kiln_passes::{PipelineOptions, Recompute};
+use kiln_passes::{PipelineOptions, Precision, Recompute};
 use kiln_runtime::cuda::CudaModel;
 use kiln_runtime::executor::default_threads;
 use kiln_runtime::generate::{DecodeProgram, GenerateOptions, Generator};
@@ -21,7 +21,7 @@ use kiln_runtime::train::{
     BatchRamp, LrSchedule, Outcome, SpikeOptions, SpikePolicy, StepReport, TokenData, TrainOptions,
     TrainProgram, Trainer,
 };
-use kiln_runtime::{load_weights, open_tokenizer, Model, Sampling, Tokenizer};
+use kiln_runtime::{load_weights, open_tokenizer, Model, Sampling, Tensor, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -135,6 +135,10 @@ pub struct TrainArgs {
     /// gradient sums stay on it, and each step replays CUDA graphs).
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
+    /// Mixed precision: `f32`, or `bf16` (matmuls on bf16 operands, f32 master weights,
+    /// gradients and optimizer; the CUDA backend only).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -216,15 +220,10 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         .generate
         .clone()
         .or_else(|| args.model.is_none().then(|| "The kiln".to_string()));
-    // `accumulate` only for steps of several micro-batches, the decoding programs only to
-    // generate after training: each program adds compile and load time.
+    // `accumulate` only for steps of several micro-batches: each program adds compile and load
+    // time.
     let accumulate = (options.ramp.most() > 1).then_some(Program::Accumulate);
-    let decoding = prompt.is_some().then_some(DECODING_PROGRAMS);
-    let programs: Vec<Program> = [Program::TrainStep]
-        .into_iter()
-        .chain(accumulate)
-        .chain(decoding.into_iter().flatten())
-        .collect();
+    let programs: Vec<Program> = [Program::TrainStep].into_iter().chain(accumulate).collect();
     let recompute = match &args.memory_budget {
         Some(budget) => match budget.parse()? {
             Recompute::Budget(bytes) => Recompute::Budget(bytes),
@@ -237,19 +236,35 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         None => args.recompute,
     };
     let pipeline = PipelineOptions {
+        precision: args.precision,
         recompute,
         skip: if args.fused_attention {
             Vec::new()
         } else {
             vec!["attention-fusion".to_string()]
         },
-        ..PipelineOptions::default()
     };
     let target = match args.device {
         Device::Cpu => Target::Cpu,
         Device::Cuda => Target::Cuda,
     };
     let artifact = compile(target, &spec, &programs, build, &pipeline)?;
+    // Generating after training runs the f32 master weights, whatever the training precision,
+    // through decoding programs of their own.
+    let decoding = PipelineOptions {
+        precision: Precision::F32,
+        ..pipeline
+    };
+    let generation = match &prompt {
+        Some(_) => Some(compile(
+            target,
+            &spec,
+            &DECODING_PROGRAMS,
+            build,
+            &decoding,
+        )?),
+        None => None,
+    };
     let compiled = started.elapsed().as_secs_f64();
     let source = args
         .model
@@ -279,17 +294,12 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         args.seq
     );
     let err = |e: kiln_runtime::RuntimeError| e.to_string();
-    match args.device {
+    let trained = match args.device {
         Device::Cpu => {
             let mut model = Model::new(artifact, &source, weights, args.threads).map_err(err)?;
             let params = model.take_weights();
             let trainer = Trainer::new(&model, params, options).map_err(err)?;
-            let params = train(&args, trainer, &mut stream)?;
-            model.put_weights(params).map_err(err)?;
-            if let Some(prompt) = prompt {
-                let mut generator = Generator::new(&model).map_err(err)?;
-                generate(&mut generator, &tokenizer, &prompt, args.seq)?;
-            }
+            train(&args, trainer, &mut stream)?
         }
         Device::Cuda => {
             let loading = Instant::now();
@@ -300,29 +310,39 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
             );
             let params = model.take_weights();
             let trainer = Trainer::on_gpu(&model, params, options).map_err(err)?;
-            let params = train(&args, trainer, &mut stream)?;
+            let trained = train(&args, trainer, &mut stream)?;
             let (gpu, in_use) = model.device_report().map_err(err)?;
             eprintln!(
                 "{gpu}: {:.2} GiB in use",
                 in_use as f64 / (1u64 << 30) as f64
             );
-            model.put_weights(params).map_err(err)?;
-            if let Some(prompt) = prompt {
-                let mut generator = Generator::on_gpu(&model, true).map_err(err)?;
-                generate(&mut generator, &tokenizer, &prompt, args.seq)?;
-            }
+            trained
+        }
+    };
+    let (Some(prompt), Some(generation)) = (prompt, generation) else {
+        return Ok(());
+    };
+    match args.device {
+        Device::Cpu => {
+            let model = Model::new(generation, &source, trained, args.threads).map_err(err)?;
+            let mut generator = Generator::new(&model).map_err(err)?;
+            generate(&mut generator, &tokenizer, &prompt, args.seq)
+        }
+        Device::Cuda => {
+            let model = CudaModel::new(generation, &source, trained).map_err(err)?;
+            let mut generator = Generator::on_gpu(&model, true).map_err(err)?;
+            generate(&mut generator, &tokenizer, &prompt, args.seq)
         }
     }
-    Ok(())
 }
 
 /// Trains (from the checkpoint of `--resume`, if given), writes the log, the plot and the final
-/// weights the arguments ask for, and returns the trained weights.
+/// weights the arguments ask for, and returns the trained weights on the host.
 fn train<P: TrainProgram>(
     args: &TrainArgs,
     mut trainer: Trainer<P>,
     stream: &mut TokenData,
-) -> Result<Vec<P::State>, String> {
+) -> Result<Vec<Tensor>, String> {
     if let Some(path) = &args.resume {
         let position = trainer.resume(path).map_err(|e| e.to_string())?;
         stream.seek(position).map_err(|e| e.to_string())?;
@@ -339,7 +359,7 @@ fn train<P: TrainProgram>(
         report::plot_loss(path, &losses)?;
     }
     summarize(&rows, trainer.arena_bytes());
-    Ok(trainer.into_params())
+    trainer.host_params().map_err(|e| e.to_string())
 }
 
 fn train_loop<P: TrainProgram>(
