@@ -197,23 +197,27 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         }
     };
     if args.json {
-        let (name, in_use) = gpu.unwrap_or_default();
-        println!(
-            "{{\"peer\":\"kiln {}\",\"device\":\"{}\",\"gpu\":\"{name}\",\"cuda_graphs\":{},\"batch\":{},\"prompt_tokens\":{},\"decode_tokens\":{},\"prefill_tokens_per_s\":{:.1},\"decode_tokens_per_s\":{:.2},\"load_s\":{load_s:.3},\"first_step_s\":{:.4},\"first_run_s\":{:.3},\"peak_rss_bytes\":{},\"gpu_memory_in_use_bytes\":{in_use},\"threads\":{},\"runs\":{}}}",
-            env!("CARGO_PKG_VERSION"),
-            if args.device == Device::Cuda { "cuda" } else { "cpu" },
-            args.device == Device::Cuda && !args.no_cuda_graphs,
-            args.batch,
-            args.prompt_tokens,
-            args.decode_tokens,
-            measured.prefill,
-            measured.decode,
-            measured.first_step_s,
-            measured.first_run_s,
-            peak_rss_bytes().unwrap_or(0),
-            args.threads,
-            args.runs
-        );
+        let (gpu, in_use) = gpu.unwrap_or_default();
+        let cuda = args.device == Device::Cuda;
+        let report = serde_json::json!({
+            "peer": format!("kiln {}", env!("CARGO_PKG_VERSION")),
+            "device": if cuda { "cuda" } else { "cpu" },
+            "gpu": gpu,
+            "cuda_graphs": cuda && !args.no_cuda_graphs,
+            "batch": args.batch,
+            "prompt_tokens": args.prompt_tokens,
+            "decode_tokens": args.decode_tokens,
+            "prefill_tokens_per_s": measured.prefill,
+            "decode_tokens_per_s": measured.decode,
+            "load_s": load_s,
+            "first_step_s": measured.first_step_s,
+            "first_run_s": measured.first_run_s,
+            "peak_rss_bytes": peak_rss_bytes().unwrap_or(0),
+            "gpu_memory_in_use_bytes": in_use,
+            "threads": args.threads,
+            "runs": args.runs,
+        });
+        println!("{report}");
     }
     Ok(())
 }

@@ -374,11 +374,12 @@ fn training_programs_compile_at_their_targets_precisions() {
     }
 }
 
-/// Compiles the Llama fixture into a scratch artifact and returns its path.
-fn compiled_fixture(name: &str) -> PathBuf {
+/// Compiles the Llama fixture (batches of 2, 64 positions, then the flags `extra`) into a
+/// scratch artifact and returns its path.
+fn compiled_fixture(name: &str, extra: &[&str]) -> PathBuf {
     let artifact = scratch(name, b"");
     let config = fixture_dir("llama").join("config.json");
-    let (ok, _, stderr) = kiln(&[
+    let mut args = vec![
         "compile",
         config.to_str().unwrap(),
         "-o",
@@ -387,14 +388,16 @@ fn compiled_fixture(name: &str) -> PathBuf {
         "2",
         "--max-seq",
         "64",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (ok, _, stderr) = kiln(&args);
     assert!(ok, "compile failed: {stderr}");
     artifact
 }
 
 #[test]
 fn run_writes_outputs_that_match_transformers() {
-    let artifact = compiled_fixture("run.kiln");
+    let artifact = compiled_fixture("run.kiln", &[]);
     let dir = fixture_dir("llama");
     let reference = common::read_safetensors(&dir.join("reference.safetensors"));
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
@@ -453,7 +456,7 @@ fn generate_streams_and_reports_throughput() {
 
 #[test]
 fn runtime_input_errors_name_the_file_and_tensor() {
-    let artifact = compiled_fixture("bad-run.kiln");
+    let artifact = compiled_fixture("bad-run.kiln", &[]);
     let weights = fixture_dir("llama").join("model.safetensors");
     let wrong_dtype = {
         let ids = [1.0f32; 4];
@@ -500,21 +503,7 @@ fn runtime_input_errors_name_the_file_and_tensor() {
 /// with bf16 weights (the random weights take each weight's type).
 #[test]
 fn bench_runs_on_random_weights_and_reports_json() {
-    let config = fixture_dir("llama").join("config.json");
-    let artifact = scratch("bench.kiln", b"");
-    let (ok, _, stderr) = kiln(&[
-        "compile",
-        config.to_str().unwrap(),
-        "-o",
-        artifact.to_str().unwrap(),
-        "--max-seq",
-        "32",
-        "--max-batch",
-        "2",
-        "--precision",
-        "bf16-weights",
-    ]);
-    assert!(ok, "{stderr}");
+    let artifact = compiled_fixture("bench.kiln", &["--precision", "bf16-weights"]);
     let (ok, out, stderr) = kiln(&[
         "bench",
         artifact.to_str().unwrap(),

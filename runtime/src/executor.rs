@@ -178,14 +178,6 @@ impl Model {
         std::mem::take(&mut self.weights)
     }
 
-    /// Gives the model weights again (after training, to generate with them), checked against
-    /// the manifest as [`Model::new`] checks them.
-    pub fn put_weights(&mut self, weights: Vec<Tensor>) -> Result<()> {
-        self.check_weights(&weights)?;
-        self.weights = weights;
-        Ok(())
-    }
-
     /// Checks `weights` against the manifest: one per entry, in order, of its dtype and shape.
     fn check_weights(&self, weights: &[Tensor]) -> Result<()> {
         check_weights(&self.manifest, &self.file, weights)

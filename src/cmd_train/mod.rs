@@ -255,16 +255,10 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         precision: Precision::F32,
         ..pipeline
     };
-    let generation = match &prompt {
-        Some(_) => Some(compile(
-            target,
-            &spec,
-            &DECODING_PROGRAMS,
-            build,
-            &decoding,
-        )?),
-        None => None,
-    };
+    let generation = prompt
+        .as_ref()
+        .map(|_| compile(target, &spec, &DECODING_PROGRAMS, build, &decoding))
+        .transpose()?;
     let compiled = started.elapsed().as_secs_f64();
     let source = args
         .model

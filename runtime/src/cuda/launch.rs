@@ -111,11 +111,6 @@ impl Launcher {
         self.graphs.is_some()
     }
 
-    /// Graphs captured and kept.
-    pub fn captured(&self) -> usize {
-        self.graphs.as_ref().map_or(0, HashMap::len)
-    }
-
     /// Runs every step with a nonzero grid on `stream`, each given its part of the buffer table
     /// (`tables[0]`, the table's address) and the symbol values (`tables[1]`).
     pub fn launch(

@@ -122,26 +122,10 @@ impl CudaModel {
         &self.manifest
     }
 
-    /// Uploads new weights (a training step's results), checked against the manifest.
-    pub fn set_weights(&mut self, weights: Vec<Tensor>) -> Result<()> {
-        let weights = weights
-            .into_iter()
-            .map(|w| DeviceTensor::upload(&self.stream, w, &self.file))
-            .collect::<Result<_>>()?;
-        self.put_weights(weights)
-    }
-
-    /// Moves the weights out (to be trained); runs then need `run_with_weights` until
-    /// [`CudaModel::put_weights`].
+    /// Moves the weights out, for a caller that updates them (a trainer) and hands them to every
+    /// run ([`CudaRunner::run_with_weights`]); [`CudaRunner::run`] then refuses to run.
     pub fn take_weights(&mut self) -> Vec<DeviceTensor> {
         std::mem::take(&mut self.weights)
-    }
-
-    /// Puts weights back (checked against the manifest).
-    pub fn put_weights(&mut self, weights: Vec<DeviceTensor>) -> Result<()> {
-        check_weights(&self.manifest, &self.file, &weights)?;
-        self.weights = weights;
-        Ok(())
     }
 
     /// A runner for the program `name`.

@@ -104,11 +104,6 @@ impl<'m> CudaRunner<'m> {
         }
     }
 
-    /// Graphs captured so far.
-    pub fn graphs_captured(&self) -> usize {
-        self.launcher.captured()
-    }
-
     /// Sets input `name` (checked as the CPU runner checks it).
     pub fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()> {
         let vocab = self.model.manifest.model.vocab_size;

@@ -196,11 +196,6 @@ impl<P: TrainProgram> Trainer<P> {
         self.train.arena_bytes() + self.accumulate.as_ref().map_or(0, |a| a.arena_bytes())
     }
 
-    /// The trained weights, in the manifest's order (to put back into the model).
-    pub fn into_params(self) -> Vec<P::State> {
-        self.params
-    }
-
     /// Writes the current weights as a safetensors file under their own names (atomically).
     pub fn save_weights(&self, path: &Path) -> Result<()> {
         checkpoint::write_weights(path, &self.weights, &self.host(&self.params)?)
