@@ -12,7 +12,8 @@ use kiln::model;
 use kiln_runtime::cuda::CudaModel;
 use kiln_runtime::executor::default_threads;
 use kiln_runtime::generate::{DecodeProgram, GenerateOptions, Generator};
-use kiln_runtime::{load_weights, Artifact, Model, Runner, Sampling};
+use kiln_runtime::manifest::ProgramDesc;
+use kiln_runtime::{load_weights, Artifact, Model, Sampling};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -44,38 +45,45 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// CPU: also print where the time goes, the costliest kinds of step in each program.
+    /// Also print where the time goes, the costliest kinds of step in each program (on the
+    /// GPU, steps are then launched one by one and timed with events, without graphs).
     #[arg(long)]
     profile: bool,
 }
 
-/// Time per kind of step (the op name, the first word of its label), largest first.
-fn print_profile(runner: &Runner<'_>) {
-    let Some(times) = runner.profile() else {
+/// A step's label with its layer numbers replaced by `N`, so a layer's steps group together.
+fn step_kind(label: &str) -> String {
+    label
+        .split('.')
+        .map(|part| match part.parse::<u64>() {
+            Ok(_) => "N",
+            Err(_) => part,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Time per kind of step (its label, layers merged), largest first.
+fn print_profile((desc, times): (&ProgramDesc, Option<&[std::time::Duration]>)) {
+    let Some(times) = times else {
         return;
     };
-    let mut by_kind: std::collections::BTreeMap<&str, (std::time::Duration, usize)> =
+    let mut by_kind: std::collections::BTreeMap<String, (std::time::Duration, usize)> =
         Default::default();
-    for (step, t) in runner.desc().steps.iter().zip(times) {
-        let kind = step.label.split_whitespace().next().unwrap_or("?");
-        let entry = by_kind.entry(kind).or_default();
+    for (step, t) in desc.steps.iter().zip(times) {
+        let entry = by_kind.entry(step_kind(&step.label)).or_default();
         entry.0 += *t;
         entry.1 += 1;
     }
     let total: f64 = times.iter().map(|t| t.as_secs_f64()).sum();
     let mut rows: Vec<_> = by_kind.into_iter().collect();
     rows.sort_by_key(|row| std::cmp::Reverse(row.1 .0));
-    println!(
-        "\n{}: {:.3} s in {} steps",
-        runner.desc().name,
-        total,
-        times.len()
-    );
-    println!("| step kind | steps | time (s) | share |\n| --- | --- | --- | --- |");
-    for (kind, (t, n)) in rows.iter().take(12) {
+    println!("\n{}: {:.3} s in {} steps", desc.name, total, times.len());
+    println!("| step | steps | time (s) | share |\n| --- | --- | --- | --- |");
+    for (kind, (t, n)) in rows.iter().take(16) {
         let secs = t.as_secs_f64();
         println!(
-            "| {kind} | {n} | {secs:.3} | {:.1}% |",
+            "| {kind} | {n} | {secs:.4} | {:.1}% |",
             100.0 * secs / total.max(1e-12)
         );
     }
@@ -180,7 +188,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             if !args.json {
                 report(&args, &measured, load_s, None);
             }
-            generator.runners().into_iter().for_each(print_profile);
+            generator.profiles().into_iter().for_each(print_profile);
             (measured, load_s, None)
         }
         Device::Cuda => {
@@ -188,11 +196,13 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             let load_s = started.elapsed().as_secs_f64();
             let mut generator =
                 Generator::on_gpu(&model, !args.no_cuda_graphs).map_err(|e| e.to_string())?;
+            generator.set_profiling(args.profile);
             let measured = measure(&args, &mut generator, vocab)?;
             let gpu = model.device_report().map_err(|e| e.to_string())?;
             if !args.json {
                 report(&args, &measured, load_s, Some(&gpu));
             }
+            generator.profiles().into_iter().for_each(print_profile);
             (measured, load_s, Some(gpu))
         }
     };

@@ -338,7 +338,7 @@ fn entry<'a>(ptx: &'a str, name: &str) -> &'a str {
     &ptx[start..start + len]
 }
 
-/// The first entry of each kernel kind of the tiny Llama's decode (f32), its first warp
+/// The first entry of each kernel kind of the tiny Llama's decode (f32), its first decode
 /// matmul with bf16 weights, and its prefill's tiled matmul and attention.
 #[test]
 fn representative_kernels_ptx() {
@@ -355,7 +355,7 @@ fn representative_kernels_ptx() {
                     (precision, program.name.as_str(), kind.as_str()),
                     (Precision::F32, "decode", _)
                         | (Precision::F32, "prefill", "matmul_tiled" | "attention")
-                        | (Precision::Bf16Weights, "decode", "matmul_warp")
+                        | (Precision::Bf16Weights, "decode", "matmul_gemv")
                 );
                 if wanted && seen.insert((program.name.clone(), kind.clone())) {
                     insta::assert_snapshot!(

@@ -7,12 +7,16 @@
 #   bench/gpu/llama_1b.sh                    # everything
 #   PARTS=kiln bench/gpu/llama_1b.sh         # kiln's figures only (PARTS=torch: PyTorch's only;
 #                                            # PARTS=compile: kiln's compile times only, no GPU)
+#   ONLY=decode bench/gpu/llama_1b.sh        # decode figures only (ONLY=train: training only)
+#   PROFILE=1 …                              # also kiln's per-step GPU profile of each decode batch
+#   DECODE_PRECISION=bf16 …                  # kiln's decode at bf16 (default bf16-weights)
 # Results: bench/results/gpu-llama-1b-DATE/{kiln-*.json,train.csv,torch.json} and the merged
 # bench/results/gpu-llama-1b-DATE.json; the table is printed (bench/gpu/table.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KILN=${KILN:-target/release/kiln}
 PARTS=${PARTS:-kiln,torch}
+ONLY=${ONLY:-all}
 CONFIG=bench/configs/llama-3.2-1b.json
 STAMP=${STAMP:-$(date -u +%Y-%m-%dT%H%M)}
 OUT=bench/results/gpu-llama-1b-$STAMP
@@ -32,7 +36,7 @@ if [[ $PARTS == *kiln* || $PARTS == *compile* ]]; then
   # The artifacts: decode programs with bf16 weights, and the training step in f32 with layers
   # recomputed (the activations of all 16 layers at 8 × 2048 tokens do not fit beside the
   # optimizer state).
-  decode=$(seconds "$KILN" compile "$CONFIG" --target cuda --precision bf16-weights \
+  decode=$(seconds "$KILN" compile "$CONFIG" --target cuda --precision "${DECODE_PRECISION:-bf16-weights}" \
     --programs prefill,decode --max-batch 16 --max-seq 192 -o "$WORK/decode.kiln")
   train=$(seconds "$KILN" compile "$CONFIG" --target cuda --programs train_step \
     --max-batch 8 --max-seq 2048 --recompute layers -o "$WORK/train.kiln")
@@ -44,12 +48,19 @@ json.dump({"host": platform.node(), "cpus": os.cpu_count(),
 PY
 fi
 
-if [[ $PARTS == *kiln* ]]; then
+if [[ $PARTS == *kiln* && $ONLY != train ]]; then
   # Decode: the same work as torch_llama.py's (16-token prompt, 128 greedy steps).
   for batch in 1 16; do
     "$KILN" bench "$WORK/decode.kiln" --device cuda --batch "$batch" --prompt-tokens 16 \
       --decode-tokens 128 --runs "${RUNS:-5}" --json > "$OUT/kiln-decode-b$batch.json"
+    if [[ -n ${PROFILE:-} ]]; then
+      "$KILN" bench "$WORK/decode.kiln" --device cuda --batch "$batch" --prompt-tokens 16 \
+        --decode-tokens 32 --runs 1 --profile > "$OUT/kiln-profile-b$batch.md"
+    fi
   done
+fi
+
+if [[ $PARTS == *kiln* && $ONLY != decode ]]; then
   # Training: 8 × 2048 tokens of random ids, as the artifact above, at a constant rate.
   python3 - "$WORK/tokens.safetensors" <<'PY'
 import sys, numpy as np
@@ -63,7 +74,7 @@ PY
 fi
 
 if [[ $PARTS == *torch* ]]; then
-  python3 bench/gpu/torch_llama.py --config "$CONFIG" --out "$OUT/torch.json"
+  python3 bench/gpu/torch_llama.py --config "$CONFIG" --only "$ONLY" --out "$OUT/torch.json"
 fi
 
 python3 bench/gpu/table.py "$OUT" | tee "$OUT/table.md"

@@ -11,6 +11,7 @@
 
 use crate::error::{Result, RuntimeError};
 use crate::executor::{Model, Runner};
+use crate::manifest::ProgramDesc;
 use crate::sampling::{Sampler, Sampling};
 use crate::tensor::Tensor;
 use std::borrow::Cow;
@@ -62,10 +63,27 @@ pub trait DecodeProgram {
     fn set_cache(&mut self, name: &str, cache: Self::Cache) -> Result<()>;
     /// Makes output `output` of the last run the next run's input `input`.
     fn feed_back(&mut self, input: &str, output: &str) -> Result<()>;
+    fn desc(&self) -> &ProgramDesc;
+    /// Starts (or stops) timing every step.
+    fn set_profiling(&mut self, on: bool);
+    /// Each step's time since profiling started.
+    fn profile(&self) -> Option<&[Duration]>;
 }
 
 impl DecodeProgram for Runner<'_> {
     type Cache = Tensor;
+
+    fn desc(&self) -> &ProgramDesc {
+        Runner::desc(self)
+    }
+
+    fn set_profiling(&mut self, on: bool) {
+        Runner::set_profiling(self, on)
+    }
+
+    fn profile(&self) -> Option<&[Duration]> {
+        Runner::profile(self)
+    }
 
     fn input_names(&self) -> Vec<String> {
         self.desc().inputs.iter().map(|i| i.name.clone()).collect()
@@ -131,20 +149,20 @@ impl<'m> Generator<Runner<'m>> {
             model.runner("decode")?,
         ))
     }
+}
 
+impl<P: DecodeProgram> Generator<P> {
     /// Starts timing every step of both programs.
     pub fn set_profiling(&mut self, on: bool) {
         self.prefill.set_profiling(on);
         self.decode.set_profiling(on);
     }
 
-    /// The two runners, for their profiles.
-    pub fn runners(&self) -> [&Runner<'m>; 2] {
-        [&self.prefill, &self.decode]
+    /// The two programs, with each step's time when profiling.
+    pub fn profiles(&self) -> [(&ProgramDesc, Option<&[Duration]>); 2] {
+        [&self.prefill, &self.decode].map(|p| (p.desc(), p.profile()))
     }
-}
 
-impl<P: DecodeProgram> Generator<P> {
     /// A generator over a model's `prefill` and `decode` runners.
     pub fn from_runners(prefill: P, decode: P) -> Generator<P> {
         let caches = decode

@@ -10,14 +10,17 @@
 //! Every launch takes two fixed addresses, its step's part of the runner's buffer table and the
 //! symbol values, whose contents the runner rewrites on the stream before each launch or replay;
 //! a captured graph therefore stays valid when inputs, outputs, the arena or the symbols change.
+//! When profiling, steps are launched one by one with an event after each, and the time between
+//! consecutive events is added to the step's total.
 
 use crate::manifest::Launch;
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUresult, CUstreamCaptureMode};
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUresult, CUstreamCaptureMode};
 use cudarc::driver::{
     CudaFunction, CudaGraph, CudaStream, DriverError, LaunchConfig, PushKernelArg,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The largest grid launched.
 pub const MAX_BLOCKS: i64 = 1 << 20;
@@ -95,20 +98,36 @@ impl Kernels {
     }
 }
 
-/// Launches a program's steps, directly or through a cache of captured graphs.
+/// Launches a program's steps: directly, through a cache of captured graphs, or timed.
 pub struct Launcher {
     graphs: Option<HashMap<Vec<u32>, CudaGraph>>,
+    /// Each step's GPU time summed over runs, when profiling.
+    profile: Option<Vec<Duration>>,
 }
 
 impl Launcher {
     pub fn new(graphs: bool) -> Launcher {
         Launcher {
             graphs: graphs.then(HashMap::new),
+            profile: None,
+        }
+    }
+
+    /// Launches one by one, timing each of `steps` steps.
+    pub fn profiling(steps: usize) -> Launcher {
+        Launcher {
+            graphs: None,
+            profile: Some(vec![Duration::ZERO; steps]),
         }
     }
 
     pub fn graphs(&self) -> bool {
         self.graphs.is_some()
+    }
+
+    /// Each step's GPU time over the runs since profiling started.
+    pub fn profile(&self) -> Option<&[Duration]> {
+        self.profile.as_deref()
     }
 
     /// Runs every step with a nonzero grid on `stream`, each given its part of the buffer table
@@ -120,6 +139,9 @@ impl Launcher {
         grids: &[u32],
         tables: [u64; 2],
     ) -> Result<(), (usize, DriverError)> {
+        if let Some(profile) = &mut self.profile {
+            return launch_timed(stream, kernels, grids, tables, profile);
+        }
         let Some(graphs) = &mut self.graphs else {
             return launch_steps(stream, kernels, grids, tables);
         };
@@ -166,23 +188,60 @@ fn launch_steps(
     tables: [u64; 2],
 ) -> Result<(), (usize, DriverError)> {
     for (i, &grid) in grids.iter().enumerate() {
-        if grid == 0 {
-            continue;
+        if grid > 0 {
+            launch_step(stream, kernels, i, grid, tables)?;
         }
-        let config = LaunchConfig {
-            grid_dim: (grid, 1, 1),
-            block_dim: (kernels.launches[i].threads, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let bufs = tables[0] + 8 * kernels.table_offsets[i] as u64;
-        let mut builder = stream.launch_builder(&kernels.functions[i]);
-        builder.arg(&bufs).arg(&tables[1]);
-        // SAFETY: every entry takes the two table addresses of the manifest's ABI; the runner
-        // keeps both tables alive and filled with live buffers sized for the bound symbols, and
-        // each step's part of the buffer table holds its launch's buffers.
-        unsafe { builder.launch(config) }.map_err(|e| (i, e))?;
     }
     Ok(())
+}
+
+/// [`launch_steps`] with an event recorded before the first launch and after each, the time
+/// between them added to `profile` (this waits for the GPU).
+fn launch_timed(
+    stream: &Arc<CudaStream>,
+    kernels: &Kernels,
+    grids: &[u32],
+    tables: [u64; 2],
+    profile: &mut [Duration],
+) -> Result<(), (usize, DriverError)> {
+    let timed = Some(CUevent_flags::CU_EVENT_DEFAULT);
+    let mut events = vec![stream.record_event(timed).map_err(|e| (0, e))?];
+    let mut steps = Vec::new();
+    for (i, &grid) in grids.iter().enumerate() {
+        if grid > 0 {
+            launch_step(stream, kernels, i, grid, tables)?;
+            events.push(stream.record_event(timed).map_err(|e| (i, e))?);
+            steps.push(i);
+        }
+    }
+    for (pair, i) in events.windows(2).zip(steps) {
+        let ms = pair[0].elapsed_ms(&pair[1]).map_err(|e| (i, e))?;
+        profile[i] += Duration::from_secs_f64(ms.max(0.0) as f64 / 1e3);
+    }
+    Ok(())
+}
+
+fn launch_step(
+    stream: &Arc<CudaStream>,
+    kernels: &Kernels,
+    i: usize,
+    grid: u32,
+    tables: [u64; 2],
+) -> Result<(), (usize, DriverError)> {
+    let config = LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (kernels.launches[i].threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let bufs = tables[0] + 8 * kernels.table_offsets[i] as u64;
+    let mut builder = stream.launch_builder(&kernels.functions[i]);
+    builder.arg(&bufs).arg(&tables[1]);
+    // SAFETY: every entry takes the two table addresses of the manifest's ABI; the runner
+    // keeps both tables alive and filled with live buffers sized for the bound symbols, and
+    // each step's part of the buffer table holds its launch's buffers.
+    unsafe { builder.launch(config) }
+        .map(drop)
+        .map_err(|e| (i, e))
 }
 
 #[cfg(test)]

@@ -5,12 +5,26 @@
 use super::{CudaModel, CudaRunner, DeviceTensor};
 use crate::error::Result;
 use crate::generate::{DecodeProgram, Generator};
+use crate::manifest::ProgramDesc;
 use crate::tensor::Tensor;
 use crate::train::{TrainOptions, TrainProgram, Trainer};
 use std::borrow::Cow;
+use std::time::Duration;
 
 impl DecodeProgram for CudaRunner<'_> {
     type Cache = DeviceTensor;
+
+    fn desc(&self) -> &ProgramDesc {
+        CudaRunner::desc(self)
+    }
+
+    fn set_profiling(&mut self, on: bool) {
+        CudaRunner::set_profiling(self, on)
+    }
+
+    fn profile(&self) -> Option<&[Duration]> {
+        CudaRunner::profile(self)
+    }
 
     fn input_names(&self) -> Vec<String> {
         self.desc().inputs.iter().map(|i| i.name.clone()).collect()

@@ -104,6 +104,20 @@ impl<'m> CudaRunner<'m> {
         }
     }
 
+    /// Times every step while `on` (launched one by one, without graphs); off, steps launch
+    /// one by one untimed.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.launcher = match on {
+            true => Launcher::profiling(self.desc.steps.len()),
+            false => Launcher::new(false),
+        };
+    }
+
+    /// Each step's GPU time since profiling started.
+    pub fn profile(&self) -> Option<&[std::time::Duration]> {
+        self.launcher.profile()
+    }
+
     /// Sets input `name` (checked as the CPU runner checks it).
     pub fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()> {
         let vocab = self.model.manifest.model.vocab_size;
@@ -350,7 +364,7 @@ impl<'m> CudaRunner<'m> {
         self.model.download(tensor)
     }
 
-    pub(super) fn desc(&self) -> &'m ProgramDesc {
+    pub fn desc(&self) -> &'m ProgramDesc {
         self.desc
     }
 

@@ -157,11 +157,16 @@ impl Ctx {
         acc
     }
 
-    /// Splits a linear index into row-major coordinates over `dims`, outermost first.
+    /// Splits a linear index into row-major coordinates over `dims`, outermost first (a
+    /// dimension of constant size 1 costs no division).
     pub fn unravel(&mut self, index: Reg, dims: &[Operand]) -> Vec<Reg> {
         let mut coords = vec![index; dims.len()];
         let mut rest = index;
         for i in (1..dims.len()).rev() {
+            if dims[i] == Operand::Int(1) {
+                coords[i] = self.b.mov(Ty::S64, 0i64);
+                continue;
+            }
             coords[i] = self.b.rem(rest, dims[i].clone());
             rest = self.b.div(rest, dims[i].clone());
         }

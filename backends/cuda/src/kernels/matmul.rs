@@ -30,7 +30,7 @@ const TILE: i64 = 16;
 const ROW: i64 = TILE + 1;
 
 /// What the epilogue and the store of one output element need.
-struct Finish {
+pub(super) struct Finish {
     out: Addressed,
     leaves: Vec<Addressed>,
     epilogue: Option<Epilogue>,
@@ -38,7 +38,7 @@ struct Finish {
 
 impl Finish {
     /// Stores output element `coords` (batch coordinates, then `m`, `n`) from its sum `acc`.
-    fn store(&self, c: &mut Ctx, coords: &[Reg], acc: Reg) -> Result<()> {
+    pub(super) fn store(&self, c: &mut Ctx, coords: &[Reg], acc: Reg) -> Result<()> {
         let v = match &self.epilogue {
             Some(e) => {
                 let mut values = vec![acc];
@@ -90,7 +90,11 @@ pub fn emit(
         let bb = c.linear(&bv.offset, coords, &bv.strides[..r - 2]);
         (ab, bb)
     };
-    if matches!(m.as_constant(), Some(rows) if rows <= 4) {
+    let decode = matches!(m.as_constant(), Some(rows) if rows <= 4);
+    if decode && super::matmul_gemv::applies(a, b) {
+        return super::matmul_gemv::emit(c, a, b, out, &finish);
+    }
+    if decode {
         let outputs = batch.mul(m).mul(n);
         let count = c.value(&outputs);
         let lane = c.special(Special::Lane);

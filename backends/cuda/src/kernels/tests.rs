@@ -271,6 +271,49 @@ fn attention_of_every_mask_matches_the_interpreter() {
     }
 }
 
+/// Decode matmuls `x·Wᵀ` against a shared weight (the `matmul_gemv` form): f32 and bf16
+/// operands, row counts made of chunks of 4 and single rows, `k` long enough for the unrolled
+/// loads, `k` sliced to leave elements past the last whole quad, and an epilogue.
+#[test]
+fn decode_matmuls_match_the_interpreter() {
+    for (x, w, k, used) in [
+        ("f32", "f32", 1028, 1028),
+        ("f32", "bf16", 1028, 1026),
+        ("bf16", "bf16", 36, 36),
+    ] {
+        // An f32 `x` is the input itself (sliced in place); a bf16 one a cast of it.
+        let rows = match x {
+            "f32" => "%x",
+            _ => "%1",
+        };
+        let text = format!(
+            "graph g\nsym b <= 8\ninput %x : f32[b, 2, K]\ninput %r : f32[b, 2, 5]\n\
+             weight @w : {w}[5, K]\n%1 = cast %x : bf16[b, 2, K]\n\
+             %2 = slice {rows} axis=2 start=0 end={used} : {x}[b, 2, {used}]\n\
+             %7 = cast @w : {x}[5, K]\n\
+             %3 = slice %7 axis=1 start=0 end={used} : {x}[5, {used}]\n\
+             %4 = permute %3 perm=[1,0] : {x}[{used}, 5]\n\
+             %5 = matmul %2, %4 : f32[b, 2, 5]\n\
+             %6 = add %5, %r : f32[b, 2, 5]\noutput y = %6\n"
+        )
+        .replace('K', &k.to_string());
+        let g = kiln_ir::text::parse(&text).unwrap();
+        let mut fused = g.clone();
+        use kiln_passes::Pass;
+        kiln_passes::elementwise_fusion::ElementwiseFusion
+            .run(&mut fused)
+            .unwrap();
+        let artifact = crate::compile(std::slice::from_ref(&fused), model()).unwrap();
+        let ptx = std::str::from_utf8(&artifact.object).unwrap();
+        assert!(ptx.contains("matmul_gemv"), "{x} × {w}: no gemv kernel");
+        // 2, 6 and 10 rows: single rows only, a chunk and singles, two chunks and singles.
+        for batch in [1, 3, 5] {
+            check(&fused, &g, &env(&[("b", batch)]), 1e-6, 4)
+                .unwrap_or_else(|e| panic!("{x} × {w}, batch {batch}: {e}"));
+        }
+    }
+}
+
 /// Narrow values: a cast to bf16 and matmuls of bf16 operands, rounded or stored, run and match
 /// the interpreter; f16 values, bf16 inputs, bf16 arithmetic and matmuls of other types are
 /// refused with an error naming them.
