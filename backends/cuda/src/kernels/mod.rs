@@ -8,6 +8,7 @@
 
 mod attention;
 mod attention_grad;
+mod attention_rows;
 mod context;
 pub(crate) mod dtype;
 mod expr;
