@@ -14,6 +14,7 @@ mod expr;
 mod gather;
 mod map;
 mod matmul;
+mod matmul_mma;
 mod reduce;
 mod scatter;
 #[cfg(test)]
@@ -46,8 +47,9 @@ pub fn kind(kernel: &Kernel) -> &'static str {
     match kernel {
         Kernel::Map { .. } => "map",
         Kernel::Reduce { .. } => "reduce",
-        Kernel::MatMul { out, .. } => match out.dims[out.rank() - 2].as_constant() {
+        Kernel::MatMul { a, b, out, .. } => match out.dims[out.rank() - 2].as_constant() {
             Some(m) if m <= 4 => "matmul_warp",
+            _ if matmul_mma::applies(a, b) => "matmul_mma",
             _ => "matmul_tiled",
         },
         Kernel::Gather { .. } => "gather",
