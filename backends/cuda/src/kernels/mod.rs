@@ -16,6 +16,7 @@ mod gather;
 mod map;
 mod matmul;
 mod matmul_gemv;
+mod matmul_mma;
 mod reduce;
 mod scatter;
 #[cfg(test)]
@@ -51,6 +52,7 @@ pub fn kind(kernel: &Kernel) -> &'static str {
         Kernel::MatMul { a, b, out, .. } => match out.dims[out.rank() - 2].as_constant() {
             Some(m) if m <= 4 && matmul_gemv::applies(a, b) => "matmul_gemv",
             Some(m) if m <= 4 => "matmul_warp",
+            _ if matmul_mma::applies(a, b) => "matmul_mma",
             _ => "matmul_tiled",
         },
         Kernel::Gather { .. } => "gather",
