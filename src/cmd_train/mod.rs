@@ -93,11 +93,12 @@ pub struct TrainArgs {
     /// Recompute the fewest layers whose peak memory fits this budget (e.g. `64MiB`).
     #[arg(long)]
     memory_budget: Option<String>,
-    /// Fuse attention (forward and backward) into `flash_attention` kernels: memory linear in
-    /// the sequence instead of quadratic, but slower on the CPU at short sequences than the
-    /// GEMM path of unfused attention (see docs/training.md), so off by default.
-    #[arg(long)]
-    fused_attention: bool,
+    /// Fuse attention (forward and backward) into `flash_attention` kernels (`--fused-attention`
+    /// or `--fused-attention=false`): memory linear in the sequence instead of quadratic. On by
+    /// default on the GPU; off by default on the CPU, where it is slower at short sequences than
+    /// the GEMM path of unfused attention (see docs/training.md).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    fused_attention: Option<bool>,
     /// Reject a step whose loss exceeds this many times the recent mean (non-finite losses and
     /// gradients are always rejected).
     #[arg(long)]
@@ -139,6 +140,10 @@ pub struct TrainArgs {
     /// gradients and optimizer; the CUDA backend only).
     #[arg(long, default_value = "f32")]
     precision: Precision,
+    /// After training, print where the time went: the costliest kinds of step of each training
+    /// program (on the GPU, steps are then launched one by one and timed with events).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -238,7 +243,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
     let pipeline = PipelineOptions {
         precision: args.precision,
         recompute,
-        skip: if args.fused_attention {
+        skip: if args.fused_attention.unwrap_or(args.device == Device::Cuda) {
             Vec::new()
         } else {
             vec!["attention-fusion".to_string()]
@@ -337,6 +342,7 @@ fn train<P: TrainProgram>(
     mut trainer: Trainer<P>,
     stream: &mut TokenData,
 ) -> Result<Vec<Tensor>, String> {
+    trainer.set_profiling(args.profile);
     if let Some(path) = &args.resume {
         let position = trainer.resume(path).map_err(|e| e.to_string())?;
         stream.seek(position).map_err(|e| e.to_string())?;
@@ -353,6 +359,10 @@ fn train<P: TrainProgram>(
         report::plot_loss(path, &losses)?;
     }
     summarize(&rows, trainer.arena_bytes());
+    trainer
+        .profiles()
+        .into_iter()
+        .for_each(crate::profile::print);
     trainer.host_params().map_err(|e| e.to_string())
 }
 

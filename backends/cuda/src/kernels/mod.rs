@@ -18,6 +18,7 @@ mod matmul;
 mod matmul_gemv;
 mod matmul_mma;
 mod reduce;
+mod reduce_columns;
 mod scatter;
 #[cfg(test)]
 mod tests;
@@ -48,6 +49,9 @@ pub fn one_thread_each(items: kiln_runtime::Poly) -> Launch {
 pub fn kind(kernel: &Kernel) -> &'static str {
     match kernel {
         Kernel::Map { .. } => "map",
+        Kernel::Reduce { leaves, axes, .. } if reduce_columns::applies(leaves, axes) => {
+            "reduce_columns"
+        }
         Kernel::Reduce { .. } => "reduce",
         Kernel::MatMul { a, b, out, .. } => match out.dims[out.rank() - 2].as_constant() {
             Some(m) if m <= 4 && matmul_gemv::applies(a, b) => "matmul_gemv",

@@ -1,5 +1,6 @@
 //! Reduction kernels (`Kernel::Reduce`): sum, max or mean of an elementwise expression over any
-//! set of axes, into a contiguous output keeping the reduced axes at size 1.
+//! set of axes, into a contiguous output keeping the reduced axes at size 1. Reductions that
+//! keep the innermost axis take the form of `reduce_columns.rs`; the others, this one.
 //!
 //! One block per output element (by grid stride over the outputs): each thread folds the
 //! reduced positions `tid, tid + threads, …` (split into coordinates of the reduced axes), the
@@ -21,7 +22,7 @@ use kiln_ir::DType;
 use kiln_runtime::manifest::Launch;
 use kiln_runtime::Poly;
 
-fn identity(op: ReduceOp, dtype: DType) -> f64 {
+pub(super) fn identity(op: ReduceOp, dtype: DType) -> f64 {
     match (op, dtype) {
         (ReduceOp::Max, DType::F32) => f64::NEG_INFINITY,
         (ReduceOp::Max, DType::I32) => i32::MIN as f64,
@@ -30,7 +31,7 @@ fn identity(op: ReduceOp, dtype: DType) -> f64 {
     }
 }
 
-fn combine(c: &mut Ctx, op: ReduceOp, a: Reg, b: Reg) -> Reg {
+pub(super) fn combine(c: &mut Ctx, op: ReduceOp, a: Reg, b: Reg) -> Reg {
     match op {
         ReduceOp::Max => c.b.max(a, b),
         ReduceOp::Sum | ReduceOp::Mean => c.b.add(a, b),
@@ -73,6 +74,9 @@ pub fn emit(
             "{} of {dtype} values is not supported by the CUDA backend",
             op.name()
         )));
+    }
+    if super::reduce_columns::applies(leaves, axes) {
+        return super::reduce_columns::emit(c, op, leaves, expr, axes, out, dtype);
     }
     let ty = super::dtype::reg_ty(dtype)?;
     let rank = leaves[0].rank();
