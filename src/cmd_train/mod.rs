@@ -93,12 +93,12 @@ pub struct TrainArgs {
     /// Recompute the fewest layers whose peak memory fits this budget (e.g. `64MiB`).
     #[arg(long)]
     memory_budget: Option<String>,
-    /// Fuse attention (forward and backward) into `flash_attention` kernels (`--fused-attention`
-    /// or `--fused-attention=false`): memory linear in the sequence instead of quadratic. On by
-    /// default on the GPU; off by default on the CPU, where it is slower at short sequences than
-    /// the GEMM path of unfused attention (see docs/training.md).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    fused_attention: Option<bool>,
+    /// Fuse attention (forward and backward) into `flash_attention` kernels: memory linear in
+    /// the sequence instead of quadratic, but slower than the matmuls of unfused attention on
+    /// the CPU at short sequences and on the GPU until its kernels use tensor cores (see
+    /// docs/training.md), so off by default.
+    #[arg(long)]
+    fused_attention: bool,
     /// Reject a step whose loss exceeds this many times the recent mean (non-finite losses and
     /// gradients are always rejected).
     #[arg(long)]
@@ -243,7 +243,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
     let pipeline = PipelineOptions {
         precision: args.precision,
         recompute,
-        skip: if args.fused_attention.unwrap_or(args.device == Device::Cuda) {
+        skip: if args.fused_attention {
             Vec::new()
         } else {
             vec!["attention-fusion".to_string()]
