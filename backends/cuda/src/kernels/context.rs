@@ -242,8 +242,20 @@ impl Ctx {
         step: impl Into<Operand>,
         body: impl FnOnce(&mut Ctx, Reg) -> Result<()>,
     ) -> Result<()> {
-        let (end, step) = (end.into(), step.into());
         let i = self.b.mov(Ty::S64, start.into());
+        self.walk(i, end, step, body)
+    }
+
+    /// `while i < end { body(i); i += step }` over an existing counter, which holds the first
+    /// value not walked afterwards.
+    pub fn walk(
+        &mut self,
+        i: Reg,
+        end: impl Into<Operand>,
+        step: impl Into<Operand>,
+        body: impl FnOnce(&mut Ctx, Reg) -> Result<()>,
+    ) -> Result<()> {
+        let (end, step) = (end.into(), step.into());
         let (head, exit) = (self.b.label(), self.b.label());
         self.b.place(head);
         let done = self.b.setp(Cmp::Ge, i, end);

@@ -201,25 +201,38 @@ pub fn emit(
             finish.store(c, &all, acc)
         })
     })?;
-    Ok(Launch {
+    Ok(tiles_launch(
+        batch,
+        out,
+        TILE,
+        (TILE * TILE) as u32,
+        c.b.shared_bytes(),
+    ))
+}
+
+/// The launch of a kernel giving each block one `tile × tile` output tile of one batch element.
+pub(super) fn tiles_launch(
+    batch: Poly,
+    out: &View,
+    tile: i64,
+    threads: u32,
+    shared_bytes: u32,
+) -> Launch {
+    let r = out.rank();
+    let factor = |extent: &Poly, tile| WorkFactor {
+        extent: extent.clone(),
+        tile,
+    };
+    Launch {
         blocks: vec![
-            WorkFactor {
-                extent: batch,
-                tile: 1,
-            },
-            WorkFactor {
-                extent: m.clone(),
-                tile: TILE as u64,
-            },
-            WorkFactor {
-                extent: n.clone(),
-                tile: TILE as u64,
-            },
+            factor(&batch, 1),
+            factor(&out.dims[r - 2], tile as u64),
+            factor(&out.dims[r - 1], tile as u64),
         ],
-        threads: (TILE * TILE) as u32,
-        shared_bytes: c.b.shared_bytes(),
+        threads,
+        shared_bytes,
         buffers: Vec::new(),
-    })
+    }
 }
 
 fn reg_of(c: &mut Ctx, v: Operand) -> Reg {

@@ -102,26 +102,6 @@ fn load_one(c: &mut Ctx, v: &Addressed, index: Reg) -> Result<Reg> {
     super::expr::convert(c, x, v.view.dtype, DType::F32)
 }
 
-/// `while i < end { body(i); i += step }` over an existing counter.
-fn walk(
-    c: &mut Ctx,
-    i: Reg,
-    end: Reg,
-    step: i64,
-    mut body: impl FnMut(&mut Ctx, Reg) -> Result<()>,
-) -> Result<()> {
-    let (head, exit) = (c.b.label(), c.b.label());
-    c.b.place(head);
-    let done = c.b.setp(Cmp::Ge, i, end);
-    c.b.bra_if(done, false, exit);
-    body(c, i)?;
-    let next = c.b.add(i, step);
-    c.b.assign(i, next);
-    c.b.bra(head);
-    c.b.place(exit);
-    Ok(())
-}
-
 /// The operands' addressing shared by every item.
 struct Operands {
     a: Addressed,
@@ -156,7 +136,7 @@ impl Operands {
         // Quads `unroll` at a time while the last of them is whole, then one at a time.
         let unrolled_end = c.b.sub(whole, span * (unroll as i64 - 1));
         for (end, quads) in [(unrolled_end, unroll), (whole, 1)] {
-            walk(c, k, end, span * quads as i64, |c, k| {
+            c.walk(k, end, span * quads as i64, |c, k| {
                 let mut weights = Vec::new();
                 for q in 0..quads {
                     let at = c.b.add(k, span * q as i64);

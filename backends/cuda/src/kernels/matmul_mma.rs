@@ -53,7 +53,7 @@ use crate::error::Result;
 use crate::ptx::{Cmp, Operand, Reg, Space, Special, Ty};
 use kiln_backend_cpu::view::{Source, View};
 use kiln_ir::DType;
-use kiln_runtime::manifest::{Launch, WorkFactor};
+use kiln_runtime::manifest::Launch;
 use kiln_runtime::Poly;
 
 /// Output rows and columns of a block's tile.
@@ -434,23 +434,11 @@ pub fn emit(c: &mut Ctx, a: &Addressed, b: &Addressed, finish: &Finish) -> Resul
         let col = c.b.mad(t, 2i64, col);
         store_outputs(c, finish, &coords, &acc, (row, col), (&mv, &nv))
     })?;
-    Ok(Launch {
-        blocks: vec![
-            WorkFactor {
-                extent: batch,
-                tile: 1,
-            },
-            WorkFactor {
-                extent: m.clone(),
-                tile: TILE as u64,
-            },
-            WorkFactor {
-                extent: n.clone(),
-                tile: TILE as u64,
-            },
-        ],
-        threads: THREADS as u32,
-        shared_bytes: c.b.shared_bytes(),
-        buffers: Vec::new(),
-    })
+    Ok(super::matmul::tiles_launch(
+        batch,
+        out,
+        TILE,
+        THREADS as u32,
+        c.b.shared_bytes(),
+    ))
 }

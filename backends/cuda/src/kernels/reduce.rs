@@ -43,6 +43,36 @@ pub(super) fn combine(c: &mut Ctx, op: ReduceOp, a: Reg, b: Reg) -> Reg {
     }
 }
 
+/// Folds the expression's value at one position (its leaves' `values`) into `acc`.
+pub(super) fn fold_position(
+    c: &mut Ctx,
+    op: ReduceOp,
+    expr: &[ExprNode],
+    values: &[Reg],
+    acc: Reg,
+) -> Result<()> {
+    let x = evaluate(c, expr, values)?;
+    let next = combine(c, op, acc, x);
+    c.b.assign(acc, next);
+    Ok(())
+}
+
+/// The result of a fold over `count` positions: `total`, divided by `count` for a mean.
+pub(super) fn finish(
+    c: &mut Ctx,
+    op: ReduceOp,
+    count: &Poly,
+    dtype: DType,
+    total: Reg,
+) -> Result<Reg> {
+    if op != ReduceOp::Mean {
+        return Ok(total);
+    }
+    let n = c.reg(count);
+    let n = super::expr::convert(c, n, DType::I64, dtype)?;
+    Ok(c.b.div(total, n))
+}
+
 /// `x` from the lane `lane ^ offset`, for 32- and 64-bit values.
 fn shuffle_xor(c: &mut Ctx, x: Reg, offset: i64) -> Reg {
     if matches!(x.ty, Ty::S64 | Ty::U64 | Ty::F64) {
@@ -126,18 +156,11 @@ pub fn emit(
                 let at = c.linear(&(*base).into(), &rc, &strides);
                 values.push(c.load(l, at)?);
             }
-            let x = evaluate(c, expr, &values)?;
-            let next = combine(c, op, acc, x);
-            c.b.assign(acc, next);
-            Ok(())
+            fold_position(c, op, expr, &values, acc)
         })?;
         let folded = warp_fold(c, acc, |c, a, b| combine(c, op, a, b));
-        let store = |c: &mut Ctx, mut total: Reg| -> Result<()> {
-            if op == ReduceOp::Mean {
-                let n = c.reg(&count);
-                let n = super::expr::convert(c, n, DType::I64, dtype)?;
-                total = c.b.div(total, n);
-            }
+        let store = |c: &mut Ctx, total: Reg| -> Result<()> {
+            let total = finish(c, op, &count, dtype, total)?;
             c.store(out_base, o, dtype, total)
         };
         let first_lane = c.b.setp(Cmp::Eq, lane, 0i64);

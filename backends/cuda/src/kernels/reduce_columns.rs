@@ -13,8 +13,7 @@
 //! unravelled over the reduced axes.
 
 use super::context::{Ctx, Granule};
-use super::expr::evaluate;
-use super::reduce::{combine, identity};
+use super::reduce::{combine, finish, fold_position, identity};
 use super::THREADS;
 use crate::error::Result;
 use crate::ptx::{Cmp, Operand, Space, Special};
@@ -120,10 +119,7 @@ pub fn emit(
                     };
                     values.push(c.load(l, at)?);
                 }
-                let x = evaluate(c, expr, &values)?;
-                let next = combine(c, op, acc, x);
-                c.b.assign(acc, next);
-                Ok(())
+                fold_position(c, op, expr, &values, acc)
             })
         })?;
         c.b.st(Space::Shared, mem, slot, 0, acc);
@@ -143,11 +139,7 @@ pub fn emit(
                 );
                 total = combine(c, op, total, x);
             }
-            if op == ReduceOp::Mean {
-                let n = c.reg(&count);
-                let n = super::expr::convert(c, n, DType::I64, dtype)?;
-                total = c.b.div(total, n);
-            }
+            let total = finish(c, op, &count, dtype, total)?;
             let o = c.b.mad(p, inner_v, column);
             c.store(out, o, dtype, total)
         })?;
