@@ -38,6 +38,26 @@ pub(super) struct Finish {
 }
 
 impl Finish {
+    /// Stores element `(i, j)` of the output tile of batch element `batch` from its sum `acc`,
+    /// where it lies inside the `m × n` output.
+    pub(super) fn store_inside(
+        &self,
+        c: &mut Ctx,
+        batch: &[Reg],
+        (i, j): (Reg, Reg),
+        (m, n): (&Operand, &Operand),
+        acc: Reg,
+    ) -> Result<()> {
+        let in_m = c.b.setp(Cmp::Lt, i, m.clone());
+        let in_n = c.b.setp(Cmp::Lt, j, n.clone());
+        let inside = c.b.and(in_m, in_n);
+        c.when(inside, |c| {
+            let mut all = batch.to_vec();
+            all.extend([i, j]);
+            self.store(c, &all, acc)
+        })
+    }
+
     /// Stores output element `coords` (batch coordinates, then `m`, `n`) from its sum `acc`.
     pub(super) fn store(&self, c: &mut Ctx, coords: &[Reg], acc: Reg) -> Result<()> {
         let v = match &self.epilogue {
@@ -192,14 +212,7 @@ pub fn emit(
         })?;
         let mi = c.b.add(m0, ty_);
         let ni = c.b.add(n0, tx);
-        let in_m = c.b.setp(Cmp::Lt, mi, mv.clone());
-        let in_n = c.b.setp(Cmp::Lt, ni, nv.clone());
-        let inside = c.b.and(in_m, in_n);
-        c.when(inside, |c| {
-            let mut all = coords.clone();
-            all.extend([mi, ni]);
-            finish.store(c, &all, acc)
-        })
+        finish.store_inside(c, &coords, (mi, ni), (&mv, &nv), acc)
     })?;
     Ok(tiles_launch(
         batch,

@@ -355,14 +355,7 @@ fn store_outputs(
             for (q, &x) in tile.iter().enumerate() {
                 let i = plus(c, row, 16 * mi as i64 + 8 * (q as i64 >> 1));
                 let j = plus(c, col, 8 * ni as i64 + (q as i64 & 1));
-                let in_m = c.b.setp(Cmp::Lt, i, m.clone());
-                let in_n = c.b.setp(Cmp::Lt, j, n.clone());
-                let inside = c.b.and(in_m, in_n);
-                c.when(inside, |c| {
-                    let mut all = coords.to_vec();
-                    all.extend([i, j]);
-                    finish.store(c, &all, x)
-                })?;
+                finish.store_inside(c, coords, (i, j), (m, n), x)?;
             }
         }
     }
