@@ -294,11 +294,13 @@ impl<'m> Runner<'m> {
             },
             Some(capacity) => {
                 capacity.check(self.desc, name, &tensor.shape)?;
+                let shape = capacity.storage_shape(&tensor.shape);
+                // Fresh storage is zeroed lazily, page by page as the cache reaches it.
                 let mut storage = match self.inputs[index].take() {
-                    Some(held) => held.storage,
-                    None => Tensor::zeros(tensor.dtype, &[0]),
+                    Some(held) if held.storage.numel() >= shape.iter().product() => held.storage,
+                    _ => Tensor::zeros(tensor.dtype, &shape),
                 };
-                storage.resize(&capacity.storage_shape(&tensor.shape));
+                storage.resize(&shape);
                 let blocks = capacity.blocks(&tensor.shape, tensor.dtype.size());
                 capacity::store(tensor.bytes(), blocks, storage.bytes_mut());
                 self.ran = false;
