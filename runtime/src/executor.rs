@@ -438,7 +438,7 @@ impl<'m> Runner<'m> {
     /// buffer is copied out instead.
     pub fn take_output(&mut self, name: &str) -> Result<Tensor> {
         let io = self.output_desc(name)?;
-        if io.capacity.is_some() {
+        if aliased(self.desc, io)?.is_some() {
             return self.output(name).map(Cow::into_owned);
         }
         self.swap_output(name, Tensor::zeros(io.dtype, &[0]))
@@ -476,7 +476,7 @@ impl<'m> Runner<'m> {
     /// a fresh one (zeroed, page by page) every step.
     pub fn swap_output(&mut self, name: &str, storage: Tensor) -> Result<Tensor> {
         let io = self.output_desc(name)?;
-        if io.capacity.is_some() {
+        if aliased(self.desc, io)?.is_some() {
             return Err(self.err(
                 name,
                 "is appended in place to the buffer of an input: it has no storage to swap".into(),
@@ -514,14 +514,14 @@ impl<'m> Runner<'m> {
 }
 
 /// The input whose buffer output `io` of `desc` shares, and their capacity; `None` for an
-/// output of its own. A shared buffer without a capacity, or with another one than the input's,
-/// is an error of the artifact.
+/// output of its own. A shared buffer without a capacity, with another one than the input's, or
+/// with an axis the output lacks, is an error of the artifact.
 pub(crate) fn aliased(desc: &ProgramDesc, io: &IoDesc) -> Result<Option<(usize, Capacity)>> {
     let Some(input) = desc.aliased_input(io) else {
         return Ok(None);
     };
     match (io.capacity, desc.inputs.get(input).and_then(|i| i.capacity)) {
-        (Some(c), Some(d)) if c == d => Ok(Some((input, c))),
+        (Some(c), Some(d)) if c == d && c.axis < io.shape.len() => Ok(Some((input, c))),
         _ => Err(program_error(
             desc,
             &io.name,
@@ -626,21 +626,22 @@ pub(crate) fn bind_symbols(desc: &ProgramDesc, shapes: &[Option<&[usize]>]) -> R
             capacity.check(desc, &io.name, shape)?;
         }
     }
-    for io in desc.outputs.iter().filter(|o| o.capacity.is_some()) {
-        let shape: Vec<usize> = io.shape.iter().map(|d| d.eval(&symbols) as usize).collect();
-        let capacity = io.capacity.expect("filtered");
-        capacity
-            .check(desc, &io.name, &shape)
-            .map_err(|e| match desc.aliased_input(io) {
-                Some(i) => err(
-                    &desc.inputs[i].name,
-                    format!(
-                        "the run would append to it: output `{}`: {}",
-                        io.name, e.message
-                    ),
+    for io in &desc.outputs {
+        let Some((input, capacity)) = aliased(desc, io)? else {
+            continue;
+        };
+        let entries = io.shape[capacity.axis].eval(&symbols);
+        if entries > capacity.entries as i64 {
+            return Err(err(
+                &desc.inputs[input].name,
+                format!(
+                    "the cache is full: this run would grow it to {entries} entries along axis \
+                     {} (output `{}`), beyond its capacity of {}, the most the program was \
+                     compiled for",
+                    capacity.axis, io.name, capacity.entries
                 ),
-                None => e,
-            })?;
+            ));
+        }
     }
     for (i, sym) in desc.symbols.iter().enumerate() {
         let v = symbols[i];
