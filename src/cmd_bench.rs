@@ -12,7 +12,6 @@ use kiln::model;
 use kiln_runtime::cuda::CudaModel;
 use kiln_runtime::executor::default_threads;
 use kiln_runtime::generate::{DecodeProgram, GenerateOptions, Generator};
-use kiln_runtime::manifest::ProgramDesc;
 use kiln_runtime::{load_weights, Artifact, Model, Sampling};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -49,44 +48,6 @@ pub struct BenchArgs {
     /// GPU, steps are then launched one by one and timed with events, without graphs).
     #[arg(long)]
     profile: bool,
-}
-
-/// A step's label with its layer numbers replaced by `N`, so a layer's steps group together.
-fn step_kind(label: &str) -> String {
-    label
-        .split('.')
-        .map(|part| match part.parse::<u64>() {
-            Ok(_) => "N",
-            Err(_) => part,
-        })
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// Time per kind of step (its label, layers merged), largest first.
-fn print_profile((desc, times): (&ProgramDesc, Option<&[std::time::Duration]>)) {
-    let Some(times) = times else {
-        return;
-    };
-    let mut by_kind: std::collections::BTreeMap<String, (std::time::Duration, usize)> =
-        Default::default();
-    for (step, t) in desc.steps.iter().zip(times) {
-        let entry = by_kind.entry(step_kind(&step.label)).or_default();
-        entry.0 += *t;
-        entry.1 += 1;
-    }
-    let total: f64 = times.iter().map(|t| t.as_secs_f64()).sum();
-    let mut rows: Vec<_> = by_kind.into_iter().collect();
-    rows.sort_by_key(|row| std::cmp::Reverse(row.1 .0));
-    println!("\n{}: {:.3} s in {} steps", desc.name, total, times.len());
-    println!("| step | steps | time (s) | share |\n| --- | --- | --- | --- |");
-    for (kind, (t, n)) in rows.iter().take(16) {
-        let secs = t.as_secs_f64();
-        println!(
-            "| {kind} | {n} | {secs:.4} | {:.1}% |",
-            100.0 * secs / total.max(1e-12)
-        );
-    }
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -188,7 +149,10 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             if !args.json {
                 report(&args, &measured, load_s, None);
             }
-            generator.profiles().into_iter().for_each(print_profile);
+            generator
+                .profiles()
+                .into_iter()
+                .for_each(crate::profile::print);
             (measured, load_s, None)
         }
         Device::Cuda => {
@@ -202,7 +166,10 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             if !args.json {
                 report(&args, &measured, load_s, Some(&gpu));
             }
-            generator.profiles().into_iter().for_each(print_profile);
+            generator
+                .profiles()
+                .into_iter()
+                .for_each(crate::profile::print);
             (measured, load_s, Some(gpu))
         }
     };

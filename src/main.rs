@@ -9,6 +9,7 @@ mod cmd_ir;
 mod cmd_run;
 mod cmd_train;
 mod device;
+mod profile;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -339,7 +339,8 @@ fn entry<'a>(ptx: &'a str, name: &str) -> &'a str {
 }
 
 /// The first entry of each kernel kind of the tiny Llama's decode (f32), its first decode
-/// matmul with bf16 weights, and its prefill's tiled matmul and attention.
+/// matmul with bf16 weights, its prefill's tiled matmul and attention, and its prefill's
+/// tensor-core matmul at `bf16`, which must hold `mma.sync` (ptxas assembles it into `HMMA`).
 #[test]
 fn representative_kernels_ptx() {
     let spec = hf::read_config(TINY_LLAMA, "tiny_llama.json").unwrap();
@@ -356,8 +357,14 @@ fn representative_kernels_ptx() {
                     (Precision::F32, "decode", _)
                         | (Precision::F32, "prefill", "matmul_tiled" | "attention")
                         | (Precision::Bf16Weights, "decode", "matmul_gemv")
+                        | (Precision::Bf16, "prefill", "matmul_mma")
                 );
                 if wanted && seen.insert((program.name.clone(), kind.clone())) {
+                    if kind == "matmul_mma" {
+                        let text = entry(&ptx, &step.kernel);
+                        let mma = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
+                        assert_eq!(text.matches(mma).count(), 16, "{}", step.kernel);
+                    }
                     insta::assert_snapshot!(
                         format!("ptx_{}_{}_{kind}", precision, program.name),
                         entry(&ptx, &step.kernel)

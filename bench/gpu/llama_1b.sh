@@ -10,6 +10,8 @@
 #   ONLY=decode bench/gpu/llama_1b.sh        # decode figures only (ONLY=train: training only)
 #   PROFILE=1 …                              # also kiln's per-step GPU profile of each decode batch
 #   DECODE_PRECISION=bf16 …                  # kiln's decode at bf16 (default bf16-weights)
+#   TRAIN_PRECISION=f32 …                    # kiln's training at f32 (default bf16, as PyTorch's
+#                                            # autocast: bf16 matmuls, f32 master weights)
 # Results: bench/results/gpu-llama-1b-DATE/{kiln-*.json,train.csv,torch.json} and the merged
 # bench/results/gpu-llama-1b-DATE.json; the table is printed (bench/gpu/table.py).
 set -euo pipefail
@@ -33,13 +35,14 @@ seconds() { # seconds COMMAND...: runs it, prints its wall time in seconds
 }
 
 if [[ $PARTS == *kiln* || $PARTS == *compile* ]]; then
-  # The artifacts: decode programs with bf16 weights, and the training step in f32 with layers
-  # recomputed (the activations of all 16 layers at 8 × 2048 tokens do not fit beside the
-  # optimizer state).
+  # The artifacts: decode programs with bf16 weights, and the training step (bf16 matmuls, f32
+  # master weights) with layers recomputed (the activations of all 16 layers at 8 × 2048 tokens
+  # do not fit beside the optimizer state).
   decode=$(seconds "$KILN" compile "$CONFIG" --target cuda --precision "${DECODE_PRECISION:-bf16-weights}" \
     --programs prefill,decode --max-batch 16 --max-seq 192 -o "$WORK/decode.kiln")
   train=$(seconds "$KILN" compile "$CONFIG" --target cuda --programs train_step \
-    --max-batch 8 --max-seq 2048 --recompute layers -o "$WORK/train.kiln")
+    --precision "${TRAIN_PRECISION:-bf16}" --max-batch 8 --max-seq 2048 --recompute layers \
+    -o "$WORK/train.kiln")
   python3 - "$OUT/kiln-compile.json" "$decode" "$train" <<'PY'
 import json, sys, platform, os
 json.dump({"host": platform.node(), "cpus": os.cpu_count(),
@@ -68,7 +71,8 @@ from safetensors.numpy import save_file
 ids = np.random.default_rng(0).integers(0, 128256, size=8 * 2049 * 8, dtype=np.int64)
 save_file({"tokens": ids}, sys.argv[1])
 PY
-  "$KILN" train "$CONFIG" --device cuda --data "$WORK/tokens.safetensors" --batch 8 --seq 2048 \
+  "$KILN" train "$CONFIG" --device cuda --precision "${TRAIN_PRECISION:-bf16}" \
+    --data "$WORK/tokens.safetensors" --batch 8 --seq 2048 \
     --steps "${TRAIN_STEPS:-4}" --constant-lr --lr 1e-4 --recompute layers \
     --log "$OUT/train.csv" 2> "$OUT/train.log" || true
 fi

@@ -16,6 +16,7 @@
 use crate::error::{Result, RuntimeError};
 use crate::executor::{Model, Runner};
 use crate::manifest::ProgramDesc;
+use crate::profile::Profiled;
 use crate::sampling::{Sampler, Sampling};
 use crate::tensor::Tensor;
 use std::borrow::Cow;
@@ -54,7 +55,7 @@ impl Generation {
 }
 
 /// What the decoding loop needs of a program's runner.
-pub trait DecodeProgram {
+pub trait DecodeProgram: Profiled {
     /// A cache between runs (a host tensor, or a device buffer).
     type Cache;
     fn input_names(&self) -> Vec<String>;
@@ -67,27 +68,10 @@ pub trait DecodeProgram {
     fn set_cache(&mut self, name: &str, cache: Self::Cache) -> Result<()>;
     /// Makes output `output` of the last run the next run's input `input`.
     fn feed_back(&mut self, input: &str, output: &str) -> Result<()>;
-    fn desc(&self) -> &ProgramDesc;
-    /// Starts (or stops) timing every step.
-    fn set_profiling(&mut self, on: bool);
-    /// Each step's time since profiling started.
-    fn profile(&self) -> Option<&[Duration]>;
 }
 
 impl DecodeProgram for Runner<'_> {
     type Cache = Tensor;
-
-    fn desc(&self) -> &ProgramDesc {
-        Runner::desc(self)
-    }
-
-    fn set_profiling(&mut self, on: bool) {
-        Runner::set_profiling(self, on)
-    }
-
-    fn profile(&self) -> Option<&[Duration]> {
-        Runner::profile(self)
-    }
 
     fn input_names(&self) -> Vec<String> {
         self.desc().inputs.iter().map(|i| i.name.clone()).collect()

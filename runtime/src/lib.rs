@@ -24,6 +24,7 @@ pub mod memory_plan;
 pub mod open;
 pub mod poly;
 pub mod pool;
+pub mod profile;
 pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;

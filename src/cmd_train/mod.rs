@@ -94,8 +94,9 @@ pub struct TrainArgs {
     #[arg(long)]
     memory_budget: Option<String>,
     /// Fuse attention (forward and backward) into `flash_attention` kernels: memory linear in
-    /// the sequence instead of quadratic, but slower on the CPU at short sequences than the
-    /// GEMM path of unfused attention (see docs/training.md), so off by default.
+    /// the sequence instead of quadratic, but slower than the matmuls of unfused attention on
+    /// the CPU at short sequences and on the GPU until its kernels use tensor cores (see
+    /// docs/training.md), so off by default.
     #[arg(long)]
     fused_attention: bool,
     /// Reject a step whose loss exceeds this many times the recent mean (non-finite losses and
@@ -139,6 +140,10 @@ pub struct TrainArgs {
     /// gradients and optimizer; the CUDA backend only).
     #[arg(long, default_value = "f32")]
     precision: Precision,
+    /// After training, print where the time went: the costliest kinds of step of each training
+    /// program (on the GPU, steps are then launched one by one and timed with events).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -337,6 +342,7 @@ fn train<P: TrainProgram>(
     mut trainer: Trainer<P>,
     stream: &mut TokenData,
 ) -> Result<Vec<Tensor>, String> {
+    trainer.set_profiling(args.profile);
     if let Some(path) = &args.resume {
         let position = trainer.resume(path).map_err(|e| e.to_string())?;
         stream.seek(position).map_err(|e| e.to_string())?;
@@ -353,6 +359,10 @@ fn train<P: TrainProgram>(
         report::plot_loss(path, &losses)?;
     }
     summarize(&rows, trainer.arena_bytes());
+    trainer
+        .profiles()
+        .into_iter()
+        .for_each(crate::profile::print);
     trainer.host_params().map_err(|e| e.to_string())
 }
 

@@ -6,14 +6,13 @@ use super::{CudaModel, CudaRunner, DeviceTensor};
 use crate::error::Result;
 use crate::generate::{DecodeProgram, Generator};
 use crate::manifest::ProgramDesc;
+use crate::profile::Profiled;
 use crate::tensor::Tensor;
 use crate::train::{TrainOptions, TrainProgram, Trainer};
 use std::borrow::Cow;
 use std::time::Duration;
 
-impl DecodeProgram for CudaRunner<'_> {
-    type Cache = DeviceTensor;
-
+impl Profiled for CudaRunner<'_> {
     fn desc(&self) -> &ProgramDesc {
         CudaRunner::desc(self)
     }
@@ -25,6 +24,10 @@ impl DecodeProgram for CudaRunner<'_> {
     fn profile(&self) -> Option<&[Duration]> {
         CudaRunner::profile(self)
     }
+}
+
+impl DecodeProgram for CudaRunner<'_> {
+    type Cache = DeviceTensor;
 
     fn input_names(&self) -> Vec<String> {
         self.desc().inputs.iter().map(|i| i.name.clone()).collect()

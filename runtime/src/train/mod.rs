@@ -26,10 +26,11 @@ pub use spike::{SpikeDetector, SpikeOptions, SpikePolicy};
 
 use crate::error::{Result, RuntimeError};
 use crate::executor::{Model, Runner};
-use crate::manifest::{ElemType, TensorDesc};
+use crate::manifest::{ElemType, ProgramDesc, TensorDesc};
 use crate::tensor::Tensor;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Everything about a run but the model and the data.
 #[derive(Clone, Debug, PartialEq)]
@@ -140,6 +141,22 @@ impl<'m> Trainer<Runner<'m>> {
 }
 
 impl<P: TrainProgram> Trainer<P> {
+    /// Starts timing every step of the training programs.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.train.set_profiling(on);
+        if let Some(a) = &mut self.accumulate {
+            a.set_profiling(on);
+        }
+    }
+
+    /// The training programs, with each step's time when profiling.
+    pub fn profiles(&self) -> Vec<(&ProgramDesc, Option<&[Duration]>)> {
+        std::iter::once(&self.train)
+            .chain(&self.accumulate)
+            .map(|p| (p.desc(), p.profile()))
+            .collect()
+    }
+
     /// A trainer running `train` (and `accumulate`, for steps of several micro-batches) on the
     /// model `weights` describes, from `params` (one per weight), with fresh moments.
     pub fn from_runners(

@@ -5,10 +5,11 @@
 
 use crate::error::Result;
 use crate::executor::Runner;
+use crate::profile::Profiled;
 use crate::tensor::Tensor;
 use std::borrow::Cow;
 
-pub trait TrainProgram {
+pub trait TrainProgram: Profiled {
     /// A tensor of the training state between runs: a host tensor or a device buffer.
     type State;
     /// `tensor` as state (on the runner's device).

@@ -15,10 +15,11 @@
 //! Each output element is `acc · (1/l)`; a query that sees no key gets `0 · ∞ = NaN`, as the
 //! unfused softmax does. Only warp barriers are used, so warps of a block run independently.
 
+use super::attention_rows::{dot_staged, stage, Owned};
 use super::context::{Ctx, Granule};
 use super::reduce::warp_fold;
 use crate::error::Result;
-use crate::ptx::{math, Cmp, Reg, Shuffle, Space, Special, Ty};
+use crate::ptx::{math, Cmp, Reg, Special, Ty};
 use kiln_backend_cpu::kernel::AttentionKernel;
 use kiln_ir::{AttentionMask, DType};
 use kiln_runtime::manifest::{Launch, WorkFactor};
@@ -58,11 +59,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     let lane = c.b.and(tid, 31i64);
     let warp = c.b.shr(tid, 5);
     let q_stage = c.b.mad(warp, d * 4, smem);
-    let owned = (dv + 31) / 32;
-    // Which of the lane's output elements exist (c = lane + 32·u < Dv).
-    let exists: Vec<Reg> = (0..owned)
-        .map(|u| c.b.setp(Cmp::Lt, lane, dv - 32 * u))
-        .collect();
+    let owned = Owned::new(c, lane, dv);
     c.grid_loop(rows_v, Granule::Warp, |c, w| {
         let i = c.b.rem(w, seq.clone());
         let bh = c.b.div(w, seq.clone());
@@ -82,18 +79,10 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
             }
             None => (c.b.mov(Ty::S64, 0i64), keys),
         };
-        // Stage the query row.
-        c.for_range(lane, d, 32i64, |c, col| {
-            let at = c.b.mad(col, qa.strides[3].clone(), q_row);
-            let x = c.load(&qa, at)?;
-            let slot = c.b.mad(col, 4i64, q_stage);
-            c.b.st(Space::Shared, "f32", slot, 0, x);
-            Ok(())
-        })?;
-        c.b.warp_sync();
+        stage(c, &qa, q_row, d, q_stage, lane)?;
         let m = c.b.mov(Ty::F32, f32::NEG_INFINITY);
         let l = c.b.mov(Ty::F32, 0.0f32);
-        let acc: Vec<Reg> = (0..owned).map(|_| c.b.mov(Ty::F32, 0.0f32)).collect();
+        let acc = owned.zeros(c);
         c.for_range(lo, hi, 32i64, |c, j0| {
             // 1. One score per lane.
             let j = c.b.add(j0, lane);
@@ -101,15 +90,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
             let s = c.b.mov(Ty::F32, f32::NEG_INFINITY);
             c.when(valid, |c| {
                 let k_row = c.b.mad(j, ka.strides[2].clone(), k_head);
-                let dot = c.b.mov(Ty::F32, 0.0f32);
-                for col in 0..d {
-                    let qx =
-                        c.b.ld(Space::Shared, "f32", Ty::F32, q_stage, 4 * col, false);
-                    let at = c.b.add(k_row, col);
-                    let kx = c.load(&ka, at)?;
-                    let next = c.b.mad(qx, kx, dot);
-                    c.b.assign(dot, next);
-                }
+                let dot = dot_staged(c, q_stage, &ka, k_row, d)?;
                 let scaled = c.b.mul(dot, attention.scale as f32);
                 c.b.assign(s, scaled);
                 Ok(())
@@ -133,35 +114,17 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
             }
             let left = c.b.sub(hi, j0);
             let count = c.b.min(left, 32i64);
-            c.for_range(0i64, count, 1i64, |c, t| {
-                let t32 = c.b.cvt(Ty::U32, None, t, None, "");
-                let pt = c.b.shfl(Shuffle::Index, p, t32);
+            owned.add_rows(c, &acc, p, count, &va, |c, t| {
                 let key = c.b.add(j0, t);
-                let v_row = c.b.mad(key, va.strides[2].clone(), v_head);
-                for (u, (&a, &there)) in acc.iter().zip(&exists).enumerate() {
-                    c.when(there, |c| {
-                        let col = c.b.add(lane, 32 * u as i64);
-                        let at = c.b.add(v_row, col);
-                        let x = c.load(&va, at)?;
-                        let next = c.b.mad(pt, x, a);
-                        c.b.assign(a, next);
-                        Ok(())
-                    })?;
-                }
-                Ok(())
-            })?;
-            Ok(())
+                Ok(c.b.mad(key, va.strides[2].clone(), v_head))
+            })
         })?;
         let inv = c.b.rcp(l);
-        for (u, (&a, &there)) in acc.iter().zip(&exists).enumerate() {
-            c.when(there, |c| {
-                let col = c.b.add(lane, 32 * u as i64);
-                let at = c.b.add(out_row, col);
-                let y = c.b.mul(a, inv);
-                let base = oa.base.expect("attention writes a buffer");
-                c.store(base, at, DType::F32, y)
-            })?;
+        for &a in &acc {
+            let y = c.b.mul(a, inv);
+            c.b.assign(a, y);
         }
+        owned.store(c, &acc, &oa, out_row)?;
         // The next row overwrites the staged query.
         c.b.warp_sync();
         Ok(())

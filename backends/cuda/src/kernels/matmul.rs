@@ -12,6 +12,7 @@
 //!   the operand is unit-stride, so the loads are coalesced for `x·W` and `x·Wᵀ` alike.
 //!
 //! Every load is bounds-checked (out-of-range tile elements are 0), so any `m`, `n`, `k` works.
+//! Two bf16 operands take the tensor-core form of `matmul_mma.rs` instead of the shared tiles.
 
 use super::context::{Addressed, Ctx, Granule};
 use super::expr::{convert, evaluate};
@@ -31,7 +32,7 @@ const ROW: i64 = TILE + 1;
 
 /// What the epilogue and the store of one output element need.
 pub(super) struct Finish {
-    out: Addressed,
+    pub(super) out: Addressed,
     leaves: Vec<Addressed>,
     epilogue: Option<Epilogue>,
 }
@@ -125,6 +126,9 @@ pub fn emit(
             shared_bytes: 0,
             buffers: Vec::new(),
         });
+    }
+    if super::matmul_mma::applies(a, b) {
+        return super::matmul_mma::emit(c, &av, &bv, &finish);
     }
     let a_tile = c.b.shared((4 * TILE * ROW) as u32);
     let b_tile = c.b.shared((4 * TILE * ROW) as u32);

@@ -8,6 +8,7 @@
 
 mod attention;
 mod attention_grad;
+mod attention_rows;
 mod context;
 pub(crate) mod dtype;
 mod expr;
@@ -15,7 +16,9 @@ mod gather;
 mod map;
 mod matmul;
 mod matmul_gemv;
+mod matmul_mma;
 mod reduce;
+mod reduce_columns;
 mod scatter;
 #[cfg(test)]
 mod tests;
@@ -46,10 +49,14 @@ pub fn one_thread_each(items: kiln_runtime::Poly) -> Launch {
 pub fn kind(kernel: &Kernel) -> &'static str {
     match kernel {
         Kernel::Map { .. } => "map",
+        Kernel::Reduce { leaves, axes, .. } if reduce_columns::applies(leaves, axes) => {
+            "reduce_columns"
+        }
         Kernel::Reduce { .. } => "reduce",
         Kernel::MatMul { a, b, out, .. } => match out.dims[out.rank() - 2].as_constant() {
             Some(m) if m <= 4 && matmul_gemv::applies(a, b) => "matmul_gemv",
             Some(m) if m <= 4 => "matmul_warp",
+            _ if matmul_mma::applies(a, b) => "matmul_mma",
             _ => "matmul_tiled",
         },
         Kernel::Gather { .. } => "gather",

@@ -1,10 +1,13 @@
 //! Reduction kernels (`Kernel::Reduce`): sum, max or mean of an elementwise expression over any
-//! set of axes, into a contiguous output keeping the reduced axes at size 1.
+//! set of axes, into a contiguous output keeping the reduced axes at size 1. Reductions that
+//! keep the innermost axis take the form of `reduce_columns.rs`; the others, this one.
 //!
 //! One block per output element (by grid stride over the outputs): each thread folds the
 //! reduced positions `tid, tid + threads, …` (split into coordinates of the reduced axes), the
 //! warp folds its lanes by butterfly shuffles, lane 0 of each warp leaves its value in shared
-//! memory, and thread 0 folds the warps in order, divides for a mean, and stores. The order is
+//! memory, and thread 0 folds the warps in order, divides for a mean, and stores. A reduction
+//! of at most [`SHORT`] positions (attention's `Δ` over a head, say) takes one warp per output
+//! instead, lane 0 storing the warp's fold. The order is
 //! fixed, so a result does not change from run to run. Accumulation is in the expression's type
 //! (f32, i32 or i64); float `max` propagates NaN.
 
@@ -13,15 +16,18 @@ use super::expr::evaluate;
 use super::map::per_block;
 use super::THREADS;
 use crate::error::{CompileError, Result};
-use crate::ptx::{Cmp, Reg, Shuffle, Space, Special, Ty};
+use crate::ptx::{Cmp, Operand, Reg, Shuffle, Space, Special, Ty};
 use kiln_backend_cpu::kernel::ExprNode;
 use kiln_backend_cpu::view::View;
 use kiln_ir::op::ReduceOp;
 use kiln_ir::DType;
-use kiln_runtime::manifest::Launch;
+use kiln_runtime::manifest::{Launch, WorkFactor};
 use kiln_runtime::Poly;
 
-fn identity(op: ReduceOp, dtype: DType) -> f64 {
+/// Reductions of at most this many positions take a warp per output instead of a block.
+const SHORT: i64 = 256;
+
+pub(super) fn identity(op: ReduceOp, dtype: DType) -> f64 {
     match (op, dtype) {
         (ReduceOp::Max, DType::F32) => f64::NEG_INFINITY,
         (ReduceOp::Max, DType::I32) => i32::MIN as f64,
@@ -30,7 +36,7 @@ fn identity(op: ReduceOp, dtype: DType) -> f64 {
     }
 }
 
-fn combine(c: &mut Ctx, op: ReduceOp, a: Reg, b: Reg) -> Reg {
+pub(super) fn combine(c: &mut Ctx, op: ReduceOp, a: Reg, b: Reg) -> Reg {
     match op {
         ReduceOp::Max => c.b.max(a, b),
         ReduceOp::Sum | ReduceOp::Mean => c.b.add(a, b),
@@ -74,6 +80,9 @@ pub fn emit(
             op.name()
         )));
     }
+    if super::reduce_columns::applies(leaves, axes) {
+        return super::reduce_columns::emit(c, op, leaves, expr, axes, out, dtype);
+    }
     let ty = super::dtype::reg_ty(dtype)?;
     let rank = leaves[0].rank();
     let kept: Vec<usize> = (0..rank).filter(|a| !axes.contains(a)).collect();
@@ -85,16 +94,23 @@ pub fn emit(
     let outputs_v = c.value(&outputs);
     let ls: Vec<_> = leaves.iter().map(|l| c.addressed(l)).collect();
     let out_base = c.buffer(out.buffer().expect("reductions write buffers"));
+    let short = matches!(count.as_constant(), Some(n) if n <= SHORT);
     let warps = (THREADS / 32) as i64;
     let width = super::dtype::elem_bytes(dtype)?;
-    let smem = c.b.shared((warps * width) as u32);
+    let smem = if short {
+        None
+    } else {
+        Some(c.b.shared((warps * width) as u32))
+    };
     let tid = c.special(Special::Tid);
-    let ntid = c.special(Special::Ntid);
     let lane = c.b.and(tid, 31i64);
     let warp = c.b.shr(tid, 5);
-    let slot = c.b.mad(warp, width, smem);
     let mem = super::dtype::mem_name(dtype)?;
-    c.grid_loop(outputs_v, Granule::Block, |c, o| {
+    let (granule, first, step) = match short {
+        true => (Granule::Warp, lane, Operand::Int(32)),
+        false => (Granule::Block, tid, c.special(Special::Ntid).into()),
+    };
+    c.grid_loop(outputs_v, granule, |c, o| {
         let coords = c.unravel(o, &kept_dims);
         let mut bases = Vec::new();
         for l in &ls {
@@ -102,7 +118,7 @@ pub fn emit(
             bases.push(c.linear(&l.offset, &coords, &strides));
         }
         let acc = c.constant(identity(op, dtype), dtype)?;
-        c.for_range(tid, count_v.clone(), ntid, |c, r| {
+        c.for_range(first, count_v.clone(), step.clone(), |c, r| {
             let rc = c.unravel(r, &red_dims);
             let mut values = Vec::new();
             for (l, base) in ls.iter().zip(&bases) {
@@ -116,7 +132,19 @@ pub fn emit(
             Ok(())
         })?;
         let folded = warp_fold(c, acc, |c, a, b| combine(c, op, a, b));
+        let store = |c: &mut Ctx, mut total: Reg| -> Result<()> {
+            if op == ReduceOp::Mean {
+                let n = c.reg(&count);
+                let n = super::expr::convert(c, n, DType::I64, dtype)?;
+                total = c.b.div(total, n);
+            }
+            c.store(out_base, o, dtype, total)
+        };
         let first_lane = c.b.setp(Cmp::Eq, lane, 0i64);
+        let Some(smem) = smem else {
+            return c.when(first_lane, |c| store(c, folded));
+        };
+        let slot = c.b.mad(warp, width, smem);
         c.when(first_lane, |c| {
             c.b.st(Space::Shared, mem, slot, 0, folded);
             Ok(())
@@ -129,16 +157,22 @@ pub fn emit(
                 let x = c.b.ld(Space::Shared, mem, ty, smem, w * width, false);
                 total = combine(c, op, total, x);
             }
-            if op == ReduceOp::Mean {
-                let n = c.reg(&count);
-                let n = super::expr::convert(c, n, DType::I64, dtype)?;
-                total = c.b.div(total, n);
-            }
-            c.store(out_base, o, dtype, total)
+            store(c, total)
         })?;
         // The next output's partial sums reuse the slots.
         c.b.bar_sync();
         Ok(())
     })?;
+    if short {
+        return Ok(Launch {
+            blocks: vec![WorkFactor {
+                extent: outputs,
+                tile: warps as u64,
+            }],
+            threads: THREADS,
+            shared_bytes: 0,
+            buffers: Vec::new(),
+        });
+    }
     Ok(per_block(outputs, THREADS, c.b.shared_bytes()))
 }

@@ -28,6 +28,12 @@ pub struct KernelBuilder {
     body: Vec<String>,
 }
 
+/// A vector operand `{%r1, %r2, …}`.
+fn vector(regs: &[Reg]) -> String {
+    let names: Vec<String> = regs.iter().map(Reg::to_string).collect();
+    format!("{{{}}}", names.join(", "))
+}
+
 fn slot(ty: Ty) -> usize {
     Ty::ALL
         .iter()
@@ -322,18 +328,60 @@ impl KernelBuilder {
         self.inst(&format!("shfl.sync.{mode}.b32"), value.ty, &all)
     }
 
-    /// The two 32-bit halves `(low, high)` of a 64-bit register.
+    /// The two halves `(low, high)` of a 64-bit register (as `.u32`) or of a 32-bit one (as
+    /// `.b16`).
     pub fn unpack(&mut self, r: Reg) -> (Reg, Reg) {
-        let (lo, hi) = (self.reg(Ty::U32), self.reg(Ty::U32));
-        self.line(format!("mov.b64 {{{lo}, {hi}}}, {r}"));
+        let half = r.ty.half();
+        let (lo, hi) = (self.reg(half), self.reg(half));
+        self.line(format!("mov.{} {{{lo}, {hi}}}, {r}", r.ty.bits()));
         (lo, hi)
     }
 
-    /// A 64-bit register of type `ty` from its 32-bit halves.
+    /// A register of type `ty` (64 or 32 bits) from its halves.
     pub fn pack(&mut self, ty: Ty, lo: Reg, hi: Reg) -> Reg {
         let dst = self.reg(ty);
-        self.line(format!("mov.b64 {dst}, {{{lo}, {hi}}}"));
+        self.line(format!("mov.{} {dst}, {{{lo}, {hi}}}", ty.bits()));
         dst
+    }
+
+    /// Four consecutive 32-bit words from `[addr + offset]` (16-byte aligned) into fresh
+    /// `.b32` registers, low address first (`ld.SPACE[.nc].v4.b32`); `readonly` global loads go
+    /// through the non-coherent cache.
+    pub fn ld_v4(&mut self, space: Space, addr: Reg, offset: i64, readonly: bool) -> [Reg; 4] {
+        let words = [(); 4].map(|_| self.reg(Ty::B32));
+        let nc = if readonly && space == Space::Global {
+            ".nc"
+        } else {
+            ""
+        };
+        self.line(format!(
+            "ld.{}{nc}.v4.b32 {}, [{addr}+{offset}]",
+            space.name(),
+            vector(&words)
+        ));
+        words
+    }
+
+    /// A store of four 32-bit words at `[addr + offset]` (16-byte aligned), low address first.
+    pub fn st_v4(&mut self, space: Space, addr: Reg, offset: i64, words: [Reg; 4]) {
+        self.line(format!(
+            "st.{}.v4.b32 [{addr}+{offset}], {}",
+            space.name(),
+            vector(&words)
+        ));
+    }
+
+    /// `acc += a·b` on tensor cores for one 16×8 tile, in place: the warp collective
+    /// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`. Each lane holds its fragments in
+    /// the PTX ISA's layout: `a` four `.b32` of two bf16 each (the 16×16 `A`, row-major),
+    /// `b` two (the 16×8 `B`, column-major), `acc` four `.f32` of the 16×8 `C`/`D`.
+    pub fn mma_bf16(&mut self, acc: [Reg; 4], a: [Reg; 4], b: [Reg; 2]) {
+        let acc = vector(&acc);
+        self.line(format!(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {acc}, {}, {}, {acc}",
+            vector(&a),
+            vector(&b)
+        ));
     }
 
     /// A barrier of the whole block.

@@ -1,13 +1,16 @@
 //! A CPU emulator of the PTX kiln writes, for tests: it parses an entry's text and runs blocks
 //! of threads on byte-addressed global memory, checking that every access lies inside one of
-//! the buffers the test placed there.
+//! the buffers the test placed there and is aligned to its size (a vector access to the whole
+//! vector's), as the hardware requires.
 //!
 //! Threads run one at a time until they reach a point where they must meet others: a warp
-//! shuffle or warp barrier (all 32 lanes of the warp, at the same instruction) or a block
-//! barrier (every live thread of the block). That is the convergence kiln's kernels guarantee;
-//! a kernel that breaks it fails here as a deadlock. Arithmetic follows PTX's rounding:
-//! `.rn` float operations in f32 / f64, `fma` fused, `ex2.approx` correctly rounded (the
-//! hardware's is within 2 ulp), float-to-integer conversions saturating with NaN → 0.
+//! shuffle, warp barrier or `mma` (all 32 lanes of the warp, at the same instruction) or a
+//! block barrier (every live thread of the block). That is the convergence kiln's kernels
+//! guarantee; a kernel that breaks it fails here as a deadlock. Arithmetic follows PTX's
+//! rounding: `.rn` float operations in f32 / f64, `fma` fused, `ex2.approx` correctly rounded
+//! (the hardware's is within 2 ulp), float-to-integer conversions saturating with NaN → 0,
+//! `mma` on the PTX ISA's fragment layouts with each output summed exactly and rounded once
+//! (the hardware's order and rounding of the sum differ slightly; see `mma`).
 
 use std::collections::HashMap;
 
@@ -19,8 +22,9 @@ enum Opnd {
     Addr(Box<Opnd>, i64),
     /// A named value: a parameter, a shared variable, a special register.
     Name(String),
-    /// `{lo, hi}` halves of a 64-bit move.
-    Pair(usize, usize),
+    /// `{%r1, %r2, …}`: the parts of a packing move, the elements of a vector load or store,
+    /// the fragments of an `mma`; the lowest part (address, bits) first.
+    Vector(Vec<usize>),
     Label(usize),
 }
 
@@ -58,8 +62,7 @@ fn parse_operand(
         };
     }
     if let Some(inner) = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
-        let (a, b) = inner.split_once(", ").unwrap();
-        return Opnd::Pair(reg(a), reg(b));
+        return Opnd::Vector(inner.split(',').map(|r| reg(r.trim())).collect());
     }
     if let Some(hex) = text.strip_prefix("0f") {
         return Opnd::Imm(u32::from_str_radix(hex, 16).unwrap() as u64);
@@ -83,12 +86,13 @@ impl Program {
     /// The instructions of an entry's text (or a bare body).
     pub fn parse(text: &str) -> Program {
         let mut shared = HashMap::new();
-        let mut shared_bytes = 0;
+        let mut shared_bytes: u64 = 0;
         let mut lines = Vec::new();
         let mut labels = HashMap::new();
         for line in text.lines().map(str::trim) {
             if let Some(decl) = line.strip_prefix(".shared .align 16 .b8 ") {
                 let (name, size) = decl.trim_end_matches("];").split_once('[').unwrap();
+                shared_bytes = shared_bytes.div_ceil(16) * 16;
                 shared.insert(name.to_string(), shared_bytes);
                 shared_bytes += size.parse::<u64>().unwrap();
             } else if let Some(label) = line.strip_suffix(':') {
@@ -314,8 +318,7 @@ impl Thread {
                     .or_else(|| params.get(n))
                     .unwrap_or_else(|| panic!("unknown name {n}")),
             },
-            Opnd::Pair(lo, hi) => (self.regs[*lo] & 0xffff_ffff) | (self.regs[*hi] << 32),
-            Opnd::Addr(..) | Opnd::Label(_) => panic!("not a value: {o:?}"),
+            Opnd::Addr(..) | Opnd::Label(_) | Opnd::Vector(_) => panic!("not a value: {o:?}"),
         }
     }
 
@@ -344,7 +347,7 @@ impl Thread {
                     self.done = true;
                     return Stop::Done;
                 }
-                "shfl" => return Stop::Warp,
+                "shfl" | "mma" => return Stop::Warp,
                 "bar" if parts.get(1) == Some(&"warp") => return Stop::Warp,
                 "bar" => return Stop::Block,
                 "bra" => {
@@ -355,6 +358,9 @@ impl Thread {
                     continue;
                 }
                 "ld" | "st" => self.memory_op(inst, &parts, p, memory, shared, params),
+                "mov" if is_vector(&inst.srcs[0]) || inst.dst.as_ref().is_some_and(is_vector) => {
+                    self.repack(inst, 8 * bytes_of(parts[1]), p, params)
+                }
                 _ => {
                     let s: Vec<u64> = inst.srcs.iter().map(|o| self.value(o, p, params)).collect();
                     let v = alu(&parts, &s);
@@ -368,11 +374,28 @@ impl Thread {
     fn write(&mut self, dst: &Opnd, v: u64) {
         match dst {
             Opnd::Reg(r) => self.regs[*r] = v,
-            Opnd::Pair(lo, hi) => {
-                self.regs[*lo] = v & 0xffff_ffff;
-                self.regs[*hi] = v >> 32;
-            }
             other => panic!("cannot write {other:?}"),
+        }
+    }
+
+    /// `mov.bN` of a vector of equal parts into one `N`-bit register, or back.
+    fn repack(&mut self, inst: &Inst, bits: u64, p: &Program, params: &HashMap<String, u64>) {
+        let dst = inst.dst.as_ref().unwrap();
+        let part = |regs: &[usize]| bits / regs.len() as u64;
+        let mask = |width: u64| u64::MAX >> (64 - width);
+        let v = match &inst.srcs[0] {
+            Opnd::Vector(regs) => regs.iter().rev().fold(0, |acc, &r| {
+                (acc << part(regs)) | (self.regs[r] & mask(part(regs)))
+            }),
+            other => self.value(other, p, params),
+        };
+        match dst {
+            Opnd::Vector(regs) => {
+                for (i, &r) in regs.iter().enumerate() {
+                    self.regs[r] = (v >> (i as u64 * part(regs))) & mask(part(regs));
+                }
+            }
+            other => self.write(other, v),
         }
     }
 
@@ -399,30 +422,60 @@ impl Thread {
             return;
         }
         let addr = self.value(base, p, params).wrapping_add(*offset as u64);
+        let count = match parts[parts.len() - 2] {
+            "v2" => 2,
+            "v4" => 4,
+            _ => 1,
+        };
+        assert!(
+            addr.is_multiple_of(len * count),
+            "{} of {} bytes at {addr:#x} is not aligned to its size",
+            parts.join("."),
+            len * count
+        );
         if parts[0] == "ld" {
-            let raw = if space == "shared" {
-                let at = addr as usize;
-                let mut v = [0u8; 8];
-                v[..len as usize].copy_from_slice(&shared[at..at + len as usize]);
-                u64::from_le_bytes(v)
-            } else {
-                memory.load(addr, len)
-            };
-            // Narrow signed loads sign-extend, others zero-extend.
-            let v = match ty {
-                "s32" => raw as u32 as i32 as i64 as u64,
-                _ => raw,
-            };
-            self.write(inst.dst.as_ref().unwrap(), v);
+            let dsts = elements(inst.dst.as_ref().unwrap());
+            for (i, dst) in dsts.iter().enumerate() {
+                let at = addr + i as u64 * len;
+                let raw = if space == "shared" {
+                    let at = at as usize;
+                    let mut v = [0u8; 8];
+                    v[..len as usize].copy_from_slice(&shared[at..at + len as usize]);
+                    u64::from_le_bytes(v)
+                } else {
+                    memory.load(at, len)
+                };
+                // Narrow signed loads sign-extend, others zero-extend.
+                let v = match ty {
+                    "s32" => raw as u32 as i32 as i64 as u64,
+                    _ => raw,
+                };
+                self.write(dst, v);
+            }
         } else {
-            let v = self.value(&inst.srcs[1], p, params);
-            if space == "shared" {
-                let at = addr as usize;
-                shared[at..at + len as usize].copy_from_slice(&v.to_le_bytes()[..len as usize]);
-            } else {
-                memory.store(addr, len, v);
+            for (i, src) in elements(&inst.srcs[1]).iter().enumerate() {
+                let v = self.value(src, p, params);
+                let at = addr + i as u64 * len;
+                if space == "shared" {
+                    let at = at as usize;
+                    shared[at..at + len as usize].copy_from_slice(&v.to_le_bytes()[..len as usize]);
+                } else {
+                    memory.store(at, len, v);
+                }
             }
         }
+    }
+}
+
+fn is_vector(o: &Opnd) -> bool {
+    matches!(o, Opnd::Vector(_))
+}
+
+/// The registers of a vector operand, or the operand itself.
+fn elements(o: &Opnd) -> Vec<Opnd> {
+    match o {
+        Opnd::Vector(regs) => regs.iter().map(|&r| Opnd::Reg(r)).collect(),
+        other => vec![other.clone()],
     }
 }
 
@@ -635,8 +688,10 @@ fn collective(
     p: &Program,
     params: &HashMap<String, u64>,
 ) {
-    if inst.parts[0] == "bar" {
-        return;
+    match inst.parts[0].as_str() {
+        "bar" => return,
+        "mma" => return mma(inst, ts, lanes),
+        _ => {}
     }
     let values: Vec<u64> = lanes
         .iter()
@@ -657,5 +712,61 @@ fn collective(
         .collect();
     for (&i, v) in lanes.iter().zip(results) {
         ts[i].write(inst.dst.as_ref().unwrap(), v);
+    }
+}
+
+/// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 d, a, b, c` by the 32 lanes of a warp:
+/// `D = A·B + C` for a 16×16 `A`, a 16×8 `B` and 16×8 `C`, `D`, each lane holding its
+/// fragments in the PTX ISA's layout, with `g = lane >> 2` and `t = lane % 4`:
+/// - `a`: four `.b32` of two bf16 each, the lower column in the low half: `A[g][2t..]`,
+///   `A[g+8][2t..]`, `A[g][2t+8..]`, `A[g+8][2t+8..]`;
+/// - `b`: two `.b32`, the lower row in the low half: `B[2t..][g]`, `B[2t+8..][g]`;
+/// - `c`, `d`: four `.f32`: `C[g][2t]`, `C[g][2t+1]`, `C[g+8][2t]`, `C[g+8][2t+1]`.
+///
+/// Each element of `D` is the f32 rounding of the sum, in f64, of its 16 products (exact: a
+/// product of two bf16 has 16 significant bits) and its `C` element. The hardware adds in an
+/// order and with intermediate roundings of its own, so it can differ in the last bits.
+fn mma(inst: &Inst, ts: &mut [Thread], lanes: &[usize]) {
+    assert_eq!(
+        inst.parts.join("."),
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
+    );
+    assert_eq!(lanes.len(), 32, "mma needs a full warp");
+    let regs = |o: &Opnd| match o {
+        Opnd::Vector(regs) => regs.clone(),
+        other => panic!("mma takes vectors, not {other:?}"),
+    };
+    let (d, a, b, c) = (
+        regs(inst.dst.as_ref().unwrap()),
+        regs(&inst.srcs[0]),
+        regs(&inst.srcs[1]),
+        regs(&inst.srcs[2]),
+    );
+    let bf16 = |bits: u64| f32_of((bits & 0xffff) << 16) as f64;
+    let (mut am, mut bm, mut cm) = ([[0.0; 16]; 16], [[0.0; 8]; 16], [[0.0; 8]; 16]);
+    for (lane, &i) in lanes.iter().enumerate() {
+        let (g, t) = (lane >> 2, lane % 4);
+        let regs = &ts[i].regs;
+        for (q, &r) in a.iter().enumerate() {
+            let (row, col) = (g + 8 * (q & 1), 2 * t + 8 * (q >> 1));
+            am[row][col] = bf16(regs[r]);
+            am[row][col + 1] = bf16(regs[r] >> 16);
+        }
+        for (q, &r) in b.iter().enumerate() {
+            let k = 2 * t + 8 * q;
+            bm[k][g] = bf16(regs[r]);
+            bm[k + 1][g] = bf16(regs[r] >> 16);
+        }
+        for (q, &r) in c.iter().enumerate() {
+            cm[g + 8 * (q >> 1)][2 * t + (q & 1)] = f32_of(regs[r]) as f64;
+        }
+    }
+    for (lane, &i) in lanes.iter().enumerate() {
+        let (g, t) = (lane >> 2, lane % 4);
+        for (q, &r) in d.iter().enumerate() {
+            let (row, col) = (g + 8 * (q >> 1), 2 * t + (q & 1));
+            let sum: f64 = (0..16).map(|k| am[row][k] * bm[k][col]).sum::<f64>() + cm[row][col];
+            ts[i].regs[r] = of_f32(sum as f32);
+        }
     }
 }

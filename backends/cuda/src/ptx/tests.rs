@@ -89,3 +89,19 @@ fn exp_and_log_sequences() {
     });
     insta::assert_snapshot!(text);
 }
+
+#[test]
+fn vector_memory_packing_and_mma() {
+    let text = kernel(|b| {
+        let p = b.param("bufs");
+        let g = b.to_global(p);
+        let smem = b.shared(64);
+        let words = b.ld_v4(Space::Global, g, 16, true);
+        b.st_v4(Space::Shared, smem, 0, words);
+        let (lo, hi) = b.unpack(words[0]);
+        let both = b.pack(Ty::B32, hi, lo);
+        let acc = [(); 4].map(|_| b.mov(Ty::F32, 0.0f32));
+        b.mma_bf16(acc, [both, words[1], words[2], words[3]], [words[0], both]);
+    });
+    insta::assert_snapshot!(text);
+}

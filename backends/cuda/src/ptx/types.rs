@@ -11,6 +11,8 @@ use std::fmt;
 pub enum Ty {
     Pred,
     B16,
+    /// Untyped 32 bits: pairs of bf16, as `mma` takes its fragments.
+    B32,
     U32,
     S32,
     U64,
@@ -21,9 +23,10 @@ pub enum Ty {
 
 impl Ty {
     /// Every type, in declaration order.
-    pub const ALL: [Ty; 8] = [
+    pub const ALL: [Ty; 9] = [
         Ty::Pred,
         Ty::B16,
+        Ty::B32,
         Ty::U32,
         Ty::S32,
         Ty::U64,
@@ -37,6 +40,7 @@ impl Ty {
         match self {
             Ty::Pred => "pred",
             Ty::B16 => "b16",
+            Ty::B32 => "b32",
             Ty::U32 => "u32",
             Ty::S32 => "s32",
             Ty::U64 => "u64",
@@ -51,6 +55,7 @@ impl Ty {
         match self {
             Ty::Pred => "%p",
             Ty::B16 => "%h",
+            Ty::B32 => "%b",
             Ty::U32 => "%r",
             Ty::S32 => "%ri",
             Ty::U64 => "%rd",
@@ -65,8 +70,17 @@ impl Ty {
         match self {
             Ty::Pred => "pred",
             Ty::B16 => "b16",
-            Ty::U32 | Ty::S32 | Ty::F32 => "b32",
+            Ty::B32 | Ty::U32 | Ty::S32 | Ty::F32 => "b32",
             Ty::U64 | Ty::S64 | Ty::F64 => "b64",
+        }
+    }
+
+    /// The type of each half of a 64- or 32-bit value, for packing and unpacking.
+    pub fn half(self) -> Ty {
+        match self {
+            Ty::U64 | Ty::S64 | Ty::F64 => Ty::U32,
+            Ty::B32 | Ty::U32 | Ty::S32 | Ty::F32 => Ty::B16,
+            other => panic!("a .{} register has no halves", other.name()),
         }
     }
 
