@@ -90,7 +90,7 @@ fn run_cpu(args: &RunArgs, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String,
         .iter()
         .map(|o| {
             let t = runner.output(&o.name).map_err(|e| e.to_string())?;
-            Ok((o.name.clone(), t.clone()))
+            Ok((o.name.clone(), t.into_owned()))
         })
         .collect()
 }

@@ -56,7 +56,7 @@ fn logits_match_transformers(case: &str, precision: Precision) -> f64 {
                 .unwrap();
         }
         runner.run().unwrap();
-        interp_tensor(runner.output("logits").unwrap())
+        interp_tensor(&runner.output("logits").unwrap())
     };
     let all = &reference["logits"];
     let forward = relative_error(&logits("forward"), all);

@@ -8,6 +8,9 @@
 //!   and 2e-2 (bf16 weights, and the `bf16` precision), and 20 greedy tokens (the generator on
 //!   the GPU: prefill, then decode steps with the KV cache kept on the device, launched kernel
 //!   by kernel and replayed from CUDA graphs) identical to transformers' `generate`;
+//! - the tiny Llama's `decode` with its caches appended in place on the device (replayed from
+//!   CUDA graphs), step by step from a host cache up to the capacity, against the interpreter
+//!   on dense caches; the step past the capacity is refused by name;
 //! - SmolLM2-135M-Instruct (`KILN_SMOLLM2_GGUF`): 32 greedy tokens identical to the CPU backend's;
 //! - the runtime's trainer on the GPU: five steps of the tiny Llama fixture give PyTorch's
 //!   losses and parameters (f32) or follow them (`bf16`); steps of two micro-batches and a run
@@ -108,6 +111,78 @@ fn random_graphs_match_the_interpreter() {
         failures.len()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The tiny Llama's `decode` (16 positions) on the GPU with in-place caches: from a random host
+/// cache of 3 positions, each step's logits and caches (read back dense) match the interpreter's
+/// on dense caches, the caches fed back on the device with no copy; then the cache is full.
+#[test]
+fn in_place_caches_decode_to_the_capacity_on_the_gpu() {
+    if !gpu("in-place caches") {
+        return;
+    }
+    let text = include_str!("../src/embedded/tiny_llama.json");
+    let spec = kiln_frontend::hf::read_config(text, "tiny_llama.json").unwrap();
+    let opts = BuildOptions {
+        max_batch: 2,
+        max_seq: 16,
+        ..BuildOptions::for_spec(&spec)
+    };
+    let options = PipelineOptions::default();
+    let graphs =
+        kiln::compile::optimized_programs(Target::Cuda, &spec, &[Program::Decode], opts, &options)
+            .unwrap();
+    let g = &graphs[0];
+    let env = [("batch".to_string(), 2), ("past".to_string(), 3)].into();
+    let (mut inputs, weights) = random_bindings(g, &env, 256, 5).unwrap();
+    let artifact = kiln_backend_cuda::compile(&graphs, kiln::compile::model_info(&spec)).unwrap();
+    let artifact = Artifact::from_bytes(&artifact.to_bytes(), "decode").unwrap();
+    let tensors = common::cpu::in_manifest_order(&artifact, &weights);
+    let model = CudaModel::new(artifact, "decode", tensors).unwrap();
+    let mut runner = model.runner("decode").unwrap();
+    runner.use_graphs(true);
+    let caches: Vec<String> = inputs
+        .keys()
+        .filter(|n| n.starts_with("past_"))
+        .cloned()
+        .collect();
+    for name in &caches {
+        runner
+            .set_input(name, runtime_tensor(&inputs[name]))
+            .unwrap();
+    }
+    for past in 3..16 {
+        let ids = kiln_ir::interp::Tensor::from_f64(
+            kiln_ir::DType::I64,
+            &[2, 1],
+            vec![(past * 7 % 256) as f64, (past * 11 % 256) as f64],
+        );
+        let positions =
+            kiln_ir::interp::Tensor::from_f64(kiln_ir::DType::I64, &[2, 1], vec![past as f64; 2]);
+        inputs.insert("input_ids".into(), ids);
+        inputs.insert("position_ids".into(), positions);
+        let want = interpret(g, &inputs, &weights).unwrap();
+        for name in ["input_ids", "position_ids"] {
+            runner
+                .set_input(name, runtime_tensor(&inputs[name]))
+                .unwrap();
+        }
+        runner.run().unwrap();
+        for (name, w) in &want {
+            let got = interp_tensor(&runner.output(name).unwrap());
+            compare(&format!("{name} at past {past}"), &got, w, Tol::Norm(1e-5)).unwrap();
+        }
+        for name in &caches {
+            let output = &name["past_".len()..];
+            runner.feed_back(name, output).unwrap();
+            inputs.insert(name.clone(), want[output].clone());
+        }
+    }
+    let e = runner.run().unwrap_err().to_string();
+    assert!(
+        e.contains("`past_key_0`") && e.contains("capacity of 16"),
+        "{e}"
+    );
 }
 
 /// A fixture's inference programs compiled for the GPU at `precision`, with its weights.

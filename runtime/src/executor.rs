@@ -5,15 +5,22 @@
 //! input axis), sizes every intermediate from its element-count polynomial (storage is reused
 //! across runs and only grows), builds the buffer table and calls the steps in order, each split
 //! across the pool's threads when it has enough work.
+//!
+//! An input stored with a capacity (see [`crate::manifest`]) is copied into storage allocated at
+//! its capacity when set; an output sharing its buffer (an in-place cache) is read back as a
+//! dense tensor of its logical shape, and [`Runner::feed_back`] makes it the next run's input
+//! by growing the input's logical length, with no copy.
 
 use crate::arena::Arena;
 use crate::artifact::Artifact;
+use crate::capacity;
 use crate::error::{Result, RuntimeError};
 use crate::functions;
 use crate::loader::Code;
-use crate::manifest::{BufferKind, ElemType, IoDesc, Manifest, ProgramDesc};
+use crate::manifest::{BufferKind, Capacity, ElemType, IoDesc, Manifest, ProgramDesc};
 use crate::pool::Pool;
 use crate::tensor::Tensor;
+use std::borrow::Cow;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -218,11 +225,19 @@ impl Model {
             kernels,
             temps,
             arena: Arena::new(desc),
-            inputs: vec![None; desc.inputs.len()],
+            inputs: desc.inputs.iter().map(|_| None).collect(),
             symbols: vec![0; desc.symbols.len()],
+            ran: false,
             profile: None,
         })
     }
+}
+
+/// An input as a runner holds it: the storage kernels read (at capacity along the input's
+/// capacity axis, if it has one) and the logical shape.
+struct Held {
+    storage: Tensor,
+    shape: Vec<usize>,
 }
 
 pub struct Runner<'m> {
@@ -233,8 +248,12 @@ pub struct Runner<'m> {
     temps: Vec<Tensor>,
     /// Storage of the intermediates.
     arena: Arena,
-    inputs: Vec<Option<Tensor>>,
+    inputs: Vec<Option<Held>>,
+    /// The symbols of the last run.
     symbols: Vec<i64>,
+    /// Whether the outputs that share an input's buffer hold a run's result (setting that input
+    /// again replaces it).
+    ran: bool,
     /// Time spent in each step over all runs, when profiling.
     profile: Option<Vec<Duration>>,
 }
@@ -263,11 +282,35 @@ impl<'m> Runner<'m> {
         program_error(self.desc, field, message)
     }
 
-    /// Sets input `name`; its dtype and rank must match the program's.
+    /// Sets input `name`; its dtype and rank must match the program's. An input with a capacity
+    /// is copied into storage at its capacity (the runner's previous storage, when it has one).
     pub fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()> {
         let vocab = self.model.manifest.model.vocab_size;
         let index = host_input_slot(self.desc, vocab, name, &tensor)?;
-        self.inputs[index] = Some(tensor);
+        let held = match self.desc.inputs[index].capacity {
+            None => Held {
+                shape: tensor.shape.clone(),
+                storage: tensor,
+            },
+            Some(capacity) => {
+                capacity.check(self.desc, name, &tensor.shape)?;
+                let shape = capacity.storage_shape(&tensor.shape);
+                // Fresh storage is zeroed lazily, page by page as the cache reaches it.
+                let mut storage = match self.inputs[index].take() {
+                    Some(held) if held.storage.numel() >= shape.iter().product() => held.storage,
+                    _ => Tensor::zeros(tensor.dtype, &shape),
+                };
+                storage.resize(&shape);
+                let blocks = capacity.blocks(&tensor.shape, tensor.dtype.size());
+                capacity::store(tensor.bytes(), blocks, storage.bytes_mut());
+                self.ran = false;
+                Held {
+                    storage,
+                    shape: tensor.shape,
+                }
+            }
+        };
+        self.inputs[index] = Some(held);
         Ok(())
     }
 
@@ -275,7 +318,7 @@ impl<'m> Runner<'m> {
         let shapes: Vec<Option<&[usize]>> = self
             .inputs
             .iter()
-            .map(|t| t.as_ref().map(|t| t.shape.as_slice()))
+            .map(|h| h.as_ref().map(|h| h.shape.as_slice()))
             .collect();
         self.symbols = bind_symbols(self.desc, &shapes)?;
         Ok(())
@@ -301,10 +344,12 @@ impl<'m> Runner<'m> {
     }
 
     fn run_on(&mut self, weights: &[Tensor]) -> Result<()> {
+        self.ran = false;
         self.bind_symbols()?;
         let syms = self.symbols.clone();
         self.arena.fit(self.desc, &syms);
-        for io in &self.desc.outputs {
+        let dense = self.desc.outputs.iter().filter(|o| o.capacity.is_none());
+        for io in dense {
             let shape: Vec<usize> = io.shape.iter().map(|d| d.eval(&syms) as usize).collect();
             self.temps[io.buffer].resize(&shape);
         }
@@ -315,7 +360,10 @@ impl<'m> Runner<'m> {
             .iter()
             .enumerate()
             .map(|(b, desc)| match desc.kind {
-                BufferKind::Input(i) => self.inputs[i].as_ref().unwrap().as_ptr() as usize,
+                BufferKind::Input(i) => {
+                    let held = self.inputs[i].as_mut().expect("bound inputs are set");
+                    held.storage.as_mut_ptr() as usize
+                }
                 BufferKind::Weight(i) => weights[i].as_ptr() as usize,
                 BufferKind::Constant(i) => model.constants[i].as_ptr() as usize,
                 BufferKind::Temp => self.temps[b].as_mut_ptr() as usize,
@@ -355,6 +403,7 @@ impl<'m> Runner<'m> {
                 profile[i] += started.elapsed();
             }
         }
+        self.ran = true;
         Ok(())
     }
 
@@ -366,15 +415,60 @@ impl<'m> Runner<'m> {
             .ok_or_else(|| self.err(name, "no such output".into()))
     }
 
-    pub fn output(&self, name: &str) -> Result<&Tensor> {
+    /// Output `name` of the last run, dense: borrowed, or copied out of the buffer it shares
+    /// with an input (valid until that input is set again).
+    pub fn output(&self, name: &str) -> Result<Cow<'_, Tensor>> {
         let io = self.output_desc(name)?;
-        Ok(&self.temps[io.buffer])
+        let Some((input, capacity)) = aliased(self.desc, io)? else {
+            return Ok(Cow::Borrowed(&self.temps[io.buffer]));
+        };
+        let held = self.inputs[input].as_ref().filter(|_| self.ran);
+        let held = held.ok_or_else(|| self.err(name, "the program has not run".into()))?;
+        let shape: Vec<usize> = io
+            .shape
+            .iter()
+            .map(|d| d.eval(&self.symbols) as usize)
+            .collect();
+        let blocks = capacity.blocks(&shape, io.dtype.size());
+        let bytes = capacity::load(held.storage.bytes(), blocks);
+        Ok(Cow::Owned(Tensor::from_bytes(io.dtype, &shape, &bytes)))
     }
 
-    /// Moves output `name` out (the next run allocates it afresh), e.g. to feed a cache back.
+    /// Moves output `name` out (the next run allocates it afresh); an output sharing an input's
+    /// buffer is copied out instead.
     pub fn take_output(&mut self, name: &str) -> Result<Tensor> {
-        let dtype: ElemType = self.output_desc(name)?.dtype;
-        self.swap_output(name, Tensor::zeros(dtype, &[0]))
+        let io = self.output_desc(name)?;
+        if aliased(self.desc, io)?.is_some() {
+            return self.output(name).map(Cow::into_owned);
+        }
+        self.swap_output(name, Tensor::zeros(io.dtype, &[0]))
+    }
+
+    /// Makes output `output` of the last run the next run's input `input`: an output sharing
+    /// the input's buffer (an in-place cache) only grows the input's logical length; any other
+    /// moves, and the input's old storage holds the next run's output ([`Runner::swap_output`]).
+    pub fn feed_back(&mut self, input: &str, output: &str) -> Result<()> {
+        let io = self.output_desc(output)?;
+        let Some((index, _)) = aliased(self.desc, io)? else {
+            let spent = self.take_input(input)?;
+            let grown = self.swap_output(output, spent)?;
+            return self.set_input(input, grown);
+        };
+        if self.desc.inputs[index].name != input {
+            let shared = &self.desc.inputs[index].name;
+            let message = format!("shares its buffer with input `{shared}`, not `{input}`");
+            return Err(self.err(output, message));
+        }
+        let shape: Vec<usize> = io
+            .shape
+            .iter()
+            .map(|d| d.eval(&self.symbols) as usize)
+            .collect();
+        let held = self.inputs[index].as_mut().filter(|_| self.ran);
+        let held =
+            held.ok_or_else(|| program_error(self.desc, output, "the program has not run".into()))?;
+        held.shape = shape;
+        Ok(())
     }
 
     /// Moves output `name` out and keeps `storage` to hold it next run: a decode loop hands back
@@ -382,6 +476,12 @@ impl<'m> Runner<'m> {
     /// a fresh one (zeroed, page by page) every step.
     pub fn swap_output(&mut self, name: &str, storage: Tensor) -> Result<Tensor> {
         let io = self.output_desc(name)?;
+        if aliased(self.desc, io)?.is_some() {
+            return Err(self.err(
+                name,
+                "is appended in place to the buffer of an input: it has no storage to swap".into(),
+            ));
+        }
         if storage.dtype != io.dtype {
             return Err(self.err(
                 name,
@@ -395,12 +495,38 @@ impl<'m> Runner<'m> {
         Ok(std::mem::replace(&mut self.temps[io.buffer], storage))
     }
 
-    /// Moves input `name` out; it must be set again before the next run.
+    /// Moves input `name` out, dense; it must be set again before the next run.
     pub fn take_input(&mut self, name: &str) -> Result<Tensor> {
         let index = self.desc.inputs.iter().position(|i| i.name == name);
-        index
-            .and_then(|i| self.inputs[i].take())
-            .ok_or_else(|| self.err(name, "no such input is set".into()))
+        let (index, held) = index
+            .and_then(|i| Some((i, self.inputs[i].take()?)))
+            .ok_or_else(|| self.err(name, "no such input is set".into()))?;
+        Ok(match self.desc.inputs[index].capacity {
+            None => held.storage,
+            Some(capacity) => {
+                let dtype = held.storage.dtype;
+                let blocks = capacity.blocks(&held.shape, dtype.size());
+                let bytes = capacity::load(held.storage.bytes(), blocks);
+                Tensor::from_bytes(dtype, &held.shape, &bytes)
+            }
+        })
+    }
+}
+
+/// The input whose buffer output `io` of `desc` shares, and their capacity; `None` for an
+/// output of its own. A shared buffer without a capacity, with another one than the input's, or
+/// with an axis the output lacks, is an error of the artifact.
+pub(crate) fn aliased(desc: &ProgramDesc, io: &IoDesc) -> Result<Option<(usize, Capacity)>> {
+    let Some(input) = desc.aliased_input(io) else {
+        return Ok(None);
+    };
+    match (io.capacity, desc.inputs.get(input).and_then(|i| i.capacity)) {
+        (Some(c), Some(d)) if c == d && c.axis < io.shape.len() => Ok(Some((input, c))),
+        _ => Err(program_error(
+            desc,
+            &io.name,
+            "shares an input's buffer without the input's capacity: the artifact is invalid".into(),
+        )),
     }
 }
 
@@ -491,8 +617,34 @@ pub(crate) fn bind_symbols(desc: &ProgramDesc, shapes: &[Option<&[usize]>]) -> R
         }
     }
     for (i, sym) in desc.symbols.iter().enumerate() {
-        let v =
+        symbols[i] =
             bound[i].ok_or_else(|| err(&sym.name, "no input shape determines this size".into()))?;
+    }
+    // A full cache is named by its input and capacity before the symbol it overflows.
+    for (io, shape) in desc.inputs.iter().zip(shapes) {
+        if let (Some(capacity), Some(shape)) = (io.capacity, shape) {
+            capacity.check(desc, &io.name, shape)?;
+        }
+    }
+    for io in &desc.outputs {
+        let Some((input, capacity)) = aliased(desc, io)? else {
+            continue;
+        };
+        let entries = io.shape[capacity.axis].eval(&symbols);
+        if entries > capacity.entries as i64 {
+            return Err(err(
+                &desc.inputs[input].name,
+                format!(
+                    "the cache is full: this run would grow it to {entries} entries along axis \
+                     {} (output `{}`), beyond its capacity of {}, the most the program was \
+                     compiled for",
+                    capacity.axis, io.name, capacity.entries
+                ),
+            ));
+        }
+    }
+    for (i, sym) in desc.symbols.iter().enumerate() {
+        let v = symbols[i];
         if v as usize > sym.max {
             return Err(err(
                 &sym.name,
@@ -502,7 +654,6 @@ pub(crate) fn bind_symbols(desc: &ProgramDesc, shapes: &[Option<&[usize]>]) -> R
                 ),
             ));
         }
-        symbols[i] = v;
     }
     for (io, shape) in desc.inputs.iter().zip(shapes) {
         let shape = shape.expect("checked above");

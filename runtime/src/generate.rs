@@ -1,8 +1,12 @@
 //! Decoding: prefill the prompts, then run the decode program token by token, feeding each
-//! step's key/value caches back as the next step's `past_*` inputs (moved, not copied), until
-//! every sequence hits an end-of-sequence id or the token budget.
+//! step's key/value caches back as the next step's `past_*` inputs (never copied), until every
+//! sequence hits an end-of-sequence id or the token budget.
 //!
-//! The cache is contiguous: `[batch, kv_heads, positions, head_dim]` per layer. Sequences of one
+//! The cache is `[batch, kv_heads, positions, head_dim]` per layer. Where the compiler made the
+//! decode program append in place (the cache input and output share one buffer at capacity, see
+//! [`crate::manifest`]), feeding back only grows the cache's logical length; prefill's dense
+//! cache is copied into that buffer once per generation. Otherwise each output moves to the
+//! input and the spent input holds the next output. Sequences of one
 //! batch share their length (masks come from positions and every sequence starts at 0), so
 //! prompts of different lengths run as separate batches, one per length, in the order given.
 //!
@@ -82,7 +86,7 @@ impl DecodeProgram for Runner<'_> {
     }
 
     fn host_output(&self, name: &str) -> Result<Cow<'_, Tensor>> {
-        Runner::output(self, name).map(Cow::Borrowed)
+        Runner::output(self, name)
     }
 
     fn take_cache(&mut self, name: &str) -> Result<Tensor> {
@@ -93,12 +97,8 @@ impl DecodeProgram for Runner<'_> {
         Runner::set_input(self, name, cache)
     }
 
-    /// The cache the run read holds the next run's output: the two allocations alternate and
-    /// grow in place.
     fn feed_back(&mut self, input: &str, output: &str) -> Result<()> {
-        let spent = self.take_input(input)?;
-        let grown = self.swap_output(output, spent)?;
-        Runner::set_input(self, input, grown)
+        Runner::feed_back(self, input, output)
     }
 }
 

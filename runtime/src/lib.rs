@@ -10,6 +10,7 @@
 pub mod arena;
 pub mod artifact;
 pub mod atomic;
+pub mod capacity;
 pub mod chat;
 #[cfg(feature = "cuda")]
 pub mod cuda;

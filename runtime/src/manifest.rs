@@ -20,14 +20,26 @@
 //! over their work by grid stride, so any grid of at least one block computes the whole step;
 //! [`Launch::blocks`] is the grid that gives each block one piece of work.
 //!
-//! Invariants: buffer indices in steps and I/O are in range; every input and output names a
-//! buffer of its own kind; steps run in order, each after the previous one has finished.
+//! **Capacity and in-place caches.** An input or output may carry a [`Capacity`]: along that
+//! one axis its buffer has room for `entries` entries, laid out row-major over the shape with
+//! that axis replaced by `entries`; the logical shape is the [`IoDesc`] shape, whose axis holds
+//! the first entries. A decode cache input `past_X` and its output `X` may name the same buffer
+//! (the compiler does so when `X = concat(past_X, new, axis)` and nothing else reads `past_X`):
+//! both carry the same capacity, a run writes the new entries after the input's and leaves the
+//! input's own entries untouched, so feeding `X` back as the next `past_X` copies nothing — only
+//! the logical length grows. The buffer's element count is the capacity's.
+//!
+//! Invariants: buffer indices in steps and I/O are in range; every input names a buffer of its
+//! own kind, and every output a `Temp` buffer of its own or the buffer of an input with the same
+//! capacity; an aliased output's logical shape at the bound symbols never exceeds its capacity
+//! (the runtime refuses a run that would); steps run in order, each after the previous one has
+//! finished.
 
 use crate::poly::Poly;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of the manifest or the artifact layout.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Functions the runtime hands to kernels, in table order. The names are part of the ABI.
 ///
@@ -172,7 +184,28 @@ pub struct IoDesc {
     pub name: String,
     pub buffer: usize,
     pub dtype: ElemType,
+    /// The logical shape.
     pub shape: Vec<Poly>,
+    /// Room along one axis beyond the logical shape (see the module doc); absent: dense.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+}
+
+/// A buffer with room for `entries` entries along `axis` (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub axis: usize,
+    pub entries: usize,
+}
+
+impl ProgramDesc {
+    /// The input whose buffer output `output` shares (an in-place cache), if any.
+    pub fn aliased_input(&self, output: &IoDesc) -> Option<usize> {
+        match self.buffers.get(output.buffer)?.kind {
+            BufferKind::Input(i) => Some(i),
+            _ => None,
+        }
+    }
 }
 
 /// `⌈extent / tile⌉` work items along one axis of a kernel's work.

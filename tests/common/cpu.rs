@@ -126,7 +126,7 @@ pub fn run(runner: &mut Runner, inputs: &TensorMap) -> TensorMap {
     names
         .into_iter()
         .map(|name| {
-            let t = interp_tensor(runner.output(&name).unwrap());
+            let t = interp_tensor(&runner.output(&name).unwrap());
             (name, t)
         })
         .collect()

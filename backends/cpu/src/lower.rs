@@ -6,7 +6,10 @@
 //! and a fused region is one map or reduce kernel. `concat` copies each operand into its slice
 //! of the concat's buffer, except the elementwise results and inner concats read by that concat
 //! alone: those are written straight into their slice (so RoPE's halves land in the rotated
-//! value and the new key in the grown cache). A `reshape` of a view that is not contiguous
+//! value and the new key in the grown cache). A program output that concatenates a program
+//! input read by nothing else with new entries is an append in place (`lower/append.rs`): the
+//! input's buffer has room for the output, and the input's entries are not copied. A `reshape`
+//! of a view that is not contiguous
 //! materializes a copy first, and so does a splat or iota operand of the kernels that read
 //! buffers (matmul, gather).
 //!
@@ -24,14 +27,17 @@
 //! their expression; any other kernel gets a widened copy (see `narrow.rs`).
 //!
 //! Invariants of the result: each temporary buffer is written by the kernels of one node (and
-//! of the parts placed in it, for a concat), before any kernel reads it; inputs, weights and constants are never written; every program
-//! output is a temporary buffer of its own, contiguous and whole.
+//! of the parts placed in it, for a concat), before any kernel reads it; weights and constants
+//! are never written, and inputs only past their logical length, by the appends; every program
+//! output is a temporary buffer of its own, contiguous and whole, or an append's input buffer.
 
+mod append;
 mod attention;
 mod concat;
 mod expression;
 mod matmul;
 
+use append::{appends, Append};
 use concat::concat_parts_in_place;
 use expression::expression;
 
@@ -120,6 +126,8 @@ struct Lowering<'a> {
     in_place: HashMap<NodeId, (NodeId, usize)>,
     /// The buffer view of every concat, made when it or a part placed in it is lowered.
     concat_views: HashMap<NodeId, View>,
+    /// Outputs appended in place to an input's buffer, by input and by concat.
+    appends: HashMap<NodeId, Append>,
 }
 
 pub fn lower(
@@ -139,6 +147,7 @@ pub fn lower(
         inputs: Vec::new(),
         in_place: concat_parts_in_place(g),
         concat_views: HashMap::new(),
+        appends: appends(g),
     };
     let sources = g.inputs().iter().chain(g.weights()).copied();
     for id in sources.chain(g.order()) {
@@ -161,6 +170,17 @@ pub fn lower(
     }
     let mut outputs = Vec::new();
     for (name, id) in g.outputs() {
+        if let Some(append) = l.appends.get(id) {
+            let view = &l.views[id];
+            outputs.push(IoDesc {
+                name: name.clone(),
+                buffer: view.buffer().expect("an append writes its input's buffer"),
+                dtype: elem_type(view.dtype),
+                shape: view.dims.clone(),
+                capacity: Some(append.capacity()),
+            });
+            continue;
+        }
         let mut view = l.views[id].clone();
         if view.dtype != g.ty(*id).dtype {
             view = l.widened(&view, g.ty(*id).dtype, &format!("output {name}"));
@@ -180,6 +200,7 @@ pub fn lower(
             buffer,
             dtype: elem_type(view.dtype),
             shape: view.dims.clone(),
+            capacity: None,
         });
     }
     let symbols = l
@@ -316,12 +337,20 @@ impl Lowering<'_> {
         Ok(match &node.op {
             Op::Input { name } => {
                 let index = self.inputs.len();
-                let view = self.buffer(BufferKind::Input(index), ty);
+                let dims = self.shape(ty);
+                let capacity = self.appends.get(&id).map(Append::capacity);
+                let mut stored = dims.clone();
+                if let Some(c) = capacity {
+                    stored[c.axis] = Poly::constant(c.entries as i64);
+                }
+                let mut view = self.new_buffer(BufferKind::Input(index), ty.dtype, stored);
+                view.dims = dims;
                 self.inputs.push(IoDesc {
                     name: name.clone(),
                     buffer: view.buffer().unwrap(),
                     dtype: elem_type(ty.dtype),
                     shape: view.dims.clone(),
+                    capacity,
                 });
                 view
             }
@@ -423,7 +452,9 @@ impl Lowering<'_> {
                 let mut at = Poly::constant(0);
                 for (slot, (v, &o)) in operands.iter().zip(&g.operands(id)).enumerate() {
                     let end = at.add(&v.dims[*axis]);
-                    if self.in_place.get(&o) != Some(&(id, slot)) {
+                    let placed = self.in_place.get(&o) == Some(&(id, slot))
+                        || self.appends.get(&o).is_some_and(|a| a.concat == id);
+                    if !placed {
                         let part = out.slice(*axis, &at, &end);
                         self.copy(v, &part, &label);
                     }

@@ -5,7 +5,7 @@
 //! Lowering's invariants make the lifetimes exact: a temporary is written by the kernels of
 //! one node before any kernel reads it, and kernels run in order, so no step outside
 //! `first..=last` touches the buffer. Outputs stay separate buffers: the caller takes them
-//! (a decode step's cache becomes the next step's input).
+//! (an appended cache is its input's buffer, which the caller owns too).
 
 use crate::kernel::Kernel;
 use crate::lower::LoweredProgram;

@@ -130,7 +130,9 @@ impl View {
             .all(|(d, (s, e))| d.is_constant(1) || s == e)
     }
 
-    /// The same elements under a new shape, when no copy is needed.
+    /// The same elements under a new shape, when no copy is needed: any reshape of a
+    /// contiguous view, and one that only inserts or drops axes of size 1 of any view (a cache
+    /// at capacity gains an axis for its repeated heads).
     pub fn reshape(&self, dims: Vec<Poly>) -> Option<View> {
         match self.source {
             Source::Splat(v) => Some(View::splat(v, self.dtype, dims)),
@@ -139,7 +141,44 @@ impl View {
                 dims,
                 ..self.clone()
             }),
-            _ => None,
+            _ => self.reshape_unit_axes(dims),
         }
+    }
+
+    /// [`View::reshape`] when `dims` are this view's axes of size other than 1, in order, with
+    /// axes of size 1 inserted or dropped: each kept axis keeps its stride.
+    fn reshape_unit_axes(&self, dims: Vec<Poly>) -> Option<View> {
+        let mut kept = (0..self.rank()).filter(|&i| !self.dims[i].is_constant(1));
+        let mut strides = Vec::with_capacity(dims.len());
+        for d in &dims {
+            if d.is_constant(1) {
+                strides.push(Poly::constant(0));
+                continue;
+            }
+            let i = kept.next().filter(|&i| self.dims[i] == *d)?;
+            strides.push(self.strides[i].clone());
+        }
+        kept.next().is_none().then(|| View {
+            dims,
+            strides,
+            ..self.clone()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_strided_view_gains_and_loses_unit_axes_without_a_copy() {
+        let p = Poly::constant;
+        // Four of eight rows of a buffer at capacity: not contiguous.
+        let full = View::contiguous(Source::Buffer(0), DType::F32, vec![p(2), p(8), p(4)]);
+        let rows = full.slice(1, &p(0), &p(4));
+        let wider = rows.reshape(vec![p(2), p(1), p(4), p(4)]).unwrap();
+        assert_eq!(wider.strides, [p(32), p(0), p(4), p(1)]);
+        assert_eq!(wider.reshape(vec![p(2), p(4), p(4)]).unwrap(), rows);
+        assert_eq!(rows.reshape(vec![p(8), p(4)]), None, "merging needs a copy");
     }
 }

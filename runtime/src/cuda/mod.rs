@@ -14,6 +14,7 @@
 mod launch;
 mod programs;
 mod runner;
+mod stored;
 
 pub use runner::CudaRunner;
 

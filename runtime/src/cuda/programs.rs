@@ -53,13 +53,10 @@ impl DecodeProgram for CudaRunner<'_> {
         self.set_device_input(name, cache)
     }
 
-    /// The cache the run read becomes the storage of the next run's output: the two buffers
-    /// alternate, and grow only when the cache outgrows their room.
+    /// See [`CudaRunner::feed_back`]: a cache appended in place only grows; another becomes
+    /// the input, and the cache the run read the storage of the next run's output.
     fn feed_back(&mut self, input: &str, output: &str) -> Result<()> {
-        let spent = self.take_device_input(input)?;
-        let grown = self.take_device_output(output)?;
-        self.recycle_output(output, spent)?;
-        self.set_device_input(input, grown)
+        CudaRunner::feed_back(self, input, output)
     }
 }
 

@@ -11,21 +11,36 @@
 //! those handed back (a fed-back cache, a swapped training state), so a steady decode or
 //! training loop allocates nothing. Kernels write every element of an output, so reused buffers
 //! need no clearing.
+//!
+//! An input with a capacity (see [`crate::manifest`]) lives in a device buffer at that capacity,
+//! kept for the runner's life: host data is laid out on the host and uploaded, a dense device
+//! tensor (prefill's cache) is copied in by one strided copy (`stored.rs`). An output sharing
+//! that buffer is appended in place by the run; [`CudaRunner::feed_back`] only grows the input's
+//! logical length, so the buffer's address — which the buffer table and any captured CUDA graph
+//! hold — never changes during a generation, and reading such an output copies it out dense.
 
 use super::launch::{grids, Kernels, Launcher};
-use super::{device_error, CudaModel, DeviceTensor};
+use super::{device_error, stored, CudaModel, DeviceTensor};
+use crate::capacity::{self as layout, Blocks};
 use crate::error::{Result, RuntimeError};
-use crate::executor::{bind_symbols, check_weights, host_input_slot, input_slot, program_error};
+use crate::executor::{
+    aliased, bind_symbols, check_weights, host_input_slot, input_slot, program_error,
+};
 use crate::manifest::{BufferKind, IoDesc, ProgramDesc};
 use crate::memory_plan::{plan, Lifetime};
 use crate::tensor::Tensor;
 use cudarc::driver::{CudaSlice, DevicePtr};
 use std::collections::HashMap;
 
-/// An input of a runner: host data, copied in at every run, or a device tensor read in place.
+/// An input of a runner: host data, copied in at every run, a device tensor read in place, or
+/// a buffer at the input's capacity holding `shape` (a cache appended in place).
 enum Input {
     Host(Tensor),
     Device(DeviceTensor),
+    Stored {
+        slice: CudaSlice<u8>,
+        shape: Vec<usize>,
+    },
 }
 
 impl Input {
@@ -33,6 +48,7 @@ impl Input {
         match self {
             Input::Host(t) => &t.shape,
             Input::Device(d) => &d.shape,
+            Input::Stored { shape, .. } => shape,
         }
     }
 }
@@ -63,6 +79,9 @@ pub struct CudaRunner<'m> {
     spare: HashMap<usize, CudaSlice<u8>>,
     /// The buffer table and the symbol values the entries read.
     tables: Option<(CudaSlice<u64>, CudaSlice<i64>)>,
+    /// The symbols of the last run, while the outputs appended to inputs' buffers hold its
+    /// result (setting such an input again replaces it).
+    appended: Option<Vec<i64>>,
 }
 
 impl<'m> CudaRunner<'m> {
@@ -93,6 +112,7 @@ impl<'m> CudaRunner<'m> {
             outputs: HashMap::new(),
             spare: HashMap::new(),
             tables: None,
+            appended: None,
         })
     }
 
@@ -118,22 +138,98 @@ impl<'m> CudaRunner<'m> {
         self.launcher.profile()
     }
 
-    /// Sets input `name` (checked as the CPU runner checks it).
+    /// Sets input `name` (checked as the CPU runner checks it); an input with a capacity is
+    /// laid out at its capacity and uploaded into the runner's buffer for it.
     pub fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()> {
         let vocab = self.model.manifest.model.vocab_size;
         let slot = host_input_slot(self.desc, vocab, name, &tensor)?;
-        self.inputs[slot] = Some(Input::Host(tensor));
+        let Some(blocks) = self.blocks_of_input(slot, &tensor.shape)? else {
+            self.inputs[slot] = Some(Input::Host(tensor));
+            return Ok(());
+        };
+        let mut bytes = vec![0u8; blocks.count * blocks.pitch];
+        layout::store(tensor.bytes(), blocks, &mut bytes);
+        let mut slice = self.storage(slot, bytes.len())?;
+        if !bytes.is_empty() {
+            let copied = self.model.stream.memcpy_htod(&bytes, &mut slice);
+            copied.map_err(|e| device_error(&self.model.file, "copying an input", e))?;
+        }
+        self.inputs[slot] = Some(Input::Stored {
+            slice,
+            shape: tensor.shape,
+        });
         Ok(())
     }
 
-    /// Sets input `name` to a tensor already on the device (of the input's type and rank).
+    /// Sets input `name` to a tensor already on the device (of the input's type and rank); an
+    /// input with a capacity is copied into the runner's buffer for it.
     pub fn set_device_input(&mut self, name: &str, tensor: DeviceTensor) -> Result<()> {
         let slot = input_slot(self.desc, name, tensor.dtype, &tensor.shape)?;
-        self.inputs[slot] = Some(Input::Device(tensor));
+        let Some(blocks) = self.blocks_of_input(slot, &tensor.shape)? else {
+            self.inputs[slot] = Some(Input::Device(tensor));
+            return Ok(());
+        };
+        let mut slice = self.storage(slot, blocks.count * blocks.pitch)?;
+        stored::store(&self.model.stream, &tensor.slice, &mut slice, blocks)
+            .map_err(|e| self.fail(name, e))?;
+        self.inputs[slot] = Some(Input::Stored {
+            slice,
+            shape: tensor.shape,
+        });
         Ok(())
     }
 
-    /// Moves input `name` out: a device input as it is, a host input copied to the device.
+    /// The blocks of a value of `shape` for input `slot` at its capacity (`None`: the input is
+    /// dense), after checking that the value fits; the appended outputs lose their result.
+    fn blocks_of_input(&mut self, slot: usize, shape: &[usize]) -> Result<Option<Blocks>> {
+        let io = &self.desc.inputs[slot];
+        let Some(capacity) = io.capacity else {
+            return Ok(None);
+        };
+        capacity.check(self.desc, &io.name, shape)?;
+        self.appended = None;
+        Ok(Some(capacity.blocks(shape, io.dtype.size())))
+    }
+
+    /// The device buffer of input `slot` at its capacity, `bytes` long at least: the one it
+    /// holds when large enough, else a new one.
+    fn storage(&mut self, slot: usize, bytes: usize) -> Result<CudaSlice<u8>> {
+        match self.inputs[slot].take() {
+            Some(Input::Stored { slice, .. }) if slice.len() >= bytes.max(1) => Ok(slice),
+            _ => self
+                .model
+                .stream
+                .alloc_zeros::<u8>(bytes.max(1))
+                .map_err(|e| device_error(&self.model.file, "allocating an input", e)),
+        }
+    }
+
+    /// A dense device copy of the tensor of `shape` stored at `capacity` in `slice`.
+    fn dense_copy(
+        &self,
+        name: &str,
+        slice: &CudaSlice<u8>,
+        io: &IoDesc,
+        shape: Vec<usize>,
+    ) -> Result<DeviceTensor> {
+        let capacity = io
+            .capacity
+            .expect("only inputs and outputs at capacity are stored");
+        let blocks = capacity.blocks(&shape, io.dtype.size());
+        let stream = &self.model.stream;
+        let mut dense = stream
+            .alloc_zeros::<u8>((blocks.count * blocks.dense).max(1))
+            .map_err(|e| self.fail(name, e))?;
+        stored::load(stream, slice, &mut dense, blocks).map_err(|e| self.fail(name, e))?;
+        Ok(DeviceTensor {
+            slice: dense,
+            dtype: io.dtype,
+            shape,
+        })
+    }
+
+    /// Moves input `name` out: a device input as it is, a host input copied to the device, an
+    /// input at capacity copied out dense.
     pub fn take_device_input(&mut self, name: &str) -> Result<DeviceTensor> {
         let slot = self
             .desc
@@ -144,6 +240,9 @@ impl<'m> CudaRunner<'m> {
         match self.inputs[slot].take() {
             Some(Input::Device(d)) => Ok(d),
             Some(Input::Host(t)) => self.model.upload(t),
+            Some(Input::Stored { slice, shape }) => {
+                self.dense_copy(name, &slice, &self.desc.inputs[slot], shape)
+            }
             None => Err(self.fail(name, "the input is not set")),
         }
     }
@@ -156,18 +255,66 @@ impl<'m> CudaRunner<'m> {
             .ok_or_else(|| self.fail(name, "no such output"))
     }
 
-    /// Moves output `name` of the last run out, leaving it on the device.
+    /// Moves output `name` of the last run out, leaving it on the device; an output appended
+    /// to an input's buffer is copied out dense.
     pub fn take_device_output(&mut self, name: &str) -> Result<DeviceTensor> {
         let io = self.output_desc(name)?;
+        if let Some((slice, shape)) = self.appended_output(io)? {
+            return self.dense_copy(name, slice, io, shape);
+        }
         self.outputs
             .remove(&io.buffer)
             .ok_or_else(|| self.fail(name, "the program has not run, or the output was taken"))
     }
 
+    /// The buffer and logical shape of output `io` when it is appended to an input's buffer;
+    /// `None` for an output of its own.
+    fn appended_output(&self, io: &IoDesc) -> Result<Option<(&CudaSlice<u8>, Vec<usize>)>> {
+        let Some((input, _)) = aliased(self.desc, io)? else {
+            return Ok(None);
+        };
+        match (&self.inputs[input], &self.appended) {
+            (Some(Input::Stored { slice, .. }), Some(symbols)) => {
+                let shape = io.shape.iter().map(|d| d.eval(symbols) as usize).collect();
+                Ok(Some((slice, shape)))
+            }
+            _ => Err(self.fail(&io.name, "the program has not run")),
+        }
+    }
+
     /// Hands `storage` back as the buffer of output `name` for the next run.
     pub fn recycle_output(&mut self, name: &str, storage: DeviceTensor) -> Result<()> {
         let io = self.output_desc(name)?;
+        if aliased(self.desc, io)?.is_some() {
+            let message = "is appended in place to the buffer of an input: it takes no storage";
+            return Err(self.fail(name, message));
+        }
         self.spare.insert(io.buffer, storage.slice);
+        Ok(())
+    }
+
+    /// Makes output `output` of the last run the next run's input `input`: an output appended
+    /// to the input's buffer only grows the input's logical length (no copy, and the buffer's
+    /// address stays); any other moves on the device, and the input's old buffer holds the
+    /// next run's output.
+    pub fn feed_back(&mut self, input: &str, output: &str) -> Result<()> {
+        let io = self.output_desc(output)?;
+        let Some((index, _)) = aliased(self.desc, io)? else {
+            let spent = self.take_device_input(input)?;
+            let grown = self.take_device_output(output)?;
+            self.recycle_output(output, spent)?;
+            return self.set_device_input(input, grown);
+        };
+        if self.desc.inputs[index].name != input {
+            let shared = &self.desc.inputs[index].name;
+            let message = format!("shares its buffer with input `{shared}`, not `{input}`");
+            return Err(self.fail(output, message));
+        }
+        let (_, grown) = self.appended_output(io)?.expect("an aliased output");
+        match &mut self.inputs[index] {
+            Some(Input::Stored { shape, .. }) => *shape = grown,
+            _ => unreachable!("appended_output found the input stored"),
+        }
         Ok(())
     }
 
@@ -244,6 +391,9 @@ impl<'m> CudaRunner<'m> {
         }
         let mut outputs = HashMap::new();
         for io in &self.desc.outputs {
+            if aliased(self.desc, io)?.is_some() {
+                continue;
+            }
             let shape: Vec<usize> = io.shape.iter().map(|d| d.eval(symbols) as usize).collect();
             let bytes = shape.iter().product::<usize>() * io.dtype.size();
             let slice = match self.spare.remove(&io.buffer) {
@@ -283,6 +433,7 @@ impl<'m> CudaRunner<'m> {
     }
 
     fn run_on(&mut self, weights: Option<&[DeviceTensor]>) -> Result<()> {
+        self.appended = None;
         let shapes: Vec<Option<&[usize]>> = self
             .inputs
             .iter()
@@ -305,6 +456,7 @@ impl<'m> CudaRunner<'m> {
             .map(|(b, d)| match d.kind {
                 BufferKind::Input(i) => match (&self.inputs[i], &self.staged[i]) {
                     (Some(Input::Device(t)), _) => address(&t.slice),
+                    (Some(Input::Stored { slice, .. }), _) => address(slice),
                     (_, Some(staged)) => address(staged),
                     _ => unreachable!("every input is bound and staged"),
                 },
@@ -346,6 +498,7 @@ impl<'m> CudaRunner<'m> {
         })?;
         stream.synchronize().map_err(|e| self.fail("run", e))?;
         self.outputs = outputs;
+        self.appended = Some(symbols);
         Ok(())
     }
 
@@ -354,9 +507,20 @@ impl<'m> CudaRunner<'m> {
         self.desc.outputs.iter().map(|o| o.name.clone()).collect()
     }
 
-    /// Output `name` of the last run, copied to the host.
+    /// Output `name` of the last run, copied to the host (dense).
     pub fn output(&self, name: &str) -> Result<Tensor> {
         let io = self.output_desc(name)?;
+        if let Some((slice, shape)) = self.appended_output(io)? {
+            let capacity = io.capacity.expect("an appended output has a capacity");
+            let blocks = capacity.blocks(&shape, io.dtype.size());
+            let stored = self
+                .model
+                .stream
+                .clone_dtoh(&slice.slice(..(blocks.count * blocks.pitch).max(1)))
+                .map_err(|e| device_error(&self.model.file, "copying from the GPU", e))?;
+            let bytes = layout::load(&stored, blocks);
+            return Ok(Tensor::from_bytes(io.dtype, &shape, &bytes));
+        }
         let tensor = self
             .outputs
             .get(&io.buffer)

@@ -53,11 +53,20 @@ impl Lowering<'_> {
         whole.slice(axis, &before, &end)
     }
 
+    /// The buffer view of `concat`: an append's input buffer (`append.rs`), its part of an
+    /// outer concat, or a new buffer.
     pub(super) fn concat_view(&mut self, concat: NodeId) -> View {
         if let Some(view) = self.concat_views.get(&concat) {
             return view.clone();
         }
-        let view = self.destination(concat);
+        let view = match self.appends.get(&concat) {
+            Some(append) => {
+                let mut view = self.views[&append.input].clone();
+                view.dims[append.axis] = self.dim(&self.g.ty(concat).shape[append.axis]);
+                view
+            }
+            None => self.destination(concat),
+        };
         self.concat_views.insert(concat, view.clone());
         view
     }

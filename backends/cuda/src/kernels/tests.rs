@@ -15,7 +15,8 @@ use kiln_ir::interp::random::random_bindings;
 use kiln_ir::interp::{interpret, Tensor, TensorMap};
 use kiln_ir::testing::{random_graph, Profile};
 use kiln_ir::{Bindings, DType, Graph};
-use kiln_runtime::manifest::{BufferKind, ModelInfo};
+use kiln_runtime::capacity;
+use kiln_runtime::manifest::{BufferKind, IoDesc, ModelInfo};
 use kiln_runtime::{Artifact, Poly};
 use std::collections::HashMap;
 
@@ -64,6 +65,35 @@ fn ir_dtype(e: kiln_runtime::manifest::ElemType) -> DType {
     }
 }
 
+/// The bytes of `io`'s buffer holding `t`: `t`'s own, or at the input's capacity with NaN
+/// bytes in the room past its entries.
+fn stored(io: &IoDesc, t: &Tensor) -> Vec<u8> {
+    let Some(c) = io.capacity else {
+        return bytes_of(t);
+    };
+    let blocks = c.blocks(&t.shape, io.dtype.size());
+    let mut bytes = vec![0xff; blocks.count * blocks.pitch];
+    capacity::store(&bytes_of(t), blocks, &mut bytes);
+    bytes
+}
+
+/// The dense bytes of output `io` of `shape` from its buffer at `addr`.
+fn dense(memory: &Memory, addr: u64, io: &IoDesc, shape: &[usize]) -> Vec<u8> {
+    let size = io.dtype.size();
+    match io.capacity {
+        None => memory
+            .read(addr, (shape.iter().product::<usize>() * size) as u64)
+            .to_vec(),
+        Some(c) => {
+            let blocks = c.blocks(shape, size);
+            capacity::load(
+                memory.read(addr, (blocks.count * blocks.pitch) as u64),
+                blocks,
+            )
+        }
+    }
+}
+
 /// Runs program `name` of `artifact` in the emulator.
 fn emulate(artifact: &Artifact, name: &str, inputs: &TensorMap, weights: &TensorMap) -> TensorMap {
     let ptx = std::str::from_utf8(&artifact.object).unwrap();
@@ -88,7 +118,7 @@ fn emulate(artifact: &Artifact, name: &str, inputs: &TensorMap, weights: &Tensor
     let mut addresses = Vec::new();
     for b in &program.buffers {
         let bytes = match &b.kind {
-            BufferKind::Input(i) => bytes_of(&inputs[&program.inputs[*i].name]),
+            BufferKind::Input(i) => stored(&program.inputs[*i], &inputs[&program.inputs[*i].name]),
             BufferKind::Weight(i) => bytes_of(&weights[&artifact.manifest.weights[*i].name]),
             BufferKind::Constant(i) => {
                 let c = &artifact.manifest.constants[*i];
@@ -130,11 +160,10 @@ fn emulate(artifact: &Artifact, name: &str, inputs: &TensorMap, weights: &Tensor
         .iter()
         .map(|io| {
             let shape: Vec<usize> = io.shape.iter().map(eval).collect();
-            let n: usize = shape.iter().product();
-            let bytes = memory.read(addresses[io.buffer], (n * io.dtype.size()) as u64);
+            let bytes = dense(&memory, addresses[io.buffer], io, &shape);
             (
                 io.name.clone(),
-                tensor_of(bytes, ir_dtype(io.dtype), &shape),
+                tensor_of(&bytes, ir_dtype(io.dtype), &shape),
             )
         })
         .collect()
