@@ -170,12 +170,7 @@ pub fn emit(
     let a_k_fast = a.strides[r - 1].is_constant(1);
     let b_n_fast = b.strides[r - 1].is_constant(1) || !b.strides[r - 2].is_constant(1);
     c.grid_loop(items.into(), Granule::Block, |c, w| {
-        let bi = c.b.div(w, per_batch);
-        let t = c.b.rem(w, per_batch);
-        let m0 = c.b.div(t, tn);
-        let m0 = c.b.mul(m0, TILE);
-        let n0 = c.b.rem(t, tn);
-        let n0 = c.b.mul(n0, TILE);
+        let (bi, m0, n0) = tile_origin(c, w, per_batch, tn, TILE);
         let coords = c.unravel(bi, &batch_dims);
         let (ab, bb) = operand_bases(c, &coords);
         let acc = c.b.mov(Ty::F32, 0.0f32);
@@ -221,6 +216,22 @@ pub fn emit(
         (TILE * TILE) as u32,
         c.b.shared_bytes(),
     ))
+}
+
+/// The batch element, first row and first column of output tile `w`, the tiles of a batch
+/// element being `per_batch`, `tn` of them per row of tiles.
+pub(super) fn tile_origin(
+    c: &mut Ctx,
+    w: Reg,
+    per_batch: Reg,
+    tn: Reg,
+    tile: i64,
+) -> (Reg, Reg, Reg) {
+    let bi = c.b.div(w, per_batch);
+    let t = c.b.rem(w, per_batch);
+    let m0 = c.b.div(t, tn);
+    let n0 = c.b.rem(t, tn);
+    (bi, c.b.mul(m0, tile), c.b.mul(n0, tile))
 }
 
 /// The launch of a kernel giving each block one `tile × tile` output tile of one batch element.

@@ -392,12 +392,7 @@ pub fn emit(c: &mut Ctx, a: &Addressed, b: &Addressed, finish: &Finish) -> Resul
     let acc: Accumulators =
         [(); MMA_M].map(|_| [(); MMA_N].map(|_| [(); 4].map(|_| c.b.reg(Ty::F32))));
     c.grid_loop(items.into(), Granule::Block, |c, w| {
-        let bi = c.b.div(w, per_batch);
-        let item = c.b.rem(w, per_batch);
-        let m0 = c.b.div(item, tn);
-        let m0 = c.b.mul(m0, TILE);
-        let n0 = c.b.rem(item, tn);
-        let n0 = c.b.mul(n0, TILE);
+        let (bi, m0, n0) = super::matmul::tile_origin(c, w, per_batch, tn, TILE);
         let coords = c.unravel(bi, &batch_dims);
         let a_base = c.linear(&a.offset, &coords, &a.strides[..r - 2]);
         let b_base = c.linear(&b.offset, &coords, &b.strides[..r - 2]);
