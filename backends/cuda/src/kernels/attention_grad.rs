@@ -115,7 +115,7 @@ pub fn emit_lse(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     Ok(one_thread_each(rows))
 }
 
-/// Threads per block of the gradient kernels (each warp a row).
+/// Warps per block of the gradient kernels (each warp a row).
 const GRAD_WARPS: u32 = 4;
 
 /// One gradient of `flash_attention` (see the module doc).

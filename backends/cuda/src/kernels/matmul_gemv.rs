@@ -106,28 +106,23 @@ fn load_one(c: &mut Ctx, v: &Addressed, index: Reg) -> Result<Reg> {
 struct Operands {
     a: Addressed,
     b: Addressed,
-    /// Row dims (batch dims, then `m`), and the number of rows.
+    /// Row dims: the batch dims, then `m`.
     rows: Vec<crate::ptx::Operand>,
     k: Reg,
 }
 
 impl Operands {
-    /// Output coordinates of row `row` (batch coordinates, then `m`).
-    fn coords(&self, c: &mut Ctx, row: Reg) -> Vec<Reg> {
-        c.unravel(row, &self.rows)
-    }
-
-    /// Sums of rows `first..first + count` against weight column `n`, one per row.
-    fn dots(&self, c: &mut Ctx, first: Reg, count: usize, n: Reg, lane: Reg) -> Result<Vec<Reg>> {
+    /// Sums of the rows at `rows` (each row's batch coordinates, then `m`) against weight
+    /// column `n`, one per row.
+    fn dots(&self, c: &mut Ctx, rows: &[Vec<Reg>], n: Reg, lane: Reg) -> Result<Vec<Reg>> {
         let r = self.a.view.rank();
+        let count = rows.len();
         let w_base = c.b.mov(Ty::S64, self.b.offset.clone());
         let w_base = c.b.mad(n, self.b.strides[r - 1].clone(), w_base);
-        let mut x_bases = Vec::new();
-        for i in 0..count {
-            let row = c.b.add(first, i as i64);
-            let coords = self.coords(c, row);
-            x_bases.push(c.linear(&self.a.offset, &coords, &self.a.strides[..r - 1]));
-        }
+        let x_bases: Vec<Reg> = rows
+            .iter()
+            .map(|coords| c.linear(&self.a.offset, coords, &self.a.strides[..r - 1]))
+            .collect();
         let accs: Vec<Reg> = (0..count).map(|_| c.b.mov(Ty::F32, 0.0f32)).collect();
         let whole = c.b.and(self.k, -QUAD);
         let k = c.b.mul(lane, QUAD);
@@ -223,12 +218,16 @@ fn store_rows(
     n: Reg,
     lane: Reg,
 ) -> Result<()> {
-    let sums = ops.dots(c, first, count, n, lane)?;
+    let rows: Vec<Vec<Reg>> = (0..count)
+        .map(|i| {
+            let row = c.b.add(first, i as i64);
+            c.unravel(row, &ops.rows)
+        })
+        .collect();
+    let sums = ops.dots(c, &rows, n, lane)?;
     let lane0 = c.b.setp(Cmp::Eq, lane, 0i64);
     c.when(lane0, |c| {
-        for (i, sum) in sums.into_iter().enumerate() {
-            let row = c.b.add(first, i as i64);
-            let mut coords = ops.coords(c, row);
+        for (mut coords, sum) in rows.into_iter().zip(sums) {
             coords.push(n);
             finish.store(c, &coords, sum)?;
         }

@@ -136,7 +136,7 @@ pub fn emit(
     let lane = c.b.and(tid, 31i64);
     let warp = c.b.shr(tid, 5);
     let mem = super::dtype::mem_name(dtype)?;
-    let (granule, first, step) = match short {
+    let (granule, start, step) = match short {
         true => (Granule::Warp, lane, Operand::Int(32)),
         false => (Granule::Block, tid, c.special(Special::Ntid).into()),
     };
@@ -148,7 +148,7 @@ pub fn emit(
             bases.push(c.linear(&l.offset, &coords, &strides));
         }
         let acc = c.constant(identity(op, dtype), dtype)?;
-        c.for_range(first, count_v.clone(), step.clone(), |c, r| {
+        c.for_range(start, count_v.clone(), step.clone(), |c, r| {
             let rc = c.unravel(r, &red_dims);
             let mut values = Vec::new();
             for (l, base) in ls.iter().zip(&bases) {

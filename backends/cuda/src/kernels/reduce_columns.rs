@@ -33,21 +33,22 @@ pub fn applies(leaves: &[View], axes: &[usize]) -> bool {
     rank > 0 && !axes.contains(&(rank - 1)) && leaves[0].strides[rank - 1].is_constant(1)
 }
 
-/// The stride of position `r` of the reduction in each leaf, when the reduced axes merge.
+/// The stride of position `r` of the reduction in each leaf, when the reduced axes (in
+/// ascending order, as position `r` enumerates them) merge.
 fn merged_strides(leaves: &[View], axes: &[usize]) -> Option<Vec<Poly>> {
-    let mut sorted = axes.to_vec();
-    sorted.sort_unstable();
-    let last = *sorted.last()?;
+    let last = *axes.last()?;
+    if axes.windows(2).any(|w| w[0] >= w[1]) {
+        return None;
+    }
     leaves
         .iter()
         .map(|l| {
-            let merges = sorted
+            let merges = axes
                 .windows(2)
                 .all(|w| l.strides[w[0]] == l.strides[w[1]].mul(&l.dims[w[1]]));
             merges.then(|| l.strides[last].clone())
         })
-        .collect::<Option<Vec<_>>>()
-        .filter(|_| sorted == axes)
+        .collect()
 }
 
 pub fn emit(
