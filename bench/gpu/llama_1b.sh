@@ -7,7 +7,8 @@
 #   bench/gpu/llama_1b.sh                    # everything
 #   PARTS=kiln bench/gpu/llama_1b.sh         # kiln's figures only (PARTS=torch: PyTorch's only;
 #                                            # PARTS=compile: kiln's compile times only, no GPU)
-#   ONLY=decode bench/gpu/llama_1b.sh        # decode figures only (ONLY=train: training only)
+#   ONLY=decode bench/gpu/llama_1b.sh        # decode figures only (ONLY=train: training only;
+#                                            # ONLY=attention: the attention figure only)
 #   PROFILE=1 …                              # also kiln's per-step GPU profile of each decode batch
 #   DECODE_PRECISION=bf16 …                  # kiln's decode at bf16 (default bf16-weights)
 #   TRAIN_PRECISION=f32 …                    # kiln's training at f32 (default bf16, as PyTorch's
@@ -51,7 +52,7 @@ json.dump({"host": platform.node(), "cpus": os.cpu_count(),
 PY
 fi
 
-if [[ $PARTS == *kiln* && $ONLY != train ]]; then
+if [[ $PARTS == *kiln* && ($ONLY == all || $ONLY == decode) ]]; then
   # Decode: the same work as torch_llama.py's (16-token prompt, 128 greedy steps).
   for batch in 1 16; do
     "$KILN" bench "$WORK/decode.kiln" --device cuda --batch "$batch" --prompt-tokens 16 \
@@ -63,7 +64,18 @@ if [[ $PARTS == *kiln* && $ONLY != train ]]; then
   done
 fi
 
-if [[ $PARTS == *kiln* && $ONLY != decode ]]; then
+if [[ $PARTS == *kiln* && ($ONLY == all || $ONLY == attention) ]]; then
+  # Attention: the same causal shape as PyTorch's SDPA figure (8 × 32 heads × 2048 × 64, bf16),
+  # timed as the flash_attention steps of a bf16 prefill of 8 × 2048 tokens (GQA: 8 key/value
+  # heads, the same work). attention_tflops.py turns the profile into TFLOP/s.
+  "$KILN" compile "$CONFIG" --target cuda --precision bf16 --programs prefill,decode \
+    --max-batch 8 --max-seq 2112 -o "$WORK/attention.kiln"
+  "$KILN" bench "$WORK/attention.kiln" --device cuda --batch 8 --prompt-tokens 2048 \
+    --decode-tokens 1 --runs 1 --profile > "$OUT/kiln-attention-profile.md"
+  python3 bench/gpu/attention_tflops.py "$OUT/kiln-attention-profile.md" > "$OUT/kiln-attention.json"
+fi
+
+if [[ $PARTS == *kiln* && $ONLY != decode && $ONLY != attention ]]; then
   # Training: 8 × 2048 tokens of random ids, as the artifact above, at a constant rate.
   python3 - "$WORK/tokens.safetensors" <<'PY'
 import sys, numpy as np

@@ -8,8 +8,11 @@
 //! ```
 //!
 //! over the keys `j` that the mask allows for the query's position `positions[b, i]`. Operand
-//! types: `q: f32[B, H, S, D]`, `k: f32[B, H/group, T, D]`, `v: f32[B, H/group, T, Dv]`,
-//! `positions: i64|i32[B, S]` (absent exactly when the mask is `none`); result `f32[B, H, S, Dv]`.
+//! types: `q: T[B, H, S, D]`, `k: T[B, H/group, T, D]`, `v: T[B, H/group, T, Dv]` with one
+//! float type `T`, f32 or bf16, and `positions: i64|i32[B, S]` (absent exactly when the mask is
+//! `none`); result `f32[B, H, S, Dv]`. Scores and softmax statistics are f32 either way; with
+//! bf16 operands the probabilities are rounded to bf16 before they weight the values, as the
+//! two bf16 matmuls the op replaces (`mixed-precision`'s `bf16` policy) would take them.
 //! A query that sees no key gets NaN, as `softmax` over scores that are all `-inf` does.
 //!
 //! Its backward is two more ops over the same parameters. `flash_attention_lse q, k, v[, positions]`
@@ -18,6 +21,7 @@
 //! (`_k`, `_v`) `q, k, v[, positions], out, d_out, lse` is the gradient of `Σ d_out · out` by
 //! that operand: it recomputes the probabilities as `exp(scale · q·kⱼ − lse)` instead of storing
 //! them, and sums the query heads that share a key/value head. Its result has that operand's type.
+//! The backward ops take f32 operands only.
 //!
 //! Invariants: `group`, `tile_q` and `tile_k` are at least 1; `scale` is finite; a sliding window
 //! is at least 1 key wide. The tiles are a schedule hint for backends and do not change the value.
@@ -211,6 +215,12 @@ impl Attention {
     /// The result type of `flash_attention_lse` for the given operands.
     pub fn infer_lse(&self, operands: &[&TensorType]) -> Result<TensorType, String> {
         let out = self.infer(operands)?;
+        if operands[0].dtype != DType::F32 {
+            return Err(format!(
+                "the backward of flash_attention takes f32 operands, got queries {}",
+                operands[0]
+            ));
+        }
         Ok(TensorType::new(DType::F32, out.shape[..3].to_vec()))
     }
 
@@ -258,11 +268,16 @@ impl Attention {
         }
         let (q, k, v) = (operands[0], operands[1], operands[2]);
         for (name, t) in [("queries", q), ("keys", k), ("values", v)] {
-            if t.dtype != DType::F32 || t.rank() != 4 {
+            if !matches!(t.dtype, DType::F32 | DType::BF16) || t.rank() != 4 {
                 return Err(format!(
-                    "flash_attention {name} must be f32 of rank 4, got {t}"
+                    "flash_attention {name} must be f32 or bf16 of rank 4, got {t}"
                 ));
             }
+        }
+        if k.dtype != q.dtype || v.dtype != q.dtype {
+            return Err(format!(
+                "flash_attention operands must share one type: queries {q}, keys {k}, values {v}"
+            ));
         }
         let (batch, heads, seq) = (&q.shape[0], &q.shape[1], &q.shape[2]);
         let kv_heads = &k.shape[1];

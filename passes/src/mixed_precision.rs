@@ -21,7 +21,14 @@
 //! becomes `matmul(narrow(a), narrow(b)) : f32`, a widening matmul (narrow operands, f32
 //! accumulation and result), where `narrow` cancels a `cast` from the narrow type (a weight's),
 //! moves through `permute`, `reshape` and `broadcast` views (so the transposed weight is read
-//! narrow in place), and otherwise inserts a `cast`. Norms (their statistics and scales),
+//! narrow in place), and otherwise inserts a `cast`. Under `bf16` each `flash_attention` (two
+//! matmuls fused) likewise takes narrow queries, keys and values; its scores, softmax
+//! statistics and result stay f32, and its probabilities are rounded to bf16 before they weight
+//! the values, as the unfused graph's second matmul would take them. Attention stays f32 where
+//! a row has a single query (a decode step reads the f32 KV cache as it is: narrowing it would
+//! copy the cache every step for no matmul-sized work), in a program with gradients (the
+//! backward ops take f32 operands, and must differentiate the forward computed), and under
+//! `f16`. Norms (their statistics and scales),
 //! softmax, RoPE, the residual stream, the KV cache and the logits stay f32: program inputs and
 //! outputs keep their types, so the pass changes no signature but the weights' dtypes.
 //!
@@ -199,22 +206,25 @@ fn narrow(
     Ok(narrowed)
 }
 
-/// Rewrites `mm` as a widening matmul of `dtype` operands.
-fn narrow_matmul(
+/// Rewrites `id` with its first `count` operands in `dtype` (a widening matmul's two, a
+/// `flash_attention`'s queries, keys and values); its result type stays.
+fn narrow_operands(
     g: &mut Graph,
-    mm: NodeId,
+    id: NodeId,
+    count: usize,
     dtype: DType,
     memo: &mut HashMap<NodeId, NodeId>,
 ) -> Result<(), IrError> {
-    let ops = g.operands(mm);
-    let a = narrow(g, ops[0], dtype, memo)?;
-    let b = narrow(g, ops[1], dtype, memo)?;
-    let ty = g.ty(mm).clone();
-    let wide = g.push_typed(Op::MatMul, &[a, b], ty)?;
-    if let Some(label) = g.node(mm).label.clone() {
-        g.set_label(wide, label);
+    let mut operands = g.operands(id).to_vec();
+    for o in &mut operands[..count] {
+        *o = narrow(g, *o, dtype, memo)?;
     }
-    g.replace_uses(mm, wide);
+    let (op, ty) = (g.node(id).op.clone(), g.ty(id).clone());
+    let narrowed = g.push_typed(op, &operands, ty)?;
+    if let Some(label) = g.node(id).label.clone() {
+        g.set_label(narrowed, label);
+    }
+    g.replace_uses(id, narrowed);
     Ok(())
 }
 
@@ -222,6 +232,19 @@ fn is_f32_matmul(g: &Graph, id: NodeId) -> bool {
     matches!(g.node(id).op, Op::MatMul)
         && g.ty(id).dtype == DType::F32
         && g.operands(id).iter().all(|&o| g.ty(o).dtype == DType::F32)
+}
+
+/// Whether `flash_attention` `id` takes `dtype` operands: f32 ones under `bf16`, for more than
+/// one query per row, in a program that computes no gradients. A decode step's single query
+/// reads the f32 KV cache as it is: it does no matmul-sized work, and narrowing the cache would
+/// copy it every step. The backward ops take f32 operands, and the gradient must be that of
+/// the forward computed, so a differentiated program keeps its attention f32.
+fn narrows_attention(g: &Graph, id: NodeId, dtype: DType, differentiated: bool) -> bool {
+    let q = g.ty(g.operands(id)[0]);
+    !differentiated
+        && dtype == DType::BF16
+        && q.dtype == DType::F32
+        && q.shape[2].as_fixed() != Some(1)
 }
 
 impl Pass for MixedPrecision {
@@ -264,19 +287,28 @@ impl Pass for MixedPrecision {
             remark += &format!(", {trained} kept f32 (master weights of a differentiated program)");
         }
         if matmul_dtype != DType::F32 {
-            let (mut matmuls, mut refused) = (0, 0);
+            let (mut matmuls, mut refused, mut attentions) = (0, 0, 0);
             let mut memo = HashMap::new();
-            for mm in g.order() {
-                if is_f32_matmul(g, mm) {
-                    narrow_matmul(g, mm, matmul_dtype, &mut memo)?;
-                    matmuls += 1;
-                } else if matches!(g.node(mm).op, Op::MatMul) {
-                    refused += 1;
+            for id in g.order() {
+                match g.node(id).op {
+                    Op::MatMul if is_f32_matmul(g, id) => {
+                        narrow_operands(g, id, 2, matmul_dtype, &mut memo)?;
+                        matmuls += 1;
+                    }
+                    Op::MatMul => refused += 1,
+                    Op::FlashAttention(_)
+                        if narrows_attention(g, id, matmul_dtype, differentiated) =>
+                    {
+                        narrow_operands(g, id, 3, matmul_dtype, &mut memo)?;
+                        attentions += 1;
+                    }
+                    _ => {}
                 }
             }
             remark += &format!(
                 ", {matmuls} matmuls on {matmul_dtype} operands with f32 accumulation, {refused} \
-                 refused (not f32 × f32 → f32)"
+                 refused (not f32 × f32 → f32), {attentions} flash_attention on {matmul_dtype} \
+                 operands"
             );
         }
         let removed = remove_dead(g);

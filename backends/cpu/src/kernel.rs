@@ -28,6 +28,16 @@ pub struct ExprNode {
     pub dtype: DType,
 }
 
+impl ExprNode {
+    /// The expression that reads leaf 0, stored as `dtype`, unchanged.
+    pub fn leaf(dtype: DType) -> Vec<ExprNode> {
+        vec![ExprNode {
+            op: ExprOp::Leaf(0),
+            dtype,
+        }]
+    }
+}
+
 /// A matmul's epilogue: `out[idx] = expr(out[idx], leaves[..][idx])`, where leaf 0 of `expr`
 /// is the product and leaf `i + 1` is `leaves[i]` (each of the output's shape).
 #[derive(Clone, Debug, PartialEq)]

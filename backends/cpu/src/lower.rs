@@ -42,7 +42,7 @@ use concat::concat_parts_in_place;
 use expression::expression;
 
 use crate::error::{CompileError, Result};
-use crate::kernel::{AttentionOutput, Epilogue, ExprNode, ExprOp, Kernel};
+use crate::kernel::{AttentionOutput, Epilogue, ExprNode, Kernel};
 use crate::narrow;
 use crate::view::{Source, View};
 use kiln_ir::{
@@ -53,6 +53,9 @@ use kiln_runtime::manifest::{
 };
 use kiln_runtime::Poly;
 use std::collections::HashMap;
+
+/// Reductions into at most this many outputs are split in two kernels (`Lowering::reduce`).
+const SPLIT_OUTPUTS: i64 = 64;
 
 /// The target's choices lowering follows.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -301,10 +304,7 @@ impl Lowering<'_> {
             Kernel::Map {
                 out: to.clone(),
                 leaves: vec![from.clone()],
-                expr: vec![ExprNode {
-                    op: ExprOp::Leaf(0),
-                    dtype: from.dtype,
-                }],
+                expr: ExprNode::leaf(from.dtype),
             },
             format!("copy {label}"),
         );
@@ -541,6 +541,12 @@ impl Lowering<'_> {
         out
     }
 
+    /// A reduction kernel; one into at most [`SPLIT_OUTPUTS`] outputs over several axes runs in
+    /// two: the first reduces all but the outermost reduced axis into a partial buffer, the
+    /// second (a plain reduction of the partials, by the same `op`: a mean of equal-count means is
+    /// the mean) reduces that axis. Each output of a one-kernel form is one work item, so a
+    /// scalar such as a gradient's sum of squares would be folded by one thread (CPU) or one
+    /// block (GPU) alone.
     fn reduce(
         &mut self,
         ty: &TensorType,
@@ -551,6 +557,36 @@ impl Lowering<'_> {
         label: String,
     ) -> View {
         let out = self.temp(ty);
+        let few_outputs = matches!(out.numel().as_constant(), Some(n) if n <= SPLIT_OUTPUTS);
+        if few_outputs && axes.len() > 1 {
+            let dtype = expr.last().expect("an expression has a result").dtype;
+            let mut dims = leaves[0].dims.clone();
+            for &a in &axes[1..] {
+                dims[a] = Poly::constant(1);
+            }
+            let partial = self.new_buffer(BufferKind::Temp, dtype, dims);
+            self.push(
+                Kernel::Reduce {
+                    op,
+                    leaves,
+                    expr,
+                    axes: axes[1..].to_vec(),
+                    out: partial.clone(),
+                },
+                label.clone(),
+            );
+            self.push(
+                Kernel::Reduce {
+                    op,
+                    leaves: vec![partial],
+                    expr: ExprNode::leaf(dtype),
+                    axes: axes.to_vec(),
+                    out: out.clone(),
+                },
+                label,
+            );
+            return out;
+        }
         self.push(
             Kernel::Reduce {
                 op,

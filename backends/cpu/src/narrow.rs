@@ -140,14 +140,10 @@ pub fn is_widening_view(view: &View, to: DType, buffers: &[BufferDesc]) -> bool 
 
 /// The expression widening one leaf stored as `from` to `to`.
 pub fn widening(from: DType, to: DType) -> Vec<ExprNode> {
-    vec![
-        ExprNode {
-            op: ExprOp::Leaf(0),
-            dtype: from,
-        },
-        ExprNode {
-            op: ExprOp::Cast(0),
-            dtype: to,
-        },
-    ]
+    let mut expr = ExprNode::leaf(from);
+    expr.push(ExprNode {
+        op: ExprOp::Cast(0),
+        dtype: to,
+    });
+    expr
 }

@@ -2,13 +2,14 @@
 //!
 //! The forward is computed the plain way, as the primitives it replaces would compute it (scores
 //! rounded to f32 after the f64 dot product and again after scaling, max-shifted `exp`, an f64
-//! sum, f32 probabilities, an f64 weighted sum of values), so a fused graph and the graph it came
+//! sum, f32 probabilities — then bf16 ones for bf16 operands —, an f64 weighted sum of values), so a fused graph and the graph it came
 //! from agree to the last bits or nearly; under exact arithmetic nothing is rounded. The
 //! log-sum-exp and the gradients are computed in f64 from the definitions in `attention.rs` and
 //! rounded once, as their result is stored.
 
 use super::tensor::{Arithmetic, Data, Tensor};
 use crate::attention::{Attention, AttentionInput};
+use crate::dtype::DType;
 use std::ops::Range;
 
 /// `out[b, h, i, :]` for every query (shapes are checked by type inference).
@@ -16,6 +17,11 @@ pub fn eval(attention: &Attention, xs: &[&Tensor], arithmetic: Arithmetic) -> Re
     let f32 = |x: f64| match arithmetic {
         Arithmetic::Native => x as f32 as f64,
         Arithmetic::Exact => x,
+    };
+    // bf16 operands: the probabilities are rounded to bf16 (see `kiln_ir::attention`).
+    let narrow = |x: f64| match (xs[2].dtype, arithmetic) {
+        (DType::BF16, Arithmetic::Native) => half::bf16::from_f32(x as f32).to_f64(),
+        _ => x,
     };
     let a = Operands::new(attention, xs)?;
     let mut out = Vec::with_capacity(a.batch * a.heads * a.seq * a.dv);
@@ -35,7 +41,7 @@ pub fn eval(attention: &Attention, xs: &[&Tensor], arithmetic: Arithmetic) -> Re
         let total = f32(exps.iter().sum::<f64>());
         probs.fill(0.0);
         for (j, e) in visible.clone().zip(&exps) {
-            probs[j] = f32(e / total);
+            probs[j] = narrow(f32(e / total));
         }
         for c in 0..a.dv {
             let acc: f64 = visible

@@ -1,5 +1,6 @@
 //! Fused attention kernels (`Kernel::Attention`): online softmax with one warp per query row,
-//! never holding more than 32 scores.
+//! never holding more than 32 scores. bf16 operands with head sizes the tensor cores take go to
+//! `attention_mma.rs` instead.
 //!
 //! Blocks of 4 warps; warp `w` (by grid stride over `B·H·S` rows) takes query `i` of batch
 //! element `b` and head `h`, and reads the shared key/value head `h / group`. The query's
@@ -38,6 +39,9 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     } = kernel;
     if *output == kiln_backend_cpu::kernel::AttentionOutput::LogSumExp {
         return super::attention_grad::emit_lse(c, kernel);
+    }
+    if super::attention_mma::applies(kernel) {
+        return super::attention_mma::emit(c, kernel);
     }
     let constant = |v: &kiln_backend_cpu::view::View| {
         v.dims[3].as_constant().expect("lowering checks head sizes")

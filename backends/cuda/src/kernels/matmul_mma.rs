@@ -67,7 +67,7 @@ const WARP_TILE: i64 = 32;
 /// Bytes of a shared row: `STEP` bf16 and 8 of padding.
 const ROW_BYTES: i64 = 80;
 /// Elements of one vector load: 16 bytes of bf16.
-const VECTOR: i64 = 8;
+pub(super) const VECTOR: i64 = 8;
 /// mma tiles of a warp along `m` (16 rows each) and `n` (8 columns each).
 const MMA_M: usize = 2;
 const MMA_N: usize = 4;
@@ -110,7 +110,7 @@ struct Stage {
 
 /// Whether every run of `VECTOR` elements along `unit_axis` that starts at a multiple of
 /// `VECTOR` is one 16-byte aligned vector of a buffer (see the module doc).
-fn vectorizable(v: &View, unit_axis: usize) -> bool {
+pub(super) fn vectorizable(v: &View, unit_axis: usize) -> bool {
     let multiple = |p: &Poly| p.terms.iter().all(|t| t.coeff % VECTOR == 0);
     matches!(v.source, Source::Buffer(_))
         && v.strides[unit_axis].is_constant(1)

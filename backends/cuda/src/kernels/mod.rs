@@ -8,6 +8,7 @@
 
 mod attention;
 mod attention_grad;
+mod attention_mma;
 mod attention_rows;
 mod context;
 pub(crate) mod dtype;
@@ -62,6 +63,9 @@ pub fn kind(kernel: &Kernel) -> &'static str {
         Kernel::Gather { .. } => "gather",
         Kernel::Scatter { .. } => "scatter",
         Kernel::Attention(a) => match a.output {
+            kiln_backend_cpu::kernel::AttentionOutput::Values if attention_mma::applies(a) => {
+                "attention_mma"
+            }
             kiln_backend_cpu::kernel::AttentionOutput::Values => "attention",
             kiln_backend_cpu::kernel::AttentionOutput::LogSumExp => "attention_lse",
         },

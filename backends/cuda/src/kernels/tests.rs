@@ -406,15 +406,17 @@ fn optimized(
     Ok(g)
 }
 
-/// `program` of `spec` after the pipeline at `precision`, emulated against the interpreter.
+/// `program` of `spec` after the pipeline at `precision`, emulated against the interpreter,
+/// within `tol` (relative, output by output).
 fn check_model(
     spec: &kiln_frontend::ModelSpec,
     program: kiln_frontend::Program,
     precision: kiln_passes::Precision,
     env: &Bindings,
+    tol: f64,
 ) -> Result<(), String> {
     let g = optimized(spec, program, precision)?;
-    check(&g, &g, env, 1e-4, 16).map_err(|e| format!("{program} at {precision}: {e}"))
+    check(&g, &g, env, tol, 16).map_err(|e| format!("{program} at {precision}: {e}"))
 }
 
 fn tiny_llama() -> kiln_frontend::ModelSpec {
@@ -426,8 +428,14 @@ fn tiny_llama() -> kiln_frontend::ModelSpec {
 /// kernels round the same casts to bf16 as the interpreter, from f32 values summed in another
 /// order (the interpreter accumulates in f64): a value next to a rounding boundary can round
 /// the other way, one bf16 unit (2⁻⁸ relative) apart (see the training step below). Here none
-/// does: every output is within 7e-8 under `bf16` (products of bf16 values are exact in f32),
-/// 1.1e-6 under `f32` and `bf16-weights`; all are held to 1e-4.
+/// does: decode is within 7e-8 under `bf16` (products of bf16 values are exact in f32), and
+/// every program within 1.1e-6 under `f32` and `bf16-weights`; these are held to 1e-4.
+///
+/// `prefill` and `forward` at `bf16` run attention on tensor cores (`attention_mma`), which
+/// rounds each unnormalized probability to bf16 where the interpreter rounds the normalized
+/// one: each weight moves by up to two bf16 roundings (2⁻⁷ relative), and every later layer
+/// carries that on. Measured: up to 7.3e-3 (prefill logits); held to 2e-2. The kernel itself
+/// is held to its element-wise bound in `bf16_attention_on_tensor_cores_matches_the_interpreter`.
 #[test]
 fn tiny_llama_programs_match_the_interpreter() {
     use kiln_frontend::Program;
@@ -439,7 +447,9 @@ fn tiny_llama_programs_match_the_interpreter() {
             (Program::Forward, env(&[("batch", 2), ("seq", 3)])),
             (Program::Decode, env(&[("batch", 2), ("past", 3)])),
         ] {
-            check_model(&spec, program, precision, &e).unwrap();
+            let narrow_attention = precision == Precision::Bf16 && program != Program::Decode;
+            let tol = if narrow_attention { 2e-2 } else { 1e-4 };
+            check_model(&spec, program, precision, &e, tol).unwrap();
         }
     }
 }
@@ -468,7 +478,7 @@ fn fixture_models_match_the_interpreter() {
             (Program::Prefill, env(&[("batch", 1), ("seq", 6)])),
             (Program::Decode, env(&[("batch", 1), ("past", 5)])),
         ] {
-            check_model(&spec, program, Precision::F32, &e)
+            check_model(&spec, program, Precision::F32, &e, 1e-4)
                 .unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
         }
     }
@@ -653,6 +663,39 @@ fn bf16_matmul_graph(
     kiln_ir::text::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
+/// `inputs` with every value replaced by its absolute value.
+fn absolute(inputs: &TensorMap) -> TensorMap {
+    inputs
+        .iter()
+        .map(|(name, x)| {
+            let values: Vec<f64> = x.to_f64().iter().map(|v| v.abs()).collect();
+            (name.clone(), Tensor::from_f64(x.dtype, &x.shape, values))
+        })
+        .collect()
+}
+
+/// The largest `|got − want| / (bound·scale)` over the elements; a NaN must meet a NaN (the
+/// element is skipped), anything else NaN is infinitely far.
+fn worst_of_bound(got: &Tensor, want: &Tensor, scale: &Tensor, bound: f64) -> f64 {
+    if got.shape != want.shape {
+        return f64::INFINITY;
+    }
+    (0..want.numel())
+        .map(|i| {
+            let (g, w) = (got.data.get_f64(i), want.data.get_f64(i));
+            if g.is_nan() && w.is_nan() {
+                return 0.0;
+            }
+            let ratio = (g - w).abs() / (bound * scale.data.get_f64(i)).max(f64::MIN_POSITIVE);
+            if ratio.is_nan() {
+                f64::INFINITY
+            } else {
+                ratio
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
 /// `y = a·b` of bf16 operands on tensor cores (`matmul_mma`) against the interpreter, in every
 /// orientation training meets (`a` k- or m-contiguous × `b` k- or n-contiguous), each on 16-byte
 /// vector loads (rows padded to a multiple of 8) and element by element (odd row lengths, a
@@ -773,30 +816,72 @@ fn bf16_matmuls_on_tensor_cores_match_the_interpreter() {
         let (inputs, weights) = random_bindings(&g, &env(&[("s", 70)]), 4, 3).unwrap();
         let got = &emulate(&artifact, "mm", &inputs, &weights)["y"];
         let want = &interpret(&g, &inputs, &weights).unwrap()["y"];
-        let abs: TensorMap = inputs
-            .iter()
-            .map(|(name, x)| {
-                let values: Vec<f64> = x.to_f64().iter().map(|v| v.abs()).collect();
-                (name.clone(), Tensor::from_f64(x.dtype, &x.shape, values))
-            })
-            .collect();
-        let scale = &interpret(&g, &abs, &weights).unwrap()["y"];
+        let scale = &interpret(&g, &absolute(&inputs), &weights).unwrap()["y"];
         let k: usize = shape.3.parse().unwrap();
         let bound = (k.div_ceil(16) + 1) as f64 * 2f64.powi(-24);
-        let worst = (0..want.numel())
-            .map(|i| {
-                let err = (got.data.get_f64(i) - want.data.get_f64(i)).abs();
-                let ratio = err / (bound * scale.data.get_f64(i)).max(f64::MIN_POSITIVE);
-                if ratio.is_nan() {
-                    f64::INFINITY
-                } else {
-                    ratio
-                }
-            })
-            .fold(0.0, f64::max);
+        let worst = worst_of_bound(got, want, scale, bound);
         println!("{what}: worst error {worst:.2} of the bound");
-        if worst > 1.0 || got.shape != want.shape {
+        if worst > 1.0 {
             failures.push(format!("{what}: error {worst:e} of the bound"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// FlashAttention's forward on tensor cores (`attention_mma`) against the interpreter: bf16
+/// queries, keys and values (cast from f32 inputs) under every mask kind, GQA, head sizes 16 to
+/// 128, queries and keys past a whole tile (two blocks of queries, two tiles of keys, both with
+/// tails), and random positions, so some tiles are inside every row's run, some cross it, and
+/// some rows see no key (NaN).
+///
+/// Bound: the interpreter rounds each normalized probability to bf16, the kernel each
+/// unnormalized one, so each weight differs by at most two bf16 roundings (`2·2⁻⁸` relative),
+/// and `|y − y_ref| ≤ (2⁻⁷ + 2⁻¹⁴)·Σⱼ pⱼ·|vⱼ|` element by element (the last term for f32
+/// sums and `ex2.approx`; `Σⱼ pⱼ·|vⱼ|` is the interpreter's attention over `|v|`).
+#[test]
+fn bf16_attention_on_tensor_cores_matches_the_interpreter() {
+    // (mask, positions, heads, kv heads, d, dv, queries, keys)
+    let cases = [
+        ("causal", "i64", 4, 2, 64, 64, 70, 100),
+        ("window(20)", "i64", 2, 1, 32, 16, 70, 90),
+        ("prefix(9)", "i32", 2, 2, 16, 32, 20, 70),
+        ("none", "", 3, 1, 128, 64, 17, 66),
+    ];
+    let mut failures = Vec::new();
+    for (mask, pos, heads, kv, d, dv, s, t) in cases {
+        let mut text = "graph attention\nsym b <= 2\nsym s <= 80\nsym t <= 128\n".to_string();
+        for (name, h, len, width) in [("q", heads, "s", d), ("k", kv, "t", d), ("v", kv, "t", dv)] {
+            text += &format!(
+                "input %{name}x : f32[b, {h}, {len}, {width}]\n\
+                 %{name} = cast %{name}x : bf16[b, {h}, {len}, {width}]\n"
+            );
+        }
+        let mut operands = "%q, %k, %v".to_string();
+        if !pos.is_empty() {
+            text += &format!("input %pos : {pos}[b, s]\n");
+            operands += ", %pos";
+        }
+        let group = heads / kv;
+        text += &format!(
+            "%y = flash_attention {operands} mask={mask} bias=none group={group} scale=0.125 \
+             tile_q=64 tile_k=64 : f32[b, {heads}, s, {dv}]\noutput y = %y\n"
+        );
+        let g = kiln_ir::text::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let artifact = crate::compile(std::slice::from_ref(&g), model()).unwrap();
+        let ptx = std::str::from_utf8(&artifact.object).unwrap();
+        assert!(
+            ptx.contains(".entry attention_mma_"),
+            "{mask}: no attention_mma kernel"
+        );
+        let e = env(&[("b", 2), ("s", s), ("t", t)]);
+        let (inputs, weights) = random_bindings(&g, &e, t as u64 + 8, 5).unwrap();
+        let got = &emulate(&artifact, "attention", &inputs, &weights)["y"];
+        let want = &interpret(&g, &inputs, &weights).unwrap()["y"];
+        let scale = &interpret(&g, &absolute(&inputs), &weights).unwrap()["y"];
+        let worst = worst_of_bound(got, want, scale, 2f64.powi(-7) + 2f64.powi(-14));
+        println!("{mask}: worst error {worst:.3} of the bound");
+        if worst > 1.0 {
+            failures.push(format!("{mask}: error {worst:e} of the bound"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
