@@ -3,21 +3,24 @@
 //! multiples of 16 up to 128, on `mma.sync.aligned.m16n8k16` with f32 accumulators. `attention.rs`
 //! picks it for the values (the log-sum-exp keeps the warp-per-row form).
 //!
-//! **Work.** A block of 4 warps takes 64 queries of one batch element and head (items
-//! `B·H·⌈S/64⌉`, by grid stride); warp `w` owns queries `16w..16w+16` of them, and each lane
-//! two, rows `g` and `g + 8` of the warp's (`g = lane >> 2`, `t = lane % 4`, the fragment
-//! layouts of `matmul_mma.rs`). The block walks the keys its queries see, `lo..hi` (the union of
-//! the rows' visible runs, folded over the block through shared memory), 64 at a time:
-//! 1. `S = Q·Kᵀ` for the tile: the queries' A fragments stay in registers for the whole walk;
-//!    the tile's keys are staged in shared memory as `Ks[key][d]`, so a B fragment word (two
-//!    neighbouring `d` of one key) is one `ld.shared.b32`. Each lane holds 32 scores: 8 n-tiles
-//!    of 8 keys × columns `2t, 2t + 1` × rows `g, g + 8`.
-//! 2. Scores are scaled by `scale·log₂e` (the softmax in base 2, `ex2.approx`); where the tile
-//!    is not inside every row's visible run, each score outside its row's run becomes `-∞`.
-//! 3. Online softmax per row: the tile's maximum (the lane's 16, then the 4 lanes of the row by
-//!    shuffles) moves the running maximum `m`; the running sum `l` (each lane's own part,
-//!    summed over the 4 lanes at the end) and the output accumulators are rescaled by
-//!    `2^(m − m')`; `p = 2^(s − m')`, with `m' = 0` while a row has seen only `-∞`.
+//! **Work.** A block of 4 warps takes the queries of one batch element and head (items
+//! `B·H·⌈S/queries⌉`, by grid stride); each warp owns `16·m_tiles` of them (see [`Shape`]: two
+//! m-tiles for heads up to 64, so each key fragment feeds two `mma`), and each lane two rows of
+//! each m-tile, `g` and `g + 8` (`g = lane >> 2`, `t = lane % 4`, the fragment layouts of
+//! `matmul_mma.rs`). The block walks the keys its queries see, `lo..hi` (the union of the rows'
+//! visible runs, folded over the block through shared memory), a tile at a time:
+//! 1. `S = Q·Kᵀ`: the queries' A fragments stay in registers for the whole walk; keys are staged
+//!    as `Ks[key][d]`, so a B fragment word (two neighbouring `d` of one key) is one
+//!    `ld.shared.b32`. Each lane holds, per m-tile, 8-key n-tiles × columns `2t, 2t + 1` × its
+//!    two rows.
+//! 2. Where the tile is not inside every row's visible run, each score outside its row's run
+//!    becomes `-∞`.
+//! 3. Online softmax per row, in base 2 (`ex2.approx`) with the scale folded into one `fma` per
+//!    score (for a positive scale; another is applied first): the tile's maximum (a tree over
+//!    the lane's scores, then the 4 lanes of the row by shuffles) moves the running maximum
+//!    `m`; the running sum `l` (each lane's own part, summed over the 4 lanes at the end) and
+//!    the output accumulators are rescaled by `2^(scale'·(m − m'))`; `p = 2^(scale'·(s − m'))`,
+//!    with `m' = 0` while a row has seen only `-∞`.
 //! 4. `O += P·V`: the accumulator layout of `S` is the A fragment layout of `P` (two n-tiles of
 //!    8 keys are one k-step of 16), so each pair of probabilities is rounded to bf16 and packed
 //!    in registers. Values are staged transposed, `Vt[c][key]`, so a B fragment word (two
@@ -28,14 +31,15 @@
 //! (FlashAttention's choice) differs from the IR's rounding of the normalized ones by at most
 //! one bf16 rounding of each weight (`2⁻⁸` relative), the bound the tests use.
 //!
-//! **Staging.** The next tile of keys and values is loaded into registers (16-byte vectors when
-//! `matmul_mma::vectorizable` proves them aligned, else element by element) while the tensor
-//! cores work on the current one, and stored after the barrier that ends it. Keys past `T` are
-//! 0. Shared rows are padded to `d + 8` and `72` bf16, so fragment reads of the 32 lanes hit 32
-//! banks; consecutive lanes stage consecutive keys of `V`, so its transposed stores do too.
+//! **Staging.** Two stages of shared tiles: while the tensor cores work on one, the next tile
+//! of keys and values is loaded into registers (16-byte vectors when
+//! `matmul_mma::vectorizable` proves them aligned, else element by element) and stored into the
+//! other, so a tile takes one barrier. Keys past `T` are 0. Shared rows are padded by 8 bf16,
+//! so fragment reads of the 32 lanes hit 32 banks; consecutive lanes stage consecutive keys of
+//! `V`, so its transposed stores do too.
 //!
-//! Invariants: every thread reaches every barrier (the walk's bounds are the block's); shared
-//! tiles are written only between the barrier that ends a tile and the one that starts the next.
+//! Invariants: every thread reaches every barrier (the walk's bounds are the block's); a stage
+//! is written only after the barrier that ends the tile that last read it.
 
 use super::attention::visible;
 use super::context::{Addressed, Ctx, Granule};
@@ -44,23 +48,53 @@ use super::reduce::warp_fold;
 use crate::error::Result;
 use crate::ptx::{Cmp, Operand, Reg, Shuffle, Space, Special, Ty};
 use kiln_backend_cpu::kernel::AttentionKernel;
+use kiln_backend_cpu::view::View;
 use kiln_ir::DType;
 use kiln_runtime::manifest::{Launch, WorkFactor};
 use kiln_runtime::Poly;
 
-/// Queries per block (16 per warp).
-const QUERIES: i64 = 64;
-/// Keys per tile.
-const KEYS: i64 = 64;
-/// Threads per block.
+/// Threads per block: four warps.
 const THREADS: i64 = 128;
-/// Bytes of a row of the transposed value tile: `KEYS` bf16 and 8 of padding.
-const VT_ROW: i64 = (KEYS + 8) * 2;
+const WARPS: i64 = THREADS / 32;
+
+/// The tiling, by head size: registers hold a warp's queries, their scores for a tile and their
+/// outputs, so small heads take two m-tiles per warp and 64 keys per tile, larger ones one and
+/// 32 (which also keeps both shared stages within the 48 KiB of static shared memory).
+#[derive(Clone, Copy)]
+struct Shape {
+    m_tiles: usize,
+    keys: i64,
+}
+
+impl Shape {
+    fn of(d: i64, dv: i64) -> Shape {
+        match d <= 64 && dv <= 64 {
+            true => Shape {
+                m_tiles: 2,
+                keys: 64,
+            },
+            false => Shape {
+                m_tiles: 1,
+                keys: 32,
+            },
+        }
+    }
+
+    /// Queries per block.
+    fn queries(self) -> i64 {
+        WARPS * 16 * self.m_tiles as i64
+    }
+
+    /// Bytes of a row of the transposed value tile: the tile's keys and 8 of padding.
+    fn vt_row(self) -> i64 {
+        (self.keys + 8) * 2
+    }
+}
 
 /// Whether attention `kernel` takes this form: bf16 operands, head sizes multiples of 16 up to
 /// 128.
 pub fn applies(kernel: &AttentionKernel) -> bool {
-    let size = |v: &kiln_backend_cpu::view::View| v.dims[3].as_constant();
+    let size = |v: &View| v.dims[3].as_constant();
     let fits = |n: Option<i64>| matches!(n, Some(n) if n % 16 == 0 && (16..=128).contains(&n));
     [&kernel.q, &kernel.k, &kernel.v]
         .iter()
@@ -69,67 +103,125 @@ pub fn applies(kernel: &AttentionKernel) -> bool {
         && fits(size(&kernel.v))
 }
 
-/// One lane's part of staging a `KEYS × width` tile of keys (`Ks[key][c]`) or values
-/// (`Vt[c][key]`): chunks of `VECTOR` neighbouring columns of one key.
+/// One lane's part of staging a tile of `keys × width` keys (`Ks[key][c]`) or values
+/// (`Vt[c][key]`): chunks of `VECTOR` neighbouring columns of one key. A chunk's place is
+/// recomputed from the thread index where it is used (shifts, for the usual power-of-two
+/// sizes), which keeps registers free for the fragments.
 struct TileStage {
     v: Addressed,
-    width: i64,
+    shape: Shape,
+    /// Chunks per key, and all of the tile's.
+    per_key: i64,
+    total: i64,
     /// Whether chunks are single 16-byte loads.
     vector: bool,
-    /// Each chunk's key and first column (relative to the tile), and its four words.
-    chunks: Vec<(Reg, Reg, [Reg; 4])>,
-    /// The shared tile and its row pitch in bytes.
+    tid: Reg,
+    /// The words of the lane's chunks `tid + THREADS·i`.
+    chunks: Vec<[Reg; 4]>,
+    /// The tile in stage 0, and its row pitch in bytes.
     tile: Reg,
+    pitch: i64,
     transposed: bool,
 }
 
+/// `(x / n, x % n)` for a positive constant `n`.
+fn div_rem(c: &mut Ctx, x: Reg, n: i64) -> (Reg, Reg) {
+    match n.count_ones() {
+        1 => (c.b.shr(x, n.trailing_zeros()), c.b.and(x, n - 1)),
+        _ => (c.b.div(x, n), c.b.rem(x, n)),
+    }
+}
+
 impl TileStage {
-    /// Keys (`transposed` false): consecutive lanes take consecutive chunks of a key, so global
-    /// loads coalesce. Values (`transposed`): consecutive lanes take consecutive keys, so the
-    /// transposed shared stores hit distinct banks.
-    fn new(c: &mut Ctx, v: &Addressed, width: i64, transposed: bool, tid: Reg) -> TileStage {
+    /// The staging of `v` into the tile at `tile` (stage 0). Keys (`transposed` false):
+    /// consecutive lanes take consecutive chunks of a key, so global loads coalesce. Values
+    /// (`transposed`): consecutive lanes take consecutive keys, so the transposed shared stores
+    /// hit distinct banks.
+    fn new(
+        c: &mut Ctx,
+        v: &Addressed,
+        shape: Shape,
+        transposed: bool,
+        tile: Reg,
+        tid: Reg,
+    ) -> TileStage {
+        let width = v.view.dims[3].as_constant().expect("applies");
         let per_key = width / VECTOR;
-        let count = KEYS * per_key / THREADS;
-        let chunks = (0..count)
-            .map(|i| {
-                let index = c.b.add(tid, i * THREADS);
-                let (key, chunk) = match transposed {
-                    false => (c.b.div(index, per_key), c.b.rem(index, per_key)),
-                    true => (c.b.rem(index, KEYS), c.b.div(index, KEYS)),
-                };
-                let col = c.b.mul(chunk, VECTOR);
-                (key, col, [(); 4].map(|_| c.b.reg(Ty::B32)))
-            })
+        let total = shape.keys * per_key;
+        let chunks = (0..(total + THREADS - 1) / THREADS)
+            .map(|_| [(); 4].map(|_| c.b.reg(Ty::B32)))
             .collect();
-        let bytes = match transposed {
-            false => KEYS * Self::pitch_of(width),
-            true => width * VT_ROW,
-        };
         TileStage {
             v: v.clone(),
-            width,
+            shape,
+            per_key,
+            total,
             vector: vectorizable(&v.view, 3),
+            tid,
             chunks,
-            tile: c.b.shared(bytes as u32),
+            tile,
+            pitch: match transposed {
+                false => (width + 8) * 2,
+                true => shape.vt_row(),
+            },
             transposed,
         }
     }
 
-    /// Bytes of a row of the key tile: `width` bf16 and 8 of padding.
-    fn pitch_of(width: i64) -> i64 {
-        (width + 8) * 2
+    /// Chunk `i`'s key and first column in the tile, and whether the lane has it (when the
+    /// tile's chunks do not divide among the threads).
+    fn place(&self, c: &mut Ctx, i: usize) -> (Reg, Reg, Option<Reg>) {
+        let index = c.b.add(self.tid, i as i64 * THREADS);
+        let (key, chunk) = match self.transposed {
+            false => div_rem(c, index, self.per_key),
+            true => {
+                let (chunk, key) = div_rem(c, index, self.shape.keys);
+                (key, chunk)
+            }
+        };
+        let col = c.b.shl(chunk, VECTOR.trailing_zeros());
+        let owned =
+            ((i as i64 + 1) * THREADS > self.total).then(|| c.b.setp(Cmp::Lt, index, self.total));
+        (key, col, owned)
     }
 
-    /// Loads the chunks of keys `j0..j0 + KEYS` (of `keys`) of the head at linear index `head`.
-    fn load(&self, c: &mut Ctx, head: Reg, j0: Reg, keys: &Operand) -> Result<()> {
-        for (key, col, words) in &self.chunks {
-            let j = c.b.add(j0, *key);
-            let inside = c.b.setp(Cmp::Lt, j, keys.clone());
+    /// Bytes of the tile.
+    fn bytes(v: &View, shape: Shape, transposed: bool) -> i64 {
+        let width = v.dims[3].as_constant().expect("applies");
+        match transposed {
+            false => shape.keys * (width + 8) * 2,
+            true => width * shape.vt_row(),
+        }
+    }
+
+    /// Runs `body` for the chunk where the lane has it.
+    fn owned(
+        c: &mut Ctx,
+        owned: Option<Reg>,
+        body: impl FnOnce(&mut Ctx) -> Result<()>,
+    ) -> Result<()> {
+        match owned {
+            Some(p) => c.when(p, body),
+            None => body(c),
+        }
+    }
+
+    /// Loads the chunks of keys `j0..j0 + keys` (of `key_count`) of the head at linear index
+    /// `head`.
+    fn load(&self, c: &mut Ctx, head: Reg, j0: Reg, key_count: &Operand) -> Result<()> {
+        for (i, words) in self.chunks.iter().enumerate() {
+            let (key, col, owned) = self.place(c, i);
+            let j = c.b.add(j0, key);
+            let inside = c.b.setp(Cmp::Lt, j, key_count.clone());
             let row = c.b.mad(j, self.v.strides[2].clone(), head);
-            let at = c.b.add(row, *col);
+            let at = c.b.add(row, col);
             for &w in words {
                 c.b.assign(w, 0i64);
             }
+            let inside = match owned {
+                Some(p) => c.b.and(inside, p),
+                None => inside,
+            };
             c.when(inside, |c| {
                 if self.vector {
                     let base = self.v.base.expect("a vectorizable view is a buffer");
@@ -153,45 +245,45 @@ impl TileStage {
         Ok(())
     }
 
-    /// Stores the loaded chunks into the shared tile.
-    fn store(&self, c: &mut Ctx) {
-        for (key, col, words) in &self.chunks {
-            if !self.transposed {
-                let at = c.b.mad(*key, Self::pitch_of(self.width), self.tile);
-                let at = c.b.mad(*col, 2i64, at);
-                c.b.st_v4(Space::Shared, at, 0, *words);
-                continue;
-            }
-            let at = c.b.mad(*col, VT_ROW, self.tile);
-            let at = c.b.mad(*key, 2i64, at);
-            for (e, &w) in words.iter().enumerate() {
-                let (lo, hi) = c.b.unpack(w);
-                let row = 2 * e as i64 * VT_ROW;
-                c.b.st(Space::Shared, "b16", at, row, lo);
-                c.b.st(Space::Shared, "b16", at, row + VT_ROW, hi);
-            }
+    /// Stores the loaded chunks into the tile of the stage at byte offset `stage`.
+    fn store(&self, c: &mut Ctx, stage: Reg) -> Result<()> {
+        let tile = c.b.add(self.tile, stage);
+        for (i, words) in self.chunks.iter().enumerate() {
+            let (key, col, owned) = self.place(c, i);
+            Self::owned(c, owned, |c| {
+                if !self.transposed {
+                    let at = c.b.mad(key, self.pitch, tile);
+                    let at = c.b.mad(col, 2i64, at);
+                    c.b.st_v4(Space::Shared, at, 0, *words);
+                    return Ok(());
+                }
+                let at = c.b.mad(col, self.pitch, tile);
+                let at = c.b.mad(key, 2i64, at);
+                for (e, &w) in words.iter().enumerate() {
+                    let (lo, hi) = c.b.unpack(w);
+                    let row = 2 * e as i64 * self.pitch;
+                    c.b.st(Space::Shared, "b16", at, row, lo);
+                    c.b.st(Space::Shared, "b16", at, row + self.pitch, hi);
+                }
+                Ok(())
+            })?;
         }
+        Ok(())
     }
 
-    /// The shared address of a lane's first B fragment word: row `g` of the tile, column `2t`.
+    /// The shared address (in stage 0) of a lane's first B fragment word: row `g` of the tile,
+    /// column `2t`.
     fn fragment_base(&self, c: &mut Ctx, g: Reg, t: Reg) -> Reg {
-        let pitch = match self.transposed {
-            false => Self::pitch_of(self.width),
-            true => VT_ROW,
-        };
-        let at = c.b.mad(g, pitch, self.tile);
+        let at = c.b.mad(g, self.pitch, self.tile);
         c.b.mad(t, 4i64, at)
     }
-}
 
-/// A lane's two query rows: `[g, g + 8]` of its warp's 16.
-type Rows<T> = [T; 2];
-
-/// The B fragment of `n`-tile `ni` (8 rows of the tile) at `k`-step `kk` (16 columns), from a
-/// lane's first fragment word `base` in a tile of `pitch`-byte rows.
-fn b_fragment(c: &mut Ctx, base: Reg, pitch: i64, ni: i64, kk: i64) -> [Reg; 2] {
-    let at = ni * 8 * pitch + kk * 32;
-    [0, 16].map(|d| c.b.ld(Space::Shared, "b32", Ty::B32, base, at + d, false))
+    /// The B fragment of n-tile `ni` (8 rows of the tile) at k-step `kk` (16 columns), from the
+    /// lane's first fragment word `base` of the stage being read.
+    fn b_fragment(&self, c: &mut Ctx, base: Reg, ni: usize, kk: usize) -> [Reg; 2] {
+        let at = ni as i64 * 8 * self.pitch + kk as i64 * 32;
+        [0, 16].map(|d| c.b.ld(Space::Shared, "b32", Ty::B32, base, at + d, false))
+    }
 }
 
 /// Two f32 rounded to bf16 and packed in one word, the first in the low half.
@@ -201,8 +293,26 @@ fn pack_bf16(c: &mut Ctx, lo: Reg, hi: Reg) -> Result<Reg> {
     Ok(c.b.pack(Ty::B32, lo, hi))
 }
 
+/// A fold of two values into one.
+type Fold = fn(&mut Ctx, Reg, Reg) -> Reg;
+
+/// `xs` folded pairwise (a tree, so the folds are independent instructions).
+fn tree(c: &mut Ctx, mut xs: Vec<Reg>, fold: Fold) -> Reg {
+    while xs.len() > 1 {
+        xs = xs
+            .chunks(2)
+            .map(|pair| match pair {
+                [x, y] => fold(c, *x, *y),
+                [x] => *x,
+                _ => unreachable!("chunks of two"),
+            })
+            .collect();
+    }
+    xs[0]
+}
+
 /// Folds `x` over the four lanes that share a fragment row (lanes `4g..4g + 4`).
-fn row_fold(c: &mut Ctx, x: Reg, fold: impl Fn(&mut Ctx, Reg, Reg) -> Reg) -> Reg {
+fn row_fold(c: &mut Ctx, x: Reg, fold: Fold) -> Reg {
     let mut acc = x;
     for offset in [1, 2] {
         let other = c.b.shfl(Shuffle::Xor, acc, offset);
@@ -211,8 +321,7 @@ fn row_fold(c: &mut Ctx, x: Reg, fold: impl Fn(&mut Ctx, Reg, Reg) -> Reg) -> Re
     acc
 }
 
-/// The bounds of the keys a block walks and of those every row sees, folded over its 128 lanes
-/// (each with its two rows' runs) through `slots` (4 × 4 s64 per warp).
+/// The bounds of the keys a block walks and of those every row sees.
 struct BlockRange {
     /// The union of the rows' runs: `lo..hi`.
     lo: Reg,
@@ -222,26 +331,26 @@ struct BlockRange {
     all_hi: Reg,
 }
 
-/// A fold of two values into one.
-type Fold = fn(&mut Ctx, Reg, Reg) -> Reg;
-
-fn block_range(
-    c: &mut Ctx,
-    rows: &Rows<(Reg, Reg)>,
-    slots: Reg,
-    warp: Reg,
-    lane: Reg,
-) -> BlockRange {
-    // An empty run takes no part in the union and empties the intersection.
-    let folds: [(Reg, Fold); 4] = [
-        (c.b.min(rows[0].0, rows[1].0), |c, x, y| c.b.min(x, y)),
-        (c.b.max(rows[0].1, rows[1].1), |c, x, y| c.b.max(x, y)),
-        (c.b.max(rows[0].0, rows[1].0), |c, x, y| c.b.max(x, y)),
-        (c.b.min(rows[0].1, rows[1].1), |c, x, y| c.b.min(x, y)),
+/// The block's range from each lane's rows' runs (`lo..hi`; an empty run has `lo` = `i64::MAX`
+/// and `hi` = 0, so it takes no part in the union and empties the intersection), folded over
+/// the warps through `slots` (4 s64 per warp).
+fn block_range(c: &mut Ctx, runs: &[(Reg, Reg)], slots: Reg, warp: Reg, lane: Reg) -> BlockRange {
+    let (los, his): (Vec<Reg>, Vec<Reg>) = runs.iter().copied().unzip();
+    let min: Fold = |c, x, y| c.b.min(x, y);
+    let max: Fold = |c, x, y| c.b.max(x, y);
+    let folds = [
+        (los.clone(), min),
+        (his.clone(), max),
+        (los, max),
+        (his, min),
     ];
     let first_lane = c.b.setp(Cmp::Eq, lane, 0i64);
     let slot = c.b.mad(warp, 32i64, slots);
-    let folded: Vec<Reg> = folds.iter().map(|&(x, f)| warp_fold(c, x, f)).collect();
+    let mut folded = Vec::new();
+    for (xs, f) in &folds {
+        let x = tree(c, xs.clone(), *f);
+        folded.push(warp_fold(c, x, f));
+    }
     c.when(first_lane, |c| {
         for (i, &x) in folded.iter().enumerate() {
             c.b.st(Space::Shared, "s64", slot, 8 * i as i64, x);
@@ -251,21 +360,20 @@ fn block_range(
     .expect("stores cannot fail");
     c.b.bar_sync();
     let mut out = Vec::new();
-    for (i, &(_, f)) in folds.iter().enumerate() {
-        let mut acc =
-            c.b.ld(Space::Shared, "s64", Ty::S64, slots, 8 * i as i64, false);
-        for w in 1..4 {
-            let x = c.b.ld(
-                Space::Shared,
-                "s64",
-                Ty::S64,
-                slots,
-                32 * w + 8 * i as i64,
-                false,
-            );
-            acc = f(c, acc, x);
-        }
-        out.push(acc);
+    for (i, (_, f)) in folds.iter().enumerate() {
+        let parts = (0..WARPS)
+            .map(|w| {
+                c.b.ld(
+                    Space::Shared,
+                    "s64",
+                    Ty::S64,
+                    slots,
+                    32 * w + 8 * i as i64,
+                    false,
+                )
+            })
+            .collect();
+        out.push(tree(c, parts, *f));
     }
     // The next item rewrites the slots.
     c.b.bar_sync();
@@ -274,6 +382,29 @@ fn block_range(
         hi: out[1],
         all_lo: out[2],
         all_hi: out[3],
+    }
+}
+
+/// Fragment registers of one lane: `[m-tile][n-tile or k-step][word]`.
+type Fragments = Vec<Vec<[Reg; 4]>>;
+
+fn fragments(c: &mut Ctx, m_tiles: usize, n: usize, ty: Ty) -> Fragments {
+    (0..m_tiles)
+        .map(|_| (0..n).map(|_| [(); 4].map(|_| c.b.reg(ty))).collect())
+        .collect()
+}
+
+/// `acc[mi][ni] += a[mi][kk]·B(ni, kk)` over the k-steps of `a` and the n-tiles of `acc`, B
+/// read from `tile`'s stage at the lane's fragment address `base`, each B fragment loaded once
+/// for every m-tile.
+fn multiply(c: &mut Ctx, acc: &Fragments, a: &Fragments, tile: &TileStage, base: Reg) {
+    for kk in 0..a[0].len() {
+        for (ni, _) in acc[0].iter().enumerate() {
+            let b = tile.b_fragment(c, base, ni, kk);
+            for (acc, a) in acc.iter().zip(a) {
+                c.b.mma_bf16(acc[ni], a[kk], b);
+            }
+        }
     }
 }
 
@@ -287,8 +418,10 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         attention,
         ..
     } = kernel;
-    let constant = |v: &kiln_backend_cpu::view::View| v.dims[3].as_constant().expect("applies");
+    let constant = |v: &View| v.dims[3].as_constant().expect("applies");
     let (d, dv) = (constant(q), constant(v));
+    let shape = Shape::of(d, dv);
+    let (m_tiles, keys_per_tile) = (shape.m_tiles, shape.keys);
     let (heads, seq) = (c.value(&q.dims[1]), c.value(&q.dims[2]));
     let keys = c.value(&k.dims[2]);
     let keys_reg = c.reg(&k.dims[2]);
@@ -299,27 +432,35 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         c.addressed(out),
     );
     let pa = positions.as_ref().map(|p| c.addressed(p));
-    let tiles = c.reg(&q.dims[2].add(&Poly::constant(QUERIES - 1)));
-    let tiles = c.b.div(tiles, QUERIES);
+    let queries = shape.queries();
+    let tiles = c.reg(&q.dims[2].add(&Poly::constant(queries - 1)));
+    let tiles = c.b.div(tiles, queries);
     let bh = c.reg(&q.dims[0].mul(&q.dims[1]));
     let items = c.b.mul(bh, tiles);
     let tid = c.special(Special::Tid);
     let (lane, warp) = (c.b.and(tid, 31i64), c.b.shr(tid, 5));
     let (g, t) = (c.b.shr(lane, 2), c.b.and(lane, 3i64));
-    let ks = TileStage::new(c, &ka, d, false, tid);
-    let vs = TileStage::new(c, &va, dv, true, tid);
-    let slots = c.b.shared(4 * 32);
+    // Two stages, each a key tile then a value tile.
+    let k_bytes = TileStage::bytes(k, shape, false);
+    let stage_bytes = k_bytes + TileStage::bytes(v, shape, true);
+    let region = c.b.shared((2 * stage_bytes) as u32);
+    let v_tile = c.b.add(region, k_bytes);
+    let ks = TileStage::new(c, &ka, shape, false, region, tid);
+    let vs = TileStage::new(c, &va, shape, true, v_tile, tid);
+    let slots = c.b.shared((WARPS * 32) as u32);
     let k_frag = ks.fragment_base(c, g, t);
     let v_frag = vs.fragment_base(c, g, t);
+    let stage = c.b.mov(Ty::S64, 0i64);
+    // Scores are multiplied by `factor` inside the exponent; a scale that is not positive (the
+    // maximum would be the minimum) is applied to the scores first.
     let log2_scale = (attention.scale * std::f64::consts::LOG2_E) as f32;
-    let d_steps = (d / 16) as usize;
-    let q_frags: Vec<[Reg; 4]> = (0..d_steps)
-        .map(|_| [(); 4].map(|_| c.b.reg(Ty::B32)))
-        .collect();
-    let acc: Vec<[Reg; 4]> = (0..dv / 8)
-        .map(|_| [(); 4].map(|_| c.b.reg(Ty::F32)))
-        .collect();
-    let n_tiles = (KEYS / 8) as usize;
+    let (prescale, factor) = match log2_scale > 0.0 {
+        true => (None, log2_scale),
+        false => (Some(log2_scale), 1.0f32),
+    };
+    let n_tiles = (keys_per_tile / 8) as usize;
+    let q_frags = fragments(c, m_tiles, (d / 16) as usize, Ty::B32);
+    let acc = fragments(c, m_tiles, (dv / 8) as usize, Ty::F32);
     c.grid_loop(items.into(), Granule::Block, |c, w| {
         let tile = c.b.rem(w, tiles);
         let bhi = c.b.div(w, tiles);
@@ -330,137 +471,152 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         let k_head = c.linear(&ka.offset, &[bi, kv], &ka.strides[..2]);
         let v_head = c.linear(&va.offset, &[bi, kv], &va.strides[..2]);
         let out_head = c.linear(&oa.offset, &[bi, h], &oa.strides[..2]);
-        let first = c.b.mul(tile, QUERIES);
-        let first = c.b.mad(warp, 16i64, first);
-        let r0 = c.b.add(first, g);
-        let r1 = c.b.add(r0, 8i64);
-        let query_rows = [r0, r1];
+        let first = c.b.mul(tile, queries);
+        let first = c.b.mad(warp, 16 * m_tiles as i64, first);
+        // The lane's rows: `[m-tile][g, g + 8]`.
+        let rows: Vec<[Reg; 2]> = (0..m_tiles)
+            .map(|mi| {
+                let r = c.b.add(first, 16 * mi as i64);
+                let r = c.b.add(r, g);
+                [r, c.b.add(r, 8i64)]
+            })
+            .collect();
         // Each row's visible run (empty past the last query) and its query fragments.
         let mut runs = Vec::new();
-        for &r in &query_rows {
-            let inside = c.b.setp(Cmp::Lt, r, seq.clone());
-            let (lo, hi) = match &pa {
-                Some(p) => {
-                    let pos = c.b.mov(Ty::S64, 0i64);
-                    c.when(inside, |c| {
-                        let at = c.linear(&p.offset, &[bi, r], &p.strides);
-                        let x = c.load(p, at)?;
-                        let x = super::expr::convert(c, x, p.view.dtype, DType::I64)?;
-                        c.b.assign(pos, x);
-                        Ok(())
-                    })?;
-                    visible(c, attention.mask, pos, keys_reg)
-                }
-                None => (c.b.mov(Ty::S64, 0i64), keys_reg),
-            };
-            let lo = c.b.selp(lo, i64::MAX, inside, Ty::S64);
-            let hi = c.b.selp(hi, 0i64, inside, Ty::S64);
-            runs.push((lo, hi));
-        }
-        let runs: Rows<(Reg, Reg)> = [runs[0], runs[1]];
-        for (half, &r) in query_rows.iter().enumerate() {
-            let inside = c.b.setp(Cmp::Lt, r, seq.clone());
-            let row = c.b.mad(r, qa.strides[2].clone(), q_head);
-            for (kk, frag) in q_frags.iter().enumerate() {
-                for (which, col) in [(0, 0), (2, 8)] {
-                    let word = frag[which + half];
-                    c.b.assign(word, 0i64);
-                    c.when(inside, |c| {
-                        let at = c.b.mad(t, 2i64, row);
-                        let at = c.b.add(at, kk as i64 * 16 + col);
-                        let lo = c.load(&qa, at)?;
-                        let next = c.b.add(at, 1i64);
-                        let hi = c.load(&qa, next)?;
-                        let pair = c.b.pack(Ty::B32, lo, hi);
-                        c.b.assign(word, pair);
-                        Ok(())
-                    })?;
+        for (mi, pair) in rows.iter().enumerate() {
+            for (half, &r) in pair.iter().enumerate() {
+                let inside = c.b.setp(Cmp::Lt, r, seq.clone());
+                let (lo, hi) = match &pa {
+                    Some(p) => {
+                        let pos = c.b.mov(Ty::S64, 0i64);
+                        c.when(inside, |c| {
+                            let at = c.linear(&p.offset, &[bi, r], &p.strides);
+                            let x = c.load(p, at)?;
+                            let x = super::expr::convert(c, x, p.view.dtype, DType::I64)?;
+                            c.b.assign(pos, x);
+                            Ok(())
+                        })?;
+                        visible(c, attention.mask, pos, keys_reg)
+                    }
+                    None => (c.b.mov(Ty::S64, 0i64), keys_reg),
+                };
+                runs.push((
+                    c.b.selp(lo, i64::MAX, inside, Ty::S64),
+                    c.b.selp(hi, 0i64, inside, Ty::S64),
+                ));
+                let row = c.b.mad(r, qa.strides[2].clone(), q_head);
+                let at = c.b.mad(t, 2i64, row);
+                for (kk, frag) in q_frags[mi].iter().enumerate() {
+                    for (which, col) in [(0, 0), (2, 8)] {
+                        let word = frag[which + half];
+                        c.b.assign(word, 0i64);
+                        c.when(inside, |c| {
+                            let lo_at = c.b.add(at, kk as i64 * 16 + col);
+                            let lo = c.load(&qa, lo_at)?;
+                            let hi_at = c.b.add(lo_at, 1i64);
+                            let hi = c.load(&qa, hi_at)?;
+                            let pair = c.b.pack(Ty::B32, lo, hi);
+                            c.b.assign(word, pair);
+                            Ok(())
+                        })?;
+                    }
                 }
             }
         }
         let range = block_range(c, &runs, slots, warp, lane);
-        let m = [(); 2].map(|_| c.b.mov(Ty::F32, f32::NEG_INFINITY));
-        let l = [(); 2].map(|_| c.b.mov(Ty::F32, 0.0f32));
-        for &x in acc.iter().flatten() {
+        let m: Vec<Reg> = runs
+            .iter()
+            .map(|_| c.b.mov(Ty::F32, f32::NEG_INFINITY))
+            .collect();
+        let l: Vec<Reg> = runs.iter().map(|_| c.b.mov(Ty::F32, 0.0f32)).collect();
+        for &x in acc.iter().flatten().flatten() {
             c.b.assign(x, 0.0f32);
         }
         let any = c.b.setp(Cmp::Lt, range.lo, range.hi);
         c.when(any, |c| {
             ks.load(c, k_head, range.lo, &keys)?;
-            vs.load(c, v_head, range.lo, &keys)
+            vs.load(c, v_head, range.lo, &keys)?;
+            ks.store(c, stage)?;
+            vs.store(c, stage)
         })?;
-        c.for_range(range.lo, range.hi, KEYS, |c, j0| {
-            ks.store(c);
-            vs.store(c);
-            c.b.bar_sync();
-            let next = c.b.add(j0, KEYS);
+        c.b.bar_sync();
+        c.for_range(range.lo, range.hi, keys_per_tile, |c, j0| {
+            let next = c.b.add(j0, keys_per_tile);
             let more = c.b.setp(Cmp::Lt, next, range.hi);
             c.when(more, |c| {
                 ks.load(c, k_head, next, &keys)?;
                 vs.load(c, v_head, next, &keys)
             })?;
             // 1. Scores.
-            let s: Vec<[Reg; 4]> = (0..n_tiles)
-                .map(|_| [(); 4].map(|_| c.b.mov(Ty::F32, 0.0f32)))
-                .collect();
-            for (kk, frag) in q_frags.iter().enumerate() {
-                for (ni, &tile) in s.iter().enumerate() {
-                    let b = b_fragment(c, k_frag, TileStage::pitch_of(d), ni as i64, kk as i64);
-                    c.b.mma_bf16(tile, *frag, b);
+            let s = fragments(c, m_tiles, n_tiles, Ty::F32);
+            for &x in s.iter().flatten().flatten() {
+                c.b.assign(x, 0.0f32);
+            }
+            let k_at = c.b.add(k_frag, stage);
+            multiply(c, &s, &q_frags, &ks, k_at);
+            // The next tile goes to the other stage (read after this tile's barrier), now that
+            // its registers are free for the softmax.
+            let other = c.b.xor(stage, stage_bytes);
+            c.when(more, |c| {
+                ks.store(c, other)?;
+                vs.store(c, other)
+            })?;
+            if let Some(scale) = prescale {
+                for &x in s.iter().flatten().flatten() {
+                    let y = c.b.mul(x, scale);
+                    c.b.assign(x, y);
                 }
             }
-            // 2. Scale; mask where the tile is not inside every row's run.
-            for &x in s.iter().flatten() {
-                let y = c.b.mul(x, log2_scale);
-                c.b.assign(x, y);
-            }
+            // 2. The mask, where the tile is not inside every row's run.
             let past_lo = c.b.setp(Cmp::Ge, j0, range.all_lo);
-            let end = c.b.add(j0, KEYS);
-            let before_hi = c.b.setp(Cmp::Le, end, range.all_hi);
+            let before_hi = c.b.setp(Cmp::Le, next, range.all_hi);
             let inside = c.b.and(past_lo, before_hi);
             let partial = c.b.not(inside);
             c.when(partial, |c| {
                 let key0 = c.b.mad(t, 2i64, j0);
-                for (ni, tile) in s.iter().enumerate() {
-                    for (e, &x) in tile.iter().enumerate() {
-                        let (lo, hi) = runs[e >> 1];
-                        let j = c.b.add(key0, ni as i64 * 8 + (e as i64 & 1));
-                        let from = c.b.setp(Cmp::Ge, j, lo);
-                        let to = c.b.setp(Cmp::Lt, j, hi);
-                        let seen = c.b.and(from, to);
-                        let y = c.b.selp(x, f32::NEG_INFINITY, seen, Ty::F32);
-                        c.b.assign(x, y);
+                for (mi, tiles) in s.iter().enumerate() {
+                    for (ni, tile) in tiles.iter().enumerate() {
+                        for (e, &x) in tile.iter().enumerate() {
+                            let (lo, hi) = runs[2 * mi + (e >> 1)];
+                            let j = c.b.add(key0, ni as i64 * 8 + (e as i64 & 1));
+                            let from = c.b.setp(Cmp::Ge, j, lo);
+                            let to = c.b.setp(Cmp::Lt, j, hi);
+                            let seen = c.b.and(from, to);
+                            let y = c.b.selp(x, f32::NEG_INFINITY, seen, Ty::F32);
+                            c.b.assign(x, y);
+                        }
                     }
                 }
                 Ok(())
             })?;
             // 3. Online softmax, row by row.
-            for half in 0..2 {
-                let mut max = c.b.mov(Ty::F32, f32::NEG_INFINITY);
-                for tile in &s {
-                    for &x in &tile[2 * half..2 * half + 2] {
-                        max = c.b.max(max, x);
-                    }
-                }
-                let max = row_fold(c, max, |c, x, y| c.b.max(x, y));
-                let m_new = c.b.max(m[half], max);
+            for (row, (&m, &l)) in m.iter().zip(&l).enumerate() {
+                let (mi, half) = (row / 2, row % 2);
+                let own: Vec<Reg> = s[mi]
+                    .iter()
+                    .flat_map(|tile| tile[2 * half..2 * half + 2].to_vec())
+                    .collect();
+                let tile_max = tree(c, own.clone(), |c, x, y| c.b.max(x, y));
+                let tile_max = row_fold(c, tile_max, |c, x, y| c.b.max(x, y));
+                let m_new = c.b.max(m, tile_max);
                 let unseen = c.b.setp(Cmp::Eq, m_new, f32::NEG_INFINITY);
                 let shift = c.b.selp(0.0f32, m_new, unseen, Ty::F32);
-                let drop = c.b.sub(m[half], shift);
+                let drop = c.b.sub(m, shift);
+                let drop = c.b.mul(drop, factor);
                 let alpha = c.b.ex2(drop);
-                let mut sum = c.b.mov(Ty::F32, 0.0f32);
-                for tile in &s {
-                    for &x in &tile[2 * half..2 * half + 2] {
-                        let centered = c.b.sub(x, shift);
-                        let p = c.b.ex2(centered);
-                        c.b.assign(x, p);
-                        sum = c.b.add(sum, p);
-                    }
+                let bias = c.b.mul(shift, -factor);
+                let mut ps = Vec::new();
+                for &x in &own {
+                    let e = c.b.mad(x, factor, bias);
+                    let p = c.b.ex2(e);
+                    c.b.assign(x, p);
+                    ps.push(x);
                 }
-                let l_next = c.b.mad(l[half], alpha, sum);
-                c.b.assign(l[half], l_next);
-                c.b.assign(m[half], m_new);
-                for tile in &acc {
+                let sum = tree(c, ps, |c, x, y| c.b.add(x, y));
+                let l_next = c.b.mad(l, alpha, sum);
+                c.b.assign(l, l_next);
+                c.b.assign(m, m_new);
+                for tile in &acc[mi] {
                     for &a in &tile[2 * half..2 * half + 2] {
                         let y = c.b.mul(a, alpha);
                         c.b.assign(a, y);
@@ -468,35 +624,41 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
                 }
             }
             // 4. O += P·V, the probabilities as A fragments.
-            for kk in 0..n_tiles / 2 {
-                let (lo, hi) = (&s[2 * kk], &s[2 * kk + 1]);
-                let p = [
-                    pack_bf16(c, lo[0], lo[1])?,
-                    pack_bf16(c, lo[2], lo[3])?,
-                    pack_bf16(c, hi[0], hi[1])?,
-                    pack_bf16(c, hi[2], hi[3])?,
-                ];
-                for (nj, &tile) in acc.iter().enumerate() {
-                    let b = b_fragment(c, v_frag, VT_ROW, nj as i64, kk as i64);
-                    c.b.mma_bf16(tile, p, b);
+            let v_at = c.b.add(v_frag, stage);
+            let mut p = Vec::new();
+            for tiles in &s {
+                let mut steps = Vec::new();
+                for pair in tiles.chunks(2) {
+                    let (lo, hi) = (pair[0], pair[1]);
+                    steps.push([
+                        pack_bf16(c, lo[0], lo[1])?,
+                        pack_bf16(c, lo[2], lo[3])?,
+                        pack_bf16(c, hi[0], hi[1])?,
+                        pack_bf16(c, hi[2], hi[3])?,
+                    ]);
                 }
+                p.push(steps);
             }
+            multiply(c, &acc, &p, &vs, v_at);
+            c.b.assign(stage, other);
             c.b.bar_sync();
             Ok(())
         })?;
         // Each row divided by its sum, and stored.
-        for (half, &r) in query_rows.iter().enumerate() {
-            let total = row_fold(c, l[half], |c, x, y| c.b.add(x, y));
+        for (row, &l) in l.iter().enumerate() {
+            let (mi, half) = (row / 2, row % 2);
+            let r = rows[mi][half];
+            let total = row_fold(c, l, |c, x, y| c.b.add(x, y));
             let inv = c.b.rcp(total);
             let inside = c.b.setp(Cmp::Lt, r, seq.clone());
             c.when(inside, |c| {
-                let row = c.b.mad(r, oa.strides[2].clone(), out_head);
-                let col = c.b.mad(t, 2i64, row);
-                for (nj, tile) in acc.iter().enumerate() {
+                let at = c.b.mad(r, oa.strides[2].clone(), out_head);
+                let at = c.b.mad(t, 2i64, at);
+                for (nj, tile) in acc[mi].iter().enumerate() {
                     for e in 0..2 {
                         let y = c.b.mul(tile[2 * half + e], inv);
-                        let at = c.b.add(col, nj as i64 * 8 + e as i64);
-                        c.store(oa.base.expect("a buffer"), at, DType::F32, y)?;
+                        let col = c.b.add(at, nj as i64 * 8 + e as i64);
+                        c.store(oa.base.expect("a buffer"), col, DType::F32, y)?;
                     }
                 }
                 Ok(())
@@ -508,8 +670,8 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         blocks: vec![WorkFactor {
             extent: q.dims[0]
                 .mul(&q.dims[1])
-                .mul(&q.dims[2].add(&Poly::constant(QUERIES - 1))),
-            tile: QUERIES as u64,
+                .mul(&q.dims[2].add(&Poly::constant(queries - 1))),
+            tile: queries as u64,
         }],
         threads: THREADS as u32,
         shared_bytes: c.b.shared_bytes(),

@@ -57,11 +57,11 @@ use kiln_runtime::manifest::Launch;
 use kiln_runtime::Poly;
 
 /// Output rows and columns of a block's tile.
-const TILE: i64 = 64;
+pub(super) const TILE: i64 = 64;
 /// `k` per step.
-const STEP: i64 = 32;
+pub(super) const STEP: i64 = 32;
 /// Threads per block: four warps, 2 × 2 over the tile.
-const THREADS: i64 = 128;
+pub(super) const THREADS: i64 = 128;
 /// Rows and columns of a warp's part of the tile.
 const WARP_TILE: i64 = 32;
 /// Bytes of a shared row: `STEP` bf16 and 8 of padding.
