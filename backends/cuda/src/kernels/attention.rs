@@ -17,12 +17,12 @@
 //! unfused softmax does. Only warp barriers are used, so warps of a block run independently.
 
 use super::attention_rows::{dot_staged, stage, Owned};
-use super::context::{Ctx, Granule};
+use super::context::{Addressed, Ctx, Granule};
 use super::reduce::warp_fold;
 use crate::error::Result;
 use crate::ptx::{math, Cmp, Reg, Special, Ty};
 use kiln_backend_cpu::kernel::AttentionKernel;
-use kiln_ir::{AttentionMask, DType};
+use kiln_ir::{Attention, AttentionMask, DType};
 use kiln_runtime::manifest::{Launch, WorkFactor};
 
 const WARPS: u32 = 4;
@@ -32,10 +32,9 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         q,
         k,
         v,
-        positions,
-        out,
         attention,
         output,
+        ..
     } = kernel;
     if *output == kiln_backend_cpu::kernel::AttentionOutput::LogSumExp {
         return super::attention_grad::emit_lse(c, kernel);
@@ -51,13 +50,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     let rows_v = c.value(&rows);
     let (heads, seq) = (c.value(&q.dims[1]), c.value(&q.dims[2]));
     let keys = c.reg(&k.dims[2]);
-    let (qa, ka, va, oa) = (
-        c.addressed(q),
-        c.addressed(k),
-        c.addressed(v),
-        c.addressed(out),
-    );
-    let pa = positions.as_ref().map(|p| c.addressed(p));
+    let views = Views::of(c, kernel);
     let smem = c.b.shared((WARPS as i64 * d * 4) as u32);
     let tid = c.special(Special::Tid);
     let lane = c.b.and(tid, 31i64);
@@ -70,20 +63,12 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         let h = c.b.rem(bh, heads.clone());
         let bi = c.b.div(bh, heads.clone());
         let kv = c.b.div(h, attention.group as i64);
-        let q_row = c.linear(&qa.offset, &[bi, h, i], &qa.strides[..3]);
-        let k_head = c.linear(&ka.offset, &[bi, kv], &ka.strides[..2]);
-        let v_head = c.linear(&va.offset, &[bi, kv], &va.strides[..2]);
-        let out_row = c.linear(&oa.offset, &[bi, h, i], &oa.strides[..3]);
-        let (lo, hi) = match &pa {
-            Some(p) => {
-                let at = c.linear(&p.offset, &[bi, i], &p.strides);
-                let pos = c.load(p, at)?;
-                let pos = super::expr::convert(c, pos, p.view.dtype, DType::I64)?;
-                visible(c, attention.mask, pos, keys)
-            }
-            None => (c.b.mov(Ty::S64, 0i64), keys),
-        };
-        stage(c, &qa, q_row, d, q_stage, lane)?;
+        let q_row = c.linear(&views.q.offset, &[bi, h, i], &views.q.strides[..3]);
+        let k_head = c.linear(&views.k.offset, &[bi, kv], &views.k.strides[..2]);
+        let v_head = c.linear(&views.v.offset, &[bi, kv], &views.v.strides[..2]);
+        let out_row = c.linear(&views.out.offset, &[bi, h, i], &views.out.strides[..3]);
+        let (lo, hi) = visible_run(c, attention, &views.positions, bi, i, keys)?;
+        stage(c, &views.q, q_row, d, q_stage, lane)?;
         let m = c.b.mov(Ty::F32, f32::NEG_INFINITY);
         let l = c.b.mov(Ty::F32, 0.0f32);
         let acc = owned.zeros(c);
@@ -93,8 +78,8 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
             let valid = c.b.setp(Cmp::Lt, j, hi);
             let s = c.b.mov(Ty::F32, f32::NEG_INFINITY);
             c.when(valid, |c| {
-                let k_row = c.b.mad(j, ka.strides[2].clone(), k_head);
-                let dot = dot_staged(c, q_stage, &ka, k_row, d)?;
+                let k_row = c.b.mad(j, views.k.strides[2].clone(), k_head);
+                let dot = dot_staged(c, q_stage, &views.k, k_row, d)?;
                 let scaled = c.b.mul(dot, attention.scale as f32);
                 c.b.assign(s, scaled);
                 Ok(())
@@ -118,9 +103,9 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
             }
             let left = c.b.sub(hi, j0);
             let count = c.b.min(left, 32i64);
-            owned.add_rows(c, &acc, p, count, &va, |c, t| {
+            owned.add_rows(c, &acc, p, count, &views.v, |c, t| {
                 let key = c.b.add(j0, t);
-                Ok(c.b.mad(key, va.strides[2].clone(), v_head))
+                Ok(c.b.mad(key, views.v.strides[2].clone(), v_head))
             })
         })?;
         let inv = c.b.rcp(l);
@@ -128,7 +113,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
             let y = c.b.mul(a, inv);
             c.b.assign(a, y);
         }
-        owned.store(c, &acc, &oa, out_row)?;
+        owned.store(c, &acc, &views.out, out_row)?;
         // The next row overwrites the staged query.
         c.b.warp_sync();
         Ok(())
@@ -141,6 +126,47 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         threads: WARPS * 32,
         shared_bytes: c.b.shared_bytes(),
         buffers: Vec::new(),
+    })
+}
+
+/// An attention kernel's operands, ready to address.
+pub(super) struct Views {
+    pub q: Addressed,
+    pub k: Addressed,
+    pub v: Addressed,
+    pub out: Addressed,
+    pub positions: Option<Addressed>,
+}
+
+impl Views {
+    pub fn of(c: &mut Ctx, kernel: &AttentionKernel) -> Views {
+        Views {
+            q: c.addressed(&kernel.q),
+            k: c.addressed(&kernel.k),
+            v: c.addressed(&kernel.v),
+            out: c.addressed(&kernel.out),
+            positions: kernel.positions.as_ref().map(|p| c.addressed(p)),
+        }
+    }
+}
+
+/// The keys `lo..hi` query `i` of batch element `b` sees (every key without positions).
+pub(super) fn visible_run(
+    c: &mut Ctx,
+    attention: &Attention,
+    positions: &Option<Addressed>,
+    b: Reg,
+    i: Reg,
+    keys: Reg,
+) -> Result<(Reg, Reg)> {
+    Ok(match positions {
+        Some(p) => {
+            let at = c.linear(&p.offset, &[b, i], &p.strides);
+            let pos = c.load(p, at)?;
+            let pos = super::expr::convert(c, pos, p.view.dtype, DType::I64)?;
+            visible(c, attention.mask, pos, keys)
+        }
+        None => (c.b.mov(Ty::S64, 0i64), keys),
     })
 }
 

@@ -17,7 +17,7 @@
 //!
 //! Each warp owns its row, so there are no atomics; sums run in tile order.
 
-use super::attention::visible;
+use super::attention::visible_run;
 use super::attention_rows::{dot_staged, stage, Owned};
 use super::context::{Addressed, Ctx, Granule};
 use super::one_thread_each;
@@ -26,7 +26,7 @@ use crate::error::Result;
 use crate::ptx::{math, Cmp, Reg, Special, Ty};
 use kiln_backend_cpu::kernel::{AttentionGradKernel, AttentionKernel};
 use kiln_backend_cpu::view::View;
-use kiln_ir::{Attention, AttentionInput, DType};
+use kiln_ir::{AttentionInput, DType};
 use kiln_runtime::manifest::{Launch, WorkFactor};
 use kiln_runtime::Poly;
 
@@ -49,26 +49,6 @@ fn dot(c: &mut Ctx, a: &Addressed, a_row: Reg, b: &Addressed, b_row: Reg, len: i
     Ok(acc)
 }
 
-/// The keys `lo..hi` query `i` of batch element `b` sees.
-fn run(
-    c: &mut Ctx,
-    attention: &Attention,
-    positions: &Option<Addressed>,
-    b: Reg,
-    i: Reg,
-    keys: Reg,
-) -> Result<(Reg, Reg)> {
-    Ok(match positions {
-        Some(p) => {
-            let at = c.linear(&p.offset, &[b, i], &p.strides);
-            let pos = c.load(p, at)?;
-            let pos = super::expr::convert(c, pos, p.view.dtype, DType::I64)?;
-            visible(c, attention.mask, pos, keys)
-        }
-        None => (c.b.mov(Ty::S64, 0i64), keys),
-    })
-}
-
 /// The log-sum-exp of each query's scaled visible scores, into `kernel.out` (`[B, H, S]`).
 pub fn emit_lse(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     let a = &kernel.attention;
@@ -89,7 +69,7 @@ pub fn emit_lse(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         let bhi = c.unravel(t, &dims);
         let (b, h, i) = (bhi[0], bhi[1], bhi[2]);
         let kv = c.b.div(h, a.group as i64);
-        let (lo, hi) = run(c, a, &pa, b, i, keys)?;
+        let (lo, hi) = visible_run(c, a, &pa, b, i, keys)?;
         let q_row = c.linear(&qa.offset, &[b, h, i], &qa.strides[..3]);
         let m = c.b.mov(Ty::F32, f32::NEG_INFINITY);
         let l = c.b.mov(Ty::F32, 0.0f32);
@@ -164,7 +144,7 @@ pub fn emit_grad(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
             let lse = c.load(&la, at)?;
             let at = c.linear(&da.offset, &[b, head, row], &da.strides);
             let delta = c.load(&da, at)?;
-            let (lo, hi) = run(c, a, &pa, b, row, keys)?;
+            let (lo, hi) = visible_run(c, a, &pa, b, row, keys)?;
             c.for_range(lo, hi, 32i64, |c, j0| {
                 let j = c.b.add(j0, lane);
                 let valid = c.b.setp(Cmp::Lt, j, hi);
@@ -199,7 +179,7 @@ pub fn emit_grad(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
                     let weight = c.b.mov(Ty::F32, 0.0f32);
                     let in_seq = c.b.setp(Cmp::Lt, i, seq);
                     c.when(in_seq, |c| {
-                        let (lo, hi) = run(c, a, &pa, b, i, keys)?;
+                        let (lo, hi) = visible_run(c, a, &pa, b, i, keys)?;
                         let after = c.b.setp(Cmp::Ge, row, lo);
                         let before = c.b.setp(Cmp::Lt, row, hi);
                         let sees = c.b.and(after, before);

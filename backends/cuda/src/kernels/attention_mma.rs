@@ -41,7 +41,7 @@
 //! Invariants: every thread reaches every barrier (the walk's bounds are the block's); a stage
 //! is written only after the barrier that ends the tile that last read it.
 
-use super::attention::visible;
+use super::attention::{visible_run, Views};
 use super::context::{Addressed, Ctx, Granule};
 use super::matmul_mma::{vectorizable, VECTOR};
 use super::reduce::warp_fold;
@@ -410,13 +410,7 @@ fn multiply(c: &mut Ctx, acc: &Fragments, a: &Fragments, tile: &TileStage, base:
 
 pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     let AttentionKernel {
-        q,
-        k,
-        v,
-        positions,
-        out,
-        attention,
-        ..
+        q, k, v, attention, ..
     } = kernel;
     let constant = |v: &View| v.dims[3].as_constant().expect("applies");
     let (d, dv) = (constant(q), constant(v));
@@ -425,13 +419,8 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     let (heads, seq) = (c.value(&q.dims[1]), c.value(&q.dims[2]));
     let keys = c.value(&k.dims[2]);
     let keys_reg = c.reg(&k.dims[2]);
-    let (qa, ka, va, oa) = (
-        c.addressed(q),
-        c.addressed(k),
-        c.addressed(v),
-        c.addressed(out),
-    );
-    let pa = positions.as_ref().map(|p| c.addressed(p));
+    let seq_reg = c.reg(&q.dims[2]);
+    let views = Views::of(c, kernel);
     let queries = shape.queries();
     let tiles = c.reg(&q.dims[2].add(&Poly::constant(queries - 1)));
     let tiles = c.b.div(tiles, queries);
@@ -445,8 +434,8 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     let stage_bytes = k_bytes + TileStage::bytes(v, shape, true);
     let region = c.b.shared((2 * stage_bytes) as u32);
     let v_tile = c.b.add(region, k_bytes);
-    let ks = TileStage::new(c, &ka, shape, false, region, tid);
-    let vs = TileStage::new(c, &va, shape, true, v_tile, tid);
+    let ks = TileStage::new(c, &views.k, shape, false, region, tid);
+    let vs = TileStage::new(c, &views.v, shape, true, v_tile, tid);
     let slots = c.b.shared((WARPS * 32) as u32);
     let k_frag = ks.fragment_base(c, g, t);
     let v_frag = vs.fragment_base(c, g, t);
@@ -467,10 +456,10 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         let h = c.b.rem(bhi, heads.clone());
         let bi = c.b.div(bhi, heads.clone());
         let kv = c.b.div(h, attention.group as i64);
-        let q_head = c.linear(&qa.offset, &[bi, h], &qa.strides[..2]);
-        let k_head = c.linear(&ka.offset, &[bi, kv], &ka.strides[..2]);
-        let v_head = c.linear(&va.offset, &[bi, kv], &va.strides[..2]);
-        let out_head = c.linear(&oa.offset, &[bi, h], &oa.strides[..2]);
+        let q_head = c.linear(&views.q.offset, &[bi, h], &views.q.strides[..2]);
+        let k_head = c.linear(&views.k.offset, &[bi, kv], &views.k.strides[..2]);
+        let v_head = c.linear(&views.v.offset, &[bi, kv], &views.v.strides[..2]);
+        let out_head = c.linear(&views.out.offset, &[bi, h], &views.out.strides[..2]);
         let first = c.b.mul(tile, queries);
         let first = c.b.mad(warp, 16 * m_tiles as i64, first);
         // The lane's rows: `[m-tile][g, g + 8]`.
@@ -486,25 +475,16 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         for (mi, pair) in rows.iter().enumerate() {
             for (half, &r) in pair.iter().enumerate() {
                 let inside = c.b.setp(Cmp::Lt, r, seq.clone());
-                let (lo, hi) = match &pa {
-                    Some(p) => {
-                        let pos = c.b.mov(Ty::S64, 0i64);
-                        c.when(inside, |c| {
-                            let at = c.linear(&p.offset, &[bi, r], &p.strides);
-                            let x = c.load(p, at)?;
-                            let x = super::expr::convert(c, x, p.view.dtype, DType::I64)?;
-                            c.b.assign(pos, x);
-                            Ok(())
-                        })?;
-                        visible(c, attention.mask, pos, keys_reg)
-                    }
-                    None => (c.b.mov(Ty::S64, 0i64), keys_reg),
-                };
+                // A row past the last query reads the last query's position (its run is
+                // emptied below).
+                let last = c.b.sub(seq_reg, 1i64);
+                let read = c.b.min(r, last);
+                let (lo, hi) = visible_run(c, attention, &views.positions, bi, read, keys_reg)?;
                 runs.push((
                     c.b.selp(lo, i64::MAX, inside, Ty::S64),
                     c.b.selp(hi, 0i64, inside, Ty::S64),
                 ));
-                let row = c.b.mad(r, qa.strides[2].clone(), q_head);
+                let row = c.b.mad(r, views.q.strides[2].clone(), q_head);
                 let at = c.b.mad(t, 2i64, row);
                 for (kk, frag) in q_frags[mi].iter().enumerate() {
                     for (which, col) in [(0, 0), (2, 8)] {
@@ -512,9 +492,9 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
                         c.b.assign(word, 0i64);
                         c.when(inside, |c| {
                             let lo_at = c.b.add(at, kk as i64 * 16 + col);
-                            let lo = c.load(&qa, lo_at)?;
+                            let lo = c.load(&views.q, lo_at)?;
                             let hi_at = c.b.add(lo_at, 1i64);
-                            let hi = c.load(&qa, hi_at)?;
+                            let hi = c.load(&views.q, hi_at)?;
                             let pair = c.b.pack(Ty::B32, lo, hi);
                             c.b.assign(word, pair);
                             Ok(())
@@ -652,13 +632,13 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
             let inv = c.b.rcp(total);
             let inside = c.b.setp(Cmp::Lt, r, seq.clone());
             c.when(inside, |c| {
-                let at = c.b.mad(r, oa.strides[2].clone(), out_head);
+                let at = c.b.mad(r, views.out.strides[2].clone(), out_head);
                 let at = c.b.mad(t, 2i64, at);
                 for (nj, tile) in acc[mi].iter().enumerate() {
                     for e in 0..2 {
                         let y = c.b.mul(tile[2 * half + e], inv);
                         let col = c.b.add(at, nj as i64 * 8 + e as i64);
-                        c.store(oa.base.expect("a buffer"), col, DType::F32, y)?;
+                        c.store(views.out.base.expect("a buffer"), col, DType::F32, y)?;
                     }
                 }
                 Ok(())
