@@ -29,12 +29,13 @@
 //! Finally each row is divided by `l` and stored (f32). A query that sees no key has `l = 0`
 //! and gets `0 · ∞ = NaN`, as the IR defines. Rounding the unnormalized probabilities to bf16
 //! (FlashAttention's choice) differs from the IR's rounding of the normalized ones by at most
-//! one bf16 rounding of each weight (`2⁻⁸` relative), the bound the tests use.
+//! two bf16 roundings of each weight (`2⁻⁷` relative, one on each side), the bound the tests
+//! use.
 //!
-//! **Staging.** Two stages of shared tiles: while the tensor cores work on one, the next tile
-//! of keys and values is loaded into registers (16-byte vectors when
-//! `matmul_mma::vectorizable` proves them aligned, else element by element) and stored into the
-//! other, so a tile takes one barrier. Keys past `T` are 0. Shared rows are padded by 8 bf16,
+//! **Staging.** Two stages of shared tiles: the next tile of keys and values is loaded into
+//! registers (16-byte vectors when `matmul_mma::vectorizable` proves them aligned, else element
+//! by element) before the current tile's scores, and stored into the other stage right after
+//! them (freeing the registers for the softmax), so a tile takes one barrier. Keys past `T` are 0. Shared rows are padded by 8 bf16,
 //! so fragment reads of the 32 lanes hit 32 banks; consecutive lanes stage consecutive keys of
 //! `V`, so its transposed stores do too.
 //!
