@@ -48,6 +48,12 @@ fn span(blocks: Blocks, pitch: usize) -> usize {
     blocks.count.saturating_sub(1) * pitch + blocks.dense
 }
 
+/// Checks that a dense buffer of `dense` bytes and one at capacity of `stored` bytes hold the
+/// blocks.
+fn assert_fits(dense: usize, stored: usize, blocks: Blocks) {
+    assert!(dense >= span(blocks, blocks.dense) && stored >= span(blocks, blocks.pitch));
+}
+
 /// Copies the dense tensor in `dense` into `stored`, a buffer at capacity.
 pub fn store(
     stream: &CudaStream,
@@ -55,9 +61,7 @@ pub fn store(
     stored: &mut CudaSlice<u8>,
     blocks: Blocks,
 ) -> Result<(), DriverError> {
-    assert!(
-        dense.len() >= span(blocks, blocks.dense) && stored.len() >= span(blocks, blocks.pitch)
-    );
+    assert_fits(dense.len(), stored.len(), blocks);
     let (src, _) = dense.device_ptr(stream);
     let (dst, _) = stored.device_ptr_mut(stream);
     copy_blocks(stream, (src, blocks.dense), (dst, blocks.pitch), blocks)
@@ -70,9 +74,7 @@ pub fn load(
     dense: &mut CudaSlice<u8>,
     blocks: Blocks,
 ) -> Result<(), DriverError> {
-    assert!(
-        dense.len() >= span(blocks, blocks.dense) && stored.len() >= span(blocks, blocks.pitch)
-    );
+    assert_fits(dense.len(), stored.len(), blocks);
     let (src, _) = stored.device_ptr(stream);
     let (dst, _) = dense.device_ptr_mut(stream);
     copy_blocks(stream, (src, blocks.pitch), (dst, blocks.dense), blocks)

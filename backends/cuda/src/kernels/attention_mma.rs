@@ -161,10 +161,7 @@ impl TileStage {
             tid,
             chunks,
             tile,
-            pitch: match transposed {
-                false => (width + 8) * 2,
-                true => shape.vt_row(),
-            },
+            pitch: Self::layout(width, shape, transposed).1,
             transposed,
         }
     }
@@ -186,13 +183,20 @@ impl TileStage {
         (key, col, owned)
     }
 
-    /// Bytes of the tile.
+    /// The shared tile's rows and their pitch in bytes: keys of `width` bf16 and 8 of padding,
+    /// or (transposed) `width` rows of the tile's keys.
+    fn layout(width: i64, shape: Shape, transposed: bool) -> (i64, i64) {
+        match transposed {
+            false => (shape.keys, (width + 8) * 2),
+            true => (width, shape.vt_row()),
+        }
+    }
+
+    /// Bytes of the tile of `v`.
     fn bytes(v: &View, shape: Shape, transposed: bool) -> i64 {
         let width = v.dims[3].as_constant().expect("applies");
-        match transposed {
-            false => shape.keys * (width + 8) * 2,
-            true => width * shape.vt_row(),
-        }
+        let (rows, pitch) = Self::layout(width, shape, transposed);
+        rows * pitch
     }
 
     /// Runs `body` for the chunk where the lane has it.
@@ -420,7 +424,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     let (heads, seq) = (c.value(&q.dims[1]), c.value(&q.dims[2]));
     let keys = c.value(&k.dims[2]);
     let keys_reg = c.reg(&k.dims[2]);
-    let seq_reg = c.reg(&q.dims[2]);
+    let last_query = c.reg(&q.dims[2].add(&Poly::constant(-1)));
     let views = Views::of(c, kernel);
     let queries = shape.queries();
     let tiles = c.reg(&q.dims[2].add(&Poly::constant(queries - 1)));
@@ -478,8 +482,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
                 let inside = c.b.setp(Cmp::Lt, r, seq.clone());
                 // A row past the last query reads the last query's position (its run is
                 // emptied below).
-                let last = c.b.sub(seq_reg, 1i64);
-                let read = c.b.min(r, last);
+                let read = c.b.min(r, last_query);
                 let (lo, hi) = visible_run(c, attention, &views.positions, bi, read, keys_reg)?;
                 runs.push((
                     c.b.selp(lo, i64::MAX, inside, Ty::S64),
