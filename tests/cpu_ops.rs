@@ -307,12 +307,12 @@ fn reductions() {
 #[test]
 fn matmuls() {
     let cases = vec![
-        // Dot form: x·Wᵀ through a permuted weight; k = 19 leaves a tail after 4 lanes, and
-        // n = 130 makes two column tiles of a GEMM call.
+        // Dot form: x·Wᵀ through a permuted weight; k = 39 runs every part of the dot loop
+        // (32 + 4 + 3), and n = 130 makes two column tiles of a GEMM call.
         text(
             "matmul_dot_linear",
-            "input %x : f32[seq, 19]\nweight @w : f32[130, 19]\n\
-             %0 = permute @w perm=[1,0] : f32[19, 130]\n\
+            "input %x : f32[seq, 39]\nweight @w : f32[130, 39]\n\
+             %0 = permute @w perm=[1,0] : f32[39, 130]\n\
              %1 = matmul %x, %0 : f32[seq, 130]\noutput y = %1",
             SUMS,
         ),
@@ -369,7 +369,7 @@ fn matmuls() {
 
 /// Matmuls reading a bf16 weight through a cast (the `bf16-weights` precision), in every form:
 /// the weight widens as it is loaded (dot, axpy, scalar) or per GEMM panel (70 rows), with
-/// every tail of the dot loop (k = 23: 16 + 4 + 3) and of the axpy lanes (n = 21: 16 + 4 + 1);
+/// every part of the dot loop (k = 39: 32 + 4 + 3) and of the axpy lanes (n = 21: 16 + 4 + 1);
 /// the accumulation is f32 as for f32 weights, so the tolerance is `SUMS`. A gathered bf16 row
 /// widens exactly, and so does a bf16 weight read by other kernels.
 #[test]
@@ -378,16 +378,16 @@ fn bf16_weight_matmuls() {
         text(
             name,
             &format!(
-                "input %x : f32[{x}]\nweight @w : bf16[130, 23]\n\
-                 %0 = cast @w : f32[130, 23]\n%1 = permute %0 perm=[1,0] : f32[23, 130]\n\
+                "input %x : f32[{x}]\nweight @w : bf16[130, 39]\n\
+                 %0 = cast @w : f32[130, 39]\n%1 = permute %0 perm=[1,0] : f32[39, 130]\n\
                  %2 = matmul %x, %1 : f32[{out}]\noutput y = %2"
             ),
             SUMS,
         )
     };
     let cases = vec![
-        linear("bf16_dot_linear", "seq, 23", "seq, 130"),
-        linear("bf16_dot_decode_batched", "seq, 1, 23", "seq, 1, 130"),
+        linear("bf16_dot_linear", "seq, 39", "seq, 130"),
+        linear("bf16_dot_decode_batched", "seq, 1, 39", "seq, 1, 130"),
         text(
             "bf16_axpy_untransposed",
             "input %x : f32[seq, 5]\nweight @w : bf16[5, 21]\n\

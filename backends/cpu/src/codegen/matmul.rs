@@ -6,7 +6,7 @@
 //! `gemm_f32`; smaller tiles run Cranelift loops in one of three forms chosen at compile time
 //! from the strides:
 //! - **dot**: `a` and `b` both unit-stride along `k` (a linear layer's `x·Wᵀ`, attention scores
-//!   `q·kᵀ`): one output at a time, a 4-lane FMA dot product over four accumulator chains, so
+//!   `q·kᵀ`): one output at a time, a 4-lane FMA dot product over eight accumulator chains, so
 //!   each thread streams the weights as one sequential run;
 //! - **axpy**: `b` unit-stride along `n` (`probs·v`): 16 then 4 output lanes at a time,
 //!   accumulating `a[m,k]·b[k, n..]`;
@@ -20,7 +20,7 @@
 
 use super::builder::{KernelFn, PTR};
 use super::epilogue;
-use super::widen::load_f32;
+use super::widen::{load_f32, load_f32x8};
 use crate::kernel::{elem_size, Epilogue};
 use crate::view::View;
 use cranelift_codegen::ir::{condcodes::IntCC, types, AbiParam, InstBuilder, Signature, Value};
@@ -244,15 +244,18 @@ fn dot_row(f: &mut KernelFn, o: &Operands, m: Value, n0: Value, n1: Value) {
     f.for_loop(n0, n1, 1, |f, n| dot_one(f, o, a_row, c_row, n));
 }
 
-/// Vectors of `k` consumed per main-loop iteration, each into its own accumulator chain.
-const DOT_UNROLL: usize = 4;
+/// Vectors of `k` consumed per main-loop iteration, each into its own accumulator chain: eight
+/// chains cover the FMA's latency at two per cycle, and 32 elements per iteration keep the loop's
+/// own instructions a small share.
+const DOT_UNROLL: usize = 8;
 
 /// One dot product, walked with two pointers that advance through `k` (`DOT_UNROLL` vectors at a
 /// time, then one vector, then scalars). The weights are read as one sequential stream per
 /// thread, row after row: streaming several rows side by side (sharing each load of `a`) was
 /// measured slower on the benchmark machine — a decode step is bound by how fast the weights
 /// stream in, and the hardware prefetcher follows one long stream far better than several
-/// short ones.
+/// short ones. In the main loop each operand loads eight lanes at a time (`load_f32x8`: one
+/// 16-byte load for bf16).
 fn dot_one(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n: Value) {
     let x_ptr = f.var(PTR, a_row);
     let at = f.b.ins().imul(n, o.b_cs);
@@ -261,19 +264,23 @@ fn dot_one(f: &mut KernelFn, o: &Operands, a_row: Value, c_row: Value, n: Value)
     let (x_size, w_size) = (elem_size(o.a_ty), elem_size(o.b_ty));
     let vacc: Vec<Variable> = (0..DOT_UNROLL).map(|_| zero_var(f, true)).collect();
     let sacc = zero_var(f, false);
-    // One pass of the loop body: `vectors` consecutive vector loads (0 = one scalar).
+    // One pass of the loop body: `vectors` consecutive vectors (0 = one scalar).
     let body = |f: &mut KernelFn, vectors: usize| {
         let lanes = if vectors == 0 { 1 } else { 4 };
         let (xp, wp) = (f.b.use_var(x_ptr), f.b.use_var(w_ptr));
-        let accumulators: Vec<Variable> = match vectors {
-            0 => vec![sacc],
-            n => vacc[..n].to_vec(),
-        };
-        for (u, acc) in accumulators.into_iter().enumerate() {
-            let at = u * lanes as usize;
-            let x = load_f32(f, o.a_ty, xp, (at * x_size) as i32, lanes);
-            let w = load_f32(f, o.b_ty, wp, (at * w_size) as i32, lanes);
-            fma_into(f, acc, w, x);
+        if vectors == 0 || vectors == 1 {
+            let x = load_f32(f, o.a_ty, xp, 0, lanes);
+            let w = load_f32(f, o.b_ty, wp, 0, lanes);
+            fma_into(f, if vectors == 0 { sacc } else { vacc[0] }, w, x);
+        } else {
+            for (pair, accs) in vacc[..vectors].chunks(2).enumerate() {
+                let at = (8 * pair) as i32;
+                let x = load_f32x8(f, o.a_ty, xp, at * x_size as i32);
+                let w = load_f32x8(f, o.b_ty, wp, at * w_size as i32);
+                for ((&acc, w), x) in accs.iter().zip(w).zip(x) {
+                    fma_into(f, acc, w, x);
+                }
+            }
         }
         let step = vectors.max(1) * lanes as usize;
         let next_x = f.b.ins().iadd_imm_s(xp, (step * x_size) as i64);
