@@ -28,6 +28,8 @@ struct Case<'a> {
     attrs: &'a str,
     /// Position dtype; `None` for mask=none.
     positions: Option<&'a str>,
+    /// Padding dtype, for `padding=left`.
+    padding: Option<&'a str>,
     /// Queries as a permuted `[b, S, H, D]` input rather than a contiguous one.
     strided_q: bool,
     /// Also the log-sum-exp and the three gradients, for a cotangent input `%dy`.
@@ -53,6 +55,10 @@ impl Case<'_> {
         if let Some(dtype) = self.positions {
             text += &format!("input %pos : {dtype}[b, {s}]\n");
             operands += ", %pos";
+        }
+        if let Some(dtype) = self.padding {
+            text += &format!("input %pad : {dtype}[b]\n");
+            operands += ", %pad";
         }
         if self.strided_q {
             text += &format!("%q = permute %x perm=[0,2,1,3] : f32[b, {h}, {s}, {d}]\n");
@@ -100,6 +106,7 @@ fn prefill<'a>(name: &'a str, heads: usize, kv: usize, attrs: &'a str) -> Case<'
         keys: "s",
         attrs,
         positions: Some("i64"),
+        padding: None,
         strided_q: false,
         backward: false,
     }
@@ -110,31 +117,31 @@ const PREFILL_SIZES: &[(usize, usize, usize)] = &[(2, 5, 0), (1, 1, 0), (2, 12, 
 
 #[test]
 fn causal_multi_head() {
-    let attrs = "mask=causal bias=none group=1 scale=0.35 tile_q=4 tile_k=8";
+    let attrs = "mask=causal padding=none bias=none group=1 scale=0.35 tile_q=4 tile_k=8";
     run_case(prefill("causal", 2, 2, attrs), PREFILL_SIZES, 40);
 }
 
 #[test]
 fn causal_grouped_query() {
-    let attrs = "mask=causal bias=none group=3 scale=0.25 tile_q=3 tile_k=5";
+    let attrs = "mask=causal padding=none bias=none group=3 scale=0.25 tile_q=3 tile_k=5";
     run_case(prefill("grouped", 6, 2, attrs), PREFILL_SIZES, 40);
 }
 
 #[test]
 fn sliding_window() {
-    let attrs = "mask=window(4) bias=none group=2 scale=0.5 tile_q=4 tile_k=3";
+    let attrs = "mask=window(4) padding=none bias=none group=2 scale=0.5 tile_q=4 tile_k=3";
     run_case(prefill("window", 4, 2, attrs), PREFILL_SIZES, 40);
 }
 
 #[test]
 fn causal_with_a_prefix() {
-    let attrs = "mask=prefix(6) bias=none group=1 scale=0.5 tile_q=2 tile_k=4";
+    let attrs = "mask=prefix(6) padding=none bias=none group=1 scale=0.5 tile_q=2 tile_k=4";
     run_case(prefill("prefix", 2, 2, attrs), PREFILL_SIZES, 40);
 }
 
 #[test]
 fn no_mask() {
-    let attrs = "mask=none bias=none group=2 scale=0.3 tile_q=4 tile_k=8";
+    let attrs = "mask=none padding=none bias=none group=2 scale=0.3 tile_q=4 tile_k=8";
     let case = Case {
         positions: None,
         ..prefill("none", 2, 1, attrs)
@@ -144,7 +151,7 @@ fn no_mask() {
 
 #[test]
 fn head_sizes_with_tails_and_i32_positions() {
-    let attrs = "mask=causal bias=none group=1 scale=0.4 tile_q=4 tile_k=8";
+    let attrs = "mask=causal padding=none bias=none group=1 scale=0.4 tile_q=4 tile_k=8";
     let case = Case {
         d: 6,
         dv: 5,
@@ -156,7 +163,7 @@ fn head_sizes_with_tails_and_i32_positions() {
 
 #[test]
 fn strided_queries() {
-    let attrs = "mask=causal bias=none group=2 scale=0.35 tile_q=16 tile_k=64";
+    let attrs = "mask=causal padding=none bias=none group=2 scale=0.35 tile_q=16 tile_k=64";
     let case = Case {
         strided_q: true,
         ..prefill("strided", 4, 2, attrs)
@@ -166,7 +173,7 @@ fn strided_queries() {
 
 #[test]
 fn decode_against_one_and_many_keys() {
-    let attrs = "mask=causal bias=none group=2 scale=0.25 tile_q=1 tile_k=8";
+    let attrs = "mask=causal padding=none bias=none group=2 scale=0.25 tile_q=1 tile_k=8";
     let case = Case {
         seq: "1",
         keys: "t",
@@ -175,7 +182,7 @@ fn decode_against_one_and_many_keys() {
     let sizes = [(2, 0, 1), (3, 0, 7), (1, 0, 70), (2, 0, 1)];
     // Positions past the last key see every key; positions 0 see only the first.
     run_case(case, &sizes, 80);
-    let attrs = "mask=window(5) bias=none group=1 scale=0.25 tile_q=1 tile_k=4";
+    let attrs = "mask=window(5) padding=none bias=none group=1 scale=0.25 tile_q=1 tile_k=4";
     let case = Case {
         seq: "1",
         keys: "t",
@@ -193,25 +200,25 @@ fn backward_of_every_mask_kind() {
             "causal",
             2,
             2,
-            "mask=causal bias=none group=1 scale=0.35 tile_q=4 tile_k=8",
+            "mask=causal padding=none bias=none group=1 scale=0.35 tile_q=4 tile_k=8",
         ),
         prefill(
             "grouped",
             6,
             2,
-            "mask=causal bias=none group=3 scale=0.25 tile_q=3 tile_k=5",
+            "mask=causal padding=none bias=none group=3 scale=0.25 tile_q=3 tile_k=5",
         ),
         prefill(
             "window",
             4,
             2,
-            "mask=window(4) bias=none group=2 scale=0.5 tile_q=4 tile_k=3",
+            "mask=window(4) padding=none bias=none group=2 scale=0.5 tile_q=4 tile_k=3",
         ),
         prefill(
             "prefix",
             2,
             2,
-            "mask=prefix(6) bias=none group=1 scale=0.5 tile_q=2 tile_k=4",
+            "mask=prefix(6) padding=none bias=none group=1 scale=0.5 tile_q=2 tile_k=4",
         ),
         Case {
             positions: None,
@@ -219,7 +226,7 @@ fn backward_of_every_mask_kind() {
                 "none",
                 2,
                 1,
-                "mask=none bias=none group=2 scale=0.3 tile_q=4 tile_k=8",
+                "mask=none padding=none bias=none group=2 scale=0.3 tile_q=4 tile_k=8",
             )
         },
         Case {
@@ -230,7 +237,7 @@ fn backward_of_every_mask_kind() {
                 "tails",
                 1,
                 1,
-                "mask=causal bias=none group=1 scale=0.4 tile_q=4 tile_k=8",
+                "mask=causal padding=none bias=none group=1 scale=0.4 tile_q=4 tile_k=8",
             )
         },
         Case {
@@ -239,7 +246,7 @@ fn backward_of_every_mask_kind() {
                 "strided",
                 4,
                 2,
-                "mask=causal bias=none group=2 scale=0.35 tile_q=16 tile_k=64",
+                "mask=causal padding=none bias=none group=2 scale=0.35 tile_q=16 tile_k=64",
             )
         },
     ];
@@ -253,4 +260,70 @@ fn backward_of_every_mask_kind() {
             40,
         );
     }
+}
+
+/// Query and key counts for left-padded rows, large enough that most of the paddings drawn
+/// from `0..40` leave some keys (a row padded past its last key sees none: NaN, as unfused).
+const PADDED_SIZES: &[(usize, usize, usize)] = &[(2, 33, 0), (3, 45, 0), (1, 12, 0)];
+
+/// Left-padded rows (`padding=left`): every mask kind, i64 and i32 paddings, prefill and decode,
+/// forward and backward.
+#[test]
+fn left_padded_rows() {
+    let padded = |name, heads, kv, attrs| Case {
+        padding: Some("i64"),
+        ..prefill(name, heads, kv, attrs)
+    };
+    let cases = [
+        padded(
+            "padded_causal",
+            4,
+            2,
+            "mask=causal padding=left bias=none group=2 scale=0.35 tile_q=4 tile_k=8",
+        ),
+        padded(
+            "padded_window",
+            2,
+            2,
+            "mask=window(6) padding=left bias=none group=1 scale=0.5 tile_q=4 tile_k=3",
+        ),
+        padded(
+            "padded_prefix",
+            2,
+            1,
+            "mask=prefix(3) padding=left bias=none group=2 scale=0.5 tile_q=2 tile_k=4",
+        ),
+        Case {
+            positions: None,
+            padding: Some("i32"),
+            ..padded(
+                "padded_none",
+                2,
+                2,
+                "mask=none padding=left bias=none group=1 scale=0.3 tile_q=4 tile_k=8",
+            )
+        },
+    ];
+    for case in cases {
+        run_case(
+            Case {
+                backward: true,
+                ..case
+            },
+            PADDED_SIZES,
+            40,
+        );
+    }
+    let decode = Case {
+        seq: "1",
+        keys: "t",
+        padding: Some("i32"),
+        ..prefill(
+            "padded_decode",
+            4,
+            2,
+            "mask=causal padding=left bias=none group=2 scale=0.25 tile_q=1 tile_k=8",
+        )
+    };
+    run_case(decode, &[(3, 0, 45), (2, 0, 70), (1, 0, 1)], 40);
 }

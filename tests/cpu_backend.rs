@@ -155,21 +155,31 @@ fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Vec<
     generator.generate(prompts, opts, |_, _| {}).unwrap().tokens
 }
 
+/// Prompts of different lengths share one left-padded batch: each row's tokens are those it
+/// decodes alone (which match transformers' `generate`, above), on every fixture (sliding
+/// windows included). The artifact takes batches of 2, so the four prompts run as two batches,
+/// with rows padded by 0, 5, 3 and 0 tokens.
 #[test]
 fn batched_prompts_decode_as_they_would_alone() {
-    let model = compiled("llama");
     let greedy = GenerateOptions {
         max_new_tokens: 12,
         sampling: Sampling::Greedy,
         eos: Vec::new(),
     };
-    // Two prompts of one length share a batch; the third runs in a batch of its own length.
-    let prompts = vec![vec![5, 9, 13, 2], vec![7, 7, 1, 30], vec![11, 4]];
-    let together = generate(&model, &prompts, &greedy);
-    for (prompt, tokens) in prompts.iter().zip(&together) {
-        let alone = generate(&model, std::slice::from_ref(prompt), &greedy);
-        assert_eq!(&alone[0], tokens, "prompt {prompt:?}");
-        assert_eq!(tokens.len(), 12);
+    let prompts = vec![
+        vec![5, 9, 13, 2],
+        vec![7, 7, 1, 30, 8, 3, 19, 4, 12],
+        vec![11],
+        vec![7, 7, 1, 31],
+    ];
+    for case in HF_CASES {
+        let model = compiled(case);
+        let together = generate(&model, &prompts, &greedy);
+        for (prompt, tokens) in prompts.iter().zip(&together) {
+            let alone = generate(&model, std::slice::from_ref(prompt), &greedy);
+            assert_eq!(&alone[0], tokens, "{case}: prompt {prompt:?}");
+            assert_eq!(tokens.len(), 12);
+        }
     }
 }
 

@@ -288,21 +288,24 @@ fn random_graphs_assemble() {
 }
 
 /// `flash_attention` with every mask kind, grouped queries, head sizes that are not multiples
-/// of 32 (and one above 32), i32 and i64 positions, and strided queries.
+/// of 32 (and one above 32), i32 and i64 positions, strided queries, and left-padded rows.
 #[test]
 fn attention_of_every_mask_assembles() {
     let Some(ptxas) = ptxas_or_skip() else {
         return;
     };
+    // (mask, positions, heads, kv heads, d, dv, strided queries, padding)
     let cases = [
-        ("causal", "i64", 4, 4, 16, 16, false),
-        ("window(4)", "i64", 4, 2, 24, 8, false),
-        ("prefix(6)", "i32", 6, 3, 40, 72, true),
-        ("none", "", 2, 1, 8, 20, false),
+        ("causal", "i64", 4, 4, 16, 16, false, ""),
+        ("window(4)", "i64", 4, 2, 24, 8, false, ""),
+        ("prefix(6)", "i32", 6, 3, 40, 72, true, ""),
+        ("none", "", 2, 1, 8, 20, false, ""),
+        ("causal", "i64", 4, 2, 16, 16, false, "i64"),
+        ("window(4)", "i32", 2, 2, 8, 8, true, "i32"),
     ];
     let graphs = cases
         .iter()
-        .map(|&(mask, pos, heads, kv, d, dv, strided)| {
+        .map(|&(mask, pos, heads, kv, d, dv, strided, pad)| {
             let group = heads / kv;
             let mut text = "graph attention\nsym b <= 4\nsym s <= 80\nsym t <= 80\n".to_string();
             if strided {
@@ -316,12 +319,21 @@ fn attention_of_every_mask_assembles() {
                 text += &format!("input %pos : {pos}[b, s]\n");
                 operands += ", %pos";
             }
+            let padding = match pad {
+                "" => "none",
+                dtype => {
+                    text += &format!("input %pad : {dtype}[b]\n");
+                    operands += ", %pad";
+                    "left"
+                }
+            };
             if strided {
                 text += &format!("%q = permute %x perm=[0,2,1,3] : f32[b, {heads}, s, {d}]\n");
             }
             text += &format!(
-                "%y = flash_attention {operands} mask={mask} bias=none group={group} scale=0.25 \
-                 tile_q=4 tile_k=8 : f32[b, {heads}, s, {dv}]\noutput y = %y\n"
+                "%y = flash_attention {operands} mask={mask} padding={padding} bias=none \
+                 group={group} scale=0.25 tile_q=4 tile_k=8 : f32[b, {heads}, s, {dv}]\n\
+                 output y = %y\n"
             );
             kiln_ir::text::parse(&text).unwrap_or_else(|e| panic!("{mask}: {e}\n{text}"))
         })

@@ -215,19 +215,34 @@ fn forward_error(model: &CudaModel, reference: &TensorMap) -> f64 {
     relative_error(&out["logits"], &reference["logits"])
 }
 
-/// Greedy continuation of `prompt` for `count` tokens on the GPU: the generator's prefill and
-/// decode steps, the KV cache kept on the device, each decode step launched kernel by kernel or
-/// (with `graphs`) replayed from a captured CUDA graph.
-fn greedy(model: &CudaModel, prompt: &[i64], count: usize, graphs: bool) -> Vec<i64> {
-    let ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
+/// Greedy continuations of `prompts` (one batch, left-padded) for `count` tokens on the GPU: the
+/// generator's prefill and decode steps, the KV cache kept on the device, each decode step
+/// launched kernel by kernel or (with `graphs`) replayed from a captured CUDA graph.
+fn greedy_batch(
+    model: &CudaModel,
+    prompts: &[&[i64]],
+    count: usize,
+    graphs: bool,
+) -> Vec<Vec<i64>> {
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| p.iter().map(|&t| t as u32).collect())
+        .collect();
     let options = kiln_runtime::GenerateOptions {
         max_new_tokens: count,
         sampling: kiln_runtime::Sampling::Greedy,
         eos: Vec::new(),
     };
     let mut generator = kiln_runtime::Generator::on_gpu(model, graphs).unwrap();
-    let out = generator.generate(&[ids], &options, |_, _| {}).unwrap();
-    out.tokens[0].iter().map(|&t| t as i64).collect()
+    let out = generator.generate(&ids, &options, |_, _| {}).unwrap();
+    out.tokens
+        .iter()
+        .map(|row| row.iter().map(|&t| t as i64).collect())
+        .collect()
+}
+
+fn greedy(model: &CudaModel, prompt: &[i64], count: usize, graphs: bool) -> Vec<i64> {
+    greedy_batch(model, &[prompt], count, graphs).remove(0)
 }
 
 #[test]
@@ -259,10 +274,16 @@ fn fixtures_match_transformers_on_the_gpu() {
         let count = greedy_ref.len() - seq;
         let tokens = greedy(&f32_model, &prompt, count, false);
         let replayed = greedy(&f32_model, &prompt, count, true);
-        let same = tokens == greedy_ref[seq..] && replayed == tokens;
+        // The prompt and its first third in one left-padded batch decode as each does alone.
+        let short = &prompt[..seq / 3];
+        let together = greedy_batch(&f32_model, &[&prompt, short], count, true);
+        let padded_same =
+            together[0] == tokens && together[1] == greedy(&f32_model, short, count, true);
+        let same = tokens == greedy_ref[seq..] && replayed == tokens && padded_same;
         println!(
             "{case}: forward logits relative error {err:.2e} (f32), {bf16:.2e} (bf16 weights); \
-             {} greedy tokens, launched and replayed from CUDA graphs, {}",
+             {} greedy tokens, launched and replayed from CUDA graphs and beside a shorter \
+             prompt in one batch, {}",
             tokens.len(),
             if same {
                 "identical to transformers'"

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use kiln_frontend::{build, load_spec, BuildOptions, Program};
-use kiln_ir::interp::{interpret, TensorMap};
+use kiln_ir::interp::{interpret, Tensor, TensorMap};
 use kiln_ir::DType;
 
 const TOLERANCE: f64 = 1e-4;
@@ -18,12 +18,14 @@ fn prefill_matches_transformers(case: &str) {
     let weights = read_safetensors(&dir.join("model.safetensors"));
     let reference = read_safetensors(&dir.join("reference.safetensors"));
     let opts = BuildOptions::for_spec(&spec);
+    let batch = reference["input_ids"].shape[0];
     let inputs: TensorMap = [
         ("input_ids".to_string(), reference["input_ids"].clone()),
         (
             "position_ids".to_string(),
             reference["position_ids"].clone(),
         ),
+        ("left_padding".to_string(), zeros(DType::I64, &[batch])),
     ]
     .into();
     let run = |program| {
@@ -73,6 +75,7 @@ fn decode_matches_prefill(case: &str) {
         let mut inputs = cache.clone();
         inputs.insert("input_ids".into(), take_columns(ids, step));
         inputs.insert("position_ids".into(), take_columns(positions, step));
+        inputs.insert("left_padding".into(), zeros(DType::I64, &[batch]));
         let out = interpret(&decode, &inputs, &weights).unwrap();
         for b in 0..batch {
             let expected = take_rows(&reference["logits"], b, step..step + 1);
@@ -98,6 +101,7 @@ fn decode_matches_prefill(case: &str) {
     let inputs: TensorMap = [
         ("input_ids".to_string(), ids.clone()),
         ("position_ids".to_string(), positions.clone()),
+        ("left_padding".to_string(), zeros(DType::I64, &[batch])),
     ]
     .into();
     let full = interpret(&prefill, &inputs, &weights).unwrap();
@@ -160,5 +164,72 @@ fn rope_tables_match_transformers() {
 fn prefill_matches_transformers_on_every_fixture() {
     for case in HF_CASES {
         prefill_matches_transformers(case);
+    }
+}
+
+/// A left-padded batch against transformers: row 0 is the fixture's first prompt, row 1 the
+/// first `len` tokens of its second, padded on the left to the same length. A causal model's
+/// logits for a prompt's prefix are the full prompt's at those positions, so row 1's real
+/// positions must match the reference's first `len` positions of its row, and row 0 all of its
+/// own, whatever the filler tokens are.
+fn padded_rows_match_transformers(case: &str) {
+    let dir = fixture_dir(case);
+    let spec = load_spec(&dir).unwrap();
+    let weights = read_safetensors(&dir.join("model.safetensors"));
+    let reference = read_safetensors(&dir.join("reference.safetensors"));
+    let (ids, positions) = (&reference["input_ids"], &reference["position_ids"]);
+    let (batch, seq) = (ids.shape[0], ids.shape[1]);
+    assert!(
+        batch >= 2 && seq >= 3,
+        "{case}: the fixture has two prompts"
+    );
+    let forward = build(&spec, Program::Forward, BuildOptions::for_spec(&spec)).unwrap();
+    let all = &reference["logits"];
+    for len in [1, seq / 2, seq - 1] {
+        let pad = seq - len;
+        let (ids, positions) = (ids.to_f64(), positions.to_f64());
+        let row1_ids = (0..pad)
+            .map(|_| 1.0)
+            .chain(ids[seq..seq + len].iter().copied());
+        let row1_positions = (0..pad)
+            .map(|_| 0.0)
+            .chain(positions[seq..seq + len].iter().copied());
+        let ids: Vec<f64> = ids[..seq].iter().copied().chain(row1_ids).collect();
+        let positions: Vec<f64> = positions[..seq]
+            .iter()
+            .copied()
+            .chain(row1_positions)
+            .collect();
+        let inputs: TensorMap = [
+            (
+                "input_ids".to_string(),
+                Tensor::from_f64(DType::I64, &[2, seq], ids),
+            ),
+            (
+                "position_ids".to_string(),
+                Tensor::from_f64(DType::I64, &[2, seq], positions),
+            ),
+            (
+                "left_padding".to_string(),
+                Tensor::from_f64(DType::I64, &[2], [0.0, pad as f64]),
+            ),
+        ]
+        .into();
+        let out = &interpret(&forward, &inputs, &weights).unwrap()["logits"];
+        let err = relative_error(&take_rows(out, 0, 0..seq), &take_rows(all, 0, 0..seq)).max(
+            relative_error(&take_rows(out, 1, pad..seq), &take_rows(all, 1, 0..len)),
+        );
+        println!("{case}: {len} of {seq} tokens padded by {pad}: relative error {err:.3e}");
+        assert!(
+            err <= TOLERANCE,
+            "{case}: padded by {pad}: relative error {err:.3e} > {TOLERANCE:e}"
+        );
+    }
+}
+
+#[test]
+fn padded_rows_match_transformers_on_every_fixture() {
+    for case in HF_CASES {
+        padded_rows_match_transformers(case);
     }
 }

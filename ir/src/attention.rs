@@ -1,24 +1,29 @@
 //! The fused attention op (`flash_attention`): its parameters, typing rule, text attributes and
 //! the set of keys each query may see.
 //!
-//! `flash_attention q, k, v[, positions]` computes, for every batch `b`, head `h` and query `i`,
+//! `flash_attention q, k, v[, positions][, padding]` computes, for every batch `b`, head `h` and
+//! query `i`,
 //!
 //! ```text
 //! out[b, h, i, :] = Σⱼ softmaxⱼ(scale · q[b, h, i, :] · k[b, h / group, j, :]) · v[b, h / group, j, :]
 //! ```
 //!
-//! over the keys `j` that the mask allows for the query's position `positions[b, i]`. Operand
-//! types: `q: T[B, H, S, D]`, `k: T[B, H/group, T, D]`, `v: T[B, H/group, T, Dv]` with one
-//! float type `T`, f32 or bf16, and `positions: i64|i32[B, S]` (absent exactly when the mask is
-//! `none`); result `f32[B, H, S, Dv]`. Scores and softmax statistics are f32 either way; with
+//! over the keys `j` that the mask allows for the query's position `positions[b, i]`. Key `j`
+//! is at position `j` — or, with `padding=left`, at position `j − padding[b]`: a row whose
+//! sequence was left-padded to the batch's length has `padding[b]` filler keys first, which no
+//! query sees (their positions are negative), and the mask compares the real keys' positions.
+//! Operand types: `q: T[B, H, S, D]`, `k: T[B, H/group, T, D]`, `v: T[B, H/group, T, Dv]` with
+//! one float type `T`, f32 or bf16, `positions: i64|i32[B, S]` (absent exactly when the mask is
+//! `none`) and `padding: i64|i32[B]` (present exactly with `padding=left`); result
+//! `f32[B, H, S, Dv]`. Scores and softmax statistics are f32 either way; with
 //! bf16 operands the probabilities are rounded to bf16 before they weight the values, as the
 //! two bf16 matmuls the op replaces (`mixed-precision`'s `bf16` policy) would take them.
 //! A query that sees no key gets NaN, as `softmax` over scores that are all `-inf` does.
 //!
-//! Its backward is two more ops over the same parameters. `flash_attention_lse q, k, v[, positions]`
+//! Its backward is two more ops over the same parameters and operands. `flash_attention_lse q, k, v, …`
 //! is `lse[b, h, i] = log Σⱼ exp(scale · q·kⱼ)` over the visible keys (`f32[B, H, S]`, `-inf`
 //! for a query that sees none), what the forward computes on the way. `flash_attention_grad_q`
-//! (`_k`, `_v`) `q, k, v[, positions], out, d_out, lse` is the gradient of `Σ d_out · out` by
+//! (`_k`, `_v`) `q, k, v, …, out, d_out, lse` is the gradient of `Σ d_out · out` by
 //! that operand: it recomputes the probabilities as `exp(scale · q·kⱼ − lse)` instead of storing
 //! them, and sums the query heads that share a key/value head. Its result has that operand's type.
 //! The backward ops take f32 operands only.
@@ -32,7 +37,9 @@ use crate::ty::TensorType;
 use std::collections::HashMap;
 use std::ops::Range;
 
-/// Which keys a query at position `p` sees (keys are numbered `0..T` along the cache).
+/// Which keys a query at position `p` sees, by the keys' positions (key `j` of the cache is at
+/// position `j`, less the row's padding under [`AttentionPadding::Left`]; a negative position is
+/// never seen).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AttentionMask {
     /// every key.
@@ -43,6 +50,15 @@ pub enum AttentionMask {
     Window(usize),
     /// keys `j ≤ p` and every key of the prefix `j < n` (bidirectional over the prefix).
     Prefix(usize),
+}
+
+/// Whether rows of the batch carry filler keys before their sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttentionPadding {
+    /// key `j` is at position `j`.
+    None,
+    /// a `padding: int[B]` operand: key `j` of row `b` is at position `j − padding[b]`.
+    Left,
 }
 
 /// What is added to the scaled scores before the softmax.
@@ -87,6 +103,7 @@ impl AttentionInput {
 #[derive(Clone, Debug)]
 pub struct Attention {
     pub mask: AttentionMask,
+    pub padding: AttentionPadding,
     pub bias: AttentionBias,
     /// Query heads per key/value head (1: multi-head attention).
     pub group: usize,
@@ -114,9 +131,21 @@ impl std::hash::Hash for Attention {
 
 impl Attention {
     /// Everything, with the scale as bits (so equality and hashing agree, as for literals).
-    fn key(&self) -> (AttentionMask, AttentionBias, usize, u64, usize, usize) {
+    #[allow(clippy::type_complexity)]
+    fn key(
+        &self,
+    ) -> (
+        AttentionMask,
+        AttentionPadding,
+        AttentionBias,
+        usize,
+        u64,
+        usize,
+        usize,
+    ) {
         (
             self.mask,
+            self.padding,
             self.bias,
             self.group,
             self.scale.to_bits(),
@@ -125,25 +154,38 @@ impl Attention {
         )
     }
 
-    /// Operands: `q, k, v` and, unless the mask is `none`, the query positions.
+    /// Operands: `q, k, v`, unless the mask is `none` the query positions, and under
+    /// `padding=left` the rows' padding.
     pub fn arity(&self) -> usize {
-        if self.mask == AttentionMask::None {
-            3
-        } else {
-            4
-        }
+        3 + self.positions_slot().is_some() as usize + self.padding_slot().is_some() as usize
     }
 
-    /// The keys `lo..hi` (of `keys`) a query at `position` sees, as one range: every mask kind
-    /// allows a contiguous run of keys. Empty when it sees none.
-    pub fn visible_keys(&self, position: i64, keys: usize) -> Range<usize> {
+    /// The operand slot of the query positions, if the op has them.
+    pub fn positions_slot(&self) -> Option<usize> {
+        (self.mask != AttentionMask::None).then_some(3)
+    }
+
+    /// The operand slot of the rows' padding, if the op has it.
+    pub fn padding_slot(&self) -> Option<usize> {
+        let after_positions = 3 + self.positions_slot().is_some() as usize;
+        (self.padding == AttentionPadding::Left).then_some(after_positions)
+    }
+
+    /// The keys `lo..hi` (of `keys`) a query at `position` sees in a row with `padding` filler
+    /// keys (0 without [`AttentionPadding::Left`]), as one range: every mask kind allows a
+    /// contiguous run of positions from 0 up, and key `j` is at position `j − padding`. Empty
+    /// when it sees none. Kernels compute the same bounds: the lowest visible position (0, or
+    /// the window's start if later) and the one past the highest, each shifted by the padding
+    /// and clamped to the keys.
+    pub fn visible_keys(&self, position: i64, keys: usize, padding: i64) -> Range<usize> {
         let t = keys as i64;
-        let clamp = |x: i64| x.clamp(0, t) as usize;
+        let key = |position: i64| (position.saturating_add(padding)).clamp(0, t) as usize;
+        let next = position.saturating_add(1);
         match self.mask {
-            AttentionMask::None => 0..keys,
-            AttentionMask::Causal => 0..clamp(position + 1),
-            AttentionMask::Window(w) => clamp(position - w as i64 + 1)..clamp(position + 1),
-            AttentionMask::Prefix(n) => 0..clamp((position + 1).max(n as i64)),
+            AttentionMask::None => key(0)..keys,
+            AttentionMask::Causal => key(0)..key(next),
+            AttentionMask::Window(w) => key((next - w as i64).max(0))..key(next),
+            AttentionMask::Prefix(n) => key(0)..key(next.max(n as i64)),
         }
     }
 
@@ -158,8 +200,13 @@ impl Attention {
         let bias = match self.bias {
             AttentionBias::None => "none",
         };
+        let padding = match self.padding {
+            AttentionPadding::None => "none",
+            AttentionPadding::Left => "left",
+        };
         vec![
             ("mask", mask),
+            ("padding", padding.to_string()),
             ("bias", bias.to_string()),
             ("group", self.group.to_string()),
             ("scale", format!("{:?}", self.scale)),
@@ -197,6 +244,11 @@ impl Attention {
                 _ => return Err(format!("unknown mask `{mask}`")),
             },
         };
+        let padding = match get("padding")? {
+            "none" => AttentionPadding::None,
+            "left" => AttentionPadding::Left,
+            other => return Err(format!("unknown padding `{other}`")),
+        };
         let bias = match get("bias")? {
             "none" => AttentionBias::None,
             other => return Err(format!("unknown bias `{other}`")),
@@ -204,6 +256,7 @@ impl Attention {
         let scale = get("scale")?;
         Ok(Attention {
             mask,
+            padding,
             bias,
             group: count("group")?,
             scale: scale.parse().map_err(|_| format!("bad scale `{scale}`"))?,
@@ -298,10 +351,17 @@ impl Attention {
                 self.group
             ));
         }
-        if let Some(p) = operands.get(3) {
+        if let Some(p) = self.positions_slot().and_then(|i| operands.get(i)) {
             if !p.dtype.is_int() || p.shape != [batch.clone(), seq.clone()] {
                 return Err(format!(
                     "flash_attention positions must be integers [{batch}, {seq}], got {p}"
+                ));
+            }
+        }
+        if let Some(p) = self.padding_slot().and_then(|i| operands.get(i)) {
+            if !p.dtype.is_int() || p.shape != [batch.clone()] {
+                return Err(format!(
+                    "flash_attention padding must be integers [{batch}], got {p}"
                 ));
             }
         }
@@ -322,6 +382,7 @@ mod tests {
     fn with_mask(mask: AttentionMask) -> Attention {
         Attention {
             mask,
+            padding: AttentionPadding::None,
             bias: AttentionBias::None,
             group: 1,
             scale: 1.0,
@@ -332,13 +393,24 @@ mod tests {
 
     #[test]
     fn visible_keys_follow_each_mask() {
-        assert_eq!(with_mask(AttentionMask::None).visible_keys(2, 5), 0..5);
-        assert_eq!(with_mask(AttentionMask::Causal).visible_keys(2, 5), 0..3);
-        assert_eq!(with_mask(AttentionMask::Causal).visible_keys(9, 5), 0..5);
-        assert_eq!(with_mask(AttentionMask::Window(2)).visible_keys(3, 5), 2..4);
-        assert_eq!(with_mask(AttentionMask::Window(2)).visible_keys(8, 5), 5..5);
-        assert_eq!(with_mask(AttentionMask::Prefix(3)).visible_keys(0, 5), 0..3);
-        assert_eq!(with_mask(AttentionMask::Prefix(3)).visible_keys(3, 5), 0..4);
+        let keys = |mask, position, padding| with_mask(mask).visible_keys(position, 5, padding);
+        assert_eq!(keys(AttentionMask::None, 2, 0), 0..5);
+        assert_eq!(keys(AttentionMask::Causal, 2, 0), 0..3);
+        assert_eq!(keys(AttentionMask::Causal, 9, 0), 0..5);
+        assert_eq!(keys(AttentionMask::Window(2), 3, 0), 2..4);
+        assert_eq!(keys(AttentionMask::Window(2), 8, 0), 5..5);
+        assert_eq!(keys(AttentionMask::Prefix(3), 0, 0), 0..3);
+        assert_eq!(keys(AttentionMask::Prefix(3), 3, 0), 0..4);
+        // Two filler keys: position p is key p + 2, and keys 0 and 1 are never seen.
+        assert_eq!(keys(AttentionMask::None, 0, 2), 2..5);
+        assert_eq!(keys(AttentionMask::Causal, 0, 2), 2..3);
+        assert_eq!(keys(AttentionMask::Causal, 2, 2), 2..5);
+        assert_eq!(keys(AttentionMask::Window(2), 0, 2), 2..3);
+        assert_eq!(keys(AttentionMask::Window(2), 2, 2), 3..5);
+        assert_eq!(keys(AttentionMask::Prefix(2), 0, 2), 2..4);
+        // More padding than keys, or a negative one (key j at position j + 1).
+        assert_eq!(keys(AttentionMask::Causal, 1, 7), 5..5);
+        assert_eq!(keys(AttentionMask::Causal, 1, -1), 0..1);
     }
 
     #[test]
@@ -349,13 +421,18 @@ input %q : f32[1, 4, s, 8]
 input %k : f32[1, 2, s, 8]
 input %v : f32[1, 2, s, 4]
 input %pos : i64[1, s]
-%0 = flash_attention %q, %k, %v, %pos mask=window(3) bias=none group=2 scale=0.125 tile_q=16 tile_k=64 : f32[1, 4, s, 4]
+input %pad : i64[1]
+%0 = flash_attention %q, %k, %v, %pos mask=window(3) padding=none bias=none group=2 scale=0.125 tile_q=16 tile_k=64 : f32[1, 4, s, 4]
+%1 = flash_attention %q, %k, %v, %pos, %pad mask=causal padding=left bias=none group=2 scale=0.125 tile_q=16 tile_k=64 : f32[1, 4, s, 4]
 output y = %0
+output z = %1
 ";
         let g = crate::text::parse(text).unwrap();
         assert_eq!(crate::text::print(&g), text);
         for (from, to, error) in [
             ("window(3)", "diagonal", "unknown mask `diagonal`"),
+            ("padding=left", "padding=right", "unknown padding `right`"),
+            (", %pad mask", ", %pos mask", "padding must be integers [1]"),
             ("group=2", "group=3", "operands do not fit"),
             ("tile_q=16", "tile_q=0", "tiles must be at least 1"),
             (

@@ -21,7 +21,7 @@ pub mod text;
 pub mod ty;
 pub mod verify;
 
-pub use attention::{Attention, AttentionBias, AttentionInput, AttentionMask};
+pub use attention::{Attention, AttentionBias, AttentionInput, AttentionMask, AttentionPadding};
 pub use dim::{Bindings, Dim};
 pub use dtype::DType;
 pub use error::IrError;

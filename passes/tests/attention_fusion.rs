@@ -1,6 +1,6 @@
 //! `attention-fusion` on small IR texts: multi-head and grouped-query attention (with the
 //! KV-head repeat, and in the form `gqa-share` leaves), causal, sliding-window, prefix and no
-//! mask, prefill and decode shapes; and the refusals, each leaving a remark. Every case is run
+//! mask, prefill and decode shapes, left-padded rows; and the refusals, each leaving a remark. Every case is run
 //! by the interpreter before and after on random inputs (positions included).
 
 use kiln_ir::{text, Bindings};
@@ -46,6 +46,8 @@ struct Case {
     kv: usize,
     decode: bool,
     mask: Mask,
+    /// Key positions shifted by the rows' padding `%pad : i64[b]`.
+    padded: bool,
 }
 
 impl Case {
@@ -73,6 +75,9 @@ impl Case {
             lines.push(format!("input %v : f32[b, {kv}, s, 8]"));
         }
         lines.push(format!("input %pos : i64[b, {s}]"));
+        if self.padded {
+            lines.push("input %pad : i64[b]".into());
+        }
         for x in ["k", "v"] {
             if self.decode {
                 lines.push(format!(
@@ -128,12 +133,22 @@ impl Case {
     /// `%allowed : bool[b, 1, S, T]` for the case's mask, written as the builders write it.
     fn mask_lines(&self, s: &str, t: &str) -> Vec<String> {
         let m = format!("[b, 1, {s}, {t}]");
-        let mut lines = vec![
-            format!("%kpos = iota axis=3 : i64[1, 1, 1, {t}]"),
-            format!("%kposb = broadcast %kpos : i64{m}"),
+        let mut lines = vec![format!("%kpos = iota axis=3 : i64[1, 1, 1, {t}]")];
+        if self.padded {
+            lines.extend([
+                format!("%kposw = broadcast %kpos : i64[b, 1, 1, {t}]"),
+                "%pad4 = reshape %pad : i64[b, 1, 1, 1]".into(),
+                format!("%pad4b = broadcast %pad4 : i64[b, 1, 1, {t}]"),
+                format!("%kshift = sub %kposw, %pad4b : i64[b, 1, 1, {t}]"),
+                format!("%kposb = broadcast %kshift : i64{m}"),
+            ]);
+        } else {
+            lines.push(format!("%kposb = broadcast %kpos : i64{m}"));
+        }
+        lines.extend([
             format!("%qpos = reshape %pos : i64[b, 1, {s}, 1]"),
             format!("%qposb = broadcast %qpos : i64{m}"),
-        ];
+        ]);
         let causal = format!("le %kposb, %qposb : bool{m}");
         lines.extend(match self.mask {
             Mask::None => Vec::new(),
@@ -154,6 +169,16 @@ impl Case {
             ],
             Mask::AntiCausal => vec![format!("%allowed = ge %kposb, %qposb : bool{m}")],
         });
+        if self.padded {
+            // The mask over key positions, then the filler keys (negative positions) excluded.
+            let last = lines.last_mut().expect("a mask line");
+            *last = last.replacen("%allowed =", "%inner =", 1);
+            lines.extend([
+                format!("%zero = const 0 : i64{m}"),
+                format!("%real = ge %kposb, %zero : bool{m}"),
+                format!("%allowed = and %inner, %real : bool{m}"),
+            ]);
+        }
         lines
     }
 }
@@ -164,6 +189,18 @@ fn case(heads: usize, kv: usize, decode: bool, mask: Mask) -> String {
         kv,
         decode,
         mask,
+        padded: false,
+    }
+    .text()
+}
+
+fn padded_case(heads: usize, kv: usize, decode: bool, mask: Mask) -> String {
+    Case {
+        heads,
+        kv,
+        decode,
+        mask,
+        padded: true,
     }
     .text()
 }
@@ -185,7 +222,7 @@ fn multi_head_causal_prefill() {
     let out = fuse(&case(2, 2, false, Mask::Causal), PREFILL);
     assert_fused(
         &out,
-        "mask=causal bias=none group=1 scale=0.3535533905932738",
+        "mask=causal padding=none bias=none group=1 scale=0.3535533905932738",
     );
     insta::assert_snapshot!(out);
 }
@@ -193,7 +230,7 @@ fn multi_head_causal_prefill() {
 #[test]
 fn grouped_query_with_the_kv_repeat() {
     let out = fuse(&case(4, 2, false, Mask::Causal), PREFILL);
-    assert_fused(&out, "mask=causal bias=none group=2");
+    assert_fused(&out, "mask=causal padding=none bias=none group=2");
     assert!(
         !out.contains("f32[b, 2, 2, s, 8]"),
         "the repeat is gone:\n{out}"
@@ -206,7 +243,7 @@ fn grouped_query_after_gqa_share() {
     let shared = check(&input, &[&GqaShare], PREFILL);
     assert!(shared.contains("f32[b, 2, 3, s, s]"), "{shared}");
     let out = check(&input, &[&GqaShare, &AttentionFusion], PREFILL);
-    assert_fused(&out, "mask=causal bias=none group=3");
+    assert_fused(&out, "mask=causal padding=none bias=none group=3");
     insta::assert_snapshot!(out);
 }
 
@@ -219,13 +256,13 @@ fn sliding_window() {
         &[&GqaShare, &AttentionFusion],
         DECODE,
     );
-    assert_fused(&out, "mask=window(2) bias=none group=2");
+    assert_fused(&out, "mask=window(2) padding=none bias=none group=2");
 }
 
 #[test]
 fn causal_with_a_prefix() {
     let out = fuse(&case(2, 1, false, Mask::Prefix(2)), PREFILL);
-    assert_fused(&out, "mask=prefix(2) bias=none group=2");
+    assert_fused(&out, "mask=prefix(2) padding=none bias=none group=2");
 }
 
 #[test]
@@ -247,7 +284,7 @@ fn decode_one_query_against_the_cache() {
     );
     assert_fused(
         &out,
-        "mask=causal bias=none group=2 scale=0.3535533905932738 tile_q=1",
+        "mask=causal padding=none bias=none group=2 scale=0.3535533905932738 tile_q=1",
     );
     insta::assert_snapshot!(out);
 }
@@ -276,7 +313,46 @@ fn probabilities_with_another_use_are_refused() {
 fn an_unrecognized_mask_is_refused() {
     refused(
         &case(2, 2, false, Mask::AntiCausal),
-        "unrecognized mask (not a causal comparison of key index and query position)",
+        "unrecognized mask (not a causal comparison of key and query positions)",
+    );
+}
+
+#[test]
+fn left_padded_rows() {
+    let out = fuse(&padded_case(2, 2, false, Mask::Causal), PREFILL);
+    assert_fused(&out, "mask=causal padding=left bias=none group=1");
+    assert!(
+        out.contains("flash_attention %q, %k, %v, %pos, %pad mask=causal"),
+        "the padding is read:\n{out}"
+    );
+    insta::assert_snapshot!(out);
+    let out = fuse(&padded_case(2, 1, false, Mask::Prefix(2)), PREFILL);
+    assert_fused(&out, "mask=prefix(2) padding=left bias=none group=2");
+    let out = check(
+        &padded_case(4, 2, true, Mask::Window(2)),
+        &[&GqaShare, &AttentionFusion],
+        DECODE,
+    );
+    assert_fused(&out, "mask=window(2) padding=left bias=none group=2");
+}
+
+#[test]
+fn padded_positions_without_the_filler_excluded_are_refused() {
+    let input = padded_case(2, 2, false, Mask::Causal).replace(
+        "%allowed = and %inner, %real",
+        "%allowed = or %inner, %real",
+    );
+    refused(
+        &input,
+        "unrecognized mask (`or` that is not causal with a prefix)",
+    );
+    let input = padded_case(2, 2, false, Mask::Causal).replace(
+        "%allowed = and %inner, %real : bool[b, 1, s, s]",
+        "%allowed = and %inner, %inner : bool[b, 1, s, s]",
+    );
+    refused(
+        &input,
+        "unrecognized mask (`and` that is not a causal sliding window)",
     );
 }
 

@@ -339,7 +339,7 @@ output y = %0",
 input %k : f32[1, 2, {n}, {k}]
 input %v : f32[1, 2, {n}, 3]
 input %pos : i64[1, {m}]
-%0 = flash_attention %q, %k, %v, %pos mask=causal bias=none group=2 scale=0.5 tile_q=2 tile_k=2 : f32[1, 4, {m}, 3]
+%0 = flash_attention %q, %k, %v, %pos mask=causal padding=none bias=none group=2 scale=0.5 tile_q=2 tile_k=2 : f32[1, 4, {m}, 3]
 output y = %0",
     ),
     (
@@ -348,7 +348,7 @@ output y = %0",
 input %k : f32[2, 1, {n}, 2]
 input %v : f32[2, 1, {n}, {k}]
 input %pos : i64[2, {m}]
-%0 = flash_attention %q, %k, %v, %pos mask=window(2) bias=none group=1 scale=1.0 tile_q=1 tile_k=4 : f32[2, 1, {m}, {k}]
+%0 = flash_attention %q, %k, %v, %pos mask=window(2) padding=none bias=none group=1 scale=1.0 tile_q=1 tile_k=4 : f32[2, 1, {m}, {k}]
 output y = %0",
     ),
     (
@@ -356,7 +356,7 @@ output y = %0",
         "input %q : f32[1, 2, {m}, {k}]
 input %k : f32[1, 1, {n}, {k}]
 input %v : f32[1, 1, {n}, 2]
-%0 = flash_attention %q, %k, %v mask=none bias=none group=2 scale=0.7 tile_q=4 tile_k=4 : f32[1, 2, {m}, 2]
+%0 = flash_attention %q, %k, %v mask=none padding=none bias=none group=2 scale=0.7 tile_q=4 tile_k=4 : f32[1, 2, {m}, 2]
 output y = %0",
     ),
     (

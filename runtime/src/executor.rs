@@ -17,7 +17,9 @@ use crate::capacity;
 use crate::error::{Result, RuntimeError};
 use crate::functions;
 use crate::loader::Code;
-use crate::manifest::{BufferKind, Capacity, ElemType, IoDesc, Manifest, ProgramDesc};
+use crate::manifest::{
+    BufferKind, Capacity, ElemType, IoDesc, Manifest, ProgramDesc, ZERO_DEFAULT_INPUTS,
+};
 use crate::pool::Pool;
 use crate::tensor::Tensor;
 use std::borrow::Cow;
@@ -345,6 +347,14 @@ impl<'m> Runner<'m> {
 
     fn run_on(&mut self, weights: &[Tensor]) -> Result<()> {
         self.ran = false;
+        let shapes: Vec<Option<&[usize]>> = self
+            .inputs
+            .iter()
+            .map(|h| h.as_ref().map(|h| h.shape.as_slice()))
+            .collect();
+        for (name, zeros) in unset_defaults(self.desc, &shapes)? {
+            self.set_input(&name, zeros)?;
+        }
         self.bind_symbols()?;
         let syms = self.symbols.clone();
         self.arena.fit(self.desc, &syms);
@@ -587,15 +597,46 @@ pub(crate) fn host_input_slot(
     Ok(index)
 }
 
-/// The symbols' values, from the shapes of the inputs set (`None`: not set; every input must be set, each symbol
-/// must appear alone as some input axis, consistently, within its maximum), and every input's
-/// shape checked against them.
+/// Zeros for each input of [`ZERO_DEFAULT_INPUTS`] not set (`None` in `shapes`), shaped by the
+/// symbols the inputs set bind: what a runner sets before it runs.
+pub(crate) fn unset_defaults(
+    desc: &ProgramDesc,
+    shapes: &[Option<&[usize]>],
+) -> Result<Vec<(String, Tensor)>> {
+    let unset: Vec<&IoDesc> = desc
+        .inputs
+        .iter()
+        .zip(shapes)
+        .filter(|(io, shape)| shape.is_none() && ZERO_DEFAULT_INPUTS.contains(&io.name.as_str()))
+        .map(|(io, _)| io)
+        .collect();
+    if unset.is_empty() {
+        return Ok(Vec::new());
+    }
+    let symbols = bind_symbols(desc, shapes)?;
+    Ok(unset
+        .into_iter()
+        .map(|io| {
+            let shape: Vec<usize> = io.shape.iter().map(|d| d.eval(&symbols) as usize).collect();
+            (io.name.clone(), Tensor::zeros(io.dtype, &shape))
+        })
+        .collect())
+}
+
+/// The symbols' values, from the shapes of the inputs set (`None`: not set; every input must be
+/// set but those of [`ZERO_DEFAULT_INPUTS`], each symbol must appear alone as some input axis,
+/// consistently, within its maximum), and every input's shape checked against them.
 pub(crate) fn bind_symbols(desc: &ProgramDesc, shapes: &[Option<&[usize]>]) -> Result<Vec<i64>> {
     let err = |field: &str, message: String| program_error(desc, field, message);
     let mut symbols = vec![0i64; desc.symbols.len()];
     let mut bound: Vec<Option<i64>> = vec![None; desc.symbols.len()];
     for (io, shape) in desc.inputs.iter().zip(shapes) {
-        let shape = shape.ok_or_else(|| err(&io.name, "input not set".into()))?;
+        let Some(shape) = *shape else {
+            if ZERO_DEFAULT_INPUTS.contains(&io.name.as_str()) {
+                continue;
+            }
+            return Err(err(&io.name, "input not set".into()));
+        };
         for (dim, &actual) in io.shape.iter().zip(shape) {
             if let [t] = dim.terms.as_slice() {
                 if t.coeff == 1 && t.symbols.len() == 1 {
@@ -656,7 +697,9 @@ pub(crate) fn bind_symbols(desc: &ProgramDesc, shapes: &[Option<&[usize]>]) -> R
         }
     }
     for (io, shape) in desc.inputs.iter().zip(shapes) {
-        let shape = shape.expect("checked above");
+        let Some(shape) = *shape else {
+            continue; // an input with a default, checked above
+        };
         let expected: Vec<usize> = io.shape.iter().map(|d| d.eval(&symbols) as usize).collect();
         if shape != expected {
             return Err(err(

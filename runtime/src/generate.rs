@@ -6,9 +6,13 @@
 //! decode program append in place (the cache input and output share one buffer at capacity, see
 //! [`crate::manifest`]), feeding back only grows the cache's logical length; prefill's dense
 //! cache is copied into that buffer once per generation. Otherwise each output moves to the
-//! input and the spent input holds the next output. Sequences of one
-//! batch share their length (masks come from positions and every sequence starts at 0), so
-//! prompts of different lengths run as separate batches, one per length, in the order given.
+//! input and the spent input holds the next output.
+//!
+//! Prompts of different lengths share one batch, left-padded to the longest: row `b` starts
+//! with `left_padding[b]` filler tokens (id 0, at position 0) that no query sees, its own tokens
+//! sit at positions `0..len`, and every row's last prompt token is the batch's last, so prefill's
+//! last-position logits and decode's shared append index serve every row. Batches hold at most
+//! the programs' `batch` maximum, prompts taken in the order given.
 //!
 //! The loop runs on any [`DecodeProgram`]: the CPU's [`Runner`], or the GPU's runner, whose
 //! caches stay on the device (only token ids go in and logits come out).
@@ -109,11 +113,30 @@ pub struct Generator<P: DecodeProgram> {
     caches: Vec<(String, String)>,
 }
 
-fn positions(batch: usize, start: usize, len: usize) -> Tensor {
-    let values: Vec<i64> = (0..batch)
-        .flat_map(|_| (start..start + len).map(|p| p as i64))
-        .collect();
-    Tensor::i64(&[batch, len], &values)
+/// A batch of prompts left-padded to the longest: token ids, position ids and the padding.
+struct Padded {
+    ids: Tensor,
+    positions: Tensor,
+    padding: Tensor,
+}
+
+impl Padded {
+    fn new(prompts: &[&[u32]]) -> Padded {
+        let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let (mut ids, mut positions, mut padding) = (Vec::new(), Vec::new(), Vec::new());
+        for prompt in prompts {
+            let pad = len - prompt.len();
+            ids.extend(std::iter::repeat_n(0, pad).chain(prompt.iter().map(|&t| t as i64)));
+            positions.extend(std::iter::repeat_n(0, pad).chain(0..prompt.len() as i64));
+            padding.push(pad as i64);
+        }
+        let batch = prompts.len();
+        Padded {
+            ids: Tensor::i64(&[batch, len], &ids),
+            positions: Tensor::i64(&[batch, len], &positions),
+            padding: Tensor::i64(&[batch], &padding),
+        }
+    }
 }
 
 /// The logits of the last position of each sequence: rows of a `[batch, seq, vocab]` output.
@@ -177,15 +200,17 @@ impl<P: DecodeProgram> Generator<P> {
             tokens: vec![Vec::new(); prompts.len()],
             ..Generation::default()
         };
-        let mut seen = std::collections::BTreeSet::new();
-        for len in prompts.iter().map(Vec::len) {
-            if !seen.insert(len) {
-                continue;
-            }
-            let members: Vec<usize> = (0..prompts.len())
-                .filter(|&i| prompts[i].len() == len)
-                .collect();
-            self.generate_batch(prompts, &members, opts, &mut result, &mut on_token)?;
+        let most = self
+            .prefill
+            .desc()
+            .symbols
+            .iter()
+            .find(|s| s.name == "batch")
+            .map_or(prompts.len(), |s| s.max)
+            .max(1);
+        let order: Vec<usize> = (0..prompts.len()).collect();
+        for members in order.chunks(most) {
+            self.generate_batch(prompts, members, opts, &mut result, &mut on_token)?;
         }
         Ok(result)
     }
@@ -198,27 +223,26 @@ impl<P: DecodeProgram> Generator<P> {
         result: &mut Generation,
         on_token: &mut impl FnMut(usize, u32),
     ) -> Result<()> {
-        let (batch, len) = (members.len(), prompts[members[0]].len());
-        if len == 0 {
+        let batch = members.len();
+        let rows: Vec<&[u32]> = members.iter().map(|&i| prompts[i].as_slice()).collect();
+        if rows.iter().any(|p| p.is_empty()) {
             return Err(RuntimeError::new(
                 "<prompt>",
                 None,
                 "a prompt has no tokens",
             ));
         }
+        let lens: Vec<usize> = rows.iter().map(|p| p.len()).collect();
+        let padded = Padded::new(&rows);
         let mut samplers: Vec<Sampler> = members
             .iter()
             .map(|&i| Sampler::new(seeded(&opts.sampling, i as u64)))
             .collect::<Result<_>>()?;
-        let ids: Vec<i64> = members
-            .iter()
-            .flat_map(|&i| prompts[i].iter().map(|&t| t as i64))
-            .collect();
         let started = Instant::now();
+        self.prefill.set_input("input_ids", padded.ids)?;
+        self.prefill.set_input("position_ids", padded.positions)?;
         self.prefill
-            .set_input("input_ids", Tensor::i64(&[batch, len], &ids))?;
-        self.prefill
-            .set_input("position_ids", positions(batch, 0, len))?;
+            .set_input("left_padding", padded.padding.clone())?;
         self.prefill.run()?;
         let mut next: Vec<u32> = last_logits(&*self.prefill.host_output("logits")?)
             .iter()
@@ -226,7 +250,7 @@ impl<P: DecodeProgram> Generator<P> {
             .map(|(logits, s)| s.next(logits))
             .collect();
         result.prefill_time += started.elapsed();
-        result.prompt_tokens += batch * len;
+        result.prompt_tokens += lens.iter().sum::<usize>();
         let mut done = vec![false; batch];
         let mut from_prefill = true;
         let started = Instant::now();
@@ -254,8 +278,11 @@ impl<P: DecodeProgram> Generator<P> {
             let last: Vec<i64> = next.iter().map(|&t| t as i64).collect();
             self.decode
                 .set_input("input_ids", Tensor::i64(&[batch, 1], &last))?;
+            let positions: Vec<i64> = lens.iter().map(|&len| (len + step) as i64).collect();
             self.decode
-                .set_input("position_ids", positions(batch, len + step, 1))?;
+                .set_input("position_ids", Tensor::i64(&[batch, 1], &positions))?;
+            self.decode
+                .set_input("left_padding", padded.padding.clone())?;
             self.decode.run()?;
             next = last_logits(&*self.decode.host_output("logits")?)
                 .iter()

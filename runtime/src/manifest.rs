@@ -29,6 +29,9 @@
 //! input's own entries untouched, so feeding `X` back as the next `past_X` copies nothing — only
 //! the logical length grows. The buffer's element count is the capacity's.
 //!
+//! **Inputs with a default.** An input named in [`ZERO_DEFAULT_INPUTS`] may be left unset: the
+//! run then reads zeros of its shape (whose symbols the other inputs bind).
+//!
 //! Invariants: buffer indices in steps and I/O are in range; every input names a buffer of its
 //! own kind, and every output a `Temp` buffer of its own or the buffer of an input with the same
 //! capacity; an aliased output's logical shape at the bound symbols never exceeds its capacity
@@ -38,8 +41,9 @@
 use crate::poly::Poly;
 use serde::{Deserialize, Serialize};
 
-/// Bumped on every incompatible change of the manifest or the artifact layout.
-pub const FORMAT_VERSION: u32 = 5;
+/// Bumped on every incompatible change of the manifest, the artifact layout or what the programs
+/// take (6: the inference programs' `left_padding`).
+pub const FORMAT_VERSION: u32 = 6;
 
 /// Functions the runtime hands to kernels, in table order. The names are part of the ABI.
 ///
@@ -190,6 +194,10 @@ pub struct IoDesc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
 }
+
+/// Inputs a caller may leave unset, which then read as zeros: `left_padding` (`int[batch]`,
+/// the filler tokens before each row's sequence; zeros for a batch of unpadded sequences).
+pub const ZERO_DEFAULT_INPUTS: &[&str] = &["left_padding"];
 
 /// A buffer with room for `entries` entries along `axis` (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

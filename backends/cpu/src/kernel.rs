@@ -108,7 +108,7 @@ pub const SCATTER_TILE: i64 = 64;
 
 /// `flash_attention` (semantics in `kiln_ir::attention`): `q: [B, H, S, D]`,
 /// `k: [B, H/group, T, D]`, `v: [B, H/group, T, Dv]`, the query positions `[B, S]` unless the
-/// mask is `none`, into `out: [B, H, S, Dv]`. `D` and `Dv` are constants and the last axis of
+/// mask is `none` and the rows' padding `[B]` under `padding=left`, into `out: [B, H, S, Dv]`. `D` and `Dv` are constants and the last axis of
 /// `q`, `k`, `v` and `out` is unit-stride. Work items are tiles of `tile_q` queries of one batch
 /// element and head.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,6 +117,7 @@ pub struct AttentionKernel {
     pub k: View,
     pub v: View,
     pub positions: Option<View>,
+    pub padding: Option<View>,
     pub out: View,
     pub attention: Attention,
     /// What `out` receives.
@@ -145,6 +146,7 @@ pub struct AttentionGradKernel {
     pub k: View,
     pub v: View,
     pub positions: Option<View>,
+    pub padding: Option<View>,
     pub d_out: View,
     pub lse: View,
     pub delta: View,

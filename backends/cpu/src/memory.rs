@@ -72,10 +72,12 @@ fn touched(kernel: &Kernel) -> Vec<usize> {
         Kernel::Attention(a) => [&a.q, &a.k, &a.v, &a.out]
             .into_iter()
             .chain(&a.positions)
+            .chain(&a.padding)
             .collect(),
         Kernel::AttentionGrad(a) => [&a.q, &a.k, &a.v, &a.d_out, &a.lse, &a.delta, &a.out]
             .into_iter()
             .chain(&a.positions)
+            .chain(&a.padding)
             .collect(),
     };
     views.into_iter().filter_map(|v| v.buffer()).collect()

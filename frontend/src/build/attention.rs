@@ -114,31 +114,48 @@ fn repeat_kv(g: &mut Graph, x: NodeId, group: usize) -> R {
     Ok(y)
 }
 
+/// Where the tokens of a program's sequences sit.
+#[derive(Clone, Copy)]
+pub struct Positions {
+    /// `position_ids`, `i64[batch, seq]`: each query's position.
+    pub queries: NodeId,
+    /// `left_padding`, `i64[batch]`: filler keys before each row's sequence in the cache (key
+    /// `j` is at position `j − left_padding[b]`); absent in the training programs, whose
+    /// sequences all start at key 0.
+    pub padding: Option<NodeId>,
+}
+
 /// Which keys each query may see: key position ≤ query position (and, in a sliding window of
-/// `w`, key position > query position − w). `bool[batch, 1, seq, t]`.
-fn mask(g: &mut Graph, positions: NodeId, t: Dim, window: &AttentionWindow) -> R {
-    let shape = g.ty(positions).shape.clone();
+/// `w`, key position > query position − w), and with padding key position ≥ 0 (no filler key).
+/// `bool[batch, 1, seq, t]`.
+fn mask(g: &mut Graph, positions: Positions, t: Dim, window: &AttentionWindow) -> R {
+    let shape = g.ty(positions.queries).shape.clone();
+    let one = Dim::fixed(1);
     let qpos = g.reshape(
-        positions,
-        vec![
-            shape[0].clone(),
-            Dim::fixed(1),
-            shape[1].clone(),
-            Dim::fixed(1),
-        ],
+        positions.queries,
+        vec![shape[0].clone(), one.clone(), shape[1].clone(), one.clone()],
     )?;
-    let kpos = g.iota(
-        TensorType::new(
-            DType::I64,
-            vec![Dim::fixed(1), Dim::fixed(1), Dim::fixed(1), t],
-        ),
+    let mut kpos = g.iota(
+        TensorType::new(DType::I64, vec![one.clone(), one.clone(), one.clone(), t]),
         3,
     )?;
+    if let Some(padding) = positions.padding {
+        let padding = g.reshape(
+            padding,
+            vec![shape[0].clone(), one.clone(), one.clone(), one],
+        )?;
+        kpos = g.binary(BinaryOp::Sub, kpos, padding)?;
+    }
     let mut allowed = g.binary(BinaryOp::Le, kpos, qpos)?;
     if let AttentionWindow::Sliding(w) = window {
         let lowest = g.binary_scalar(BinaryOp::Sub, qpos, *w as f64)?;
         let inside = g.binary(BinaryOp::Gt, kpos, lowest)?;
         allowed = g.binary(BinaryOp::And, allowed, inside)?;
+    }
+    if positions.padding.is_some() {
+        let zero = g.scalar(DType::I64, 0.0)?;
+        let real = g.binary(BinaryOp::Ge, kpos, zero)?;
+        allowed = g.binary(BinaryOp::And, allowed, real)?;
     }
     g.set_label(allowed, "attention.mask");
     Ok(allowed)
@@ -169,7 +186,7 @@ pub fn self_attention(
     hidden: usize,
     cfg: &Attention,
     window: &AttentionWindow,
-    positions: NodeId,
+    positions: Positions,
     angles: &RopeAngles,
     past: Option<LayerCache>,
 ) -> Result<(NodeId, LayerCache), IrError> {

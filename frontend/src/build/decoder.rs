@@ -4,7 +4,7 @@
 //! to every position and returns no cache; the training programs continue from the logits of
 //! every position (`train.rs`).
 
-use super::attention::{rope_angles, self_attention, LayerCache};
+use super::attention::{rope_angles, self_attention, LayerCache, Positions};
 use super::layers::{gated_mlp, linear, rms_norm};
 use super::{BuildOptions, Program};
 use crate::rope;
@@ -21,6 +21,13 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
     let tokens_ty = TensorType::new(DType::I64, vec![batch.clone(), seq.clone()]);
     let input_ids = g.input("input_ids", tokens_ty.clone())?;
     let positions = g.input("position_ids", tokens_ty.clone())?;
+    let padding = match program.is_training() {
+        true => None,
+        false => Some(g.input(
+            "left_padding",
+            TensorType::new(DType::I64, vec![batch.clone()]),
+        )?),
+    };
     let att = &spec.attention;
     let cache_ty = |len: Dim| {
         TensorType::new(
@@ -84,7 +91,10 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
             hidden,
             att,
             &att.windows[layer],
-            positions,
+            Positions {
+                queries: positions,
+                padding,
+            },
             &angles,
             past_caches.next(),
         )?;

@@ -1,10 +1,10 @@
 //! Graph builders: a `ModelSpec` in, one program's graph out, written in primitives only.
 //!
 //! Programs of the causal-decoder family:
-//! - `prefill`: `input_ids`, `position_ids` `i64[batch, seq]` → the last position's
-//!   `logits f32[batch, 1, vocab]` (all generation needs) and each layer's cache `key_L`,
-//!   `value_L` `f32[batch, kv_heads, seq, head_dim]`;
-//! - `decode`: one token per sequence (`i64[batch, 1]`) plus the cache so far
+//! - `prefill`: `input_ids`, `position_ids` `i64[batch, seq]` and `left_padding` `i64[batch]`
+//!   → the last position's `logits f32[batch, 1, vocab]` (all generation needs) and each
+//!   layer's cache `key_L`, `value_L` `f32[batch, kv_heads, seq, head_dim]`;
+//! - `decode`: one token per sequence (`i64[batch, 1]`, with `left_padding`) plus the cache so far
 //!   (`past_key_L`, `past_value_L` `f32[batch, kv_heads, past, head_dim]`) → `logits` and the
 //!   cache one longer (`past+1`);
 //! - `forward`: the inputs of `prefill` → `logits f32[batch, seq, vocab]` at every position and
@@ -14,8 +14,10 @@
 //!
 //! The cache holds `kv_heads` heads (as Hugging Face's does); attention repeats them explicitly
 //! for grouped-query attention, and masks with explicit compares, so later passes see — and fuse —
-//! the plain pattern. Sequences in a batch share one length and start at position 0 with keys
-//! at positions `0..t`. Anything the spec describes that these builders do not implement is
+//! the plain pattern. The inference programs take prompts of different lengths in one batch
+//! left-padded: row `b` starts with `left_padding[b]` filler tokens, whose keys no query sees, and
+//! its key `j` is at position `j − left_padding[b]` (zeros: every row starts at key 0, as the
+//! training programs' sequences do). Anything the spec describes that these builders do not implement is
 //! refused by [`check_supported`], naming it.
 
 mod attention;

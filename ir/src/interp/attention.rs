@@ -118,6 +118,7 @@ struct Operands<'a> {
     k: &'a [f64],
     v: &'a [f64],
     positions: Option<&'a [i64]>,
+    padding: Option<&'a [i64]>,
     batch: usize,
     heads: usize,
     seq: usize,
@@ -129,11 +130,13 @@ struct Operands<'a> {
 
 impl<'a> Operands<'a> {
     fn new(attention: &'a Attention, xs: &[&'a Tensor]) -> Result<Operands<'a>, String> {
-        let positions = match xs.get(3).map(|p| &p.data) {
-            Some(Data::Int(p)) => Some(p.as_slice()),
-            Some(_) => return Err("positions must be integers".into()),
-            None => None,
+        let ints = |slot: Option<usize>, what: &str| match slot.map(|i| &xs[i].data) {
+            Some(Data::Int(p)) => Ok(Some(p.as_slice())),
+            Some(_) => Err(format!("{what} must be integers")),
+            None => Ok(None),
         };
+        let positions = ints(attention.positions_slot(), "positions")?;
+        let padding = ints(attention.padding_slot(), "padding")?;
         let [batch, heads, seq, dim] = shape4(xs[0]);
         let [_, kv_heads, keys, _] = shape4(xs[1]);
         Ok(Operands {
@@ -142,6 +145,7 @@ impl<'a> Operands<'a> {
             k: float(xs[1]),
             v: float(xs[2]),
             positions,
+            padding,
             batch,
             heads,
             seq,
@@ -160,10 +164,9 @@ impl<'a> Operands<'a> {
     }
 
     fn visible(&self, b: usize, i: usize) -> Range<usize> {
-        match self.positions {
-            Some(p) => self.attention.visible_keys(p[b * self.seq + i], self.keys),
-            None => 0..self.keys,
-        }
+        let position = self.positions.map_or(0, |p| p[b * self.seq + i]);
+        let padding = self.padding.map_or(0, |p| p[b]);
+        self.attention.visible_keys(position, self.keys, padding)
     }
 
     /// The row of key/value `j` of the head that query head `h` reads.

@@ -3,7 +3,8 @@
 //! Matches: a softmax over the last axis of rank-4 scores, `div(e, broadcast(reduce_sum(e)))`
 //! with `e = exp(sub(x, broadcast(reduce_max(x))))`, where
 //! - `x` is `select(mask, scaled, -inf)` (the mask proven by `mask.rs` to be causal, a sliding
-//!   window or causal with a prefix, over the program's position ids) or `scaled` alone;
+//!   window or causal with a prefix, over the program's position ids, the key positions possibly
+//!   shifted by the rows' left padding with the filler keys excluded) or `scaled` alone;
 //! - `scaled` is `mul(scores, c)` for a splat constant `c` (in either order) or `scores` alone;
 //! - `scores` is `q · kᵀ` in one of two forms: `matmul(q, permute(K, [0,1,3,2]))` with `K` the
 //!   keys or their KV-head repeat (`reshape(broadcast(reshape(k)))`, the builders' `repeat_kv`),
@@ -12,8 +13,8 @@
 //! - the probabilities' only use is `matmul(probs, V)` (values or their repeat) or the grouped
 //!   `reshape(matmul(reshape(probs, [b,kv,g,S,T]), v5))`.
 //!
-//! Produces: `flash_attention q, k, v, positions` carrying the mask kind, bias kind (none), GQA
-//! group, softmax scale and tile sizes, in place of the final matmul (or its reshape); the
+//! Produces: `flash_attention q, k, v, positions[, padding]` carrying the mask kind, padding
+//! (none or left), bias kind (none), GQA group, softmax scale and tile sizes, in place of the final matmul (or its reshape); the
 //! scores, mask, softmax and their `[B, H, S, T]` intermediates become dead and are removed.
 //!
 //! Why: the unfused form materializes `S×T` scores, probabilities and mask per head, quadratic
@@ -31,8 +32,8 @@ use crate::canonicalize::remove_dead;
 use crate::gqa_share::match_repeat;
 use crate::pipeline::Pass;
 use kiln_ir::{
-    Attention, AttentionBias, AttentionMask, BinaryOp, Graph, IrError, Literal, NodeId, Op,
-    ReduceOp, TensorType, UnaryOp,
+    Attention, AttentionBias, AttentionMask, AttentionPadding, BinaryOp, Graph, IrError, Literal,
+    NodeId, Op, ReduceOp, TensorType, UnaryOp,
 };
 use std::collections::BTreeMap;
 
@@ -57,6 +58,7 @@ struct Fusion {
     k: Heads,
     v: Heads,
     positions: Option<NodeId>,
+    padding: Option<NodeId>,
     attention: Attention,
     /// The node the fused op replaces.
     result: NodeId,
@@ -301,17 +303,17 @@ fn match_from_softmax(
         Heads::Plain(k) => &g.ty(k).shape[2],
         Heads::Grouped(k5) => &g.ty(k5).shape[3],
     };
-    let (mask, positions) = match mask {
+    let (mask, positions, padding) = match mask {
         Some(m) => {
             let ext = mask::Extents {
                 batch: &q_shape[0],
                 seq: &q_shape[2],
                 keys,
             };
-            let (kind, positions) = mask::prove(g, m, &ext)?;
-            (kind, Some(positions))
+            let proof = mask::prove(g, m, &ext)?;
+            (proof.mask, Some(proof.positions), proof.padding)
         }
-        None => (AttentionMask::None, None),
+        None => (AttentionMask::None, None, None),
     };
     let tile_q = match q_shape[2].as_fixed() {
         Some(n) => n.clamp(1, TILE_Q),
@@ -319,6 +321,10 @@ fn match_from_softmax(
     };
     let attention = Attention {
         mask,
+        padding: match padding {
+            Some(_) => AttentionPadding::Left,
+            None => AttentionPadding::None,
+        },
         bias: AttentionBias::None,
         group: key_group,
         scale,
@@ -326,7 +332,7 @@ fn match_from_softmax(
         tile_k: TILE_K,
     };
     let mut types = vec![g.ty(q).clone(), plain_type(g, k), plain_type(g, v)];
-    types.extend(positions.map(|p| g.ty(p).clone()));
+    types.extend(positions.iter().chain(&padding).map(|&p| g.ty(p).clone()));
     let ty = attention.infer(&types.iter().collect::<Vec<_>>())?;
     if ty != *g.ty(result) {
         return Err(format!(
@@ -339,6 +345,7 @@ fn match_from_softmax(
         k,
         v,
         positions,
+        padding,
         attention,
         result,
     })
@@ -373,7 +380,7 @@ fn plain(g: &mut Graph, heads: Heads) -> Result<NodeId, IrError> {
 
 fn rewrite(g: &mut Graph, f: Fusion, label: Option<String>) -> Result<(), IrError> {
     let mut operands = vec![f.q, plain(g, f.k)?, plain(g, f.v)?];
-    operands.extend(f.positions);
+    operands.extend(f.positions.into_iter().chain(f.padding));
     let fused = g.push(Op::FlashAttention(f.attention), &operands)?;
     if let Some(label) = label {
         g.set_label(fused, label);

@@ -25,6 +25,7 @@ use crate::capacity::{self as layout, Blocks};
 use crate::error::{Result, RuntimeError};
 use crate::executor::{
     aliased, bind_symbols, check_weights, host_input_slot, input_slot, program_error,
+    unset_defaults,
 };
 use crate::manifest::{BufferKind, IoDesc, ProgramDesc};
 use crate::memory_plan::{plan, Lifetime};
@@ -434,6 +435,14 @@ impl<'m> CudaRunner<'m> {
 
     fn run_on(&mut self, weights: Option<&[DeviceTensor]>) -> Result<()> {
         self.appended = None;
+        let shapes: Vec<Option<&[usize]>> = self
+            .inputs
+            .iter()
+            .map(|i| i.as_ref().map(Input::shape))
+            .collect();
+        for (name, zeros) in unset_defaults(self.desc, &shapes)? {
+            self.set_input(&name, zeros)?;
+        }
         let shapes: Vec<Option<&[usize]>> = self
             .inputs
             .iter()

@@ -3,7 +3,7 @@
 //!
 //! A work item is a tile of `tile_q` queries of one batch element `b` and head `h`; it reads the
 //! shared key/value head `h / group`. For each query the mask gives one run of visible keys
-//! `lo..hi` (`kiln_ir::Attention::visible_keys`, computed here from the query's position); the
+//! `lo..hi` (`kiln_ir::Attention::visible_keys`, computed by `visibility.rs`); the
 //! item walks the union of its queries' runs in tiles of `tile_k` keys and, per query, only the
 //! keys that query sees (hidden keys are skipped, not computed and masked). Per query and key
 //! tile:
@@ -20,15 +20,16 @@
 //! tile of scores) lives in stack slots, so memory does not grow with the sequence. Scratch is
 //! read and written with ordinary (not read-only) memory flags; operands are only read.
 
-use super::builder::{flags, scalar_type, KernelFn, PTR};
+use super::builder::{flags, KernelFn, PTR};
 use super::math;
 use super::matmul::{ceil_div, fma_into, lane_sum, tile_end, zero_var};
+use super::visibility::Visibility;
 use crate::kernel::{AttentionKernel, AttentionOutput};
 use crate::view::View;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, StackSlotData, StackSlotKind, Type, Value};
 use cranelift_frontend::Variable;
-use kiln_ir::{Attention, AttentionMask, DType};
+use kiln_ir::{Attention, DType};
 
 /// The stack slots' base addresses: per query of the tile its running maximum `m` and sum `l`,
 /// its visible run `lo..hi` and its accumulator row; and one tile of scores.
@@ -105,6 +106,7 @@ pub fn emit(f: &mut KernelFn, kernel: &AttentionKernel) {
         k,
         v,
         positions,
+        padding,
         out,
         attention,
         output,
@@ -131,12 +133,7 @@ pub fn emit(f: &mut KernelFn, kernel: &AttentionKernel) {
             f.address(ptr, off, DType::F32)
         })
         .collect();
-    let pos = positions.as_ref().map(|p| {
-        let ptr = f.buffer(p.buffer().expect("positions are a buffer"));
-        let off = f.poly(&p.offset);
-        let strides = f.polys(&p.strides);
-        (f.address(ptr, off, p.dtype), strides, p.dtype)
-    });
+    let visibility = Visibility::new(f, attention, positions.as_ref(), padding.as_ref(), keys);
     let scratch = Scratch {
         m: slot(f, 4 * tile_q),
         l: slot(f, 4 * tile_q),
@@ -180,12 +177,7 @@ pub fn emit(f: &mut KernelFn, kernel: &AttentionKernel) {
         let i0 = f.b.ins().imul_imm_s(tq, tile_q);
         let i1 = tile_end(f, i0, tile_q, seq);
         let rows = f.b.ins().isub(i1, i0);
-        let pos_row = pos.as_ref().map(|(base, strides, dtype)| {
-            let at = f.b.ins().imul(b, strides[0]);
-            let row = offset(f, at, i0, strides[1]);
-            (*base, row, strides[1], *dtype)
-        });
-        let span = init_rows(f, &scratch, &shape, rows, pos_row);
+        let span = init_rows(f, &scratch, &shape, (b, i0, rows), &visibility);
         key_tiles(f, &scratch, &shape, &head, &row_strides, i0, rows, span);
         write_rows(f, &scratch, &shape, &head, &row_strides, i0, rows);
     });
@@ -197,27 +189,15 @@ fn init_rows(
     f: &mut KernelFn,
     s: &Scratch,
     shape: &Shape,
-    rows: Value,
-    pos_row: Option<(Value, Value, Value, DType)>,
+    (b, i0, rows): (Value, Value, Value),
+    visibility: &Visibility,
 ) -> (Variable, Variable) {
     let kmin = f.var(types::I64, shape.keys);
     let zero = f.iconst(0);
     let kmax = f.var(types::I64, zero);
     f.for_loop(zero, rows, 1, |f, r| {
-        let (lo, hi) = match pos_row {
-            Some((base, row, stride, dtype)) => {
-                // `row` is the element index of the tile's first query.
-                let at = offset(f, row, r, stride);
-                let p = load_indexed(f, scalar_type(dtype), base, at, dtype_size(dtype));
-                let p = if dtype == DType::I32 {
-                    f.b.ins().sextend(types::I64, p)
-                } else {
-                    p
-                };
-                visible(f, shape.attention, p, shape.keys)
-            }
-            None => (f.iconst(0), shape.keys),
-        };
+        let i = f.b.ins().iadd(i0, r);
+        let (lo, hi) = visibility.run(f, b, i);
         store_indexed(f, lo, s.lo, r, 8);
         store_indexed(f, hi, s.hi, r, 8);
         let old = f.b.use_var(kmin);
@@ -243,29 +223,6 @@ fn init_rows(
 
 pub(super) fn dtype_size(dtype: DType) -> i64 {
     crate::kernel::elem_size(dtype) as i64
-}
-
-/// The visible keys `lo..hi` of a query at position `p` (the IR's `visible_keys`).
-pub(super) fn visible(f: &mut KernelFn, a: &Attention, p: Value, keys: Value) -> (Value, Value) {
-    let zero = f.iconst(0);
-    let clamp = |f: &mut KernelFn, x: Value| {
-        let x = f.b.ins().smax(x, zero);
-        f.b.ins().smin(x, keys)
-    };
-    let next = f.b.ins().iadd_imm_s(p, 1);
-    match a.mask {
-        AttentionMask::None => (zero, keys),
-        AttentionMask::Causal => (zero, clamp(f, next)),
-        AttentionMask::Window(w) => {
-            let lo = f.b.ins().iadd_imm_s(p, 1 - w as i64);
-            (clamp(f, lo), clamp(f, next))
-        }
-        AttentionMask::Prefix(n) => {
-            let n = f.iconst(n as i64);
-            let hi = f.b.ins().smax(next, n);
-            (zero, clamp(f, hi))
-        }
-    }
 }
 
 /// Walks the union of the visible runs in tiles of `tile_k` keys.

@@ -12,10 +12,11 @@
 //! Items write disjoint rows, so none needs atomics. Dot products and row updates run four
 //! `f32` lanes at a time over the constant head sizes; each row's accumulator is a stack slot.
 
-use super::attention::{dot, dtype_size, load_indexed, offset, row_update, slot, visible};
-use super::builder::{flags, scalar_type, KernelFn};
+use super::attention::{dot, offset, row_update, slot};
+use super::builder::{flags, KernelFn};
 use super::math;
 use super::matmul::{ceil_div, tile_end};
+use super::visibility::Visibility;
 use crate::kernel::AttentionGradKernel;
 use crate::view::View;
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, Value};
@@ -45,13 +46,6 @@ impl Rows {
     }
 }
 
-/// The query positions: their base, strides and type.
-struct Positions {
-    base: Value,
-    strides: Vec<Value>,
-    dtype: DType,
-}
-
 pub fn emit(f: &mut KernelFn, kernel: &AttentionGradKernel) {
     let a = kernel;
     let d = a.q.dims[3]
@@ -66,32 +60,15 @@ pub fn emit(f: &mut KernelFn, kernel: &AttentionGradKernel) {
     let (kv_heads, keys) = (k_dims[1], k_dims[2]);
     let [q, k, v, d_out, lse, delta, out] =
         [&a.q, &a.k, &a.v, &a.d_out, &a.lse, &a.delta, &a.out].map(|view| rows(f, view));
-    let positions = a.positions.as_ref().map(|p| {
-        let ptr = f.buffer(p.buffer().expect("positions are a buffer"));
-        let off = f.poly(&p.offset);
-        Positions {
-            base: f.address(ptr, off, p.dtype),
-            strides: f.polys(&p.strides),
-            dtype: p.dtype,
-        }
-    });
+    let visibility = Visibility::new(
+        f,
+        &a.attention,
+        a.positions.as_ref(),
+        a.padding.as_ref(),
+        keys,
+    );
     // The visible keys of query `i` of batch element `b`.
-    let run = |f: &mut KernelFn, b: Value, i: Value| -> (Value, Value) {
-        match &positions {
-            Some(p) => {
-                let at = f.b.ins().imul(b, p.strides[0]);
-                let at = offset(f, at, i, p.strides[1]);
-                let raw = load_indexed(f, scalar_type(p.dtype), p.base, at, dtype_size(p.dtype));
-                let pos = if p.dtype == DType::I32 {
-                    f.b.ins().sextend(types::I64, raw)
-                } else {
-                    raw
-                };
-                visible(f, &a.attention, pos, keys)
-            }
-            None => (f.iconst(0), keys),
-        }
-    };
+    let run = |f: &mut KernelFn, b: Value, i: Value| visibility.run(f, b, i);
     let scale = f.b.ins().f32const(a.attention.scale as f32);
     // p and ds of query i (head h) and key j (kv head kv) of batch element b.
     let probability = |f: &mut KernelFn, b: Value, h: Value, kv: Value, i: Value, j: Value| {

@@ -12,6 +12,7 @@ mod math;
 mod matmul;
 mod reduce;
 mod scatter;
+mod visibility;
 mod widen;
 
 use crate::error::Result;

@@ -22,6 +22,15 @@ use kiln_runtime::manifest::BufferKind;
 /// The most bytes of stack scratch one attention kernel may use.
 const SCRATCH_LIMIT: i64 = 256 * 1024;
 
+/// A fused attention's operands as its kernels read them.
+struct Operands {
+    q: View,
+    k: View,
+    v: View,
+    positions: Option<View>,
+    padding: Option<View>,
+}
+
 impl Lowering<'_> {
     /// `operands[i]` as a buffer whose last axis is unit-stride (copied otherwise).
     fn rows(&mut self, view: &View, label: &str) -> View {
@@ -40,14 +49,13 @@ impl Lowering<'_> {
         attention: &Attention,
         operands: &[View],
         label: &str,
-    ) -> Result<(View, View, View, Option<View>)> {
+    ) -> Result<Operands> {
         let q = self.rows(&operands[0], label);
         let k = self.rows(&operands[1], label);
         let v = self.rows(&operands[2], label);
-        let positions = match attention.arity() {
-            4 => Some(self.buffered(&operands[3], label)),
-            _ => None,
-        };
+        let mut ints = |slot: Option<usize>| slot.map(|i| self.buffered(&operands[i], label));
+        let positions = ints(attention.positions_slot());
+        let padding = ints(attention.padding_slot());
         let size = |v: &View| {
             v.dims[3]
                 .as_constant()
@@ -65,7 +73,13 @@ impl Lowering<'_> {
                  scratch, more than {SCRATCH_LIMIT}"
             )));
         }
-        Ok((q, k, v, positions))
+        Ok(Operands {
+            q,
+            k,
+            v,
+            positions,
+            padding,
+        })
     }
 
     /// `flash_attention` (`output` values) or `flash_attention_lse` (`output` log-sum-exp).
@@ -77,7 +91,13 @@ impl Lowering<'_> {
         ty: &TensorType,
         label: String,
     ) -> Result<View> {
-        let (q, k, v, positions) = self.attention_operands(attention, operands, &label)?;
+        let Operands {
+            q,
+            k,
+            v,
+            positions,
+            padding,
+        } = self.attention_operands(attention, operands, &label)?;
         let out = match output {
             // Written through a permuted view of a `[B, S, H, Dv]` buffer (see the module doc).
             AttentionOutput::Values => {
@@ -98,6 +118,7 @@ impl Lowering<'_> {
             k,
             v,
             positions,
+            padding,
             out: out.clone(),
             attention: attention.clone(),
             output,
@@ -115,7 +136,13 @@ impl Lowering<'_> {
         label: String,
     ) -> Result<View> {
         let n = attention.arity();
-        let (q, k, v, positions) = self.attention_operands(attention, &operands[..n], &label)?;
+        let Operands {
+            q,
+            k,
+            v,
+            positions,
+            padding,
+        } = self.attention_operands(attention, &operands[..n], &label)?;
         let (out, d_out) = (&operands[n], &operands[n + 1]);
         let lse = self.buffered(&operands[n + 2], &label);
         // Δ[b, h, i] = Σ_c d_out[b, h, i, c] · out[b, h, i, c]
@@ -153,6 +180,7 @@ impl Lowering<'_> {
             k,
             v,
             positions,
+            padding,
             d_out,
             lse,
             delta,

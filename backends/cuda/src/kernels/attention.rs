@@ -4,8 +4,8 @@
 //!
 //! Blocks of 4 warps; warp `w` (by grid stride over `B·H·S` rows) takes query `i` of batch
 //! element `b` and head `h`, and reads the shared key/value head `h / group`. The query's
-//! position gives its run of visible keys `lo..hi` (`kiln_ir::Attention::visible_keys`; every
-//! key when the mask is `none`), walked in tiles of 32 keys, one key per lane:
+//! position and its row's padding give its run of visible keys `lo..hi`
+//! (`kiln_ir::Attention::visible_keys`, by [`Visibility`]), walked in tiles of 32 keys, one key per lane:
 //! 1. lane `t` computes the score `scale · q·k_{j0+t}` (the query row staged in the warp's
 //!    shared memory), `-∞` past `hi`;
 //! 2. the warp's maximum moves the running maximum to `m'`; the running sum `l` and the
@@ -22,6 +22,7 @@ use super::reduce::warp_fold;
 use crate::error::Result;
 use crate::ptx::{math, Cmp, Reg, Special, Ty};
 use kiln_backend_cpu::kernel::AttentionKernel;
+use kiln_backend_cpu::view::View;
 use kiln_ir::{Attention, AttentionMask, DType};
 use kiln_runtime::manifest::{Launch, WorkFactor};
 
@@ -67,7 +68,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         let k_head = c.linear(&views.k.offset, &[bi, kv], &views.k.strides[..2]);
         let v_head = c.linear(&views.v.offset, &[bi, kv], &views.v.strides[..2]);
         let out_row = c.linear(&views.out.offset, &[bi, h, i], &views.out.strides[..3]);
-        let (lo, hi) = visible_run(c, attention, &views.positions, bi, i, keys)?;
+        let (lo, hi) = views.visibility.run(c, attention, bi, i, keys)?;
         stage(c, &views.q, q_row, d, q_stage, lane)?;
         let m = c.b.mov(Ty::F32, f32::NEG_INFINITY);
         let l = c.b.mov(Ty::F32, 0.0f32);
@@ -135,7 +136,7 @@ pub(super) struct Views {
     pub k: Addressed,
     pub v: Addressed,
     pub out: Addressed,
-    pub positions: Option<Addressed>,
+    pub visibility: Visibility,
 }
 
 impl Views {
@@ -145,50 +146,93 @@ impl Views {
             k: c.addressed(&kernel.k),
             v: c.addressed(&kernel.v),
             out: c.addressed(&kernel.out),
-            positions: kernel.positions.as_ref().map(|p| c.addressed(p)),
+            visibility: Visibility::of(c, kernel.positions.as_ref(), kernel.padding.as_ref()),
         }
     }
 }
 
-/// The keys `lo..hi` query `i` of batch element `b` sees (every key without positions).
-pub(super) fn visible_run(
-    c: &mut Ctx,
-    attention: &Attention,
-    positions: &Option<Addressed>,
-    b: Reg,
-    i: Reg,
-    keys: Reg,
-) -> Result<(Reg, Reg)> {
-    Ok(match positions {
-        Some(p) => {
-            let at = c.linear(&p.offset, &[b, i], &p.strides);
-            let pos = c.load(p, at)?;
-            let pos = super::expr::convert(c, pos, p.view.dtype, DType::I64)?;
-            visible(c, attention.mask, pos, keys)
-        }
-        None => (c.b.mov(Ty::S64, 0i64), keys),
-    })
+/// What decides which keys a query sees: its position (absent when the mask is `none`) and its
+/// row's padding (under `padding=left`), by the bounds of `kiln_ir::Attention::visible_keys`.
+pub(super) struct Visibility {
+    positions: Option<Addressed>,
+    padding: Option<Addressed>,
 }
 
-/// The visible keys `lo..hi` of a query at position `p` among `keys`.
-pub(super) fn visible(c: &mut Ctx, mask: AttentionMask, p: Reg, keys: Reg) -> (Reg, Reg) {
+impl Visibility {
+    pub fn of(c: &mut Ctx, positions: Option<&View>, padding: Option<&View>) -> Visibility {
+        Visibility {
+            positions: positions.map(|p| c.addressed(p)),
+            padding: padding.map(|p| c.addressed(p)),
+        }
+    }
+
+    /// The keys `lo..hi` query `i` of batch element `b` sees.
+    pub fn run(
+        &self,
+        c: &mut Ctx,
+        attention: &Attention,
+        b: Reg,
+        i: Reg,
+        keys: Reg,
+    ) -> Result<(Reg, Reg)> {
+        let padding = self.padding(c, b)?;
+        self.run_in_row(c, attention, (b, padding), i, keys)
+    }
+
+    /// The padding of batch element `b` (0 without one).
+    pub fn padding(&self, c: &mut Ctx, b: Reg) -> Result<Reg> {
+        load_int(c, &self.padding, &[b])
+    }
+
+    /// [`Visibility::run`] for a row whose padding is already loaded.
+    pub fn run_in_row(
+        &self,
+        c: &mut Ctx,
+        attention: &Attention,
+        (b, padding): (Reg, Reg),
+        i: Reg,
+        keys: Reg,
+    ) -> Result<(Reg, Reg)> {
+        let position = load_int(c, &self.positions, &[b, i])?;
+        Ok(visible(c, attention.mask, position, padding, keys))
+    }
+}
+
+/// Element `index` of an integer operand as an `s64`, or 0 without the operand.
+fn load_int(c: &mut Ctx, operand: &Option<Addressed>, index: &[Reg]) -> Result<Reg> {
+    match operand {
+        Some(x) => {
+            let at = c.linear(&x.offset, index, &x.strides);
+            let value = c.load(x, at)?;
+            super::expr::convert(c, value, x.view.dtype, DType::I64)
+        }
+        None => Ok(c.b.mov(Ty::S64, 0i64)),
+    }
+}
+
+/// The visible keys `lo..hi` of a query at position `p` among `keys`, in a row padded by `pad`.
+fn visible(c: &mut Ctx, mask: AttentionMask, p: Reg, pad: Reg, keys: Reg) -> (Reg, Reg) {
     let b = &mut c.b;
-    let clamp = |b: &mut crate::ptx::KernelBuilder, x: Reg| {
-        let x = b.max(x, 0i64);
-        b.min(x, keys)
+    // The key at position `x`, clamped to the keys.
+    let key = |b: &mut crate::ptx::KernelBuilder, x: Reg| {
+        let j = b.add(x, pad);
+        let j = b.max(j, 0i64);
+        b.min(j, keys)
     };
     let next = b.add(p, 1i64);
     let zero = b.mov(Ty::S64, 0i64);
+    let first = key(b, zero);
     match mask {
-        AttentionMask::None => (zero, keys),
-        AttentionMask::Causal => (zero, clamp(b, next)),
+        AttentionMask::None => (first, keys),
+        AttentionMask::Causal => (first, key(b, next)),
         AttentionMask::Window(w) => {
-            let lo = b.sub(next, w as i64);
-            (clamp(b, lo), clamp(b, next))
+            let lowest = b.sub(next, w as i64);
+            let lowest = b.max(lowest, 0i64);
+            (key(b, lowest), key(b, next))
         }
         AttentionMask::Prefix(n) => {
-            let hi = b.max(next, n as i64);
-            (zero, clamp(b, hi))
+            let end = b.max(next, n as i64);
+            (first, key(b, end))
         }
     }
 }

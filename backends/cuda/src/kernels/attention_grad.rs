@@ -17,7 +17,7 @@
 //!
 //! Each warp owns its row, so there are no atomics; sums run in tile order.
 
-use super::attention::visible_run;
+use super::attention::Visibility;
 use super::attention_rows::{dot_staged, stage, Owned};
 use super::context::{Addressed, Ctx, Granule};
 use super::one_thread_each;
@@ -64,12 +64,12 @@ pub fn emit_lse(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         c.addressed(&kernel.k),
         c.addressed(&kernel.out),
     );
-    let pa = kernel.positions.as_ref().map(|p| c.addressed(p));
+    let visibility = Visibility::of(c, kernel.positions.as_ref(), kernel.padding.as_ref());
     c.grid_loop(count, Granule::Thread, |c, t| {
         let bhi = c.unravel(t, &dims);
         let (b, h, i) = (bhi[0], bhi[1], bhi[2]);
         let kv = c.b.div(h, a.group as i64);
-        let (lo, hi) = visible_run(c, a, &pa, b, i, keys)?;
+        let (lo, hi) = visibility.run(c, a, b, i, keys)?;
         let q_row = c.linear(&qa.offset, &[b, h, i], &qa.strides[..3]);
         let m = c.b.mov(Ty::F32, f32::NEG_INFINITY);
         let l = c.b.mov(Ty::F32, 0.0f32);
@@ -118,7 +118,7 @@ pub fn emit_grad(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
         &kernel.out,
     ]
     .map(|v| c.addressed(v));
-    let pa = kernel.positions.as_ref().map(|p| c.addressed(p));
+    let visibility = Visibility::of(c, kernel.positions.as_ref(), kernel.padding.as_ref());
     let scale = a.scale as f32;
     // Two staged rows per warp: (q, d_out) of a query, or (k, v) of a key.
     let per_warp = 4 * (d + dv.max(d));
@@ -144,7 +144,7 @@ pub fn emit_grad(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
             let lse = c.load(&la, at)?;
             let at = c.linear(&da.offset, &[b, head, row], &da.strides);
             let delta = c.load(&da, at)?;
-            let (lo, hi) = visible_run(c, a, &pa, b, row, keys)?;
+            let (lo, hi) = visibility.run(c, a, b, row, keys)?;
             c.for_range(lo, hi, 32i64, |c, j0| {
                 let j = c.b.add(j0, lane);
                 let valid = c.b.setp(Cmp::Lt, j, hi);
@@ -179,7 +179,7 @@ pub fn emit_grad(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
                     let weight = c.b.mov(Ty::F32, 0.0f32);
                     let in_seq = c.b.setp(Cmp::Lt, i, seq);
                     c.when(in_seq, |c| {
-                        let (lo, hi) = visible_run(c, a, &pa, b, i, keys)?;
+                        let (lo, hi) = visibility.run(c, a, b, i, keys)?;
                         let after = c.b.setp(Cmp::Ge, row, lo);
                         let before = c.b.setp(Cmp::Lt, row, hi);
                         let sees = c.b.and(after, before);

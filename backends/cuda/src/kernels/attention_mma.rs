@@ -42,7 +42,7 @@
 //! Invariants: every thread reaches every barrier (the walk's bounds are the block's); a stage
 //! is written only after the barrier that ends the tile that last read it.
 
-use super::attention::{visible_run, Views};
+use super::attention::Views;
 use super::context::{Addressed, Ctx, Granule};
 use super::matmul_mma::{vectorizable, VECTOR};
 use super::reduce::warp_fold;
@@ -476,6 +476,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
             })
             .collect();
         // Each row's visible run (empty past the last query) and its query fragments.
+        let padding = views.visibility.padding(c, bi)?;
         let mut runs = Vec::new();
         for (mi, pair) in rows.iter().enumerate() {
             for (half, &r) in pair.iter().enumerate() {
@@ -483,7 +484,10 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
                 // A row past the last query reads the last query's position (its run is
                 // emptied below).
                 let read = c.b.min(r, last_query);
-                let (lo, hi) = visible_run(c, attention, &views.positions, bi, read, keys_reg)?;
+                let row = (bi, padding);
+                let (lo, hi) = views
+                    .visibility
+                    .run_in_row(c, attention, row, read, keys_reg)?;
                 runs.push((
                     c.b.selp(lo, i64::MAX, inside, Ty::S64),
                     c.b.selp(hi, 0i64, inside, Ty::S64),

@@ -265,13 +265,17 @@ fn random_graphs_match_the_interpreter() {
 
 #[test]
 fn attention_of_every_mask_matches_the_interpreter() {
+    // (mask, positions, heads, kv heads, d, dv, padding)
     let cases = [
-        ("causal", "i64", 4, 2, 16, 16),
-        ("window(3)", "i64", 4, 2, 8, 40),
-        ("prefix(4)", "i32", 3, 3, 36, 12),
-        ("none", "", 2, 1, 8, 8),
+        ("causal", "i64", 4, 2, 16, 16, ""),
+        ("window(3)", "i64", 4, 2, 8, 40, ""),
+        ("prefix(4)", "i32", 3, 3, 36, 12, ""),
+        ("none", "", 2, 1, 8, 8, ""),
+        ("causal", "i64", 2, 1, 16, 8, "i64"),
+        ("window(5)", "i32", 2, 2, 8, 16, "i32"),
+        ("none", "", 2, 2, 8, 8, "i64"),
     ];
-    for (mask, pos, heads, kv, d, dv) in cases {
+    for (mask, pos, heads, kv, d, dv, pad) in cases {
         let group = heads / kv;
         let mut text = "graph attention\nsym b <= 4\nsym s <= 80\nsym t <= 80\n".to_string();
         text += &format!("input %q : f32[b, {heads}, s, {d}]\n");
@@ -281,7 +285,17 @@ fn attention_of_every_mask_matches_the_interpreter() {
             text += &format!("input %pos : {pos}[b, s]\n");
             operands += ", %pos";
         }
-        let attrs = format!("mask={mask} bias=none group={group} scale=0.3 tile_q=4 tile_k=8");
+        let padding = match pad {
+            "" => "none",
+            dtype => {
+                text += &format!("input %pad : {dtype}[b]\n");
+                operands += ", %pad";
+                "left"
+            }
+        };
+        let attrs = format!(
+            "mask={mask} padding={padding} bias=none group={group} scale=0.3 tile_q=4 tile_k=8"
+        );
         text += &format!(
             "%y = flash_attention {operands} {attrs} : f32[b, {heads}, s, {dv}]\noutput y = %y\n"
         );
@@ -300,7 +314,7 @@ fn attention_of_every_mask_matches_the_interpreter() {
         for (s, t) in [(5, 37), (40, 37)] {
             let e = env(&[("b", 2), ("s", s), ("t", t)]);
             check(&g, &g, &e, 1e-5, 40)
-                .unwrap_or_else(|err| panic!("mask {mask}, {s} queries: {err}"));
+                .unwrap_or_else(|err| panic!("mask {mask}, padding {padding}, {s} queries: {err}"));
         }
     }
 }
@@ -842,15 +856,17 @@ fn bf16_matmuls_on_tensor_cores_match_the_interpreter() {
 /// sums and `ex2.approx`; `Σⱼ pⱼ·|vⱼ|` is the interpreter's attention over `|v|`).
 #[test]
 fn bf16_attention_on_tensor_cores_matches_the_interpreter() {
-    // (mask, positions, heads, kv heads, d, dv, queries, keys)
+    // (mask, positions, heads, kv heads, d, dv, queries, keys, padding)
     let cases = [
-        ("causal", "i64", 4, 2, 64, 64, 70, 100),
-        ("window(20)", "i64", 2, 1, 32, 16, 70, 90),
-        ("prefix(9)", "i32", 2, 2, 16, 32, 20, 70),
-        ("none", "", 3, 1, 80, 128, 17, 66),
+        ("causal", "i64", 4, 2, 64, 64, 70, 100, ""),
+        ("window(20)", "i64", 2, 1, 32, 16, 70, 90, ""),
+        ("prefix(9)", "i32", 2, 2, 16, 32, 20, 70, ""),
+        ("none", "", 3, 1, 80, 128, 17, 66, ""),
+        ("causal", "i64", 2, 1, 64, 64, 70, 100, "i64"),
+        ("window(20)", "i32", 2, 2, 32, 32, 40, 70, "i32"),
     ];
     let mut failures = Vec::new();
-    for (mask, pos, heads, kv, d, dv, s, t) in cases {
+    for (mask, pos, heads, kv, d, dv, s, t, pad) in cases {
         let mut text = "graph attention\nsym b <= 2\nsym s <= 80\nsym t <= 128\n".to_string();
         for (name, h, len, width) in [("q", heads, "s", d), ("k", kv, "t", d), ("v", kv, "t", dv)] {
             text += &format!(
@@ -863,10 +879,19 @@ fn bf16_attention_on_tensor_cores_matches_the_interpreter() {
             text += &format!("input %pos : {pos}[b, s]\n");
             operands += ", %pos";
         }
+        let padding = match pad {
+            "" => "none",
+            dtype => {
+                text += &format!("input %pad : {dtype}[b]\n");
+                operands += ", %pad";
+                "left"
+            }
+        };
         let group = heads / kv;
         text += &format!(
-            "%y = flash_attention {operands} mask={mask} bias=none group={group} scale=0.125 \
-             tile_q=64 tile_k=64 : f32[b, {heads}, s, {dv}]\noutput y = %y\n"
+            "%y = flash_attention {operands} mask={mask} padding={padding} bias=none \
+             group={group} scale=0.125 tile_q=64 tile_k=64 : f32[b, {heads}, s, {dv}]\n\
+             output y = %y\n"
         );
         let g = kiln_ir::text::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let artifact = crate::compile(std::slice::from_ref(&g), model()).unwrap();
@@ -881,9 +906,11 @@ fn bf16_attention_on_tensor_cores_matches_the_interpreter() {
         let want = &interpret(&g, &inputs, &weights).unwrap()["y"];
         let scale = &interpret(&g, &absolute(&inputs), &weights).unwrap()["y"];
         let worst = worst_of_bound(got, want, scale, 2f64.powi(-7) + 2f64.powi(-14));
-        println!("{mask}: worst error {worst:.3} of the bound");
+        println!("{mask} padding={padding}: worst error {worst:.3} of the bound");
         if worst > 1.0 {
-            failures.push(format!("{mask}: error {worst:e} of the bound"));
+            failures.push(format!(
+                "{mask} padding={padding}: error {worst:e} of the bound"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
