@@ -115,7 +115,8 @@ fn random_graphs_match_the_interpreter() {
 
 /// The tiny Llama's `decode` (16 positions) on the GPU with in-place caches: from a random host
 /// cache of 3 positions, each step's logits and caches (read back dense) match the interpreter's
-/// on dense caches, the caches fed back on the device with no copy; then the cache is full.
+/// on dense caches (its second row left-padded by two keys), the caches fed back on the device
+/// with no copy; then the cache is full.
 #[test]
 fn in_place_caches_decode_to_the_capacity_on_the_gpu() {
     if !gpu("in-place caches") {
@@ -135,6 +136,9 @@ fn in_place_caches_decode_to_the_capacity_on_the_gpu() {
     let g = &graphs[0];
     let env = [("batch".to_string(), 2), ("past".to_string(), 3)].into();
     let (mut inputs, weights) = random_bindings(g, &env, 256, 5).unwrap();
+    // The second row's first two keys are filler (left padding).
+    let padding = kiln_ir::interp::Tensor::from_f64(kiln_ir::DType::I64, &[2], vec![0.0, 2.0]);
+    inputs.insert("left_padding".into(), padding);
     let artifact = kiln_backend_cuda::compile(&graphs, kiln::compile::model_info(&spec)).unwrap();
     let artifact = Artifact::from_bytes(&artifact.to_bytes(), "decode").unwrap();
     let tensors = common::cpu::in_manifest_order(&artifact, &weights);
@@ -146,7 +150,7 @@ fn in_place_caches_decode_to_the_capacity_on_the_gpu() {
         .filter(|n| n.starts_with("past_"))
         .cloned()
         .collect();
-    for name in &caches {
+    for name in caches.iter().chain(["left_padding".to_string()].iter()) {
         runner
             .set_input(name, runtime_tensor(&inputs[name]))
             .unwrap();

@@ -11,14 +11,16 @@
 //! symbol values, whose contents the runner rewrites on the stream before each launch or replay;
 //! a captured graph therefore stays valid when inputs, outputs, the arena or the symbols change.
 //! When profiling, steps are launched one by one with an event after each, and the time between
-//! consecutive events is added to the step's total.
+//! consecutive events is added to the step's total. Every launch allows programmatic dependent
+//! launch (see [`launch_step`]).
 
 use crate::manifest::Launch;
-use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUresult, CUstreamCaptureMode};
-use cudarc::driver::{
-    CudaFunction, CudaGraph, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+use cudarc::driver::sys::{
+    self, CUevent_flags, CUgraphInstantiate_flags, CUresult, CUstreamCaptureMode,
 };
+use cudarc::driver::{CudaFunction, CudaGraph, CudaStream, DriverError};
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,6 +223,11 @@ fn launch_timed(
     Ok(())
 }
 
+/// Launches step `i` with programmatic stream serialization: the GPU may process its launch
+/// while the step before it is still running, and the kernel's first instruction
+/// (`griddepcontrol.wait`, which every entry starts with) holds its blocks until that step has
+/// finished and its writes are visible, so the launch latency between steps overlaps the previous
+/// step instead of following it.
 fn launch_step(
     stream: &Arc<CudaStream>,
     kernels: &Kernels,
@@ -228,20 +235,46 @@ fn launch_step(
     grid: u32,
     tables: [u64; 2],
 ) -> Result<(), (usize, DriverError)> {
-    let config = LaunchConfig {
-        grid_dim: (grid, 1, 1),
-        block_dim: (kernels.launches[i].threads, 1, 1),
-        shared_mem_bytes: 0,
+    let mut bufs = tables[0] + 8 * kernels.table_offsets[i] as u64;
+    let mut symbols = tables[1];
+    let mut params = [
+        (&mut bufs as *mut u64).cast::<c_void>(),
+        (&mut symbols as *mut u64).cast::<c_void>(),
+    ];
+    let mut value = sys::CUlaunchAttributeValue { pad: [0; 64] };
+    value.programmaticStreamSerializationAllowed = 1;
+    let mut attribute = sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        pad: [0; 4],
+        value,
     };
-    let bufs = tables[0] + 8 * kernels.table_offsets[i] as u64;
-    let mut builder = stream.launch_builder(&kernels.functions[i]);
-    builder.arg(&bufs).arg(&tables[1]);
-    // SAFETY: every entry takes the two table addresses of the manifest's ABI; the runner
-    // keeps both tables alive and filled with live buffers sized for the bound symbols, and
-    // each step's part of the buffer table holds its launch's buffers.
-    unsafe { builder.launch(config) }
-        .map(drop)
-        .map_err(|e| (i, e))
+    let config = sys::CUlaunchConfig {
+        gridDimX: grid,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: kernels.launches[i].threads,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: 0,
+        hStream: stream.cu_stream(),
+        attrs: &mut attribute,
+        numAttrs: 1,
+    };
+    stream.context().bind_to_thread().map_err(|e| (i, e))?;
+    // SAFETY: every entry takes the two table addresses of the manifest's ABI (`params` points
+    // at both, alive for the call); the runner keeps both tables alive and filled with live
+    // buffers sized for the bound symbols, each step's part of the buffer table holds its
+    // launch's buffers, and the function belongs to a module loaded in the stream's context.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            kernels.functions[i].cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
+    .map_err(|e| (i, e))
 }
 
 #[cfg(test)]

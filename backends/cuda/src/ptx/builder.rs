@@ -6,6 +6,15 @@
 //! ptxas from contracting a multiply and an add into one FMA, so a kernel rounds exactly where
 //! the IR does; `min`/`max` on floats propagate NaN (`.NaN`), as the IR's ops do. Every
 //! kernel's parameters are `.u64`.
+//!
+//! Every entry starts with `griddepcontrol.wait`, for programmatic dependent launch: launched with
+//! programmatic stream serialization, a kernel's launch may be processed while the kernel before
+//! it in the stream is still running, and its blocks wait there, before their first instruction,
+//! until that grid has finished and its memory is visible. Launched without the attribute (or
+//! with no kernel before it), the instruction returns at once. No entry triggers its dependents
+//! early (`griddepcontrol.launch_dependents`): measured on an H200, that gained nothing at batch 1
+//! over the implicit trigger at the grid's end and lost 10% at batch 16
+//! (`bench/results/gpu-decode-pdl-2026-11-30-h200/`).
 
 use super::types::{Cmp, Label, Operand, Reg, Space, Special, Ty};
 use std::fmt::Write;
@@ -427,6 +436,7 @@ impl KernelBuilder {
         for (name, bytes) in &self.shared {
             writeln!(out, "\t.shared .align 16 .b8 {name}[{bytes}];").unwrap();
         }
+        out.push_str("\tgriddepcontrol.wait;\n");
         for line in &self.body {
             out.push_str(line);
             out.push('\n');

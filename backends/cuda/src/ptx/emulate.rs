@@ -141,7 +141,10 @@ impl Program {
                     ops.push(parse_operand(&current, &mut regs, &labels));
                 }
                 let parts: Vec<String> = op.split('.').map(str::to_string).collect();
-                let writes = !matches!(parts[0].as_str(), "st" | "bra" | "bar" | "ret");
+                let writes = !matches!(
+                    parts[0].as_str(),
+                    "st" | "bra" | "bar" | "ret" | "griddepcontrol"
+                );
                 let dst = if writes && !ops.is_empty() {
                     Some(ops.remove(0))
                 } else {
@@ -358,6 +361,8 @@ impl Thread {
                     continue;
                 }
                 "ld" | "st" => self.memory_op(inst, &parts, p, memory, shared, params),
+                // One grid at a time: there is no grid before it to wait for or to release.
+                "griddepcontrol" => {}
                 "mov" if is_vector(&inst.srcs[0]) || inst.dst.as_ref().is_some_and(is_vector) => {
                     self.repack(inst, 8 * bytes_of(parts[1]), p, params)
                 }

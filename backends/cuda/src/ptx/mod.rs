@@ -4,7 +4,8 @@
 //! PTX written here on the CPU.
 //!
 //! The text targets PTX ISA 8.8 on `sm_90` with 64-bit addresses; it uses nothing newer than
-//! sm_90 needs (`cvt` to and from `bf16`, `max.NaN`, `shfl.sync`), and nothing of sm_90a.
+//! sm_90 needs (`cvt` to and from `bf16`, `max.NaN`, `shfl.sync`, `griddepcontrol`), and nothing of
+//! sm_90a.
 
 pub mod builder;
 pub mod math;
