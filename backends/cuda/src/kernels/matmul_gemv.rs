@@ -5,17 +5,19 @@
 //! **When it applies** ([`applies`]): `b` is a buffer whose batch strides are all 0 (one weight
 //! for every row) and whose `k` axis is unit-stride (`x·Wᵀ` of a `[n, k]` weight), `a` is a
 //! buffer unit-stride along `k`, both f32 or bf16, and every other stride and both offsets are
-//! multiples of 4 elements. Buffers start 64-byte aligned (allocations, and arena offsets by
-//! `memory_plan::ALIGN`), so every group of 4 elements starting at a multiple of 4 along `k`
-//! (a *quad*) is 8-byte aligned for bf16 and 16-byte aligned for f32, and loads as one or two
-//! `u64`. Otherwise the warp-per-output form of `matmul.rs` runs.
+//! multiples of 8 elements. Buffers start 64-byte aligned (allocations, and arena offsets by
+//! `memory_plan::ALIGN`), so every group of 8 elements starting at a multiple of 8 along `k`
+//! (an *octet*) is 16-byte aligned and loads as one (bf16) or two (f32) 16-byte vectors.
+//! Otherwise the warp-per-output form of `matmul.rs` runs.
 //!
 //! **Work**: one warp per output column `n`, for every row: chunks of 4 rows, then the rows
 //! left one at a time. A weight row is read from memory by the first chunk and from cache by
 //! the others (a row of 2048 bf16 is 4 KiB). Lane `l` walks the
-//! quads at `k = 4l, 4l + 128, …`, several per iteration so that enough loads are in flight to
-//! cover the memory latency, then the single quads left, then the elements past the last whole
-//! quad; the lanes' sums fold by shuffles and lane 0 runs the epilogue and stores.
+//! octets at `k = 8l, 8l + 256, …`, several per iteration so that enough loads are in flight to
+//! cover the memory latency, then the single octets left, then the elements past the last whole
+//! octet; the lanes' sums fold by shuffles and lane 0 runs the epilogue and stores. Octets of
+//! 16-byte loads replaced quads of 8-byte ones after an A/B on an H200
+//! (`bench/results/gpu-decode-pdl-2026-11-30-h200/`).
 //!
 //! The sum's order differs from the interpreter's (per-lane partial sums, then a tree), so
 //! results agree within f32 rounding of a `k`-term sum, not bit for bit.
@@ -32,10 +34,10 @@ use kiln_runtime::manifest::{Launch, WorkFactor};
 use kiln_runtime::Poly;
 
 /// Elements loaded together along `k`.
-const QUAD: i64 = 4;
+const OCTET: i64 = 8;
 /// Rows of one chunk.
 const CHUNK: usize = 4;
-/// Quads each lane loads per iteration, for a chunk and for a single row.
+/// Octets each lane loads per iteration, for a chunk and for a single row.
 const UNROLL_CHUNK: usize = 4;
 const UNROLL_ROW: usize = 8;
 
@@ -43,7 +45,7 @@ fn multiple_of(p: &Poly, q: i64) -> bool {
     p.terms.iter().all(|t| t.coeff % q == 0)
 }
 
-fn quad_dtype(d: DType) -> bool {
+fn octet_dtype(d: DType) -> bool {
     matches!(d, DType::F32 | DType::BF16)
 }
 
@@ -51,16 +53,16 @@ fn quad_dtype(d: DType) -> bool {
 pub fn applies(a: &View, b: &View) -> bool {
     let r = b.rank();
     let aligned = |v: &View, skip: usize| {
-        multiple_of(&v.offset, QUAD)
+        multiple_of(&v.offset, OCTET)
             && v.strides
                 .iter()
                 .enumerate()
-                .all(|(i, s)| i == skip || multiple_of(s, QUAD))
+                .all(|(i, s)| i == skip || multiple_of(s, OCTET))
     };
     a.buffer().is_some()
         && b.buffer().is_some()
-        && quad_dtype(a.dtype)
-        && quad_dtype(b.dtype)
+        && octet_dtype(a.dtype)
+        && octet_dtype(b.dtype)
         && b.strides[..r - 2].iter().all(|s| s.is_constant(0))
         && b.strides[r - 2].is_constant(1)
         && a.strides[r - 1].is_constant(1)
@@ -68,32 +70,23 @@ pub fn applies(a: &View, b: &View) -> bool {
         && aligned(b, r - 2)
 }
 
-/// The four f32 values of the quad of `v` starting at element `index` (a multiple of 4).
-fn load_quad(c: &mut Ctx, v: &Addressed, index: Reg) -> Result<[Reg; 4]> {
+/// The eight f32 values of the octet of `v` starting at element `index` (a multiple of 8).
+fn load_octet(c: &mut Ctx, v: &Addressed, index: Reg) -> Result<[Reg; 8]> {
     let base = v.base.expect("gemv operands are buffers");
     let addr = c.address(base, index, v.view.dtype)?;
     let words: Vec<Reg> = match v.view.dtype {
         DType::BF16 => {
-            let quad = c.b.ld(Space::Global, "u64", Ty::U64, addr, 0, true);
-            let (lo, hi) = c.b.unpack(quad);
-            let mut words = Vec::new();
-            for half in [lo, hi] {
-                words.push(c.b.shl(half, 16));
-                words.push(c.b.and(half, -65536i64));
-            }
-            words
+            c.b.ld_v4(Space::Global, addr, 0, true)
+                .into_iter()
+                .flat_map(|pair| [c.b.shl(pair, 16), c.b.and(pair, -65536i64)])
+                .collect()
         }
-        _ => {
-            let mut words = Vec::new();
-            for offset in [0, 8] {
-                let pair = c.b.ld(Space::Global, "u64", Ty::U64, addr, offset, true);
-                let (lo, hi) = c.b.unpack(pair);
-                words.extend([lo, hi]);
-            }
-            words
-        }
+        _ => [0, 16]
+            .into_iter()
+            .flat_map(|offset| c.b.ld_v4(Space::Global, addr, offset, true))
+            .collect(),
     };
-    Ok([0, 1, 2, 3].map(|i| c.b.mov(Ty::F32, words[i])))
+    Ok([0, 1, 2, 3, 4, 5, 6, 7].map(|i| c.b.mov(Ty::F32, words[i])))
 }
 
 /// One element of `v` at `index`, widened to f32.
@@ -124,27 +117,27 @@ impl Operands {
             .map(|coords| c.linear(&self.a.offset, coords, &self.a.strides[..r - 1]))
             .collect();
         let accs: Vec<Reg> = (0..count).map(|_| c.b.mov(Ty::F32, 0.0f32)).collect();
-        let whole = c.b.and(self.k, -QUAD);
-        let k = c.b.mul(lane, QUAD);
+        let whole = c.b.and(self.k, -OCTET);
+        let k = c.b.mul(lane, OCTET);
         let unroll = if count == 1 { UNROLL_ROW } else { UNROLL_CHUNK };
-        let span = 32 * QUAD;
-        // Quads `unroll` at a time while the last of them is whole, then one at a time.
+        let span = 32 * OCTET;
+        // Octets `unroll` at a time while the last of them is whole, then one at a time.
         let unrolled_end = c.b.sub(whole, span * (unroll as i64 - 1));
-        for (end, quads) in [(unrolled_end, unroll), (whole, 1)] {
-            c.walk(k, end, span * quads as i64, |c, k| {
+        for (end, octets) in [(unrolled_end, unroll), (whole, 1)] {
+            c.walk(k, end, span * octets as i64, |c, k| {
                 let mut weights = Vec::new();
-                for q in 0..quads {
+                for q in 0..octets {
                     let at = c.b.add(k, span * q as i64);
                     let at = c.b.add(at, w_base);
-                    weights.push(load_quad(c, &self.b, at)?);
+                    weights.push(load_octet(c, &self.b, at)?);
                 }
                 for (acc, &x_base) in accs.iter().zip(&x_bases) {
                     for (q, w) in weights.iter().enumerate() {
                         let at = c.b.add(k, span * q as i64);
                         let at = c.b.add(at, x_base);
-                        let x = load_quad(c, &self.a, at)?;
-                        for e in 0..4 {
-                            let next = c.b.mad(x[e], w[e], *acc);
+                        let x = load_octet(c, &self.a, at)?;
+                        for (x, w) in x.iter().zip(w) {
+                            let next = c.b.mad(*x, *w, *acc);
                             c.b.assign(*acc, next);
                         }
                     }
@@ -152,7 +145,7 @@ impl Operands {
                 Ok(())
             })?;
         }
-        // Elements past the last whole quad (fewer than 4).
+        // Elements past the last whole octet (fewer than 8).
         let tail = c.b.add(whole, lane);
         c.for_range(tail, self.k, 32i64, |c, k| {
             let at = c.b.add(k, w_base);

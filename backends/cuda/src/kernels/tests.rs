@@ -321,13 +321,13 @@ fn attention_of_every_mask_matches_the_interpreter() {
 
 /// Decode matmuls `x·Wᵀ` against a shared weight (the `matmul_gemv` form): f32 and bf16
 /// operands, row counts made of chunks of 4 and single rows, `k` long enough for the unrolled
-/// loads, `k` sliced to leave elements past the last whole quad, and an epilogue.
+/// loads, `k` sliced to leave elements past the last whole octet, and an epilogue.
 #[test]
 fn decode_matmuls_match_the_interpreter() {
     for (x, w, k, used) in [
-        ("f32", "f32", 1028, 1028),
-        ("f32", "bf16", 1028, 1026),
-        ("bf16", "bf16", 36, 36),
+        ("f32", "f32", 2056, 2056),
+        ("f32", "bf16", 2064, 2062),
+        ("bf16", "bf16", 40, 40),
     ] {
         // An f32 `x` is the input itself (sliced in place); a bf16 one a cast of it.
         let rows = match x {
