@@ -454,6 +454,32 @@ fn generate_streams_and_reports_throughput() {
     assert!(stderr.contains("decode: 8 tokens"), "{stderr}");
 }
 
+/// Prompts of different lengths in one `generate` call share one left-padded batch and continue
+/// as each does in a batch of its own length (printed the same way: several prompts are printed
+/// whole, one is streamed).
+#[test]
+fn generate_batches_prompts_of_different_lengths() {
+    let generate = |prompts: &[&str]| -> Vec<String> {
+        let mut args = vec!["generate", "--max-tokens", "8"];
+        for p in prompts {
+            args.extend(["--prompt", p]);
+        }
+        let (ok, stdout, stderr) = kiln(&args);
+        assert!(ok, "generate failed: {stderr}");
+        stdout
+            .split("\n---")
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let prompts = ["kiln", "The kiln fires the clay slowly"];
+    let together = generate(&prompts);
+    for (prompt, text) in prompts.iter().zip(&together) {
+        assert_eq!(&generate(&[prompt, prompt])[0], text, "prompt {prompt:?}");
+    }
+    assert_eq!(together.len(), 2);
+}
+
 #[test]
 fn runtime_input_errors_name_the_file_and_tensor() {
     let artifact = compiled_fixture("bad-run.kiln", &[]);

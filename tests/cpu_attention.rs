@@ -51,15 +51,12 @@ impl Case<'_> {
             text += &format!("input %q : f32[b, {h}, {s}, {d}]\n");
         }
         text += &format!("input %k : f32[b, {kv}, {t}, {d}]\ninput %v : f32[b, {kv}, {t}, {dv}]\n");
-        let mut operands = "%q, %k, %v".to_string();
-        if let Some(dtype) = self.positions {
-            text += &format!("input %pos : {dtype}[b, {s}]\n");
-            operands += ", %pos";
-        }
-        if let Some(dtype) = self.padding {
-            text += &format!("input %pad : {dtype}[b]\n");
-            operands += ", %pad";
-        }
+        let (operands, _) = kiln_ir::testing::attention_inputs(
+            &mut text,
+            s,
+            self.positions.unwrap_or(""),
+            self.padding.unwrap_or(""),
+        );
         if self.strided_q {
             text += &format!("%q = permute %x perm=[0,2,1,3] : f32[b, {h}, {s}, {d}]\n");
         }

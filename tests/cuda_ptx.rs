@@ -314,19 +314,7 @@ fn attention_of_every_mask_assembles() {
                 text += &format!("input %q : f32[b, {heads}, s, {d}]\n");
             }
             text += &format!("input %k : f32[b, {kv}, t, {d}]\ninput %v : f32[b, {kv}, t, {dv}]\n");
-            let mut operands = "%q, %k, %v".to_string();
-            if !pos.is_empty() {
-                text += &format!("input %pos : {pos}[b, s]\n");
-                operands += ", %pos";
-            }
-            let padding = match pad {
-                "" => "none",
-                dtype => {
-                    text += &format!("input %pad : {dtype}[b]\n");
-                    operands += ", %pad";
-                    "left"
-                }
-            };
+            let (operands, padding) = kiln_ir::testing::attention_inputs(&mut text, "s", pos, pad);
             if strided {
                 text += &format!("%q = permute %x perm=[0,2,1,3] : f32[b, {heads}, s, {d}]\n");
             }

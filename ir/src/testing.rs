@@ -1,5 +1,6 @@
 //! Random valid graphs for property tests: the text round trip here, a backend against the
-//! interpreter elsewhere.
+//! interpreter elsewhere; and [`attention_inputs`], the optional inputs of the `flash_attention`
+//! graphs that attention tests write as text.
 //!
 //! [`random_graph`] builds a graph from a seed: inputs of a few types, then ops drawn from every
 //! group of the op set, each applied to earlier values of fitting types (an op whose operands do
@@ -150,4 +151,26 @@ pub fn random_graph(seed: u64, profile: Profile) -> Graph {
         let _ = g.output(&format!("out{i}"), v);
     }
     g
+}
+
+/// Declares the optional inputs of a `flash_attention` test graph in `text`: `%pos :
+/// POSITIONS[b, SEQ]` unless `positions` is empty, and `%pad : PADDING[b]` unless `padding` is
+/// empty (each the name of an integer type). Returns the op's operand list, `%q, %k, %v[, %pos][,
+/// %pad]`, and the value of its `padding=` attribute.
+pub fn attention_inputs(
+    text: &mut String,
+    seq: &str,
+    positions: &str,
+    padding: &str,
+) -> (String, &'static str) {
+    let mut operands = "%q, %k, %v".to_string();
+    if !positions.is_empty() {
+        *text += &format!("input %pos : {positions}[b, {seq}]\n");
+        operands += ", %pos";
+    }
+    if padding.is_empty() {
+        return (operands, "none");
+    }
+    *text += &format!("input %pad : {padding}[b]\n");
+    (operands + ", %pad", "left")
 }

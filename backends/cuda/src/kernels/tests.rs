@@ -280,19 +280,7 @@ fn attention_of_every_mask_matches_the_interpreter() {
         let mut text = "graph attention\nsym b <= 4\nsym s <= 80\nsym t <= 80\n".to_string();
         text += &format!("input %q : f32[b, {heads}, s, {d}]\n");
         text += &format!("input %k : f32[b, {kv}, t, {d}]\ninput %v : f32[b, {kv}, t, {dv}]\n");
-        let mut operands = "%q, %k, %v".to_string();
-        if !pos.is_empty() {
-            text += &format!("input %pos : {pos}[b, s]\n");
-            operands += ", %pos";
-        }
-        let padding = match pad {
-            "" => "none",
-            dtype => {
-                text += &format!("input %pad : {dtype}[b]\n");
-                operands += ", %pad";
-                "left"
-            }
-        };
+        let (operands, padding) = kiln_ir::testing::attention_inputs(&mut text, "s", pos, pad);
         let attrs = format!(
             "mask={mask} padding={padding} bias=none group={group} scale=0.3 tile_q=4 tile_k=8"
         );
@@ -874,19 +862,7 @@ fn bf16_attention_on_tensor_cores_matches_the_interpreter() {
                  %{name} = cast %{name}x : bf16[b, {h}, {len}, {width}]\n"
             );
         }
-        let mut operands = "%q, %k, %v".to_string();
-        if !pos.is_empty() {
-            text += &format!("input %pos : {pos}[b, s]\n");
-            operands += ", %pos";
-        }
-        let padding = match pad {
-            "" => "none",
-            dtype => {
-                text += &format!("input %pad : {dtype}[b]\n");
-                operands += ", %pad";
-                "left"
-            }
-        };
+        let (operands, padding) = kiln_ir::testing::attention_inputs(&mut text, "s", pos, pad);
         let group = heads / kv;
         text += &format!(
             "%y = flash_attention {operands} mask={mask} padding={padding} bias=none \
