@@ -309,13 +309,16 @@ fn attention_of_every_mask_matches_the_interpreter() {
 
 /// Decode matmuls `x·Wᵀ` against a shared weight (the `matmul_gemv` form): f32 and bf16
 /// operands, row counts made of chunks of 4 and single rows, `k` long enough for the unrolled
-/// loads, `k` sliced to leave elements past the last whole octet, and an epilogue.
+/// loads, `k` sliced to leave elements past the last whole octet, an epilogue, and a thousand
+/// and four thousand columns (blocks of 8 columns, the last one part empty).
 #[test]
 fn decode_matmuls_match_the_interpreter() {
-    for (x, w, k, used) in [
-        ("f32", "f32", 2056, 2056),
-        ("f32", "bf16", 2064, 2062),
-        ("bf16", "bf16", 40, 40),
+    for (x, w, k, used, n) in [
+        ("f32", "f32", 2056, 2056, 5),
+        ("f32", "bf16", 2064, 2062, 5),
+        ("bf16", "bf16", 40, 40, 5),
+        ("f32", "bf16", 72, 70, 1027),
+        ("f32", "bf16", 16, 13, 4099),
     ] {
         // An f32 `x` is the input itself (sliced in place); a bf16 one a cast of it.
         let rows = match x {
@@ -323,16 +326,17 @@ fn decode_matmuls_match_the_interpreter() {
             _ => "%1",
         };
         let text = format!(
-            "graph g\nsym b <= 8\ninput %x : f32[b, 2, K]\ninput %r : f32[b, 2, 5]\n\
-             weight @w : {w}[5, K]\n%1 = cast %x : bf16[b, 2, K]\n\
+            "graph g\nsym b <= 8\ninput %x : f32[b, 2, K]\ninput %r : f32[b, 2, N]\n\
+             weight @w : {w}[N, K]\n%1 = cast %x : bf16[b, 2, K]\n\
              %2 = slice {rows} axis=2 start=0 end={used} : {x}[b, 2, {used}]\n\
-             %7 = cast @w : {x}[5, K]\n\
-             %3 = slice %7 axis=1 start=0 end={used} : {x}[5, {used}]\n\
-             %4 = permute %3 perm=[1,0] : {x}[{used}, 5]\n\
-             %5 = matmul %2, %4 : f32[b, 2, 5]\n\
-             %6 = add %5, %r : f32[b, 2, 5]\noutput y = %6\n"
+             %7 = cast @w : {x}[N, K]\n\
+             %3 = slice %7 axis=1 start=0 end={used} : {x}[N, {used}]\n\
+             %4 = permute %3 perm=[1,0] : {x}[{used}, N]\n\
+             %5 = matmul %2, %4 : f32[b, 2, N]\n\
+             %6 = add %5, %r : f32[b, 2, N]\noutput y = %6\n"
         )
-        .replace('K', &k.to_string());
+        .replace('K', &k.to_string())
+        .replace('N', &n.to_string());
         let g = kiln_ir::text::parse(&text).unwrap();
         let mut fused = g.clone();
         use kiln_passes::Pass;
