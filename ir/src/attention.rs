@@ -129,20 +129,20 @@ impl std::hash::Hash for Attention {
     }
 }
 
+/// Every parameter of an [`Attention`], the scale as its bits.
+type AttentionKey = (
+    AttentionMask,
+    AttentionPadding,
+    AttentionBias,
+    usize,
+    u64,
+    usize,
+    usize,
+);
+
 impl Attention {
     /// Everything, with the scale as bits (so equality and hashing agree, as for literals).
-    #[allow(clippy::type_complexity)]
-    fn key(
-        &self,
-    ) -> (
-        AttentionMask,
-        AttentionPadding,
-        AttentionBias,
-        usize,
-        u64,
-        usize,
-        usize,
-    ) {
+    fn key(&self) -> AttentionKey {
         (
             self.mask,
             self.padding,

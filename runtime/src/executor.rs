@@ -316,13 +316,16 @@ impl<'m> Runner<'m> {
         Ok(())
     }
 
-    fn bind_symbols(&mut self) -> Result<()> {
-        let shapes: Vec<Option<&[usize]>> = self
-            .inputs
+    /// The shape of each input set (`None`: not set), in the program's order.
+    fn input_shapes(&self) -> Vec<Option<&[usize]>> {
+        self.inputs
             .iter()
             .map(|h| h.as_ref().map(|h| h.shape.as_slice()))
-            .collect();
-        self.symbols = bind_symbols(self.desc, &shapes)?;
+            .collect()
+    }
+
+    fn bind_symbols(&mut self) -> Result<()> {
+        self.symbols = bind_symbols(self.desc, &self.input_shapes())?;
         Ok(())
     }
 
@@ -347,12 +350,7 @@ impl<'m> Runner<'m> {
 
     fn run_on(&mut self, weights: &[Tensor]) -> Result<()> {
         self.ran = false;
-        let shapes: Vec<Option<&[usize]>> = self
-            .inputs
-            .iter()
-            .map(|h| h.as_ref().map(|h| h.shape.as_slice()))
-            .collect();
-        for (name, zeros) in unset_defaults(self.desc, &shapes)? {
+        for (name, zeros) in unset_defaults(self.desc, &self.input_shapes())? {
             self.set_input(&name, zeros)?;
         }
         self.bind_symbols()?;

@@ -274,6 +274,11 @@ impl<P: DecodeProgram> Generator<P> {
                     self.decode.feed_back(input, output)?;
                 }
             }
+            if from_prefill {
+                // The padding holds for every step of the batch; inputs stay set between runs.
+                self.decode
+                    .set_input("left_padding", padded.padding.clone())?;
+            }
             from_prefill = false;
             let last: Vec<i64> = next.iter().map(|&t| t as i64).collect();
             self.decode
@@ -281,8 +286,6 @@ impl<P: DecodeProgram> Generator<P> {
             let positions: Vec<i64> = lens.iter().map(|&len| (len + step) as i64).collect();
             self.decode
                 .set_input("position_ids", Tensor::i64(&[batch, 1], &positions))?;
-            self.decode
-                .set_input("left_padding", padded.padding.clone())?;
             self.decode.run()?;
             next = last_logits(&*self.decode.host_output("logits")?)
                 .iter()

@@ -433,22 +433,20 @@ impl<'m> CudaRunner<'m> {
         self.run_on(Some(weights))
     }
 
+    /// The shape of each input set (`None`: not set), in the program's order.
+    fn input_shapes(&self) -> Vec<Option<&[usize]>> {
+        self.inputs
+            .iter()
+            .map(|i| i.as_ref().map(Input::shape))
+            .collect()
+    }
+
     fn run_on(&mut self, weights: Option<&[DeviceTensor]>) -> Result<()> {
         self.appended = None;
-        let shapes: Vec<Option<&[usize]>> = self
-            .inputs
-            .iter()
-            .map(|i| i.as_ref().map(Input::shape))
-            .collect();
-        for (name, zeros) in unset_defaults(self.desc, &shapes)? {
+        for (name, zeros) in unset_defaults(self.desc, &self.input_shapes())? {
             self.set_input(&name, zeros)?;
         }
-        let shapes: Vec<Option<&[usize]>> = self
-            .inputs
-            .iter()
-            .map(|i| i.as_ref().map(Input::shape))
-            .collect();
-        let symbols = bind_symbols(self.desc, &shapes)?;
+        let symbols = bind_symbols(self.desc, &self.input_shapes())?;
         self.fit(&symbols)?;
         self.stage_inputs()?;
         let outputs = self.place_outputs(&symbols)?;
