@@ -189,6 +189,74 @@ fn in_place_caches_decode_to_the_capacity_on_the_gpu() {
     );
 }
 
+/// The tiny Llama's `decode` at `bf16` (its projections on tensor cores, `matmul_gemv_mma`,
+/// with residual adds and SwiGLU in their epilogues) for 1, 2 and 18 rows (one and two tiles of
+/// 16 rows) on random weights and caches: every output within 1e-2 of the largest magnitude of
+/// the interpreter's, which rounds the same casts (a value next to a rounding boundary may round
+/// the other way after the GPU's differently ordered sums).
+#[test]
+fn bf16_decode_steps_match_the_interpreter_on_the_gpu() {
+    if !gpu("bf16 decode") || std::env::var_os("KILN_GPU_CASES").is_some() {
+        return;
+    }
+    let text = include_str!("../src/embedded/tiny_llama.json");
+    let spec = kiln_frontend::hf::read_config(text, "tiny_llama.json").unwrap();
+    let opts = BuildOptions {
+        max_batch: 20,
+        max_seq: 16,
+        ..BuildOptions::for_spec(&spec)
+    };
+    let options = PipelineOptions {
+        precision: Precision::Bf16,
+        ..PipelineOptions::default()
+    };
+    let graphs =
+        kiln::compile::optimized_programs(Target::Cuda, &spec, &[Program::Decode], opts, &options)
+            .unwrap();
+    let g = &graphs[0];
+    let artifact = kiln_backend_cuda::compile(&graphs, kiln::compile::model_info(&spec)).unwrap();
+    let ptx = String::from_utf8_lossy(&artifact.object).into_owned();
+    assert!(
+        ptx.contains("matmul_gemv_mma"),
+        "no tensor-core decode matmul"
+    );
+    let artifact = Artifact::from_bytes(&artifact.to_bytes(), "decode").unwrap();
+    for batch in [1, 2, 18] {
+        let env = [("batch".to_string(), batch), ("past".to_string(), 5)].into();
+        let (mut inputs, weights) = random_bindings(g, &env, 256, 9).unwrap();
+        let zeros =
+            kiln_ir::interp::Tensor::from_f64(kiln_ir::DType::I64, &[batch], vec![0.0; batch]);
+        inputs.insert("left_padding".into(), zeros);
+        let tensors = common::cpu::in_manifest_order(&artifact, &weights);
+        let model = CudaModel::new(artifact.clone(), "decode", tensors).unwrap();
+        let mut runner = model.runner("decode").unwrap();
+        for (name, x) in &inputs {
+            runner.set_input(name, runtime_tensor(x)).unwrap();
+        }
+        runner.run().unwrap();
+        let want = interpret(g, &inputs, &weights).unwrap();
+        for (name, w) in &want {
+            let got = interp_tensor(&runner.output(name).unwrap());
+            let (g, w) = (got.to_f64(), w.to_f64());
+            let scale = w.iter().fold(0f64, |m, x| m.max(x.abs()));
+            let worst = g
+                .iter()
+                .zip(&w)
+                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            if name == "logits" {
+                println!(
+                    "bf16 decode, {batch} rows: logits within {:.2e} of the largest",
+                    worst / scale
+                );
+            }
+            assert!(
+                worst <= 1e-2 * scale,
+                "{name}, {batch} rows: {worst:e} of {scale:e}"
+            );
+        }
+    }
+}
+
 /// A fixture's inference programs compiled for the GPU at `precision`, with its weights.
 fn fixture_model(case: &str, precision: Precision) -> CudaModel {
     let dir = fixture_dir(case);

@@ -10,7 +10,8 @@
 #   ONLY=decode bench/gpu/llama_1b.sh        # decode figures only (ONLY=train: training only;
 #                                            # ONLY=attention: the attention figure only)
 #   PROFILE=1 …                              # also kiln's per-step GPU profile of each decode batch
-#   DECODE_PRECISION=bf16 …                  # kiln's decode at bf16 (default bf16-weights)
+#   DECODE_PRECISION=bf16-weights …          # kiln's decode with f32 activations (default bf16,
+#                                            # as PyTorch's: bf16 weights and activations)
 #   TRAIN_PRECISION=f32 …                    # kiln's training at f32 (default bf16, as PyTorch's
 #                                            # autocast: bf16 matmuls, f32 master weights)
 # Results: bench/results/gpu-llama-1b-DATE/{kiln-*.json,train.csv,torch.json} and the merged
@@ -36,10 +37,10 @@ seconds() { # seconds COMMAND...: runs it, prints its wall time in seconds
 }
 
 if [[ $PARTS == *kiln* || $PARTS == *compile* ]]; then
-  # The artifacts: decode programs with bf16 weights, and the training step (bf16 matmuls, f32
+  # The artifacts: decode programs at bf16 (weights and activations), and the training step (bf16 matmuls, f32
   # master weights) with layers recomputed (the activations of all 16 layers at 8 × 2048 tokens
   # do not fit beside the optimizer state).
-  decode=$(seconds "$KILN" compile "$CONFIG" --target cuda --precision "${DECODE_PRECISION:-bf16-weights}" \
+  decode=$(seconds "$KILN" compile "$CONFIG" --target cuda --precision "${DECODE_PRECISION:-bf16}" \
     --programs prefill,decode --max-batch 16 --max-seq 192 -o "$WORK/decode.kiln")
   train=$(seconds "$KILN" compile "$CONFIG" --target cuda --programs train_step \
     --precision "${TRAIN_PRECISION:-bf16}" --max-batch 8 --max-seq 2048 --recompute layers \

@@ -15,7 +15,8 @@
 //! Operand types: `q: T[B, H, S, D]`, `k: T[B, H/group, T, D]`, `v: T[B, H/group, T, Dv]` with
 //! one float type `T`, f32 or bf16, `positions: i64|i32[B, S]` (absent exactly when the mask is
 //! `none`) and `padding: i64|i32[B]` (present exactly with `padding=left`); result
-//! `f32[B, H, S, Dv]`. Scores and softmax statistics are f32 either way; with
+//! `f32[B, H, S, Dv]`, or `bf16[B, H, S, Dv]` where so declared: the f32 result rounded to
+//! nearest even, as a `cast` of it would be (`elementwise-fusion` folds such casts). Scores and softmax statistics are f32 either way; with
 //! bf16 operands the probabilities are rounded to bf16 before they weight the values, as the
 //! two bf16 matmuls the op replaces (`mixed-precision`'s `bf16` policy) would take them.
 //! A query that sees no key gets NaN, as `softmax` over scores that are all `-inf` does.

@@ -242,7 +242,18 @@ pub fn infer(
             }
             Ok(data.clone())
         }
-        Op::FlashAttention(attention) => attention.infer(operands),
+        Op::FlashAttention(attention) => {
+            // An f32 result may be declared bf16: rounded to nearest even as it is stored.
+            let ty = attention.infer(operands)?;
+            Ok(match declared_type {
+                Some(d)
+                    if d.dtype == DType::BF16 && d.shape == ty.shape && ty.dtype == DType::F32 =>
+                {
+                    d.clone()
+                }
+                _ => ty,
+            })
+        }
         Op::FlashAttentionLse(attention) => attention.infer_lse(operands),
         Op::FlashAttentionGrad { attention, wrt } => attention.infer_grad(*wrt, operands),
         Op::StopGradient => Ok(operands[0].clone()),

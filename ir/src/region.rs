@@ -136,7 +136,13 @@ impl Region {
             if operands.len() < 2 {
                 return Err("fused_matmul needs the matmul's two operands".into());
             }
-            product = infer(&Op::MatMul, &operands[..2], None)?;
+            // A product of narrow operands is accumulated and held in f32.
+            product = infer(&Op::MatMul, &operands[..2], None).map(|mut t| {
+                if t.dtype.is_narrow() {
+                    t.dtype = DType::F32;
+                }
+                t
+            })?;
             leaves = std::iter::once(&product)
                 .chain(operands[2..].iter().copied())
                 .collect();

@@ -266,3 +266,51 @@ fn random_graphs_fuse_without_changing_a_bit() {
         "only {fused_any} of 300 graphs had a region"
     );
 }
+
+#[test]
+fn bf16_matmuls_take_epilogues_that_round_their_result() {
+    let out = check(
+        "graph g
+sym s <= 8
+input %x : f32[s, 8]
+weight @w : f32[8, 16]
+%0 = cast %x : bf16[s, 8]
+%1 = cast @w : bf16[8, 16]
+%2 = matmul %0, %1 : f32[s, 16]
+%3 = sigmoid %2 : f32[s, 16]
+%4 = mul %2, %3 : f32[s, 16]
+%5 = cast %4 : bf16[s, 16]
+output y = %5
+",
+        &[("s", 5)],
+    );
+    assert_eq!(ops(&out), ["cast", "cast", "fused_matmul"], "{out}");
+    assert!(out.contains("fused_matmul %0, %1 {"), "{out}");
+    assert!(out.contains(": bf16[s, 16]"), "{out}");
+}
+
+/// Attention with a single query row per head (decode) and GQA, its result cast to bf16.
+const ROUNDED_ATTENTION: &str = "graph g
+sym b <= 4
+sym t <= 9
+input %q : f32[b, 4, 1, 8]
+input %k : f32[b, 2, t, 8]
+input %v : f32[b, 2, t, 8]
+%0 = flash_attention %q, %k, %v mask=none padding=none bias=none group=2 scale=0.35 tile_q=1 tile_k=64 : f32[b, 4, 1, 8]
+%1 = cast %0 : bf16[b, 4, 1, 8]
+output y = %1
+";
+
+#[test]
+fn an_attention_result_cast_to_bf16_is_rounded_as_it_is_stored() {
+    let out = check(ROUNDED_ATTENTION, &[("b", 3), ("t", 7)]);
+    assert_eq!(ops(&out), ["flash_attention"], "{out}");
+    assert!(out.contains(": bf16[b, 4, 1, 8]"), "{out}");
+}
+
+#[test]
+fn an_attention_result_read_elsewhere_keeps_its_cast() {
+    let text = ROUNDED_ATTENTION.replace("output y = %1", "output y = %1\noutput o = %0");
+    let out = check(&text, &[("b", 3), ("t", 7)]);
+    assert_eq!(ops(&out), ["flash_attention", "cast"], "{out}");
+}

@@ -6,10 +6,11 @@
 //! is a widening view (storage bf16, IR type f32) that costs nothing. Everything else narrow is
 //! refused there: `f16` values, and bf16 arithmetic, matmuls, reductions, constants and inputs.
 //! Kernels that round to bf16 ([`NarrowValues::Bf16`], the CUDA backend's) also hold the values
-//! the `bf16` precision policy computes: casts to bf16 (a `cast` or the last step of a fused
-//! elementwise region, rounded to nearest even as it is stored), their views, concats of them,
-//! and matmuls with bf16 operands of any origin (f32 accumulation and result). Arithmetic on
-//! bf16 values, bf16 reductions, constants, inputs and `f16` values are refused there too.
+//! the `bf16` precision policy computes: casts to bf16 (a `cast`, the last step of a fused
+//! elementwise region or matmul epilogue, or an attention result declared bf16, rounded to
+//! nearest even as it is stored), their views, concats of them, and matmuls with bf16 operands
+//! of any origin (f32 accumulation and result). Arithmetic on bf16 values, bf16 reductions,
+//! constants, inputs and `f16` values are refused there too.
 //!
 //! Who reads a widening view: matmuls load the bf16 operand and widen it in registers; maps and
 //! reductions (plain or fused) widen each narrow leaf with a `cast` node in their expression;
@@ -46,12 +47,13 @@ fn is_bf16_storage(node: &Node) -> bool {
 }
 
 /// Whether `node`, a bf16 value, is rounded from f32 or moved, not computed in bf16: a cast, a
-/// fused elementwise region (whose steps are checked as kernels are emitted: arithmetic in bf16
-/// is refused there), or a concat of such values.
+/// fused elementwise region or matmul epilogue (whose steps are checked as kernels are emitted:
+/// arithmetic in bf16 is refused there), an attention result rounded as it is stored, or a
+/// concat of such values.
 fn is_bf16_rounded(node: &Node) -> bool {
     match &node.op {
-        Op::Cast | Op::Concat { .. } => true,
-        Op::Fused(region) => region.kind == RegionKind::Map,
+        Op::Cast | Op::Concat { .. } | Op::FlashAttention(_) => true,
+        Op::Fused(region) => matches!(region.kind, RegionKind::Map | RegionKind::MatMul),
         _ => false,
     }
 }

@@ -48,7 +48,8 @@ pub fn eval(attention: &Attention, xs: &[&Tensor], arithmetic: Arithmetic) -> Re
                 .clone()
                 .map(|j| probs[j] * a.value(b, h, j)[c])
                 .sum();
-            out.push(acc);
+            // Rounded to f32 first, so that a result declared bf16 rounds as a cast of it.
+            out.push(f32(acc));
         }
     }
     Ok(Data::Float(out))

@@ -1,9 +1,10 @@
 //! Matmul epilogues: after regions are formed, an elementwise root (a region or a single op)
 //! that is the only reader of a matmul's result takes the matmul in: `f(a·b, c…)` becomes
 //! `fused_matmul a, b, c… { … }` with the product as value `$0`. The backend then applies `f`
-//! to each output tile as it is computed. Only matmuls of f32 operands into f32 are taken (a
-//! narrow matmul accumulating into f32 keeps its own node), never a program output, and one
-//! matmul per root: of several single-use matmuls a root reads, the last operand's.
+//! to each output tile as it is computed. Only matmuls into f32 of two f32 or two bf16 operands
+//! are taken (the product `$0` of bf16 operands is the f32 sum, as the plain matmul's; the
+//! root may round its result back to bf16), never a program output, and one matmul per root:
+//! of several single-use matmuls a root reads, the last operand's.
 
 use super::is_elementwise;
 use kiln_ir::{DType, Graph, IrError, NodeId, Op, Region, RegionKind, Step, StepOp};
@@ -29,14 +30,15 @@ fn as_region(g: &Graph, root: NodeId) -> Option<(Vec<NodeId>, Vec<Step>)> {
     }
 }
 
-/// A matmul `root` may take in: f32 in and out, read by `root` alone.
+/// A matmul `root` may take in: f32 out, of two f32 or two bf16 operands, read by `root` alone.
 fn takes_in(g: &Graph, outputs: &HashSet<NodeId>, root: NodeId, m: NodeId) -> bool {
-    let f32 = |id: NodeId| g.ty(id).dtype == DType::F32;
+    let dtype = |id: NodeId| g.ty(id).dtype;
+    let operands: Vec<DType> = g.operands(m).into_iter().map(dtype).collect();
     matches!(g.node(m).op, Op::MatMul)
         && !outputs.contains(&m)
         && g.users(m) == [root]
-        && f32(m)
-        && g.operands(m).into_iter().all(f32)
+        && dtype(m) == DType::F32
+        && (operands.iter().all(|&d| d == DType::F32) || operands.iter().all(|&d| d == DType::BF16))
 }
 
 /// Folds every matmul an elementwise root alone reads into it; returns how many.
@@ -76,14 +78,7 @@ pub fn run(g: &mut Graph) -> Result<usize, IrError> {
             kind: RegionKind::MatMul,
             steps,
         };
-        let ty = g.ty(root).clone();
-        let fused = g.push_typed(Op::Fused(region), &operands, ty)?;
-        if let Some(label) = g.node(m).label.clone() {
-            g.set_label(fused, label);
-        }
-        g.replace_uses(root, fused);
-        g.remove(root);
-        g.remove(m);
+        super::absorb(g, (root, m), Op::Fused(region), &operands)?;
         folded += 1;
     }
     Ok(folded)

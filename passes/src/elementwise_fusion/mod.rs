@@ -9,8 +9,10 @@
 //!    regions is then one op deep, so recomputation never chains (a residual stream is stored
 //!    at least every other add).
 //!
-//! First, layout ops that split elementwise chains are moved out of them (`layout.rs`):
-//! broadcasts below cheap ops, concats below elementwise ops, slices above them.
+//! First, a cast to bf16 that is the only reader of an attention result is folded into the
+//! attention (`rounded_attention.rs`), and layout ops that split elementwise chains are moved
+//! out of them (`layout.rs`): broadcasts below cheap ops, concats below elementwise ops, slices
+//! above them.
 //!
 //! Every other elementwise node, and every reduction, is a *root*. A root with at least one
 //! inlined operand is replaced by a region of the inlined operand trees: `fused` for an
@@ -45,6 +47,25 @@ pub struct ElementwiseFusion;
 
 mod epilogue;
 mod layout;
+mod rounded_attention;
+
+/// Replaces `root` and the `producer` only it reads by one node computing both, `op` of
+/// `operands` typed as `root`, labeled as `producer`.
+fn absorb(
+    g: &mut Graph,
+    (root, producer): (NodeId, NodeId),
+    op: Op,
+    operands: &[NodeId],
+) -> Result<NodeId, IrError> {
+    let merged = g.push_typed(op, operands, g.ty(root).clone())?;
+    if let Some(label) = g.node(producer).label.clone() {
+        g.set_label(merged, label);
+    }
+    g.replace_uses(root, merged);
+    g.remove(root);
+    g.remove(producer);
+    Ok(merged)
+}
 
 fn is_elementwise(op: &Op) -> bool {
     matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast)
@@ -182,6 +203,7 @@ impl Pass for ElementwiseFusion {
     }
 
     fn run(&self, g: &mut Graph) -> Result<(), IrError> {
+        let rounded = rounded_attention::run(g)?;
         let moved = layout::run(g)?;
         // The rewrites may slice one value the same way twice.
         merge_equal(g);
@@ -214,7 +236,8 @@ impl Pass for ElementwiseFusion {
         removed += remove_dead(g);
         g.remark(format!(
             "elementwise-fusion: {moved}, {regions} regions of {steps} elementwise steps in all, \
-             {epilogues} matmul epilogues, {removed} nodes removed"
+             {epilogues} matmul epilogues, {rounded} attention results rounded as stored, \
+             {removed} nodes removed"
         ));
         Ok(())
     }

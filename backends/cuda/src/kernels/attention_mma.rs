@@ -26,7 +26,7 @@
 //!    in registers. Values are staged transposed, `Vt[c][key]`, so a B fragment word (two
 //!    neighbouring keys of one column) is one `ld.shared.b32`.
 //!
-//! Finally each row is divided by `l` and stored (f32). A query that sees no key has `l = 0`
+//! Finally each row is divided by `l` and stored (f32, or rounded to bf16 where the result is). A query that sees no key has `l = 0`
 //! and gets `0 · ∞ = NaN`, as the IR defines. Rounding the unnormalized probabilities to bf16
 //! (FlashAttention's choice) differs from the IR's rounding of the normalized ones by at most
 //! two bf16 roundings of each weight (`2⁻⁷` relative, one on each side), the bound the tests
@@ -645,8 +645,14 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
                 for (nj, tile) in acc[mi].iter().enumerate() {
                     for e in 0..2 {
                         let y = c.b.mul(tile[2 * half + e], inv);
+                        let y = super::expr::convert(c, y, DType::F32, views.out.view.dtype)?;
                         let col = c.b.add(at, nj as i64 * 8 + e as i64);
-                        c.store(views.out.base.expect("a buffer"), col, DType::F32, y)?;
+                        c.store(
+                            views.out.base.expect("a buffer"),
+                            col,
+                            views.out.view.dtype,
+                            y,
+                        )?;
                     }
                 }
                 Ok(())

@@ -92,13 +92,15 @@ impl Owned {
         })
     }
 
-    /// Stores the row from `base` of `out`.
+    /// Stores the row from `base` of `out`, in `out`'s type (f32, or bf16 rounded).
     pub fn store(&self, c: &mut Ctx, acc: &[Reg], out: &Addressed, base: Reg) -> Result<()> {
+        let dtype = out.view.dtype;
         for (u, (&a, &there)) in acc.iter().zip(&self.exists).enumerate() {
             c.when(there, |c| {
                 let col = c.b.add(self.lane, 32 * u as i64);
                 let at = c.b.add(base, col);
-                c.store(out.base.expect("a buffer"), at, DType::F32, a)
+                let a = super::expr::convert(c, a, DType::F32, dtype)?;
+                c.store(out.base.expect("a buffer"), at, dtype, a)
             })?;
         }
         Ok(())

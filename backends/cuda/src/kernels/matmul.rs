@@ -12,7 +12,10 @@
 //!   the operand is unit-stride, so the loads are coalesced for `x·W` and `x·Wᵀ` alike.
 //!
 //! Every load is bounds-checked (out-of-range tile elements are 0), so any `m`, `n`, `k` works.
-//! Two bf16 operands take the tensor-core form of `matmul_mma.rs` instead of the shared tiles.
+//! Two bf16 operands take the tensor-core forms instead: `matmul_gemv_mma.rs` for decode,
+//! `matmul_mma.rs` for the shared tiles. The decode form against a shared weight is
+//! `matmul_gemv.rs` (FMA) otherwise. The output is stored in its view's type (an epilogue may
+//! round it to bf16).
 
 use super::context::{Addressed, Ctx, Granule};
 use super::expr::{convert, evaluate};
@@ -73,7 +76,7 @@ impl Finish {
         };
         let at = c.linear(&self.out.offset, coords, &self.out.strides);
         let base = self.out.base.expect("matmuls write buffers");
-        c.store(base, at, DType::F32, v)
+        c.store(base, at, self.out.view.dtype, v)
     }
 }
 
@@ -112,6 +115,9 @@ pub fn emit(
         (ab, bb)
     };
     let decode = matches!(m.as_constant(), Some(rows) if rows <= 4);
+    if decode && super::matmul_gemv_mma::applies(a, b) {
+        return super::matmul_gemv_mma::emit(c, a, b, out, &finish);
+    }
     if decode && super::matmul_gemv::applies(a, b) {
         return super::matmul_gemv::emit(c, a, b, out, &finish);
     }

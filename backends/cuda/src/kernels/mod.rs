@@ -17,6 +17,7 @@ mod gather;
 mod map;
 mod matmul;
 mod matmul_gemv;
+mod matmul_gemv_mma;
 mod matmul_mma;
 mod reduce;
 mod reduce_columns;
@@ -55,6 +56,7 @@ pub fn kind(kernel: &Kernel) -> &'static str {
         }
         Kernel::Reduce { .. } => "reduce",
         Kernel::MatMul { a, b, out, .. } => match out.dims[out.rank() - 2].as_constant() {
+            Some(m) if m <= 4 && matmul_gemv_mma::applies(a, b) => "matmul_gemv_mma",
             Some(m) if m <= 4 && matmul_gemv::applies(a, b) => "matmul_gemv",
             Some(m) if m <= 4 => "matmul_warp",
             _ if matmul_mma::applies(a, b) => "matmul_mma",

@@ -307,18 +307,27 @@ fn attention_of_every_mask_matches_the_interpreter() {
     }
 }
 
-/// Decode matmuls `x·Wᵀ` against a shared weight (the `matmul_gemv` form): f32 and bf16
-/// operands, row counts made of chunks of 4 and single rows, `k` long enough for the unrolled
-/// loads, `k` sliced to leave elements past the last whole octet, an epilogue, and a thousand
-/// and four thousand columns (blocks of 8 columns, the last one part empty).
+/// Decode matmuls `x·Wᵀ` against a shared weight: the FMA form (`matmul_gemv`) with f32 and
+/// bf16 operands, row counts made of chunks of 4 and single rows, `k` long enough for the
+/// unrolled loads, `k` sliced to leave elements past the last whole octet, an epilogue, and a
+/// thousand and four thousand columns (blocks of 8 columns, the last one part empty); and the
+/// tensor-core form (`matmul_gemv_mma`) at every split count (16 to 1 warps per tile of 8
+/// columns) and 1 to 8 steps loaded together, with whole groups of steps and the guarded steps
+/// after them, the last tile of columns part empty, and one and two tiles of 16 rows.
 #[test]
 fn decode_matmuls_match_the_interpreter() {
-    for (x, w, k, used, n) in [
-        ("f32", "f32", 2056, 2056, 5),
-        ("f32", "bf16", 2064, 2062, 5),
-        ("bf16", "bf16", 40, 40, 5),
-        ("f32", "bf16", 72, 70, 1027),
-        ("f32", "bf16", 16, 13, 4099),
+    for (x, w, k, used, n, kernel) in [
+        ("f32", "f32", 2056, 2056, 5, "matmul_gemv_"),
+        ("f32", "bf16", 2064, 2062, 5, "matmul_gemv_"),
+        ("f32", "bf16", 72, 70, 1027, "matmul_gemv_"),
+        ("f32", "bf16", 16, 13, 4099, "matmul_gemv_"),
+        ("bf16", "bf16", 40, 40, 5, "matmul_gemv_mma"),
+        ("bf16", "bf16", 4104, 4104, 5, "matmul_gemv_mma"),
+        ("bf16", "bf16", 1072, 1064, 1027, "matmul_gemv_mma"),
+        ("bf16", "bf16", 560, 552, 3001, "matmul_gemv_mma"),
+        ("bf16", "bf16", 176, 168, 5003, "matmul_gemv_mma"),
+        ("bf16", "bf16", 88, 80, 8203, "matmul_gemv_mma"),
+        ("bf16", "bf16", 48, 40, 16411, "matmul_gemv_mma"),
     ] {
         // An f32 `x` is the input itself (sliced in place); a bf16 one a cast of it.
         let rows = match x {
@@ -326,7 +335,7 @@ fn decode_matmuls_match_the_interpreter() {
             _ => "%1",
         };
         let text = format!(
-            "graph g\nsym b <= 8\ninput %x : f32[b, 2, K]\ninput %r : f32[b, 2, N]\n\
+            "graph g\nsym b <= 9\ninput %x : f32[b, 2, K]\ninput %r : f32[b, 2, N]\n\
              weight @w : {w}[N, K]\n%1 = cast %x : bf16[b, 2, K]\n\
              %2 = slice {rows} axis=2 start=0 end={used} : {x}[b, 2, {used}]\n\
              %7 = cast @w : {x}[N, K]\n\
@@ -345,11 +354,23 @@ fn decode_matmuls_match_the_interpreter() {
             .unwrap();
         let artifact = crate::compile(std::slice::from_ref(&fused), model()).unwrap();
         let ptx = std::str::from_utf8(&artifact.object).unwrap();
-        assert!(ptx.contains("matmul_gemv"), "{x} × {w}: no gemv kernel");
-        // 2, 6 and 10 rows: single rows only, a chunk and singles, two chunks and singles.
-        for batch in [1, 3, 5] {
+        assert!(
+            ptx.contains(kernel),
+            "{x} × {w}, k = {used}: no {kernel} in {}",
+            ptx.lines()
+                .filter(|l| l.contains(".entry"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        // 2, 6, 10 and 18 rows: single rows only, a chunk and singles, two chunks and singles
+        // (the FMA form); one and two tiles of rows (the tensor-core form).
+        let batches: &[usize] = match kernel {
+            "matmul_gemv_mma" => &[1, 3, 9],
+            _ => &[1, 3, 5],
+        };
+        for &batch in batches {
             check(&fused, &g, &env(&[("b", batch)]), 1e-6, 4)
-                .unwrap_or_else(|e| panic!("{x} × {w}, batch {batch}: {e}"));
+                .unwrap_or_else(|e| panic!("{x} × {w}, k = {used}, n = {n}, batch {batch}: {e}"));
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct KernelBuilder {
     counts: [u32; Ty::ALL.len()],
     labels: u32,
     body: Vec<String>,
+    /// Threads per block and blocks per multiprocessor to fit, if asked.
+    occupancy: Option<(u32, u32)>,
 }
 
 /// A vector operand `{%r1, %r2, …}`.
@@ -60,7 +62,14 @@ impl KernelBuilder {
             counts: [0; Ty::ALL.len()],
             labels: 0,
             body: Vec::new(),
+            occupancy: None,
         }
+    }
+
+    /// Asks `ptxas` for at most `threads` threads per block and registers few enough for
+    /// `blocks` blocks of them on one multiprocessor (`.maxntid`, `.minnctapersm`).
+    pub fn occupancy(&mut self, threads: u32, blocks: u32) {
+        self.occupancy = Some((threads, blocks));
     }
 
     /// Bytes of shared memory declared so far.
@@ -426,7 +435,11 @@ impl KernelBuilder {
             .map(|p| format!("\t.param .u64 {p}"))
             .collect();
         out.push_str(&params.join(",\n"));
-        out.push_str("\n)\n{\n");
+        out.push_str("\n)\n");
+        if let Some((threads, blocks)) = self.occupancy {
+            writeln!(out, ".maxntid {threads}, 1, 1\n.minnctapersm {blocks}").unwrap();
+        }
+        out.push_str("{\n");
         for ty in Ty::ALL {
             let n = self.counts[slot(ty)];
             if n > 0 {
