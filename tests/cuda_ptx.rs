@@ -358,6 +358,7 @@ fn representative_kernels_ptx() {
                         | (Precision::F32, "prefill", "matmul_tiled" | "attention")
                         | (Precision::Bf16Weights, "decode", "matmul_gemv")
                         | (Precision::Bf16, "prefill", "matmul_mma")
+                        | (Precision::Bf16, "decode", "matmul_gemv_mma")
                 );
                 if wanted && seen.insert((program.name.clone(), kind.clone())) {
                     if kind == "matmul_mma" {

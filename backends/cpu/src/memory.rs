@@ -13,10 +13,18 @@ use kiln_runtime::manifest::{BufferKind, MemoryDesc};
 use kiln_runtime::memory_plan::{plan, Lifetime};
 
 /// Turns `program`'s non-output temporaries into intermediates and returns the plan's peak at
-/// the symbols' maxima.
+/// the symbols' maxima, one step per kernel.
 pub fn plan_intermediates(program: &mut LoweredProgram) -> MemoryDesc {
+    let steps: Vec<usize> = (0..program.kernels.len()).collect();
+    plan_steps(program, &steps)
+}
+
+/// [`plan_intermediates`] where kernel `i` runs in step `step_of[i]` (non-decreasing): kernels
+/// a backend runs as one step share it, so no buffer one of them touches shares memory with a
+/// buffer another touches.
+pub fn plan_steps(program: &mut LoweredProgram, step_of: &[usize]) -> MemoryDesc {
     let mut span: Vec<Option<(usize, usize)>> = vec![None; program.buffers.len()];
-    for (step, (kernel, _)) in program.kernels.iter().enumerate() {
+    for (&step, (kernel, _)) in step_of.iter().zip(&program.kernels) {
         for buffer in touched(kernel) {
             let (first, _) = span[buffer].unwrap_or((step, step));
             span[buffer] = Some((first, step));

@@ -41,25 +41,39 @@ pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
                 "{e} (the CUDA backend shares the CPU backend's lowering and its limits)"
             ))
         })?;
-        let memory = memory::plan_intermediates(&mut lowered);
+        let step_of: Vec<usize> = kernels::group(&lowered.kernels)
+            .iter()
+            .enumerate()
+            .flat_map(|(step, group)| std::iter::repeat_n(step, group.kernels()))
+            .collect();
+        let memory = memory::plan_steps(&mut lowered, &step_of);
+        let groups = kernels::group(&lowered.kernels);
         let mut steps = Vec::new();
-        for (i, (kernel, label)) in lowered.kernels.iter().enumerate() {
-            let kind = kernels::kind(kernel);
-            let (entry, launch) = kernels::emit(kind, kernel).map_err(|e| {
+        let mut first = 0;
+        for group in &groups {
+            let members = &lowered.kernels[first..first + group.kernels()];
+            let kind = group.kind();
+            let label = members
+                .iter()
+                .map(|(_, l)| l.as_str())
+                .collect::<Vec<_>>()
+                .join(" + ");
+            let (entry, launch) = kernels::emit(group).map_err(|e| {
                 CompileError(format!(
-                    "program `{}`: cannot compile step {i}, a {kind} kernel ({label}): {e}",
+                    "program `{}`: cannot compile step {first}, a {kind} kernel ({label}): {e}",
                     g.name
                 ))
             })?;
             let name = module.push_distinct(kind, entry);
-            let (work, item_bytes) = kernel.work();
+            let (work, item_bytes) = members[0].0.work();
             steps.push(Step {
                 kernel: name,
                 work,
                 item_bytes,
-                label: label.clone(),
+                label,
                 launch: Some(launch),
             });
+            first += group.kernels();
         }
         descs.push(lowered.into_desc(steps, memory));
     }

@@ -13,20 +13,100 @@
 //! 3. each lane's `p = e^(s − m')` is summed over the warp into `l`, and every lane adds
 //!    `p_t · v_{j0+t}` for `t` in the tile to the output elements it owns (`c ≡ lane mod 32`).
 //!
-//! Each output element is `acc · (1/l)`; a query that sees no key gets `0 · ∞ = NaN`, as the
-//! unfused softmax does. Only warp barriers are used, so warps of a block run independently.
+//! Each output element is `acc · (1/l)` (rounded to bf16 as it is stored where the result is
+//! declared bf16); a query that sees no key gets `0 · ∞ = NaN`, as the unfused softmax does.
+//! Only warp barriers are used, so warps of a block run independently.
+//!
+//! **Decode** (at most 4 queries per head, a constant): a query alone has too few keys for one
+//! warp to cover its latency, and a batch-1 step has only `H` queries, so a block of 8 warps
+//! takes one query and splits its keys (flash-decoding within a block): warp `w` walks the
+//! tiles `lo + 32w, lo + 32w + 256, …` as above, leaves its maximum, sum and accumulators in
+//! shared memory, and after a barrier the block merges them in warp order (deterministic):
+//! `Σ_w acc_w·e^(m_w − M) / Σ_w l_w·e^(m_w − M)`, `M = max_w m_w`. Warp 0 stores the row.
 
 use super::attention_rows::{dot_staged, stage, Owned};
 use super::context::{Addressed, Ctx, Granule};
 use super::reduce::warp_fold;
 use crate::error::Result;
-use crate::ptx::{math, Cmp, Reg, Special, Ty};
+use crate::ptx::{math, Cmp, Reg, Space, Special, Ty};
 use kiln_backend_cpu::kernel::AttentionKernel;
 use kiln_backend_cpu::view::View;
 use kiln_ir::{Attention, AttentionMask, DType};
 use kiln_runtime::manifest::{Launch, WorkFactor};
 
+/// Warps of a block in the warp-per-row form.
 const WARPS: u32 = 4;
+/// Warps sharing one query's keys in the decode form.
+const SPLITS: i64 = 8;
+
+/// A warp's running softmax over its keys: maximum, sum, and the output elements it owns.
+struct Partial {
+    m: Reg,
+    l: Reg,
+    acc: Vec<Reg>,
+}
+
+/// What one query row needs while a warp walks its keys.
+struct Row<'a> {
+    views: &'a Views,
+    attention: &'a Attention,
+    owned: &'a Owned,
+    q_stage: Reg,
+    lane: Reg,
+    d: i64,
+    k_head: Reg,
+    v_head: Reg,
+}
+
+impl Row<'_> {
+    /// The online softmax over the tiles of 32 keys at `first, first + step, …` below `hi`.
+    fn walk(&self, c: &mut Ctx, first: Reg, hi: Reg, step: i64) -> Result<Partial> {
+        let (views, lane) = (self.views, self.lane);
+        let part = Partial {
+            m: c.b.mov(Ty::F32, f32::NEG_INFINITY),
+            l: c.b.mov(Ty::F32, 0.0f32),
+            acc: self.owned.zeros(c),
+        };
+        c.for_range(first, hi, step, |c, j0| {
+            // 1. One score per lane.
+            let j = c.b.add(j0, lane);
+            let valid = c.b.setp(Cmp::Lt, j, hi);
+            let s = c.b.mov(Ty::F32, f32::NEG_INFINITY);
+            c.when(valid, |c| {
+                let k_row = c.b.mad(j, views.k.strides[2].clone(), self.k_head);
+                let dot = dot_staged(c, self.q_stage, &views.k, k_row, self.d)?;
+                let scaled = c.b.mul(dot, self.attention.scale as f32);
+                c.b.assign(s, scaled);
+                Ok(())
+            })?;
+            // 2. The new maximum and the rescaling.
+            let tile_max = warp_fold(c, s, |c, x, y| c.b.max(x, y));
+            let m_new = c.b.max(part.m, tile_max);
+            let shift = c.b.sub(part.m, m_new);
+            let alpha = math::exp(&mut c.b, shift);
+            // 3. Probabilities, their sum, the weighted values.
+            let centered = c.b.sub(s, m_new);
+            let e = math::exp(&mut c.b, centered);
+            let p = c.b.selp(e, 0.0f32, valid, Ty::F32);
+            let sum = warp_fold(c, p, |c, x, y| c.b.add(x, y));
+            let l_next = c.b.mad(part.l, alpha, sum);
+            c.b.assign(part.l, l_next);
+            c.b.assign(part.m, m_new);
+            for &a in &part.acc {
+                let scaled = c.b.mul(a, alpha);
+                c.b.assign(a, scaled);
+            }
+            let left = c.b.sub(hi, j0);
+            let count = c.b.min(left, 32i64);
+            self.owned
+                .add_rows(c, &part.acc, p, count, &views.v, |c, t| {
+                    let key = c.b.add(j0, t);
+                    Ok(c.b.mad(key, views.v.strides[2].clone(), self.v_head))
+                })
+        })?;
+        Ok(part)
+    }
+}
 
 pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     let AttentionKernel {
@@ -47,74 +127,69 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         v.dims[3].as_constant().expect("lowering checks head sizes")
     };
     let (d, dv) = (constant(q), constant(v));
+    // Decode (a few queries per head): the warps of a block split one query's keys.
+    let split = matches!(q.dims[2].as_constant(), Some(s) if s <= 4);
+    let warps = if split { SPLITS as u32 } else { WARPS };
     let rows = q.dims[0].mul(&q.dims[1]).mul(&q.dims[2]);
     let rows_v = c.value(&rows);
     let (heads, seq) = (c.value(&q.dims[1]), c.value(&q.dims[2]));
     let keys = c.reg(&k.dims[2]);
     let views = Views::of(c, kernel);
-    let smem = c.b.shared((WARPS as i64 * d * 4) as u32);
+    let smem = c.b.shared((warps as i64 * d * 4) as u32);
     let tid = c.special(Special::Tid);
     let lane = c.b.and(tid, 31i64);
     let warp = c.b.shr(tid, 5);
     let q_stage = c.b.mad(warp, d * 4, smem);
     let owned = Owned::new(c, lane, dv);
-    c.grid_loop(rows_v, Granule::Warp, |c, w| {
+    // The split form's partials: each warp's maximum and sum, then its `dv` accumulators.
+    let partials = split.then(|| c.b.shared((SPLITS * (2 + dv) * 4) as u32));
+    let granule = if split { Granule::Block } else { Granule::Warp };
+    c.grid_loop(rows_v, granule, |c, w| {
         let i = c.b.rem(w, seq.clone());
         let bh = c.b.div(w, seq.clone());
         let h = c.b.rem(bh, heads.clone());
         let bi = c.b.div(bh, heads.clone());
         let kv = c.b.div(h, attention.group as i64);
         let q_row = c.linear(&views.q.offset, &[bi, h, i], &views.q.strides[..3]);
-        let k_head = c.linear(&views.k.offset, &[bi, kv], &views.k.strides[..2]);
-        let v_head = c.linear(&views.v.offset, &[bi, kv], &views.v.strides[..2]);
+        let row = Row {
+            views: &views,
+            attention,
+            owned: &owned,
+            q_stage,
+            lane,
+            d,
+            k_head: c.linear(&views.k.offset, &[bi, kv], &views.k.strides[..2]),
+            v_head: c.linear(&views.v.offset, &[bi, kv], &views.v.strides[..2]),
+        };
         let out_row = c.linear(&views.out.offset, &[bi, h, i], &views.out.strides[..3]);
         let (lo, hi) = views.visibility.run(c, attention, bi, i, keys)?;
         stage(c, &views.q, q_row, d, q_stage, lane)?;
-        let m = c.b.mov(Ty::F32, f32::NEG_INFINITY);
-        let l = c.b.mov(Ty::F32, 0.0f32);
-        let acc = owned.zeros(c);
-        c.for_range(lo, hi, 32i64, |c, j0| {
-            // 1. One score per lane.
-            let j = c.b.add(j0, lane);
-            let valid = c.b.setp(Cmp::Lt, j, hi);
-            let s = c.b.mov(Ty::F32, f32::NEG_INFINITY);
-            c.when(valid, |c| {
-                let k_row = c.b.mad(j, views.k.strides[2].clone(), k_head);
-                let dot = dot_staged(c, q_stage, &views.k, k_row, d)?;
-                let scaled = c.b.mul(dot, attention.scale as f32);
-                c.b.assign(s, scaled);
-                Ok(())
-            })?;
-            // 2. The new maximum and the rescaling.
-            let tile_max = warp_fold(c, s, |c, x, y| c.b.max(x, y));
-            let m_new = c.b.max(m, tile_max);
-            let shift = c.b.sub(m, m_new);
-            let alpha = math::exp(&mut c.b, shift);
-            // 3. Probabilities, their sum, the weighted values.
-            let centered = c.b.sub(s, m_new);
-            let e = math::exp(&mut c.b, centered);
-            let p = c.b.selp(e, 0.0f32, valid, Ty::F32);
-            let sum = warp_fold(c, p, |c, x, y| c.b.add(x, y));
-            let l_next = c.b.mad(l, alpha, sum);
-            c.b.assign(l, l_next);
-            c.b.assign(m, m_new);
-            for &a in &acc {
-                let scaled = c.b.mul(a, alpha);
-                c.b.assign(a, scaled);
+        let acc = match partials {
+            None => {
+                let part = row.walk(c, lo, hi, 32)?;
+                let inv = c.b.rcp(part.l);
+                for &a in &part.acc {
+                    let y = c.b.mul(a, inv);
+                    c.b.assign(a, y);
+                }
+                part.acc
             }
-            let left = c.b.sub(hi, j0);
-            let count = c.b.min(left, 32i64);
-            owned.add_rows(c, &acc, p, count, &views.v, |c, t| {
-                let key = c.b.add(j0, t);
-                Ok(c.b.mad(key, views.v.strides[2].clone(), v_head))
-            })
-        })?;
-        let inv = c.b.rcp(l);
-        for &a in &acc {
-            let y = c.b.mul(a, inv);
-            c.b.assign(a, y);
+            Some(shared) => {
+                let first = c.b.mad(warp, 32i64, lo);
+                let part = row.walk(c, first, hi, 32 * SPLITS)?;
+                combine(c, &owned, &part, (shared, dv), (warp, lane))?
+            }
+        };
+        let store = |c: &mut Ctx| owned.store(c, &acc, &views.out, out_row);
+        match partials {
+            None => store(c)?,
+            Some(_) => {
+                let first = c.b.setp(Cmp::Eq, warp, 0i64);
+                c.when(first, store)?;
+                // The next row overwrites the partials.
+                c.b.bar_sync();
+            }
         }
-        owned.store(c, &acc, &views.out, out_row)?;
         // The next row overwrites the staged query.
         c.b.warp_sync();
         Ok(())
@@ -122,12 +197,83 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     Ok(Launch {
         blocks: vec![WorkFactor {
             extent: rows,
-            tile: WARPS as u64,
+            tile: if split { 1 } else { WARPS as u64 },
         }],
-        threads: WARPS * 32,
+        threads: warps * 32,
         shared_bytes: c.b.shared_bytes(),
         buffers: Vec::new(),
     })
+}
+
+/// The split form's merge: every warp leaves its partial in `shared` (`[m, l]` per warp, then
+/// `dv` accumulators per warp), and after a barrier each lane of every warp forms the output
+/// elements it owns, `Σ_w acc_w·e^(m_w − M) / Σ_w l_w·e^(m_w − M)` with `M = max_w m_w`, the
+/// warps in order (deterministic). A warp that saw no key has `m_w = −∞` and adds nothing; a
+/// query that sees no key gets NaN, as in the one-warp form.
+fn combine(
+    c: &mut Ctx,
+    owned: &Owned,
+    part: &Partial,
+    (shared, dv): (Reg, i64),
+    (warp, lane): (Reg, Reg),
+) -> Result<Vec<Reg>> {
+    let stats = |w: i64| 8 * w;
+    let accs = |w: i64| 8 * SPLITS + 4 * dv * w;
+    let first = c.b.setp(Cmp::Eq, lane, 0i64);
+    c.when(first, |c| {
+        let at = c.b.mad(warp, 8i64, shared);
+        c.b.st(Space::Shared, "f32", at, 0, part.m);
+        c.b.st(Space::Shared, "f32", at, 4, part.l);
+        Ok(())
+    })?;
+    let mine = c.b.mad(warp, 4 * dv, shared);
+    owned.each(c, |c, u, col| {
+        let at = c.b.mad(col, 4i64, mine);
+        c.b.st(Space::Shared, "f32", at, accs(0), part.acc[u]);
+        Ok(())
+    })?;
+    c.b.bar_sync();
+    let m = (0..SPLITS)
+        .map(|w| {
+            c.b.ld(Space::Shared, "f32", Ty::F32, shared, stats(w), false)
+        })
+        .collect::<Vec<_>>();
+    let top = m.iter().skip(1).fold(m[0], |a, &b| c.b.max(a, b));
+    let scales: Vec<Reg> = m
+        .iter()
+        .map(|&mw| {
+            let shift = c.b.sub(mw, top);
+            math::exp(&mut c.b, shift)
+        })
+        .collect();
+    let total = c.b.mov(Ty::F32, 0.0f32);
+    for (w, &scale) in scales.iter().enumerate() {
+        let l = c.b.ld(
+            Space::Shared,
+            "f32",
+            Ty::F32,
+            shared,
+            stats(w as i64) + 4,
+            false,
+        );
+        let next = c.b.mad(l, scale, total);
+        c.b.assign(total, next);
+    }
+    let inv = c.b.rcp(total);
+    let out = owned.zeros(c);
+    owned.each(c, |c, u, col| {
+        let at = c.b.mad(col, 4i64, shared);
+        for (w, &scale) in scales.iter().enumerate() {
+            let x =
+                c.b.ld(Space::Shared, "f32", Ty::F32, at, accs(w as i64), false);
+            let next = c.b.mad(x, scale, out[u]);
+            c.b.assign(out[u], next);
+        }
+        let y = c.b.mul(out[u], inv);
+        c.b.assign(out[u], y);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// An attention kernel's operands, ready to address.

@@ -56,6 +56,21 @@ impl Owned {
         Owned { lane, exists }
     }
 
+    /// Runs `body(u, c)` for each element `c = lane + 32·u` the lane owns.
+    pub fn each(
+        &self,
+        c: &mut Ctx,
+        mut body: impl FnMut(&mut Ctx, usize, Reg) -> Result<()>,
+    ) -> Result<()> {
+        for (u, &there) in self.exists.iter().enumerate() {
+            c.when(there, |c| {
+                let col = c.b.add(self.lane, 32 * u as i64);
+                body(c, u, col)
+            })?;
+        }
+        Ok(())
+    }
+
     pub fn zeros(&self, c: &mut Ctx) -> Vec<Reg> {
         self.exists
             .iter()

@@ -21,6 +21,7 @@ mod matmul_gemv_mma;
 mod matmul_mma;
 mod reduce;
 mod reduce_columns;
+mod reduce_map;
 mod scatter;
 #[cfg(test)]
 mod tests;
@@ -47,8 +48,54 @@ pub fn one_thread_each(items: kiln_runtime::Poly) -> Launch {
     }
 }
 
-/// The kind of a kernel; an entry is named `KIND_N`, so profiles and summaries show it.
-pub fn kind(kernel: &Kernel) -> &'static str {
+/// What one step of a program runs: one kernel of the lowering, or a reduction and the map
+/// reading it back as one (`reduce_map.rs`).
+pub enum Group<'a> {
+    One(&'a Kernel),
+    ReduceMap(reduce_map::ReduceMap<'a>),
+}
+
+impl Group<'_> {
+    /// The lowered kernels it runs.
+    pub fn kernels(&self) -> usize {
+        match self {
+            Group::One(_) => 1,
+            Group::ReduceMap(_) => 2,
+        }
+    }
+
+    /// The kind of its entry, named `KIND_N` so profiles and summaries show it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Group::One(kernel) => kind(kernel),
+            Group::ReduceMap(_) => "reduce_map",
+        }
+    }
+}
+
+/// The program's kernels in steps: each reduction and the map right after it that reads it
+/// back together, every other kernel alone.
+pub fn group<T>(kernels: &[(Kernel, T)]) -> Vec<Group<'_>> {
+    let mut groups = Vec::new();
+    let mut i = 0;
+    while i < kernels.len() {
+        let next = kernels.get(i + 1).map(|(k, _)| k);
+        match next.and_then(|next| reduce_map::pair(&kernels[i].0, next)) {
+            Some(pair) => {
+                groups.push(Group::ReduceMap(pair));
+                i += 2;
+            }
+            None => {
+                groups.push(Group::One(&kernels[i].0));
+                i += 1;
+            }
+        }
+    }
+    groups
+}
+
+/// The kind of a kernel.
+fn kind(kernel: &Kernel) -> &'static str {
     match kernel {
         Kernel::Map { .. } => "map",
         Kernel::Reduce { leaves, axes, .. } if reduce_columns::applies(leaves, axes) => {
@@ -75,9 +122,19 @@ pub fn kind(kernel: &Kernel) -> &'static str {
     }
 }
 
-/// The entry `name` computing `kernel`, and its launch (with the buffers of its table).
-pub fn emit(name: &str, kernel: &Kernel) -> Result<(KernelBuilder, Launch)> {
-    let mut c = Ctx::new(name);
+/// The entry computing `group` (named by its kind until the module numbers it), and its
+/// launch (with the buffers of its table).
+pub fn emit(group: &Group) -> Result<(KernelBuilder, Launch)> {
+    let mut c = Ctx::new(group.kind());
+    let kernel = match group {
+        Group::One(kernel) => kernel,
+        Group::ReduceMap(pair) => {
+            let mut launch = reduce_map::emit(&mut c, pair)?;
+            c.b.ret();
+            launch.buffers = c.slots().to_vec();
+            return Ok((c.b, launch));
+        }
+    };
     let mut launch = match kernel {
         Kernel::Map { out, leaves, expr } => map::emit(&mut c, out, leaves, expr)?,
         Kernel::Reduce {

@@ -11,7 +11,7 @@
 //! fixed, so a result does not change from run to run. Accumulation is in the expression's type
 //! (f32, i32 or i64); float `max` propagates NaN.
 
-use super::context::{Ctx, Granule};
+use super::context::{Addressed, Ctx, Granule};
 use super::expr::evaluate;
 use super::map::per_block;
 use super::THREADS;
@@ -95,6 +95,146 @@ pub fn warp_fold(c: &mut Ctx, x: Reg, fold: impl Fn(&mut Ctx, Reg, Reg) -> Reg) 
     acc
 }
 
+/// A reduction's operands and shape, set up at the kernel's entry.
+pub(super) struct Reduction<'a> {
+    op: ReduceOp,
+    expr: &'a [ExprNode],
+    pub(super) dtype: DType,
+    ty: Ty,
+    mem: &'static str,
+    width: i64,
+    leaves: Vec<Addressed>,
+    kept: Vec<usize>,
+    axes: &'a [usize],
+    pub(super) kept_dims: Vec<Operand>,
+    pub(super) red_dims: Vec<Operand>,
+    pub(super) count: Poly,
+    count_v: Operand,
+    out_base: Reg,
+}
+
+impl<'a> Reduction<'a> {
+    /// Refuses what the kernels cannot accumulate (anything but f32, i32 and i64).
+    pub(super) fn new(
+        c: &mut Ctx,
+        op: ReduceOp,
+        leaves: &[View],
+        expr: &'a [ExprNode],
+        axes: &'a [usize],
+        out: &View,
+    ) -> Result<Reduction<'a>> {
+        let dtype = expr.last().expect("an expression has a result").dtype;
+        if !matches!(dtype, DType::F32 | DType::I32 | DType::I64) {
+            return Err(CompileError(format!(
+                "{} of {dtype} values is not supported by the CUDA backend",
+                op.name()
+            )));
+        }
+        let rank = leaves[0].rank();
+        let kept: Vec<usize> = (0..rank).filter(|a| !axes.contains(a)).collect();
+        let count = Poly::product(axes.iter().map(|&a| &leaves[0].dims[a]));
+        Ok(Reduction {
+            op,
+            expr,
+            dtype,
+            ty: super::dtype::reg_ty(dtype)?,
+            mem: super::dtype::mem_name(dtype)?,
+            width: super::dtype::elem_bytes(dtype)?,
+            leaves: leaves.iter().map(|l| c.addressed(l)).collect(),
+            kept_dims: kept.iter().map(|&a| c.value(&leaves[0].dims[a])).collect(),
+            red_dims: axes.iter().map(|&a| c.value(&leaves[0].dims[a])).collect(),
+            kept,
+            axes,
+            count_v: c.value(&count),
+            count,
+            out_base: c.buffer(out.buffer().expect("reductions write buffers")),
+        })
+    }
+
+    /// Each thread's fold of output `o` (kept coordinates `coords`) over the positions
+    /// `start, start + step, …`, then folded across its warp (every lane holds the result).
+    fn fold(&self, c: &mut Ctx, coords: &[Reg], (start, step): (Reg, Operand)) -> Result<Reg> {
+        let mut bases = Vec::new();
+        for l in &self.leaves {
+            let strides: Vec<_> = self.kept.iter().map(|&a| l.strides[a].clone()).collect();
+            bases.push(c.linear(&l.offset, coords, &strides));
+        }
+        let acc = c.constant(identity(self.op, self.dtype), self.dtype)?;
+        c.for_range(start, self.count_v.clone(), step, |c, r| {
+            let rc = c.unravel(r, &self.red_dims);
+            let mut values = Vec::new();
+            for (l, base) in self.leaves.iter().zip(&bases) {
+                let strides: Vec<_> = self.axes.iter().map(|&a| l.strides[a].clone()).collect();
+                let at = c.linear(&(*base).into(), &rc, &strides);
+                values.push(c.load(l, at)?);
+            }
+            fold_position(c, self.op, self.expr, &values, acc)
+        })?;
+        Ok(warp_fold(c, acc, |c, a, b| combine(c, self.op, a, b)))
+    }
+
+    /// Finishes output `o` from its total (a mean divided) and stores it; returns the value.
+    fn store(&self, c: &mut Ctx, o: Reg, total: Reg) -> Result<Reg> {
+        let total = finish(c, self.op, &self.count, self.dtype, total)?;
+        c.store(self.out_base, o, self.dtype, total)?;
+        Ok(total)
+    }
+
+    /// Shared memory [`Reduction::block`] needs: one value per warp, and the result.
+    pub(super) fn block_shared(&self, c: &mut Ctx) -> Reg {
+        c.b.shared(((THREADS / 32) as i64 * self.width + self.width) as u32)
+    }
+
+    /// Output `o` by the whole block: thread `tid` folds positions `tid, tid + threads, …`,
+    /// lane 0 of each warp leaves its fold in `smem`, thread 0 folds the warps in order and
+    /// stores, leaving the result after the warps' slots too. Ends with a barrier, after which
+    /// every thread may read the result ([`Reduction::result`]).
+    pub(super) fn block(
+        &self,
+        c: &mut Ctx,
+        (o, coords): (Reg, &[Reg]),
+        smem: Reg,
+        (tid, lane, warp): (Reg, Reg, Reg),
+    ) -> Result<()> {
+        let threads = c.special(Special::Ntid);
+        let folded = self.fold(c, coords, (tid, threads.into()))?;
+        let warps = (THREADS / 32) as i64;
+        let slot = c.b.mad(warp, self.width, smem);
+        let first_lane = c.b.setp(Cmp::Eq, lane, 0i64);
+        c.when(first_lane, |c| {
+            c.b.st(Space::Shared, self.mem, slot, 0, folded);
+            Ok(())
+        })?;
+        c.b.bar_sync();
+        let first = c.b.setp(Cmp::Eq, tid, 0i64);
+        c.when(first, |c| {
+            let mut total = c.b.ld(Space::Shared, self.mem, self.ty, smem, 0, false);
+            for w in 1..warps {
+                let x = c.b.ld(
+                    Space::Shared,
+                    self.mem,
+                    self.ty,
+                    smem,
+                    w * self.width,
+                    false,
+                );
+                total = combine(c, self.op, total, x);
+            }
+            let value = self.store(c, o, total)?;
+            c.b.st(Space::Shared, self.mem, smem, warps * self.width, value);
+            Ok(())
+        })?;
+        c.b.bar_sync();
+        Ok(())
+    }
+
+    /// The result [`Reduction::block`] left in `smem`.
+    pub(super) fn result(&self, c: &mut Ctx, smem: Reg) -> Reg {
+        let at = (THREADS / 32) as i64 * self.width;
+        c.b.ld(Space::Shared, self.mem, self.ty, smem, at, false)
+    }
+}
+
 pub fn emit(
     c: &mut Ctx,
     op: ReduceOp,
@@ -104,87 +244,31 @@ pub fn emit(
     out: &View,
 ) -> Result<Launch> {
     let dtype = expr.last().expect("an expression has a result").dtype;
-    if !matches!(dtype, DType::F32 | DType::I32 | DType::I64) {
-        return Err(CompileError(format!(
-            "{} of {dtype} values is not supported by the CUDA backend",
-            op.name()
-        )));
-    }
-    if super::reduce_columns::applies(leaves, axes) {
+    if super::reduce_columns::applies(leaves, axes)
+        && matches!(dtype, DType::F32 | DType::I32 | DType::I64)
+    {
         return super::reduce_columns::emit(c, op, leaves, expr, axes, out, dtype);
     }
-    let ty = super::dtype::reg_ty(dtype)?;
-    let rank = leaves[0].rank();
-    let kept: Vec<usize> = (0..rank).filter(|a| !axes.contains(a)).collect();
-    let kept_dims: Vec<_> = kept.iter().map(|&a| c.value(&leaves[0].dims[a])).collect();
-    let red_dims: Vec<_> = axes.iter().map(|&a| c.value(&leaves[0].dims[a])).collect();
-    let count = Poly::product(axes.iter().map(|&a| &leaves[0].dims[a]));
-    let count_v = c.value(&count);
+    let red = Reduction::new(c, op, leaves, expr, axes, out)?;
     let outputs = out.numel();
     let outputs_v = c.value(&outputs);
-    let ls: Vec<_> = leaves.iter().map(|l| c.addressed(l)).collect();
-    let out_base = c.buffer(out.buffer().expect("reductions write buffers"));
-    let short = matches!(count.as_constant(), Some(n) if n <= SHORT);
+    let short = matches!(red.count.as_constant(), Some(n) if n <= SHORT);
     let warps = (THREADS / 32) as i64;
-    let width = super::dtype::elem_bytes(dtype)?;
-    let smem = if short {
-        None
-    } else {
-        Some(c.b.shared((warps * width) as u32))
-    };
+    let smem = (!short).then(|| red.block_shared(c));
     let tid = c.special(Special::Tid);
     let lane = c.b.and(tid, 31i64);
     let warp = c.b.shr(tid, 5);
-    let mem = super::dtype::mem_name(dtype)?;
-    let (granule, start, step) = match short {
-        true => (Granule::Warp, lane, Operand::Int(32)),
-        false => (Granule::Block, tid, c.special(Special::Ntid).into()),
-    };
+    let granule = if short { Granule::Warp } else { Granule::Block };
     c.grid_loop(outputs_v, granule, |c, o| {
-        let coords = c.unravel(o, &kept_dims);
-        let mut bases = Vec::new();
-        for l in &ls {
-            let strides: Vec<_> = kept.iter().map(|&a| l.strides[a].clone()).collect();
-            bases.push(c.linear(&l.offset, &coords, &strides));
+        let coords = c.unravel(o, &red.kept_dims);
+        match smem {
+            Some(smem) => red.block(c, (o, &coords), smem, (tid, lane, warp)),
+            None => {
+                let folded = red.fold(c, &coords, (lane, Operand::Int(32)))?;
+                let first_lane = c.b.setp(Cmp::Eq, lane, 0i64);
+                c.when(first_lane, |c| red.store(c, o, folded).map(|_| ()))
+            }
         }
-        let acc = c.constant(identity(op, dtype), dtype)?;
-        c.for_range(start, count_v.clone(), step.clone(), |c, r| {
-            let rc = c.unravel(r, &red_dims);
-            let mut values = Vec::new();
-            for (l, base) in ls.iter().zip(&bases) {
-                let strides: Vec<_> = axes.iter().map(|&a| l.strides[a].clone()).collect();
-                let at = c.linear(&(*base).into(), &rc, &strides);
-                values.push(c.load(l, at)?);
-            }
-            fold_position(c, op, expr, &values, acc)
-        })?;
-        let folded = warp_fold(c, acc, |c, a, b| combine(c, op, a, b));
-        let store = |c: &mut Ctx, total: Reg| -> Result<()> {
-            let total = finish(c, op, &count, dtype, total)?;
-            c.store(out_base, o, dtype, total)
-        };
-        let first_lane = c.b.setp(Cmp::Eq, lane, 0i64);
-        let Some(smem) = smem else {
-            return c.when(first_lane, |c| store(c, folded));
-        };
-        let slot = c.b.mad(warp, width, smem);
-        c.when(first_lane, |c| {
-            c.b.st(Space::Shared, mem, slot, 0, folded);
-            Ok(())
-        })?;
-        c.b.bar_sync();
-        let first = c.b.setp(Cmp::Eq, tid, 0i64);
-        c.when(first, |c| {
-            let mut total = c.b.ld(Space::Shared, mem, ty, smem, 0, false);
-            for w in 1..warps {
-                let x = c.b.ld(Space::Shared, mem, ty, smem, w * width, false);
-                total = combine(c, op, total, x);
-            }
-            store(c, total)
-        })?;
-        // The next output's partial sums reuse the slots.
-        c.b.bar_sync();
-        Ok(())
     })?;
     if short {
         return Ok(Launch {

@@ -307,6 +307,66 @@ fn attention_of_every_mask_matches_the_interpreter() {
     }
 }
 
+/// A reduction and the map reading it back as one kernel (`reduce_map`): RMSNorm over 600
+/// positions (each thread folds and maps up to three) of a batch of rows, and a softmax's
+/// maximum read back by its exponentials; the kernel is checked to be there.
+#[test]
+fn reductions_read_back_by_a_map_match_the_interpreter() {
+    let text = "graph g\nsym b <= 4\ninput %x : f32[b, 3, 600]\nweight @w : f32[600]\n\
+        %0 = mul %x, %x : f32[b, 3, 600]\n%1 = reduce_mean %0 axes=[2] : f32[b, 3, 1]\n\
+        %2 = const 1e-5 : f32[b, 3, 1]\n%3 = add %1, %2 : f32[b, 3, 1]\n\
+        %4 = rsqrt %3 : f32[b, 3, 1]\n%5 = broadcast %4 : f32[b, 3, 600]\n\
+        %6 = mul %x, %5 : f32[b, 3, 600]\n%7 = broadcast @w : f32[b, 3, 600]\n\
+        %8 = mul %6, %7 : f32[b, 3, 600]\n\
+        %9 = reduce_max %x axes=[2] : f32[b, 3, 1]\n%10 = broadcast %9 : f32[b, 3, 600]\n\
+        %11 = sub %x, %10 : f32[b, 3, 600]\n%12 = exp %11 : f32[b, 3, 600]\n\
+        output y = %8\noutput e = %12\n";
+    let g = kiln_ir::text::parse(text).unwrap();
+    let mut fused = g.clone();
+    use kiln_passes::Pass;
+    kiln_passes::elementwise_fusion::ElementwiseFusion
+        .run(&mut fused)
+        .unwrap();
+    let artifact = crate::compile(std::slice::from_ref(&fused), model()).unwrap();
+    let ptx = std::str::from_utf8(&artifact.object).unwrap();
+    assert_eq!(ptx.matches(".entry reduce_map").count(), 2, "{ptx}");
+    for batch in [1, 3] {
+        check(&fused, &g, &env(&[("b", batch)]), 1e-6, 4)
+            .unwrap_or_else(|e| panic!("batch {batch}: {e}"));
+    }
+}
+
+/// Decode attention (one query per head: the warps of a block split its keys, then merge) of
+/// every mask kind, with GQA and left padding, over 37 keys (two tiles: some warps see none)
+/// and 300 (ten tiles: some warps walk two), positions and padding drawn below 300 (some rows
+/// see no key and must give NaN, as the interpreter does).
+#[test]
+fn decode_attention_of_every_mask_matches_the_interpreter() {
+    // (mask, positions, heads, kv heads, d, dv, padding)
+    let cases = [
+        ("causal", "i64", 4, 2, 16, 16, "i64"),
+        ("window(40)", "i32", 2, 2, 8, 40, ""),
+        ("prefix(4)", "i64", 3, 3, 36, 12, "i32"),
+        ("none", "", 4, 1, 8, 72, ""),
+    ];
+    for (mask, pos, heads, kv, d, dv, pad) in cases {
+        let group = heads / kv;
+        let mut text = "graph attention\nsym b <= 4\nsym t <= 400\n".to_string();
+        text += &format!("input %q : f32[b, {heads}, 1, {d}]\n");
+        text += &format!("input %k : f32[b, {kv}, t, {d}]\ninput %v : f32[b, {kv}, t, {dv}]\n");
+        let (operands, padding) = kiln_ir::testing::attention_inputs(&mut text, "1", pos, pad);
+        text += &format!(
+            "%y = flash_attention {operands} mask={mask} padding={padding} bias=none \
+             group={group} scale=0.3 tile_q=1 tile_k=64 : f32[b, {heads}, 1, {dv}]\noutput y = %y\n"
+        );
+        let g = kiln_ir::text::parse(&text).unwrap();
+        for t in [37, 300] {
+            check(&g, &g, &env(&[("b", 3), ("t", t)]), 1e-5, 300)
+                .unwrap_or_else(|err| panic!("mask {mask}, padding {padding}, {t} keys: {err}"));
+        }
+    }
+}
+
 /// Decode matmuls `x·Wᵀ` against a shared weight: the FMA form (`matmul_gemv`) with f32 and
 /// bf16 operands, row counts made of chunks of 4 and single rows, `k` long enough for the
 /// unrolled loads, `k` sliced to leave elements past the last whole octet, an epilogue, and a
