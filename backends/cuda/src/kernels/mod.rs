@@ -53,6 +53,8 @@ pub fn one_thread_each(items: kiln_runtime::Poly) -> Launch {
 pub enum Group<'a> {
     One(&'a Kernel),
     ReduceMap(reduce_map::ReduceMap<'a>),
+    /// Two maps of one shape, independent of each other (`map::together`).
+    Maps([map::Parts<'a>; 2]),
 }
 
 impl Group<'_> {
@@ -60,7 +62,7 @@ impl Group<'_> {
     pub fn kernels(&self) -> usize {
         match self {
             Group::One(_) => 1,
-            Group::ReduceMap(_) => 2,
+            Group::ReduceMap(_) | Group::Maps(..) => 2,
         }
     }
 
@@ -69,24 +71,33 @@ impl Group<'_> {
         match self {
             Group::One(kernel) => kind(kernel),
             Group::ReduceMap(_) => "reduce_map",
+            Group::Maps(..) => "maps",
         }
     }
 }
 
 /// The program's kernels in steps: each reduction and the map right after it that reads it
-/// back together, every other kernel alone.
+/// back together, two consecutive independent maps of one shape together, every other kernel
+/// alone.
 pub fn group<T>(kernels: &[(Kernel, T)]) -> Vec<Group<'_>> {
     let mut groups = Vec::new();
     let mut i = 0;
     while i < kernels.len() {
-        let next = kernels.get(i + 1).map(|(k, _)| k);
-        match next.and_then(|next| reduce_map::pair(&kernels[i].0, next)) {
+        let kernel = &kernels[i].0;
+        let pair = kernels.get(i + 1).and_then(|(next, _)| {
+            if let Some(pair) = reduce_map::pair(kernel, next) {
+                Some(Group::ReduceMap(pair))
+            } else {
+                map::together(kernel, next).map(Group::Maps)
+            }
+        });
+        match pair {
             Some(pair) => {
-                groups.push(Group::ReduceMap(pair));
+                groups.push(pair);
                 i += 2;
             }
             None => {
-                groups.push(Group::One(&kernels[i].0));
+                groups.push(Group::One(kernel));
                 i += 1;
             }
         }
@@ -129,13 +140,15 @@ pub fn emit(group: &Group) -> Result<(KernelBuilder, Launch)> {
     let kernel = match group {
         Group::One(kernel) => kernel,
         Group::ReduceMap(pair) => {
-            let mut launch = reduce_map::emit(&mut c, pair)?;
-            c.b.ret();
-            launch.buffers = c.slots().to_vec();
-            return Ok((c.b, launch));
+            let launch = reduce_map::emit(&mut c, pair)?;
+            return Ok(finish(c, launch));
+        }
+        Group::Maps(parts) => {
+            let launch = map::emit_together(&mut c, parts)?;
+            return Ok(finish(c, launch));
         }
     };
-    let mut launch = match kernel {
+    let launch = match kernel {
         Kernel::Map { out, leaves, expr } => map::emit(&mut c, out, leaves, expr)?,
         Kernel::Reduce {
             op,
@@ -167,7 +180,12 @@ pub fn emit(group: &Group) -> Result<(KernelBuilder, Launch)> {
         } => scatter::emit(&mut c, indices, updates, *axis, *mode, out)?,
         Kernel::AttentionGrad(a) => attention_grad::emit_grad(&mut c, a)?,
     };
+    Ok(finish(c, launch))
+}
+
+/// The entry's closing `ret`, and the launch with the buffers of its table.
+fn finish(mut c: Ctx, mut launch: Launch) -> (KernelBuilder, Launch) {
     c.b.ret();
     launch.buffers = c.slots().to_vec();
-    Ok((c.b, launch))
+    (c.b, launch)
 }

@@ -976,3 +976,34 @@ fn bf16_attention_on_tensor_cores_matches_the_interpreter() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Two maps writing one buffer run as one kernel only where their outputs provably never meet:
+/// the halves of a concat along a unit-stride axis (rows of 64 apart, halves 32 wide, a batch
+/// axis of symbolic extent), not views shifted by less than their width, by a whole row or batch
+/// row, or by a symbolic distance, nor views of different strides.
+#[test]
+fn maps_writing_one_buffer_together_only_when_apart() {
+    use kiln_backend_cpu::view::{Source, View};
+    use kiln_runtime::Poly;
+    let c = Poly::constant;
+    // `[b, 8, 32]` halves of a `[b, 8, 64]` buffer, `b` symbol 0 (batch stride 512).
+    let half = |offset: Poly| View {
+        source: Source::Buffer(3),
+        dtype: DType::F32,
+        offset,
+        dims: vec![Poly::symbol(0), c(8), c(32)],
+        strides: vec![c(512), c(64), c(1)],
+    };
+    assert!(super::map::apart(&half(c(0)), &half(c(32))));
+    assert!(super::map::apart(&half(c(32)), &half(c(0))));
+    assert!(
+        !super::map::apart(&half(c(0)), &half(c(512))),
+        "a batch row apart"
+    );
+    assert!(!super::map::apart(&half(c(0)), &half(c(16))));
+    assert!(!super::map::apart(&half(c(0)), &half(c(64))));
+    assert!(!super::map::apart(&half(c(0)), &half(Poly::symbol(0))));
+    let mut wide = half(c(32));
+    wide.strides[0] = Poly::symbol(0).mul(&c(64));
+    assert!(!super::map::apart(&half(c(0)), &wide), "strides differ");
+}
