@@ -263,10 +263,31 @@ fn random_graphs_match_the_interpreter() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// One attention case: mask, positions' type, heads, KV heads, `d`, `dv`, padding's type.
+type AttentionCase = (&'static str, &'static str, i64, i64, i64, i64, &'static str);
+
+/// IR text of `%y = flash_attention …` (output `y`) over `%q : f32[b, heads, QUERIES, d]` and
+/// keys and values of `t` positions, with the inputs its case needs; returns the text, the
+/// operands and the attributes (for backward ops over the same operands).
+fn attention_text(case: AttentionCase, queries: &str, tiles: &str) -> (String, String, String) {
+    let (mask, pos, heads, kv, d, dv, pad) = case;
+    let mut text = "graph attention\nsym b <= 4\nsym s <= 80\nsym t <= 400\n".to_string();
+    text += &format!("input %q : f32[b, {heads}, {queries}, {d}]\n");
+    text += &format!("input %k : f32[b, {kv}, t, {d}]\ninput %v : f32[b, {kv}, t, {dv}]\n");
+    let (operands, padding) = kiln_ir::testing::attention_inputs(&mut text, queries, pos, pad);
+    let attrs = format!(
+        "mask={mask} padding={padding} bias=none group={} scale=0.3 {tiles}",
+        heads / kv
+    );
+    text += &format!(
+        "%y = flash_attention {operands} {attrs} : f32[b, {heads}, {queries}, {dv}]\noutput y = %y\n"
+    );
+    (text, operands, attrs)
+}
+
 #[test]
 fn attention_of_every_mask_matches_the_interpreter() {
-    // (mask, positions, heads, kv heads, d, dv, padding)
-    let cases = [
+    let cases: [AttentionCase; 7] = [
         ("causal", "i64", 4, 2, 16, 16, ""),
         ("window(3)", "i64", 4, 2, 8, 40, ""),
         ("prefix(4)", "i32", 3, 3, 36, 12, ""),
@@ -275,18 +296,9 @@ fn attention_of_every_mask_matches_the_interpreter() {
         ("window(5)", "i32", 2, 2, 8, 16, "i32"),
         ("none", "", 2, 2, 8, 8, "i64"),
     ];
-    for (mask, pos, heads, kv, d, dv, pad) in cases {
-        let group = heads / kv;
-        let mut text = "graph attention\nsym b <= 4\nsym s <= 80\nsym t <= 80\n".to_string();
-        text += &format!("input %q : f32[b, {heads}, s, {d}]\n");
-        text += &format!("input %k : f32[b, {kv}, t, {d}]\ninput %v : f32[b, {kv}, t, {dv}]\n");
-        let (operands, padding) = kiln_ir::testing::attention_inputs(&mut text, "s", pos, pad);
-        let attrs = format!(
-            "mask={mask} padding={padding} bias=none group={group} scale=0.3 tile_q=4 tile_k=8"
-        );
-        text += &format!(
-            "%y = flash_attention {operands} {attrs} : f32[b, {heads}, s, {dv}]\noutput y = %y\n"
-        );
+    for case in cases {
+        let (_, _, heads, kv, d, dv, _) = case;
+        let (mut text, operands, attrs) = attention_text(case, "s", "tile_q=4 tile_k=8");
         // The backward: log-sum-exp and the three gradients for a cotangent `%dy`.
         text += &format!(
             "input %dy : f32[b, {heads}, s, {dv}]\n\
@@ -302,9 +314,22 @@ fn attention_of_every_mask_matches_the_interpreter() {
         for (s, t) in [(5, 37), (40, 37)] {
             let e = env(&[("b", 2), ("s", s), ("t", t)]);
             check(&g, &g, &e, 1e-5, 40)
-                .unwrap_or_else(|err| panic!("mask {mask}, padding {padding}, {s} queries: {err}"));
+                .unwrap_or_else(|err| panic!("{case:?}, {s} queries: {err}"));
         }
     }
+}
+
+/// `text` parsed, the same graph after `elementwise-fusion`, and the fused graph's PTX module.
+fn parse_fuse_compile(text: &str) -> (Graph, Graph, String) {
+    use kiln_passes::Pass;
+    let g = kiln_ir::text::parse(text).unwrap();
+    let mut fused = g.clone();
+    kiln_passes::elementwise_fusion::ElementwiseFusion
+        .run(&mut fused)
+        .unwrap();
+    let artifact = crate::compile(std::slice::from_ref(&fused), model()).unwrap();
+    let ptx = String::from_utf8(artifact.object).unwrap();
+    (g, fused, ptx)
 }
 
 /// A reduction and the map reading it back as one kernel (`reduce_map`): RMSNorm over 600
@@ -321,14 +346,7 @@ fn reductions_read_back_by_a_map_match_the_interpreter() {
         %9 = reduce_max %x axes=[2] : f32[b, 3, 1]\n%10 = broadcast %9 : f32[b, 3, 600]\n\
         %11 = sub %x, %10 : f32[b, 3, 600]\n%12 = exp %11 : f32[b, 3, 600]\n\
         output y = %8\noutput e = %12\n";
-    let g = kiln_ir::text::parse(text).unwrap();
-    let mut fused = g.clone();
-    use kiln_passes::Pass;
-    kiln_passes::elementwise_fusion::ElementwiseFusion
-        .run(&mut fused)
-        .unwrap();
-    let artifact = crate::compile(std::slice::from_ref(&fused), model()).unwrap();
-    let ptx = std::str::from_utf8(&artifact.object).unwrap();
+    let (g, fused, ptx) = parse_fuse_compile(text);
     assert_eq!(ptx.matches(".entry reduce_map").count(), 2, "{ptx}");
     for batch in [1, 3] {
         check(&fused, &g, &env(&[("b", batch)]), 1e-6, 4)
@@ -342,27 +360,18 @@ fn reductions_read_back_by_a_map_match_the_interpreter() {
 /// see no key and must give NaN, as the interpreter does).
 #[test]
 fn decode_attention_of_every_mask_matches_the_interpreter() {
-    // (mask, positions, heads, kv heads, d, dv, padding)
-    let cases = [
+    let cases: [AttentionCase; 4] = [
         ("causal", "i64", 4, 2, 16, 16, "i64"),
         ("window(40)", "i32", 2, 2, 8, 40, ""),
         ("prefix(4)", "i64", 3, 3, 36, 12, "i32"),
         ("none", "", 4, 1, 8, 72, ""),
     ];
-    for (mask, pos, heads, kv, d, dv, pad) in cases {
-        let group = heads / kv;
-        let mut text = "graph attention\nsym b <= 4\nsym t <= 400\n".to_string();
-        text += &format!("input %q : f32[b, {heads}, 1, {d}]\n");
-        text += &format!("input %k : f32[b, {kv}, t, {d}]\ninput %v : f32[b, {kv}, t, {dv}]\n");
-        let (operands, padding) = kiln_ir::testing::attention_inputs(&mut text, "1", pos, pad);
-        text += &format!(
-            "%y = flash_attention {operands} mask={mask} padding={padding} bias=none \
-             group={group} scale=0.3 tile_q=1 tile_k=64 : f32[b, {heads}, 1, {dv}]\noutput y = %y\n"
-        );
+    for case in cases {
+        let (text, _, _) = attention_text(case, "1", "tile_q=1 tile_k=64");
         let g = kiln_ir::text::parse(&text).unwrap();
         for t in [37, 300] {
             check(&g, &g, &env(&[("b", 3), ("t", t)]), 1e-5, 300)
-                .unwrap_or_else(|err| panic!("mask {mask}, padding {padding}, {t} keys: {err}"));
+                .unwrap_or_else(|err| panic!("{case:?}, {t} keys: {err}"));
         }
     }
 }
@@ -406,14 +415,7 @@ fn decode_matmuls_match_the_interpreter() {
         )
         .replace('K', &k.to_string())
         .replace('N', &n.to_string());
-        let g = kiln_ir::text::parse(&text).unwrap();
-        let mut fused = g.clone();
-        use kiln_passes::Pass;
-        kiln_passes::elementwise_fusion::ElementwiseFusion
-            .run(&mut fused)
-            .unwrap();
-        let artifact = crate::compile(std::slice::from_ref(&fused), model()).unwrap();
-        let ptx = std::str::from_utf8(&artifact.object).unwrap();
+        let (g, fused, ptx) = parse_fuse_compile(&text);
         assert!(
             ptx.contains(kernel),
             "{x} × {w}, k = {used}: no {kernel} in {}",
