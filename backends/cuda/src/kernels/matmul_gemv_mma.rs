@@ -87,7 +87,8 @@ const UNROLL_MAX: i64 = 8;
 const RESIDENT_WARPS: i64 = 32;
 
 impl Shape {
-    /// The shape for `n` columns and `k` (either unknown: as if small).
+    /// The shape for `n` columns and `k` (an unknown `n` counts as few columns, an unknown `k`
+    /// as long).
     fn new(n: &Poly, k: &Poly) -> Shape {
         let floor_pow2 = |x: i64| {
             if x < 1 {
