@@ -50,7 +50,7 @@ pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
         let groups = kernels::group(&lowered.kernels);
         let mut steps = Vec::new();
         let mut first = 0;
-        for group in &groups {
+        for (step, group) in groups.iter().enumerate() {
             let members = &lowered.kernels[first..first + group.kernels()];
             let kind = group.kind();
             let label = members
@@ -60,7 +60,7 @@ pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
                 .join(" + ");
             let (entry, launch) = kernels::emit(group).map_err(|e| {
                 CompileError(format!(
-                    "program `{}`: cannot compile step {first}, a {kind} kernel ({label}): {e}",
+                    "program `{}`: cannot compile step {step}, a {kind} kernel ({label}): {e}",
                     g.name
                 ))
             })?;

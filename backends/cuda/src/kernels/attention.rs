@@ -164,7 +164,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         let out_row = c.linear(&views.out.offset, &[bi, h, i], &views.out.strides[..3]);
         let (lo, hi) = views.visibility.run(c, attention, bi, i, keys)?;
         stage(c, &views.q, q_row, d, q_stage, lane)?;
-        let acc = match partials {
+        match partials {
             None => {
                 let part = row.walk(c, lo, hi, 32)?;
                 let inv = c.b.rcp(part.l);
@@ -172,22 +172,19 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
                     let y = c.b.mul(a, inv);
                     c.b.assign(a, y);
                 }
-                part.acc
+                owned.store(c, &part.acc, &views.out, out_row)?;
             }
             Some(shared) => {
                 let first = c.b.mad(warp, 32i64, lo);
                 let part = row.walk(c, first, hi, 32 * SPLITS)?;
-                combine(c, &owned, &part, (shared, dv), (warp, lane))?
-            }
-        };
-        let store = |c: &mut Ctx| owned.store(c, &acc, &views.out, out_row);
-        match partials {
-            None => store(c)?,
-            Some(_) => {
-                let first = c.b.setp(Cmp::Eq, warp, 0i64);
-                c.when(first, store)?;
-                // The next row overwrites the partials.
-                c.b.bar_sync();
+                let merged = Merge {
+                    owned: &owned,
+                    shared,
+                    dv,
+                    warp,
+                    lane,
+                };
+                merged.store(c, &part, &views.out, out_row)?;
             }
         }
         // The next row overwrites the staged query.
@@ -205,75 +202,78 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     })
 }
 
-/// The split form's merge: every warp leaves its partial in `shared` (`[m, l]` per warp, then
-/// `dv` accumulators per warp), and after a barrier each lane of every warp forms the output
-/// elements it owns, `Σ_w acc_w·e^(m_w − M) / Σ_w l_w·e^(m_w − M)` with `M = max_w m_w`, the
-/// warps in order (deterministic). A warp that saw no key has `m_w = −∞` and adds nothing; a
-/// query that sees no key gets NaN, as in the one-warp form.
-fn combine(
-    c: &mut Ctx,
-    owned: &Owned,
-    part: &Partial,
-    (shared, dv): (Reg, i64),
-    (warp, lane): (Reg, Reg),
-) -> Result<Vec<Reg>> {
-    let stats = |w: i64| 8 * w;
-    let accs = |w: i64| 8 * SPLITS + 4 * dv * w;
-    let first = c.b.setp(Cmp::Eq, lane, 0i64);
-    c.when(first, |c| {
-        let at = c.b.mad(warp, 8i64, shared);
-        c.b.st(Space::Shared, "f32", at, 0, part.m);
-        c.b.st(Space::Shared, "f32", at, 4, part.l);
+/// The split form's merge of a block's partials, in `shared` (`[m, l]` per warp, then `dv`
+/// accumulators per warp).
+struct Merge<'a> {
+    owned: &'a Owned,
+    shared: Reg,
+    dv: i64,
+    warp: Reg,
+    lane: Reg,
+}
+
+impl Merge<'_> {
+    /// Every warp leaves its partial; after a barrier warp 0 forms and stores the row,
+    /// `Σ_w acc_w·e^(m_w − M) / Σ_w l_w·e^(m_w − M)` with `M = max_w m_w`, the warps in order
+    /// (deterministic); a last barrier frees the partials for the next row. A warp that saw
+    /// no key has `m_w = −∞` and adds nothing; a query that sees no key gets NaN, as in the
+    /// one-warp form.
+    fn store(&self, c: &mut Ctx, part: &Partial, out: &Addressed, out_row: Reg) -> Result<()> {
+        let (shared, dv) = (self.shared, self.dv);
+        let stats = |w: i64| 8 * w;
+        let accs = |w: i64| 8 * SPLITS + 4 * dv * w;
+        let first_lane = c.b.setp(Cmp::Eq, self.lane, 0i64);
+        c.when(first_lane, |c| {
+            let at = c.b.mad(self.warp, 8i64, shared);
+            c.b.st(Space::Shared, "f32", at, 0, part.m);
+            c.b.st(Space::Shared, "f32", at, 4, part.l);
+            Ok(())
+        })?;
+        let mine = c.b.mad(self.warp, 4 * dv, shared);
+        self.owned.each(c, |c, u, col| {
+            let at = c.b.mad(col, 4i64, mine);
+            c.b.st(Space::Shared, "f32", at, accs(0), part.acc[u]);
+            Ok(())
+        })?;
+        c.b.bar_sync();
+        let first_warp = c.b.setp(Cmp::Eq, self.warp, 0i64);
+        c.when(first_warp, |c| {
+            let load = |c: &mut Ctx, base: Reg, at: i64| {
+                c.b.ld(Space::Shared, "f32", Ty::F32, base, at, false)
+            };
+            let m: Vec<Reg> = (0..SPLITS).map(|w| load(c, shared, stats(w))).collect();
+            let top = m.iter().skip(1).fold(m[0], |a, &b| c.b.max(a, b));
+            let scales: Vec<Reg> = m
+                .iter()
+                .map(|&mw| {
+                    let shift = c.b.sub(mw, top);
+                    math::exp(&mut c.b, shift)
+                })
+                .collect();
+            let total = c.b.mov(Ty::F32, 0.0f32);
+            for (w, &scale) in scales.iter().enumerate() {
+                let l = load(c, shared, stats(w as i64) + 4);
+                let next = c.b.mad(l, scale, total);
+                c.b.assign(total, next);
+            }
+            let inv = c.b.rcp(total);
+            let out_values = self.owned.zeros(c);
+            self.owned.each(c, |c, u, col| {
+                let at = c.b.mad(col, 4i64, shared);
+                for (w, &scale) in scales.iter().enumerate() {
+                    let x = load(c, at, accs(w as i64));
+                    let next = c.b.mad(x, scale, out_values[u]);
+                    c.b.assign(out_values[u], next);
+                }
+                let y = c.b.mul(out_values[u], inv);
+                c.b.assign(out_values[u], y);
+                Ok(())
+            })?;
+            self.owned.store(c, &out_values, out, out_row)
+        })?;
+        c.b.bar_sync();
         Ok(())
-    })?;
-    let mine = c.b.mad(warp, 4 * dv, shared);
-    owned.each(c, |c, u, col| {
-        let at = c.b.mad(col, 4i64, mine);
-        c.b.st(Space::Shared, "f32", at, accs(0), part.acc[u]);
-        Ok(())
-    })?;
-    c.b.bar_sync();
-    let m = (0..SPLITS)
-        .map(|w| {
-            c.b.ld(Space::Shared, "f32", Ty::F32, shared, stats(w), false)
-        })
-        .collect::<Vec<_>>();
-    let top = m.iter().skip(1).fold(m[0], |a, &b| c.b.max(a, b));
-    let scales: Vec<Reg> = m
-        .iter()
-        .map(|&mw| {
-            let shift = c.b.sub(mw, top);
-            math::exp(&mut c.b, shift)
-        })
-        .collect();
-    let total = c.b.mov(Ty::F32, 0.0f32);
-    for (w, &scale) in scales.iter().enumerate() {
-        let l = c.b.ld(
-            Space::Shared,
-            "f32",
-            Ty::F32,
-            shared,
-            stats(w as i64) + 4,
-            false,
-        );
-        let next = c.b.mad(l, scale, total);
-        c.b.assign(total, next);
     }
-    let inv = c.b.rcp(total);
-    let out = owned.zeros(c);
-    owned.each(c, |c, u, col| {
-        let at = c.b.mad(col, 4i64, shared);
-        for (w, &scale) in scales.iter().enumerate() {
-            let x =
-                c.b.ld(Space::Shared, "f32", Ty::F32, at, accs(w as i64), false);
-            let next = c.b.mad(x, scale, out[u]);
-            c.b.assign(out[u], next);
-        }
-        let y = c.b.mul(out[u], inv);
-        c.b.assign(out[u], y);
-        Ok(())
-    })?;
-    Ok(out)
 }
 
 /// An attention kernel's operands, ready to address.

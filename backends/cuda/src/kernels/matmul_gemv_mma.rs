@@ -128,14 +128,13 @@ struct Loaded {
 
 /// The addressing of one lane, fixed for a tile of rows.
 struct Lane {
-    /// Linear indices of the lane's first octet (`k = 8t`) in its weight column and its two
-    /// rows of `x`.
+    /// Linear indices of the lane's first octet in its weight column and its two rows of `x`.
     w: Reg,
     x: [Reg; 2],
 }
 
 impl Lane {
-    /// The loads of the step at `k` (the warp's, without the lane's `8t`).
+    /// The loads of the step at `k` (a group's or step's start, without the lane's offset).
     fn load(&self, c: &mut Ctx, ops: &Operands, k: Reg) -> Result<Loaded> {
         let at = c.b.add(self.w, k);
         let w = octet(c, &ops.b, at)?;
@@ -147,15 +146,15 @@ impl Lane {
         Ok(Loaded { w, x: [x[0], x[1]] })
     }
 
-    /// The loads of the step at `k` where the lane's octet (at `k + lane_k`) lies inside
+    /// The loads of the step at `k` where the lane's octet (at `k + lane_first`) lies inside
     /// `k`'s extent, else zeros.
-    fn load_guarded(&self, c: &mut Ctx, ops: &Operands, k: Reg, lane_k: Reg) -> Result<Loaded> {
+    fn load_guarded(&self, c: &mut Ctx, ops: &Operands, k: Reg, lane_first: Reg) -> Result<Loaded> {
         let zero = |c: &mut Ctx| [(); 4].map(|_| c.b.mov(Ty::B32, 0i64));
         let loaded = Loaded {
             w: zero(c),
             x: [zero(c), zero(c)],
         };
-        let octet_k = c.b.add(k, lane_k);
+        let octet_k = c.b.add(k, lane_first);
         let inside = c.b.setp(Cmp::Lt, octet_k, ops.k);
         c.when(inside, |c| {
             let got = self.load(c, ops, k)?;
@@ -235,6 +234,7 @@ pub fn emit(c: &mut Ctx, a: &View, b: &View, out: &View, finish: &Finish) -> Res
     let group = STEP * unroll * splits;
     let split_first = c.b.mul(split, STEP);
     let lane_k = c.b.mul(t, 8i64);
+    // The lane's first octet: its split's first step, its `8t` into it.
     let lane_first = c.b.add(split_first, lane_k);
     let items = c.reg(&n.add(&Poly::constant(per_block - 1)));
     let items = c.b.div(items, per_block);
@@ -254,7 +254,7 @@ pub fn emit(c: &mut Ctx, a: &View, b: &View, out: &View, finish: &Finish) -> Res
                 let row = c.b.min(row, last_row);
                 ops.x_row(c, row)
             });
-            let grouped = Lane {
+            let lanes = Lane {
                 w: c.b.add(w_col, lane_first),
                 x: x.map(|x| c.b.add(x, lane_first)),
             };
@@ -266,7 +266,7 @@ pub fn emit(c: &mut Ctx, a: &View, b: &View, out: &View, finish: &Finish) -> Res
                 let steps = (0..unroll)
                     .map(|u| {
                         let at = c.b.add(k, STEP * splits * u);
-                        grouped.load(c, &ops, at)
+                        lanes.load(c, &ops, at)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 for l in &steps {
@@ -274,16 +274,9 @@ pub fn emit(c: &mut Ctx, a: &View, b: &View, out: &View, finish: &Finish) -> Res
                 }
                 Ok(())
             })?;
-            // The steps left, one at a time: split `s` takes every `splits`-th from the
-            // first, each lane its octet `8t` into it (zeros past `k`).
-            let single = Lane {
-                w: c.b.add(w_col, lane_k),
-                x: x.map(|x| c.b.add(x, lane_k)),
-            };
-            let k_split = c.b.mul(split, STEP);
-            let k = c.b.add(k, k_split);
+            // The steps left, a step of every split at a time (octets past `k` read 0).
             c.walk(k, ops.k, STEP * splits, |c, k| {
-                let l = single.load_guarded(c, &ops, k, lane_k)?;
+                let l = lanes.load_guarded(c, &ops, k, lane_first)?;
                 multiply(c, acc, &l);
                 Ok(())
             })?;

@@ -99,7 +99,7 @@ pub fn warp_fold(c: &mut Ctx, x: Reg, fold: impl Fn(&mut Ctx, Reg, Reg) -> Reg) 
 pub(super) struct Reduction<'a> {
     op: ReduceOp,
     expr: &'a [ExprNode],
-    pub(super) dtype: DType,
+    dtype: DType,
     ty: Ty,
     mem: &'static str,
     width: i64,
@@ -108,8 +108,10 @@ pub(super) struct Reduction<'a> {
     axes: &'a [usize],
     pub(super) kept_dims: Vec<Operand>,
     pub(super) red_dims: Vec<Operand>,
-    pub(super) count: Poly,
-    count_v: Operand,
+    count: Poly,
+    /// Positions per output, and threads per block, as operands.
+    pub(super) count_v: Operand,
+    pub(super) threads: Operand,
     out_base: Reg,
 }
 
@@ -147,6 +149,7 @@ impl<'a> Reduction<'a> {
             axes,
             count_v: c.value(&count),
             count,
+            threads: c.special(Special::Ntid).into(),
             out_base: c.buffer(out.buffer().expect("reductions write buffers")),
         })
     }
@@ -196,8 +199,7 @@ impl<'a> Reduction<'a> {
         smem: Reg,
         (tid, lane, warp): (Reg, Reg, Reg),
     ) -> Result<()> {
-        let threads = c.special(Special::Ntid);
-        let folded = self.fold(c, coords, (tid, threads.into()))?;
+        let folded = self.fold(c, coords, (tid, self.threads.clone()))?;
         let warps = (THREADS / 32) as i64;
         let slot = c.b.mad(warp, self.width, smem);
         let first_lane = c.b.setp(Cmp::Eq, lane, 0i64);

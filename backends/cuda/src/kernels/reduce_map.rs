@@ -84,9 +84,11 @@ pub fn pair<'a>(first: &'a Kernel, second: &'a Kernel) -> Option<ReduceMap<'a>> 
         .all(|(i, &a)| a == rank - axes.len() + i);
     let f32 = expr.last().is_some_and(|e| e.dtype == DType::F32);
     let same_domain = out.dims == leaves[0].dims && reduced.rank() == rank;
-    let reads = map_leaves.iter().filter(|l| l.buffer() == reduced.buffer());
-    let only_broadcast = map_leaves.iter().any(|l| l.buffer() == reduced.buffer())
-        && reads.clone().all(|l| reads_back(l, reduced, axes));
+    let reads: Vec<&View> = map_leaves
+        .iter()
+        .filter(|l| l.buffer() == reduced.buffer())
+        .collect();
+    let only_broadcast = !reads.is_empty() && reads.iter().all(|l| reads_back(l, reduced, axes));
     let writes_a_read = leaves
         .iter()
         .any(|l| l.buffer().is_some() && l.buffer() == out.buffer());
@@ -128,9 +130,7 @@ pub fn emit(c: &mut Ctx, k: &ReduceMap) -> Result<Launch> {
         let kept = c.unravel(o, &red.kept_dims);
         red.block(c, (o, &kept), smem, (tid, lane, warp))?;
         let result = red.result(c, smem);
-        let threads = c.special(Special::Ntid);
-        let count = c.value(&red.count);
-        c.for_range(tid, count, threads, |c, r| {
+        c.for_range(tid, red.count_v.clone(), red.threads.clone(), |c, r| {
             let mut coords = kept.clone();
             coords.extend(c.unravel(r, &red.red_dims));
             let mut values = Vec::with_capacity(leaves.len());
