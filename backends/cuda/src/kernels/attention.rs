@@ -21,8 +21,8 @@
 //! warp to cover its latency, and a batch-1 step has only `H` queries, so a block of 8 warps
 //! takes one query and splits its keys (flash-decoding within a block): warp `w` walks the
 //! tiles `lo + 32w, lo + 32w + 256, …` as above, leaves its maximum, sum and accumulators in
-//! shared memory, and after a barrier the block merges them in warp order (deterministic):
-//! `Σ_w acc_w·e^(m_w − M) / Σ_w l_w·e^(m_w − M)`, `M = max_w m_w`. Warp 0 stores the row.
+//! shared memory, and after a barrier warp 0 merges them in warp order (deterministic),
+//! `Σ_w acc_w·e^(m_w − M) / Σ_w l_w·e^(m_w − M)` with `M = max_w m_w`, and stores the row.
 
 use super::attention_rows::{dot_staged, stage, Owned};
 use super::context::{Addressed, Ctx, Granule};

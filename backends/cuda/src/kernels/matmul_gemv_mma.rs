@@ -31,8 +31,8 @@
 //! columns, 4 for 8192, 1 for a vocabulary. `k` is walked in groups of `U` steps of every split
 //! (split `s` takes steps `s, s + S, …` of a group), `U` the power of two nearest below
 //! `k / (32·S)`, at most 8, so that each lane has up to 8 weight vectors in flight and a group
-//! fits in `k`; the steps past the last whole group follow one at a time, octets past `k`
-//! reading as 0. Registers are capped (`.maxntid`, `.minnctapersm`) so that 32 warps fit on a
+//! fits in `k`; the steps past the last whole group follow, one per split at a time, octets
+//! past `k` reading as 0. Registers are capped (`.maxntid`, `.minnctapersm`) so that 32 warps fit on a
 //! multiprocessor whatever the epilogue. The warps leave their accumulators in shared memory,
 //! and after a barrier each of a tile's 128 outputs is summed over its splits in split order
 //! (deterministic) and finished. More than 16 rows take the tiles of 16 rows in turn. These
