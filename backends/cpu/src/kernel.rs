@@ -168,6 +168,31 @@ impl Kernel {
         }
     }
 
+    /// The views it reads, other than its `out` (which a scatter reads too: it adds into it).
+    pub fn operands(&self) -> Vec<&View> {
+        match self {
+            Kernel::Map { leaves, .. } | Kernel::Reduce { leaves, .. } => leaves.iter().collect(),
+            Kernel::MatMul { a, b, epilogue, .. } => [a, b]
+                .into_iter()
+                .chain(epilogue.iter().flat_map(|e| &e.leaves))
+                .collect(),
+            Kernel::Gather { data, indices, .. } => vec![data, indices],
+            Kernel::Scatter {
+                indices, updates, ..
+            } => vec![indices, updates],
+            Kernel::Attention(a) => [&a.q, &a.k, &a.v]
+                .into_iter()
+                .chain(&a.positions)
+                .chain(&a.padding)
+                .collect(),
+            Kernel::AttentionGrad(a) => [&a.q, &a.k, &a.v, &a.d_out, &a.lse, &a.delta]
+                .into_iter()
+                .chain(&a.positions)
+                .chain(&a.padding)
+                .collect(),
+        }
+    }
+
     /// The work items as factors `⌈extent / tile⌉` whose product is the item count, and the
     /// bytes one item touches (for the thread split).
     pub fn work(&self) -> (Vec<WorkFactor>, Poly) {

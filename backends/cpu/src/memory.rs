@@ -54,39 +54,10 @@ pub fn plan_steps(program: &mut LoweredProgram, step_of: &[usize]) -> MemoryDesc
 
 /// Every buffer `kernel` reads or writes.
 fn touched(kernel: &Kernel) -> Vec<usize> {
-    let views = match kernel {
-        Kernel::Map { out, leaves, .. } | Kernel::Reduce { out, leaves, .. } => {
-            leaves.iter().chain([out]).collect::<Vec<_>>()
-        }
-        Kernel::MatMul {
-            a,
-            b,
-            out,
-            epilogue,
-            ..
-        } => [a, b, out]
-            .into_iter()
-            .chain(epilogue.iter().flat_map(|e| &e.leaves))
-            .collect(),
-        Kernel::Gather {
-            data, indices, out, ..
-        } => vec![data, indices, out],
-        Kernel::Scatter {
-            indices,
-            updates,
-            out,
-            ..
-        } => vec![indices, updates, out],
-        Kernel::Attention(a) => [&a.q, &a.k, &a.v, &a.out]
-            .into_iter()
-            .chain(&a.positions)
-            .chain(&a.padding)
-            .collect(),
-        Kernel::AttentionGrad(a) => [&a.q, &a.k, &a.v, &a.d_out, &a.lse, &a.delta, &a.out]
-            .into_iter()
-            .chain(&a.positions)
-            .chain(&a.padding)
-            .collect(),
-    };
-    views.into_iter().filter_map(|v| v.buffer()).collect()
+    kernel
+        .operands()
+        .into_iter()
+        .chain([kernel.out()])
+        .filter_map(|v| v.buffer())
+        .collect()
 }

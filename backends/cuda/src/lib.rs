@@ -3,9 +3,11 @@
 //! [`compile`] reuses the CPU backend's target-independent lowering (`kiln_backend_cpu::lower`:
 //! buffers, views, kernel descriptions; `memory`: the arena plan of intermediates), writes
 //! every kernel as a PTX entry with its own typed builder (`ptx`, `kernels`; steps whose code is
-//! the same, such as the layers of a model, share one entry), and packs the
-//! module text, the manifest (each step with its [`Launch`](kiln_runtime::manifest::Launch)) and
-//! the constants into a `kiln_runtime::Artifact` whose target is `sm_90`. kiln writes the PTX
+//! the same, such as the layers of a model, share one entry; `kernels::order` first brings
+//! decode matmuls that can share a launch together, `kernels::group` makes the steps), and
+//! packs the module text, the manifest (each step with its
+//! [`Launch`](kiln_runtime::manifest::Launch)) and the constants into a `kiln_runtime::Artifact`
+//! whose target is `sm_90`. kiln writes the PTX
 //! itself: no CUDA toolkit is needed to compile, and this crate never runs code.
 
 pub mod error;
@@ -41,6 +43,7 @@ pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
                 "{e} (the CUDA backend shares the CPU backend's lowering and its limits)"
             ))
         })?;
+        kernels::order(&mut lowered.kernels);
         let step_of: Vec<usize> = kernels::group(&lowered.kernels)
             .iter()
             .enumerate()

@@ -4,6 +4,9 @@
 //! a row of a view, and the accumulation of the tile's rows into the elements a lane owns
 //! (`c ≡ lane mod 32`), weighted by a value each lane computed for its row.
 //!
+//! The tile's rows are accumulated [`ROWS_IN_FLIGHT`] at a time, their loads issued together
+//! (a decode query's time is the latency of these loads), in the order of the rows.
+//!
 //! Views are read along their last axis, which the lowering makes unit-stride for attention
 //! operands; values are widened to f32 as they are read.
 
@@ -11,6 +14,9 @@ use super::context::{Addressed, Ctx};
 use crate::error::Result;
 use crate::ptx::{Cmp, Reg, Shuffle, Space, Ty};
 use kiln_ir::DType;
+
+/// Rows of a tile whose loads a lane has in flight together in [`Owned::add_rows`].
+const ROWS_IN_FLIGHT: i64 = 8;
 
 /// Copies `len` elements of `v` from `row` (unit-stride) into the warp's shared `slot`, as f32,
 /// and waits for the warp.
@@ -88,23 +94,42 @@ impl Owned {
         v: &Addressed,
         row: impl Fn(&mut Ctx, Reg) -> Result<Reg>,
     ) -> Result<()> {
-        c.for_range(0i64, tile, 1i64, |c, t| {
-            let t32 = c.b.cvt(Ty::U32, None, t, None, "");
-            let w = c.b.shfl(Shuffle::Index, weight, t32);
-            let base = row(c, t)?;
-            for (u, (&a, &there)) in acc.iter().zip(&self.exists).enumerate() {
-                c.when(there, |c| {
-                    let col = c.b.add(self.lane, 32 * u as i64);
-                    let at = c.b.add(base, col);
-                    let x = c.load(v, at)?;
-                    let x = super::expr::convert(c, x, v.view.dtype, DType::F32)?;
-                    let next = c.b.mad(w, x, a);
-                    c.b.assign(a, next);
-                    Ok(())
-                })?;
-            }
-            Ok(())
-        })
+        let first = c.b.mov(Ty::S64, 0i64);
+        c.for_range_batched(
+            first,
+            tile,
+            1i64,
+            ROWS_IN_FLIGHT,
+            |c, t| {
+                let t32 = c.b.cvt(Ty::U32, None, t, None, "");
+                let w = c.b.shfl(Shuffle::Index, weight, t32);
+                let base = row(c, t)?;
+                let mut xs = Vec::with_capacity(acc.len());
+                for (u, &there) in self.exists.iter().enumerate() {
+                    let x = c.b.mov(Ty::F32, 0.0f32);
+                    c.when(there, |c| {
+                        let col = c.b.add(self.lane, 32 * u as i64);
+                        let at = c.b.add(base, col);
+                        let loaded = c.load(v, at)?;
+                        let loaded = super::expr::convert(c, loaded, v.view.dtype, DType::F32)?;
+                        c.b.assign(x, loaded);
+                        Ok(())
+                    })?;
+                    xs.push(x);
+                }
+                Ok((w, xs))
+            },
+            |c, _, (w, xs)| {
+                for ((&a, &there), x) in acc.iter().zip(&self.exists).zip(xs) {
+                    c.when(there, |c| {
+                        let next = c.b.mad(w, x, a);
+                        c.b.assign(a, next);
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            },
+        )
     }
 
     /// Stores the row from `base` of `out`, in `out`'s type (f32, or bf16 rounded).

@@ -246,6 +246,46 @@ impl Ctx {
         self.walk(i, end, step, body)
     }
 
+    /// `for i in (start..end).step_by(step)` with the loads of `batch` positions in flight
+    /// together: while a whole batch of positions is left, `load` runs for each of them, then
+    /// `consume` for each, in order; the positions after the last whole batch go one at a time.
+    /// `consume` sees the positions in the plain loop's order, so a fold through it gives the
+    /// same result; only the waiting on memory overlaps.
+    pub fn for_range_batched<T>(
+        &mut self,
+        start: Reg,
+        end: impl Into<Operand>,
+        step: impl Into<Operand>,
+        batch: i64,
+        mut load: impl FnMut(&mut Ctx, Reg) -> Result<T>,
+        mut consume: impl FnMut(&mut Ctx, Reg, T) -> Result<()>,
+    ) -> Result<()> {
+        let (end, step) = (end.into(), step.into());
+        let i = self.b.mov(Ty::S64, start);
+        let step_r = self.b.mov(Ty::S64, step.clone());
+        let end_r = self.b.mov(Ty::S64, end.clone());
+        let span = self.b.mul(step_r, batch - 1);
+        let last_start = self.b.sub(end_r, span);
+        let stride = self.b.mul(step_r, batch);
+        self.walk(i, last_start, stride, |c, first| {
+            let mut positions = Vec::new();
+            let mut loaded = Vec::new();
+            for u in 0..batch {
+                let at = c.b.mad(step_r, u, first);
+                loaded.push(load(c, at)?);
+                positions.push(at);
+            }
+            for (at, values) in positions.into_iter().zip(loaded) {
+                consume(c, at, values)?;
+            }
+            Ok(())
+        })?;
+        self.walk(i, end, step, |c, at| {
+            let values = load(c, at)?;
+            consume(c, at, values)
+        })
+    }
+
     /// `while i < end { body(i); i += step }` over an existing counter, which holds the first
     /// value not walked afterwards.
     pub fn walk(

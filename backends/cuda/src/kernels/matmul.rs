@@ -41,6 +41,17 @@ pub(super) struct Finish {
 }
 
 impl Finish {
+    /// The finish of a matmul into `out`, through its epilogue if it has one.
+    pub(super) fn new(c: &mut Ctx, out: &View, epilogue: Option<&Epilogue>) -> Finish {
+        Finish {
+            out: c.addressed(out),
+            leaves: epilogue
+                .map(|e| e.leaves.iter().map(|l| c.addressed(l)).collect())
+                .unwrap_or_default(),
+            epilogue: epilogue.cloned(),
+        }
+    }
+
     /// Stores element `(i, j)` of the output tile of batch element `batch` from its sum `acc`,
     /// where it lies inside the `m × n` output.
     pub(super) fn store_inside(
@@ -102,13 +113,7 @@ pub fn emit(
     let (mv, nv, kv) = (c.value(m), c.value(n), c.value(k));
     let av = c.addressed(a);
     let bv = c.addressed(b);
-    let finish = Finish {
-        out: c.addressed(out),
-        leaves: epilogue
-            .map(|e| e.leaves.iter().map(|l| c.addressed(l)).collect())
-            .unwrap_or_default(),
-        epilogue: epilogue.cloned(),
-    };
+    let finish = Finish::new(c, out, epilogue);
     let operand_bases = |c: &mut Ctx, coords: &[Reg]| {
         let ab = c.linear(&av.offset, coords, &av.strides[..r - 2]);
         let bb = c.linear(&bv.offset, coords, &bv.strides[..r - 2]);
@@ -116,7 +121,7 @@ pub fn emit(
     };
     let decode = matches!(m.as_constant(), Some(rows) if rows <= 4);
     if decode && super::matmul_gemv_mma::applies(a, b) {
-        return super::matmul_gemv_mma::emit(c, a, b, out, &finish);
+        return super::matmul_gemv_mma::emit(c, a, b, out, finish);
     }
     if decode && super::matmul_gemv::applies(a, b) {
         return super::matmul_gemv::emit(c, a, b, out, &finish);

@@ -39,6 +39,11 @@
 //! choices come from A/B runs on an H200 (`bench/results/gpu-decode-mma-2026-11-30-h200/`):
 //! contiguous octets per lane, several accumulator sets and fewer loads in flight were slower.
 //!
+//! **Several matmuls, one launch** ([`emit_together`]): independent decode matmuls with blocks
+//! of one size (a layer's query, key and value projections of one `x`) share a launch, the
+//! items of each following those of the one before; a block runs the matmul its item falls in.
+//! Three launches of 2 to 8 MB of weights each cost more than one of their sum.
+//!
 //! Invariants: every warp of a block runs every `mma` (the step loops are uniform over a warp,
 //! only loads past `k` are guarded) and every barrier (the item and row-tile loops are uniform
 //! over the block); shared memory is written only after the barrier that ended the previous
@@ -48,6 +53,7 @@ use super::context::{Addressed, Ctx, Granule};
 use super::matmul::Finish;
 use crate::error::Result;
 use crate::ptx::{Cmp, Operand, Reg, Space, Special, Ty};
+use kiln_backend_cpu::kernel::{Epilogue, Kernel};
 use kiln_backend_cpu::view::View;
 use kiln_ir::DType;
 use kiln_runtime::manifest::{Launch, WorkFactor};
@@ -198,103 +204,244 @@ impl Operands {
     }
 }
 
-pub fn emit(c: &mut Ctx, a: &View, b: &View, out: &View, finish: &Finish) -> Result<Launch> {
-    let r = out.rank();
-    let n = &out.dims[r - 1];
-    let ops = Operands {
-        a: c.addressed(a),
-        b: c.addressed(b),
-        row_dims: out.dims[..r - 1].iter().map(|d| c.value(d)).collect(),
-        rows: c.reg(&Poly::product(&out.dims[..r - 1])),
-        n: c.reg(n),
-        k: c.reg(&a.dims[r - 1]),
-    };
-    let shape = Shape::new(n, &a.dims[r - 1]);
-    let Shape {
-        warps,
-        splits,
-        unroll,
-    } = shape;
-    let per_block = COLUMNS * warps / splits;
-    // Registers for `RESIDENT_WARPS` warps per multiprocessor, an epilogue or not.
-    c.b.occupancy((32 * warps) as u32, (RESIDENT_WARPS / warps) as u32);
-    let tid = c.special(Special::Tid);
-    let warp = c.b.shr(tid, 5);
-    let lane = c.b.and(tid, 31i64);
-    let (g, t) = (c.b.shr(lane, 2), c.b.and(lane, 3i64));
-    let tile = c.b.shr(warp, splits.trailing_zeros());
-    let split = c.b.and(warp, splits - 1);
-    let partials = c.b.shared((warps * WARP_BYTES) as u32);
-    let mine = c.b.mad(warp, WARP_BYTES, partials);
-    let mine = c.b.mad(lane, 16i64, mine);
-    let last_row = c.b.sub(ops.rows, 1i64);
-    let last_column = c.b.sub(ops.n, 1i64);
-    // A group: `unroll` steps of every split, `STEP · unroll · splits` of `k`; split `s`
-    // takes steps `s, s + splits, …` of it, lane `(g, t)` the octet `8t` of each.
-    let group = STEP * unroll * splits;
-    let split_first = c.b.mul(split, STEP);
-    let lane_k = c.b.mul(t, 8i64);
-    // The lane's first octet: its split's first step, its `8t` into it.
-    let lane_first = c.b.add(split_first, lane_k);
-    let items = c.reg(&n.add(&Poly::constant(per_block - 1)));
-    let items = c.b.div(items, per_block);
-    let groups_end = c.b.sub(ops.k, group - 1);
-    let acc = [(); 4].map(|_| c.b.reg(Ty::F32));
-    c.grid_loop(items.into(), Granule::Block, |c, item| {
-        let first_column = c.b.mul(item, per_block);
-        let column = c.b.mad(tile, COLUMNS, first_column);
-        let column = c.b.add(column, g);
-        let column = c.b.min(column, last_column);
+/// What the matmuls of a launch share: the block's warps, the thread's place in it, the
+/// accumulators and the shared memory of the partial sums.
+struct Block {
+    warps: i64,
+    tid: Reg,
+    warp: Reg,
+    g: Reg,
+    t: Reg,
+    partials: Reg,
+    /// This lane's slot in `partials`.
+    mine: Reg,
+    acc: [Reg; 4],
+}
+
+impl Block {
+    fn new(c: &mut Ctx, warps: i64) -> Block {
+        // Registers for `RESIDENT_WARPS` warps per multiprocessor, an epilogue or not.
+        c.b.occupancy((32 * warps) as u32, (RESIDENT_WARPS / warps) as u32);
+        let tid = c.special(Special::Tid);
+        let warp = c.b.shr(tid, 5);
+        let lane = c.b.and(tid, 31i64);
+        let partials = c.b.shared((warps * WARP_BYTES) as u32);
+        let mine = c.b.mad(warp, WARP_BYTES, partials);
+        Block {
+            warps,
+            tid,
+            warp,
+            g: c.b.shr(lane, 2),
+            t: c.b.and(lane, 3i64),
+            partials,
+            mine: c.b.mad(lane, 16i64, mine),
+            acc: [(); 4].map(|_| c.b.reg(Ty::F32)),
+        }
+    }
+}
+
+/// One matmul of a launch, set up at the kernel's entry.
+struct Gemv {
+    ops: Operands,
+    shape: Shape,
+    finish: Finish,
+    /// Columns per item (a block's tiles).
+    per_block: i64,
+    /// Items: `⌈n / per_block⌉`.
+    items: Reg,
+    /// The warp's tile of columns in an item, and its lane's first octet along `k`: its split's
+    /// first step, its `8t` into it.
+    tile: Reg,
+    lane_first: Reg,
+    last_row: Reg,
+    last_column: Reg,
+    /// Where the whole groups of steps end.
+    groups_end: Reg,
+}
+
+impl Gemv {
+    fn new(c: &mut Ctx, block: &Block, (a, b, out): (&View, &View, &View), finish: Finish) -> Gemv {
+        let r = out.rank();
+        let n = &out.dims[r - 1];
+        let ops = Operands {
+            a: c.addressed(a),
+            b: c.addressed(b),
+            row_dims: out.dims[..r - 1].iter().map(|d| c.value(d)).collect(),
+            rows: c.reg(&Poly::product(&out.dims[..r - 1])),
+            n: c.reg(n),
+            k: c.reg(&a.dims[r - 1]),
+        };
+        let shape = Shape::new(n, &a.dims[r - 1]);
+        let per_block = COLUMNS * shape.warps / shape.splits;
+        let split = c.b.and(block.warp, shape.splits - 1);
+        let split_first = c.b.mul(split, STEP);
+        let lane_k = c.b.mul(block.t, 8i64);
+        // A group: `unroll` steps of every split, `STEP · unroll · splits` of `k`; split `s`
+        // takes steps `s, s + splits, …` of it, lane `(g, t)` the octet `8t` of each.
+        let group = STEP * shape.unroll * shape.splits;
+        let padded = c.reg(&n.add(&Poly::constant(per_block - 1)));
+        Gemv {
+            tile: c.b.shr(block.warp, shape.splits.trailing_zeros()),
+            lane_first: c.b.add(split_first, lane_k),
+            last_row: c.b.sub(ops.rows, 1i64),
+            last_column: c.b.sub(ops.n, 1i64),
+            groups_end: c.b.sub(ops.k, group - 1),
+            items: c.b.div(padded, per_block),
+            ops,
+            shape,
+            finish,
+            per_block,
+        }
+    }
+
+    /// The `per_block` columns of item `item`, every tile of 16 rows in turn.
+    fn item(&self, c: &mut Ctx, block: &Block, item: Reg) -> Result<()> {
+        let (ops, r) = (&self.ops, self.ops.a.view.rank());
+        let Shape { splits, unroll, .. } = self.shape;
+        let group = STEP * unroll * splits;
+        let first_column = c.b.mul(item, self.per_block);
+        let column = c.b.mad(self.tile, COLUMNS, first_column);
+        let column = c.b.add(column, block.g);
+        let column = c.b.min(column, self.last_column);
         let w_col = c.b.mov(Ty::S64, ops.b.offset.clone());
         let w_col = c.b.mad(column, ops.b.strides[r - 1].clone(), w_col);
         c.for_range(0i64, ops.rows, ROWS, |c, m0| {
             let x = [0, 8].map(|d| {
-                let row = c.b.add(m0, g);
+                let row = c.b.add(m0, block.g);
                 let row = c.b.add(row, d);
-                let row = c.b.min(row, last_row);
+                let row = c.b.min(row, self.last_row);
                 ops.x_row(c, row)
             });
             let lanes = Lane {
-                w: c.b.add(w_col, lane_first),
-                x: x.map(|x| c.b.add(x, lane_first)),
+                w: c.b.add(w_col, self.lane_first),
+                x: x.map(|x| c.b.add(x, self.lane_first)),
             };
-            for &x in &acc {
+            for &x in &block.acc {
                 c.b.assign(x, 0.0f32);
             }
             let k = c.b.mov(Ty::S64, 0i64);
-            c.walk(k, groups_end, group, |c, k| {
+            c.walk(k, self.groups_end, group, |c, k| {
                 let steps = (0..unroll)
                     .map(|u| {
                         let at = c.b.add(k, STEP * splits * u);
-                        lanes.load(c, &ops, at)
+                        lanes.load(c, ops, at)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 for l in &steps {
-                    multiply(c, acc, l);
+                    multiply(c, block.acc, l);
                 }
                 Ok(())
             })?;
             // The steps left, a step of every split at a time (octets past `k` read 0).
             c.walk(k, ops.k, STEP * splits, |c, k| {
-                let l = lanes.load_guarded(c, &ops, k, lane_first)?;
-                multiply(c, acc, &l);
+                let l = lanes.load_guarded(c, ops, k, self.lane_first)?;
+                multiply(c, block.acc, &l);
                 Ok(())
             })?;
-            for (i, &x) in acc.iter().enumerate() {
-                c.b.st(Space::Shared, "f32", mine, 4 * i as i64, x);
+            for (i, &x) in block.acc.iter().enumerate() {
+                c.b.st(Space::Shared, "f32", block.mine, 4 * i as i64, x);
             }
             c.b.bar_sync();
-            sum_and_store(c, &ops, finish, (partials, shape), (m0, first_column), tid)?;
+            sum_and_store(c, self, block, (m0, first_column))?;
             c.b.bar_sync();
             Ok(())
         })
+    }
+}
+
+pub fn emit(c: &mut Ctx, a: &View, b: &View, out: &View, finish: Finish) -> Result<Launch> {
+    let r = out.rank();
+    let shape = Shape::new(&out.dims[r - 1], &a.dims[r - 1]);
+    let block = Block::new(c, shape.warps);
+    let gemv = Gemv::new(c, &block, (a, b, out), finish);
+    c.grid_loop(gemv.items.into(), Granule::Block, |c, item| {
+        gemv.item(c, &block, item)
     })?;
     Ok(Launch {
         blocks: vec![WorkFactor {
-            extent: n.clone(),
-            tile: per_block as u64,
+            extent: out.dims[r - 1].clone(),
+            tile: gemv.per_block as u64,
         }],
-        threads: (32 * warps) as u32,
+        threads: (32 * block.warps) as u32,
+        shared_bytes: c.b.shared_bytes(),
+        buffers: Vec::new(),
+    })
+}
+
+/// The operands of `kernel` where it is a decode matmul of this form whose column count is a
+/// constant: `a`, `b`, `out` and the epilogue.
+fn decode_parts(kernel: &Kernel) -> Option<(&View, &View, &View, Option<&Epilogue>)> {
+    let Kernel::MatMul {
+        a,
+        b,
+        out,
+        epilogue,
+        ..
+    } = kernel
+    else {
+        return None;
+    };
+    let r = out.rank();
+    let decode = matches!(out.dims[r - 2].as_constant(), Some(m) if m <= 4);
+    let constant_n = out.dims[r - 1].as_constant().is_some();
+    (decode && constant_n && applies(a, b)).then_some((a, b, out, epilogue.as_ref()))
+}
+
+/// Whether `first` and `second` may run in one launch ([`emit_together`]): decode matmuls of
+/// this form with constant column counts and blocks of one size, neither touching what the
+/// other writes.
+pub fn together(first: &Kernel, second: &Kernel) -> bool {
+    let warps = |k: &Kernel| {
+        decode_parts(k).map(|(a, _, out, _)| {
+            let r = out.rank();
+            Shape::new(&out.dims[r - 1], &a.dims[r - 1]).warps
+        })
+    };
+    matches!((warps(first), warps(second)), (Some(x), Some(y)) if x == y)
+        && super::independent(first, second)
+}
+
+/// Several matmuls of this form (each pair [`together`]) in one launch: the items of the first,
+/// then those of the second, and so on; a block takes the matmul its item falls in.
+pub fn emit_together(c: &mut Ctx, kernels: &[&Kernel]) -> Result<Launch> {
+    let parts: Vec<_> = kernels
+        .iter()
+        .map(|k| decode_parts(k).expect("grouped kernels are decode matmuls"))
+        .collect();
+    let (a, _, out, _) = parts[0];
+    let r = out.rank();
+    let block = Block::new(c, Shape::new(&out.dims[r - 1], &a.dims[r - 1]).warps);
+    let mut gemvs = Vec::new();
+    let mut ends = Vec::new();
+    let mut total = 0;
+    for (a, b, out, epilogue) in parts {
+        let finish = Finish::new(c, out, epilogue);
+        let gemv = Gemv::new(c, &block, (a, b, out), finish);
+        let n = out.dims[r - 1].as_constant().expect("constant columns");
+        total += (n + gemv.per_block - 1) / gemv.per_block;
+        ends.push(total);
+        gemvs.push(gemv);
+    }
+    c.grid_loop(Operand::Int(total), Granule::Block, |c, item| {
+        let mut start = 0;
+        for (gemv, &end) in gemvs.iter().zip(&ends) {
+            let past_start = c.b.setp(Cmp::Ge, item, start);
+            let before_end = c.b.setp(Cmp::Lt, item, end);
+            let inside = c.b.and(past_start, before_end);
+            c.when(inside, |c| {
+                let own = c.b.sub(item, start);
+                gemv.item(c, &block, own)
+            })?;
+            start = end;
+        }
+        Ok(())
+    })?;
+    Ok(Launch {
+        blocks: vec![WorkFactor {
+            extent: Poly::constant(total),
+            tile: 1,
+        }],
+        threads: (32 * block.warps) as u32,
         shared_bytes: c.b.shared_bytes(),
         buffers: Vec::new(),
     })
@@ -306,15 +453,14 @@ pub fn emit(c: &mut Ctx, a: &View, b: &View, out: &View, finish: &Finish) -> Res
 /// `e / 128`, whose splits are warps `tile · splits ..`.
 fn sum_and_store(
     c: &mut Ctx,
-    ops: &Operands,
-    finish: &Finish,
-    (partials, shape): (Reg, Shape),
+    gemv: &Gemv,
+    block: &Block,
     (m0, first_column): (Reg, Reg),
-    tid: Reg,
 ) -> Result<()> {
-    let Shape { warps, splits, .. } = shape;
+    let (ops, partials) = (&gemv.ops, block.partials);
+    let (warps, splits) = (block.warps, gemv.shape.splits);
     let outputs = ROWS * COLUMNS * warps / splits;
-    c.for_range(tid, outputs, 32 * warps, |c, e| {
+    c.for_range(block.tid, outputs, 32 * warps, |c, e| {
         let tile = c.b.shr(e, 7);
         let element = c.b.and(e, 127i64);
         let first = c.b.mul(tile, splits * WARP_BYTES);
@@ -346,7 +492,7 @@ fn sum_and_store(
         c.when(inside, |c| {
             let mut coords = c.unravel(row, &ops.row_dims);
             coords.push(column);
-            finish.store(c, &coords, sum)
+            gemv.finish.store(c, &coords, sum)
         })
     })
 }

@@ -48,13 +48,16 @@ pub fn one_thread_each(items: kiln_runtime::Poly) -> Launch {
     }
 }
 
-/// What one step of a program runs: one kernel of the lowering, or a reduction and the map
-/// reading it back as one (`reduce_map.rs`).
+/// What one step of a program runs: one kernel of the lowering, or several run as one.
 pub enum Group<'a> {
     One(&'a Kernel),
+    /// A reduction and the map reading it back (`reduce_map.rs`).
     ReduceMap(reduce_map::ReduceMap<'a>),
     /// Two maps of one shape, independent of each other (`map::together`).
     Maps([map::Parts<'a>; 2]),
+    /// Decode matmuls on tensor cores, independent of each other
+    /// (`matmul_gemv_mma::together`).
+    Gemvs(Vec<&'a Kernel>),
 }
 
 impl Group<'_> {
@@ -63,6 +66,7 @@ impl Group<'_> {
         match self {
             Group::One(_) => 1,
             Group::ReduceMap(_) | Group::Maps(..) => 2,
+            Group::Gemvs(kernels) => kernels.len(),
         }
     }
 
@@ -72,37 +76,92 @@ impl Group<'_> {
             Group::One(kernel) => kind(kernel),
             Group::ReduceMap(_) => "reduce_map",
             Group::Maps(..) => "maps",
+            Group::Gemvs(_) => "matmul_gemvs_mma",
         }
     }
 }
 
+/// Decode matmuls one launch takes at most ([`Group::Gemvs`]).
+const GEMVS_MAX: usize = 4;
+/// How far ahead [`order`] looks for a matmul to run beside another.
+const LOOKAHEAD: usize = 16;
+
+/// Whether two kernels may run in either order, or at once: neither writes a buffer the other
+/// reads or writes.
+fn independent(first: &Kernel, second: &Kernel) -> bool {
+    let writes = |k: &Kernel| k.out().buffer();
+    let reads = |k: &Kernel, buffer: Option<usize>| {
+        buffer.is_some() && k.operands().iter().any(|v| v.buffer() == buffer)
+    };
+    writes(first) != writes(second)
+        && !reads(first, writes(second))
+        && !reads(second, writes(first))
+}
+
+/// Reorders the program's kernels so that decode matmuls which may run as one launch
+/// ([`Group::Gemvs`]) are consecutive: a matmul up to [`LOOKAHEAD`] kernels later moves up
+/// beside the first of its group when it is independent of every kernel it passes. Every
+/// kernel still runs after those it depends on and before those that depend on it, so the
+/// program computes the same values; the memory plan follows the new order.
+pub fn order<T>(kernels: &mut Vec<(Kernel, T)>) {
+    let mut i = 0;
+    while i < kernels.len() {
+        let mut members = 1;
+        let mut j = i + 1;
+        while j < kernels.len().min(i + LOOKAHEAD) && members < GEMVS_MAX {
+            let candidate = &kernels[j].0;
+            let joins =
+                (i..i + members).all(|m| matmul_gemv_mma::together(&kernels[m].0, candidate));
+            let passes = (i + members..j).all(|m| independent(&kernels[m].0, candidate));
+            if joins && passes {
+                let moved = kernels.remove(j);
+                kernels.insert(i + members, moved);
+                members += 1;
+            }
+            j += 1;
+        }
+        i += members;
+    }
+}
+
 /// The program's kernels in steps: each reduction and the map right after it that reads it
-/// back together, two consecutive independent maps of one shape together, every other kernel
-/// alone.
+/// back together, two consecutive independent maps of one shape together, consecutive decode
+/// matmuls that may run as one launch together ([`order`] brings them next to each other),
+/// every other kernel alone.
 pub fn group<T>(kernels: &[(Kernel, T)]) -> Vec<Group<'_>> {
     let mut groups = Vec::new();
     let mut i = 0;
     while i < kernels.len() {
         let kernel = &kernels[i].0;
-        let pair = kernels.get(i + 1).and_then(|(next, _)| {
-            if let Some(pair) = reduce_map::pair(kernel, next) {
-                Some(Group::ReduceMap(pair))
-            } else {
-                map::together(kernel, next).map(Group::Maps)
+        let mut gemvs = vec![kernel];
+        while let Some((next, _)) = kernels.get(i + gemvs.len()) {
+            if gemvs.len() == GEMVS_MAX || !gemvs.iter().all(|k| matmul_gemv_mma::together(k, next))
+            {
+                break;
             }
-        });
-        match pair {
-            Some(pair) => {
-                groups.push(pair);
-                i += 2;
-            }
-            None => {
-                groups.push(Group::One(kernel));
-                i += 1;
-            }
+            gemvs.push(next);
         }
+        let step = if gemvs.len() > 1 {
+            Group::Gemvs(gemvs)
+        } else {
+            kernels
+                .get(i + 1)
+                .and_then(|(next, _)| pair(kernel, next))
+                .unwrap_or(Group::One(kernel))
+        };
+        i += step.kernels();
+        groups.push(step);
     }
     groups
+}
+
+/// `first` and `next` as one step, where they qualify: a reduction and the map reading it back,
+/// or two independent maps.
+fn pair<'a>(first: &'a Kernel, next: &'a Kernel) -> Option<Group<'a>> {
+    match reduce_map::pair(first, next) {
+        Some(pair) => Some(Group::ReduceMap(pair)),
+        None => map::together(first, next).map(Group::Maps),
+    }
 }
 
 /// The kind of a kernel.
@@ -145,6 +204,10 @@ pub fn emit(group: &Group) -> Result<(KernelBuilder, Launch)> {
         }
         Group::Maps(parts) => {
             let launch = map::emit_together(&mut c, parts)?;
+            return Ok(finish(c, launch));
+        }
+        Group::Gemvs(kernels) => {
+            let launch = matmul_gemv_mma::emit_together(&mut c, kernels)?;
             return Ok(finish(c, launch));
         }
     };

@@ -7,8 +7,9 @@
 //! warp folds its lanes by butterfly shuffles, lane 0 of each warp leaves its value in shared
 //! memory, and thread 0 folds the warps in order, divides for a mean, and stores. A reduction
 //! of at most [`SHORT`] positions (attention's `Δ` over a head, say) takes one warp per output
-//! instead, lane 0 storing the warp's fold. The order is
-//! fixed, so a result does not change from run to run. Accumulation is in the expression's type
+//! instead, lane 0 storing the warp's fold. A thread issues the loads of [`IN_FLIGHT`]
+//! positions before it folds them, in order. The order is fixed, so a result does not change
+//! from run to run. Accumulation is in the expression's type
 //! (f32, i32 or i64); float `max` propagates NaN.
 
 use super::context::{Addressed, Ctx, Granule};
@@ -26,6 +27,9 @@ use kiln_runtime::Poly;
 
 /// Reductions of at most this many positions take a warp per output instead of a block.
 const SHORT: i64 = 256;
+/// Positions whose loads a thread has in flight together as it folds (and, in `reduce_map`,
+/// as it maps): a batch-1 RMSNorm is one block, whose time is the latency of its loads.
+pub(super) const IN_FLIGHT: i64 = 8;
 
 pub(super) fn identity(op: ReduceOp, dtype: DType) -> f64 {
     match (op, dtype) {
@@ -163,16 +167,23 @@ impl<'a> Reduction<'a> {
             bases.push(c.linear(&l.offset, coords, &strides));
         }
         let acc = c.constant(identity(self.op, self.dtype), self.dtype)?;
-        c.for_range(start, self.count_v.clone(), step, |c, r| {
-            let rc = c.unravel(r, &self.red_dims);
-            let mut values = Vec::new();
-            for (l, base) in self.leaves.iter().zip(&bases) {
-                let strides: Vec<_> = self.axes.iter().map(|&a| l.strides[a].clone()).collect();
-                let at = c.linear(&(*base).into(), &rc, &strides);
-                values.push(c.load(l, at)?);
-            }
-            fold_position(c, self.op, self.expr, &values, acc)
-        })?;
+        c.for_range_batched(
+            start,
+            self.count_v.clone(),
+            step,
+            IN_FLIGHT,
+            |c, r| {
+                let rc = c.unravel(r, &self.red_dims);
+                let mut values = Vec::new();
+                for (l, base) in self.leaves.iter().zip(&bases) {
+                    let strides: Vec<_> = self.axes.iter().map(|&a| l.strides[a].clone()).collect();
+                    let at = c.linear(&(*base).into(), &rc, &strides);
+                    values.push(c.load(l, at)?);
+                }
+                Ok(values)
+            },
+            |c, _, values| fold_position(c, self.op, self.expr, &values, acc),
+        )?;
         Ok(warp_fold(c, acc, |c, a, b| combine(c, self.op, a, b)))
     }
 

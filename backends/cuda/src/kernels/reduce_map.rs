@@ -9,8 +9,8 @@
 //!
 //! **Work**: one block per reduced row, as the block form of `reduce.rs` folds it: the result
 //! is stored (other kernels may read it) and left in shared memory; after the barrier every
-//! thread of the block takes the row's positions `tid, tid + 256, …`, reads the map's other
-//! leaves, takes the result from shared memory for the broadcast leaf, evaluates the map and
+//! thread of the block takes the row's positions `tid, tid + 256, …` ([`IN_FLIGHT`] at a
+//! time, their loads issued together), reads the map's other leaves, takes the result from shared memory for the broadcast leaf, evaluates the map and
 //! stores. One launch and one read of the result instead of two launches; the row of `x` the
 //! map reads again is the one the block just read, from cache.
 //!
@@ -20,7 +20,7 @@
 use super::context::{Ctx, Granule};
 use super::expr::evaluate;
 use super::map::per_block;
-use super::reduce::Reduction;
+use super::reduce::{Reduction, IN_FLIGHT};
 use super::THREADS;
 use crate::error::Result;
 use crate::ptx::Special;
@@ -130,23 +130,32 @@ pub fn emit(c: &mut Ctx, k: &ReduceMap) -> Result<Launch> {
         let kept = c.unravel(o, &red.kept_dims);
         red.block(c, (o, &kept), smem, (tid, lane, warp))?;
         let result = red.result(c, smem);
-        c.for_range(tid, red.count_v.clone(), red.threads.clone(), |c, r| {
-            let mut coords = kept.clone();
-            coords.extend(c.unravel(r, &red.red_dims));
-            let mut values = Vec::with_capacity(leaves.len());
-            for l in &leaves {
-                values.push(match l {
-                    Some(l) => {
-                        let at = c.linear(&l.offset, &coords, &l.strides);
-                        c.load(l, at)?
-                    }
-                    None => result,
-                });
-            }
-            let v = evaluate(c, k.map_expr, &values)?;
-            let at = c.linear(&out.offset, &coords, &out.strides);
-            c.store(out_base, at, k.out.dtype, v)
-        })?;
+        c.for_range_batched(
+            tid,
+            red.count_v.clone(),
+            red.threads.clone(),
+            IN_FLIGHT,
+            |c, r| {
+                let mut coords = kept.clone();
+                coords.extend(c.unravel(r, &red.red_dims));
+                let mut values = Vec::with_capacity(leaves.len());
+                for l in &leaves {
+                    values.push(match l {
+                        Some(l) => {
+                            let at = c.linear(&l.offset, &coords, &l.strides);
+                            c.load(l, at)?
+                        }
+                        None => result,
+                    });
+                }
+                Ok((coords, values))
+            },
+            |c, _, (coords, values)| {
+                let v = evaluate(c, k.map_expr, &values)?;
+                let at = c.linear(&out.offset, &coords, &out.strides);
+                c.store(out_base, at, k.out.dtype, v)
+            },
+        )?;
         // The next row's folds overwrite the shared result.
         c.b.bar_sync();
         Ok(())

@@ -332,19 +332,20 @@ fn parse_fuse_compile(text: &str) -> (Graph, Graph, String) {
     (g, fused, ptx)
 }
 
-/// A reduction and the map reading it back as one kernel (`reduce_map`): RMSNorm over 600
-/// positions (each thread folds and maps up to three) of a batch of rows, and a softmax's
+/// A reduction and the map reading it back as one kernel (`reduce_map`): RMSNorm over 2,600
+/// positions (each thread folds and maps 10 or 11: a batch of 8 loaded together, then the rest
+/// one at a time) of a batch of rows, and a softmax's
 /// maximum read back by its exponentials; the kernel is checked to be there.
 #[test]
 fn reductions_read_back_by_a_map_match_the_interpreter() {
-    let text = "graph g\nsym b <= 4\ninput %x : f32[b, 3, 600]\nweight @w : f32[600]\n\
-        %0 = mul %x, %x : f32[b, 3, 600]\n%1 = reduce_mean %0 axes=[2] : f32[b, 3, 1]\n\
+    let text = "graph g\nsym b <= 4\ninput %x : f32[b, 3, 2600]\nweight @w : f32[2600]\n\
+        %0 = mul %x, %x : f32[b, 3, 2600]\n%1 = reduce_mean %0 axes=[2] : f32[b, 3, 1]\n\
         %2 = const 1e-5 : f32[b, 3, 1]\n%3 = add %1, %2 : f32[b, 3, 1]\n\
-        %4 = rsqrt %3 : f32[b, 3, 1]\n%5 = broadcast %4 : f32[b, 3, 600]\n\
-        %6 = mul %x, %5 : f32[b, 3, 600]\n%7 = broadcast @w : f32[b, 3, 600]\n\
-        %8 = mul %6, %7 : f32[b, 3, 600]\n\
-        %9 = reduce_max %x axes=[2] : f32[b, 3, 1]\n%10 = broadcast %9 : f32[b, 3, 600]\n\
-        %11 = sub %x, %10 : f32[b, 3, 600]\n%12 = exp %11 : f32[b, 3, 600]\n\
+        %4 = rsqrt %3 : f32[b, 3, 1]\n%5 = broadcast %4 : f32[b, 3, 2600]\n\
+        %6 = mul %x, %5 : f32[b, 3, 2600]\n%7 = broadcast @w : f32[b, 3, 2600]\n\
+        %8 = mul %6, %7 : f32[b, 3, 2600]\n\
+        %9 = reduce_max %x axes=[2] : f32[b, 3, 1]\n%10 = broadcast %9 : f32[b, 3, 2600]\n\
+        %11 = sub %x, %10 : f32[b, 3, 2600]\n%12 = exp %11 : f32[b, 3, 2600]\n\
         output y = %8\noutput e = %12\n";
     let (g, fused, ptx) = parse_fuse_compile(text);
     assert_eq!(ptx.matches(".entry reduce_map").count(), 2, "{ptx}");
@@ -1008,4 +1009,40 @@ fn maps_writing_one_buffer_together_only_when_apart() {
     let mut wide = half(c(32));
     wide.strides[0] = Poly::symbol(0).mul(&c(64));
     assert!(!super::map::apart(&half(c(0)), &wide), "strides differ");
+}
+
+/// Decode matmuls on tensor cores that read one `x` run as one launch (`matmul_gemvs_mma`):
+/// three projections of 64, 16 and 24 columns (one with an epilogue), the last written after
+/// an unrelated kernel that [`super::order`] moves it past; a fourth matmul reading the first's
+/// result through a cast stays a launch of its own, after the cast.
+#[test]
+fn independent_decode_matmuls_run_as_one_launch() {
+    let text = "graph g\nsym b <= 9\ninput %x : f32[b, 1, 96]\ninput %r : f32[b, 1, 64]\n\
+        input %u : f32[b, 1, 8]\n\
+        weight @q : bf16[64, 96]\nweight @k : bf16[16, 96]\nweight @v : bf16[24, 96]\n\
+        weight @z : bf16[40, 64]\n%x16 = cast %x : bf16[b, 1, 96]\n\
+        %qt = permute @q perm=[1,0] : bf16[96, 64]\n%kt = permute @k perm=[1,0] : bf16[96, 16]\n\
+        %vt = permute @v perm=[1,0] : bf16[96, 24]\n%zt = permute @z perm=[1,0] : bf16[64, 40]\n\
+        %0 = matmul %x16, %qt : f32[b, 1, 64]\n%1 = add %0, %r : f32[b, 1, 64]\n\
+        %2 = matmul %x16, %kt : f32[b, 1, 16]\n\
+        %3 = exp %u : f32[b, 1, 8]\n\
+        %4 = matmul %x16, %vt : f32[b, 1, 24]\n\
+        %5 = cast %1 : bf16[b, 1, 64]\n%6 = matmul %5, %zt : f32[b, 1, 40]\n\
+        output q = %1\noutput k = %2\noutput e = %3\noutput v = %4\noutput z = %6\n";
+    let (g, fused, ptx) = parse_fuse_compile(text);
+    let entries: Vec<&str> = ptx.lines().filter(|l| l.contains(".entry")).collect();
+    assert_eq!(
+        ptx.matches(".entry matmul_gemvs_mma").count(),
+        1,
+        "{entries:?}"
+    );
+    assert_eq!(
+        ptx.matches(".entry matmul_gemv_mma").count(),
+        1,
+        "{entries:?}"
+    );
+    for batch in [1, 3, 9] {
+        check(&fused, &g, &env(&[("b", batch)]), 1e-6, 4)
+            .unwrap_or_else(|e| panic!("batch {batch}: {e}"));
+    }
 }
