@@ -10,7 +10,7 @@
 use super::context::{Addressed, Ctx, Granule};
 use super::expr::evaluate;
 use crate::error::Result;
-use crate::ptx::{Operand, Reg};
+use crate::ptx::{Cmp, Operand, Reg};
 use kiln_backend_cpu::kernel::{ExprNode, Kernel};
 use kiln_backend_cpu::view::View;
 use kiln_runtime::manifest::{Launch, WorkFactor};
@@ -76,22 +76,55 @@ impl<'a> Prepared<'a> {
 /// A map's output, leaves and expression.
 pub type Parts<'a> = (&'a View, &'a [View], &'a [ExprNode]);
 
-pub fn emit(c: &mut Ctx, out: &View, leaves: &[View], expr: &[ExprNode]) -> Result<Launch> {
-    emit_together(c, &[(out, leaves, expr)])
+/// The parts of `kernel`, where it is a map.
+pub fn parts(kernel: &Kernel) -> Option<Parts<'_>> {
+    match kernel {
+        Kernel::Map { out, leaves, expr } => Some((out, leaves.as_slice(), expr.as_slice())),
+        _ => None,
+    }
 }
 
-/// Maps over domains of one shape as one kernel: each thread computes element `i` of every
-/// one of them in turn (see `together` for when that is the same as running them in order).
-pub fn emit_together(c: &mut Ctx, maps: &[Parts]) -> Result<Launch> {
-    let total = maps[0].0.numel();
-    let prepared: Vec<Prepared> = maps
+pub fn emit(c: &mut Ctx, out: &View, leaves: &[View], expr: &[ExprNode]) -> Result<Launch> {
+    emit_together(c, &[vec![(out, leaves, expr)]])
+}
+
+/// Maps as one kernel, in bundles: the maps of a bundle have domains of one shape, and a thread
+/// computes element `i` of each of them in turn ([`together`] says when that is the same as
+/// running them in order); the bundles' domains follow one another along the threads, a
+/// thread computing the element of the bundle its index falls in. The caller has checked that
+/// no map reads what another writes.
+pub fn emit_together(c: &mut Ctx, bundles: &[Vec<Parts>]) -> Result<Launch> {
+    let prepared: Vec<Vec<Prepared>> = bundles
         .iter()
-        .map(|&(out, leaves, expr)| Prepared::new(c, out, leaves, expr))
+        .map(|maps| {
+            maps.iter()
+                .map(|&(out, leaves, expr)| Prepared::new(c, out, leaves, expr))
+                .collect()
+        })
         .collect();
+    let mut total = Poly::constant(0);
+    let mut starts = Vec::new();
+    for maps in bundles {
+        starts.push(c.value(&total));
+        total = total.add(&maps[0].0.numel());
+    }
     let count = c.value(&total);
-    c.grid_loop(count, Granule::Thread, |c, i| {
-        for p in &prepared {
-            p.element(c, i)?;
+    let single = bundles.len() == 1;
+    c.grid_loop(count.clone(), Granule::Thread, |c, i| {
+        for (b, maps) in prepared.iter().enumerate() {
+            let elements = |c: &mut Ctx, at: Reg| maps.iter().try_for_each(|p| p.element(c, at));
+            if single {
+                elements(c, i)?;
+                continue;
+            }
+            let past_start = c.b.setp(Cmp::Ge, i, starts[b].clone());
+            let end = starts.get(b + 1).cloned().unwrap_or(count.clone());
+            let before_end = c.b.setp(Cmp::Lt, i, end);
+            let inside = c.b.and(past_start, before_end);
+            c.when(inside, |c| {
+                let at = c.b.sub(i, starts[b].clone());
+                elements(c, at)
+            })?;
         }
         Ok(())
     })?;
@@ -102,10 +135,6 @@ pub fn emit_together(c: &mut Ctx, maps: &[Parts]) -> Result<Launch> {
 /// output shape, neither reading what the other writes, and outputs in different buffers or
 /// provably apart in one ([`apart`]: the two halves of a concat written in place).
 pub fn together<'a>(first: &'a Kernel, second: &'a Kernel) -> Option<[Parts<'a>; 2]> {
-    let parts = |k: &'a Kernel| match k {
-        Kernel::Map { out, leaves, expr } => Some((out, leaves.as_slice(), expr.as_slice())),
-        _ => None,
-    };
     let (a, b) = (parts(first)?, parts(second)?);
     let reads = |leaves: &[View], out: &View| leaves.iter().any(|l| l.buffer() == out.buffer());
     let independent = a.0.dims == b.0.dims

@@ -53,8 +53,9 @@ pub enum Group<'a> {
     One(&'a Kernel),
     /// A reduction and the map reading it back (`reduce_map.rs`).
     ReduceMap(reduce_map::ReduceMap<'a>),
-    /// Two maps of one shape, independent of each other (`map::together`).
-    Maps([map::Parts<'a>; 2]),
+    /// Independent maps in bundles of one shape (`map::emit_together`): a pair that
+    /// `map::together` allows, or one map.
+    Maps(Vec<Vec<map::Parts<'a>>>),
     /// Decode matmuls on tensor cores, independent of each other
     /// (`matmul_gemv_mma::together`).
     Gemvs(Vec<&'a Kernel>),
@@ -65,7 +66,8 @@ impl Group<'_> {
     pub fn kernels(&self) -> usize {
         match self {
             Group::One(_) => 1,
-            Group::ReduceMap(_) | Group::Maps(..) => 2,
+            Group::ReduceMap(_) => 2,
+            Group::Maps(bundles) => bundles.iter().map(Vec::len).sum(),
             Group::Gemvs(kernels) => kernels.len(),
         }
     }
@@ -83,6 +85,8 @@ impl Group<'_> {
 
 /// Decode matmuls one launch takes at most ([`Group::Gemvs`]).
 const GEMVS_MAX: usize = 4;
+/// Bundles of maps one launch takes at most ([`Group::Maps`]).
+const BUNDLES_MAX: usize = 4;
 /// How far ahead [`order`] looks for a matmul to run beside another.
 const LOOKAHEAD: usize = 16;
 
@@ -125,9 +129,9 @@ pub fn order<T>(kernels: &mut Vec<(Kernel, T)>) {
 }
 
 /// The program's kernels in steps: each reduction and the map right after it that reads it
-/// back together, two consecutive independent maps of one shape together, consecutive decode
-/// matmuls that may run as one launch together ([`order`] brings them next to each other),
-/// every other kernel alone.
+/// back together, consecutive independent maps together (two of one shape in a bundle),
+/// consecutive decode matmuls that may run as one launch together ([`order`] brings them next
+/// to each other), every other kernel alone.
 pub fn group<T>(kernels: &[(Kernel, T)]) -> Vec<Group<'_>> {
     let mut groups = Vec::new();
     let mut i = 0;
@@ -141,13 +145,16 @@ pub fn group<T>(kernels: &[(Kernel, T)]) -> Vec<Group<'_>> {
             }
             gemvs.push(next);
         }
+        let maps = bundles(&kernels[i..]);
         let step = if gemvs.len() > 1 {
             Group::Gemvs(gemvs)
+        } else if maps.iter().map(Vec::len).sum::<usize>() > 1 {
+            Group::Maps(maps)
         } else {
             kernels
                 .get(i + 1)
-                .and_then(|(next, _)| pair(kernel, next))
-                .unwrap_or(Group::One(kernel))
+                .and_then(|(next, _)| reduce_map::pair(kernel, next))
+                .map_or(Group::One(kernel), Group::ReduceMap)
         };
         i += step.kernels();
         groups.push(step);
@@ -155,13 +162,37 @@ pub fn group<T>(kernels: &[(Kernel, T)]) -> Vec<Group<'_>> {
     groups
 }
 
-/// `first` and `next` as one step, where they qualify: a reduction and the map reading it back,
-/// or two independent maps.
-fn pair<'a>(first: &'a Kernel, next: &'a Kernel) -> Option<Group<'a>> {
-    match reduce_map::pair(first, next) {
-        Some(pair) => Some(Group::ReduceMap(pair)),
-        None => map::together(first, next).map(Group::Maps),
+/// The maps at the start of `kernels` that may run as one launch, in bundles: each bundle a
+/// pair that `map::together` allows or one map, every map independent of those of the other
+/// bundles; up to [`BUNDLES_MAX`] bundles.
+fn bundles<T>(kernels: &[(Kernel, T)]) -> Vec<Vec<map::Parts<'_>>> {
+    let mut bundles: Vec<Vec<map::Parts>> = Vec::new();
+    let mut taken: Vec<&Kernel> = Vec::new();
+    let mut i = 0;
+    while bundles.len() < BUNDLES_MAX {
+        let Some((kernel, _)) = kernels.get(i) else {
+            break;
+        };
+        let joins = |k: &Kernel| taken.iter().all(|t| independent(t, k));
+        let Some(first) = map::parts(kernel).filter(|_| joins(kernel)) else {
+            break;
+        };
+        let second = kernels.get(i + 1).and_then(|(next, _)| {
+            map::together(kernel, next)
+                .filter(|_| joins(next))
+                .map(|[_, second]| (next, second))
+        });
+        taken.push(kernel);
+        match second {
+            Some((next, second)) => {
+                taken.push(next);
+                bundles.push(vec![first, second]);
+            }
+            None => bundles.push(vec![first]),
+        }
+        i = taken.len();
     }
+    bundles
 }
 
 /// The kind of a kernel.
@@ -202,8 +233,8 @@ pub fn emit(group: &Group) -> Result<(KernelBuilder, Launch)> {
             let launch = reduce_map::emit(&mut c, pair)?;
             return Ok(finish(c, launch));
         }
-        Group::Maps(parts) => {
-            let launch = map::emit_together(&mut c, parts)?;
+        Group::Maps(bundles) => {
+            let launch = map::emit_together(&mut c, bundles)?;
             return Ok(finish(c, launch));
         }
         Group::Gemvs(kernels) => {

@@ -1046,3 +1046,23 @@ fn independent_decode_matmuls_run_as_one_launch() {
             .unwrap_or_else(|e| panic!("batch {batch}: {e}"));
     }
 }
+
+/// Consecutive independent maps run as one launch, in bundles of one shape: two maps of
+/// `[b, 3, 8]` (a bundle), one of `[b, 5]` and one of `[7]` follow one another along the threads;
+/// a map reading one of their results starts a launch of its own.
+#[test]
+fn independent_maps_of_any_shapes_run_as_one_launch() {
+    let text = "graph g\nsym b <= 9\ninput %x : f32[b, 3, 8]\ninput %y : f32[b, 5]\n\
+        input %z : f32[7]\n\
+        %0 = exp %x : f32[b, 3, 8]\n%1 = neg %x : f32[b, 3, 8]\n%2 = tanh %y : f32[b, 5]\n\
+        %3 = sqrt %z : f32[7]\n%4 = mul %3, %3 : f32[7]\n\
+        output a = %0\noutput n = %1\noutput t = %2\noutput s = %3\noutput m = %4\n";
+    let (g, fused, ptx) = parse_fuse_compile(text);
+    let entries: Vec<&str> = ptx.lines().filter(|l| l.contains(".entry")).collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(ptx.matches(".entry maps").count(), 1, "{entries:?}");
+    for batch in [1, 4, 9] {
+        check(&fused, &g, &env(&[("b", batch)]), 1e-6, 4)
+            .unwrap_or_else(|e| panic!("batch {batch}: {e}"));
+    }
+}
