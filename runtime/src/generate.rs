@@ -149,6 +149,37 @@ fn last_logits(logits: &Tensor) -> Vec<&[f32]> {
         .collect()
 }
 
+/// Logits a batch must have for its rows to be sampled on threads of their own: below it,
+/// starting threads costs more than it saves.
+const PARALLEL_LOGITS: usize = 1 << 20;
+
+/// Each row's next token from its own sampler, the rows of a large batch spread over the
+/// machine's threads (a decode step at batch 16 of a 128K vocabulary samples two million
+/// logits). Each sampler sees only its own row, so the tokens do not depend on the split.
+fn sample_rows(rows: &[&[f32]], samplers: &mut [Sampler]) -> Vec<u32> {
+    let sample = |rows: &[&[f32]], samplers: &mut [Sampler]| -> Vec<u32> {
+        rows.iter().zip(samplers).map(|(l, s)| s.next(l)).collect()
+    };
+    let logits: usize = rows.iter().map(|r| r.len()).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = threads.min(rows.len());
+    if threads <= 1 || logits < PARALLEL_LOGITS {
+        return sample(rows, samplers);
+    }
+    let per_thread = rows.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = rows
+            .chunks(per_thread)
+            .zip(samplers.chunks_mut(per_thread))
+            .map(|(rows, samplers)| scope.spawn(move || sample(rows, samplers)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("sampling never panics on a row"))
+            .collect()
+    })
+}
+
 impl<'m> Generator<Runner<'m>> {
     pub fn new(model: &'m Model) -> Result<Generator<Runner<'m>>> {
         Ok(Generator::from_runners(
@@ -244,11 +275,10 @@ impl<P: DecodeProgram> Generator<P> {
         self.prefill
             .set_input("left_padding", padded.padding.clone())?;
         self.prefill.run()?;
-        let mut next: Vec<u32> = last_logits(&*self.prefill.host_output("logits")?)
-            .iter()
-            .zip(&mut samplers)
-            .map(|(logits, s)| s.next(logits))
-            .collect();
+        let mut next = sample_rows(
+            &last_logits(&*self.prefill.host_output("logits")?),
+            &mut samplers,
+        );
         result.prefill_time += started.elapsed();
         result.prompt_tokens += lens.iter().sum::<usize>();
         let mut done = vec![false; batch];
@@ -287,11 +317,10 @@ impl<P: DecodeProgram> Generator<P> {
             self.decode
                 .set_input("position_ids", Tensor::i64(&[batch, 1], &positions))?;
             self.decode.run()?;
-            next = last_logits(&*self.decode.host_output("logits")?)
-                .iter()
-                .zip(&mut samplers)
-                .map(|(logits, s)| s.next(logits))
-                .collect();
+            next = sample_rows(
+                &last_logits(&*self.decode.host_output("logits")?),
+                &mut samplers,
+            );
         }
         result.decode_time += started.elapsed();
         Ok(())
@@ -313,5 +342,46 @@ fn seeded(sampling: &Sampling, index: u64) -> Sampling {
             seed: seed.wrapping_add(index),
         },
         Sampling::Greedy => Sampling::Greedy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch large enough to be sampled on several threads gives each row the token its
+    /// sampler gives it alone, greedy and seeded alike.
+    #[test]
+    fn rows_sampled_on_threads_match_one_at_a_time() {
+        let (rows, vocab) = (16, PARALLEL_LOGITS / 8);
+        let logits: Vec<Vec<f32>> = (0..rows)
+            .map(|r| {
+                (0..vocab)
+                    .map(|i| ((i * 7919 + r * 104729) % 100_003) as f32)
+                    .collect()
+            })
+            .collect();
+        let views: Vec<&[f32]> = logits.iter().map(Vec::as_slice).collect();
+        for sampling in [
+            Sampling::Greedy,
+            Sampling::Sample {
+                temperature: 2000.0,
+                top_k: None,
+                top_p: None,
+                seed: 5,
+            },
+        ] {
+            let samplers = || -> Vec<Sampler> {
+                (0..rows)
+                    .map(|r| Sampler::new(seeded(&sampling, r as u64)).unwrap())
+                    .collect()
+            };
+            let alone: Vec<u32> = views
+                .iter()
+                .zip(samplers())
+                .map(|(row, mut s)| s.next(row))
+                .collect();
+            assert_eq!(sample_rows(&views, &mut samplers()), alone, "{sampling:?}");
+        }
     }
 }

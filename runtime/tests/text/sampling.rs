@@ -1,4 +1,4 @@
-//! Sampling: greedy is argmax with the lowest index on ties; seeded draws repeat; top-k 1 and a
+//! Sampling: greedy is argmax with the lowest index on ties, over short and long rows; seeded draws repeat; top-k 1 and a
 //! tiny top-p reduce to greedy; draws follow the softmax; top-k excludes the rest; invalid
 //! parameters are errors naming the parameter.
 
@@ -34,6 +34,39 @@ fn greedy_is_argmax_lowest_index_on_ties() {
     assert_eq!(greedy.next(&[f32::NAN, -5.0, f32::NAN]), 1);
     assert_eq!(greedy.next(&[f32::NEG_INFINITY; 3]), 0);
     assert_eq!(greedy.next(&[7.0]), 0);
+}
+
+/// Greedy over long rows (whole groups of 8 and a tail) agrees with a plain scan: the maximum
+/// in every position, ties across positions, NaN and −∞ mixed in.
+#[test]
+fn greedy_over_long_rows_is_the_first_highest() {
+    let plain = |row: &[f32]| {
+        let rank = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
+        let mut best = 0;
+        for (i, &x) in row.iter().enumerate() {
+            if rank(x) > rank(row[best]) {
+                best = i;
+            }
+        }
+        best as u32
+    };
+    let mut greedy = Sampler::new(Sampling::Greedy).unwrap();
+    for n in [8, 9, 37, 1000] {
+        for at in [0, n / 2, n - 1] {
+            let mut row = logits(n, n as u64);
+            row[at] = 10.0;
+            assert_eq!(greedy.next(&row), at as u32, "n = {n}, top at {at}");
+            row[n - 1 - at] = 10.0;
+            assert_eq!(greedy.next(&row), plain(&row), "n = {n}, tie");
+            for i in (0..n).step_by(3) {
+                row[i] = f32::NAN;
+            }
+            assert_eq!(greedy.next(&row), plain(&row), "n = {n}, NaN");
+        }
+        let mut low = vec![f32::NEG_INFINITY; n];
+        low[0] = f32::NAN;
+        assert_eq!(greedy.next(&low), plain(&low), "n = {n}, all −∞ or NaN");
+    }
 }
 
 #[test]
