@@ -1,5 +1,5 @@
 //! Lowering `matmul` and `fused_matmul`: batch-broadcast operand views, the tile shape (a few
-//! rows for decode, 64 × 128 otherwise), and the epilogue the kernel applies to each tile.
+//! rows for decode, 128 × 128 otherwise), and the epilogue the kernel applies to each tile.
 
 use super::Lowering;
 use crate::error::Result;
@@ -34,7 +34,7 @@ impl Lowering<'_> {
         let (a, b) = (widen(&a), widen(&b));
         let (tile_m, tile_n) = match out.dims[r - 2].as_constant() {
             Some(m) if m <= 4 => (m.max(1), 16),
-            _ => (64, 128),
+            _ => (128, 128),
         };
         self.push(
             Kernel::MatMul {
