@@ -93,6 +93,12 @@ const UNROLL_MAX: i64 = 8;
 const RESIDENT_WARPS: i64 = 32;
 
 impl Shape {
+    /// The shape of the matmul `a·b` into `out` (columns and `k` from their last axes).
+    fn of(a: &View, out: &View) -> Shape {
+        let r = out.rank();
+        Shape::new(&out.dims[r - 1], &a.dims[r - 1])
+    }
+
     /// The shape for `n` columns and `k` (an unknown `n` counts as few columns, an unknown `k`
     /// as long).
     fn new(n: &Poly, k: &Poly) -> Shape {
@@ -255,6 +261,8 @@ struct Gemv {
     lane_first: Reg,
     last_row: Reg,
     last_column: Reg,
+    /// `k` a group of steps covers: `unroll` steps of every split.
+    group: i64,
     /// Where the whole groups of steps end.
     groups_end: Reg,
 }
@@ -271,7 +279,7 @@ impl Gemv {
             n: c.reg(n),
             k: c.reg(&a.dims[r - 1]),
         };
-        let shape = Shape::new(n, &a.dims[r - 1]);
+        let shape = Shape::of(a, out);
         let per_block = COLUMNS * shape.warps / shape.splits;
         let split = c.b.and(block.warp, shape.splits - 1);
         let split_first = c.b.mul(split, STEP);
@@ -286,6 +294,7 @@ impl Gemv {
             last_row: c.b.sub(ops.rows, 1i64),
             last_column: c.b.sub(ops.n, 1i64),
             groups_end: c.b.sub(ops.k, group - 1),
+            group,
             items: c.b.div(padded, per_block),
             ops,
             shape,
@@ -298,7 +307,6 @@ impl Gemv {
     fn item(&self, c: &mut Ctx, block: &Block, item: Reg) -> Result<()> {
         let (ops, r) = (&self.ops, self.ops.a.view.rank());
         let Shape { splits, unroll, .. } = self.shape;
-        let group = STEP * unroll * splits;
         let first_column = c.b.mul(item, self.per_block);
         let column = c.b.mad(self.tile, COLUMNS, first_column);
         let column = c.b.add(column, block.g);
@@ -320,7 +328,7 @@ impl Gemv {
                 c.b.assign(x, 0.0f32);
             }
             let k = c.b.mov(Ty::S64, 0i64);
-            c.walk(k, self.groups_end, group, |c, k| {
+            c.walk(k, self.groups_end, self.group, |c, k| {
                 let steps = (0..unroll)
                     .map(|u| {
                         let at = c.b.add(k, STEP * splits * u);
@@ -350,16 +358,14 @@ impl Gemv {
 }
 
 pub fn emit(c: &mut Ctx, a: &View, b: &View, out: &View, finish: Finish) -> Result<Launch> {
-    let r = out.rank();
-    let shape = Shape::new(&out.dims[r - 1], &a.dims[r - 1]);
-    let block = Block::new(c, shape.warps);
+    let block = Block::new(c, Shape::of(a, out).warps);
     let gemv = Gemv::new(c, &block, (a, b, out), finish);
     c.grid_loop(gemv.items.into(), Granule::Block, |c, item| {
         gemv.item(c, &block, item)
     })?;
     Ok(Launch {
         blocks: vec![WorkFactor {
-            extent: out.dims[r - 1].clone(),
+            extent: out.dims[out.rank() - 1].clone(),
             tile: gemv.per_block as u64,
         }],
         threads: (32 * block.warps) as u32,
@@ -391,12 +397,7 @@ fn decode_parts(kernel: &Kernel) -> Option<(&View, &View, &View, Option<&Epilogu
 /// this form with constant column counts and blocks of one size, neither touching what the
 /// other writes.
 pub fn together(first: &Kernel, second: &Kernel) -> bool {
-    let warps = |k: &Kernel| {
-        decode_parts(k).map(|(a, _, out, _)| {
-            let r = out.rank();
-            Shape::new(&out.dims[r - 1], &a.dims[r - 1]).warps
-        })
-    };
+    let warps = |k: &Kernel| decode_parts(k).map(|(a, _, out, _)| Shape::of(a, out).warps);
     matches!((warps(first), warps(second)), (Some(x), Some(y)) if x == y)
         && super::independent(first, second)
 }
@@ -409,15 +410,16 @@ pub fn emit_together(c: &mut Ctx, kernels: &[&Kernel]) -> Result<Launch> {
         .map(|k| decode_parts(k).expect("grouped kernels are decode matmuls"))
         .collect();
     let (a, _, out, _) = parts[0];
-    let r = out.rank();
-    let block = Block::new(c, Shape::new(&out.dims[r - 1], &a.dims[r - 1]).warps);
+    let block = Block::new(c, Shape::of(a, out).warps);
     let mut gemvs = Vec::new();
     let mut ends = Vec::new();
     let mut total = 0;
     for (a, b, out, epilogue) in parts {
         let finish = Finish::new(c, out, epilogue);
         let gemv = Gemv::new(c, &block, (a, b, out), finish);
-        let n = out.dims[r - 1].as_constant().expect("constant columns");
+        let n = out.dims[out.rank() - 1]
+            .as_constant()
+            .expect("constant columns");
         total += (n + gemv.per_block - 1) / gemv.per_block;
         ends.push(total);
         gemvs.push(gemv);

@@ -145,16 +145,18 @@ pub fn group<T>(kernels: &[(Kernel, T)]) -> Vec<Group<'_>> {
             }
             gemvs.push(next);
         }
-        let maps = bundles(&kernels[i..]);
         let step = if gemvs.len() > 1 {
             Group::Gemvs(gemvs)
-        } else if maps.iter().map(Vec::len).sum::<usize>() > 1 {
-            Group::Maps(maps)
         } else {
-            kernels
-                .get(i + 1)
-                .and_then(|(next, _)| reduce_map::pair(kernel, next))
-                .map_or(Group::One(kernel), Group::ReduceMap)
+            let maps = bundles(&kernels[i..]);
+            if maps.iter().map(Vec::len).sum::<usize>() > 1 {
+                Group::Maps(maps)
+            } else {
+                kernels
+                    .get(i + 1)
+                    .and_then(|(next, _)| reduce_map::pair(kernel, next))
+                    .map_or(Group::One(kernel), Group::ReduceMap)
+            }
         };
         i += step.kernels();
         groups.push(step);
