@@ -158,13 +158,23 @@ fn generate(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Vec<
 /// Prompts of different lengths share one left-padded batch: each row's tokens are those it
 /// decodes alone (which match transformers' `generate`, above), on every fixture (sliding
 /// windows included). The artifact takes batches of 2, so the four prompts run as two batches,
-/// with rows padded by 0, 5, 3 and 0 tokens.
+/// with rows padded by 0, 5, 3 and 0 tokens. The programs' own greedy choice (`next_tokens`)
+/// is also the host's: sampling from the top 1 logit reads the logits instead.
 #[test]
 fn batched_prompts_decode_as_they_would_alone() {
     let greedy = GenerateOptions {
         max_new_tokens: 12,
         sampling: Sampling::Greedy,
         eos: Vec::new(),
+    };
+    let top_1 = GenerateOptions {
+        sampling: Sampling::Sample {
+            temperature: 1.0,
+            top_k: Some(1),
+            top_p: None,
+            seed: 0,
+        },
+        ..greedy.clone()
     };
     let prompts = vec![
         vec![5, 9, 13, 2],
@@ -175,6 +185,7 @@ fn batched_prompts_decode_as_they_would_alone() {
     for case in HF_CASES {
         let model = compiled(case);
         let together = generate(&model, &prompts, &greedy);
+        assert_eq!(generate(&model, &prompts, &top_1), together, "{case}");
         for (prompt, tokens) in prompts.iter().zip(&together) {
             let alone = generate(&model, std::slice::from_ref(prompt), &greedy);
             assert_eq!(&alone[0], tokens, "{case}: prompt {prompt:?}");

@@ -15,7 +15,8 @@
 //! the programs' `batch` maximum, prompts taken in the order given.
 //!
 //! The loop runs on any [`DecodeProgram`]: the CPU's [`Runner`], or the GPU's runner, whose
-//! caches stay on the device (only token ids go in and logits come out).
+//! caches stay on the device (only token ids go in, and logits come out; greedy decoding reads
+//! back only the programs' own choice, `next_tokens`).
 
 use crate::error::{Result, RuntimeError};
 use crate::executor::{Model, Runner};
@@ -149,6 +150,37 @@ fn last_logits(logits: &Tensor) -> Vec<&[f32]> {
         .collect()
 }
 
+/// Each row's next token after a run of `program`: the program's own greedy choice
+/// (`next_tokens`, a few bytes to read back) when decoding is greedy and the program computes
+/// it, else drawn by the host samplers from the last position's logits.
+fn next_tokens<P: DecodeProgram>(
+    program: &P,
+    sampling: &Sampling,
+    samplers: &mut [Sampler],
+) -> Result<Vec<u32>> {
+    let computed = program
+        .desc()
+        .outputs
+        .iter()
+        .any(|o| o.name == "next_tokens");
+    if !(computed && matches!(sampling, Sampling::Greedy)) {
+        let logits = program.host_output("logits")?;
+        return Ok(sample_rows(&last_logits(&logits), samplers));
+    }
+    let tokens = program.host_output("next_tokens")?;
+    tokens
+        .as_i64()
+        .iter()
+        .map(|&t| {
+            u32::try_from(t).map_err(|_| {
+                let name = &program.desc().name;
+                let what = format!("`next_tokens` holds {t}, not a token id");
+                RuntimeError::new(name, Some("next_tokens"), what)
+            })
+        })
+        .collect()
+}
+
 /// Logits a batch must have for its rows to be sampled on threads of their own: below it,
 /// starting threads costs more than it saves.
 const PARALLEL_LOGITS: usize = 1 << 20;
@@ -275,10 +307,7 @@ impl<P: DecodeProgram> Generator<P> {
         self.prefill
             .set_input("left_padding", padded.padding.clone())?;
         self.prefill.run()?;
-        let mut next = sample_rows(
-            &last_logits(&*self.prefill.host_output("logits")?),
-            &mut samplers,
-        );
+        let mut next = next_tokens(&self.prefill, &opts.sampling, &mut samplers)?;
         result.prefill_time += started.elapsed();
         result.prompt_tokens += lens.iter().sum::<usize>();
         let mut done = vec![false; batch];
@@ -317,10 +346,7 @@ impl<P: DecodeProgram> Generator<P> {
             self.decode
                 .set_input("position_ids", Tensor::i64(&[batch, 1], &positions))?;
             self.decode.run()?;
-            next = sample_rows(
-                &last_logits(&*self.decode.host_output("logits")?),
-                &mut samplers,
-            );
+            next = next_tokens(&self.decode, &opts.sampling, &mut samplers)?;
         }
         result.decode_time += started.elapsed();
         Ok(())

@@ -31,10 +31,27 @@ impl Tensor {
         }
     }
 
+    /// A tensor whose storage starts with `bytes` (zeros after them); written once, so that
+    /// large downloads are not first zeroed.
     pub fn from_bytes(dtype: ElemType, shape: &[usize], bytes: &[u8]) -> Tensor {
-        let mut t = Tensor::zeros(dtype, shape);
-        t.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
-        t
+        let numel: usize = shape.iter().product();
+        let len = words_for(numel * dtype.size());
+        assert!(bytes.len() <= len * 8, "more bytes than the tensor holds");
+        let whole = bytes.chunks_exact(8);
+        let rest = whole.remainder();
+        let mut words: Vec<u64> = Vec::with_capacity(len);
+        words.extend(whole.map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes"))));
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            words.push(u64::from_ne_bytes(word));
+        }
+        words.resize(len, 0);
+        Tensor {
+            dtype,
+            shape: shape.to_vec(),
+            words,
+        }
     }
 
     pub fn f32(shape: &[usize], values: &[f32]) -> Tensor {
@@ -109,6 +126,23 @@ impl Tensor {
         let need = words_for(self.byte_len());
         if self.words.len() < need {
             self.words.resize(need, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes fill the storage from the start, in order, whatever their count; the rest is zero.
+    #[test]
+    fn from_bytes_keeps_every_byte_and_zeros_the_rest() {
+        let bytes: Vec<u8> = (1..=13).collect();
+        for given in [0, 1, 7, 8, 9, 13] {
+            let t = Tensor::from_bytes(ElemType::Bool, &[13], &bytes[..given]);
+            let mut expected = bytes.clone();
+            expected[given..].fill(0);
+            assert_eq!(t.bytes(), &expected[..], "{given} bytes given");
         }
     }
 }

@@ -5,6 +5,7 @@
 //! every position (`train.rs`).
 
 use super::attention::{rope_angles, self_attention, LayerCache, Positions};
+use super::greedy::greedy_tokens;
 use super::layers::{gated_mlp, linear, rms_norm};
 use super::{BuildOptions, Program};
 use crate::rope;
@@ -129,6 +130,8 @@ pub fn build(spec: &ModelSpec, program: Program, opts: BuildOptions) -> Result<G
     if program == Program::Forward {
         return Ok(g);
     }
+    let next_tokens = greedy_tokens(&mut g, logits)?;
+    g.output("next_tokens", next_tokens)?;
     for (layer, cache) in caches.into_iter().enumerate() {
         g.output(&format!("key_{layer}"), cache.key)?;
         g.output(&format!("value_{layer}"), cache.value)?;

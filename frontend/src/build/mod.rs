@@ -2,11 +2,11 @@
 //!
 //! Programs of the causal-decoder family:
 //! - `prefill`: `input_ids`, `position_ids` `i64[batch, seq]` and `left_padding` `i64[batch]`
-//!   → the last position's `logits f32[batch, 1, vocab]` (all generation needs) and each
-//!   layer's cache `key_L`, `value_L` `f32[batch, kv_heads, seq, head_dim]`;
+//!   → the last position's `logits f32[batch, 1, vocab]` (all generation needs), their greedy
+//!   choice `next_tokens i64[batch]` (see `greedy.rs`) and each layer's cache `key_L`, `value_L` `f32[batch, kv_heads, seq, head_dim]`;
 //! - `decode`: one token per sequence (`i64[batch, 1]`, with `left_padding`) plus the cache so far
-//!   (`past_key_L`, `past_value_L` `f32[batch, kv_heads, past, head_dim]`) → `logits` and the
-//!   cache one longer (`past+1`);
+//!   (`past_key_L`, `past_value_L` `f32[batch, kv_heads, past, head_dim]`) → `logits`,
+//!   `next_tokens` and the cache one longer (`past+1`);
 //! - `forward`: the inputs of `prefill` → `logits f32[batch, seq, vocab]` at every position and
 //!   no cache (scoring, evaluation, comparison with other frameworks);
 //! - `train_step` and `accumulate`: the forward of every position, the loss, its gradients and
@@ -22,6 +22,7 @@
 
 mod attention;
 mod decoder;
+mod greedy;
 mod layers;
 mod loss;
 mod train;

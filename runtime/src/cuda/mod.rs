@@ -23,9 +23,9 @@ use crate::error::{Result, RuntimeError};
 use crate::executor::{check_weights, TypedShape};
 use crate::manifest::{ElemType, Manifest};
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, PinnedHostSlice};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Whether the CUDA driver library can be loaded on this machine.
 pub fn driver_present() -> bool {
@@ -44,6 +44,10 @@ pub struct CudaModel {
     functions: HashMap<String, CudaFunction>,
     weights: Vec<DeviceTensor>,
     constants: Vec<CudaSlice<u8>>,
+    /// Page-locked host memory that downloads land in (the driver copies into it by DMA at
+    /// full speed; a pageable destination is copied through a bounce buffer). It grows to the
+    /// largest download and is reused, so a decoding loop allocates it once.
+    staging: Mutex<Option<PinnedHostSlice<u8>>>,
 }
 
 /// A device copy of `bytes` (at least one byte: the driver refuses empty allocations).
@@ -116,6 +120,7 @@ impl CudaModel {
             functions,
             weights,
             constants,
+            staging: Mutex::new(None),
         })
     }
 
@@ -151,18 +156,31 @@ impl CudaModel {
         DeviceTensor::upload(&self.stream, tensor, &self.file)
     }
 
-    /// A host copy of `tensor`.
+    /// A host copy of `tensor`, through the staging buffer.
     pub fn download(&self, tensor: &DeviceTensor) -> Result<Tensor> {
         let len = tensor.byte_len();
-        let bytes = self
-            .stream
-            .clone_dtoh(&tensor.slice.slice(..len.max(1)))
-            .map_err(|e| device_error(&self.file, "copying from the GPU", e))?;
-        Ok(Tensor::from_bytes(
-            tensor.dtype,
-            &tensor.shape,
-            &bytes[..len],
-        ))
+        if len == 0 {
+            return Ok(Tensor::zeros(tensor.dtype, &tensor.shape));
+        }
+        let fail = |e| device_error(&self.file, "copying from the GPU", e);
+        let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if staging.as_ref().is_none_or(|s| s.len() < len) {
+            // Dropped first, so the old and the new buffer are never both page-locked.
+            *staging = None;
+            // SAFETY: the buffer is only read after the copies into it (below) are synchronized.
+            // Flags 0: cached memory, as the host reads it (write-combined memory is slow to read).
+            let pinned = unsafe { self.stream.context().alloc_pinned_with_flags(len, 0) };
+            *staging = Some(pinned.map_err(fail)?);
+        }
+        let staging = staging.as_mut().expect("allocated above");
+        // The copy is of exactly `len` bytes: cudarc copies the destination's length.
+        let host = &mut staging.as_mut_slice().map_err(fail)?[..len];
+        self.stream
+            .memcpy_dtoh(&tensor.slice.slice(..len), host)
+            .map_err(fail)?;
+        // Into page-locked memory the copy is truly asynchronous.
+        self.stream.synchronize().map_err(fail)?;
+        Ok(Tensor::from_bytes(tensor.dtype, &tensor.shape, host))
     }
 }
 
