@@ -27,10 +27,16 @@ use kiln_runtime::Poly;
 /// Outputs of the innermost axis per block (one per lane).
 const COLUMNS: i64 = 32;
 
-/// Whether this form reduces `leaves` over `axes`: the innermost axis is kept and unit-stride.
+/// Whether this form reduces `leaves` over `axes`: the innermost axis is kept, unit-stride, and
+/// not of size 1 (one column would leave 31 lanes of each warp idle; `reduce.rs` takes such a
+/// reduction a warp or a block per output, as for the greedy token's maxima over the parts of a
+/// row).
 pub fn applies(leaves: &[View], axes: &[usize]) -> bool {
     let rank = leaves[0].rank();
-    rank > 0 && !axes.contains(&(rank - 1)) && leaves[0].strides[rank - 1].is_constant(1)
+    rank > 0
+        && !axes.contains(&(rank - 1))
+        && leaves[0].strides[rank - 1].is_constant(1)
+        && !leaves[0].dims[rank - 1].is_constant(1)
 }
 
 /// The stride of position `r` of the reduction in each leaf, when the reduced axes (in
