@@ -49,16 +49,29 @@ fn octet_dtype(d: DType) -> bool {
     matches!(d, DType::F32 | DType::BF16)
 }
 
+/// Whether every octet of `v` along axis `along` starts 16-byte aligned (for f32, 32-byte): the
+/// offset and every other stride are multiples of 8 elements.
+fn aligned(v: &View, along: usize) -> bool {
+    multiple_of(&v.offset, OCTET)
+        && v.strides
+            .iter()
+            .enumerate()
+            .all(|(i, s)| i == along || multiple_of(s, OCTET))
+}
+
+/// Whether [`load_octet`] reads `v` along its last axis: an f32 or bf16 buffer, unit-stride and
+/// aligned along that axis.
+pub(super) fn octets_along_rows(v: &View) -> bool {
+    let last = v.rank() - 1;
+    v.buffer().is_some()
+        && octet_dtype(v.dtype)
+        && v.strides[last].is_constant(1)
+        && aligned(v, last)
+}
+
 /// Whether this form computes `a·b` (see the module doc for the conditions).
 pub fn applies(a: &View, b: &View) -> bool {
     let r = b.rank();
-    let aligned = |v: &View, skip: usize| {
-        multiple_of(&v.offset, OCTET)
-            && v.strides
-                .iter()
-                .enumerate()
-                .all(|(i, s)| i == skip || multiple_of(s, OCTET))
-    };
     a.buffer().is_some()
         && b.buffer().is_some()
         && octet_dtype(a.dtype)
@@ -71,7 +84,7 @@ pub fn applies(a: &View, b: &View) -> bool {
 }
 
 /// The eight f32 values of the octet of `v` starting at element `index` (a multiple of 8).
-fn load_octet(c: &mut Ctx, v: &Addressed, index: Reg) -> Result<[Reg; 8]> {
+pub(super) fn load_octet(c: &mut Ctx, v: &Addressed, index: Reg) -> Result<[Reg; 8]> {
     let base = v.base.expect("gemv operands are buffers");
     let addr = c.address(base, index, v.view.dtype)?;
     let words: Vec<Reg> = match v.view.dtype {
