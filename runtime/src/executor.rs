@@ -30,6 +30,9 @@ type KernelFn = unsafe extern "C" fn(*const *mut u8, *const i64, i64, i64, *cons
 
 /// Steps touching fewer bytes than this run on the calling thread alone.
 const PARALLEL_MIN_BYTES: i64 = 48 * 1024;
+/// Chunks per thread that a larger step's items are handed out in: few, so that each thread
+/// streams long runs of consecutive weight rows (`bench/results/cpu-chunks-2026-11-30/`).
+const CHUNKS_PER_THREAD: i64 = 2;
 
 pub struct Model {
     manifest: Manifest,
@@ -391,7 +394,7 @@ impl<'m> Runner<'m> {
             let chunk = if bytes < PARALLEL_MIN_BYTES {
                 count
             } else {
-                (count / (threads * 4)).max(1)
+                (count / (threads * CHUNKS_PER_THREAD)).max(1)
             };
             let (bufs, syms_ptr) = (table.as_ptr() as usize, syms.as_ptr() as usize);
             pool.run(count, chunk, &|start, end| {
