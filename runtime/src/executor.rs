@@ -20,6 +20,7 @@ use crate::loader::Code;
 use crate::manifest::{
     BufferKind, Capacity, ElemType, IoDesc, Manifest, ProgramDesc, ZERO_DEFAULT_INPUTS,
 };
+use crate::packed::PackedWeights;
 use crate::pool::Pool;
 use crate::tensor::Tensor;
 use std::borrow::Cow;
@@ -39,7 +40,8 @@ pub struct Model {
     file: String,
     code: Code,
     functions: Vec<usize>,
-    weights: Vec<Tensor>,
+    /// `None` once moved out ([`Model::take_weights`]).
+    weights: Option<PackedWeights>,
     constants: Vec<Tensor>,
     pool: Mutex<Pool>,
 }
@@ -169,12 +171,19 @@ impl Model {
                 }
             }
         }
+        let weights = PackedWeights::pack(weights).map_err(|e| {
+            RuntimeError::new(
+                file,
+                Some("weights"),
+                format!("mapping memory for them: {e}"),
+            )
+        })?;
         Ok(Model {
             manifest,
             file: file.to_string(),
             code,
             functions: functions::table(),
-            weights,
+            weights: Some(weights),
             constants,
             pool: Mutex::new(Pool::new(threads)),
         })
@@ -187,7 +196,9 @@ impl Model {
     /// Moves the weights out, for a caller that updates them (a trainer) and hands them to every
     /// run ([`Runner::run_with_weights`]); [`Runner::run`] then refuses to run.
     pub fn take_weights(&mut self) -> Vec<Tensor> {
-        std::mem::take(&mut self.weights)
+        self.weights
+            .take()
+            .map_or_else(Vec::new, |packed| packed.unpack())
     }
 
     /// Checks `weights` against the manifest: one per entry, in order, of its dtype and shape.
@@ -334,24 +345,25 @@ impl<'m> Runner<'m> {
 
     /// Runs the program on the inputs set, with the model's weights.
     pub fn run(&mut self) -> Result<()> {
-        let model = self.model;
-        if model.weights.len() != model.manifest.weights.len() {
+        let Some(weights) = &self.model.weights else {
             return Err(self.err(
                 "weights",
                 "the model's weights were moved out: pass them to `run_with_weights`".into(),
             ));
-        }
-        self.run_on(&model.weights)
+        };
+        self.run_on(&weights.addresses())
     }
 
     /// Runs the program on the inputs set, with `weights` in place of the model's (one per
     /// manifest entry, each of its dtype and shape).
     pub fn run_with_weights(&mut self, weights: &[Tensor]) -> Result<()> {
         self.model.check_weights(weights)?;
-        self.run_on(weights)
+        let addresses: Vec<usize> = weights.iter().map(|w| w.as_ptr() as usize).collect();
+        self.run_on(&addresses)
     }
 
-    fn run_on(&mut self, weights: &[Tensor]) -> Result<()> {
+    /// Runs the program with the weights at `weights` (one address per manifest entry).
+    fn run_on(&mut self, weights: &[usize]) -> Result<()> {
         self.ran = false;
         for (name, zeros) in unset_defaults(self.desc, &self.input_shapes())? {
             self.set_input(&name, zeros)?;
@@ -375,7 +387,7 @@ impl<'m> Runner<'m> {
                     let held = self.inputs[i].as_mut().expect("bound inputs are set");
                     held.storage.as_mut_ptr() as usize
                 }
-                BufferKind::Weight(i) => weights[i].as_ptr() as usize,
+                BufferKind::Weight(i) => weights[i],
                 BufferKind::Constant(i) => model.constants[i].as_ptr() as usize,
                 BufferKind::Temp => self.temps[b].as_mut_ptr() as usize,
                 BufferKind::Intermediate { .. } => self.arena.address(b),

@@ -22,6 +22,7 @@ pub mod loader;
 pub mod manifest;
 pub mod memory_plan;
 pub mod open;
+pub mod packed;
 pub mod poly;
 pub mod pool;
 pub mod profile;
