@@ -10,7 +10,9 @@
 //!
 //! Invariants: `value`, `buffer` and `addressed` cache what they emit, so kernels call them
 //! before their first loop, in the entry block, where the registers dominate the whole kernel.
-//! Index arithmetic is signed 64-bit; a view's elements are at `base + index·size`.
+//! Index arithmetic is signed 64-bit (a linear index may be split into coordinates in 32 bits
+//! where the caller knows it fits: [`Ctx::unravel_narrow`]); a view's elements are at
+//! `base + index·size`.
 
 use super::dtype::{elem_bytes, mem_name, reg_ty};
 use crate::error::Result;
@@ -167,11 +169,81 @@ impl Ctx {
                 coords[i] = self.b.mov(Ty::S64, 0i64);
                 continue;
             }
-            coords[i] = self.b.rem(rest, dims[i].clone());
-            rest = self.b.div(rest, dims[i].clone());
+            // One division per axis: the remainder is what the quotient leaves.
+            let quotient = self.b.div(rest, dims[i].clone());
+            let whole = self.b.mul(quotient, dims[i].clone());
+            coords[i] = self.b.sub(rest, whole);
+            rest = quotient;
         }
         if !dims.is_empty() {
             coords[0] = rest;
+        }
+        coords
+    }
+
+    /// Whether a domain of `count` elements has fewer than 2³¹ ([`Fits`]); a predicate is
+    /// computed here, so call it before the loops that use it.
+    pub fn fits(&mut self, count: &Operand) -> Fits {
+        let limit = 1i64 << 31;
+        match count {
+            Operand::Int(n) => Fits::Known(*n < limit),
+            Operand::Reg(r) => Fits::Test(self.b.setp(Cmp::Lt, *r, limit)),
+            other => unreachable!("a count is an integer or a register, not {other:?}"),
+        }
+    }
+
+    /// [`Ctx::unravel`] of an index of a domain that `fits` describes: in 32-bit arithmetic
+    /// where the domain has fewer than 2³¹ elements ([`Ctx::unravel_narrow`]), tested here
+    /// (one uniform branch) when that is known only at run time.
+    pub fn unravel_in(&mut self, index: Reg, dims: &[Operand], fits: Fits) -> Vec<Reg> {
+        match fits {
+            Fits::Known(true) => self.unravel_narrow(index, dims),
+            Fits::Known(false) => self.unravel(index, dims),
+            Fits::Test(p) => {
+                let coords: Vec<Reg> = dims.iter().map(|_| self.b.reg(Ty::S64)).collect();
+                let (wide, done) = (self.b.label(), self.b.label());
+                self.b.bra_if(p, true, wide);
+                for (&to, from) in coords.iter().zip(self.unravel_narrow(index, dims)) {
+                    self.b.assign(to, from);
+                }
+                self.b.bra(done);
+                self.b.place(wide);
+                for (&to, from) in coords.iter().zip(self.unravel(index, dims)) {
+                    self.b.assign(to, from);
+                }
+                self.b.place(done);
+                coords
+            }
+        }
+    }
+
+    /// [`Ctx::unravel`] in 32-bit arithmetic, for an `index` below 2³¹ in a domain of fewer
+    /// than 2³¹ elements (the caller's check): a 64-bit division by a register is a long
+    /// subroutine, a 32-bit one a few instructions. The coordinates come back `s64`.
+    pub fn unravel_narrow(&mut self, index: Reg, dims: &[Operand]) -> Vec<Reg> {
+        let narrow = |c: &mut Ctx, r: Reg| c.b.cvt(Ty::U32, None, r, None, "");
+        let dims: Vec<Operand> = dims
+            .iter()
+            .map(|d| match d {
+                Operand::Reg(r) => Operand::Reg(narrow(self, *r)),
+                other => other.clone(),
+            })
+            .collect();
+        let mut coords = vec![index; dims.len()];
+        let mut rest = narrow(self, index);
+        for i in (1..dims.len()).rev() {
+            if dims[i] == Operand::Int(1) {
+                coords[i] = self.b.mov(Ty::S64, 0i64);
+                continue;
+            }
+            let quotient = self.b.div(rest, dims[i].clone());
+            let whole = self.b.mul(quotient, dims[i].clone());
+            let coord = self.b.sub(rest, whole);
+            coords[i] = self.b.cvt(Ty::S64, None, coord, None, "");
+            rest = quotient;
+        }
+        if !dims.is_empty() {
+            coords[0] = self.b.cvt(Ty::S64, None, rest, None, "");
         }
         coords
     }
@@ -349,6 +421,14 @@ impl Ctx {
         };
         self.for_range(start, total, step, body)
     }
+}
+
+/// Whether a domain's linear indices fit 32-bit arithmetic (fewer than 2³¹ elements): known
+/// when its size is a constant, else a predicate computed once at the kernel's entry.
+#[derive(Clone, Copy)]
+pub enum Fits {
+    Known(bool),
+    Test(Reg),
 }
 
 /// What one item of a grid loop runs on.

@@ -5,9 +5,14 @@
 //!
 //! Axes that every view walks as one (`stride[d] = stride[d + 1] · dim[d + 1]` in each) are
 //! merged before the split, so a map over contiguous tensors of one shape divides nothing and a
-//! row broadcast divides once; 64-bit divisions are most of a small map's instructions.
+//! row broadcast divides once. The split divides once per axis, in 32-bit arithmetic where the
+//! domain has fewer than 2³¹ elements (`Ctx::unravel_in`; tested at run time when the count
+//! depends on symbols): a 64-bit division by a symbol's value is a long subroutine, and such
+//! divisions were most of a training step's map instructions. On an H200 that took the
+//! Llama-3.2-1B training step from 3,119–3,190 to 4,048–4,096 tok/s
+//! (`bench/results/gpu-train-map-index-2026-11-30-h200/`).
 
-use super::context::{Addressed, Ctx, Granule};
+use super::context::{Addressed, Ctx, Fits, Granule};
 use super::expr::evaluate;
 use crate::error::Result;
 use crate::ptx::{Cmp, Operand, Reg};
@@ -58,9 +63,10 @@ impl<'a> Prepared<'a> {
         }
     }
 
-    /// Computes and stores output element `i` (a row-major linear index).
-    fn element(&self, c: &mut Ctx, i: Reg) -> Result<()> {
-        let coords = c.unravel(i, &self.dims);
+    /// Computes and stores output element `i` (a row-major linear index) of a domain that
+    /// `fits` describes.
+    fn element(&self, c: &mut Ctx, i: Reg, fits: Fits) -> Result<()> {
+        let coords = c.unravel_in(i, &self.dims, fits);
         let mut values = Vec::with_capacity(self.leaves.len());
         for l in &self.leaves {
             let at = c.linear(&l.offset, &coords, &l.strides);
@@ -109,10 +115,12 @@ pub fn emit_together(c: &mut Ctx, bundles: &[Vec<Parts>]) -> Result<Launch> {
         total = total.add(&maps[0].0.numel());
     }
     let count = c.value(&total);
+    let fits = c.fits(&count);
     let single = bundles.len() == 1;
     c.grid_loop(count.clone(), Granule::Thread, |c, i| {
         for (b, maps) in prepared.iter().enumerate() {
-            let elements = |c: &mut Ctx, at: Reg| maps.iter().try_for_each(|p| p.element(c, at));
+            let elements =
+                |c: &mut Ctx, at: Reg| maps.iter().try_for_each(|p| p.element(c, at, fits));
             if single {
                 elements(c, i)?;
                 continue;
