@@ -162,14 +162,19 @@ impl Ctx {
     /// Splits a linear index into row-major coordinates over `dims`, outermost first (a
     /// dimension of constant size 1 costs no division).
     pub fn unravel(&mut self, index: Reg, dims: &[Operand]) -> Vec<Reg> {
+        self.split(index, dims)
+    }
+
+    /// [`Ctx::unravel`] in `index`'s own register type (`dims` are immediates or of it): one
+    /// division per axis, the remainder being what the quotient leaves.
+    fn split(&mut self, index: Reg, dims: &[Operand]) -> Vec<Reg> {
         let mut coords = vec![index; dims.len()];
         let mut rest = index;
         for i in (1..dims.len()).rev() {
             if dims[i] == Operand::Int(1) {
-                coords[i] = self.b.mov(Ty::S64, 0i64);
+                coords[i] = self.b.mov(index.ty, 0i64);
                 continue;
             }
-            // One division per axis: the remainder is what the quotient leaves.
             let quotient = self.b.div(rest, dims[i].clone());
             let whole = self.b.mul(quotient, dims[i].clone());
             coords[i] = self.b.sub(rest, whole);
@@ -229,23 +234,11 @@ impl Ctx {
                 other => other.clone(),
             })
             .collect();
-        let mut coords = vec![index; dims.len()];
-        let mut rest = narrow(self, index);
-        for i in (1..dims.len()).rev() {
-            if dims[i] == Operand::Int(1) {
-                coords[i] = self.b.mov(Ty::S64, 0i64);
-                continue;
-            }
-            let quotient = self.b.div(rest, dims[i].clone());
-            let whole = self.b.mul(quotient, dims[i].clone());
-            let coord = self.b.sub(rest, whole);
-            coords[i] = self.b.cvt(Ty::S64, None, coord, None, "");
-            rest = quotient;
-        }
-        if !dims.is_empty() {
-            coords[0] = self.b.cvt(Ty::S64, None, rest, None, "");
-        }
-        coords
+        let index = narrow(self, index);
+        self.split(index, &dims)
+            .into_iter()
+            .map(|coord| self.b.cvt(Ty::S64, None, coord, None, ""))
+            .collect()
     }
 
     /// The address of element `index` of a buffer of `dtype` at `base`.
