@@ -21,23 +21,40 @@ use super::{is_cheap, is_elementwise};
 use kiln_ir::{Dim, Graph, IrError, NodeId, Op, TensorType};
 use std::collections::HashSet;
 
-/// Applies the rules until none applies; returns what was moved, for the pass's remark.
+/// Applies the rules until none applies, rule 1 wherever it can before rule 2 and rule 2 before
+/// rule 3; returns what was moved, for the pass's remark.
 pub fn run(g: &mut Graph) -> Result<String, IrError> {
     let (mut broadcasts, mut concats, mut slices) = (0, 0, 0);
     loop {
-        if hoist_broadcast(g)? {
-            broadcasts += 1;
-        } else if sink_concat(g)? {
-            concats += 1;
-        } else if lift_slices(g)? {
-            slices += 1;
-        } else {
-            return Ok(format!(
-                "{broadcasts} broadcasts, {concats} concats and {slices} sliced values moved \
-                 past elementwise ops"
-            ));
+        if sweep(g, hoist_broadcast, &mut broadcasts)?
+            || sweep(g, sink_concat, &mut concats)?
+            || sweep(g, lift_slices, &mut slices)?
+        {
+            continue;
+        }
+        return Ok(format!(
+            "{broadcasts} broadcasts, {concats} concats and {slices} sliced values moved \
+             past elementwise ops"
+        ));
+    }
+}
+
+/// Applies `rule` at every node of one walk of the graph's order where it applies (a node an
+/// earlier rewrite of the walk removed is skipped; nodes the walk creates wait for the next),
+/// counting into `count`; whether it applied anywhere. One walk per sweep, not one per
+/// rewrite: a training step's graph takes hundreds of rewrites.
+fn sweep(
+    g: &mut Graph,
+    rule: fn(&mut Graph, NodeId) -> Result<bool, IrError>,
+    count: &mut usize,
+) -> Result<bool, IrError> {
+    let before = *count;
+    for id in g.order() {
+        if g.contains(id) && rule(g, id)? {
+            *count += 1;
         }
     }
+    Ok(*count > before)
 }
 
 fn outputs(g: &Graph) -> HashSet<NodeId> {
@@ -56,20 +73,16 @@ fn rebuild(g: &mut Graph, node: NodeId, operands: &[NodeId], shape: Vec<Dim>) ->
 
 type R = Result<NodeId, IrError>;
 
-/// Rule 1 on the first broadcast it applies to.
-fn hoist_broadcast(g: &mut Graph) -> Result<bool, IrError> {
-    let outputs = outputs(g);
-    let candidate = g.order().into_iter().find(|&b| {
-        if !matches!(g.node(b).op, Op::Broadcast) {
-            return false;
-        }
+/// Rule 1 at `b`, if it applies there.
+fn hoist_broadcast(g: &mut Graph, b: NodeId) -> Result<bool, IrError> {
+    let applies = matches!(g.node(b).op, Op::Broadcast) && {
         let e = g.operands(b)[0];
         let op = &g.node(e).op;
-        is_elementwise(op) && is_cheap(op) && !outputs.contains(&e) && g.users(e) == [b]
-    });
-    let Some(b) = candidate else {
-        return Ok(false);
+        is_elementwise(op) && is_cheap(op) && !outputs(g).contains(&e) && g.users(e) == [b]
     };
+    if !applies {
+        return Ok(false);
+    }
     let e = g.operands(b)[0];
     let shape = g.ty(b).shape.clone();
     let operands = g
@@ -91,26 +104,22 @@ fn hoist_broadcast(g: &mut Graph) -> Result<bool, IrError> {
     Ok(true)
 }
 
-/// Rule 2 on the first elementwise node it applies to.
-fn sink_concat(g: &mut Graph) -> Result<bool, IrError> {
+/// Rule 2 at the elementwise node `e`, if it applies there.
+fn sink_concat(g: &mut Graph, e: NodeId) -> Result<bool, IrError> {
+    if !is_elementwise(&g.node(e).op) {
+        return Ok(false);
+    }
     let outputs = outputs(g);
-    let found = g.order().into_iter().find_map(|e| {
-        if !is_elementwise(&g.node(e).op) {
-            return None;
-        }
-        let operands = g.operands(e);
-        let slot = operands.iter().position(|&c| {
-            matches!(g.node(c).op, Op::Concat { .. })
-                && !outputs.contains(&c)
-                && g.users(c) == [e]
-                && operands.iter().filter(|&&o| o == c).count() == 1
-        })?;
-        Some((e, slot))
+    let operands = g.operands(e);
+    let slot = operands.iter().position(|&c| {
+        matches!(g.node(c).op, Op::Concat { .. })
+            && !outputs.contains(&c)
+            && g.users(c) == [e]
+            && operands.iter().filter(|&&o| o == c).count() == 1
     });
-    let Some((e, slot)) = found else {
+    let Some(slot) = slot else {
         return Ok(false);
     };
-    let operands = g.operands(e);
     let concat = operands[slot];
     let Op::Concat { axis } = g.node(concat).op else {
         unreachable!("matched a concat")
@@ -140,21 +149,18 @@ fn sink_concat(g: &mut Graph) -> Result<bool, IrError> {
     Ok(true)
 }
 
-/// Rule 3 on the first elementwise node it applies to.
-fn lift_slices(g: &mut Graph) -> Result<bool, IrError> {
-    let outputs = outputs(g);
-    let candidate = g.order().into_iter().find(|&e| {
-        let users = g.users(e);
-        is_elementwise(&g.node(e).op)
-            && !outputs.contains(&e)
-            && !users.is_empty()
-            && users
-                .iter()
-                .all(|&u| matches!(g.node(u).op, Op::Slice { .. }))
-    });
-    let Some(e) = candidate else {
+/// Rule 3 at the elementwise node `e`, if it applies there.
+fn lift_slices(g: &mut Graph, e: NodeId) -> Result<bool, IrError> {
+    let users = g.users(e);
+    let applies = is_elementwise(&g.node(e).op)
+        && !outputs(g).contains(&e)
+        && !users.is_empty()
+        && users
+            .iter()
+            .all(|&u| matches!(g.node(u).op, Op::Slice { .. }));
+    if !applies {
         return Ok(false);
-    };
+    }
     for slice in g.users(e) {
         let Op::Slice {
             axis,
