@@ -351,7 +351,7 @@ impl<'m> Runner<'m> {
                 "the model's weights were moved out: pass them to `run_with_weights`".into(),
             ));
         };
-        self.run_on(&weights.addresses())
+        self.run_on(weights.addresses())
     }
 
     /// Runs the program on the inputs set, with `weights` in place of the model's (one per

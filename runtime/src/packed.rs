@@ -21,6 +21,8 @@ pub struct PackedWeights {
     map: MmapMut,
     /// Each weight's offset, element type and shape, in order.
     entries: Vec<(usize, ElemType, Vec<usize>)>,
+    /// Each weight's address in `map`, in order (computed once: every run reads them).
+    addresses: Vec<usize>,
 }
 
 impl PackedWeights {
@@ -41,16 +43,21 @@ impl PackedWeights {
             drop(w);
             release_free_memory();
         }
-        Ok(PackedWeights { map, entries })
+        let base = map.as_ptr() as usize;
+        let addresses = entries
+            .iter()
+            .map(|&(offset, _, _)| base + offset)
+            .collect();
+        Ok(PackedWeights {
+            map,
+            entries,
+            addresses,
+        })
     }
 
     /// The address of each weight, in order.
-    pub fn addresses(&self) -> Vec<usize> {
-        let base = self.map.as_ptr() as usize;
-        self.entries
-            .iter()
-            .map(|&(offset, _, _)| base + offset)
-            .collect()
+    pub fn addresses(&self) -> &[usize] {
+        &self.addresses
     }
 
     /// The weights as tensors again.

@@ -19,7 +19,6 @@
 
 use super::{is_cheap, is_elementwise};
 use kiln_ir::{Dim, Graph, IrError, NodeId, Op, TensorType};
-use std::collections::HashSet;
 
 /// Applies the rules until none applies, rule 1 wherever it can before rule 2 and rule 2 before
 /// rule 3; returns what was moved, for the pass's remark.
@@ -57,8 +56,10 @@ fn sweep(
     Ok(*count > before)
 }
 
-fn outputs(g: &Graph) -> HashSet<NodeId> {
-    g.outputs().iter().map(|(_, id)| *id).collect()
+/// Whether `id` is a program output (a scan of the few outputs: no set is built per check,
+/// and a rewrite that moves an output is seen at once).
+fn is_output(g: &Graph, id: NodeId) -> bool {
+    g.outputs().iter().any(|(_, o)| *o == id)
 }
 
 /// `node` rebuilt on `operands` at `shape` (its dtype and label kept); its uses move to it.
@@ -78,7 +79,7 @@ fn hoist_broadcast(g: &mut Graph, b: NodeId) -> Result<bool, IrError> {
     let applies = matches!(g.node(b).op, Op::Broadcast) && {
         let e = g.operands(b)[0];
         let op = &g.node(e).op;
-        is_elementwise(op) && is_cheap(op) && !outputs(g).contains(&e) && g.users(e) == [b]
+        is_elementwise(op) && is_cheap(op) && !is_output(g, e) && g.users(e) == [b]
     };
     if !applies {
         return Ok(false);
@@ -109,11 +110,10 @@ fn sink_concat(g: &mut Graph, e: NodeId) -> Result<bool, IrError> {
     if !is_elementwise(&g.node(e).op) {
         return Ok(false);
     }
-    let outputs = outputs(g);
     let operands = g.operands(e);
     let slot = operands.iter().position(|&c| {
         matches!(g.node(c).op, Op::Concat { .. })
-            && !outputs.contains(&c)
+            && !is_output(g, c)
             && g.users(c) == [e]
             && operands.iter().filter(|&&o| o == c).count() == 1
     });
@@ -153,7 +153,7 @@ fn sink_concat(g: &mut Graph, e: NodeId) -> Result<bool, IrError> {
 fn lift_slices(g: &mut Graph, e: NodeId) -> Result<bool, IrError> {
     let users = g.users(e);
     let applies = is_elementwise(&g.node(e).op)
-        && !outputs(g).contains(&e)
+        && !is_output(g, e)
         && !users.is_empty()
         && users
             .iter()
