@@ -20,6 +20,12 @@
 //! over their work by grid stride, so any grid of at least one block computes the whole step;
 //! [`Launch::blocks`] is the grid that gives each block one piece of work.
 //!
+//! **Library GEMMs.** A CUDA step may also carry a [`LibraryGemm`]: the same matmul described
+//! for the vendor's GEMM library (cuBLASLt). The runtime calls the library instead of launching
+//! the kernel where the library loads and can take the views at the bound symbols; anywhere
+//! else it launches the kernel, which computes the same product. An older runtime ignores the
+//! field and launches the kernel.
+//!
 //! **Capacity and in-place caches.** An input or output may carry a [`Capacity`]: along that
 //! one axis its buffer has room for `entries` entries, laid out row-major over the shape with
 //! that axis replaced by `entries`; the logical shape is the [`IoDesc`] shape, whose axis holds
@@ -243,6 +249,37 @@ pub struct Step {
     /// How the step is launched on a GPU; absent for CPU steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<Launch>,
+    /// The step's matmul for the GEMM library, where the compiler prefers it to the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gemm: Option<LibraryGemm>,
+}
+
+/// `out[.., m, n] = Σₖ a[.., m, k]·b[.., k, n]` over strided views of program buffers: the
+/// product a step's kernel computes, for the GEMM library (see the module doc). The sums are
+/// accumulated in f32 and rounded once to `out`'s type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LibraryGemm {
+    pub a: GemmOperand,
+    pub b: GemmOperand,
+    pub out: GemmOperand,
+    /// Extents of the batch axes (the output's leading axes; the operands are broadcast to
+    /// them, a broadcast axis having stride 0).
+    pub batch: Vec<Poly>,
+    pub m: Poly,
+    pub n: Poly,
+    pub k: Poly,
+}
+
+/// One matrix of a [`LibraryGemm`]: element `(b.., i, j)` lies at
+/// `offset + Σ bₓ·strides[x] + i·strides[r−2] + j·strides[r−1]` elements into `buffer`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GemmOperand {
+    /// Index into [`ProgramDesc::buffers`].
+    pub buffer: usize,
+    pub dtype: ElemType,
+    pub offset: Poly,
+    /// The batch axes' strides, then the two matrix axes'.
+    pub strides: Vec<Poly>,
 }
 
 /// The launch of one GPU kernel (see the module doc for its parameters). A grid of zero blocks

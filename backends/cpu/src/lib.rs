@@ -77,6 +77,7 @@ pub fn compile_with(
                 item_bytes,
                 label: label.clone(),
                 launch: None,
+                gemm: None,
             });
         }
         descs.push(lowered.into_desc(steps, memory));

@@ -75,6 +75,7 @@ pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
                 item_bytes,
                 label,
                 launch: Some(launch),
+                gemm: kernels::library_gemm(group),
             });
             first += group.kernels();
         }

@@ -13,7 +13,13 @@
 //! When profiling, steps are launched one by one with an event after each, and the time between
 //! consecutive events is added to the step's total. Every launch allows programmatic dependent
 //! launch (see [`launch_step`]).
+//!
+//! A step given a library [`Call`] enqueues it instead of launching its kernel (`library.rs`).
+//! Calls hold the exact sizes and addresses they were made for, so a graph is keyed by its
+//! calls as well as its grids: it is replayed only for the same calls.
 
+use super::gemm_call::Call;
+use super::library::Library;
 use crate::manifest::Launch;
 use cudarc::driver::sys::{
     self, CUevent_flags, CUgraphInstantiate_flags, CUresult, CUstreamCaptureMode,
@@ -100,9 +106,19 @@ impl Kernels {
     }
 }
 
+/// What one run launches: each step's grid (0: skipped) and library call, if it has one.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Work {
+    pub grids: Vec<u32>,
+    pub calls: Vec<Option<Call>>,
+}
+
+/// A failed launch: the step (or the step count, for a graph as a whole) and why.
+pub type LaunchError = (usize, String);
+
 /// Launches a program's steps: directly, through a cache of captured graphs, or timed.
 pub struct Launcher {
-    graphs: Option<HashMap<Vec<u32>, CudaGraph>>,
+    graphs: Option<HashMap<Work, CudaGraph>>,
     /// Each step's GPU time summed over runs, when profiling.
     profile: Option<Vec<Duration>>,
 }
@@ -132,95 +148,121 @@ impl Launcher {
         self.profile.as_deref()
     }
 
-    /// Runs every step with a nonzero grid on `stream`, each given its part of the buffer table
+    /// Runs `work` on `stream`: each step with a library call enqueues it on `library`, each
+    /// other step with a nonzero grid launches its kernel, given its part of the buffer table
     /// (`tables[0]`, the table's address) and the symbol values (`tables[1]`).
     pub fn launch(
         &mut self,
         stream: &Arc<CudaStream>,
         kernels: &Kernels,
-        grids: &[u32],
+        library: Option<&Library>,
+        work: &Work,
         tables: [u64; 2],
-    ) -> Result<(), (usize, DriverError)> {
+    ) -> Result<(), LaunchError> {
+        let steps = Steps {
+            stream,
+            kernels,
+            library,
+            work,
+            tables,
+        };
         if let Some(profile) = &mut self.profile {
-            return launch_timed(stream, kernels, grids, tables, profile);
+            return steps.launch_timed(profile);
         }
         let Some(graphs) = &mut self.graphs else {
-            return launch_steps(stream, kernels, grids, tables);
+            return steps.launch();
         };
-        if !graphs.contains_key(grids) {
+        if !graphs.contains_key(work) {
             if graphs.len() >= MAX_GRAPHS {
                 graphs.clear();
             }
-            let graph = capture(stream, kernels, grids, tables)?;
-            graphs.insert(grids.to_vec(), graph);
+            let graph = steps.capture()?;
+            graphs.insert(work.clone(), graph);
         }
-        graphs[grids].launch().map_err(|e| (grids.len(), e))
+        let whole = work.grids.len();
+        graphs[work].launch().map_err(|e| (whole, e.to_string()))
     }
 }
 
-/// The launches of [`launch_steps`] captured into a graph; on failure the capture is ended so the
-/// stream stays usable. Errors carry the failing step (or the step count for the graph itself).
-fn capture(
-    stream: &Arc<CudaStream>,
-    kernels: &Kernels,
-    grids: &[u32],
+/// One run's steps with everything launching them takes.
+struct Steps<'a> {
+    stream: &'a Arc<CudaStream>,
+    kernels: &'a Kernels,
+    library: Option<&'a Library>,
+    work: &'a Work,
     tables: [u64; 2],
-) -> Result<CudaGraph, (usize, DriverError)> {
-    let whole = grids.len();
-    stream
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        .map_err(|e| (whole, e))?;
-    let launched = launch_steps(stream, kernels, grids, tables);
-    let ended = stream.end_capture(CUgraphInstantiate_flags(0));
-    launched?;
-    match ended {
-        Ok(Some(graph)) => Ok(graph),
-        Ok(None) => Err((
-            whole,
-            DriverError(CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED),
-        )),
-        Err(e) => Err((whole, e)),
-    }
 }
 
-fn launch_steps(
-    stream: &Arc<CudaStream>,
-    kernels: &Kernels,
-    grids: &[u32],
-    tables: [u64; 2],
-) -> Result<(), (usize, DriverError)> {
-    for (i, &grid) in grids.iter().enumerate() {
+impl Steps<'_> {
+    /// The launches of [`Steps::launch`] captured into a graph; on failure the capture is
+    /// ended so the stream stays usable.
+    fn capture(&self) -> Result<CudaGraph, LaunchError> {
+        let whole = self.work.grids.len();
+        let failed = |e: DriverError| (whole, e.to_string());
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(failed)?;
+        let launched = self.launch();
+        let ended = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        launched?;
+        match ended {
+            Ok(Some(graph)) => Ok(graph),
+            Ok(None) => Err(failed(DriverError(
+                CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+            ))),
+            Err(e) => Err(failed(e)),
+        }
+    }
+
+    /// Launches step `i` if it does anything; whether it did.
+    fn step(&self, i: usize) -> Result<bool, LaunchError> {
+        if let Some(call) = &self.work.calls[i] {
+            let library = self.library.expect("calls are made only with the library");
+            library
+                .enqueue(self.stream, call)
+                .map_err(|e| (i, format!("cuBLASLt: {e}")))?;
+            return Ok(true);
+        }
+        let grid = self.work.grids[i];
         if grid > 0 {
-            launch_step(stream, kernels, i, grid, tables)?;
+            launch_step(self.stream, self.kernels, i, grid, self.tables)
+                .map_err(|(i, e)| (i, e.to_string()))?;
         }
+        Ok(grid > 0)
     }
-    Ok(())
-}
 
-/// [`launch_steps`] with an event recorded before the first launch and after each, the time
-/// between them added to `profile` (this waits for the GPU).
-fn launch_timed(
-    stream: &Arc<CudaStream>,
-    kernels: &Kernels,
-    grids: &[u32],
-    tables: [u64; 2],
-    profile: &mut [Duration],
-) -> Result<(), (usize, DriverError)> {
-    let timed = Some(CUevent_flags::CU_EVENT_DEFAULT);
-    let mut events = vec![stream.record_event(timed).map_err(|e| (0, e))?];
-    let mut steps = Vec::new();
-    for (i, &grid) in grids.iter().enumerate() {
-        if grid > 0 {
-            launch_step(stream, kernels, i, grid, tables)?;
-            events.push(stream.record_event(timed).map_err(|e| (i, e))?);
-            steps.push(i);
+    fn launch(&self) -> Result<(), LaunchError> {
+        for i in 0..self.work.grids.len() {
+            self.step(i)?;
         }
+        Ok(())
     }
-    for (pair, i) in events.windows(2).zip(steps) {
-        let ms = pair[0].elapsed_ms(&pair[1]).map_err(|e| (i, e))?;
-        profile[i] += Duration::from_secs_f64(ms.max(0.0) as f64 / 1e3);
+
+    /// [`Steps::launch`] with an event recorded before the first launch and after each, the
+    /// time between them added to `profile` (this waits for the GPU).
+    fn launch_timed(&self, profile: &mut [Duration]) -> Result<(), LaunchError> {
+        let timed = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let event = |i: usize| {
+            self.stream
+                .record_event(timed)
+                .map_err(|e| (i, e.to_string()))
+        };
+        let mut events = vec![event(0)?];
+        let mut steps = Vec::new();
+        for i in 0..self.work.grids.len() {
+            if self.step(i)? {
+                events.push(event(i)?);
+                steps.push(i);
+            }
+        }
+        for (pair, i) in events.windows(2).zip(steps) {
+            let ms = pair[0]
+                .elapsed_ms(&pair[1])
+                .map_err(|e| (i, e.to_string()))?;
+            profile[i] += Duration::from_secs_f64(ms.max(0.0) as f64 / 1e3);
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Launches step `i` with programmatic stream serialization: the GPU may process its launch

@@ -9,13 +9,17 @@
 //! replayed from captured graphs (`launch.rs`). Outputs stay on the device until read, and an
 //! output can become an input without leaving it ([`DeviceTensor`]): the decoding loop keeps
 //! the KV cache on the GPU this way, and the trainer the weights, moments and gradient sums
-//! (`programs.rs`).
+//! (`programs.rs`). Steps the compiler offers to the GEMM library run through cuBLASLt where it
+//! loads (`library.rs`, `gemm_call.rs`), on the same stream, shared by the model's runners.
 
+mod gemm_call;
 mod launch;
+mod library;
 mod programs;
 mod runner;
 mod stored;
 
+pub use library::SWITCH as GEMM_SWITCH;
 pub use runner::CudaRunner;
 
 use crate::artifact::Artifact;
@@ -44,6 +48,8 @@ pub struct CudaModel {
     functions: HashMap<String, CudaFunction>,
     weights: Vec<DeviceTensor>,
     constants: Vec<CudaSlice<u8>>,
+    /// The GEMM library, where a step offers it a matmul and it loads.
+    library: Option<Mutex<library::Library>>,
     /// Page-locked host memory that downloads land in (the driver copies into it by DMA at
     /// full speed; a pageable destination is copied through a bounce buffer). It grows to the
     /// largest download and is reused, so a decoding loop allocates it once.
@@ -105,6 +111,11 @@ impl CudaModel {
                 .map_err(|e| device_error(file, &format!("kernel `{}`", step.kernel), e))?;
             functions.insert(step.kernel.clone(), f);
         }
+        let mut steps = manifest.programs.iter().flat_map(|p| &p.steps);
+        let library = match steps.any(|s| s.gemm.is_some()) {
+            true => library::Library::load(&stream).map_err(|e| device_error(file, "GEMM", e))?,
+            false => None,
+        };
         let weights = weights
             .into_iter()
             .map(|w| DeviceTensor::upload(&stream, w, file))
@@ -120,12 +131,23 @@ impl CudaModel {
             functions,
             weights,
             constants,
+            library: library.map(Mutex::new),
             staging: Mutex::new(None),
         })
     }
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// Whether steps offered to the GEMM library run through it.
+    pub fn uses_gemm_library(&self) -> bool {
+        self.library.is_some()
+    }
+
+    /// Runs every step on kiln's own kernels from now on, the GEMM library set aside.
+    pub fn without_gemm_library(&mut self) {
+        self.library = None;
     }
 
     /// Moves the weights out, for a caller that updates them (a trainer) and hands them to every

@@ -19,7 +19,8 @@
 //! logical length, so the buffer's address — which the buffer table and any captured CUDA graph
 //! hold — never changes during a generation, and reading such an output copies it out dense.
 
-use super::launch::{grids, Kernels, Launcher};
+use super::gemm_call::{self, Call};
+use super::launch::{grids, Kernels, Launcher, Work};
 use super::{device_error, stored, CudaModel, DeviceTensor};
 use crate::capacity::{self as layout, Blocks};
 use crate::error::{Result, RuntimeError};
@@ -83,6 +84,8 @@ pub struct CudaRunner<'m> {
     /// The symbols of the last run, while the outputs appended to inputs' buffers hold its
     /// result (setting such an input again replaces it).
     appended: Option<Vec<i64>>,
+    /// Steps of the last run that went to the GEMM library.
+    library_steps: usize,
 }
 
 impl<'m> CudaRunner<'m> {
@@ -114,6 +117,7 @@ impl<'m> CudaRunner<'m> {
             spare: HashMap::new(),
             tables: None,
             appended: None,
+            library_steps: 0,
         })
     }
 
@@ -323,6 +327,11 @@ impl<'m> CudaRunner<'m> {
         program_error(self.desc, what, e.to_string())
     }
 
+    /// How many steps of the last run went to the GEMM library.
+    pub fn library_steps(&self) -> usize {
+        self.library_steps
+    }
+
     /// Bytes of the arena holding the intermediates.
     pub fn arena_bytes(&self) -> usize {
         self.arena.as_ref().map_or(0, CudaSlice::len)
@@ -498,7 +507,26 @@ impl<'m> CudaRunner<'m> {
             values_slice.device_ptr(stream).0,
         ];
         let grids = grids(&self.kernels.launches, &symbols, self.launcher.graphs());
-        let launched = self.launcher.launch(stream, &self.kernels, &grids, tables);
+        let mut library = model
+            .library
+            .as_ref()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+        let calls: Vec<Option<Call>> = self
+            .desc
+            .steps
+            .iter()
+            .map(|step| {
+                let library = library.as_deref_mut()?;
+                let call = gemm_call::call(step.gemm.as_ref()?, &symbols, |b| addresses[b])?;
+                // A shape the library has no algorithm for runs the step's kernel.
+                library.prepare(&call.shape).ok().map(|()| call)
+            })
+            .collect();
+        self.library_steps = calls.iter().flatten().count();
+        let work = Work { grids, calls };
+        let launched =
+            self.launcher
+                .launch(stream, &self.kernels, library.as_deref(), &work, tables);
         launched.map_err(|(step, e)| match self.desc.steps.get(step) {
             Some(s) => self.fail(&s.kernel, e),
             None => self.fail("CUDA graph", e),

@@ -14,6 +14,7 @@ mod context;
 pub(crate) mod dtype;
 mod expr;
 mod gather;
+mod library_gemm;
 mod map;
 mod matmul;
 mod matmul_gemv;
@@ -31,6 +32,8 @@ use crate::ptx::KernelBuilder;
 use context::Ctx;
 use kiln_backend_cpu::kernel::Kernel;
 use kiln_runtime::manifest::Launch;
+
+pub use library_gemm::offer as library_gemm;
 
 /// Threads per block of the element-wise, reduction and matmul kernels.
 pub const THREADS: u32 = 256;
