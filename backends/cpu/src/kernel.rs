@@ -46,6 +46,26 @@ pub struct Epilogue {
     pub expr: Vec<ExprNode>,
 }
 
+impl Epilogue {
+    /// Whether it only rounds the product to the output's type (a `cast` of leaf 0).
+    pub fn is_rounding(&self) -> bool {
+        self.leaves.is_empty()
+            && matches!(
+                self.expr.as_slice(),
+                [
+                    ExprNode {
+                        op: ExprOp::Leaf(0),
+                        ..
+                    },
+                    ExprNode {
+                        op: ExprOp::Cast(0),
+                        ..
+                    }
+                ]
+            )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kernel {
     /// `out[idx] = expr(leaves[..][idx])` over the output's shape; the last node is the result.

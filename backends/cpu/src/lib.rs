@@ -62,6 +62,7 @@ pub fn compile_with(
     let lower_options = lower::LowerOptions {
         gemm_min_rows: options.gemm_min_rows,
         narrow: narrow::NarrowValues::Storage,
+        library_matmuls: false,
     };
     for g in programs {
         let mut lowered = lower::lower(g, &mut shared, &lower_options)?;

@@ -65,6 +65,9 @@ pub struct LowerOptions {
     pub gemm_min_rows: Option<i64>,
     /// The narrow values the target's kernels hold.
     pub narrow: narrow::NarrowValues,
+    /// The backend offers plain matmuls of two bf16 operands (not decode's few rows) to a GEMM
+    /// library, which applies no epilogue: such a matmul's epilogue becomes a map of its own.
+    pub library_matmuls: bool,
 }
 
 /// What programs of one artifact share: the weights they read and the constants' bytes.

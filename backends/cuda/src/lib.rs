@@ -31,10 +31,12 @@ pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
     let mut module = ptx::Module::default();
     let mut shared = SharedTables::default();
     // The lowering's work items and GEMM choice are the CPU's; kernels here choose their own.
-    // Kernels widen bf16 as they read it and round to bf16 as they write it.
+    // Kernels widen bf16 as they read it and round to bf16 as they write it. Plain bf16
+    // matmuls are offered to cuBLASLt (`kernels::library_gemm`), so their epilogues are maps.
     let options = LowerOptions {
         gemm_min_rows: None,
         narrow: NarrowValues::Bf16,
+        library_matmuls: true,
     };
     let mut descs = Vec::new();
     for g in programs {

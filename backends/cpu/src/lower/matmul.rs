@@ -1,5 +1,8 @@
 //! Lowering `matmul` and `fused_matmul`: batch-broadcast operand views, the tile shape (a few
-//! rows for decode, 128 × 128 otherwise), and the epilogue the kernel applies to each tile.
+//! rows for decode, 128 × 128 otherwise), and the epilogue the kernel applies to each tile —
+//! or, for a matmul the backend offers to a GEMM library (`LowerOptions::library_matmuls`), a
+//! map of its own reading the product back from an f32 buffer (unless it only rounds the
+//! product to the output's type, which the library does as it stores).
 
 use super::Lowering;
 use crate::error::Result;
@@ -19,12 +22,32 @@ impl Lowering<'_> {
         label: String,
     ) -> Result<View> {
         narrow::check_matmul(types, self.options.narrow)?;
-        let out = self.temp(ty);
         let (a, b) = (
             self.buffered(&operands[0], &label),
             self.buffered(&operands[1], &label),
         );
-        let r = out.rank();
+        let r = ty.rank();
+        let decode = matches!(self.dim(&ty.shape[r - 2]).as_constant(), Some(m) if m <= 4);
+        let offered = self.options.library_matmuls
+            && !decode
+            && a.dtype == DType::BF16
+            && b.dtype == DType::BF16;
+        if let (true, Some(e)) = (offered, epilogue.as_ref().filter(|e| !e.is_rounding())) {
+            let product = TensorType::new(DType::F32, ty.shape.clone());
+            let sum = self.matmul(&product, operands, types, None, label.clone())?;
+            let out = self.temp(ty);
+            let leaves = [vec![sum], e.leaves.clone()].concat();
+            self.push(
+                Kernel::Map {
+                    out: out.clone(),
+                    leaves,
+                    expr: e.expr.clone(),
+                },
+                format!("{label} (epilogue)"),
+            );
+            return Ok(out);
+        }
+        let out = self.temp(ty);
         let batch = &out.dims[..r - 2];
         let widen = |v: &View| {
             let mut dims = batch.to_vec();

@@ -2,7 +2,9 @@
 //! [`LibraryGemm`] beside the step's kernel (the manifest's module doc has the contract).
 //!
 //! **The choice.** A step is offered when it is one matmul that takes the tensor-core tile form
-//! (`matmul_mma`: two bf16 operands, `m` not a decode row count) with no epilogue, and each of
+//! (`matmul_mma`: two bf16 operands, `m` not a decode row count) with no epilogue but the
+//! rounding of the product to the output's type (the lowering makes any other epilogue of such
+//! a matmul a map of its own: `LowerOptions::library_matmuls`), and each of
 //! its three views is a buffer whose last two axes can be a library matrix: one of the two has
 //! the constant stride 1 (the output's columns must). Measured on an H200 (docs/backend-cuda.md,
 //! "Library GEMMs"), cuBLASLt runs every such matmul of the Llama-3.2-1B training step and
@@ -26,12 +28,15 @@ pub fn offer(group: &Group) -> Option<LibraryGemm> {
         a,
         b,
         out,
-        epilogue: None,
+        epilogue,
         ..
     }) = group
     else {
         return None;
     };
+    if epilogue.as_ref().is_some_and(|e| !e.is_rounding()) {
+        return None;
+    }
     let r = out.rank();
     let rows = out.dims[r - 2].as_constant();
     if matches!(rows, Some(m) if m <= 4) || !matmul_mma::applies(a, b) {

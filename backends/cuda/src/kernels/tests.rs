@@ -1066,3 +1066,36 @@ fn independent_maps_of_any_shapes_run_as_one_launch() {
             .unwrap_or_else(|e| panic!("batch {batch}: {e}"));
     }
 }
+
+/// Matmuls of two bf16 operands are offered to the GEMM library: one whose epilogue only
+/// rounds the product to bf16 keeps it (the library rounds as it stores), one with a residual
+/// add becomes a plain matmul into an f32 buffer and a map of its own, and both still compute
+/// what the interpreter does. Decode's matrix–vector products are offered none.
+#[test]
+fn bf16_matmuls_are_offered_to_the_gemm_library() {
+    use kiln_runtime::manifest::ElemType;
+    let text = "graph g\nsym b <= 4\nsym s <= 40\ninput %i : f32[b, s, 64]\n\
+        input %res : f32[b, s, 32]\nweight @w : bf16[64, 32]\nweight @v : bf16[64, 32]\n\
+        %x = cast %i : bf16[b, s, 64]\n\
+        %0 = matmul %x, @w : f32[b, s, 32]\n%1 = cast %0 : bf16[b, s, 32]\n\
+        %2 = matmul %x, @v : f32[b, s, 32]\n%3 = add %2, %res : f32[b, s, 32]\n\
+        output rounded = %1\noutput summed = %3\n";
+    let (g, fused, _) = parse_fuse_compile(text);
+    let artifact = crate::compile(std::slice::from_ref(&fused), model()).unwrap();
+    let steps = &artifact.manifest.programs[0].steps;
+    let offered: Vec<_> = steps.iter().filter_map(|s| s.gemm.as_ref()).collect();
+    let outs: Vec<ElemType> = offered.iter().map(|g| g.out.dtype).collect();
+    assert_eq!(outs, [ElemType::Bf16, ElemType::F32], "{steps:#?}");
+    assert!(steps.iter().any(|s| s.label.ends_with("(epilogue)")));
+    check(&fused, &g, &env(&[("b", 2), ("s", 7)]), 1e-6, 4).unwrap();
+
+    let spec = tiny_llama();
+    let decode = optimized(
+        &spec,
+        kiln_frontend::Program::Decode,
+        kiln_passes::Precision::Bf16,
+    );
+    let artifact = crate::compile(&[decode.unwrap()], model()).unwrap();
+    let steps = &artifact.manifest.programs[0].steps;
+    assert!(steps.iter().all(|s| s.gemm.is_none()));
+}
