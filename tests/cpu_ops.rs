@@ -913,3 +913,41 @@ fn gather_from_an_empty_axis_writes_zeros() {
     let y = &run(&mut runner, &inputs.into())["y"];
     assert_eq!(y.data, Data::Float(vec![0.0; 6]));
 }
+
+/// A weight's gradient as differentiation writes it — per-batch products `Xᵀ·dY` summed over
+/// the batch — is one matmul contracting over batch and sequence together (no reduction
+/// kernel, no `[batch, m, n]` buffer), and computes the interpreter's sum. Where an operand is
+/// broadcast over the batch (the same matrix in every product) the sum is not a longer
+/// contraction, and the product and its reduction stay.
+#[test]
+fn weight_gradients_sum_over_the_batch_in_the_matmul() {
+    let folded = "graph wgrad
+sym seq <= 24
+input %x : f32[3, seq, 8]
+input %dy : f32[3, seq, 5]
+%0 = permute %x perm=[0,2,1] : f32[3, 8, seq]
+%1 = matmul %0, %dy : f32[3, 8, 5]
+%2 = reduce_sum %1 axes=[0] : f32[1, 8, 5]
+output dw = %2";
+    let broadcast = "graph shared
+sym seq <= 24
+input %x : f32[3, 8, seq]
+input %w : f32[seq, 5]
+%0 = broadcast %w : f32[3, seq, 5]
+%1 = matmul %x, %0 : f32[3, 8, 5]
+%2 = reduce_sum %1 axes=[0] : f32[1, 8, 5]
+output s = %2";
+    let envs: Vec<Bindings> = [1, 7, 24].map(|n| [("seq".to_string(), n)].into()).to_vec();
+    for (text, reductions, label) in [(folded, 0, "summed over the batch"), (broadcast, 1, "")] {
+        let g = kiln_ir::text::parse(text).unwrap();
+        let artifact = compile(std::slice::from_ref(&g)).unwrap();
+        let steps = &artifact.manifest.programs[0].steps;
+        let reduce = steps
+            .iter()
+            .filter(|s| s.label.starts_with("reduce"))
+            .count();
+        assert_eq!(reduce, reductions, "{}: {steps:#?}", g.name);
+        assert!(steps.iter().any(|s| s.label.contains(label)));
+        check_compiled(&g, &g, &envs, 2, Tol::Norm(1e-6)).unwrap();
+    }
+}

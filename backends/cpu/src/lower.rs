@@ -33,6 +33,7 @@
 
 mod append;
 mod attention;
+mod batch_sum;
 mod concat;
 mod expression;
 mod matmul;
@@ -134,6 +135,8 @@ struct Lowering<'a> {
     concat_views: HashMap<NodeId, View>,
     /// Outputs appended in place to an input's buffer, by input and by concat.
     appends: HashMap<NodeId, Append>,
+    /// Reductions already lowered with the matmul they sum (`batch_sum.rs`), and their views.
+    summed: HashMap<NodeId, View>,
 }
 
 pub fn lower(
@@ -154,6 +157,7 @@ pub fn lower(
         in_place: concat_parts_in_place(g),
         concat_views: HashMap::new(),
         appends: appends(g),
+        summed: HashMap::new(),
     };
     let sources = g.inputs().iter().chain(g.weights()).copied();
     for id in sources.chain(g.order()) {
@@ -314,6 +318,9 @@ impl Lowering<'_> {
     }
 
     fn node(&mut self, id: NodeId) -> Result<View> {
+        if let Some(view) = self.summed.remove(&id) {
+            return Ok(view);
+        }
         let g = self.g;
         let node = g.node(id);
         let ty = &node.ty;
@@ -434,7 +441,14 @@ impl Lowering<'_> {
                     }
                 }
             }
-            Op::MatMul => self.matmul(ty, &operands, &types, None, label)?,
+            Op::MatMul => match self.summed_matmul(id, &operands, &types, &label)? {
+                Some((sum, view)) => {
+                    self.summed.insert(sum, view);
+                    // Read by nothing: the product's only use is the sum, lowered above.
+                    View::splat(0.0, ty.dtype, self.shape(ty))
+                }
+                None => self.matmul(ty, &operands, &types, None, label)?,
+            },
             Op::Reshape => {
                 let dims = self.shape(ty);
                 match operands[0].reshape(dims.clone()) {

@@ -48,13 +48,22 @@ impl Lowering<'_> {
             return Ok(out);
         }
         let out = self.temp(ty);
-        let batch = &out.dims[..r - 2];
-        let widen = |v: &View| {
-            let mut dims = batch.to_vec();
-            dims.extend_from_slice(&v.dims[v.rank() - 2..]);
-            v.broadcast(dims)
-        };
-        let (a, b) = (widen(&a), widen(&b));
+        let (a, b) = widened_to(&out, &a, &b);
+        self.push_matmul(a, b, out.clone(), epilogue, label);
+        Ok(out)
+    }
+
+    /// The kernel computing `out = a·b` (operands already broadcast to `out`'s batch axes),
+    /// then `epilogue`.
+    pub(super) fn push_matmul(
+        &mut self,
+        a: View,
+        b: View,
+        out: View,
+        epilogue: Option<Epilogue>,
+        label: String,
+    ) {
+        let r = out.rank();
         let (tile_m, tile_n) = match out.dims[r - 2].as_constant() {
             Some(m) if m <= 4 => (m.max(1), 16),
             _ => (128, 128),
@@ -63,7 +72,7 @@ impl Lowering<'_> {
             Kernel::MatMul {
                 a,
                 b,
-                out: out.clone(),
+                out,
                 tile_m,
                 tile_n,
                 gemm_min_rows: self.options.gemm_min_rows,
@@ -71,6 +80,16 @@ impl Lowering<'_> {
             },
             label,
         );
-        Ok(out)
     }
+}
+
+/// `a` and `b` broadcast to the batch axes of `out` (their own last two axes kept).
+pub(super) fn widened_to(out: &View, a: &View, b: &View) -> (View, View) {
+    let batch = &out.dims[..out.rank() - 2];
+    let widen = |v: &View| {
+        let mut dims = batch.to_vec();
+        dims.extend_from_slice(&v.dims[v.rank() - 2..]);
+        v.broadcast(dims)
+    };
+    (widen(a), widen(b))
 }
