@@ -138,6 +138,8 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         None => model::random_weights(&m.weights, 0),
     };
     let started = Instant::now();
+    // Whether the GPU model runs its offered matmuls on cuBLASLt.
+    let mut gemm_library = false;
     let (measured, load_s, gpu) = match args.device {
         Device::Cpu => {
             let model =
@@ -158,6 +160,10 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         Device::Cuda => {
             let model = CudaModel::new(artifact, &file, weights).map_err(|e| e.to_string())?;
             let load_s = started.elapsed().as_secs_f64();
+            gemm_library = model.uses_gemm_library();
+            if let Some(gemm) = model.gemm_report() {
+                eprintln!("{gemm}");
+            }
             let mut generator =
                 Generator::on_gpu(&model, !args.no_cuda_graphs).map_err(|e| e.to_string())?;
             generator.set_profiling(args.profile);
@@ -181,6 +187,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             "device": if cuda { "cuda" } else { "cpu" },
             "gpu": gpu,
             "cuda_graphs": cuda && !args.no_cuda_graphs,
+            "gemm_library": gemm_library,
             "batch": args.batch,
             "prompt_tokens": args.prompt_tokens,
             "decode_tokens": args.decode_tokens,

@@ -307,6 +307,9 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
                 "loaded on the GPU in {:.2} s (the driver compiles the PTX; the weights are copied)",
                 loading.elapsed().as_secs_f64()
             );
+            if let Some(gemm) = model.gemm_report() {
+                eprintln!("{gemm}");
+            }
             let params = model.take_weights();
             let trainer = Trainer::on_gpu(&model, params, options).map_err(err)?;
             let trained = train(&args, trainer, &mut stream)?;

@@ -145,6 +145,20 @@ impl CudaModel {
         self.library.is_some()
     }
 
+    /// What runs the matmuls the compiler offered to the GEMM library, for reports; `None`
+    /// where no step offers one.
+    pub fn gemm_report(&self) -> Option<String> {
+        let steps = self.manifest.programs.iter().flat_map(|p| &p.steps);
+        let offered = steps.filter(|s| s.gemm.is_some()).count();
+        let runs_on = match (&self.library, std::env::var(GEMM_SWITCH)) {
+            (Some(_), _) => "cuBLASLt".to_string(),
+            (None, Ok(v)) if v == "kernels" => format!("kiln's kernels ({GEMM_SWITCH}={v})"),
+            (None, _) => "kiln's kernels (cuBLASLt not found or set aside)".to_string(),
+        };
+        (offered > 0)
+            .then(|| format!("{offered} matmul steps offered to the GEMM library run on {runs_on}"))
+    }
+
     /// Runs every step on kiln's own kernels from now on, the GEMM library set aside.
     pub fn without_gemm_library(&mut self) {
         self.library = None;
