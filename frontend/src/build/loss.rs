@@ -74,7 +74,12 @@ pub fn cross_entropy(
 ) -> Result<(NodeId, NodeId), IrError> {
     let shape = g.ty(logits).shape.clone();
     let last = shape.len() - 1;
+    // The shift by the row maximum only keeps `exp` in range: the gradient reaching it through
+    // `lse` and through `shifted` cancels exactly (softmax sums to one), so differentiation
+    // stops at it, as PyTorch's log-softmax does, rather than build the `[batch, seq, vocab]`
+    // terms of that cancellation.
     let max = g.reduce(ReduceOp::Max, logits, &[last])?;
+    let max = g.push(kiln_ir::Op::StopGradient, &[max])?;
     let shifted = g.sub(logits, max)?;
     let exps = g.unary(UnaryOp::Exp, shifted)?;
     let total = g.reduce(ReduceOp::Sum, exps, &[last])?;
