@@ -10,14 +10,16 @@
 //! depends on symbols): a 64-bit division by a symbol's value is a long subroutine, and such
 //! divisions were most of a training step's map instructions. On an H200 that took the
 //! Llama-3.2-1B training step from 3,119–3,190 to 4,048–4,096 tok/s
-//! (`bench/results/gpu-train-map-index-2026-11-30-h200/`).
+//! (`bench/results/gpu-train-map-index-2026-11-30-h200/`). A view laid out row-major over the
+//! domain ([`dense`]) needs no coordinates at all: it is read or written at the element's
+//! linear index, and views of equal offset and strides share one index.
 
 use super::context::{Addressed, Ctx, Fits, Granule};
 use super::expr::evaluate;
 use crate::error::Result;
 use crate::ptx::{Cmp, Operand, Reg};
 use kiln_backend_cpu::kernel::{ExprNode, Kernel};
-use kiln_backend_cpu::view::View;
+use kiln_backend_cpu::view::{contiguous_strides, View};
 use kiln_runtime::manifest::{Launch, WorkFactor};
 use kiln_runtime::Poly;
 
@@ -51,6 +53,12 @@ struct Prepared<'a> {
     expr: &'a [ExprNode],
 }
 
+/// Whether `v` lies row-major over its own dims from offset 0: its element at linear index `i`
+/// of the domain is element `i` of its buffer.
+pub(super) fn dense(v: &View) -> bool {
+    v.offset.is_constant(0) && v.strides == contiguous_strides(&v.dims)
+}
+
 impl<'a> Prepared<'a> {
     fn new(c: &mut Ctx, out: &View, leaves: &[View], expr: &'a [ExprNode]) -> Prepared<'a> {
         let views: Vec<&View> = std::iter::once(out).chain(leaves).collect();
@@ -64,16 +72,39 @@ impl<'a> Prepared<'a> {
     }
 
     /// Computes and stores output element `i` (a row-major linear index) of a domain that
-    /// `fits` describes.
+    /// `fits` describes. A dense view ([`dense`]) is read at `i` itself, and a view with the
+    /// offset and strides of one before it at that one's index, so coordinates are split only
+    /// where some view needs them, and each index is computed once.
     fn element(&self, c: &mut Ctx, i: Reg, fits: Fits) -> Result<()> {
-        let coords = c.unravel_in(i, &self.dims, fits);
+        let views: Vec<&Addressed> = self.leaves.iter().chain([&self.out]).collect();
+        let split = views.iter().any(|v| !dense(&v.view));
+        let coords = if split {
+            c.unravel_in(i, &self.dims, fits)
+        } else {
+            Vec::new()
+        };
+        let mut placed: Vec<(&View, Reg)> = Vec::new();
+        let mut ats = Vec::with_capacity(views.len());
+        for v in &views {
+            let same =
+                |(w, _): &&(&View, Reg)| w.offset == v.view.offset && w.strides == v.view.strides;
+            let at = if dense(&v.view) {
+                i
+            } else if let Some((_, at)) = placed.iter().find(same) {
+                *at
+            } else {
+                let at = c.linear(&v.offset, &coords, &v.strides);
+                placed.push((&v.view, at));
+                at
+            };
+            ats.push(at);
+        }
         let mut values = Vec::with_capacity(self.leaves.len());
-        for l in &self.leaves {
-            let at = c.linear(&l.offset, &coords, &l.strides);
+        for (l, &at) in self.leaves.iter().zip(&ats) {
             values.push(c.load(l, at)?);
         }
         let v = evaluate(c, self.expr, &values)?;
-        let at = c.linear(&self.out.offset, &coords, &self.out.strides);
+        let at = ats[self.leaves.len()];
         let base = self.out.base.expect("maps write buffers");
         c.store(base, at, self.out.view.dtype, v)
     }

@@ -11,7 +11,8 @@
 //! is stored (other kernels may read it) and left in shared memory; after the barrier every
 //! thread of the block takes the row's positions `tid, tid + 256, …` ([`IN_FLIGHT`] at a
 //! time, their loads issued together), reads the map's other leaves, takes the result from shared memory for the broadcast leaf, evaluates the map and
-//! stores. One launch and one read of the result instead of two launches; the row of `x` the
+//! stores; a view laid out row-major over the domain is addressed by the position's index in
+//! it (the row times the reduced count, plus the position), with no coordinates. One launch and one read of the result instead of two launches; the row of `x` the
 //! map reads again is the one the block just read, from cache.
 //!
 //! The two kernels share one step of the memory plan (`kiln_backend_cpu::memory::plan_steps`),
@@ -19,7 +20,7 @@
 
 use super::context::{Ctx, Granule};
 use super::expr::evaluate;
-use super::map::per_block;
+use super::map::{dense, per_block};
 use super::reduce::{Reduction, IN_FLIGHT};
 use super::THREADS;
 use crate::error::Result;
@@ -126,10 +127,15 @@ pub fn emit(c: &mut Ctx, k: &ReduceMap) -> Result<Launch> {
         .iter()
         .map(|l| (l.buffer() != k.reduced.buffer()).then(|| c.addressed(l)))
         .collect();
+    // A dense view (`map::dense`) is read at the element's index in the domain, row `o` of
+    // the kept axes times the reduced count, plus `r`: no coordinates needed.
+    let dense_out = dense(k.out);
+    let split = !dense_out || leaves.iter().flatten().any(|l| !dense(&l.view));
     c.grid_loop(outputs_v, Granule::Block, |c, o| {
         let kept = c.unravel(o, &red.kept_dims);
         red.block(c, (o, &kept), smem, (tid, lane, warp))?;
         let result = red.result(c, smem);
+        let row = c.b.mul(o, red.count_v.clone());
         c.for_range_batched(
             tid,
             red.count_v.clone(),
@@ -137,10 +143,14 @@ pub fn emit(c: &mut Ctx, k: &ReduceMap) -> Result<Launch> {
             IN_FLIGHT,
             |c, r| {
                 let mut coords = kept.clone();
-                coords.extend(c.unravel(r, &red.red_dims));
+                if split {
+                    coords.extend(c.unravel(r, &red.red_dims));
+                }
+                let flat = c.b.add(row, r);
                 let mut values = Vec::with_capacity(leaves.len());
                 for l in &leaves {
                     values.push(match l {
+                        Some(l) if dense(&l.view) => c.load(l, flat)?,
                         Some(l) => {
                             let at = c.linear(&l.offset, &coords, &l.strides);
                             c.load(l, at)?
@@ -148,11 +158,14 @@ pub fn emit(c: &mut Ctx, k: &ReduceMap) -> Result<Launch> {
                         None => result,
                     });
                 }
-                Ok((coords, values))
+                Ok((coords, flat, values))
             },
-            |c, _, (coords, values)| {
+            |c, _, (coords, flat, values)| {
                 let v = evaluate(c, k.map_expr, &values)?;
-                let at = c.linear(&out.offset, &coords, &out.strides);
+                let at = match dense_out {
+                    true => flat,
+                    false => c.linear(&out.offset, &coords, &out.strides),
+                };
                 c.store(out_base, at, k.out.dtype, v)
             },
         )?;
