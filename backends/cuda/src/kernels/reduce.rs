@@ -19,7 +19,7 @@ use super::THREADS;
 use crate::error::{CompileError, Result};
 use crate::ptx::{Cmp, Operand, Reg, Shuffle, Space, Special, Ty};
 use kiln_backend_cpu::kernel::ExprNode;
-use kiln_backend_cpu::view::View;
+use kiln_backend_cpu::view::{contiguous_strides, View};
 use kiln_ir::op::ReduceOp;
 use kiln_ir::DType;
 use kiln_runtime::manifest::{Launch, WorkFactor};
@@ -166,6 +166,10 @@ impl<'a> Reduction<'a> {
             let strides: Vec<_> = self.kept.iter().map(|&a| l.strides[a].clone()).collect();
             bases.push(c.linear(&l.offset, coords, &strides));
         }
+        // A leaf whose reduced axes lie row-major from its base is read at `base + r`: no
+        // coordinates for position `r`.
+        let packed: Vec<bool> = self.leaves.iter().map(|l| self.packed(&l.view)).collect();
+        let split = packed.iter().any(|p| !p);
         let acc = c.constant(identity(self.op, self.dtype), self.dtype)?;
         c.for_range_batched(
             start,
@@ -173,11 +177,20 @@ impl<'a> Reduction<'a> {
             step,
             IN_FLIGHT,
             |c, r| {
-                let rc = c.unravel(r, &self.red_dims);
+                let rc = if split {
+                    c.unravel(r, &self.red_dims)
+                } else {
+                    Vec::new()
+                };
                 let mut values = Vec::new();
-                for (l, base) in self.leaves.iter().zip(&bases) {
-                    let strides: Vec<_> = self.axes.iter().map(|&a| l.strides[a].clone()).collect();
-                    let at = c.linear(&(*base).into(), &rc, &strides);
+                for ((l, &base), &packed) in self.leaves.iter().zip(&bases).zip(&packed) {
+                    let at = if packed {
+                        c.b.add(base, r)
+                    } else {
+                        let strides: Vec<_> =
+                            self.axes.iter().map(|&a| l.strides[a].clone()).collect();
+                        c.linear(&base.into(), &rc, &strides)
+                    };
                     values.push(c.load(l, at)?);
                 }
                 Ok(values)
@@ -185,6 +198,14 @@ impl<'a> Reduction<'a> {
             |c, _, values| fold_position(c, self.op, self.expr, &values, acc),
         )?;
         Ok(warp_fold(c, acc, |c, a, b| combine(c, self.op, a, b)))
+    }
+
+    /// Whether `v`'s reduced axes lie row-major from an output's base (their strides those of
+    /// a contiguous tensor of their extents), so position `r` is element `base + r`.
+    fn packed(&self, v: &View) -> bool {
+        let dims: Vec<Poly> = self.axes.iter().map(|&a| v.dims[a].clone()).collect();
+        let strides: Vec<Poly> = self.axes.iter().map(|&a| v.strides[a].clone()).collect();
+        strides == contiguous_strides(&dims)
     }
 
     /// Finishes output `o` from its total (a mean divided) and stores it; returns the value.

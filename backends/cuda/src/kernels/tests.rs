@@ -1099,3 +1099,20 @@ fn bf16_matmuls_are_offered_to_the_gemm_library() {
     let steps = &artifact.manifest.programs[0].steps;
     assert!(steps.iter().all(|s| s.gemm.is_none()));
 }
+
+/// Reductions over two trailing axes: of a contiguous value (its reduced positions packed, read
+/// at `base + r`) and of a slice of one (a unit innermost stride, but rows 5 apart for 3
+/// elements: the positions are split into coordinates).
+#[test]
+fn reductions_over_packed_and_strided_axes_match_the_interpreter() {
+    let text = "graph g\nsym b <= 4\ninput %x : f32[b, 4, 5]\n\
+        %0 = reduce_sum %x axes=[1,2] : f32[b, 1, 1]\n\
+        %1 = slice %x axis=2 start=1 end=4 : f32[b, 4, 3]\n\
+        %2 = reduce_max %1 axes=[1,2] : f32[b, 1, 1]\n\
+        output packed = %0\noutput strided = %2\n";
+    let g = kiln_ir::text::parse(text).unwrap();
+    for batch in [1, 3] {
+        check(&g, &g, &env(&[("b", batch)]), 1e-6, 4)
+            .unwrap_or_else(|e| panic!("batch {batch}: {e}"));
+    }
+}
