@@ -123,6 +123,15 @@ pub enum Kernel {
     AttentionGrad(Box<AttentionGradKernel>),
 }
 
+/// The most rows (a constant `m`) a matmul may have to take the decode forms: a few token rows
+/// against a weight, each weight row read once for all of them.
+pub const DECODE_ROWS: i64 = 4;
+
+/// Whether a matmul of `m` rows takes the decode forms ([`DECODE_ROWS`]).
+pub fn decode_rows(m: &Poly) -> bool {
+    matches!(m.as_constant(), Some(rows) if rows <= DECODE_ROWS)
+}
+
 /// Columns per work item of a scatter.
 pub const SCATTER_TILE: i64 = 64;
 

@@ -149,18 +149,28 @@ impl Library {
             PrefAttr::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
             &workspace,
         )?;
-        let aligned = [
-            PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-            PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-            PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-        ];
-        for (attr, bytes) in aligned.into_iter().zip(shape.align) {
+        // `C` is `D` (β = 0), so it has `D`'s alignment.
+        let [a_align, b_align, d_align] = shape.align;
+        for (attr, bytes) in [
+            (
+                PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                a_align,
+            ),
+            (
+                PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                b_align,
+            ),
+            (
+                PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                d_align,
+            ),
+            (
+                PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                d_align,
+            ),
+        ] {
             pref.set(attr, &bytes)?;
         }
-        pref.set(
-            PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-            &shape.align[2],
-        )?;
         let [a, b, d] = plan.layouts;
         // SAFETY: every descriptor is live.
         let found =

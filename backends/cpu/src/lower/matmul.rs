@@ -6,7 +6,7 @@
 
 use super::Lowering;
 use crate::error::Result;
-use crate::kernel::{Epilogue, Kernel};
+use crate::kernel::{decode_rows, Epilogue, Kernel, DECODE_ROWS};
 use crate::narrow;
 use crate::view::View;
 use kiln_ir::{DType, TensorType};
@@ -27,7 +27,7 @@ impl Lowering<'_> {
             self.buffered(&operands[1], &label),
         );
         let r = ty.rank();
-        let decode = matches!(self.dim(&ty.shape[r - 2]).as_constant(), Some(m) if m <= 4);
+        let decode = decode_rows(&self.dim(&ty.shape[r - 2]));
         let offered = self.options.library_matmuls
             && !decode
             && a.dtype == DType::BF16
@@ -65,7 +65,7 @@ impl Lowering<'_> {
     ) {
         let r = out.rank();
         let (tile_m, tile_n) = match out.dims[r - 2].as_constant() {
-            Some(m) if m <= 4 => (m.max(1), 16),
+            Some(m) if m <= DECODE_ROWS => (m.max(1), 16),
             _ => (128, 128),
         };
         self.push(

@@ -17,7 +17,7 @@
 //! the library cannot take the views.
 
 use super::{matmul_mma, Group};
-use kiln_backend_cpu::kernel::Kernel;
+use kiln_backend_cpu::kernel::{decode_rows, Kernel};
 use kiln_backend_cpu::lower::elem_type;
 use kiln_backend_cpu::view::View;
 use kiln_runtime::manifest::{GemmOperand, LibraryGemm};
@@ -38,8 +38,7 @@ pub fn offer(group: &Group) -> Option<LibraryGemm> {
         return None;
     }
     let r = out.rank();
-    let rows = out.dims[r - 2].as_constant();
-    if matches!(rows, Some(m) if m <= 4) || !matmul_mma::applies(a, b) {
+    if decode_rows(&out.dims[r - 2]) || !matmul_mma::applies(a, b) {
         return None;
     }
     let unit = |v: &View, axis: usize| v.strides[axis].is_constant(1);

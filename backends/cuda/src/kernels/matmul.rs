@@ -23,7 +23,7 @@ use super::reduce::warp_fold;
 use super::THREADS;
 use crate::error::Result;
 use crate::ptx::{Cmp, Operand, Reg, Space, Special, Ty};
-use kiln_backend_cpu::kernel::Epilogue;
+use kiln_backend_cpu::kernel::{decode_rows, Epilogue};
 use kiln_backend_cpu::view::View;
 use kiln_ir::DType;
 use kiln_runtime::manifest::{Launch, WorkFactor};
@@ -119,7 +119,7 @@ pub fn emit(
         let bb = c.linear(&bv.offset, coords, &bv.strides[..r - 2]);
         (ab, bb)
     };
-    let decode = matches!(m.as_constant(), Some(rows) if rows <= 4);
+    let decode = decode_rows(m);
     if decode && super::matmul_gemv_mma::applies(a, b) {
         return super::matmul_gemv_mma::emit(c, a, b, out, finish);
     }

@@ -388,7 +388,7 @@ fn decode_parts(kernel: &Kernel) -> Option<(&View, &View, &View, Option<&Epilogu
         return None;
     };
     let r = out.rank();
-    let decode = matches!(out.dims[r - 2].as_constant(), Some(m) if m <= 4);
+    let decode = kiln_backend_cpu::kernel::decode_rows(&out.dims[r - 2]);
     let constant_n = out.dims[r - 1].as_constant().is_some();
     (decode && constant_n && applies(a, b)).then_some((a, b, out, epilogue.as_ref()))
 }

@@ -30,7 +30,7 @@ mod tests;
 use crate::error::Result;
 use crate::ptx::KernelBuilder;
 use context::Ctx;
-use kiln_backend_cpu::kernel::Kernel;
+use kiln_backend_cpu::kernel::{Kernel, DECODE_ROWS};
 use kiln_runtime::manifest::Launch;
 
 pub use library_gemm::offer as library_gemm;
@@ -209,9 +209,9 @@ fn kind(kernel: &Kernel) -> &'static str {
         }
         Kernel::Reduce { .. } => "reduce",
         Kernel::MatMul { a, b, out, .. } => match out.dims[out.rank() - 2].as_constant() {
-            Some(m) if m <= 4 && matmul_gemv_mma::applies(a, b) => "matmul_gemv_mma",
-            Some(m) if m <= 4 && matmul_gemv::applies(a, b) => "matmul_gemv",
-            Some(m) if m <= 4 => "matmul_warp",
+            Some(m) if m <= DECODE_ROWS && matmul_gemv_mma::applies(a, b) => "matmul_gemv_mma",
+            Some(m) if m <= DECODE_ROWS && matmul_gemv::applies(a, b) => "matmul_gemv",
+            Some(m) if m <= DECODE_ROWS => "matmul_warp",
             _ if matmul_mma::applies(a, b) => "matmul_mma",
             _ => "matmul_tiled",
         },
