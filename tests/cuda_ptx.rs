@@ -329,6 +329,51 @@ fn attention_of_every_mask_assembles() {
     assemble_graphs(&ptxas, graphs, "attention");
 }
 
+/// FlashAttention's forward, log-sum-exp and backward on tensor cores (`attention_mma`,
+/// `attention_lse_mma`, `attention_grad_mma`) on the shapes the emulator checks them on
+/// (`kiln_ir::testing::BF16_ATTENTION_CASES`): every entry assembles for sm_90, the backward's
+/// without spills; registers, spills and shared memory are snapshotted (the forward's two
+/// m-tiles per warp at head size 64 fill the 255 registers and spill a few bytes).
+#[test]
+fn tensor_core_attention_assembles() {
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let mut lines = std::collections::BTreeSet::new();
+    for case in kiln_ir::testing::BF16_ATTENTION_CASES {
+        let (mask, _, heads, kv, d, dv, _, _, _) = case;
+        let what = format!("{mask} {heads}/{kv} heads, d {d}, dv {dv}");
+        for text in [
+            kiln_ir::testing::bf16_attention_forward(case),
+            kiln_ir::testing::bf16_attention_backward(case),
+        ] {
+            let g = kiln_ir::text::parse(&text).unwrap();
+            let artifact = kiln_backend_cuda::compile(
+                std::slice::from_ref(&g),
+                kiln::compile::model_info(&hf::read_config(TINY_LLAMA, "tiny_llama.json").unwrap()),
+            )
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let ptx = String::from_utf8(artifact.object).unwrap();
+            for (entry, r) in assemble(&ptxas, &ptx, &what) {
+                if !entry.contains("_mma_") {
+                    continue;
+                }
+                let kind = kind_of(&entry);
+                if kind == "attention_grad_mma" {
+                    let spills = (r.spill_stores, r.spill_loads);
+                    assert_eq!(spills, (0, 0), "{what}: {entry} spills");
+                }
+                lines.insert(format!(
+                    "{kind:<20} d {d:>3} dv {dv:>3} regs {:>3}  spill {}/{}  smem {:>6}",
+                    r.registers, r.spill_stores, r.spill_loads, r.shared
+                ));
+            }
+        }
+    }
+    let text: Vec<String> = lines.into_iter().collect();
+    insta::assert_snapshot!("ptxas_resources_tensor_core_attention", text.join("\n"));
+}
+
 /// The entry named `name` in a module's text.
 fn entry<'a>(ptx: &'a str, name: &str) -> &'a str {
     let start = ptx

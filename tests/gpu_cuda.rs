@@ -4,6 +4,8 @@
 //!
 //! - random graphs, plain and fused, at several sizes (not multiples of any tile), against the
 //!   interpreter;
+//! - FlashAttention's log-sum-exp and backward on tensor cores (bf16) against the interpreter,
+//!   under every mask kind, GQA and head sizes 16 to 128;
 //! - every tiny Hugging Face fixture: `forward` logits against transformers' within 1e-4 (f32)
 //!   and 2e-2 (bf16 weights, and the `bf16` precision), and 20 greedy tokens (the generator on
 //!   the GPU: prefill, then decode steps with the KV cache kept on the device, launched kernel
@@ -85,6 +87,39 @@ const PROFILE: Profile = Profile {
     scatter: true,
     half_floats: false,
 };
+
+/// FlashAttention's log-sum-exp and backward on tensor cores (`attention_lse_mma`,
+/// `attention_grad_mma`, bf16 operands) against the interpreter on the GPU, on the shapes the
+/// emulator checks them on (`kiln_ir::testing::BF16_ATTENTION_CASES`): each result within
+/// `2⁻⁸` of its largest magnitude (the bound of the emulator test: kernel and interpreter round
+/// the same weights to bf16, from f32 values that differ in the last bits).
+#[test]
+fn bf16_attention_backward_matches_the_interpreter_on_the_gpu() {
+    if !gpu("bf16 attention backward") || std::env::var_os("KILN_GPU_CASES").is_some() {
+        return;
+    }
+    for case in kiln_ir::testing::BF16_ATTENTION_CASES {
+        let (mask, _, _, _, _, _, s, t, padding) = case;
+        let g = kiln_ir::text::parse(&kiln_ir::testing::bf16_attention_backward(case)).unwrap();
+        let env: Bindings = [("b", 2), ("s", s), ("t", t)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        let (inputs, weights) = random_bindings(&g, &env, t as u64 + 8, 5).unwrap();
+        let artifact =
+            kiln_backend_cuda::compile(std::slice::from_ref(&g), cpu::model_info()).unwrap();
+        let tensors = cpu::in_manifest_order(&artifact, &weights);
+        let model = CudaModel::new(artifact, &g.name, tensors).unwrap();
+        let mut runner = model.runner(&g.name).unwrap();
+        let got = run(&mut runner, &inputs);
+        let want = interpret(&g, &inputs, &weights).unwrap();
+        for (name, w) in &want {
+            let what = format!("{mask} padding={padding:?} {name}");
+            compare(&what, &got[name], w, Tol::Norm(2f64.powi(-8))).unwrap();
+            println!("{what}: within 2^-8 of the largest");
+        }
+    }
+}
 
 #[test]
 fn random_graphs_match_the_interpreter() {

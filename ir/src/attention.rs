@@ -26,8 +26,14 @@
 //! for a query that sees none), what the forward computes on the way. `flash_attention_grad_q`
 //! (`_k`, `_v`) `q, k, v, …, out, d_out, lse` is the gradient of `Σ d_out · out` by
 //! that operand: it recomputes the probabilities as `exp(scale · q·kⱼ − lse)` instead of storing
-//! them, and sums the query heads that share a key/value head. Its result has that operand's type.
-//! The backward ops take f32 operands only.
+//! them, and sums the query heads that share a key/value head. Its result is f32, of that
+//! operand's shape. The backward ops take the forward's operands (f32 or bf16), its f32 result,
+//! a cotangent of the result's shape, f32 or (with bf16 operands) bf16, and the f32
+//! log-sum-exp. With bf16 operands the gradients weight bf16 values as the unfused graph's bf16
+//! matmuls would: `d_values` weights the cotangent rows by probabilities rounded to bf16, and
+//! `d_queries` and `d_keys` weight the other side by score gradients
+//! `dsᵢⱼ = pᵢⱼ·(d_outᵢ·vⱼ − Δᵢ)·scale` rounded to bf16 (`Δᵢ = d_outᵢ·outᵢ`), all accumulated in
+//! f32.
 //!
 //! Invariants: `group`, `tile_q` and `tile_k` are at least 1; `scale` is finite; a sliding window
 //! is at least 1 key wide. The tiles are a schedule hint for backends and do not change the value.
@@ -269,12 +275,6 @@ impl Attention {
     /// The result type of `flash_attention_lse` for the given operands.
     pub fn infer_lse(&self, operands: &[&TensorType]) -> Result<TensorType, String> {
         let out = self.infer(operands)?;
-        if operands[0].dtype != DType::F32 {
-            return Err(format!(
-                "the backward of flash_attention takes f32 operands, got queries {}",
-                operands[0]
-            ));
-        }
         Ok(TensorType::new(DType::F32, out.shape[..3].to_vec()))
     }
 
@@ -297,13 +297,24 @@ impl Attention {
         let out = self.infer(&operands[..n])?;
         let lse = self.infer_lse(&operands[..n])?;
         let (o, d_out, l) = (operands[n], operands[n + 1], operands[n + 2]);
-        if *o != out || *d_out != out || *l != lse {
+        // The cotangent may be as narrow as the operands.
+        let d_out_fits = d_out.shape == out.shape
+            && (d_out.dtype == DType::F32 || d_out.dtype == operands[0].dtype);
+        if *o != out || !d_out_fits || *l != lse {
+            let narrow = match operands[0].dtype {
+                DType::F32 => String::new(),
+                dtype => format!(" (or {dtype})"),
+            };
             return Err(format!(
-                "{} expects the result {out}, its cotangent {out} and the log-sum-exp {lse},                  got {o}, {d_out} and {l}",
+                "{} expects the result {out}, its cotangent {out}{narrow} and the log-sum-exp \
+                 {lse}, got {o}, {d_out} and {l}",
                 wrt.grad_name()
             ));
         }
-        Ok(operands[wrt.slot()].clone())
+        Ok(TensorType::new(
+            DType::F32,
+            operands[wrt.slot()].shape.clone(),
+        ))
     }
 
     /// The result type for the given operands (the typing rule in the module doc).

@@ -174,3 +174,87 @@ pub fn attention_inputs(
     *text += &format!("input %pad : {padding}[b]\n");
     (operands + ", %pad", "left")
 }
+
+/// One bf16 attention test shape: mask, positions type (empty: none), heads, KV heads, head
+/// sizes `d` and `dv`, queries `s`, keys `t`, padding type (empty: none).
+pub type Bf16AttentionCase = (
+    &'static str,
+    &'static str,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    &'static str,
+);
+
+/// The shapes the tensor-core attention kernels are checked on (in the PTX emulator and on the
+/// GPU): every mask kind, GQA, head sizes 16 to 128 (80 and 128 past a tile), rows and columns
+/// past whole blocks and tiles (80 × 32 keys is a tile whose chunks do not divide among the
+/// threads), left padding; random positions make some tiles inside every row's run, some cross
+/// it, and some rows see no key.
+pub const BF16_ATTENTION_CASES: [Bf16AttentionCase; 6] = [
+    ("causal", "i64", 4, 2, 64, 64, 70, 100, ""),
+    ("window(20)", "i64", 2, 1, 32, 16, 70, 90, ""),
+    ("prefix(9)", "i32", 2, 2, 16, 32, 20, 70, ""),
+    ("none", "", 3, 1, 80, 128, 17, 66, ""),
+    ("causal", "i64", 2, 1, 64, 64, 70, 100, "i64"),
+    ("window(20)", "i32", 2, 2, 32, 32, 40, 70, "i32"),
+];
+
+/// The declarations of a bf16 attention test graph (`graph attention`, symbols `b <= 2`,
+/// `s <= 80`, `t <= 128`): f32 inputs `%{name}x` cast to bf16 `%{name}` for each of `names`
+/// (from `q`, `k`, `v`, `dy`), positions and padding; returns the text, the operand list and
+/// the op's attributes.
+fn bf16_attention_text(case: Bf16AttentionCase, names: &[&str]) -> (String, String, String) {
+    let (mask, positions, heads, kv, d, dv, _, _, padding) = case;
+    let mut text = "graph attention\nsym b <= 2\nsym s <= 80\nsym t <= 128\n".to_string();
+    for (name, h, len, width) in [
+        ("q", heads, "s", d),
+        ("k", kv, "t", d),
+        ("v", kv, "t", dv),
+        ("dy", heads, "s", dv),
+    ] {
+        if names.contains(&name) {
+            text += &format!(
+                "input %{name}x : f32[b, {h}, {len}, {width}]\n\
+                 %{name} = cast %{name}x : bf16[b, {h}, {len}, {width}]\n"
+            );
+        }
+    }
+    let (operands, padding) = attention_inputs(&mut text, "s", positions, padding);
+    let attrs = format!(
+        "mask={mask} padding={padding} bias=none group={} scale=0.125 tile_q=64 tile_k=64",
+        heads / kv
+    );
+    (text, operands, attrs)
+}
+
+/// The IR text of `flash_attention` at bf16 ([`bf16_attention_text`]'s graph): output `y`, f32.
+pub fn bf16_attention_forward(case: Bf16AttentionCase) -> String {
+    let (_, _, heads, _, _, dv, _, _, _) = case;
+    let (mut text, operands, attrs) = bf16_attention_text(case, &["q", "k", "v"]);
+    text += &format!(
+        "%y = flash_attention {operands} {attrs} : f32[b, {heads}, s, {dv}]\noutput y = %y\n"
+    );
+    text
+}
+
+/// The IR text of `flash_attention`'s backward at bf16 ([`bf16_attention_text`]'s graph, with
+/// the output gradient `%dy`): the forward's result `%y` an f32 input, so that a kernel and the
+/// interpreter read the same `Δ`; outputs the log-sum-exp `lse` and the gradients `dq`, `dk`,
+/// `dv`.
+pub fn bf16_attention_backward(case: Bf16AttentionCase) -> String {
+    let (_, _, heads, kv, d, dv, _, _, _) = case;
+    let (mut text, operands, attrs) = bf16_attention_text(case, &["q", "k", "v", "dy"]);
+    text += &format!(
+        "input %y : f32[b, {heads}, s, {dv}]\n\
+         %l = flash_attention_lse {operands} {attrs} : f32[b, {heads}, s]\n\
+         %gq = flash_attention_grad_q {operands}, %y, %dy, %l {attrs} : f32[b, {heads}, s, {d}]\n\
+         %gk = flash_attention_grad_k {operands}, %y, %dy, %l {attrs} : f32[b, {kv}, t, {d}]\n\
+         %gv = flash_attention_grad_v {operands}, %y, %dy, %l {attrs} : f32[b, {kv}, t, {dv}]\n\
+         output lse = %l\noutput dq = %gq\noutput dk = %gk\noutput dv = %gv\n"
+    );
+    text
+}

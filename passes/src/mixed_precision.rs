@@ -24,11 +24,12 @@
 //! narrow in place), and otherwise inserts a `cast`. Under `bf16` each `flash_attention` (two
 //! matmuls fused) likewise takes narrow queries, keys and values; its scores, softmax
 //! statistics and result stay f32, and its probabilities are rounded to bf16 before they weight
-//! the values, as the unfused graph's second matmul would take them. Attention stays f32 where
-//! a row has a single query (a decode step reads the f32 KV cache as it is: narrowing it would
-//! copy the cache every step for no matmul-sized work), in a program with gradients (the
-//! backward ops take f32 operands, and must differentiate the forward computed), and under
-//! `f16`. Norms (their statistics and scales),
+//! the values, as the unfused graph's second matmul would take them; its log-sum-exp and
+//! gradients take the same narrow operands (and the gradients a narrow cotangent), so the
+//! backward differentiates the forward computed, with bf16 weights in its matmuls and f32
+//! gradients. Attention stays f32 where a row has a single query (a decode step reads the f32
+//! KV cache as it is: narrowing it would copy the cache every step for no matmul-sized work),
+//! and under `f16`. Norms (their statistics and scales),
 //! softmax, RoPE, the residual stream, the KV cache and the logits stay f32: program inputs and
 //! outputs keep their types, so the pass changes no signature but the weights' dtypes.
 //!
@@ -211,13 +212,13 @@ fn narrow(
 fn narrow_operands(
     g: &mut Graph,
     id: NodeId,
-    count: usize,
+    slots: &[usize],
     dtype: DType,
     memo: &mut HashMap<NodeId, NodeId>,
 ) -> Result<(), IrError> {
     let mut operands = g.operands(id).to_vec();
-    for o in &mut operands[..count] {
-        *o = narrow(g, *o, dtype, memo)?;
+    for &slot in slots {
+        operands[slot] = narrow(g, operands[slot], dtype, memo)?;
     }
     let (op, ty) = (g.node(id).op.clone(), g.ty(id).clone());
     let narrowed = g.push_typed(op, &operands, ty)?;
@@ -234,17 +235,14 @@ fn is_f32_matmul(g: &Graph, id: NodeId) -> bool {
         && g.operands(id).iter().all(|&o| g.ty(o).dtype == DType::F32)
 }
 
-/// Whether `flash_attention` `id` takes `dtype` operands: f32 ones under `bf16`, for more than
-/// one query per row, in a program that computes no gradients. A decode step's single query
-/// reads the f32 KV cache as it is: it does no matmul-sized work, and narrowing the cache would
-/// copy it every step. The backward ops take f32 operands, and the gradient must be that of
-/// the forward computed, so a differentiated program keeps its attention f32.
-fn narrows_attention(g: &Graph, id: NodeId, dtype: DType, differentiated: bool) -> bool {
+/// Whether `flash_attention` `id` (or its log-sum-exp or a gradient of it, which read the same
+/// queries, keys and values) takes `dtype` operands: f32 ones under `bf16`, for more than one
+/// query per row. A decode step's single query reads the f32 KV cache as it is: it does no
+/// matmul-sized work, and narrowing the cache would copy it every step. The forward and its
+/// backward ops decide alike, so the gradients are those of the forward computed.
+fn narrows_attention(g: &Graph, id: NodeId, dtype: DType) -> bool {
     let q = g.ty(g.operands(id)[0]);
-    !differentiated
-        && dtype == DType::BF16
-        && q.dtype == DType::F32
-        && q.shape[2].as_fixed() != Some(1)
+    dtype == DType::BF16 && q.dtype == DType::F32 && q.shape[2].as_fixed() != Some(1)
 }
 
 impl Pass for MixedPrecision {
@@ -292,15 +290,23 @@ impl Pass for MixedPrecision {
             for id in g.order() {
                 match g.node(id).op {
                     Op::MatMul if is_f32_matmul(g, id) => {
-                        narrow_operands(g, id, 2, matmul_dtype, &mut memo)?;
+                        narrow_operands(g, id, &[0, 1], matmul_dtype, &mut memo)?;
                         matmuls += 1;
                     }
                     Op::MatMul => refused += 1,
-                    Op::FlashAttention(_)
-                        if narrows_attention(g, id, matmul_dtype, differentiated) =>
-                    {
-                        narrow_operands(g, id, 3, matmul_dtype, &mut memo)?;
+                    Op::FlashAttention(_) if narrows_attention(g, id, matmul_dtype) => {
+                        narrow_operands(g, id, &[0, 1, 2], matmul_dtype, &mut memo)?;
                         attentions += 1;
+                    }
+                    Op::FlashAttentionLse(_) if narrows_attention(g, id, matmul_dtype) => {
+                        narrow_operands(g, id, &[0, 1, 2], matmul_dtype, &mut memo)?;
+                    }
+                    // Queries, keys, values and the cotangent: the operands of its matmuls.
+                    Op::FlashAttentionGrad { ref attention, .. }
+                        if narrows_attention(g, id, matmul_dtype) =>
+                    {
+                        let d_out = attention.arity() + 1;
+                        narrow_operands(g, id, &[0, 1, 2, d_out], matmul_dtype, &mut memo)?;
                     }
                     _ => {}
                 }

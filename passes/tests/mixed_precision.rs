@@ -151,6 +151,60 @@ output d_embed = %13
     );
 }
 
+/// In a differentiated program `flash_attention`, its log-sum-exp and its three gradients take
+/// the same bf16 queries, keys and values (one cast each), the gradients a bf16 cotangent, and
+/// the results stay f32; the gradients agree with the f32 program within the policy's bound.
+#[test]
+fn a_differentiated_attention_and_its_backward_take_bf16_operands() {
+    use kiln_passes::autodiff::Autodiff;
+    let input = "graph g
+sym s <= 8
+input %q : f32[1, 4, s, 16]
+input %k : f32[1, 2, s, 16]
+input %v : f32[1, 2, s, 16]
+input %pos : i64[1, s]
+%0 = flash_attention %q, %k, %v, %pos mask=causal padding=none bias=none group=2 scale=0.25 tile_q=2 tile_k=2 : f32[1, 4, s, 16]
+%1 = mul %0, %0 : f32[1, 4, s, 16]
+%2 = reduce_sum %1 axes=[0,1,2,3] : f32[1, 1, 1, 1]
+%3 = reshape %2 : f32[]
+%4 = grad %3, %q : f32[1, 4, s, 16]
+%5 = grad %3, %k : f32[1, 2, s, 16]
+%6 = grad %3, %v : f32[1, 2, s, 16]
+output dq = %4
+output dk = %5
+output dv = %6
+";
+    let mut g = text::parse(input).unwrap();
+    Autodiff.run(&mut g).unwrap();
+    let out = check(&text::print(&g), Precision::Bf16, &[("s", 6)]);
+    assert!(out.contains("1 flash_attention on bf16 operands"), "{out}");
+    let after = text::parse(&out).unwrap();
+    let mut backward = 0;
+    for id in after.order() {
+        let op = &after.node(id).op;
+        let arity = match op {
+            Op::FlashAttention(a) | Op::FlashAttentionLse(a) => a.arity(),
+            Op::FlashAttentionGrad { attention, .. } => attention.arity(),
+            _ => continue,
+        };
+        let operands = after.operands(id);
+        for &x in &operands[..3] {
+            assert_eq!(after.ty(x).dtype, DType::BF16, "{out}");
+        }
+        assert_eq!(after.ty(id).dtype, DType::F32, "{out}");
+        if let Op::FlashAttentionGrad { .. } = op {
+            assert_eq!(after.ty(operands[arity + 1]).dtype, DType::BF16, "{out}");
+            backward += 1;
+        }
+    }
+    assert_eq!(backward, 3, "{out}");
+    let casts = out.matches("= cast").count();
+    assert_eq!(
+        casts, 4,
+        "one cast each of q, k, v and the cotangent:\n{out}"
+    );
+}
+
 /// The tiny Llama's program as the pipeline hands it to this pass (the committed snapshot).
 fn tiny_llama(program: &str) -> Graph {
     let path = format!(

@@ -93,12 +93,12 @@ pub struct TrainArgs {
     /// Recompute the fewest layers whose peak memory fits this budget (e.g. `64MiB`).
     #[arg(long)]
     memory_budget: Option<String>,
-    /// Fuse attention (forward and backward) into `flash_attention` kernels: memory linear in
-    /// the sequence instead of quadratic, but slower than the matmuls of unfused attention on
-    /// the CPU at short sequences and on the GPU until its kernels use tensor cores (see
-    /// docs/training.md), so off by default.
-    #[arg(long)]
-    fused_attention: bool,
+    /// Attention as `flash_attention` kernels (forward and backward; memory linear in the
+    /// sequence) or as the matmuls and softmax it is made of. `auto` fuses it where its
+    /// backward runs on tensor cores (`--device cuda --precision bf16`) and leaves it unfused
+    /// elsewhere, where the unfused matmuls are faster (see docs/training.md).
+    #[arg(long, value_enum, default_value = "auto")]
+    attention: AttentionArg,
     /// Reject a step whose loss exceeds this many times the recent mean (non-finite losses and
     /// gradients are always rejected).
     #[arg(long)]
@@ -144,6 +144,24 @@ pub struct TrainArgs {
     /// program (on the GPU, steps are then launched one by one and timed with events).
     #[arg(long)]
     profile: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AttentionArg {
+    Auto,
+    Fused,
+    Unfused,
+}
+
+impl AttentionArg {
+    /// Whether attention is fused on `device` at `precision`.
+    fn fused(self, device: Device, precision: Precision) -> bool {
+        match self {
+            AttentionArg::Auto => device == Device::Cuda && precision == Precision::Bf16,
+            AttentionArg::Fused => true,
+            AttentionArg::Unfused => false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -243,7 +261,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
     let pipeline = PipelineOptions {
         precision: args.precision,
         recompute,
-        skip: if args.fused_attention {
+        skip: if args.attention.fused(args.device, args.precision) {
             Vec::new()
         } else {
             vec!["attention-fusion".to_string()]

@@ -5,7 +5,9 @@
 //! sum, f32 probabilities — then bf16 ones for bf16 operands —, an f64 weighted sum of values), so a fused graph and the graph it came
 //! from agree to the last bits or nearly; under exact arithmetic nothing is rounded. The
 //! log-sum-exp and the gradients are computed in f64 from the definitions in `attention.rs` and
-//! rounded once, as their result is stored.
+//! rounded once, as their result is stored; with bf16 operands the probabilities (for the
+//! values' gradient) and the score gradients (for the queries' and keys') are rounded to bf16
+//! where they weight the other side, as that definition states.
 
 use super::tensor::{Arithmetic, Data, Tensor};
 use crate::attention::{Attention, AttentionInput};
@@ -77,7 +79,12 @@ pub fn eval_grad(
     attention: &Attention,
     wrt: AttentionInput,
     xs: &[&Tensor],
+    arithmetic: Arithmetic,
 ) -> Result<Data, String> {
+    let narrow = |x: f64| match (xs[0].dtype, arithmetic) {
+        (DType::BF16, Arithmetic::Native) => half::bf16::from_f64(x).to_f64(),
+        _ => x,
+    };
     let n = attention.arity();
     let a = Operands::new(attention, &xs[..n])?;
     let (out, d_out, lse) = (float(xs[n]), float(xs[n + 1]), float(xs[n + 2]));
@@ -92,14 +99,14 @@ pub fn eval_grad(
             let p = (a.score(b, h, i, j) - lse[row]).exp();
             let value = a.value(b, h, j);
             if wrt == AttentionInput::Values {
-                let at = a.kv_row(b, h, j) * a.dv;
+                let (at, p) = (a.kv_row(b, h, j) * a.dv, narrow(p));
                 for (g, d) in grad[at..at + a.dv].iter_mut().zip(d_o) {
                     *g += p * d;
                 }
                 continue;
             }
             let d_p: f64 = d_o.iter().zip(value).map(|(x, y)| x * y).sum();
-            let d_s = p * (d_p - delta) * attention.scale;
+            let d_s = narrow(p * (d_p - delta) * attention.scale);
             let (at, other) = match wrt {
                 AttentionInput::Queries => (row * a.dim, a.key(b, h, j)),
                 _ => (a.kv_row(b, h, j) * a.dim, a.query(b, h, i)),

@@ -113,7 +113,7 @@ pub fn eval_with(
         Op::FlashAttention(attention) => super::attention::eval(attention, xs, arithmetic)?,
         Op::FlashAttentionLse(attention) => super::attention::eval_lse(attention, xs)?,
         Op::FlashAttentionGrad { attention, wrt } => {
-            super::attention::eval_grad(attention, *wrt, xs)?
+            super::attention::eval_grad(attention, *wrt, xs, arithmetic)?
         }
         Op::StopGradient => xs[0].data.clone(),
         Op::Grad => return Err("`grad` has no value until the autodiff pass expands it".into()),

@@ -149,22 +149,30 @@ impl Lowering<'_> {
         let mut rows = out.dims.clone();
         rows[3] = kiln_runtime::Poly::constant(1);
         let delta = self.new_buffer(BufferKind::Temp, DType::F32, rows);
-        let leaf = |i| ExprNode {
-            op: ExprOp::Leaf(i),
-            dtype: DType::F32,
+        let node = |op, dtype| ExprNode { op, dtype };
+        // A narrow cotangent is widened as it is read.
+        let (d_out_leaf, d_out_f32) = match d_out.dtype {
+            DType::F32 => (vec![node(ExprOp::Leaf(0), DType::F32)], 0),
+            narrow => (
+                vec![
+                    node(ExprOp::Leaf(0), narrow),
+                    node(ExprOp::Cast(0), DType::F32),
+                ],
+                1,
+            ),
         };
+        let out_at = d_out_leaf.len();
+        let mut expr = d_out_leaf;
+        expr.push(node(ExprOp::Leaf(1), DType::F32));
+        expr.push(node(
+            ExprOp::Binary(BinaryOp::Mul, d_out_f32, out_at),
+            DType::F32,
+        ));
         self.push(
             Kernel::Reduce {
                 op: ReduceOp::Sum,
                 leaves: vec![d_out.clone(), out.clone()],
-                expr: vec![
-                    leaf(0),
-                    leaf(1),
-                    ExprNode {
-                        op: ExprOp::Binary(BinaryOp::Mul, 0, 1),
-                        dtype: DType::F32,
-                    },
-                ],
+                expr,
                 axes: vec![3],
                 out: delta.clone(),
             },

@@ -117,11 +117,11 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         output,
         ..
     } = kernel;
-    if *output == kiln_backend_cpu::kernel::AttentionOutput::LogSumExp {
-        return super::attention_grad::emit_lse(c, kernel);
-    }
     if super::attention_mma::applies(kernel) {
         return super::attention_mma::emit(c, kernel);
+    }
+    if *output == kiln_backend_cpu::kernel::AttentionOutput::LogSumExp {
+        return super::attention_grad::emit_lse(c, kernel);
     }
     let constant = |v: &kiln_backend_cpu::view::View| {
         v.dims[3].as_constant().expect("lowering checks head sizes")

@@ -15,7 +15,9 @@
 //!     heads, lane `t` query `i₀ + t` (its probability zero when it does not see key `j`;
 //!     tiles no lane sees are skipped), then adds `dsᵢⱼ·qᵢ꜀` (`pᵢⱼ·d_outᵢ꜀`).
 //!
-//! Each warp owns its row, so there are no atomics; sums run in tile order.
+//! Each warp owns its row, so there are no atomics; sums run in tile order. bf16 operands are
+//! widened as they are read, and each weight (a probability, a score gradient) is rounded to
+//! bf16 before it weights a row, as `kiln_ir::attention` defines.
 
 use super::attention::Visibility;
 use super::attention_rows::{dot_staged, stage, Owned};
@@ -40,8 +42,10 @@ fn dot(c: &mut Ctx, a: &Addressed, a_row: Reg, b: &Addressed, b_row: Reg, len: i
     c.for_range(0i64, len, 1i64, |c, col| {
         let at = c.b.add(a_row, col);
         let x = c.load(a, at)?;
+        let x = super::expr::convert(c, x, a.view.dtype, DType::F32)?;
         let at = c.b.add(b_row, col);
         let y = c.load(b, at)?;
+        let y = super::expr::convert(c, y, b.view.dtype, DType::F32)?;
         let next = c.b.mad(x, y, acc);
         c.b.assign(acc, next);
         Ok(())
@@ -156,6 +160,7 @@ pub fn emit_grad(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
                     let p = probability(c, s, scale, lse);
                     let dp = dot_staged(c, second_stage, &va, v_row, dv)?;
                     let x = score_grad(c, p, dp, delta, scale);
+                    let x = weight_as_operands(c, x, kernel)?;
                     c.b.assign(ds, x);
                     Ok(())
                 })?;
@@ -198,6 +203,7 @@ pub fn emit_grad(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
                                 let delta = c.load(&da, at)?;
                                 score_grad(c, p, dp, delta, scale)
                             };
+                            let x = weight_as_operands(c, x, kernel)?;
                             c.b.assign(weight, x);
                             Ok(())
                         })
@@ -251,4 +257,16 @@ fn score_grad(c: &mut Ctx, p: Reg, dp: Reg, delta: Reg, scale: f32) -> Reg {
     let diff = c.b.sub(dp, delta);
     let ds = c.b.mul(p, diff);
     c.b.mul(ds, scale)
+}
+
+/// A probability or score gradient as it weighs the other side: rounded to bf16 where the
+/// operands are (`kiln_ir::attention`).
+fn weight_as_operands(c: &mut Ctx, x: Reg, kernel: &AttentionGradKernel) -> Result<Reg> {
+    match kernel.q.dtype {
+        DType::F32 => Ok(x),
+        narrow => {
+            let rounded = super::expr::convert(c, x, DType::F32, narrow)?;
+            super::expr::convert(c, rounded, narrow, DType::F32)
+        }
+    }
 }

@@ -10,9 +10,9 @@
 //! `matmul_mma.rs`). The block walks the keys its queries see, `lo..hi` (the union of the rows'
 //! visible runs, folded over the block through shared memory), a tile at a time:
 //! 1. `S = Q·Kᵀ`: the queries' A fragments stay in registers for the whole walk; keys are staged
-//!    as `Ks[key][d]`, so a B fragment word (two neighbouring `d` of one key) is one
-//!    `ld.shared.b32`. Each lane holds, per m-tile, 8-key n-tiles × columns `2t, 2t + 1` × its
-//!    two rows.
+//!    as they lie, `Ks[key][d]`, and one `ldmatrix.x4` reads the B fragments of two n-tiles
+//!    of keys at a k-step. Each lane holds, per m-tile, 8-key n-tiles × columns `2t, 2t + 1`
+//!    × its two rows.
 //! 2. Where the tile is not inside every row's visible run, each score outside its row's run
 //!    becomes `-∞`.
 //! 3. Online softmax per row, in base 2 (`ex2.approx`) with the scale folded into one `fma` per
@@ -23,11 +23,14 @@
 //!    with `m' = 0` while a row has seen only `-∞`.
 //! 4. `O += P·V`: the accumulator layout of `S` is the A fragment layout of `P` (two n-tiles of
 //!    8 keys are one k-step of 16), so each pair of probabilities is rounded to bf16 and packed
-//!    in registers. Values are staged transposed, `Vt[c][key]`, so a B fragment word (two
-//!    neighbouring keys of one column) is one `ld.shared.b32`.
+//!    in registers. Values are staged as they lie too, `Vs[key][c]`, and read by
+//!    `ldmatrix.x4.trans`, which transposes them into B fragments (two neighbouring keys of
+//!    one column per word).
 //!
-//! Finally each row is divided by `l` and stored (f32, or rounded to bf16 where the result is). A query that sees no key has `l = 0`
-//! and gets `0 · ∞ = NaN`, as the IR defines. Rounding the unnormalized probabilities to bf16
+//! Finally each row is divided by `l` and stored (f32, or rounded to bf16 where the result is);
+//! the log-sum-exp form (`flash_attention_lse`) stores `ln l + scale·m` instead (`-∞` for a
+//! query that sees no key). A query that sees no key has `l = 0` and gets `0 · ∞ = NaN`, as
+//! the IR defines. Rounding the unnormalized probabilities to bf16
 //! (FlashAttention's choice) differs from the IR's rounding of the normalized ones by at most
 //! two bf16 roundings of each weight (`2⁻⁷` relative, one on each side), the bound the tests
 //! use.
@@ -35,9 +38,9 @@
 //! **Staging.** Two stages of shared tiles: the next tile of keys and values is loaded into
 //! registers (16-byte vectors when `matmul_mma::vectorizable` proves them aligned, else element
 //! by element) before the current tile's scores, and stored into the other stage right after
-//! them (freeing the registers for the softmax), so a tile takes one barrier. Keys past `T` are 0. Shared rows are padded by 8 bf16,
-//! so fragment reads of the 32 lanes hit 32 banks; consecutive lanes stage consecutive keys of
-//! `V`, so its transposed stores do too.
+//! them (freeing the registers for the softmax), so a tile takes one barrier. Keys past `T`
+//! are 0. Shared rows are padded by 8 bf16, so the 8 rows an `ldmatrix` reads at once hit
+//! distinct banks.
 //!
 //! Invariants: every thread reaches every barrier (the walk's bounds are the block's); a stage
 //! is written only after the barrier that ends the tile that last read it.
@@ -47,16 +50,16 @@ use super::context::{Addressed, Ctx, Granule};
 use super::matmul_mma::{vectorizable, VECTOR};
 use super::reduce::warp_fold;
 use crate::error::Result;
-use crate::ptx::{Cmp, Operand, Reg, Shuffle, Space, Special, Ty};
-use kiln_backend_cpu::kernel::AttentionKernel;
+use crate::ptx::{math, Cmp, Operand, Reg, Shuffle, Space, Special, Ty};
+use kiln_backend_cpu::kernel::{AttentionKernel, AttentionOutput};
 use kiln_backend_cpu::view::View;
 use kiln_ir::DType;
 use kiln_runtime::manifest::{Launch, WorkFactor};
 use kiln_runtime::Poly;
 
 /// Threads per block: four warps.
-const THREADS: i64 = 128;
-const WARPS: i64 = THREADS / 32;
+pub(super) const THREADS: i64 = 128;
+pub(super) const WARPS: i64 = THREADS / 32;
 
 /// The tiling, by head size: registers hold a warp's queries, their scores for a tile and their
 /// outputs, so small heads take two m-tiles per warp and 64 keys per tile, larger ones one and
@@ -85,11 +88,6 @@ impl Shape {
     fn queries(self) -> i64 {
         WARPS * 16 * self.m_tiles as i64
     }
-
-    /// Bytes of a row of the transposed value tile: the tile's keys and 8 of padding.
-    fn vt_row(self) -> i64 {
-        (self.keys + 8) * 2
-    }
 }
 
 /// Whether attention `kernel` takes this form: bf16 operands, head sizes multiples of 16 up to
@@ -104,15 +102,16 @@ pub fn applies(kernel: &AttentionKernel) -> bool {
         && fits(size(&kernel.v))
 }
 
-/// One lane's part of staging a tile of `keys × width` keys (`Ks[key][c]`) or values
-/// (`Vt[c][key]`): chunks of `VECTOR` neighbouring columns of one key. A chunk's place is
-/// recomputed from the thread index where it is used (shifts, for the usual power-of-two
-/// sizes), which keeps registers free for the fragments.
-struct TileStage {
+/// One lane's part of staging a tile of `rows × width` rows of an operand as they lie
+/// (`Ks[key][c]`): chunks of `VECTOR` neighbouring columns of one row, consecutive lanes taking
+/// consecutive chunks of a row, so global loads coalesce. A chunk's place is recomputed from the
+/// thread index where it is used (shifts, for the usual power-of-two sizes), which keeps
+/// registers free for the fragments. `mma` reads a staged tile as B fragments through
+/// `ldmatrix` ([`Read`]): its rows as B's columns, or (transposed in the load) as B's rows.
+pub(super) struct TileStage {
     v: Addressed,
-    shape: Shape,
-    /// Chunks per key, and all of the tile's.
-    per_key: i64,
+    /// Chunks per row, and all of the tile's.
+    per_row: i64,
     total: i64,
     /// Whether chunks are single 16-byte loads.
     vector: bool,
@@ -122,11 +121,21 @@ struct TileStage {
     /// The tile in stage 0, and its row pitch in bytes.
     tile: Reg,
     pitch: i64,
-    transposed: bool,
+}
+
+/// How `mma` reads a staged tile as its B operand (`k × n`).
+#[derive(Clone, Copy)]
+pub(super) enum Read {
+    /// The tile's rows are B's columns, `B[k][n] = tile[n][k]` (keys for `S = Q·Kᵀ`):
+    /// `ldmatrix`.
+    Rows,
+    /// The tile's rows are B's rows, `B[k][n] = tile[k][n]` (values for `O += P·V`):
+    /// `ldmatrix.trans`.
+    Columns,
 }
 
 /// `(x / n, x % n)` for a positive constant `n`.
-fn div_rem(c: &mut Ctx, x: Reg, n: i64) -> (Reg, Reg) {
+pub(super) fn div_rem(c: &mut Ctx, x: Reg, n: i64) -> (Reg, Reg) {
     match n.count_ones() {
         1 => (c.b.shr(x, n.trailing_zeros()), c.b.and(x, n - 1)),
         _ => (c.b.div(x, n), c.b.rem(x, n)),
@@ -134,69 +143,46 @@ fn div_rem(c: &mut Ctx, x: Reg, n: i64) -> (Reg, Reg) {
 }
 
 impl TileStage {
-    /// The staging of `v` into the tile at `tile` (stage 0). Keys (`transposed` false):
-    /// consecutive lanes take consecutive chunks of a key, so global loads coalesce. Values
-    /// (`transposed`): consecutive lanes take consecutive keys, so the transposed shared stores
-    /// hit distinct banks.
-    fn new(
-        c: &mut Ctx,
-        v: &Addressed,
-        shape: Shape,
-        transposed: bool,
-        tile: Reg,
-        tid: Reg,
-    ) -> TileStage {
+    /// The staging of tiles of `rows` rows of `v` into the tile at `tile` (stage 0).
+    pub fn new(c: &mut Ctx, v: &Addressed, rows: i64, tile: Reg, tid: Reg) -> TileStage {
         let width = v.view.dims[3].as_constant().expect("applies");
-        let per_key = width / VECTOR;
-        let total = shape.keys * per_key;
+        let per_row = width / VECTOR;
+        let total = rows * per_row;
         let chunks = (0..(total + THREADS - 1) / THREADS)
             .map(|_| [(); 4].map(|_| c.b.reg(Ty::B32)))
             .collect();
         TileStage {
             v: v.clone(),
-            shape,
-            per_key,
+            per_row,
             total,
             vector: vectorizable(&v.view, 3),
             tid,
             chunks,
             tile,
-            pitch: Self::layout(width, shape, transposed).1,
-            transposed,
+            pitch: Self::pitch(width),
         }
     }
 
-    /// Chunk `i`'s key and first column in the tile, and whether the lane has it (when the
+    /// Chunk `i`'s row and first column in the tile, and whether the lane has it (when the
     /// tile's chunks do not divide among the threads).
     fn place(&self, c: &mut Ctx, i: usize) -> (Reg, Reg, Option<Reg>) {
         let index = c.b.add(self.tid, i as i64 * THREADS);
-        let (key, chunk) = match self.transposed {
-            false => div_rem(c, index, self.per_key),
-            true => {
-                let (chunk, key) = div_rem(c, index, self.shape.keys);
-                (key, chunk)
-            }
-        };
+        let (row, chunk) = div_rem(c, index, self.per_row);
         let col = c.b.shl(chunk, VECTOR.trailing_zeros());
         let owned =
             ((i as i64 + 1) * THREADS > self.total).then(|| c.b.setp(Cmp::Lt, index, self.total));
-        (key, col, owned)
+        (row, col, owned)
     }
 
-    /// The shared tile's rows and their pitch in bytes: keys of `width` bf16 and 8 of padding,
-    /// or (transposed) `width` rows of the tile's keys.
-    fn layout(width: i64, shape: Shape, transposed: bool) -> (i64, i64) {
-        match transposed {
-            false => (shape.keys, (width + 8) * 2),
-            true => (width, shape.vt_row()),
-        }
+    /// Bytes of a shared row: `width` bf16 and 8 of padding, so the 8 rows an `ldmatrix`
+    /// reads at once fall in distinct banks.
+    fn pitch(width: i64) -> i64 {
+        (width + 8) * 2
     }
 
-    /// Bytes of the tile of `v`.
-    fn bytes(v: &View, shape: Shape, transposed: bool) -> i64 {
-        let width = v.dims[3].as_constant().expect("applies");
-        let (rows, pitch) = Self::layout(width, shape, transposed);
-        rows * pitch
+    /// Bytes of a tile of `rows` rows of `v`.
+    pub fn bytes(v: &View, rows: i64) -> i64 {
+        rows * Self::pitch(v.dims[3].as_constant().expect("applies"))
     }
 
     /// Runs `body` for the chunk where the lane has it.
@@ -211,15 +197,15 @@ impl TileStage {
         }
     }
 
-    /// Loads the chunks of keys `j0..j0 + keys` (of `key_count`) of the head at linear index
-    /// `head`.
-    fn load(&self, c: &mut Ctx, head: Reg, j0: Reg, key_count: &Operand) -> Result<()> {
+    /// Loads the chunks of rows `j0..j0 + rows` (of `row_count`; 0 past them) of the head at
+    /// linear index `head`.
+    pub fn load(&self, c: &mut Ctx, head: Reg, j0: Reg, row_count: &Operand) -> Result<()> {
         for (i, words) in self.chunks.iter().enumerate() {
-            let (key, col, owned) = self.place(c, i);
-            let j = c.b.add(j0, key);
-            let inside = c.b.setp(Cmp::Lt, j, key_count.clone());
-            let row = c.b.mad(j, self.v.strides[2].clone(), head);
-            let at = c.b.add(row, col);
+            let (row, col, owned) = self.place(c, i);
+            let j = c.b.add(j0, row);
+            let inside = c.b.setp(Cmp::Lt, j, row_count.clone());
+            let at = c.b.mad(j, self.v.strides[2].clone(), head);
+            let at = c.b.add(at, col);
             for &w in words {
                 c.b.assign(w, 0i64);
             }
@@ -251,43 +237,55 @@ impl TileStage {
     }
 
     /// Stores the loaded chunks into the tile of the stage at byte offset `stage`.
-    fn store(&self, c: &mut Ctx, stage: Reg) -> Result<()> {
+    pub fn store(&self, c: &mut Ctx, stage: Reg) -> Result<()> {
         let tile = c.b.add(self.tile, stage);
         for (i, words) in self.chunks.iter().enumerate() {
-            let (key, col, owned) = self.place(c, i);
+            let (row, col, owned) = self.place(c, i);
             Self::owned(c, owned, |c| {
-                if !self.transposed {
-                    let at = c.b.mad(key, self.pitch, tile);
-                    let at = c.b.mad(col, 2i64, at);
-                    c.b.st_v4(Space::Shared, at, 0, *words);
-                    return Ok(());
-                }
-                let at = c.b.mad(col, self.pitch, tile);
-                let at = c.b.mad(key, 2i64, at);
-                for (e, &w) in words.iter().enumerate() {
-                    let (lo, hi) = c.b.unpack(w);
-                    let row = 2 * e as i64 * self.pitch;
-                    c.b.st(Space::Shared, "b16", at, row, lo);
-                    c.b.st(Space::Shared, "b16", at, row + self.pitch, hi);
-                }
+                let at = c.b.mad(row, self.pitch, tile);
+                let at = c.b.mad(col, 2i64, at);
+                c.b.st_v4(Space::Shared, at, 0, *words);
                 Ok(())
             })?;
         }
         Ok(())
     }
 
-    /// The shared address (in stage 0) of a lane's first B fragment word: row `g` of the tile,
-    /// column `2t`.
-    fn fragment_base(&self, c: &mut Ctx, g: Reg, t: Reg) -> Reg {
-        let at = c.b.mad(g, self.pitch, self.tile);
-        c.b.mad(t, 4i64, at)
+    /// The shared address (in stage 0) lane `lane` gives `ldmatrix` for the B fragments of
+    /// n-tiles 0 and 1 at k-step 0: row `lane % 8` of matrix `m = lane / 8`, where the
+    /// matrices are (n-tile 0, k 0–7), (n-tile 0, k 8–15), (n-tile 1, k 0–7), (n-tile 1,
+    /// k 8–15).
+    pub fn lane_base(&self, c: &mut Ctx, lane: Reg, read: Read) -> Reg {
+        let row = c.b.and(lane, 7i64);
+        let (n_tile, k_half) = (c.b.shr(lane, 4), c.b.shr(lane, 3));
+        let k_half = c.b.and(k_half, 1i64);
+        // Rows: tile row `8·n_tile + row`, column `8·k_half`; Columns: tile row
+        // `8·k_half + row`, column `8·n_tile`.
+        let (tile_row, col) = match read {
+            Read::Rows => (c.b.mad(n_tile, 8i64, row), k_half),
+            Read::Columns => (c.b.mad(k_half, 8i64, row), n_tile),
+        };
+        let at = c.b.mad(tile_row, self.pitch, self.tile);
+        c.b.mad(col, 16i64, at)
     }
 
-    /// The B fragment of n-tile `ni` (8 rows of the tile) at k-step `kk` (16 columns), from the
-    /// lane's first fragment word `base` of the stage being read.
-    fn b_fragment(&self, c: &mut Ctx, base: Reg, ni: usize, kk: usize) -> [Reg; 2] {
-        let at = ni as i64 * 8 * self.pitch + kk as i64 * 32;
-        [0, 16].map(|d| c.b.ld(Space::Shared, "b32", Ty::B32, base, at + d, false))
+    /// The B fragments of n-tiles `ni` and `ni + 1` at k-step `kk`, from the lane's
+    /// [`TileStage::lane_base`] `base` in the stage being read.
+    fn b_fragments(
+        &self,
+        c: &mut Ctx,
+        base: Reg,
+        read: Read,
+        ni: usize,
+        kk: usize,
+    ) -> [[Reg; 2]; 2] {
+        let (ni, kk) = (ni as i64, kk as i64);
+        let (at, trans) = match read {
+            Read::Rows => (ni * 8 * self.pitch + kk * 32, false),
+            Read::Columns => (kk * 16 * self.pitch + ni * 16, true),
+        };
+        let [a, b, c2, d] = c.b.ldmatrix_x4(base, at, trans);
+        [[a, b], [c2, d]]
     }
 }
 
@@ -298,11 +296,60 @@ fn pack_bf16(c: &mut Ctx, lo: Reg, hi: Reg) -> Result<Reg> {
     Ok(c.b.pack(Ty::B32, lo, hi))
 }
 
+/// Loads row `r` of the head at linear index `head` of `v` (0 where `inside` is false) into
+/// the words of a lane's A fragments of one m-tile that hold it: `half` 0 for row `g`, 1 for
+/// row `g + 8`, one fragment per k-step of 16 columns.
+pub(super) fn load_a_row(
+    c: &mut Ctx,
+    v: &Addressed,
+    (head, r, half): (Reg, Reg, usize),
+    inside: Reg,
+    t: Reg,
+    frags: &[[Reg; 4]],
+) -> Result<()> {
+    let row = c.b.mad(r, v.strides[2].clone(), head);
+    let at = c.b.mad(t, 2i64, row);
+    for (kk, frag) in frags.iter().enumerate() {
+        for (which, col) in [(0, 0), (2, 8)] {
+            let word = frag[which + half];
+            c.b.assign(word, 0i64);
+            c.when(inside, |c| {
+                let lo_at = c.b.add(at, kk as i64 * 16 + col);
+                let lo = c.load(v, lo_at)?;
+                let hi_at = c.b.add(lo_at, 1i64);
+                let hi = c.load(v, hi_at)?;
+                let pair = c.b.pack(Ty::B32, lo, hi);
+                c.b.assign(word, pair);
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// One m-tile of accumulators (n-tiles of 8 columns) as the A fragments of k-steps of 16
+/// columns, each pair rounded to bf16: the accumulator layout of two n-tiles is the A layout
+/// of one k-step.
+pub(super) fn as_a_fragments(c: &mut Ctx, tiles: &[[Reg; 4]]) -> Result<Vec<[Reg; 4]>> {
+    tiles
+        .chunks(2)
+        .map(|pair| {
+            let (lo, hi) = (pair[0], pair[1]);
+            Ok([
+                pack_bf16(c, lo[0], lo[1])?,
+                pack_bf16(c, lo[2], lo[3])?,
+                pack_bf16(c, hi[0], hi[1])?,
+                pack_bf16(c, hi[2], hi[3])?,
+            ])
+        })
+        .collect()
+}
+
 /// A fold of two values into one.
-type Fold = fn(&mut Ctx, Reg, Reg) -> Reg;
+pub(super) type Fold = fn(&mut Ctx, Reg, Reg) -> Reg;
 
 /// `xs` folded pairwise (a tree, so the folds are independent instructions).
-fn tree(c: &mut Ctx, mut xs: Vec<Reg>, fold: Fold) -> Reg {
+pub(super) fn tree(c: &mut Ctx, mut xs: Vec<Reg>, fold: Fold) -> Reg {
     while xs.len() > 1 {
         xs = xs
             .chunks(2)
@@ -317,7 +364,7 @@ fn tree(c: &mut Ctx, mut xs: Vec<Reg>, fold: Fold) -> Reg {
 }
 
 /// Folds `x` over the four lanes that share a fragment row (lanes `4g..4g + 4`).
-fn row_fold(c: &mut Ctx, x: Reg, fold: Fold) -> Reg {
+pub(super) fn row_fold(c: &mut Ctx, x: Reg, fold: Fold) -> Reg {
     let mut acc = x;
     for offset in [1, 2] {
         let other = c.b.shfl(Shuffle::Xor, acc, offset);
@@ -327,19 +374,25 @@ fn row_fold(c: &mut Ctx, x: Reg, fold: Fold) -> Reg {
 }
 
 /// The bounds of the keys a block walks and of those every row sees.
-struct BlockRange {
+pub(super) struct BlockRange {
     /// The union of the rows' runs: `lo..hi`.
-    lo: Reg,
-    hi: Reg,
+    pub lo: Reg,
+    pub hi: Reg,
     /// The intersection: a tile inside `all_lo..all_hi` needs no mask.
-    all_lo: Reg,
-    all_hi: Reg,
+    pub all_lo: Reg,
+    pub all_hi: Reg,
 }
 
 /// The block's range from each lane's rows' runs (`lo..hi`; an empty run has `lo` = `i64::MAX`
 /// and `hi` = 0, so it takes no part in the union and empties the intersection), folded over
 /// the warps through `slots` (4 s64 per warp).
-fn block_range(c: &mut Ctx, runs: &[(Reg, Reg)], slots: Reg, warp: Reg, lane: Reg) -> BlockRange {
+pub(super) fn block_range(
+    c: &mut Ctx,
+    runs: &[(Reg, Reg)],
+    slots: Reg,
+    warp: Reg,
+    lane: Reg,
+) -> BlockRange {
     let (los, his): (Vec<Reg>, Vec<Reg>) = runs.iter().copied().unzip();
     let min: Fold = |c, x, y| c.b.min(x, y);
     let max: Fold = |c, x, y| c.b.max(x, y);
@@ -391,23 +444,30 @@ fn block_range(c: &mut Ctx, runs: &[(Reg, Reg)], slots: Reg, warp: Reg, lane: Re
 }
 
 /// Fragment registers of one lane: `[m-tile][n-tile or k-step][word]`.
-type Fragments = Vec<Vec<[Reg; 4]>>;
+pub(super) type Fragments = Vec<Vec<[Reg; 4]>>;
 
-fn fragments(c: &mut Ctx, m_tiles: usize, n: usize, ty: Ty) -> Fragments {
+pub(super) fn fragments(c: &mut Ctx, m_tiles: usize, n: usize, ty: Ty) -> Fragments {
     (0..m_tiles)
         .map(|_| (0..n).map(|_| [(); 4].map(|_| c.b.reg(ty))).collect())
         .collect()
 }
 
-/// `acc[mi][ni] += a[mi][kk]·B(ni, kk)` over the k-steps of `a` and the n-tiles of `acc`, B
-/// read from `tile`'s stage at the lane's fragment address `base`, each B fragment loaded once
-/// for every m-tile.
-fn multiply(c: &mut Ctx, acc: &Fragments, a: &Fragments, tile: &TileStage, base: Reg) {
+/// `acc[mi][ni] += a[mi][kk]·B(ni, kk)` over the k-steps of `a` and the n-tiles of `acc` (an
+/// even number), B read from `tile`'s stage as `read` says, at the lane's `ldmatrix` address
+/// `base`; each pair of B fragments is loaded once for every m-tile.
+pub(super) fn multiply(
+    c: &mut Ctx,
+    acc: &Fragments,
+    a: &Fragments,
+    (tile, read): (&TileStage, Read),
+    base: Reg,
+) {
     for kk in 0..a[0].len() {
-        for (ni, _) in acc[0].iter().enumerate() {
-            let b = tile.b_fragment(c, base, ni, kk);
+        for ni in (0..acc[0].len()).step_by(2) {
+            let b = tile.b_fragments(c, base, read, ni, kk);
             for (acc, a) in acc.iter().zip(a) {
-                c.b.mma_bf16(acc[ni], a[kk], b);
+                c.b.mma_bf16(acc[ni], a[kk], b[0]);
+                c.b.mma_bf16(acc[ni + 1], a[kk], b[1]);
             }
         }
     }
@@ -435,15 +495,15 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     let (lane, warp) = (c.b.and(tid, 31i64), c.b.shr(tid, 5));
     let (g, t) = (c.b.shr(lane, 2), c.b.and(lane, 3i64));
     // Two stages, each a key tile then a value tile.
-    let k_bytes = TileStage::bytes(k, shape, false);
-    let stage_bytes = k_bytes + TileStage::bytes(v, shape, true);
+    let k_bytes = TileStage::bytes(k, keys_per_tile);
+    let stage_bytes = k_bytes + TileStage::bytes(v, keys_per_tile);
     let region = c.b.shared((2 * stage_bytes) as u32);
     let v_tile = c.b.add(region, k_bytes);
-    let ks = TileStage::new(c, &views.k, shape, false, region, tid);
-    let vs = TileStage::new(c, &views.v, shape, true, v_tile, tid);
+    let ks = TileStage::new(c, &views.k, keys_per_tile, region, tid);
+    let vs = TileStage::new(c, &views.v, keys_per_tile, v_tile, tid);
     let slots = c.b.shared((WARPS * 32) as u32);
-    let k_frag = ks.fragment_base(c, g, t);
-    let v_frag = vs.fragment_base(c, g, t);
+    let k_frag = ks.lane_base(c, lane, Read::Rows);
+    let v_frag = vs.lane_base(c, lane, Read::Columns);
     let stage = c.b.mov(Ty::S64, 0i64);
     // Scores are multiplied by `factor` inside the exponent; a scale that is not positive (the
     // maximum would be the minimum) is applied to the scores first.
@@ -492,23 +552,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
                     c.b.selp(lo, i64::MAX, inside, Ty::S64),
                     c.b.selp(hi, 0i64, inside, Ty::S64),
                 ));
-                let row = c.b.mad(r, views.q.strides[2].clone(), q_head);
-                let at = c.b.mad(t, 2i64, row);
-                for (kk, frag) in q_frags[mi].iter().enumerate() {
-                    for (which, col) in [(0, 0), (2, 8)] {
-                        let word = frag[which + half];
-                        c.b.assign(word, 0i64);
-                        c.when(inside, |c| {
-                            let lo_at = c.b.add(at, kk as i64 * 16 + col);
-                            let lo = c.load(&views.q, lo_at)?;
-                            let hi_at = c.b.add(lo_at, 1i64);
-                            let hi = c.load(&views.q, hi_at)?;
-                            let pair = c.b.pack(Ty::B32, lo, hi);
-                            c.b.assign(word, pair);
-                            Ok(())
-                        })?;
-                    }
-                }
+                load_a_row(c, &views.q, (q_head, r, half), inside, t, &q_frags[mi])?;
             }
         }
         let range = block_range(c, &runs, slots, warp, lane);
@@ -541,7 +585,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
                 c.b.assign(x, 0.0f32);
             }
             let k_at = c.b.add(k_frag, stage);
-            multiply(c, &s, &q_frags, &ks, k_at);
+            multiply(c, &s, &q_frags, (&ks, Read::Rows), k_at);
             // The next tile goes to the other stage (read after this tile's barrier), now that
             // its registers are free for the softmax.
             let other = c.b.xor(stage, stage_bytes);
@@ -613,32 +657,34 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
             }
             // 4. O += P·V, the probabilities as A fragments.
             let v_at = c.b.add(v_frag, stage);
-            let mut p = Vec::new();
-            for tiles in &s {
-                let mut steps = Vec::new();
-                for pair in tiles.chunks(2) {
-                    let (lo, hi) = (pair[0], pair[1]);
-                    steps.push([
-                        pack_bf16(c, lo[0], lo[1])?,
-                        pack_bf16(c, lo[2], lo[3])?,
-                        pack_bf16(c, hi[0], hi[1])?,
-                        pack_bf16(c, hi[2], hi[3])?,
-                    ]);
-                }
-                p.push(steps);
-            }
-            multiply(c, &acc, &p, &vs, v_at);
+            let p = s
+                .iter()
+                .map(|tiles| as_a_fragments(c, tiles))
+                .collect::<Result<Vec<_>>>()?;
+            multiply(c, &acc, &p, (&vs, Read::Columns), v_at);
             c.b.assign(stage, other);
             c.b.bar_sync();
             Ok(())
         })?;
-        // Each row divided by its sum, and stored.
+        // Each row divided by its sum, and stored; or its log-sum-exp,
+        // `(factor·m + log₂ l)·ln 2` (`-∞` for a row that sees no key).
         for (row, &l) in l.iter().enumerate() {
             let (mi, half) = (row / 2, row % 2);
             let r = rows[mi][half];
             let total = row_fold(c, l, |c, x, y| c.b.add(x, y));
-            let inv = c.b.rcp(total);
             let inside = c.b.setp(Cmp::Lt, r, seq.clone());
+            if kernel.output == AttentionOutput::LogSumExp {
+                let first_lane = c.b.setp(Cmp::Eq, t, 0i64);
+                let store = c.b.and(inside, first_lane);
+                c.when(store, |c| {
+                    let log = math::log(&mut c.b, total);
+                    let lse = c.b.mad(m[row], factor * std::f32::consts::LN_2, log);
+                    let at = c.b.mad(r, views.out.strides[2].clone(), out_head);
+                    c.store(views.out.base.expect("a buffer"), at, DType::F32, lse)
+                })?;
+                continue;
+            }
+            let inv = c.b.rcp(total);
             c.when(inside, |c| {
                 let at = c.b.mad(r, views.out.strides[2].clone(), out_head);
                 let at = c.b.mad(t, 2i64, at);

@@ -8,6 +8,7 @@
 
 mod attention;
 mod attention_grad;
+mod attention_grad_mma;
 mod attention_mma;
 mod attention_rows;
 mod context;
@@ -30,7 +31,7 @@ mod tests;
 use crate::error::Result;
 use crate::ptx::KernelBuilder;
 use context::Ctx;
-use kiln_backend_cpu::kernel::{Kernel, DECODE_ROWS};
+use kiln_backend_cpu::kernel::{AttentionOutput, Kernel, DECODE_ROWS};
 use kiln_runtime::manifest::Launch;
 
 pub use library_gemm::offer as library_gemm;
@@ -218,12 +219,12 @@ fn kind(kernel: &Kernel) -> &'static str {
         Kernel::Gather { .. } => "gather",
         Kernel::Scatter { .. } => "scatter",
         Kernel::Attention(a) => match a.output {
-            kiln_backend_cpu::kernel::AttentionOutput::Values if attention_mma::applies(a) => {
-                "attention_mma"
-            }
-            kiln_backend_cpu::kernel::AttentionOutput::Values => "attention",
-            kiln_backend_cpu::kernel::AttentionOutput::LogSumExp => "attention_lse",
+            AttentionOutput::Values if attention_mma::applies(a) => "attention_mma",
+            AttentionOutput::LogSumExp if attention_mma::applies(a) => "attention_lse_mma",
+            AttentionOutput::Values => "attention",
+            AttentionOutput::LogSumExp => "attention_lse",
         },
+        Kernel::AttentionGrad(a) if attention_grad_mma::applies(a) => "attention_grad_mma",
         Kernel::AttentionGrad(_) => "attention_grad",
     }
 }
@@ -277,6 +278,9 @@ pub fn emit(group: &Group) -> Result<(KernelBuilder, Launch)> {
             mode,
             out,
         } => scatter::emit(&mut c, indices, updates, *axis, *mode, out)?,
+        Kernel::AttentionGrad(a) if attention_grad_mma::applies(a) => {
+            attention_grad_mma::emit(&mut c, a)?
+        }
         Kernel::AttentionGrad(a) => attention_grad::emit_grad(&mut c, a)?,
     };
     Ok(finish(c, launch))

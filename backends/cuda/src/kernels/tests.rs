@@ -597,11 +597,11 @@ const NARROW_LLAMA: &str = r#"{
 /// The bound on the relative error of each output of one `train_step` at `bf16` (see below).
 fn train_step_tolerance(output: &str) -> f64 {
     match output.split('.').next().unwrap() {
-        "loss" => 1e-5,
-        "grad_norm" => 1e-4,
-        "adam_m" => 5e-3,
-        "adam_v" => 1e-2,
-        "param" => 1e-3,
+        "loss" => 1e-4,
+        "grad_norm" => 1e-3,
+        "adam_m" => 1.5e-2,
+        "adam_v" => 3e-2,
+        "param" => 3e-3,
         other => panic!("unexpected train_step output `{other}`"),
     }
 }
@@ -611,22 +611,26 @@ fn train_step_tolerance(output: &str) -> f64 {
 /// 0.1, as an initializer leaves them) on random tokens, against the interpreter on the same
 /// graph. Summation order makes a few casts round to the other side of a bf16 boundary (as in
 /// the inference programs), and a flipped element of a matmul operand moves every gradient
-/// below it by a fraction of a bf16 unit: this seed flips some. Worst relative errors measured
-/// over seeds 0–4 here, and on the tiny Llama's own widths (batch 2 × 5, seed 7), with the
-/// tensor-core matmuls (`matmul_mma`), and the bounds, set when the matmuls summed in f32
-/// FMAs and flipped more (up to 1.0e-3 on the first moments then):
+/// below it by a fraction of a bf16 unit: this seed flips some. Since attention takes bf16
+/// operands in training too (forward and backward), its kernels' probabilities differ from the
+/// interpreter's by up to two bf16 roundings each (the kernels round them before the division
+/// by the row's sum, the interpreter after; `attention_mma.rs`), and that difference reaches
+/// the loss and every gradient below attention (the backward's `Δ` reads the forward's
+/// result). Worst relative errors (L2) over seeds 0–4 with the tensor-core matmuls, with
+/// attention kept f32 (before) and with bf16 attention (now), and the bounds:
 ///
-/// | output | seeds 0–4 | tiny Llama | bound |
+/// | output | attention f32 | attention bf16 | bound |
 /// | --- | --- | --- | --- |
-/// | loss | 1.2e-7 | 0 | 1e-5 |
-/// | gradient norm | 2.9e-7 | 8.1e-8 | 1e-4 |
-/// | first moments (the clipped gradients) | 4.2e-4 | 6.8e-7 | 5e-3 (1.3 bf16 units) |
-/// | second moments (their squares) | 2.6e-4 | 4.7e-7 | 1e-2 |
-/// | parameters | 3.1e-5 | 2.4e-8 | 1e-3 |
+/// | loss | 1.2e-7 | 3.2e-5 | 1e-4 |
+/// | gradient norm | 2.9e-7 | 4.3e-4 | 1e-3 |
+/// | first moments (the clipped gradients) | 4.2e-4 | 7.9e-3 | 1.5e-2 |
+/// | second moments (their squares) | 2.6e-4 | 1.7e-2 | 3e-2 |
+/// | parameters | 3.1e-5 | 1.5e-3 | 3e-3 |
 ///
 /// The parameters move most where a gradient is near zero: AdamW's first step moves each by
 /// `lr·g/(|g| + ε)`, so a gradient of a few ε that changes moves its parameter by up to `2·lr`.
-/// Without a flip (seeds 1 and 2) every output is within 5.3e-7.
+/// The attention kernels themselves are checked alone against the interpreter with the
+/// forward's result shared (`bf16_attention_backward_on_tensor_cores_matches_the_interpreter`).
 #[test]
 fn train_step_at_bf16_matches_the_interpreter() {
     use kiln_frontend::Program;
@@ -921,10 +925,9 @@ fn bf16_matmuls_on_tensor_cores_match_the_interpreter() {
 }
 
 /// FlashAttention's forward on tensor cores (`attention_mma`) against the interpreter: bf16
-/// queries, keys and values (cast from f32 inputs) under every mask kind, GQA, head sizes 16 to
-/// 128, queries and keys past a whole tile (two blocks of queries, two tiles of keys, both with
-/// tails; 80 × 32 keys is a tile whose chunks do not divide among the threads), and random positions, so some tiles are inside every row's run, some cross it, and
-/// some rows see no key (NaN).
+/// queries, keys and values (cast from f32 inputs) on `kiln_ir::testing::BF16_ATTENTION_CASES`
+/// (every mask kind, GQA, head sizes 16 to 128, queries and keys past whole tiles, random
+/// positions: some rows see no key and get NaN).
 ///
 /// Bound: the interpreter rounds each normalized probability to bf16, the kernel each
 /// unnormalized one, so each weight differs by at most two bf16 roundings (`2·2⁻⁸` relative),
@@ -932,31 +935,10 @@ fn bf16_matmuls_on_tensor_cores_match_the_interpreter() {
 /// sums and `ex2.approx`; `Σⱼ pⱼ·|vⱼ|` is the interpreter's attention over `|v|`).
 #[test]
 fn bf16_attention_on_tensor_cores_matches_the_interpreter() {
-    // (mask, positions, heads, kv heads, d, dv, queries, keys, padding)
-    let cases = [
-        ("causal", "i64", 4, 2, 64, 64, 70, 100, ""),
-        ("window(20)", "i64", 2, 1, 32, 16, 70, 90, ""),
-        ("prefix(9)", "i32", 2, 2, 16, 32, 20, 70, ""),
-        ("none", "", 3, 1, 80, 128, 17, 66, ""),
-        ("causal", "i64", 2, 1, 64, 64, 70, 100, "i64"),
-        ("window(20)", "i32", 2, 2, 32, 32, 40, 70, "i32"),
-    ];
     let mut failures = Vec::new();
-    for (mask, pos, heads, kv, d, dv, s, t, pad) in cases {
-        let mut text = "graph attention\nsym b <= 2\nsym s <= 80\nsym t <= 128\n".to_string();
-        for (name, h, len, width) in [("q", heads, "s", d), ("k", kv, "t", d), ("v", kv, "t", dv)] {
-            text += &format!(
-                "input %{name}x : f32[b, {h}, {len}, {width}]\n\
-                 %{name} = cast %{name}x : bf16[b, {h}, {len}, {width}]\n"
-            );
-        }
-        let (operands, padding) = kiln_ir::testing::attention_inputs(&mut text, "s", pos, pad);
-        let group = heads / kv;
-        text += &format!(
-            "%y = flash_attention {operands} mask={mask} padding={padding} bias=none \
-             group={group} scale=0.125 tile_q=64 tile_k=64 : f32[b, {heads}, s, {dv}]\n\
-             output y = %y\n"
-        );
+    for case in kiln_ir::testing::BF16_ATTENTION_CASES {
+        let (mask, _, _, _, _, _, s, t, padding) = case;
+        let text = kiln_ir::testing::bf16_attention_forward(case);
         let g = kiln_ir::text::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let artifact = crate::compile(std::slice::from_ref(&g), model()).unwrap();
         let ptx = std::str::from_utf8(&artifact.object).unwrap();
@@ -975,6 +957,67 @@ fn bf16_attention_on_tensor_cores_matches_the_interpreter() {
             failures.push(format!(
                 "{mask} padding={padding}: error {worst:e} of the bound"
             ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// FlashAttention's backward on tensor cores (`attention_lse_mma`, `attention_grad_mma`)
+/// against the interpreter: bf16 queries, keys, values and output gradient under every mask
+/// kind, GQA, head sizes 16 to 128, rows and columns past whole blocks and tiles, random
+/// positions (some queries see no key: their log-sum-exp is `-∞` and they add nothing).
+///
+/// Bound: each result within `2⁻⁸` of its largest magnitude. Kernel and interpreter round the
+/// same weights (probabilities, score gradients) to bf16; their f32 values differ in the last
+/// bits (`ex2.approx`, sums in another order), which moves a rounding by one bf16 step at most
+/// (`2⁻⁸` relative) for a few weights. A wrong mask, statistic or layout is off by far more.
+#[test]
+fn bf16_attention_backward_on_tensor_cores_matches_the_interpreter() {
+    let mut failures = Vec::new();
+    for case in kiln_ir::testing::BF16_ATTENTION_CASES {
+        let (mask, _, _, _, _, _, s, t, padding) = case;
+        let text = kiln_ir::testing::bf16_attention_backward(case);
+        let g = kiln_ir::text::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let artifact = crate::compile(std::slice::from_ref(&g), model()).unwrap();
+        let ptx = std::str::from_utf8(&artifact.object).unwrap();
+        for entry in ["attention_lse_mma_", "attention_grad_mma_"] {
+            assert!(
+                ptx.contains(&format!(".entry {entry}")),
+                "{mask}: no {entry}"
+            );
+        }
+        let e = env(&[("b", 2), ("s", s), ("t", t)]);
+        let (inputs, weights) = random_bindings(&g, &e, t as u64 + 8, 5).unwrap();
+        let got = emulate(&artifact, "attention", &inputs, &weights);
+        let want = interpret(&g, &inputs, &weights).unwrap();
+        for name in ["lse", "dq", "dk", "dv"] {
+            let (got, want) = (&got[name], &want[name]);
+            let values = |x: &Tensor| {
+                (0..x.numel())
+                    .map(|i| x.data.get_f64(i))
+                    .collect::<Vec<_>>()
+            };
+            let (got, want) = (values(got), values(want));
+            let largest = want
+                .iter()
+                .filter(|x| x.is_finite())
+                .fold(0f64, |m, x| m.max(x.abs()));
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| match (g.is_finite(), w.is_finite()) {
+                    (false, false) if g == w => 0.0,
+                    (true, true) => (g - w).abs() / largest,
+                    _ => f64::INFINITY,
+                })
+                .fold(0f64, f64::max);
+            let worst = worst / 2f64.powi(-8);
+            println!("{mask} padding={padding} {name}: worst error {worst:.3} of the bound");
+            if worst > 1.0 || got.len() != want.len() {
+                failures.push(format!(
+                    "{mask} padding={padding} {name}: {worst:e} of the bound"
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -389,6 +389,22 @@ impl KernelBuilder {
         ));
     }
 
+    /// The warp collective `ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16`: four 8×8
+    /// matrices of 16-bit elements from shared memory, lane `l` giving the address (plus
+    /// `offset`; 16-byte aligned) of row `l % 8` of matrix `l / 8`. Word `i` of lane `l` holds
+    /// two elements of matrix `i`, low half first: row `l / 4`, columns `2·(l % 4)` and the
+    /// next; with `trans`, those of its transpose (column `l / 4`, rows `2·(l % 4)` and the
+    /// next), which is an `mma` B fragment word of a tile stored `[k][n]`.
+    pub fn ldmatrix_x4(&mut self, addr: Reg, offset: i64, trans: bool) -> [Reg; 4] {
+        let words = [(); 4].map(|_| self.reg(Ty::B32));
+        let trans = if trans { ".trans" } else { "" };
+        self.line(format!(
+            "ldmatrix.sync.aligned.m8n8.x4{trans}.shared.b16 {}, [{addr}+{offset}]",
+            vector(&words)
+        ));
+        words
+    }
+
     /// `acc += a·b` on tensor cores for one 16×8 tile, in place: the warp collective
     /// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`. Each lane holds its fragments in
     /// the PTX ISA's layout: `a` four `.b32` of two bf16 each (the 16×16 `A`, row-major),

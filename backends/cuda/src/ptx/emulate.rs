@@ -4,7 +4,8 @@
 //! vector's), as the hardware requires.
 //!
 //! Threads run one at a time until they reach a point where they must meet others: a warp
-//! shuffle, warp barrier or `mma` (all 32 lanes of the warp, at the same instruction) or a
+//! shuffle, warp barrier, `mma` or `ldmatrix` (all 32 lanes of the warp, at the same
+//! instruction) or a
 //! block barrier (every live thread of the block). That is the convergence kiln's kernels
 //! guarantee; a kernel that breaks it fails here as a deadlock. Arithmetic follows PTX's
 //! rounding: `.rn` float operations in f32 / f64, `fma` fused, `ex2.approx` correctly rounded
@@ -350,7 +351,7 @@ impl Thread {
                     self.done = true;
                     return Stop::Done;
                 }
-                "shfl" | "mma" => return Stop::Warp,
+                "shfl" | "mma" | "ldmatrix" => return Stop::Warp,
                 "bar" if parts.get(1) == Some(&"warp") => return Stop::Warp,
                 "bar" => return Stop::Block,
                 "bra" => {
@@ -664,7 +665,8 @@ pub fn launch(
                     lanes.iter().all(|&i| ts[i].pc == pc),
                     "lanes of warp {w} meet at different instructions"
                 );
-                collective(&program.insts[pc], &mut ts, &lanes, program, params);
+                let inst = &program.insts[pc];
+                collective(inst, &mut ts, &lanes, (program, params), &shared);
                 for &i in &lanes {
                     ts[i].pc += 1;
                     waiting[i] = false;
@@ -685,17 +687,18 @@ pub fn launch(
     }
 }
 
-/// A shuffle or warp barrier, executed by `lanes` together.
+/// A shuffle, warp barrier, `mma` or `ldmatrix`, executed by `lanes` together.
 fn collective(
     inst: &Inst,
     ts: &mut [Thread],
     lanes: &[usize],
-    p: &Program,
-    params: &HashMap<String, u64>,
+    (p, params): (&Program, &HashMap<String, u64>),
+    shared: &[u8],
 ) {
     match inst.parts[0].as_str() {
         "bar" => return,
         "mma" => return mma(inst, ts, lanes),
+        "ldmatrix" => return ldmatrix(inst, ts, lanes, (p, params), shared),
         _ => {}
     }
     let values: Vec<u64> = lanes
@@ -717,6 +720,56 @@ fn collective(
         .collect();
     for (&i, v) in lanes.iter().zip(results) {
         ts[i].write(inst.dst.as_ref().unwrap(), v);
+    }
+}
+
+/// `ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 d, [addr]` by the 32 lanes of a warp: lane
+/// `l` names row `l % 8` of matrix `l / 8` (16-byte aligned), and word `i` of lane `l` receives
+/// row `l / 4`, columns `2·(l % 4)` and the next, of matrix `i` (with `.trans`: column `l / 4`,
+/// rows `2·(l % 4)` and the next), the lower column (row) in the low half.
+fn ldmatrix(
+    inst: &Inst,
+    ts: &mut [Thread],
+    lanes: &[usize],
+    (p, params): (&Program, &HashMap<String, u64>),
+    shared: &[u8],
+) {
+    let name = inst.parts.join(".");
+    let trans = match name.as_str() {
+        "ldmatrix.sync.aligned.m8n8.x4.shared.b16" => false,
+        "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" => true,
+        other => panic!("unsupported {other}"),
+    };
+    assert_eq!(lanes.len(), 32, "ldmatrix needs a full warp");
+    let Opnd::Addr(base, offset) = &inst.srcs[0] else {
+        panic!("ldmatrix needs an address")
+    };
+    let rows: Vec<usize> = lanes
+        .iter()
+        .map(|&i| ts[i].value(base, p, params).wrapping_add(*offset as u64) as usize)
+        .collect();
+    for &at in &rows {
+        assert!(
+            at.is_multiple_of(16),
+            "ldmatrix row at {at:#x} is not 16-byte aligned"
+        );
+    }
+    let element = |m: usize, row: usize, col: usize| {
+        let at = rows[8 * m + row] + 2 * col;
+        u16::from_le_bytes([shared[at], shared[at + 1]]) as u64
+    };
+    let Some(Opnd::Vector(dsts)) = &inst.dst else {
+        panic!("ldmatrix writes a vector")
+    };
+    for (lane, &i) in lanes.iter().enumerate() {
+        let (g, t) = (lane / 4, lane % 4);
+        for (m, &r) in dsts.iter().enumerate() {
+            let (lo, hi) = match trans {
+                false => (element(m, g, 2 * t), element(m, g, 2 * t + 1)),
+                true => (element(m, 2 * t, g), element(m, 2 * t + 1, g)),
+            };
+            ts[i].regs[r] = lo | hi << 16;
+        }
     }
 }
 
