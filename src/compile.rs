@@ -132,7 +132,11 @@ pub fn optimized_programs(
     if !target.precisions(false).contains(&precision) {
         return Err(target.refusal(precision));
     }
-    let pipeline = Pipeline::with_options(options);
+    let pipeline = match target {
+        Target::Cpu => Pipeline::with_options(options),
+        // Bound by memory bandwidth: a softmax's exponentials cost less than their traffic.
+        Target::Cuda => Pipeline::with_options(options).recomputing_transcendentals(),
+    };
     let mut graphs = Vec::new();
     for &program in programs {
         let allowed = target.precisions(true);

@@ -788,7 +788,7 @@ proptest! {
     fn fused_random_graphs_match_the_interpreter(seed in any::<u64>()) {
         let g = random_graph(seed, CPU_PROFILE);
         let mut fused = g.clone();
-        ElementwiseFusion.run(&mut fused).unwrap();
+        ElementwiseFusion::default().run(&mut fused).unwrap();
         let envs: Vec<Bindings> = [(2, 3), (1, 5), (4, 6)]
             .into_iter()
             .map(|(b, s)| [("batch".to_string(), b), ("seq".to_string(), s)].into())
@@ -828,7 +828,7 @@ output z = %11",
     )
     .unwrap();
     let mut fused = g.clone();
-    ElementwiseFusion.run(&mut fused).unwrap();
+    ElementwiseFusion::default().run(&mut fused).unwrap();
     let printed = kiln_ir::text::print(&fused);
     assert_eq!(printed.matches("= fused_matmul").count(), 3, "{printed}");
     let envs: Vec<Bindings> = [1, 4, 20, 3]
@@ -866,7 +866,7 @@ output cache = %9",
     )
     .unwrap();
     let mut fused = g.clone();
-    ElementwiseFusion.run(&mut fused).unwrap();
+    ElementwiseFusion::default().run(&mut fused).unwrap();
     let artifact = compile(std::slice::from_ref(&fused)).unwrap();
     let labels: Vec<&str> = artifact.manifest.programs[0]
         .steps

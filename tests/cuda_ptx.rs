@@ -280,7 +280,7 @@ fn random_graphs_assemble() {
     for seed in 0..48 {
         let g = random_graph(seed, PROFILE);
         let mut fused = g.clone();
-        ElementwiseFusion.run(&mut fused).unwrap();
+        ElementwiseFusion::default().run(&mut fused).unwrap();
         graphs.extend([g, fused]);
     }
     let kernels = assemble_graphs(&ptxas, graphs, "random graphs");

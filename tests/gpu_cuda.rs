@@ -134,7 +134,7 @@ fn random_graphs_match_the_interpreter() {
     for seed in 0..64u64 {
         let g = random_graph(seed, PROFILE);
         let mut fused = g.clone();
-        ElementwiseFusion.run(&mut fused).unwrap();
+        ElementwiseFusion::default().run(&mut fused).unwrap();
         for (what, compiled) in [("plain", &g), ("fused", &fused)] {
             if let Err(e) = check_on_gpu(&g, compiled, &envs, Tol::Norm(1e-4)) {
                 failures.push(format!("seed {seed} {what}: {e}"));

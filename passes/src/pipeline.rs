@@ -60,10 +60,25 @@ impl Pipeline {
                 Box::new(crate::mixed_precision::MixedPrecision {
                     precision: options.precision,
                 }),
-                Box::new(crate::elementwise_fusion::ElementwiseFusion),
+                Box::new(crate::elementwise_fusion::ElementwiseFusion::default()),
             ],
         }
         .without(&options.skip)
+    }
+
+    /// This pipeline with `elementwise-fusion` computing a softmax's exponentials again where
+    /// they are read instead of storing them (`ElementwiseFusion::recompute_transcendentals`):
+    /// for targets bound by memory bandwidth.
+    pub fn recomputing_transcendentals(mut self) -> Pipeline {
+        let fusion = crate::elementwise_fusion::ElementwiseFusion {
+            recompute_transcendentals: true,
+        };
+        for pass in &mut self.passes {
+            if pass.name() == fusion.name() {
+                *pass = Box::new(fusion);
+            }
+        }
+        self
     }
 
     /// This pipeline less the passes named in `skip` (names no pass has are ignored; see

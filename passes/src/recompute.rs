@@ -327,7 +327,7 @@ fn max_bytes(g: &Graph, id: NodeId) -> u64 {
 /// elementwise intermediates): fused on a copy first.
 fn estimate(g: &Graph) -> Result<Estimate, IrError> {
     let mut fused = g.clone();
-    crate::elementwise_fusion::ElementwiseFusion.run(&mut fused)?;
+    crate::elementwise_fusion::ElementwiseFusion::default().run(&mut fused)?;
     Ok(estimate_as_is(&fused))
 }
 

@@ -11,16 +11,20 @@ fn env(pairs: &[(&str, usize)]) -> Bindings {
     pairs.iter().map(|(s, v)| (s.to_string(), *v)).collect()
 }
 
-fn fuse(before: &Graph) -> Graph {
+fn fuse(before: &Graph, pass: ElementwiseFusion) -> Graph {
     let mut after = before.clone();
-    ElementwiseFusion.run(&mut after).unwrap();
+    pass.run(&mut after).unwrap();
     kiln_ir::verify(&after).unwrap();
     after
 }
 
 fn check(input: &str, pairs: &[(&str, usize)]) -> String {
+    check_with(ElementwiseFusion::default(), input, pairs)
+}
+
+fn check_with(pass: ElementwiseFusion, input: &str, pairs: &[(&str, usize)]) -> String {
     let before = text::parse(input).unwrap();
-    let after = fuse(&before);
+    let after = fuse(&before, pass);
     check_equivalent(&before, &after, &env(pairs), 3, 0..4, 0.0).unwrap();
     let printed = text::print(&after);
     assert_eq!(
@@ -113,6 +117,55 @@ output y = %4
         "exp is computed once:\n{out}"
     );
     assert!(out.contains("reduce_sum %0 axes=[1]"), "{out}");
+}
+
+/// Where the pass recomputes transcendentals (a bandwidth-bound target), a softmax's
+/// exponentials of `x − max` are computed by the sum and again by the division; `exp` of
+/// another expensive value still is stored.
+#[test]
+fn a_bandwidth_bound_target_recomputes_a_softmax_exponential_where_read() {
+    let softmax = "graph g
+sym s <= 8
+input %x : f32[s, 8]
+%0 = reduce_max %x axes=[1] : f32[s, 1]
+%1 = broadcast %0 : f32[s, 8]
+%2 = sub %x, %1 : f32[s, 8]
+%3 = exp %2 : f32[s, 8]
+%4 = reduce_sum %3 axes=[1] : f32[s, 1]
+%5 = broadcast %4 : f32[s, 8]
+%6 = div %3, %5 : f32[s, 8]
+output y = %6
+";
+    let recomputing = ElementwiseFusion {
+        recompute_transcendentals: true,
+    };
+    let out = check_with(recomputing, softmax, &[("s", 4)]);
+    assert_eq!(out.matches("exp").count(), 2, "exp in both regions:\n{out}");
+    assert_eq!(
+        ops(&out),
+        [
+            "reduce_max",
+            "broadcast",
+            "fused_reduce_sum",
+            "broadcast",
+            "fused"
+        ],
+        "{out}"
+    );
+    let stored = check(softmax, &[("s", 4)]);
+    assert_eq!(stored.matches("exp").count(), 1, "{stored}");
+    let chained = "graph g
+sym s <= 8
+input %x : f32[s, 8]
+%0 = exp %x : f32[s, 8]
+%1 = exp %0 : f32[s, 8]
+%2 = reduce_sum %1 axes=[1] : f32[s, 1]
+%3 = broadcast %2 : f32[s, 8]
+%4 = div %1, %3 : f32[s, 8]
+output y = %4
+";
+    let out = check_with(recomputing, chained, &[("s", 4)]);
+    assert_eq!(out.matches("exp").count(), 2, "each exp once:\n{out}");
 }
 
 #[test]
@@ -238,13 +291,17 @@ output b = %2
 }
 
 /// Every op the generator draws, f16/bf16 casts and scatters included: the fused graph is
-/// valid, prints and parses back, and computes exactly what the graph before did.
+/// valid, prints and parses back, and computes exactly what the graph before did (odd seeds
+/// recomputing transcendentals).
 #[test]
 fn random_graphs_fuse_without_changing_a_bit() {
     let mut fused_any = 0;
     for seed in 0..1000 {
         let before = random_graph(seed, Profile::FULL);
-        let after = fuse(&before);
+        let pass = ElementwiseFusion {
+            recompute_transcendentals: seed % 2 == 1,
+        };
+        let after = fuse(&before, pass);
         let printed = text::print(&after);
         fused_any += printed.contains("fused") as usize;
         let round = text::parse(&printed).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{printed}"));

@@ -248,7 +248,7 @@ fn random_graphs_match_the_interpreter() {
     for seed in 0..24 {
         let g = random_graph(seed, profile);
         let mut fused = g.clone();
-        ElementwiseFusion.run(&mut fused).unwrap();
+        ElementwiseFusion::default().run(&mut fused).unwrap();
         for (which, compiled) in [("plain", &g), ("fused", &fused)] {
             for e in [
                 env(&[("batch", 2), ("seq", 3)]),
@@ -324,7 +324,7 @@ fn parse_fuse_compile(text: &str) -> (Graph, Graph, String) {
     use kiln_passes::Pass;
     let g = kiln_ir::text::parse(text).unwrap();
     let mut fused = g.clone();
-    kiln_passes::elementwise_fusion::ElementwiseFusion
+    kiln_passes::elementwise_fusion::ElementwiseFusion::default()
         .run(&mut fused)
         .unwrap();
     let artifact = crate::compile(std::slice::from_ref(&fused), model()).unwrap();
