@@ -236,6 +236,42 @@ fn env(pairs: &[(&str, usize)]) -> Bindings {
     pairs.iter().map(|(s, v)| (s.to_string(), *v)).collect()
 }
 
+/// Scatters against the interpreter (within f32 rounding of the sums: the kernel adds in f32
+/// in index order, the interpreter in f64): the embedding gradient's shape (140 indices, so chunks of 32 with a tail, into 300
+/// rows, so three warps' spans, repeated ids accumulating), a replacing scatter whose repeated
+/// indices keep the last write, and a scatter along a middle axis (several `pre` rows, i32
+/// indices).
+#[test]
+fn scatters_match_the_interpreter() {
+    let cases = [
+        (
+            "graph g\nsym seq <= 80\ninput %ids : i64[2, seq]\ninput %u : f32[2, seq, 70]\n\
+             %0 = const 0 : f32[300, 70]\n\
+             %1 = scatter_add %0, %ids, %u axis=0 : f32[300, 70]\noutput y = %1",
+            300,
+        ),
+        (
+            "graph g\nsym seq <= 80\ninput %ids : i64[seq]\ninput %x : f32[300, 9]\n\
+             input %u : f32[seq, 9]\n\
+             %0 = scatter %x, %ids, %u axis=0 : f32[300, 9]\noutput y = %0",
+            290,
+        ),
+        (
+            "graph g\nsym seq <= 80\ninput %ids : i32[seq]\ninput %x : f32[5, 200, 6]\n\
+             input %u : f32[5, seq, 6]\n\
+             %0 = scatter_add %x, %ids, %u axis=1 : f32[5, 200, 6]\noutput y = %0",
+            200,
+        ),
+    ];
+    for (text, ints) in cases {
+        let g = kiln_ir::text::parse(text).unwrap();
+        for (seq, bound) in [(70, ints), (70, 6)] {
+            check(&g, &g, &env(&[("seq", seq)]), 1e-6, bound)
+                .unwrap_or_else(|e| panic!("{text}, ids below {bound}: {e}"));
+        }
+    }
+}
+
 #[test]
 fn random_graphs_match_the_interpreter() {
     use kiln_passes::elementwise_fusion::ElementwiseFusion;
