@@ -231,12 +231,16 @@ fn bf16_attention_text(case: Bf16AttentionCase, names: &[&str]) -> (String, Stri
     (text, operands, attrs)
 }
 
-/// The IR text of `flash_attention` at bf16 ([`bf16_attention_text`]'s graph): output `y`, f32.
+/// The IR text of `flash_attention` at bf16 ([`bf16_attention_text`]'s graph) and its
+/// log-sum-exp over the same operands (as a training step recomputes them): outputs `y` and
+/// `lse`, f32.
 pub fn bf16_attention_forward(case: Bf16AttentionCase) -> String {
     let (_, _, heads, _, _, dv, _, _, _) = case;
     let (mut text, operands, attrs) = bf16_attention_text(case, &["q", "k", "v"]);
     text += &format!(
-        "%y = flash_attention {operands} {attrs} : f32[b, {heads}, s, {dv}]\noutput y = %y\n"
+        "%y = flash_attention {operands} {attrs} : f32[b, {heads}, s, {dv}]\n\
+         %l = flash_attention_lse {operands} {attrs} : f32[b, {heads}, s]\n\
+         output y = %y\noutput lse = %l\n"
     );
     text
 }

@@ -151,6 +151,10 @@ pub struct AttentionKernel {
     pub attention: Attention,
     /// What `out` receives.
     pub output: AttentionOutput,
+    /// With [`AttentionOutput::Values`]: also each query's log-sum-exp, written here
+    /// (`[B, H, S]`) — a `flash_attention_lse` of the same operands lowered with it, where the
+    /// target's kernel writes both (`LowerOptions::attention_with_lse`).
+    pub lse: Option<View>,
 }
 
 /// What an attention kernel writes.
@@ -185,6 +189,14 @@ pub struct AttentionGradKernel {
 }
 
 impl Kernel {
+    /// Every view it writes: `out`, and an attention's log-sum-exp beside its values.
+    pub fn written(&self) -> Vec<&View> {
+        match self {
+            Kernel::Attention(a) => [&a.out].into_iter().chain(&a.lse).collect(),
+            _ => vec![self.out()],
+        }
+    }
+
     pub fn out(&self) -> &View {
         match self {
             Kernel::Map { out, .. }

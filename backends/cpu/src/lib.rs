@@ -63,6 +63,7 @@ pub fn compile_with(
         gemm_min_rows: options.gemm_min_rows,
         narrow: narrow::NarrowValues::Storage,
         library_matmuls: false,
+        attention_with_lse: None,
     };
     for g in programs {
         let mut lowered = lower::lower(g, &mut shared, &lower_options)?;

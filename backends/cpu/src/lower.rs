@@ -59,7 +59,7 @@ use std::collections::HashMap;
 const SPLIT_OUTPUTS: i64 = 64;
 
 /// The target's choices lowering follows.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct LowerOptions {
     /// Matmul tiles with at least this many rows call the GEMM library (`CpuOptions`); `None`:
     /// never.
@@ -69,6 +69,10 @@ pub struct LowerOptions {
     /// The backend offers plain matmuls of two bf16 operands (not decode's few rows) to a GEMM
     /// library, which applies no epilogue: such a matmul's epilogue becomes a map of its own.
     pub library_matmuls: bool,
+    /// The attention kernels that also write the log-sum-exp beside the values (`None`: none):
+    /// a `flash_attention` and a `flash_attention_lse` of the same operands (a training step's
+    /// recomputed forward and its backward's statistics) are then one kernel.
+    pub attention_with_lse: Option<fn(&crate::kernel::AttentionKernel) -> bool>,
 }
 
 /// What programs of one artifact share: the weights they read and the constants' bytes.
@@ -135,8 +139,10 @@ struct Lowering<'a> {
     concat_views: HashMap<NodeId, View>,
     /// Outputs appended in place to an input's buffer, by input and by concat.
     appends: HashMap<NodeId, Append>,
-    /// Reductions already lowered with the matmul they sum (`batch_sum.rs`), and their views.
-    summed: HashMap<NodeId, View>,
+    /// Values an earlier kernel already wrote, and their views: a reduction lowered with the
+    /// matmul it sums (`batch_sum.rs`), an attention's values or log-sum-exp lowered with the
+    /// other (`attention.rs`).
+    written_early: HashMap<NodeId, View>,
 }
 
 pub fn lower(
@@ -157,7 +163,7 @@ pub fn lower(
         in_place: concat_parts_in_place(g),
         concat_views: HashMap::new(),
         appends: appends(g),
-        summed: HashMap::new(),
+        written_early: HashMap::new(),
     };
     let sources = g.inputs().iter().chain(g.weights()).copied();
     for id in sources.chain(g.order()) {
@@ -317,22 +323,22 @@ impl Lowering<'_> {
         );
     }
 
+    /// The label of `id`'s kernels: its op's name and its own label.
+    fn label_of(&self, id: NodeId) -> String {
+        let node = self.g.node(id);
+        let own = node.label.as_deref().map(|l| format!(" {l}"));
+        format!("{}{}", node.op.name(), own.unwrap_or_default())
+    }
+
     fn node(&mut self, id: NodeId) -> Result<View> {
-        if let Some(view) = self.summed.remove(&id) {
+        if let Some(view) = self.written_early.remove(&id) {
             return Ok(view);
         }
         let g = self.g;
         let node = g.node(id);
         let ty = &node.ty;
         narrow::check_supported(node, self.options.narrow)?;
-        let label = format!(
-            "{}{}",
-            node.op.name(),
-            node.label
-                .as_deref()
-                .map(|l| format!(" {l}"))
-                .unwrap_or_default()
-        );
+        let label = self.label_of(id);
         let mut operands = Vec::new();
         for o in g.operands(id) {
             let view = self.views[&o].clone();
@@ -443,7 +449,7 @@ impl Lowering<'_> {
             }
             Op::MatMul => match self.summed_matmul(id, &operands, &types, &label)? {
                 Some((sum, view)) => {
-                    self.summed.insert(sum, view);
+                    self.written_early.insert(sum, view);
                     // Read by nothing: the product's only use is the sum, lowered above.
                     View::splat(0.0, ty.dtype, self.shape(ty))
                 }
@@ -527,11 +533,11 @@ impl Lowering<'_> {
                 );
                 out
             }
-            Op::FlashAttention(attention) => {
-                self.attention(attention, AttentionOutput::Values, &operands, ty, label)?
+            Op::FlashAttention(_) => {
+                self.attention(id, AttentionOutput::Values, &operands, ty, label)?
             }
-            Op::FlashAttentionLse(attention) => {
-                self.attention(attention, AttentionOutput::LogSumExp, &operands, ty, label)?
+            Op::FlashAttentionLse(_) => {
+                self.attention(id, AttentionOutput::LogSumExp, &operands, ty, label)?
             }
             Op::FlashAttentionGrad { attention, wrt } => {
                 self.attention_grad(attention, *wrt, &operands, ty, label)?

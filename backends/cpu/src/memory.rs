@@ -57,7 +57,7 @@ fn touched(kernel: &Kernel) -> Vec<usize> {
     kernel
         .operands()
         .into_iter()
-        .chain([kernel.out()])
+        .chain(kernel.written())
         .filter_map(|v| v.buffer())
         .collect()
 }

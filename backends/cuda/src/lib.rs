@@ -33,10 +33,12 @@ pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
     // The lowering's work items and GEMM choice are the CPU's; kernels here choose their own.
     // Kernels widen bf16 as they read it and round to bf16 as they write it. Plain bf16
     // matmuls are offered to cuBLASLt (`kernels::library_gemm`), so their epilogues are maps.
+    // The tensor-core attention writes a log-sum-exp beside its values.
     let options = LowerOptions {
         gemm_min_rows: None,
         narrow: NarrowValues::Bf16,
         library_matmuls: true,
+        attention_with_lse: Some(kernels::attention_with_lse),
     };
     let mut descs = Vec::new();
     for g in programs {

@@ -110,6 +110,8 @@ pub fn emit(f: &mut KernelFn, kernel: &AttentionKernel) {
         out,
         attention,
         output,
+        // The lowering pairs no log-sum-exp with the values for this target.
+        lse: _,
     } = kernel;
     let constant = |v: &View| v.dims[3].as_constant().expect("lowering checks head sizes");
     let (d, dv) = (constant(q), constant(v));

@@ -1,5 +1,8 @@
-//! Lowering `flash_attention` to one `Kernel::Attention`, its log-sum-exp to another, and each
-//! of its gradients to a reduction (`Δ = Σ d_out·out` per query) and a `Kernel::AttentionGrad`.
+//! Lowering `flash_attention` to one `Kernel::Attention`, its log-sum-exp to another (or, where
+//! the target's kernel writes both — `LowerOptions::attention_with_lse` — a `flash_attention`
+//! and a `flash_attention_lse` of the same operands to one kernel, at the first of them), and
+//! each of its gradients to a reduction (`Δ = Σ d_out·out` per query) and a
+//! `Kernel::AttentionGrad`.
 //!
 //! Queries, keys and values are read in place when their last axis is unit-stride (copied
 //! contiguous otherwise), and the head sizes must be constants (they size the kernel's scratch
@@ -16,7 +19,7 @@ use crate::kernel::{
     AttentionGradKernel, AttentionKernel, AttentionOutput, ExprNode, ExprOp, Kernel,
 };
 use crate::view::View;
-use kiln_ir::{Attention, AttentionInput, BinaryOp, DType, ReduceOp, TensorType};
+use kiln_ir::{Attention, AttentionInput, BinaryOp, DType, NodeId, Op, ReduceOp, TensorType};
 use kiln_runtime::manifest::BufferKind;
 
 /// The most bytes of stack scratch one attention kernel may use.
@@ -82,35 +85,64 @@ impl Lowering<'_> {
         })
     }
 
-    /// `flash_attention` (`output` values) or `flash_attention_lse` (`output` log-sum-exp).
+    /// The buffer of a `flash_attention` result of type `ty`: written through a permuted view
+    /// of a `[B, S, H, Dv]` buffer (see the module doc).
+    fn values_buffer(&mut self, ty: &TensorType) -> View {
+        let dims = self.shape(ty);
+        let heads_inner = vec![
+            dims[0].clone(),
+            dims[2].clone(),
+            dims[1].clone(),
+            dims[3].clone(),
+        ];
+        self.new_buffer(BufferKind::Temp, ty.dtype, heads_inner)
+            .permute(&[0, 2, 1, 3])
+    }
+
+    /// The `flash_attention_lse` of node `id`'s operands if `id` is a `flash_attention`, or the
+    /// reverse, not lowered yet, where the target writes both with one kernel.
+    fn attention_sibling(&self, id: NodeId, output: AttentionOutput) -> Option<NodeId> {
+        self.options.attention_with_lse?;
+        let g = self.g;
+        let operands = g.operands(id);
+        let attention = match &g.node(id).op {
+            Op::FlashAttention(a) | Op::FlashAttentionLse(a) => a,
+            _ => return None,
+        };
+        g.users(operands[0]).into_iter().find(|&u| {
+            let same = match (&g.node(u).op, output) {
+                (Op::FlashAttentionLse(a), AttentionOutput::Values)
+                | (Op::FlashAttention(a), AttentionOutput::LogSumExp) => a == attention,
+                _ => false,
+            };
+            same && g.operands(u) == operands && !self.views.contains_key(&u)
+        })
+    }
+
+    /// `flash_attention` (`output` values) or `flash_attention_lse` (`output` log-sum-exp) of
+    /// node `id`; with the other of the same operands in one kernel where the target's kernel
+    /// writes both (`LowerOptions::attention_with_lse`), that one's view kept for its turn.
     pub(super) fn attention(
         &mut self,
-        attention: &Attention,
+        id: NodeId,
         output: AttentionOutput,
         operands: &[View],
         ty: &TensorType,
         label: String,
     ) -> Result<View> {
+        let attention = match &self.g.node(id).op {
+            Op::FlashAttention(a) | Op::FlashAttentionLse(a) => a.clone(),
+            _ => unreachable!("lowered as attention"),
+        };
         let Operands {
             q,
             k,
             v,
             positions,
             padding,
-        } = self.attention_operands(attention, operands, &label)?;
+        } = self.attention_operands(&attention, operands, &label)?;
         let out = match output {
-            // Written through a permuted view of a `[B, S, H, Dv]` buffer (see the module doc).
-            AttentionOutput::Values => {
-                let dims = self.shape(ty);
-                let heads_inner = vec![
-                    dims[0].clone(),
-                    dims[2].clone(),
-                    dims[1].clone(),
-                    dims[3].clone(),
-                ];
-                self.new_buffer(BufferKind::Temp, ty.dtype, heads_inner)
-                    .permute(&[0, 2, 1, 3])
-            }
+            AttentionOutput::Values => self.values_buffer(ty),
             AttentionOutput::LogSumExp => self.temp(ty),
         };
         let kernel = AttentionKernel {
@@ -120,9 +152,42 @@ impl Lowering<'_> {
             positions,
             padding,
             out: out.clone(),
-            attention: attention.clone(),
+            attention,
             output,
+            lse: None,
         };
+        let writes_both = |k: &AttentionKernel| match self.options.attention_with_lse {
+            Some(accepts) => accepts(&AttentionKernel {
+                output: AttentionOutput::Values,
+                ..k.clone()
+            }),
+            None => false,
+        };
+        let sibling = self.attention_sibling(id, output);
+        if let Some(sibling) = sibling.filter(|_| writes_both(&kernel)) {
+            let sibling_ty = self.g.ty(sibling).clone();
+            let (values, lse, values_label) = match output {
+                AttentionOutput::Values => (out.clone(), self.temp(&sibling_ty), label.clone()),
+                AttentionOutput::LogSumExp => {
+                    let values = self.values_buffer(&sibling_ty);
+                    (values, out.clone(), self.label_of(sibling))
+                }
+            };
+            let both = AttentionKernel {
+                out: values.clone(),
+                output: AttentionOutput::Values,
+                lse: Some(lse.clone()),
+                ..kernel
+            };
+            let early = match output {
+                AttentionOutput::Values => lse,
+                AttentionOutput::LogSumExp => values,
+            };
+            self.written_early.insert(sibling, early);
+            let label = format!("{values_label} (with its log-sum-exp)");
+            self.push(Kernel::Attention(Box::new(both)), label);
+            return Ok(out);
+        }
         self.push(Kernel::Attention(Box::new(kernel)), label);
         Ok(out)
     }

@@ -29,7 +29,8 @@
 //!
 //! Finally each row is divided by `l` and stored (f32, or rounded to bf16 where the result is);
 //! the log-sum-exp form (`flash_attention_lse`) stores `ln l + scale·m` instead (`-∞` for a
-//! query that sees no key). A query that sees no key has `l = 0` and gets `0 · ∞ = NaN`, as
+//! query that sees no key), and a kernel given both (a training step's recomputed forward and
+//! its backward's statistics, `AttentionKernel::lse`) stores both. A query that sees no key has `l = 0` and gets `0 · ∞ = NaN`, as
 //! the IR defines. Rounding the unnormalized probabilities to bf16
 //! (FlashAttention's choice) differs from the IR's rounding of the normalized ones by at most
 //! two bf16 roundings of each weight (`2⁻⁷` relative, one on each side), the bound the tests
@@ -486,6 +487,12 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     let keys_reg = c.reg(&k.dims[2]);
     let last_query = c.reg(&q.dims[2].add(&Poly::constant(-1)));
     let views = Views::of(c, kernel);
+    // Where each query's log-sum-exp goes: the output of the log-sum-exp form, or beside the
+    // values.
+    let lse_out = match kernel.output {
+        AttentionOutput::LogSumExp => Some(views.out.clone()),
+        AttentionOutput::Values => kernel.lse.as_ref().map(|v| c.addressed(v)),
+    };
     let queries = shape.queries();
     let tiles = c.reg(&q.dims[2].add(&Poly::constant(queries - 1)));
     let tiles = c.b.div(tiles, queries);
@@ -525,6 +532,9 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         let k_head = c.linear(&views.k.offset, &[bi, kv], &views.k.strides[..2]);
         let v_head = c.linear(&views.v.offset, &[bi, kv], &views.v.strides[..2]);
         let out_head = c.linear(&views.out.offset, &[bi, h], &views.out.strides[..2]);
+        let lse_head = lse_out
+            .as_ref()
+            .map(|o| c.linear(&o.offset, &[bi, h], &o.strides[..2]));
         let first = c.b.mul(tile, queries);
         let first = c.b.mad(warp, 16 * m_tiles as i64, first);
         // The lane's rows: `[m-tile][g, g + 8]`.
@@ -673,15 +683,17 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
             let r = rows[mi][half];
             let total = row_fold(c, l, |c, x, y| c.b.add(x, y));
             let inside = c.b.setp(Cmp::Lt, r, seq.clone());
-            if kernel.output == AttentionOutput::LogSumExp {
+            if let (Some(o), Some(head)) = (&lse_out, lse_head) {
                 let first_lane = c.b.setp(Cmp::Eq, t, 0i64);
                 let store = c.b.and(inside, first_lane);
                 c.when(store, |c| {
                     let log = math::log(&mut c.b, total);
                     let lse = c.b.mad(m[row], factor * std::f32::consts::LN_2, log);
-                    let at = c.b.mad(r, views.out.strides[2].clone(), out_head);
-                    c.store(views.out.base.expect("a buffer"), at, DType::F32, lse)
+                    let at = c.b.mad(r, o.strides[2].clone(), head);
+                    c.store(o.base.expect("a buffer"), at, DType::F32, lse)
                 })?;
+            }
+            if kernel.output == AttentionOutput::LogSumExp {
                 continue;
             }
             let inv = c.b.rcp(total);

@@ -52,6 +52,12 @@ pub fn one_thread_each(items: kiln_runtime::Poly) -> Launch {
     }
 }
 
+/// Whether attention `kernel` may also write its log-sum-exp beside its values: the
+/// tensor-core form does (`attention_mma`).
+pub fn attention_with_lse(kernel: &kiln_backend_cpu::kernel::AttentionKernel) -> bool {
+    attention_mma::applies(kernel)
+}
+
 /// What one step of a program runs: one kernel of the lowering, or several run as one.
 pub enum Group<'a> {
     One(&'a Kernel),
@@ -97,13 +103,13 @@ const LOOKAHEAD: usize = 16;
 /// Whether two kernels may run in either order, or at once: neither writes a buffer the other
 /// reads or writes.
 fn independent(first: &Kernel, second: &Kernel) -> bool {
-    let writes = |k: &Kernel| k.out().buffer();
+    let writes =
+        |k: &Kernel| -> Vec<Option<usize>> { k.written().iter().map(|v| v.buffer()).collect() };
     let reads = |k: &Kernel, buffer: Option<usize>| {
         buffer.is_some() && k.operands().iter().any(|v| v.buffer() == buffer)
     };
-    writes(first) != writes(second)
-        && !reads(first, writes(second))
-        && !reads(second, writes(first))
+    let (a, b) = (writes(first), writes(second));
+    a.iter().all(|w| !b.contains(w) && !reads(second, *w)) && b.iter().all(|w| !reads(first, *w))
 }
 
 /// Reorders the program's kernels so that decode matmuls which may run as one launch

@@ -963,7 +963,8 @@ fn bf16_matmuls_on_tensor_cores_match_the_interpreter() {
 /// FlashAttention's forward on tensor cores (`attention_mma`) against the interpreter: bf16
 /// queries, keys and values (cast from f32 inputs) on `kiln_ir::testing::BF16_ATTENTION_CASES`
 /// (every mask kind, GQA, head sizes 16 to 128, queries and keys past whole tiles, random
-/// positions: some rows see no key and get NaN).
+/// positions: some rows see no key and get NaN), with the log-sum-exp of the same operands
+/// written by the same kernel (within 1e-6, `-∞` where a row sees no key).
 ///
 /// Bound: the interpreter rounds each normalized probability to bf16, the kernel each
 /// unnormalized one, so each weight differs by at most two bf16 roundings (`2·2⁻⁸` relative),
@@ -979,13 +980,16 @@ fn bf16_attention_on_tensor_cores_matches_the_interpreter() {
         let artifact = crate::compile(std::slice::from_ref(&g), model()).unwrap();
         let ptx = std::str::from_utf8(&artifact.object).unwrap();
         assert!(
-            ptx.contains(".entry attention_mma_"),
-            "{mask}: no attention_mma kernel"
+            ptx.contains(".entry attention_mma_") && !ptx.contains(".entry attention_lse"),
+            "{mask}: not one attention_mma kernel for the values and the log-sum-exp"
         );
         let e = env(&[("b", 2), ("s", s), ("t", t)]);
         let (inputs, weights) = random_bindings(&g, &e, t as u64 + 8, 5).unwrap();
-        let got = &emulate(&artifact, "attention", &inputs, &weights)["y"];
-        let want = &interpret(&g, &inputs, &weights).unwrap()["y"];
+        let outputs = emulate(&artifact, "attention", &inputs, &weights);
+        let reference = interpret(&g, &inputs, &weights).unwrap();
+        check_close("lse", &outputs["lse"], &reference["lse"], 1e-6)
+            .unwrap_or_else(|e| panic!("{mask} padding={padding}: {e}"));
+        let (got, want) = (&outputs["y"], &reference["y"]);
         let scale = &interpret(&g, &absolute(&inputs), &weights).unwrap()["y"];
         let worst = worst_of_bound(got, want, scale, 2f64.powi(-7) + 2f64.powi(-14));
         println!("{mask} padding={padding}: worst error {worst:.3} of the bound");
