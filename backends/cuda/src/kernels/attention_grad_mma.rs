@@ -88,6 +88,25 @@ fn probabilities(c: &mut Ctx, s: &[[Reg; 4]], factor: f32, lse2: impl Fn(usize, 
     }
 }
 
+/// Sets each probability of one m-tile to 0 where the pair's key lies outside its query's
+/// visible run: `pair(ni, e)` gives the key and the run, `(key, lo, hi)`.
+fn mask(
+    c: &mut Ctx,
+    p: &[[Reg; 4]],
+    mut pair: impl FnMut(&mut Ctx, usize, usize) -> (Reg, Reg, Reg),
+) {
+    for (ni, tile) in p.iter().enumerate() {
+        for (e, &x) in tile.iter().enumerate() {
+            let (key, lo, hi) = pair(c, ni, e);
+            let from = c.b.setp(Cmp::Ge, key, lo);
+            let to = c.b.setp(Cmp::Lt, key, hi);
+            let seen = c.b.and(from, to);
+            let y = c.b.selp(x, 0.0f32, seen, Ty::F32);
+            c.b.assign(x, y);
+        }
+    }
+}
+
 /// `ds = p·(dp − Δ)·scale` for each pair of one m-tile, into `dp`.
 fn score_grads(
     c: &mut Ctx,
@@ -355,17 +374,10 @@ fn emit_queries(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
             let partial = c.b.not(unmasked);
             c.when(partial, |c| {
                 let key0 = c.b.mad(l.t, 2i64, j0);
-                for (ni, tile) in s[0].iter().enumerate() {
-                    for (e, &p) in tile.iter().enumerate() {
-                        let (lo, hi) = runs[e >> 1];
-                        let j = c.b.add(key0, ni as i64 * 8 + (e as i64 & 1));
-                        let from = c.b.setp(Cmp::Ge, j, lo);
-                        let to = c.b.setp(Cmp::Lt, j, hi);
-                        let seen = c.b.and(from, to);
-                        let y = c.b.selp(p, 0.0f32, seen, Ty::F32);
-                        c.b.assign(p, y);
-                    }
-                }
+                mask(c, &s[0], |c, ni, e| {
+                    let (lo, hi) = runs[e >> 1];
+                    (c.b.add(key0, ni as i64 * 8 + (e as i64 & 1)), lo, hi)
+                });
                 Ok(())
             })?;
             score_grads(c, &s[0], &dp[0], a.scale as f32, |_, e| delta[e >> 1]);
@@ -617,18 +629,11 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
                 c.b.ld(Space::Shared, "u32", Ty::U32, stats_base, 24 * rows, false);
             let partial = c.b.setp(Cmp::Eq, all, 0i64);
             c.when(partial, |c| {
-                for (ni, tile) in st[0].iter().enumerate() {
-                    for (e, &p) in tile.iter().enumerate() {
-                        let lo = column(c, ni, e, 8, 8 * rows, Ty::S64);
-                        let hi = column(c, ni, e, 8, 16 * rows, Ty::S64);
-                        let key = own[e >> 1];
-                        let from = c.b.setp(Cmp::Ge, key, lo);
-                        let to = c.b.setp(Cmp::Lt, key, hi);
-                        let seen = c.b.and(from, to);
-                        let y = c.b.selp(p, 0.0f32, seen, Ty::F32);
-                        c.b.assign(p, y);
-                    }
-                }
+                mask(c, &st[0], |c, ni, e| {
+                    let lo = column(c, ni, e, 8, 8 * rows, Ty::S64);
+                    let hi = column(c, ni, e, 8, 16 * rows, Ty::S64);
+                    (own[e >> 1], lo, hi)
+                });
                 Ok(())
             })?;
             let weights = match &dpt {
