@@ -12,12 +12,15 @@
 //! - `d_queries` (rows: queries of head `h`; columns: the keys they see, as the forward walks
 //!   them): `S = Q·Kᵀ`, `P`, `dP = dO·Vᵀ`, `dS = P∘(dP − Δ)·scale`, `dQ += dS·K`. The queries'
 //!   and output gradient's A fragments stay in registers; keys and values are staged as they
-//!   lie (`Ks[key][d]`, `Vs[key][c]`) and keys again transposed (`Kt[d][key]`).
+//!   lie (`Ks[key][d]`, `Vs[key][c]`).
 //! - `d_keys` (rows: keys of KV head `kv`; columns: the queries of every head of its group
 //!   that see one of the block's keys): `Sᵀ = K·Qᵀ`, `Pᵀ`, `dPᵀ = V·dOᵀ`, `dSᵀ`,
-//!   `dK += dSᵀ·Q`, with `Qs[query][d]`, `dOs[query][c]` and `Qt[d][query]` staged.
-//! - `d_values` (the same rows and columns): `Sᵀ`, `Pᵀ`, `dV += Pᵀ·dO` with `Qs` and
-//!   `dOt[c][query]` staged.
+//!   `dK += dSᵀ·Q`, with `Qs[query][d]` and `dOs[query][c]` staged.
+//! - `d_values` (the same rows and columns, the same tiles): `Sᵀ`, `Pᵀ`, `dV += Pᵀ·dO`.
+//!
+//! B fragments come from `ldmatrix.x4` (`attention_mma::Read`): a staged tile's rows are B's
+//! columns in the first products (`Kᵀ`, `Vᵀ`, `Qᵀ`, `dOᵀ`) and B's rows in the last one (`K`,
+//! `Q`, `dO`, read with `.trans`), so each tile is staged once, as it lies.
 //!
 //! The weights of the last product (`P`, `dS`) are rounded to bf16 as they are packed into A
 //! fragments (the accumulator layout of two n-tiles is the A layout of a k-step), which is the
@@ -28,8 +31,8 @@
 //! owns its rows' results (no atomics); sums run in tile order.
 //!
 //! **Staging.** As in the forward: two stages, the next tile loaded into registers before the
-//! current tile's products and stored into the other stage right after the first of them, one
-//! barrier per tile; shared rows padded by 8 bf16.
+//! current tile's products and stored into the other stage after its first products (`S` and
+//! `dP`), one barrier per tile; shared rows padded by 8 bf16.
 //!
 //! Invariants: every thread reaches every barrier (the walks' bounds are the block's); a stage
 //! is written only after the barrier that ends the tile that last read it.
