@@ -43,10 +43,20 @@ pub struct CompileArgs {
     recompute: Recompute,
 }
 
+/// The backend a command compiles for, as the command line names it.
 #[derive(Clone, Copy, ValueEnum)]
-enum Target {
+pub enum Target {
     Cpu,
     Cuda,
+}
+
+impl Target {
+    pub fn backend(self) -> Backend {
+        match self {
+            Target::Cpu => Backend::Cpu,
+            Target::Cuda => Backend::Cuda,
+        }
+    }
 }
 
 pub fn build_options(
@@ -77,10 +87,7 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
         recompute: args.recompute,
         skip: args.skip_passes.clone(),
     };
-    let backend = match args.target {
-        Target::Cpu => Backend::Cpu,
-        Target::Cuda => Backend::Cuda,
-    };
+    let backend = args.target.backend();
     let artifact = compile(backend, &spec, &args.programs, opts, &pipeline)?;
     artifact.write(&args.output).map_err(|e| e.to_string())?;
     let bytes = artifact.to_bytes();

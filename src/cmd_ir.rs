@@ -1,11 +1,12 @@
 //! `kiln ir`: builds one program of a model and prints its IR — as built, after a named pass,
 //! or after every pass — as canonical text or Graphviz DOT.
 
+use crate::cmd_compile::Target;
 use clap::{Args, ValueEnum};
 use kiln::model;
 use kiln_frontend::{build, BuildOptions, Program};
 use kiln_ir::Graph;
-use kiln_passes::{Pipeline, PipelineOptions, Precision, Recompute};
+use kiln_passes::{PipelineOptions, Precision, Recompute};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -38,6 +39,10 @@ pub struct IrArgs {
     /// Training programs: `save-all`, `layers`, or a memory budget such as `64MiB`.
     #[arg(long, default_value = "save-all")]
     recompute: Recompute,
+    /// The backend whose pipeline runs: `cpu` or `cuda` (which recomputes a softmax's
+    /// exponentials where they are read; docs/passes.md).
+    #[arg(long, value_enum, default_value = "cpu")]
+    target: Target,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -52,7 +57,7 @@ pub fn run(args: IrArgs) -> Result<(), String> {
     opts.max_batch = args.max_batch.unwrap_or(opts.max_batch);
     opts.max_seq = args.max_seq.unwrap_or(opts.max_seq);
     let mut graph = build(&spec, args.program, opts).map_err(|e| e.to_string())?;
-    let pipeline = Pipeline::with_options(&PipelineOptions {
+    let pipeline = args.target.backend().pipeline(&PipelineOptions {
         precision: args.precision,
         recompute: args.recompute,
         skip: args.skip_passes.clone(),

@@ -44,6 +44,16 @@ impl Target {
         }
     }
 
+    /// The standard pipeline with `options`, as this target's programs run it: for CUDA,
+    /// bound by memory bandwidth, `elementwise-fusion` computes a softmax's exponentials again
+    /// where they are read instead of storing them.
+    pub fn pipeline(self, options: &PipelineOptions) -> Pipeline {
+        match self {
+            Target::Cpu => Pipeline::with_options(options),
+            Target::Cuda => Pipeline::with_options(options).recomputing_transcendentals(),
+        }
+    }
+
     /// The precision policies the target compiles, for inference or training programs. The CPU
     /// computes in f32: it compiles `bf16-weights` (weights stored bf16, widened as the kernels
     /// read them) but no narrow matmul operands, and trains in f32. CUDA kernels also round
@@ -132,11 +142,7 @@ pub fn optimized_programs(
     if !target.precisions(false).contains(&precision) {
         return Err(target.refusal(precision));
     }
-    let pipeline = match target {
-        Target::Cpu => Pipeline::with_options(options),
-        // Bound by memory bandwidth: a softmax's exponentials cost less than their traffic.
-        Target::Cuda => Pipeline::with_options(options).recomputing_transcendentals(),
-    };
+    let pipeline = target.pipeline(options);
     let mut graphs = Vec::new();
     for &program in programs {
         let allowed = target.precisions(true);

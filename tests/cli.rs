@@ -185,6 +185,19 @@ fn gguf_and_config_json_give_identical_ir() {
     assert!(from_hf.starts_with("graph decode\n"));
 }
 
+/// `kiln ir --target cuda` runs the CUDA pipeline: the training step's softmax exponentials
+/// are computed again in each region that reads them, where the CPU's store them once.
+#[test]
+fn ir_follows_the_targets_pipeline() {
+    let exps = |target: &str| {
+        let (ok, out, err) = kiln(&["ir", "--program", "train_step", "--target", target]);
+        assert!(ok, "{err}");
+        out.matches("exp ").count()
+    };
+    let (cpu, cuda) = (exps("cpu"), exps("cuda"));
+    assert!(cuda > cpu && cpu > 0, "exp steps: cpu {cpu}, cuda {cuda}");
+}
+
 #[test]
 fn print_after_all_shows_every_stage_and_dot_renders() {
     let (ok, out, _) = kiln(&["ir", "--print-after-all"]);
