@@ -100,9 +100,18 @@ impl Lowering<'_> {
     }
 
     /// The `flash_attention_lse` of node `id`'s operands if `id` is a `flash_attention`, or the
-    /// reverse, not lowered yet, where the target writes both with one kernel.
-    fn attention_sibling(&self, id: NodeId, output: AttentionOutput) -> Option<NodeId> {
-        self.options.attention_with_lse?;
+    /// reverse, not lowered yet, where the target writes both with one kernel (`kernel` is
+    /// `id`'s own).
+    fn attention_sibling(&self, id: NodeId, kernel: &AttentionKernel) -> Option<NodeId> {
+        let writes_both = self.options.attention_with_lse?;
+        let values = AttentionKernel {
+            output: AttentionOutput::Values,
+            ..kernel.clone()
+        };
+        if !writes_both(&values) {
+            return None;
+        }
+        let output = kernel.output;
         let g = self.g;
         let operands = g.operands(id);
         let attention = match &g.node(id).op {
@@ -156,15 +165,7 @@ impl Lowering<'_> {
             output,
             lse: None,
         };
-        let writes_both = |k: &AttentionKernel| match self.options.attention_with_lse {
-            Some(accepts) => accepts(&AttentionKernel {
-                output: AttentionOutput::Values,
-                ..k.clone()
-            }),
-            None => false,
-        };
-        let sibling = self.attention_sibling(id, output);
-        if let Some(sibling) = sibling.filter(|_| writes_both(&kernel)) {
+        if let Some(sibling) = self.attention_sibling(id, &kernel) {
             let sibling_ty = self.g.ty(sibling).clone();
             let (values, lse, values_label) = match output {
                 AttentionOutput::Values => (out.clone(), self.temp(&sibling_ty), label.clone()),

@@ -128,6 +128,24 @@ fn score_grads(
     }
 }
 
+/// A tile's last product, `acc += W·B`: the weights `w` (one m-tile of accumulators, `P` or
+/// `dS`) rounded to bf16 into A fragments, B read by `ldmatrix.trans` from `tile` at the lane's
+/// `base` in `stage`; then the barrier that ends the tile, after which `stage` is `other`.
+fn last_product(
+    c: &mut Ctx,
+    acc: &Fragments,
+    w: &[[Reg; 4]],
+    (tile, base): (&TileStage, Reg),
+    (stage, other): (Reg, Reg),
+) -> Result<()> {
+    let a = vec![as_a_fragments(c, w)?];
+    let at = c.b.add(base, stage);
+    multiply(c, acc, &a, (tile, Read::Columns), at);
+    c.b.assign(stage, other);
+    c.b.bar_sync();
+    Ok(())
+}
+
 fn zero(c: &mut Ctx, xs: &Fragments) {
     for &x in xs.iter().flatten().flatten() {
         c.b.assign(x, 0.0f32);
@@ -384,12 +402,7 @@ fn emit_queries(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
                 Ok(())
             })?;
             score_grads(c, &s[0], &dp[0], a.scale as f32, |_, e| delta[e >> 1]);
-            let ds = vec![as_a_fragments(c, &dp[0])?];
-            let at = c.b.add(k_columns, stage);
-            multiply(c, &acc, &ds, (&ks, Read::Columns), at);
-            c.b.assign(stage, other);
-            c.b.bar_sync();
-            Ok(())
+            last_product(c, &acc, &dp[0], (&ks, k_columns), (stage, other))
         })?;
         let own_rows = [(own[0], inside[0]), (own[1], inside[1])];
         store_rows(c, &views.out, out_head, own_rows, l.t, &acc[0])
@@ -650,12 +663,7 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
                 }
                 None => &st[0],
             };
-            let w = vec![as_a_fragments(c, weights)?];
-            let at = c.b.add(last_columns, stage);
-            multiply(c, &acc, &w, (last, Read::Columns), at);
-            c.b.assign(stage, other);
-            c.b.bar_sync();
-            Ok(())
+            last_product(c, &acc, weights, (last, last_columns), (stage, other))
         })?;
         let own_rows = [(own[0], inside[0]), (own[1], inside[1])];
         store_rows(c, &views.out, out_head, own_rows, l.t, &acc[0])
