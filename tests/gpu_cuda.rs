@@ -621,6 +621,47 @@ fn gpu_training_accumulates_and_resumes_exactly() {
     assert!((straight[0] - want[0]).abs() / want[0] <= 1e-3);
 }
 
+/// The GPU's training step writes its weights and moments in place; a step over the loss limit
+/// (a spike factor below 1 makes every loss after the first one) leaves them bit for bit, and
+/// the next accepted step moves them again.
+#[test]
+fn a_rejected_gpu_step_leaves_the_state_it_writes_in_place() {
+    if !gpu("rejected training step") || std::env::var_os("KILN_GPU_CASES").is_some() {
+        return;
+    }
+    let reference = read_safetensors(&fixture_dir("llama").join("training.safetensors"));
+    let (mut options, batch) = fixture_training(&reference);
+    options.spike = kiln_runtime::train::SpikeOptions {
+        factor: Some(0.5),
+        window: 2,
+        policy: kiln_runtime::train::SpikePolicy::Skip,
+    };
+    let (model, params) = training_model(Precision::F32);
+    let program = model.manifest().program("train_step").unwrap();
+    let state = program.outputs.iter().filter(|o| o.name.contains('.'));
+    assert!(state.clone().count() > 0 && state.clone().all(|o| program.replaced(o).is_some()));
+    let mut trainer = Trainer::on_gpu(&model, params, options).unwrap();
+    let bits = |t: &Trainer<_>| -> Vec<Vec<u32>> {
+        let params = t.host_params().unwrap();
+        params
+            .iter()
+            .map(|p| p.as_f32().iter().map(|x| x.to_bits()).collect())
+            .collect()
+    };
+    assert_eq!(
+        trainer.step_on(vec![batch()]).unwrap().outcome,
+        Outcome::Applied
+    );
+    let after_one = bits(&trainer);
+    let report = trainer.step_on(vec![batch()]).unwrap();
+    assert!(matches!(report.outcome, Outcome::Skipped(_)), "{report:?}");
+    assert!(
+        bits(&trainer) == after_one,
+        "a rejected step changed the weights"
+    );
+    println!("GPU rejected step: {:?}", report.outcome);
+}
+
 /// Every tiny Hugging Face fixture's `forward` compiled at `bf16` (weights stored bf16, every
 /// matmul on bf16 operands with f32 accumulation): logits within 2e-2 of transformers' f32
 /// logits. The interpreter, running the same graphs with bf16 rounding, is within 4.2e-3 to

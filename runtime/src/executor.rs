@@ -221,6 +221,14 @@ impl Model {
                 format!("no program `{name}` (has {})", known.join(", ")),
             )
         })?;
+        if let Some(o) = desc.outputs.iter().find(|o| desc.replaced(o).is_some()) {
+            let message = format!(
+                "program `{name}` writes output `{}` over the value it replaces, which only the \
+                 GPU runner does: this artifact is not for the CPU",
+                o.name
+            );
+            return Err(RuntimeError::new(&self.file, Some("programs"), message));
+        }
         let kernels = desc
             .steps
             .iter()

@@ -35,12 +35,19 @@
 //! input's own entries untouched, so feeding `X` back as the next `past_X` copies nothing — only
 //! the logical length grows. The buffer's element count is the capacity's.
 //!
+//! **State written in place.** A training step's output may also name the buffer of the value
+//! it replaces, without a capacity: `param.NAME` the buffer of weight `NAME`, `adam_m.NAME` and
+//! `adam_v.NAME` the buffers of the inputs of the same names (the compiler does so where the
+//! kernel computing the output is the last to read the old value, and reads it only at the
+//! element it writes). A run then leaves the new value where the old one was: the caller hands
+//! that storage to the run and owns the result there ([`ProgramDesc::replaced`]).
+//!
 //! **Inputs with a default.** An input named in [`ZERO_DEFAULT_INPUTS`] may be left unset: the
 //! run then reads zeros of its shape (whose symbols the other inputs bind).
 //!
 //! Invariants: buffer indices in steps and I/O are in range; every input names a buffer of its
-//! own kind, and every output a `Temp` buffer of its own or the buffer of an input with the same
-//! capacity; an aliased output's logical shape at the bound symbols never exceeds its capacity
+//! own kind, and every output a `Temp` buffer of its own, the buffer of an input with the same
+//! capacity, or the buffer of the input or weight it replaces, of its dtype and shape; an aliased output's logical shape at the bound symbols never exceeds its capacity
 //! (the runtime refuses a run that would); steps run in order, each after the previous one has
 //! finished.
 
@@ -48,8 +55,8 @@ use crate::poly::Poly;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of the manifest, the artifact layout or what the programs
-/// take (6: the inference programs' `left_padding`).
-pub const FORMAT_VERSION: u32 = 6;
+/// take (7: `train_step`'s `max_loss` and `accepted`, and its state written in place).
+pub const FORMAT_VERSION: u32 = 7;
 
 /// Functions the runtime hands to kernels, in table order. The names are part of the ABI.
 ///
@@ -212,13 +219,37 @@ pub struct Capacity {
     pub entries: usize,
 }
 
+/// The value an output is written over (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replaced {
+    /// Program input `inputs[i]`.
+    Input(usize),
+    /// Weight `weights[i]` of the manifest.
+    Weight(usize),
+}
+
 impl ProgramDesc {
-    /// The input whose buffer output `output` shares (an in-place cache), if any.
+    /// The input whose buffer output `output` shares with a capacity (an in-place cache), if any.
     pub fn aliased_input(&self, output: &IoDesc) -> Option<usize> {
         match self.buffers.get(output.buffer)?.kind {
-            BufferKind::Input(i) => Some(i),
+            BufferKind::Input(i) if output.capacity.is_some() => Some(i),
             _ => None,
         }
+    }
+
+    /// The input or weight output `output` is written over (state updated in place), if any.
+    pub fn replaced(&self, output: &IoDesc) -> Option<Replaced> {
+        match self.buffers.get(output.buffer)?.kind {
+            BufferKind::Input(i) if output.capacity.is_none() => Some(Replaced::Input(i)),
+            BufferKind::Weight(i) => Some(Replaced::Weight(i)),
+            _ => None,
+        }
+    }
+
+    /// Whether output `name` is written over the value it replaces.
+    pub fn replaces_in_place(&self, name: &str) -> bool {
+        let output = self.outputs.iter().find(|o| o.name == name);
+        output.is_some_and(|o| self.replaced(o).is_some())
     }
 }
 

@@ -234,6 +234,68 @@ impl Kernel {
         }
     }
 
+    /// Every view it reads or writes, to move them to other buffers.
+    pub fn views_mut(&mut self) -> Vec<&mut View> {
+        match self {
+            Kernel::Map { leaves, out, .. } | Kernel::Reduce { leaves, out, .. } => {
+                leaves.iter_mut().chain([out]).collect()
+            }
+            Kernel::MatMul {
+                a,
+                b,
+                out,
+                epilogue,
+                ..
+            } => [a, b, out]
+                .into_iter()
+                .chain(epilogue.iter_mut().flat_map(|e| &mut e.leaves))
+                .collect(),
+            Kernel::Gather {
+                data, indices, out, ..
+            } => vec![data, indices, out],
+            Kernel::Scatter {
+                indices,
+                updates,
+                out,
+                ..
+            } => vec![indices, updates, out],
+            Kernel::Attention(a) => {
+                let AttentionKernel {
+                    q,
+                    k,
+                    v,
+                    positions,
+                    padding,
+                    out,
+                    lse,
+                    ..
+                } = &mut **a;
+                [q, k, v, out]
+                    .into_iter()
+                    .chain(positions.iter_mut().chain(padding).chain(lse))
+                    .collect()
+            }
+            Kernel::AttentionGrad(a) => {
+                let AttentionGradKernel {
+                    q,
+                    k,
+                    v,
+                    positions,
+                    padding,
+                    d_out,
+                    lse,
+                    delta,
+                    out,
+                    ..
+                } = &mut **a;
+                [q, k, v, d_out, lse, delta, out]
+                    .into_iter()
+                    .chain(positions.iter_mut().chain(padding))
+                    .collect()
+            }
+        }
+    }
+
     /// The work items as factors `⌈extent / tile⌉` whose product is the item count, and the
     /// bytes one item touches (for the thread split).
     pub fn work(&self) -> (Vec<WorkFactor>, Poly) {

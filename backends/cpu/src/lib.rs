@@ -64,6 +64,7 @@ pub fn compile_with(
         narrow: narrow::NarrowValues::Storage,
         library_matmuls: false,
         attention_with_lse: None,
+        state_in_place: false,
     };
     for g in programs {
         let mut lowered = lower::lower(g, &mut shared, &lower_options)?;

@@ -26,16 +26,22 @@
 //! made. Matmuls read such operands directly (widening in registers) and maps widen them in
 //! their expression; any other kernel gets a widened copy (see `narrow.rs`).
 //!
+//! With `LowerOptions::state_in_place`, a training step's new weights and moments are written
+//! over the old ones where that is safe (`lower/in_place.rs`).
+//!
 //! Invariants of the result: each temporary buffer is written by the kernels of one node (and
-//! of the parts placed in it, for a concat), before any kernel reads it; weights and constants
-//! are never written, and inputs only past their logical length, by the appends; every program
-//! output is a temporary buffer of its own, contiguous and whole, or an append's input buffer.
+//! of the parts placed in it, for a concat), before any kernel reads it; constants are never
+//! written, inputs only past their logical length, by the appends, and weights and inputs
+//! whole only by the last kernel that reads them, in place; every program output is a
+//! temporary buffer of its own, contiguous and whole, an append's input buffer, or the buffer
+//! of the weight or input it replaces.
 
 mod append;
 mod attention;
 mod batch_sum;
 mod concat;
 mod expression;
+mod in_place;
 mod matmul;
 
 use append::{appends, Append};
@@ -73,6 +79,9 @@ pub struct LowerOptions {
     /// a `flash_attention` and a `flash_attention_lse` of the same operands (a training step's
     /// recomputed forward and its backward's statistics) are then one kernel.
     pub attention_with_lse: Option<fn(&crate::kernel::AttentionKernel) -> bool>,
+    /// A training step's new weights and moments are written over the old ones where that is
+    /// safe (`lower/in_place.rs`); the runner must then hand the old ones' storage to the run.
+    pub state_in_place: bool,
 }
 
 /// What programs of one artifact share: the weights they read and the constants' bytes.
@@ -227,14 +236,18 @@ pub fn lower(
             max: g.symbols()[name],
         })
         .collect();
-    Ok(LoweredProgram {
+    let mut program = LoweredProgram {
         name: g.name.clone(),
         symbols,
         buffers: l.buffers,
         inputs: l.inputs,
         outputs,
         kernels: l.kernels,
-    })
+    };
+    if options.state_in_place {
+        in_place::write_state_in_place(&mut program, &l.shared.weights);
+    }
+    Ok(program)
 }
 
 impl Lowering<'_> {

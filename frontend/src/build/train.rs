@@ -10,12 +10,20 @@
 //! the step, whatever the split), clips the gradients to a global norm, applies AdamW and returns:
 //!
 //! - `loss`, `grad_norm` (`f32[]`, the norm before clipping);
-//! - `param.NAME`, `adam_m.NAME`, `adam_v.NAME`: each weight and its moments after the step.
+//! - `accepted` (`f32[]`, 1 or 0): whether the step was applied — its loss and gradient norm
+//!   are finite and the loss is at most the `max_loss` input (`inf`: any finite loss);
+//! - `param.NAME`, `adam_m.NAME`, `adam_v.NAME`: each weight and its moments after the step —
+//!   the values before it, bit for bit, when the step is not accepted.
+//!
+//! The decision is the program's own so that a backend may write the new state over the old
+//! (the training state's outputs name the values they replace: `param.NAME` weight `NAME`,
+//! `adam_m.NAME` and `adam_v.NAME` the inputs of the same name) and a rejected step still
+//! leaves it as it was.
 //!
 //! Inputs besides the sums: `targets i64[batch, seq]` (the next token at each position, or
 //! `-100` to ignore it), the moments `adam_m.NAME` and `adam_v.NAME` (f32, the weight's shape),
 //! and the hyperparameters as `f32[]` inputs — `lr`, `beta1`, `beta2`, `eps`, `weight_decay`,
-//! `max_grad_norm` (`inf`: no clipping) and `step` (1 for the first) — so one artifact serves
+//! `max_grad_norm` (`inf`: no clipping), `max_loss` and `step` (1 for the first) — so one artifact serves
 //! any schedule. The update is PyTorch's `AdamW` (decoupled decay `w·(1 − lr·wd)`, bias-corrected
 //! moments, `eps` added after the corrected square root) and its clipping
 //! (`clip_grad_norm_`: scale `min(1, max / (norm + 1e-6))`), in the same order of operations.
@@ -73,9 +81,12 @@ pub fn append(
         .collect::<Result<_, _>>()?;
     let (norm, grads) = clip(g, grads)?;
     g.output("grad_norm", norm)?;
+    let accepted = acceptance(g, mean_loss, norm)?;
+    let as_number = g.cast(accepted, DType::F32)?;
+    g.output("accepted", as_number)?;
     let hyper = Hyperparameters::inputs(g)?;
     for ((name, w), grad) in weights.iter().zip(grads) {
-        let [param, m, v] = adamw(g, name, *w, grad, &hyper)?;
+        let [param, m, v] = adamw(g, name, *w, grad, &hyper, accepted)?;
         g.output(&format!("param.{name}"), param)?;
         g.output(&format!("adam_m.{name}"), m)?;
         g.output(&format!("adam_v.{name}"), v)?;
@@ -113,6 +124,19 @@ fn clip(g: &mut Graph, grads: Vec<NodeId>) -> Result<(NodeId, Vec<NodeId>), IrEr
     Ok((norm, clipped))
 }
 
+/// Whether the step is applied (`bool[]`): `loss` and `norm` below `inf` (which NaN is not) and
+/// `loss ≤ max_loss`.
+fn acceptance(g: &mut Graph, loss: NodeId, norm: NodeId) -> Result<NodeId, IrError> {
+    let max_loss = g.input("max_loss", TensorType::scalar(DType::F32))?;
+    let finite_loss = g.binary_scalar(BinaryOp::Lt, loss, f64::INFINITY)?;
+    let finite_norm = g.binary_scalar(BinaryOp::Lt, norm, f64::INFINITY)?;
+    let below = g.binary(BinaryOp::Le, loss, max_loss)?;
+    let finite = g.binary(BinaryOp::And, finite_loss, finite_norm)?;
+    let accepted = g.binary(BinaryOp::And, finite, below)?;
+    g.set_label(accepted, "accepted");
+    Ok(accepted)
+}
+
 /// The optimizer's `f32[]` inputs.
 struct Hyperparameters {
     lr: NodeId,
@@ -137,13 +161,16 @@ impl Hyperparameters {
     }
 }
 
-/// One AdamW step of weight `w` with gradient `grad`: the new weight and moments.
+/// One AdamW step of weight `w` with gradient `grad`: the new weight and moments where
+/// `accepted`, else the old ones. The weight's update reads the moments as selected (equal to
+/// the updated ones where it is used), so each old value is read once, where it is replaced.
 fn adamw(
     g: &mut Graph,
     name: &str,
     w: NodeId,
     grad: NodeId,
     h: &Hyperparameters,
+    accepted: NodeId,
 ) -> Result<[NodeId; 3], IrError> {
     let ty = g.ty(w).clone();
     let m = g.input(&format!("adam_m.{name}"), ty.clone())?;
@@ -157,13 +184,15 @@ fn adamw(
     let toward = g.sub(grad, m)?;
     let rate1 = g.sub(one, h.beta1)?;
     let moved = g.mul(toward, rate1)?;
-    let m_new = g.add(m, moved)?;
+    let m_updated = g.add(m, moved)?;
+    let m_new = g.select(accepted, m_updated, m)?;
     // β2·v + (1 − β2)·g²
     let kept = g.mul(v, h.beta2)?;
     let rate2 = g.sub(one, h.beta2)?;
     let square = g.mul(grad, grad)?;
     let added = g.mul(square, rate2)?;
-    let v_new = g.add(kept, added)?;
+    let v_updated = g.add(kept, added)?;
+    let v_new = g.select(accepted, v_updated, v)?;
     // step size lr / (1 − β1ᵗ); denominator √v / √(1 − β2ᵗ) + eps
     let power1 = g.binary(BinaryOp::Pow, h.beta1, h.step)?;
     let correction1 = g.sub(one, power1)?;
@@ -176,7 +205,8 @@ fn adamw(
     let denominator = g.add(scaled, h.eps)?;
     let direction = g.div(m_new, denominator)?;
     let update = g.mul(direction, step_size)?;
-    let w_new = g.sub(decayed, update)?;
+    let w_updated = g.sub(decayed, update)?;
+    let w_new = g.select(accepted, w_updated, w)?;
     g.set_label(w_new, format!("adamw {name}"));
     Ok([w_new, m_new, v_new])
 }

@@ -89,6 +89,10 @@ impl TrainProgram for CudaRunner<'_> {
         self.set_device_input(name, state)
     }
 
+    fn set_zeros(&mut self, name: &str, shape: &[usize]) -> Result<()> {
+        CudaRunner::set_zeros(self, name, shape)
+    }
+
     fn take_state_input(&mut self, name: &str) -> Result<DeviceTensor> {
         self.take_device_input(name)
     }
@@ -103,7 +107,7 @@ impl TrainProgram for CudaRunner<'_> {
         Ok(out)
     }
 
-    fn run_with_weights(&mut self, weights: &[DeviceTensor]) -> Result<()> {
+    fn run_with_weights(&mut self, weights: &mut [DeviceTensor]) -> Result<()> {
         CudaRunner::run_with_weights(self, weights)
     }
 
@@ -113,6 +117,10 @@ impl TrainProgram for CudaRunner<'_> {
 
     fn arena_bytes(&self) -> usize {
         CudaRunner::arena_bytes(self)
+    }
+
+    fn replaces_in_place(&self, output: &str) -> bool {
+        self.desc().replaces_in_place(output)
     }
 }
 

@@ -18,6 +18,11 @@
 //! that buffer is appended in place by the run; [`CudaRunner::feed_back`] only grows the input's
 //! logical length, so the buffer's address — which the buffer table and any captured CUDA graph
 //! hold — never changes during a generation, and reading such an output copies it out dense.
+//!
+//! An output written over the value it replaces (a training step's weights and moments, see
+//! [`crate::manifest`]) takes no buffer of its own: the run leaves it in the replaced input's
+//! buffer, where [`CudaRunner::take_device_input`] hands it back, or in the weight passed to
+//! [`CudaRunner::run_with_weights`].
 
 use super::gemm_call::{self, Call};
 use super::launch::{grids, Kernels, Launcher, Work};
@@ -28,14 +33,15 @@ use crate::executor::{
     aliased, bind_symbols, check_weights, host_input_slot, input_slot, program_error,
     unset_defaults,
 };
-use crate::manifest::{BufferKind, IoDesc, ProgramDesc};
+use crate::manifest::{BufferKind, IoDesc, ProgramDesc, Replaced};
 use crate::memory_plan::{plan, Lifetime};
 use crate::tensor::Tensor;
 use cudarc::driver::{CudaSlice, DevicePtr};
 use std::collections::HashMap;
 
-/// An input of a runner: host data, copied in at every run, a device tensor read in place, or
-/// a buffer at the input's capacity holding `shape` (a cache appended in place).
+/// An input of a runner: host data, copied in at every run, a device tensor read in place, a
+/// buffer at the input's capacity holding `shape` (a cache appended in place), or zeros of
+/// `shape` (read from the runner's zero buffer).
 enum Input {
     Host(Tensor),
     Device(DeviceTensor),
@@ -43,6 +49,7 @@ enum Input {
         slice: CudaSlice<u8>,
         shape: Vec<usize>,
     },
+    Zeros(Vec<usize>),
 }
 
 impl Input {
@@ -50,7 +57,7 @@ impl Input {
         match self {
             Input::Host(t) => &t.shape,
             Input::Device(d) => &d.shape,
-            Input::Stored { shape, .. } => shape,
+            Input::Stored { shape, .. } | Input::Zeros(shape) => shape,
         }
     }
 }
@@ -79,6 +86,9 @@ pub struct CudaRunner<'m> {
     outputs: HashMap<usize, DeviceTensor>,
     /// Buffers free for the next run's outputs, by buffer.
     spare: HashMap<usize, CudaSlice<u8>>,
+    /// Zeros for the inputs set to zeros, as long as the longest of them: they read it, and
+    /// nothing writes it.
+    zeros: Option<CudaSlice<u8>>,
     /// The buffer table and the symbol values the entries read.
     tables: Option<(CudaSlice<u64>, CudaSlice<i64>)>,
     /// The symbols of the last run, while the outputs appended to inputs' buffers hold its
@@ -115,6 +125,7 @@ impl<'m> CudaRunner<'m> {
             planned: None,
             outputs: HashMap::new(),
             spare: HashMap::new(),
+            zeros: None,
             tables: None,
             appended: None,
             library_steps: 0,
@@ -184,6 +195,34 @@ impl<'m> CudaRunner<'m> {
         Ok(())
     }
 
+    /// Sets input `name` to zeros of `shape` (a training step's gradient sums before its first
+    /// micro-batch): every such input reads one zero buffer of the runner's, so they take the
+    /// memory of the largest alone. An input that an output is written into cannot read zeros.
+    pub fn set_zeros(&mut self, name: &str, shape: &[usize]) -> Result<()> {
+        let io = self.desc.inputs.iter().find(|i| i.name == name);
+        let dtype = io.map_or(crate::manifest::ElemType::F32, |i| i.dtype);
+        let slot = input_slot(self.desc, name, dtype, shape)?;
+        let written = self
+            .desc
+            .outputs
+            .iter()
+            .any(|o| o.buffer == self.desc.inputs[slot].buffer);
+        if written {
+            return Err(self.fail(
+                name,
+                "is written by the program: it cannot read shared zeros",
+            ));
+        }
+        let bytes = (shape.iter().product::<usize>() * dtype.size()).max(1);
+        if self.zeros.as_ref().is_none_or(|z| z.len() < bytes) {
+            let fresh = self.model.stream.alloc_zeros::<u8>(bytes);
+            let fresh = fresh.map_err(|e| device_error(&self.model.file, "allocating zeros", e))?;
+            self.zeros = Some(fresh);
+        }
+        self.inputs[slot] = Some(Input::Zeros(shape.to_vec()));
+        Ok(())
+    }
+
     /// The blocks of a value of `shape` for input `slot` at its capacity (`None`: the input is
     /// dense), after checking that the value fits; the appended outputs lose their result.
     fn blocks_of_input(&mut self, slot: usize, shape: &[usize]) -> Result<Option<Blocks>> {
@@ -248,7 +287,9 @@ impl<'m> CudaRunner<'m> {
             Some(Input::Stored { slice, shape }) => {
                 self.dense_copy(name, &slice, &self.desc.inputs[slot], shape)
             }
-            None => Err(self.fail(name, "the input is not set")),
+            Some(Input::Zeros(_)) | None => {
+                Err(self.fail(name, "the input is not set to a tensor"))
+            }
         }
     }
 
@@ -261,9 +302,25 @@ impl<'m> CudaRunner<'m> {
     }
 
     /// Moves output `name` of the last run out, leaving it on the device; an output appended
-    /// to an input's buffer is copied out dense.
+    /// to an input's buffer is copied out dense; an output written over an input is that
+    /// input's buffer, moved out (the input must be set again before the next run).
     pub fn take_device_output(&mut self, name: &str) -> Result<DeviceTensor> {
         let io = self.output_desc(name)?;
+        match self.desc.replaced(io) {
+            Some(Replaced::Input(i)) if self.appended.is_some() => {
+                return match (self.inputs[i].take(), self.staged[i].take()) {
+                    (Some(Input::Device(d)), _) => Ok(d),
+                    (Some(Input::Host(t)), Some(slice)) => Ok(DeviceTensor {
+                        slice,
+                        dtype: io.dtype,
+                        shape: t.shape,
+                    }),
+                    _ => Err(self.fail(name, self.not_held(io))),
+                };
+            }
+            Some(_) => return Err(self.fail(name, self.not_held(io))),
+            None => {}
+        }
         if let Some((slice, shape)) = self.appended_output(io)? {
             return self.dense_copy(name, slice, io, shape);
         }
@@ -287,11 +344,22 @@ impl<'m> CudaRunner<'m> {
         }
     }
 
+    /// Why output `io`, written over an input or a weight, is not in the runner's hands.
+    fn not_held(&self, io: &IoDesc) -> String {
+        match self.desc.replaced(io) {
+            Some(Replaced::Weight(w)) => format!(
+                "is written in place over weight `{}`, passed to the run",
+                self.model.manifest.weights[w].name
+            ),
+            _ => "the program has not run, or the output was taken".into(),
+        }
+    }
+
     /// Hands `storage` back as the buffer of output `name` for the next run.
     pub fn recycle_output(&mut self, name: &str, storage: DeviceTensor) -> Result<()> {
         let io = self.output_desc(name)?;
-        if aliased(self.desc, io)?.is_some() {
-            let message = "is appended in place to the buffer of an input: it takes no storage";
+        if aliased(self.desc, io)?.is_some() || self.desc.replaced(io).is_some() {
+            let message = "shares the buffer of an input or a weight: it takes no storage";
             return Err(self.fail(name, message));
         }
         self.spare.insert(io.buffer, storage.slice);
@@ -401,7 +469,7 @@ impl<'m> CudaRunner<'m> {
         }
         let mut outputs = HashMap::new();
         for io in &self.desc.outputs {
-            if aliased(self.desc, io)?.is_some() {
+            if aliased(self.desc, io)?.is_some() || self.desc.replaced(io).is_some() {
                 continue;
             }
             let shape: Vec<usize> = io.shape.iter().map(|d| d.eval(symbols) as usize).collect();
@@ -424,7 +492,9 @@ impl<'m> CudaRunner<'m> {
         Ok(outputs)
     }
 
-    /// Runs the program on the inputs set, with the model's weights; waits for the GPU.
+    /// Runs the program on the inputs set, with the model's weights; waits for the GPU. A
+    /// program that writes over its weights (a training step) runs only with weights of the
+    /// caller's.
     pub fn run(&mut self) -> Result<()> {
         if self.model.weights.len() != self.model.manifest.weights.len() {
             return Err(self.fail(
@@ -432,12 +502,22 @@ impl<'m> CudaRunner<'m> {
                 "the model's weights were moved out: pass them to `run_with_weights`",
             ));
         }
+        let writes_weights = self
+            .desc
+            .outputs
+            .iter()
+            .find(|o| matches!(self.desc.replaced(o), Some(Replaced::Weight(_))));
+        if let Some(o) = writes_weights {
+            let message = "is written over its weight in place: run with `run_with_weights`";
+            return Err(self.fail(&o.name, message));
+        }
         self.run_on(None)
     }
 
     /// Runs the program with `weights` in place of the model's (one per manifest entry, each of
-    /// its dtype and shape); waits for the GPU.
-    pub fn run_with_weights(&mut self, weights: &[DeviceTensor]) -> Result<()> {
+    /// its dtype and shape); waits for the GPU. Outputs that replace weights (a training step's
+    /// `param.NAME`) are left in `weights`.
+    pub fn run_with_weights(&mut self, weights: &mut [DeviceTensor]) -> Result<()> {
         check_weights(&self.model.manifest, &self.model.file, weights)?;
         self.run_on(Some(weights))
     }
@@ -473,6 +553,7 @@ impl<'m> CudaRunner<'m> {
                 BufferKind::Input(i) => match (&self.inputs[i], &self.staged[i]) {
                     (Some(Input::Device(t)), _) => address(&t.slice),
                     (Some(Input::Stored { slice, .. }), _) => address(slice),
+                    (Some(Input::Zeros(_)), _) => self.zeros.as_ref().map_or(0, address),
                     (_, Some(staged)) => address(staged),
                     _ => unreachable!("every input is bound and staged"),
                 },
@@ -545,6 +626,22 @@ impl<'m> CudaRunner<'m> {
     /// Output `name` of the last run, copied to the host (dense).
     pub fn output(&self, name: &str) -> Result<Tensor> {
         let io = self.output_desc(name)?;
+        if let Some(replaced) = self.desc.replaced(io) {
+            let held = match (replaced, &self.appended) {
+                (Replaced::Input(i), Some(_)) => match (&self.inputs[i], &self.staged[i]) {
+                    (Some(Input::Device(t)), _) => Some((&t.slice, &t.shape)),
+                    (Some(Input::Host(t)), Some(staged)) => Some((staged, &t.shape)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let (slice, shape) = held.ok_or_else(|| self.fail(name, self.not_held(io)))?;
+            let len = shape.iter().product::<usize>() * io.dtype.size();
+            let copied = self.model.stream.clone_dtoh(&slice.slice(..len.max(1)));
+            let copied =
+                copied.map_err(|e| device_error(&self.model.file, "copying from the GPU", e))?;
+            return Ok(Tensor::from_bytes(io.dtype, shape, &copied[..len]));
+        }
         if let Some((slice, shape)) = self.appended_output(io)? {
             let capacity = io.capacity.expect("an appended output has a capacity");
             let blocks = capacity.blocks(&shape, io.dtype.size());

@@ -3,10 +3,12 @@
 //! non-finite handling, and checkpoints.
 //!
 //! The trainer drives any [`TrainProgram`]: the CPU's runner, or the GPU's, where the state stays
-//! on the device. It owns the weights and the AdamW moments (f32) and hands them to every run; a run's
-//! updated weights and moments are swapped in only when the step is accepted, so a rejected
-//! step (non-finite loss or gradient norm, or a loss spike) is never applied: it is skipped, or
-//! the last checkpoint is restored and the data moves on past the offending batch. One step runs
+//! on the device. It owns the weights and the AdamW moments (f32) and hands them to every run. The
+//! step itself decides whether it is applied (its `accepted` output: a finite loss and gradient
+//! norm, and a loss at most the `max_loss` the [`SpikeDetector`] sets), and returns the state as
+//! it was when it is not, so a rejected step (non-finite, or a loss spike) is never applied: it
+//! is skipped, or the last checkpoint is restored and the data moves on past the offending
+//! batch. State a program writes in place stays where it is; other new state is swapped in. One step runs
 //! `accumulate` on all micro-batches but the last and `train_step` on the last, so the loss and
 //! the gradients are means over every token of the step (see the compiler's docs/training.md for
 //! the programs). Runs are deterministic: the same start, options and data give the same bits,
@@ -97,8 +99,6 @@ pub struct Trainer<P: TrainProgram> {
     params: Vec<P::State>,
     adam_m: Vec<P::State>,
     adam_v: Vec<P::State>,
-    /// Zeros for the next step's gradient sums (moved into its first run and back).
-    zero_sums: Vec<P::State>,
     /// Optimizer steps applied.
     step: u64,
     options: TrainOptions,
@@ -181,7 +181,6 @@ impl<P: TrainProgram> Trainer<P> {
             params,
             adam_m,
             adam_v,
-            zero_sums: Vec::new(),
             step: 0,
             options,
             spike: SpikeDetector::default(),
@@ -247,12 +246,8 @@ impl<P: TrainProgram> Trainer<P> {
             RuntimeError::new("<training data>", None, "a step needs at least one batch")
         })?;
         let sum_names = self.sum_names();
-        let mut sums = match std::mem::take(&mut self.zero_sums) {
-            zeros if zeros.len() == sum_names.len() => zeros,
-            _ => self.zeros_for_sums()?,
-        };
-        // The zeros the step's first run read, kept for the next step.
-        let mut zeros = None;
+        // The sums so far: none (zeros) before the first micro-batch.
+        let mut sums: Option<Vec<P::State>> = None;
         for batch in batches {
             let runner = self.accumulate.as_mut().ok_or_else(|| {
                 RuntimeError::new(
@@ -262,18 +257,15 @@ impl<P: TrainProgram> Trainer<P> {
                 )
             })?;
             set_batch(runner, batch)?;
-            for (name, value) in sum_names.iter().zip(sums) {
-                runner.set_state(name, value)?;
-            }
-            runner.run_with_weights(&self.params)?;
-            let read = take_each(&sum_names, |name| runner.take_state_input(name))?;
-            zeros.get_or_insert(read);
-            sums = take_each(&sum_names, |name| runner.take_state_output(name))?;
+            set_sums(runner, &sum_names, &self.weights, sums.take())?;
+            runner.run_with_weights(&mut self.params)?;
+            sums = Some(take_each(&sum_names, |name| {
+                runner.take_state_output(name)
+            })?);
         }
         set_batch(&mut self.train, last)?;
-        for (name, value) in sum_names.iter().zip(sums) {
-            self.train.set_state(name, value)?;
-        }
+        let accumulated = sums.is_some();
+        set_sums(&mut self.train, &sum_names, &self.weights, sums)?;
         let o = &self.options;
         let values = [
             lr,
@@ -290,11 +282,13 @@ impl<P: TrainProgram> Trainer<P> {
         let moments = std::mem::take(&mut self.adam_m)
             .into_iter()
             .zip(std::mem::take(&mut self.adam_v));
+        let max_loss = self.spike.max_loss(&self.options.spike);
+        self.train.set_input("max_loss", scalar(max_loss))?;
         for (w, (m, v)) in self.weights.iter().zip(moments) {
             self.train.set_state(&format!("adam_m.{}", w.name), m)?;
             self.train.set_state(&format!("adam_v.{}", w.name), v)?;
         }
-        let ran = self.train.run_with_weights(&self.params);
+        let ran = self.train.run_with_weights(&mut self.params);
         for w in &self.weights {
             let m = self.train.take_state_input(&format!("adam_m.{}", w.name))?;
             let v = self.train.take_state_input(&format!("adam_v.{}", w.name))?;
@@ -302,22 +296,25 @@ impl<P: TrainProgram> Trainer<P> {
             self.adam_v.push(v);
         }
         ran?;
-        let read = take_each(&sum_names, |name| self.train.take_state_input(name))?;
-        self.zero_sums = zeros.unwrap_or(read);
+        if accumulated {
+            // The sums are spent: free them now rather than at the next step's.
+            take_each(&sum_names, |name| self.train.take_state_input(name))?;
+        }
         let loss = self.train.scalar_output("loss")?;
         let grad_norm = self.train.scalar_output("grad_norm")?;
-        let outcome = match self.spike.judge(&self.options.spike, loss, grad_norm) {
-            None => {
+        let accepted = self.train.scalar_output("accepted")? == 1.0;
+        let outcome = match accepted {
+            true => {
                 self.apply()?;
                 self.step = t;
                 self.spike.accept(&self.options.spike, loss);
                 Outcome::Applied
             }
-            Some(reason) => match self.options.spike.policy {
-                SpikePolicy::Skip => Outcome::Skipped(reason),
+            false => match self.options.spike.policy {
+                SpikePolicy::Skip => Outcome::Skipped(self.rejection(loss, grad_norm, max_loss)),
                 SpikePolicy::Rollback => {
                     self.rollback()?;
-                    Outcome::RolledBack(reason)
+                    Outcome::RolledBack(self.rejection(loss, grad_norm, max_loss))
                 }
             },
         };
@@ -332,7 +329,15 @@ impl<P: TrainProgram> Trainer<P> {
         })
     }
 
-    /// Swaps the step's new weights and moments in; the old storage holds the next step's.
+    /// Why the step rejected itself: the detector's words, or (a loss at the limit, which
+    /// the step tests in f32) the limit.
+    fn rejection(&self, loss: f64, grad_norm: f64, max_loss: f64) -> String {
+        let reason = self.spike.judge(&self.options.spike, loss, grad_norm);
+        reason.unwrap_or_else(|| format!("the loss {loss:.4} is above the limit {max_loss:.4}"))
+    }
+
+    /// Swaps the step's new weights and moments in, where the step did not write them in
+    /// place; the old storage holds the next step's.
     fn apply(&mut self) -> Result<()> {
         for (prefix, state) in [
             ("param.", &mut self.params),
@@ -342,7 +347,10 @@ impl<P: TrainProgram> Trainer<P> {
             let spent = std::mem::take(state);
             for (w, old) in self.weights.iter().zip(spent) {
                 let name = format!("{prefix}{}", w.name);
-                state.push(self.train.swap_state_output(&name, old)?);
+                state.push(match self.train.replaces_in_place(&name) {
+                    true => old,
+                    false => self.train.swap_state_output(&name, old)?,
+                });
             }
         }
         Ok(())
@@ -352,16 +360,6 @@ impl<P: TrainProgram> Trainer<P> {
         ["loss_sum".to_string(), "token_count".to_string()]
             .into_iter()
             .chain(self.weights.iter().map(|w| format!("grad_sum.{}", w.name)))
-            .collect()
-    }
-
-    /// The sums before a step's first micro-batch: zeros.
-    fn zeros_for_sums(&self) -> Result<Vec<P::State>> {
-        let shapes = [Vec::new(), Vec::new()]
-            .into_iter()
-            .chain(self.weights.iter().map(|w| w.shape.clone()));
-        shapes
-            .map(|shape| self.train.to_state(Tensor::zeros(ElemType::F32, &shape)))
             .collect()
     }
 
@@ -419,6 +417,29 @@ impl<P: TrainProgram> Trainer<P> {
 /// `take(name)` for each of `names`, in order.
 fn take_each<S>(names: &[String], mut take: impl FnMut(&str) -> Result<S>) -> Result<Vec<S>> {
     names.iter().map(|name| take(name)).collect()
+}
+
+/// Sets the sums `names` a run adds to: `sums`, or zeros (of the scalar loss and token count,
+/// then of each of `weights`) before the first micro-batch.
+fn set_sums<P: TrainProgram>(
+    runner: &mut P,
+    names: &[String],
+    weights: &[TensorDesc],
+    sums: Option<Vec<P::State>>,
+) -> Result<()> {
+    let Some(sums) = sums else {
+        let shapes = [&[][..], &[]]
+            .into_iter()
+            .chain(weights.iter().map(|w| &w.shape[..]));
+        return names
+            .iter()
+            .zip(shapes)
+            .try_for_each(|(name, shape)| runner.set_zeros(name, shape));
+    };
+    names
+        .iter()
+        .zip(sums)
+        .try_for_each(|(name, value)| runner.set_state(name, value))
 }
 
 fn set_batch(runner: &mut impl TrainProgram, batch: Batch) -> Result<()> {

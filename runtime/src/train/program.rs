@@ -5,6 +5,7 @@
 
 use crate::error::Result;
 use crate::executor::Runner;
+use crate::manifest::ElemType;
 use crate::profile::Profiled;
 use crate::tensor::Tensor;
 use std::borrow::Cow;
@@ -18,18 +19,25 @@ pub trait TrainProgram: Profiled {
     fn to_host<'s>(&self, state: &'s Self::State) -> Result<Cow<'s, Tensor>>;
     fn set_input(&mut self, name: &str, tensor: Tensor) -> Result<()>;
     fn set_state(&mut self, name: &str, state: Self::State) -> Result<()>;
+    /// Sets f32 input `name` to zeros of `shape` (kept on the runner's device, where it may
+    /// share them among inputs).
+    fn set_zeros(&mut self, name: &str, shape: &[usize]) -> Result<()>;
     /// Moves input `name` back out after a run.
     fn take_state_input(&mut self, name: &str) -> Result<Self::State>;
     /// Moves output `name` of the last run out.
     fn take_state_output(&mut self, name: &str) -> Result<Self::State>;
     /// Moves output `name` of the last run out; `spent` becomes its storage for the next run.
     fn swap_state_output(&mut self, name: &str, spent: Self::State) -> Result<Self::State>;
-    /// Runs with `weights` (one per manifest entry) in place of the model's.
-    fn run_with_weights(&mut self, weights: &[Self::State]) -> Result<()>;
+    /// Runs with `weights` (one per manifest entry) in place of the model's; outputs that
+    /// replace weights in place ([`Self::replaces_in_place`]) are left in them.
+    fn run_with_weights(&mut self, weights: &mut [Self::State]) -> Result<()>;
     /// The single value of f32 output `name` of the last run.
     fn scalar_output(&self, name: &str) -> Result<f64>;
     /// Bytes of the arena holding the intermediates.
     fn arena_bytes(&self) -> usize;
+    /// Whether output `output` is written over the value it replaces (a weight, or the input
+    /// of its name), so a run leaves it there (see [`crate::manifest`]).
+    fn replaces_in_place(&self, output: &str) -> bool;
 }
 
 impl TrainProgram for Runner<'_> {
@@ -51,6 +59,10 @@ impl TrainProgram for Runner<'_> {
         Runner::set_input(self, name, state)
     }
 
+    fn set_zeros(&mut self, name: &str, shape: &[usize]) -> Result<()> {
+        Runner::set_input(self, name, Tensor::zeros(ElemType::F32, shape))
+    }
+
     fn take_state_input(&mut self, name: &str) -> Result<Tensor> {
         self.take_input(name)
     }
@@ -63,7 +75,7 @@ impl TrainProgram for Runner<'_> {
         self.swap_output(name, spent)
     }
 
-    fn run_with_weights(&mut self, weights: &[Tensor]) -> Result<()> {
+    fn run_with_weights(&mut self, weights: &mut [Tensor]) -> Result<()> {
         Runner::run_with_weights(self, weights)
     }
 
@@ -73,5 +85,10 @@ impl TrainProgram for Runner<'_> {
 
     fn arena_bytes(&self) -> usize {
         Runner::arena_bytes(self)
+    }
+
+    /// Never: the CPU runner refuses such programs.
+    fn replaces_in_place(&self, _output: &str) -> bool {
+        false
     }
 }

@@ -1,7 +1,8 @@
 //! Loss-spike and non-finite detection: a step whose loss or gradient norm is NaN or infinite is
 //! always rejected; with a factor set, so is a step whose loss exceeds `factor ×` the mean of the
-//! last accepted losses (once `window / 2` of them are known). What happens to a rejected step
-//! is the trainer's policy: skip it, or roll back to the last checkpoint.
+//! last accepted losses (once `window / 2` of them are known). The training step applies the same
+//! test itself, given [`SpikeDetector::max_loss`], so a rejected step leaves the state as it was;
+//! what happens next is the trainer's policy: skip it, or roll back to the last checkpoint.
 
 use std::collections::VecDeque;
 
@@ -40,6 +41,20 @@ pub struct SpikeDetector {
 }
 
 impl SpikeDetector {
+    /// The recent mean, once enough losses are known for the spike test.
+    fn mean(&self, options: &SpikeOptions) -> Option<f64> {
+        let known = self.recent.len() >= options.window.div_ceil(2).max(1);
+        known.then(|| self.recent.iter().sum::<f64>() / self.recent.len() as f64)
+    }
+
+    /// The highest loss the next step may have: `factor ×` the recent mean, or `inf`.
+    pub fn max_loss(&self, options: &SpikeOptions) -> f64 {
+        match (options.factor, self.mean(options)) {
+            (Some(factor), Some(mean)) => factor * mean,
+            _ => f64::INFINITY,
+        }
+    }
+
     /// Why a step with this loss and gradient norm must not be applied, if it must not.
     pub fn judge(&self, options: &SpikeOptions, loss: f64, grad_norm: f64) -> Option<String> {
         if !loss.is_finite() {
@@ -48,11 +63,7 @@ impl SpikeDetector {
         if !grad_norm.is_finite() {
             return Some(format!("the gradient norm is {grad_norm}"));
         }
-        let factor = options.factor?;
-        if self.recent.len() < options.window.div_ceil(2).max(1) {
-            return None;
-        }
-        let mean = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
+        let (factor, mean) = (options.factor?, self.mean(options)?);
         (loss > factor * mean)
             .then(|| format!("the loss {loss:.4} is above {factor} × the recent mean {mean:.4}"))
     }

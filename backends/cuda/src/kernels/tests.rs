@@ -638,6 +638,7 @@ fn train_step_tolerance(output: &str) -> f64 {
         "adam_m" => 1.5e-2,
         "adam_v" => 3e-2,
         "param" => 3e-3,
+        "accepted" => 0.0,
         other => panic!("unexpected train_step output `{other}`"),
     }
 }
@@ -669,11 +670,59 @@ fn train_step_tolerance(output: &str) -> f64 {
 /// forward's result shared (`bf16_attention_backward_on_tensor_cores_matches_the_interpreter`).
 #[test]
 fn train_step_at_bf16_matches_the_interpreter() {
+    let (g, inputs, weights) = train_step_at_bf16(2, 16, f64::INFINITY);
+    let (got, want) = run_both(&g, &g, &inputs, &weights).unwrap();
+    let failures: Vec<String> = want
+        .iter()
+        .filter_map(|(name, w)| check_close(name, &got[name], w, train_step_tolerance(name)).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A step over its `max_loss` writes its weights and moments in place (every one of them), and
+/// leaves each as it was, bit for bit.
+#[test]
+fn rejected_train_step_leaves_the_state_it_writes_in_place() {
+    let (g, mut inputs, weights) = train_step_at_bf16(1, 4, 0.0);
+    for (name, t) in inputs.iter_mut().filter(|(n, _)| n.starts_with("adam_")) {
+        let values = (0..t.numel()).map(|i| 1e-3 * (i % 7 + 1) as f64);
+        let sign = if name.starts_with("adam_m.") {
+            -1.0
+        } else {
+            1.0
+        };
+        *t = Tensor::from_f64(DType::F32, &t.shape, values.map(|x| sign * x));
+    }
+    let artifact = crate::compile(std::slice::from_ref(&g), model()).unwrap();
+    let program = artifact.manifest.program(&g.name).unwrap();
+    let state = program.outputs.iter().filter(|o| o.name.contains('.'));
+    let own: Vec<&str> = state
+        .filter(|o| program.replaced(o).is_none())
+        .map(|o| o.name.as_str())
+        .collect();
+    assert!(
+        own.is_empty(),
+        "state outputs with buffers of their own: {own:?}"
+    );
+    let got = emulate(&artifact, &g.name, &inputs, &weights);
+    assert_eq!(got["accepted"].to_f64(), [0.0]);
+    for (name, t) in &got {
+        let before = match name.split_once('.') {
+            Some(("param", weight)) => &weights[weight],
+            Some(("adam_m" | "adam_v", _)) => &inputs[name],
+            _ => continue,
+        };
+        assert_eq!(t.data, before.data, "{name} changed");
+    }
+}
+
+/// The narrowed tiny Llama's `train_step` at `bf16` and its inputs for `batch × seq` random
+/// tokens (the matrices scaled by 0.1, as an initializer leaves them), with `max_loss`.
+fn train_step_at_bf16(batch: usize, seq: usize, max_loss: f64) -> (Graph, TensorMap, TensorMap) {
     use kiln_frontend::Program;
     use kiln_passes::Precision;
     let spec = kiln_frontend::hf::read_config(NARROW_LLAMA, "narrow_llama.json").unwrap();
     let g = optimized(&spec, Program::TrainStep, Precision::Bf16).unwrap();
-    let (batch, seq) = (2, 16);
     let (mut inputs, mut weights) =
         random_bindings(&g, &env(&[("batch", batch), ("seq", seq)]), 64, 0).unwrap();
     for w in weights.values_mut().filter(|w| w.shape.len() == 2) {
@@ -691,6 +740,7 @@ fn train_step_at_bf16_matches_the_interpreter() {
         ("eps", 1e-6),
         ("weight_decay", 0.1),
         ("max_grad_norm", 1.0),
+        ("max_loss", max_loss),
         ("step", 1.0),
         ("loss_sum", 0.0),
         ("token_count", 0.0),
@@ -706,12 +756,7 @@ fn train_step_at_bf16_matches_the_interpreter() {
             *t = Tensor::from_f64(DType::F32, &t.shape, vec![0.0; t.numel()]);
         }
     }
-    let (got, want) = run_both(&g, &g, &inputs, &weights).unwrap();
-    let failures: Vec<String> = want
-        .iter()
-        .filter_map(|(name, w)| check_close(name, &got[name], w, train_step_tolerance(name)).err())
-        .collect();
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    (g, inputs, weights)
 }
 
 /// How a bf16 operand of [`bf16_matmul_graph`] is laid out.
