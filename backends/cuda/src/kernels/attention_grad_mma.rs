@@ -30,17 +30,18 @@
 //! pair; a query that sees no key, or a column past the end, contributes nothing. Each block
 //! owns its rows' results (no atomics); sums run in tile order.
 //!
-//! **Staging.** As in the forward: two stages, the next tile loaded into registers before the
-//! current tile's products and stored into the other stage after its first products (`S` and
-//! `dP`), one barrier per tile; shared rows padded by 8 bf16.
+//! **Staging.** Two stages, the next tile loaded into registers before the current tile's
+//! products and stored into the other stage after its first products (`S` and `dP`), one
+//! barrier per tile; shared rows padded by 8 bf16 (the forward copies by `cp.async` instead).
+//! Probabilities are `ex2.approx.ftz` of the exponent, as in the forward.
 //!
 //! Invariants: every thread reaches every barrier (the walks' bounds are the block's); a stage
 //! is written only after the barrier that ends the tile that last read it.
 
 use super::attention::Visibility;
 use super::attention_mma::{
-    as_a_fragments, block_range, fragments, load_a_row, multiply, Fragments, Read, TileStage,
-    THREADS, WARPS,
+    as_a_fragments, block_range, fragments, load_a_row, multiply, product, Fragments, Read,
+    TileStage, THREADS, WARPS,
 };
 use super::context::{Addressed, Ctx, Granule};
 use super::reduce::warp_fold;
@@ -85,7 +86,7 @@ fn probabilities(c: &mut Ctx, s: &[[Reg; 4]], factor: f32, lse2: impl Fn(usize, 
         for (e, &x) in tile.iter().enumerate() {
             let shift = lse2(ni, e);
             let exponent = c.b.mad(x, factor, shift);
-            let p = c.b.ex2(exponent);
+            let p = c.b.ex2_ftz(exponent);
             c.b.assign(x, p);
         }
     }
@@ -138,7 +139,7 @@ fn last_product(
     (tile, base): (&TileStage, Reg),
     (stage, other): (Reg, Reg),
 ) -> Result<()> {
-    let a = vec![as_a_fragments(c, w)?];
+    let a = vec![as_a_fragments(c, w)];
     let at = c.b.add(base, stage);
     multiply(c, acc, &a, (tile, Read::Columns), at);
     c.b.assign(stage, other);
@@ -307,6 +308,7 @@ fn emit_queries(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
         ks.lane_base(c, l.lane, Read::Columns),
     );
     let stage = c.b.mov(Ty::S64, 0i64);
+    let zero_f32 = c.b.mov(Ty::F32, 0.0f32);
     let factor = (a.scale * std::f64::consts::LOG2_E) as f32;
     let n_tiles = (rows / 8) as usize;
     let q_frags = fragments(c, 1, (d / 16) as usize, Ty::B32);
@@ -373,14 +375,10 @@ fn emit_queries(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
                 }
                 Ok(())
             })?;
-            let s = fragments(c, 1, n_tiles, Ty::F32);
-            let dp = fragments(c, 1, n_tiles, Ty::F32);
-            zero(c, &s);
-            zero(c, &dp);
             let at = c.b.add(k_rows, stage);
-            multiply(c, &s, &q_frags, (&ks, Read::Rows), at);
+            let s = product(c, &q_frags, n_tiles, (&ks, Read::Rows), (at, zero_f32));
             let at = c.b.add(v_rows, stage);
-            multiply(c, &dp, &do_frags, (&vs, Read::Rows), at);
+            let dp = product(c, &do_frags, n_tiles, (&vs, Read::Rows), (at, zero_f32));
             let other = c.b.xor(stage, stage_bytes);
             c.when(more, |c| {
                 for tile in tiles {
@@ -476,6 +474,7 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
         false => (&dos, dos.lane_base(c, l.lane, Read::Columns)),
     };
     let stage = c.b.mov(Ty::S64, 0i64);
+    let zero_f32 = c.b.mov(Ty::F32, 0.0f32);
     let factor = (a.scale * std::f64::consts::LOG2_E) as f32;
     let n_tiles = (rows / 8) as usize;
     let k_frags = fragments(c, 1, (d / 16) as usize, Ty::B32);
@@ -610,17 +609,18 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
             let next = c.b.add(u, 1i64);
             let more = c.b.setp(Cmp::Lt, next, total);
             c.when(more, |c| load(c, next))?;
-            let st = fragments(c, 1, n_tiles, Ty::F32);
-            zero(c, &st);
             let at = c.b.add(q_rows, stage);
-            multiply(c, &st, &k_frags, (&qs, Read::Rows), at);
+            let st = product(c, &k_frags, n_tiles, (&qs, Read::Rows), (at, zero_f32));
             let dpt = match by_keys {
                 true => {
-                    let dpt = fragments(c, 1, n_tiles, Ty::F32);
-                    zero(c, &dpt);
                     let at = c.b.add(do_rows, stage);
-                    multiply(c, &dpt, &v_frags, (&dos, Read::Rows), at);
-                    Some(dpt)
+                    Some(product(
+                        c,
+                        &v_frags,
+                        n_tiles,
+                        (&dos, Read::Rows),
+                        (at, zero_f32),
+                    ))
                 }
                 false => None,
             };

@@ -15,7 +15,8 @@
 //!    × its two rows.
 //! 2. Where the tile is not inside every row's visible run, each score outside its row's run
 //!    becomes `-∞`.
-//! 3. Online softmax per row, in base 2 (`ex2.approx`) with the scale folded into one `fma` per
+//! 3. Online softmax per row, in base 2 (`ex2.approx.ftz`: a weight below 2⁻¹²⁶ of the row's
+//!    largest is 0, far under bf16's resolution of the sum) with the scale folded into one `fma` per
 //!    score (for a positive scale; another is applied first): the tile's maximum (a tree over
 //!    the lane's scores, then the 4 lanes of the row by shuffles) moves the running maximum
 //!    `m`; the running sum `l` (each lane's own part, summed over the 4 lanes at the end) and
@@ -36,15 +37,16 @@
 //! two bf16 roundings of each weight (`2⁻⁷` relative, one on each side), the bound the tests
 //! use.
 //!
-//! **Staging.** Two stages of shared tiles: the next tile of keys and values is loaded into
-//! registers (16-byte vectors when `matmul_mma::vectorizable` proves them aligned, else element
-//! by element) before the current tile's scores, and stored into the other stage right after
-//! them (freeing the registers for the softmax), so a tile takes one barrier. Keys past `T`
+//! **Staging.** Two stages of shared tiles. A tile starts with a wait for the thread's copies
+//! and a barrier: then the tile is in its stage for every thread, and no warp still reads the
+//! other stage, so the next tile's keys and values are copied there (`cp.async` of 16-byte
+//! chunks when `matmul_mma::vectorizable` proves them aligned, in flight during the whole tile;
+//! else through registers, element by element) and the tile takes one barrier. Keys past `T`
 //! are 0. Shared rows are padded by 8 bf16, so the 8 rows an `ldmatrix` reads at once hit
 //! distinct banks.
 //!
 //! Invariants: every thread reaches every barrier (the walk's bounds are the block's); a stage
-//! is written only after the barrier that ends the tile that last read it.
+//! is written only after the barrier that starts the tile after the last one that read it.
 
 use super::attention::Views;
 use super::context::{Addressed, Ctx, Granule};
@@ -237,6 +239,102 @@ impl TileStage {
         Ok(())
     }
 
+    /// Copies rows `j0..j0 + rows` (of `row_count`; 0 past them, and `j0 < row_count`) of the
+    /// head at linear index `head` into the tile of the stage at byte offset `stage`: by
+    /// `cp.async`, complete once the thread waits for the group it is committed in, where
+    /// chunks are 16-byte vectors; else through registers, complete at once.
+    ///
+    /// Where chunks per row divide the threads, a lane's chunks lie `THREADS / per_row` rows
+    /// apart in one column, so their addresses are one step apart: a chunk costs its bound
+    /// check and its copy. A row past `row_count` reads nothing (its copy is of 0 bytes, from
+    /// row `j0`).
+    pub fn issue(
+        &self,
+        c: &mut Ctx,
+        (head, j0, row_count): (Reg, Reg, &Operand),
+        stage: Reg,
+    ) -> Result<()> {
+        if !self.vector {
+            self.load(c, head, j0, row_count)?;
+            return self.store(c, stage);
+        }
+        if THREADS % self.per_row != 0 {
+            return self.issue_each(c, (head, j0, row_count), stage);
+        }
+        let base = self.v.base.expect("a vectorizable view is a buffer");
+        let apart = THREADS / self.per_row;
+        let (row, chunk) = div_rem(c, self.tid, self.per_row);
+        let col = c.b.shl(chunk, VECTOR.trailing_zeros());
+        let first = c.b.add(j0, row);
+        // `first + apart·i < row_count` for chunk `i`: `over < −apart·i`.
+        let over = c.b.sub(first, row_count.clone());
+        let inside = |c: &mut Ctx, i: usize| c.b.setp(Cmp::Lt, over, -apart * i as i64);
+        let first_inside = inside(c, 0);
+        let read = c.b.selp(first, j0, first_inside, Ty::S64);
+        let at = c.b.mad(read, self.v.strides[2].clone(), head);
+        let at = c.b.add(at, col);
+        let src = c.address(base, at, DType::BF16)?;
+        let stride = c.b.mov(Ty::S64, self.v.strides[2].clone());
+        let step = c.b.mul(stride, 2 * apart);
+        let dst = c.b.add(self.tile, stage);
+        let dst = c.b.mad(row, self.pitch, dst);
+        let dst = c.b.mad(col, 2i64, dst);
+        for i in 0..self.chunks.len() {
+            let within = match i {
+                0 => first_inside,
+                _ => inside(c, i),
+            };
+            let from = match i {
+                0 => src,
+                _ => {
+                    let next = c.b.mad(step, i as i64, src);
+                    c.b.selp(next, src, within, Ty::S64)
+                }
+            };
+            let size = c.b.selp(16i64, 0i64, within, Ty::U32);
+            // The tile's last chunks, where they do not divide among the threads.
+            let owned = ((i as i64 + 1) * THREADS > self.total).then(|| {
+                let tile_row = c.b.add(row, apart * i as i64);
+                c.b.setp(Cmp::Lt, tile_row, self.total / self.per_row)
+            });
+            let offset = apart * i as i64 * self.pitch;
+            Self::owned(c, owned, |c| {
+                c.b.cp_async(dst, offset, from, size);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::issue`] by `cp.async` where a lane's chunks are not in one column: each placed
+    /// on its own.
+    fn issue_each(
+        &self,
+        c: &mut Ctx,
+        (head, j0, row_count): (Reg, Reg, &Operand),
+        stage: Reg,
+    ) -> Result<()> {
+        let base = self.v.base.expect("a vectorizable view is a buffer");
+        let tile = c.b.add(self.tile, stage);
+        for i in 0..self.chunks.len() {
+            let (row, col, owned) = self.place(c, i);
+            Self::owned(c, owned, |c| {
+                let j = c.b.add(j0, row);
+                let inside = c.b.setp(Cmp::Lt, j, row_count.clone());
+                let read = c.b.selp(j, j0, inside, Ty::S64);
+                let at = c.b.mad(read, self.v.strides[2].clone(), head);
+                let at = c.b.add(at, col);
+                let src = c.address(base, at, DType::BF16)?;
+                let size = c.b.selp(16i64, 0i64, inside, Ty::U32);
+                let dst = c.b.mad(row, self.pitch, tile);
+                let dst = c.b.mad(col, 2i64, dst);
+                c.b.cp_async(dst, 0, src, size);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
     /// Stores the loaded chunks into the tile of the stage at byte offset `stage`.
     pub fn store(&self, c: &mut Ctx, stage: Reg) -> Result<()> {
         let tile = c.b.add(self.tile, stage);
@@ -290,13 +388,6 @@ impl TileStage {
     }
 }
 
-/// Two f32 rounded to bf16 and packed in one word, the first in the low half.
-fn pack_bf16(c: &mut Ctx, lo: Reg, hi: Reg) -> Result<Reg> {
-    let lo = super::expr::convert(c, lo, DType::F32, DType::BF16)?;
-    let hi = super::expr::convert(c, hi, DType::F32, DType::BF16)?;
-    Ok(c.b.pack(Ty::B32, lo, hi))
-}
-
 /// Loads row `r` of the head at linear index `head` of `v` (0 where `inside` is false) into
 /// the words of a lane's A fragments of one m-tile that hold it: `half` 0 for row `g`, 1 for
 /// row `g + 8`, one fragment per k-step of 16 columns.
@@ -331,17 +422,17 @@ pub(super) fn load_a_row(
 /// One m-tile of accumulators (n-tiles of 8 columns) as the A fragments of k-steps of 16
 /// columns, each pair rounded to bf16: the accumulator layout of two n-tiles is the A layout
 /// of one k-step.
-pub(super) fn as_a_fragments(c: &mut Ctx, tiles: &[[Reg; 4]]) -> Result<Vec<[Reg; 4]>> {
+pub(super) fn as_a_fragments(c: &mut Ctx, tiles: &[[Reg; 4]]) -> Vec<[Reg; 4]> {
     tiles
         .chunks(2)
         .map(|pair| {
             let (lo, hi) = (pair[0], pair[1]);
-            Ok([
-                pack_bf16(c, lo[0], lo[1])?,
-                pack_bf16(c, lo[2], lo[3])?,
-                pack_bf16(c, hi[0], hi[1])?,
-                pack_bf16(c, hi[2], hi[3])?,
-            ])
+            [
+                c.b.pack_bf16x2(lo[0], lo[1]),
+                c.b.pack_bf16x2(lo[2], lo[3]),
+                c.b.pack_bf16x2(hi[0], hi[1]),
+                c.b.pack_bf16x2(hi[2], hi[3]),
+            ]
         })
         .collect()
 }
@@ -463,12 +554,43 @@ pub(super) fn multiply(
     (tile, read): (&TileStage, Read),
     base: Reg,
 ) {
+    accumulate(c, acc, a, (tile, read), base, None);
+}
+
+/// `a·B` into new accumulators of `n` n-tiles per m-tile, as [`multiply`] but starting from
+/// `zero` (a register holding 0.0), so nothing clears them first.
+pub(super) fn product(
+    c: &mut Ctx,
+    a: &Fragments,
+    n: usize,
+    (tile, read): (&TileStage, Read),
+    (base, zero): (Reg, Reg),
+) -> Fragments {
+    let acc = fragments(c, a.len(), n, Ty::F32);
+    accumulate(c, &acc, a, (tile, read), base, Some(zero));
+    acc
+}
+
+/// [`multiply`], the first k-step adding onto `zero` where one is given.
+fn accumulate(
+    c: &mut Ctx,
+    acc: &Fragments,
+    a: &Fragments,
+    (tile, read): (&TileStage, Read),
+    base: Reg,
+    zero: Option<Reg>,
+) {
     for kk in 0..a[0].len() {
         for ni in (0..acc[0].len()).step_by(2) {
             let b = tile.b_fragments(c, base, read, ni, kk);
             for (acc, a) in acc.iter().zip(a) {
-                c.b.mma_bf16(acc[ni], a[kk], b[0]);
-                c.b.mma_bf16(acc[ni + 1], a[kk], b[1]);
+                for (n, b) in [(ni, b[0]), (ni + 1, b[1])] {
+                    let onto = match zero {
+                        Some(z) if kk == 0 => [z; 4],
+                        _ => acc[n],
+                    };
+                    c.b.mma_bf16_onto(acc[n], a[kk], b, onto);
+                }
             }
         }
     }
@@ -521,6 +643,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     };
     let n_tiles = (keys_per_tile / 8) as usize;
     let q_frags = fragments(c, m_tiles, (d / 16) as usize, Ty::B32);
+    let zero = c.b.mov(Ty::F32, 0.0f32);
     let acc = fragments(c, m_tiles, (dv / 8) as usize, Ty::F32);
     c.grid_loop(items.into(), Granule::Block, |c, w| {
         let tile = c.b.rem(w, tiles);
@@ -576,33 +699,26 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
         }
         let any = c.b.setp(Cmp::Lt, range.lo, range.hi);
         c.when(any, |c| {
-            ks.load(c, k_head, range.lo, &keys)?;
-            vs.load(c, v_head, range.lo, &keys)?;
-            ks.store(c, stage)?;
-            vs.store(c, stage)
+            ks.issue(c, (k_head, range.lo, &keys), stage)?;
+            vs.issue(c, (v_head, range.lo, &keys), stage)
         })?;
-        c.b.bar_sync();
+        c.b.cp_async_commit();
         c.for_range(range.lo, range.hi, keys_per_tile, |c, j0| {
             let next = c.b.add(j0, keys_per_tile);
             let more = c.b.setp(Cmp::Lt, next, range.hi);
-            c.when(more, |c| {
-                ks.load(c, k_head, next, &keys)?;
-                vs.load(c, v_head, next, &keys)
-            })?;
-            // 1. Scores.
-            let s = fragments(c, m_tiles, n_tiles, Ty::F32);
-            for &x in s.iter().flatten().flatten() {
-                c.b.assign(x, 0.0f32);
-            }
-            let k_at = c.b.add(k_frag, stage);
-            multiply(c, &s, &q_frags, (&ks, Read::Rows), k_at);
-            // The next tile goes to the other stage (read after this tile's barrier), now that
-            // its registers are free for the softmax.
+            // This tile is in its stage, seen by every thread, and every warp is done with
+            // the other stage: the next tile's copies go there, in flight during this tile.
+            c.b.cp_async_wait(0);
+            c.b.bar_sync();
             let other = c.b.xor(stage, stage_bytes);
             c.when(more, |c| {
-                ks.store(c, other)?;
-                vs.store(c, other)
+                ks.issue(c, (k_head, next, &keys), other)?;
+                vs.issue(c, (v_head, next, &keys), other)
             })?;
+            c.b.cp_async_commit();
+            // 1. Scores.
+            let k_at = c.b.add(k_frag, stage);
+            let s = product(c, &q_frags, n_tiles, (&ks, Read::Rows), (k_at, zero));
             if let Some(scale) = prescale {
                 for &x in s.iter().flatten().flatten() {
                     let y = c.b.mul(x, scale);
@@ -645,12 +761,12 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
                 let shift = c.b.selp(0.0f32, m_new, unseen, Ty::F32);
                 let drop = c.b.sub(m, shift);
                 let drop = c.b.mul(drop, factor);
-                let alpha = c.b.ex2(drop);
+                let alpha = c.b.ex2_ftz(drop);
                 let bias = c.b.mul(shift, -factor);
                 let mut ps = Vec::new();
                 for &x in &own {
                     let e = c.b.mad(x, factor, bias);
-                    let p = c.b.ex2(e);
+                    let p = c.b.ex2_ftz(e);
                     c.b.assign(x, p);
                     ps.push(x);
                 }
@@ -667,13 +783,9 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
             }
             // 4. O += P·V, the probabilities as A fragments.
             let v_at = c.b.add(v_frag, stage);
-            let p = s
-                .iter()
-                .map(|tiles| as_a_fragments(c, tiles))
-                .collect::<Result<Vec<_>>>()?;
+            let p: Fragments = s.iter().map(|tiles| as_a_fragments(c, tiles)).collect();
             multiply(c, &acc, &p, (&vs, Read::Columns), v_at);
             c.b.assign(stage, other);
-            c.b.bar_sync();
             Ok(())
         })?;
         // Each row divided by its sum, and stored; or its log-sum-exp,

@@ -326,6 +326,18 @@ impl KernelBuilder {
         self.inst("ex2.approx.f32", Ty::F32, &[a.into()])
     }
 
+    /// `2^a` with subnormal arguments and results flushed to zero (`ex2.approx.ftz.f32`: one
+    /// instruction, where keeping subnormals takes a scaling around it).
+    pub fn ex2_ftz(&mut self, a: Reg) -> Reg {
+        self.inst("ex2.approx.ftz.f32", Ty::F32, &[a.into()])
+    }
+
+    /// `lo` and `hi` rounded to bf16 (to nearest even) and packed in one word, `lo` in the low
+    /// half (`cvt.rn.bf16x2.f32`, which takes the upper half first).
+    pub fn pack_bf16x2(&mut self, lo: Reg, hi: Reg) -> Reg {
+        self.inst("cvt.rn.bf16x2.f32", Ty::B32, &[hi.into(), lo.into()])
+    }
+
     /// IEEE square root.
     pub fn sqrt(&mut self, a: Reg) -> Reg {
         self.inst(&format!("sqrt.rn.{}", a.ty.name()), a.ty, &[a.into()])
@@ -389,6 +401,27 @@ impl KernelBuilder {
         ));
     }
 
+    /// `cp.async.cg.shared.global`: 16 bytes from global `src` to shared `dst + offset` (both
+    /// 16-byte aligned), of which the first `size` are read (0 or 16: the rest are zeros), without
+    /// waiting; the copies a thread issued are complete once [`Self::cp_async_wait`] lets it past
+    /// the group they were committed in.
+    pub fn cp_async(&mut self, dst: Reg, offset: i64, src: Reg, size: Reg) {
+        self.line(format!(
+            "cp.async.cg.shared.global [{dst}+{offset}], [{src}+0], 16, {size}"
+        ));
+    }
+
+    /// `cp.async.commit_group`: the copies issued since the last commit form a group.
+    pub fn cp_async_commit(&mut self) {
+        self.line("cp.async.commit_group".into());
+    }
+
+    /// `cp.async.wait_group pending`: waits until at most `pending` of the thread's groups are
+    /// incomplete.
+    pub fn cp_async_wait(&mut self, pending: u32) {
+        self.line(format!("cp.async.wait_group {pending}"));
+    }
+
     /// The warp collective `ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16`: four 8×8
     /// matrices of 16-bit elements from shared memory, lane `l` giving the address (plus
     /// `offset`; 16-byte aligned) of row `l % 8` of matrix `l / 8`. Word `i` of lane `l` holds
@@ -410,11 +443,18 @@ impl KernelBuilder {
     /// the PTX ISA's layout: `a` four `.b32` of two bf16 each (the 16×16 `A`, row-major),
     /// `b` two (the 16×8 `B`, column-major), `acc` four `.f32` of the 16×8 `C`/`D`.
     pub fn mma_bf16(&mut self, acc: [Reg; 4], a: [Reg; 4], b: [Reg; 2]) {
-        let acc = vector(&acc);
+        self.mma_bf16_onto(acc, a, b, acc);
+    }
+
+    /// `d = a·b + c` on tensor cores for one 16×8 tile (`c` may be four copies of a zero, to
+    /// start a sum without clearing `d` first); as [`Self::mma_bf16`].
+    pub fn mma_bf16_onto(&mut self, d: [Reg; 4], a: [Reg; 4], b: [Reg; 2], c: [Reg; 4]) {
         self.line(format!(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {acc}, {}, {}, {acc}",
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {}, {}, {}, {}",
+            vector(&d),
             vector(&a),
-            vector(&b)
+            vector(&b),
+            vector(&c)
         ));
     }
 

@@ -144,7 +144,7 @@ impl Program {
                 let parts: Vec<String> = op.split('.').map(str::to_string).collect();
                 let writes = !matches!(
                     parts[0].as_str(),
-                    "st" | "bra" | "bar" | "ret" | "griddepcontrol"
+                    "st" | "bra" | "bar" | "ret" | "griddepcontrol" | "cp"
                 );
                 let dst = if writes && !ops.is_empty() {
                     Some(ops.remove(0))
@@ -362,6 +362,9 @@ impl Thread {
                     continue;
                 }
                 "ld" | "st" => self.memory_op(inst, &parts, p, memory, shared, params),
+                // A copy completes at once, so waiting for one is a no-op.
+                "cp" if parts.get(2) == Some(&"cg") => self.copy(inst, p, memory, shared, params),
+                "cp" => {}
                 // One grid at a time: there is no grid before it to wait for or to release.
                 "griddepcontrol" => {}
                 "mov" if is_vector(&inst.srcs[0]) || inst.dst.as_ref().is_some_and(is_vector) => {
@@ -402,6 +405,36 @@ impl Thread {
                 }
             }
             other => self.write(other, v),
+        }
+    }
+
+    /// `cp.async.cg.shared.global [dst], [src], 16, size`: `size` bytes from global memory into
+    /// shared memory, the rest of the 16 zeros.
+    fn copy(
+        &mut self,
+        inst: &Inst,
+        p: &Program,
+        memory: &mut Memory,
+        shared: &mut [u8],
+        params: &HashMap<String, u64>,
+    ) {
+        let address = |e: &mut Self, o: &Opnd| match o {
+            Opnd::Addr(base, offset) => e.value(base, p, params).wrapping_add(*offset as u64),
+            other => panic!("cp.async needs addresses, not {other:?}"),
+        };
+        let (dst, src) = (address(self, &inst.srcs[0]), address(self, &inst.srcs[1]));
+        let size = self.value(&inst.srcs[3], p, params);
+        assert!(
+            dst.is_multiple_of(16) && src.is_multiple_of(16) && size <= 16,
+            "cp.async of {size} bytes from {src:#x} to {dst:#x}"
+        );
+        for i in 0..16 {
+            let byte = if i < size {
+                memory.load(src + i, 1) as u8
+            } else {
+                0
+            };
+            shared[dst as usize + i as usize] = byte;
         }
     }
 
@@ -527,7 +560,11 @@ fn alu(parts: &[&str], s: &[u64]) -> u64 {
         ("max", "f32") => of_f32(nan_min_max(f(0), f(1), true)),
         ("rcp", "f32") => of_f32(1.0 / f(0)),
         ("sqrt", "f32") => of_f32(f(0).sqrt()),
-        ("ex2", "f32") => of_f32((f(0) as f64).exp2() as f32),
+        ("ex2", "f32") => {
+            let r = (f(0) as f64).exp2() as f32;
+            let flushed = parts.contains(&"ftz") && r.is_subnormal();
+            of_f32(if flushed { 0.0 } else { r })
+        }
         ("add", _) => wrap(int(0).wrapping_add(int(1))),
         ("sub", _) => wrap(int(0).wrapping_sub(int(1))),
         ("mul", _) => wrap(int(0).wrapping_mul(int(1))),
@@ -557,6 +594,11 @@ fn alu(parts: &[&str], s: &[u64]) -> u64 {
             }
         }
         ("setp", _) => setp(parts[1], ty, s, int) as u64,
+        // Two values rounded into one word, the first operand in the upper half.
+        ("cvt", "f32") if parts[2] == "bf16x2" => {
+            let half = |x: u64| cvt(&["cvt", "rn", "bf16", "f32"], x) & 0xffff;
+            (half(s[0]) << 16) | half(s[1])
+        }
         ("cvt", _) => cvt(parts, s[0]),
         _ => panic!("the emulator does not run `{}`", parts.join(".")),
     }
