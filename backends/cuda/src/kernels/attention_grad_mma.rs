@@ -30,13 +30,14 @@
 //! pair; a query that sees no key, or a column past the end, contributes nothing. Each block
 //! owns its rows' results (no atomics); sums run in tile order.
 //!
-//! **Staging.** Two stages, the next tile loaded into registers before the current tile's
-//! products and stored into the other stage after its first products (`S` and `dP`), one
-//! barrier per tile; shared rows padded by 8 bf16 (the forward copies by `cp.async` instead).
-//! Probabilities are `ex2.approx.ftz` of the exponent, as in the forward.
+//! **Staging.** As in the forward: two stages; a tile starts with a wait for the thread's copies
+//! and a barrier, after which the next tile is copied into the other stage by `cp.async`, in
+//! flight during the whole tile (the column statistics of `d_keys`/`d_values` go through the
+//! first warp's registers, stored after the tile's first products); one barrier per tile;
+//! shared rows padded by 8 bf16. Probabilities are `ex2.approx.ftz` of the exponent.
 //!
 //! Invariants: every thread reaches every barrier (the walks' bounds are the block's); a stage
-//! is written only after the barrier that ends the tile that last read it.
+//! is written only after the barrier that starts the tile after the last one that read it.
 
 use super::attention::Visibility;
 use super::attention_mma::{
@@ -131,7 +132,7 @@ fn score_grads(
 
 /// A tile's last product, `acc += W·B`: the weights `w` (one m-tile of accumulators, `P` or
 /// `dS`) rounded to bf16 into A fragments, B read by `ldmatrix.trans` from `tile` at the lane's
-/// `base` in `stage`; then the barrier that ends the tile, after which `stage` is `other`.
+/// `base` in `stage`; after it `stage` is `other`.
 fn last_product(
     c: &mut Ctx,
     acc: &Fragments,
@@ -143,7 +144,6 @@ fn last_product(
     let at = c.b.add(base, stage);
     multiply(c, acc, &a, (tile, Read::Columns), at);
     c.b.assign(stage, other);
-    c.b.bar_sync();
     Ok(())
 }
 
@@ -356,36 +356,26 @@ fn emit_queries(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
         let any = c.b.setp(Cmp::Lt, range.lo, range.hi);
         let tiles = [&ks, &vs];
         let heads_of = [k_head, v_head];
-        c.when(any, |c| {
+        let issue = |c: &mut Ctx, j0: Reg, at: Reg| -> Result<()> {
             for (tile, &head) in tiles.iter().zip(&heads_of) {
-                tile.load(c, head, range.lo, &keys)?;
-            }
-            for tile in tiles {
-                tile.store(c, stage)?;
+                tile.issue(c, (head, j0, &keys), at)?;
             }
             Ok(())
-        })?;
-        c.b.bar_sync();
+        };
+        c.when(any, |c| issue(c, range.lo, stage))?;
+        c.b.cp_async_commit();
         c.for_range(range.lo, range.hi, rows, |c, j0| {
             let next = c.b.add(j0, rows);
             let more = c.b.setp(Cmp::Lt, next, range.hi);
-            c.when(more, |c| {
-                for (tile, &head) in tiles.iter().zip(&heads_of) {
-                    tile.load(c, head, next, &keys)?;
-                }
-                Ok(())
-            })?;
+            c.b.cp_async_wait(0);
+            c.b.bar_sync();
+            let other = c.b.xor(stage, stage_bytes);
+            c.when(more, |c| issue(c, next, other))?;
+            c.b.cp_async_commit();
             let at = c.b.add(k_rows, stage);
             let s = product(c, &q_frags, n_tiles, (&ks, Read::Rows), (at, zero_f32));
             let at = c.b.add(v_rows, stage);
             let dp = product(c, &do_frags, n_tiles, (&vs, Read::Rows), (at, zero_f32));
-            let other = c.b.xor(stage, stage_bytes);
-            c.when(more, |c| {
-                for tile in tiles {
-                    tile.store(c, other)?;
-                }
-                Ok(())
-            })?;
             probabilities(c, &s[0], factor, |_, e| lse2[e >> 1]);
             let past_lo = c.b.setp(Cmp::Ge, j0, range.all_lo);
             let before_hi = c.b.setp(Cmp::Le, next, range.all_hi);
@@ -537,12 +527,14 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
             let i0 = c.b.mad(within, rows, range.lo);
             (h, i0)
         };
-        let load = |c: &mut Ctx, u: Reg| -> Result<()> {
+        // Tile `u`'s queries and output gradient copied into the stage at `at`, and its
+        // statistics loaded into the first warp's registers.
+        let load = |c: &mut Ctx, u: Reg, at: Reg| -> Result<()> {
             let (h, i0) = place(c, u);
             let q_head = Views::head(c, &views.q, bi, h);
             let do_head = Views::head(c, &views.d_out, bi, h);
-            qs.load(c, q_head, i0, &seq_operand)?;
-            dos.load(c, do_head, i0, &seq_operand)?;
+            qs.issue(c, (q_head, i0, &seq_operand), at)?;
+            dos.issue(c, (do_head, i0, &seq_operand), at)?;
             c.when(stats_lane, |c| {
                 let i = c.b.add(i0, l.lane);
                 let is_in = c.b.setp(Cmp::Lt, i, seq);
@@ -574,9 +566,8 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
                 Ok(())
             })
         };
+        // The loaded statistics stored into the stage at `at`.
         let store = |c: &mut Ctx, at: Reg| -> Result<()> {
-            qs.store(c, at)?;
-            dos.store(c, at)?;
             // Lanes past the tile's columns count as covering.
             let covers = c.b.selp(stats.covers, 1i64, stats_lane, Ty::U32);
             let all = warp_fold(c, covers, |c, x, y| c.b.and(x, y));
@@ -601,14 +592,18 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
         let any = c.b.setp(Cmp::Gt, total, 0i64);
         let u0 = c.b.mov(Ty::S64, 0i64);
         c.when(any, |c| {
-            load(c, u0)?;
+            load(c, u0, stage)?;
             store(c, stage)
         })?;
-        c.b.bar_sync();
+        c.b.cp_async_commit();
         c.for_range(0i64, total, 1i64, |c, u| {
             let next = c.b.add(u, 1i64);
             let more = c.b.setp(Cmp::Lt, next, total);
-            c.when(more, |c| load(c, next))?;
+            c.b.cp_async_wait(0);
+            c.b.bar_sync();
+            let other = c.b.xor(stage, stage_bytes);
+            c.when(more, |c| load(c, next, other))?;
+            c.b.cp_async_commit();
             let at = c.b.add(q_rows, stage);
             let st = product(c, &k_frags, n_tiles, (&qs, Read::Rows), (at, zero_f32));
             let dpt = match by_keys {
@@ -624,7 +619,6 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
                 }
                 false => None,
             };
-            let other = c.b.xor(stage, stage_bytes);
             c.when(more, |c| store(c, other))?;
             // The lane's columns: `ni·8 + 2t + (e & 1)`.
             let stats_base = c.b.add(stats_at, stage);
