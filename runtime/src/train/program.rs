@@ -59,8 +59,16 @@ impl TrainProgram for Runner<'_> {
         Runner::set_input(self, name, state)
     }
 
+    /// The tensor the input held, cleared, where it fits (a steady run allocates nothing).
     fn set_zeros(&mut self, name: &str, shape: &[usize]) -> Result<()> {
-        Runner::set_input(self, name, Tensor::zeros(ElemType::F32, shape))
+        let zeros = match self.take_input(name) {
+            Ok(mut held) if held.shape == shape && held.dtype == ElemType::F32 => {
+                held.bytes_mut().fill(0);
+                held
+            }
+            _ => Tensor::zeros(ElemType::F32, shape),
+        };
+        Runner::set_input(self, name, zeros)
     }
 
     fn take_state_input(&mut self, name: &str) -> Result<Tensor> {
