@@ -186,16 +186,27 @@ fn gguf_and_config_json_give_identical_ir() {
 }
 
 /// `kiln ir --target cuda` runs the CUDA pipeline: the training step's softmax exponentials
-/// are computed again in each region that reads them, where the CPU's store them once.
+/// are computed again in each region that reads them, where the CPU's store them once, and
+/// the `recompute` pass estimates memory with that fusion (a lower peak than the CPU's).
 #[test]
 fn ir_follows_the_targets_pipeline() {
-    let exps = |target: &str| {
-        let (ok, out, err) = kiln(&["ir", "--program", "train_step", "--target", target]);
+    let ir = |target: &str| {
+        let args = ["ir", "--program", "train_step", "--recompute", "layers"];
+        let (ok, out, err) = kiln(&[&args[..], &["--target", target]].concat());
         assert!(ok, "{err}");
-        out.matches("exp ").count()
+        let estimate = out
+            .split("estimated peak ")
+            .nth(1)
+            .expect("the recompute remark");
+        let mib: f64 = estimate.split(' ').next().unwrap().parse().unwrap();
+        (out.matches("exp ").count(), mib)
     };
-    let (cpu, cuda) = (exps("cpu"), exps("cuda"));
+    let ((cpu, cpu_peak), (cuda, cuda_peak)) = (ir("cpu"), ir("cuda"));
     assert!(cuda > cpu && cpu > 0, "exp steps: cpu {cpu}, cuda {cuda}");
+    assert!(
+        cuda_peak < cpu_peak,
+        "estimated peaks: cpu {cpu_peak}, cuda {cuda_peak}"
+    );
 }
 
 #[test]

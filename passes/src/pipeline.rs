@@ -1,6 +1,7 @@
 //! The pass manager: an ordered list of named passes, the verifier between them, and a hook
 //! that sees the graph after each one (for `--after` and `--print-after-all`).
 
+use crate::elementwise_fusion::ElementwiseFusion;
 use kiln_ir::{verify, Graph, IrError};
 use std::fmt;
 
@@ -38,6 +39,8 @@ pub struct PipelineOptions {
 
 pub struct Pipeline {
     passes: Vec<Box<dyn Pass>>,
+    /// The `recompute` policy, for [`Pipeline::recomputing_transcendentals`].
+    recompute: crate::Recompute,
 }
 
 impl Pipeline {
@@ -56,12 +59,14 @@ impl Pipeline {
                 Box::new(crate::autodiff::Autodiff),
                 Box::new(crate::recompute::RecomputePlanning {
                     policy: options.recompute,
+                    fusion: ElementwiseFusion::default(),
                 }),
                 Box::new(crate::mixed_precision::MixedPrecision {
                     precision: options.precision,
                 }),
-                Box::new(crate::elementwise_fusion::ElementwiseFusion::default()),
+                Box::new(ElementwiseFusion::default()),
             ],
+            recompute: options.recompute,
         }
         .without(&options.skip)
     }
@@ -69,13 +74,20 @@ impl Pipeline {
     /// This pipeline with `elementwise-fusion` computing a softmax's exponentials again where
     /// they are read instead of storing them (`ElementwiseFusion::recompute_transcendentals`):
     /// for targets bound by memory bandwidth.
+    /// The `recompute` pass estimates memory with that fusion too.
     pub fn recomputing_transcendentals(mut self) -> Pipeline {
-        let fusion = crate::elementwise_fusion::ElementwiseFusion {
+        let fusion = ElementwiseFusion {
             recompute_transcendentals: true,
+        };
+        let planning = crate::recompute::RecomputePlanning {
+            policy: self.recompute,
+            fusion,
         };
         for pass in &mut self.passes {
             if pass.name() == fusion.name() {
                 *pass = Box::new(fusion);
+            } else if pass.name() == planning.name() {
+                *pass = Box::new(planning);
             }
         }
         self

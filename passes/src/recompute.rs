@@ -16,8 +16,8 @@
 //! activations live longest), whose estimated peak fits `B` bytes, and fails, saying the least it
 //! can reach, when even `layers` does not fit. The estimate is the largest sum of the bytes of
 //! live values (at the symbols' maxima) over the canonical order of the graph as
-//! `elementwise-fusion` will leave it, views counted as their operand's storage and constants as
-//! none: what a backend
+//! `elementwise-fusion` will leave it (the pipeline's own, [`RecomputePlanning::fusion`]), views
+//! counted as their operand's storage and constants as none: what a backend
 //! that allocates each value from its first write to its last read needs, before the packing's
 //! slack.
 //! Copies are labelled `… (recomputed)`, and CSE never merges them back into their originals.
@@ -25,6 +25,7 @@
 //! their extra FLOPs, and the estimated peak before and after.
 
 use crate::autodiff::SEED_LABEL;
+use crate::elementwise_fusion::ElementwiseFusion;
 use crate::Pass;
 use kiln_ir::{DType, Graph, IrError, NodeId, Op};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -84,8 +85,12 @@ pub fn is_recomputed(node: &kiln_ir::Node) -> bool {
         .is_some_and(|l| l.ends_with(RECOMPUTED))
 }
 
+#[derive(Clone, Copy)]
 pub struct RecomputePlanning {
     pub policy: Recompute,
+    /// The `elementwise-fusion` the pipeline runs later: the estimate fuses a copy as it will
+    /// (a target that recomputes a softmax's exponentials does not store them).
+    pub fusion: ElementwiseFusion,
 }
 
 impl Pass for RecomputePlanning {
@@ -97,6 +102,7 @@ impl Pass for RecomputePlanning {
         let Some(plan) = Plan::of(g) else {
             return Ok(());
         };
+        let estimate = |g: &Graph| estimate(g, self.fusion);
         let before = estimate(g)?;
         let layers = plan.layers.len();
         let count = match self.policy {
@@ -323,11 +329,11 @@ fn max_bytes(g: &Graph, id: NodeId) -> u64 {
     numel * size
 }
 
-/// [`Estimate`] of `g` as it will be after `elementwise-fusion` (which removes most
-/// elementwise intermediates): fused on a copy first.
-fn estimate(g: &Graph) -> Result<Estimate, IrError> {
+/// [`Estimate`] of `g` as it will be after `fusion` (which removes most elementwise
+/// intermediates): fused on a copy first.
+fn estimate(g: &Graph, fusion: ElementwiseFusion) -> Result<Estimate, IrError> {
     let mut fused = g.clone();
-    crate::elementwise_fusion::ElementwiseFusion::default().run(&mut fused)?;
+    fusion.run(&mut fused)?;
     Ok(estimate_as_is(&fused))
 }
 
@@ -406,5 +412,32 @@ mod tests {
         for bad in ["", "-1MiB", "lots", "0"] {
             assert!(bad.parse::<Recompute>().is_err(), "{bad}");
         }
+    }
+
+    /// The estimate follows the fusion it is given: a softmax's exponentials, read by its sum
+    /// and its division, are stored by the default fusion and not by one that recomputes them.
+    #[test]
+    fn the_estimate_fuses_as_the_pipeline_will() {
+        let softmax = kiln_ir::text::parse(
+            "graph g
+input %x : f32[64, 1024]
+%0 = reduce_max %x axes=[1] : f32[64, 1]
+%1 = broadcast %0 : f32[64, 1024]
+%2 = sub %x, %1 : f32[64, 1024]
+%3 = exp %2 : f32[64, 1024]
+%4 = reduce_sum %3 axes=[1] : f32[64, 1]
+%5 = broadcast %4 : f32[64, 1024]
+%6 = div %3, %5 : f32[64, 1024]
+output y = %6",
+        )
+        .unwrap();
+        let storing = estimate(&softmax, ElementwiseFusion::default()).unwrap();
+        let recomputing = ElementwiseFusion {
+            recompute_transcendentals: true,
+        };
+        let recomputed = estimate(&softmax, recomputing).unwrap();
+        // The exponentials (64 × 1024 f32) are not held; the row maxima (64 f32) are, until
+        // the division computes the exponentials again.
+        assert_eq!(storing.peak - recomputed.peak, 64 * 1024 * 4 - 64 * 4);
     }
 }
