@@ -47,9 +47,9 @@
 //!
 //! Invariants: buffer indices in steps and I/O are in range; every input names a buffer of its
 //! own kind, and every output a `Temp` buffer of its own, the buffer of an input with the same
-//! capacity, or the buffer of the input or weight it replaces, of its dtype and shape; an aliased output's logical shape at the bound symbols never exceeds its capacity
-//! (the runtime refuses a run that would); steps run in order, each after the previous one has
-//! finished.
+//! capacity, or the buffer of the input or weight it replaces, of its dtype and shape; an
+//! aliased output's logical shape at the bound symbols never exceeds its capacity (the runtime
+//! refuses a run that would); steps run in order, each after the previous one has finished.
 
 use crate::poly::Poly;
 use serde::{Deserialize, Serialize};

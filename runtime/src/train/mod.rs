@@ -8,11 +8,12 @@
 //! norm, and a loss at most the `max_loss` the [`SpikeDetector`] sets), and returns the state as
 //! it was when it is not, so a rejected step (non-finite, or a loss spike) is never applied: it
 //! is skipped, or the last checkpoint is restored and the data moves on past the offending
-//! batch. State a program writes in place stays where it is; other new state is swapped in. One step runs
-//! `accumulate` on all micro-batches but the last and `train_step` on the last, so the loss and
-//! the gradients are means over every token of the step (see the compiler's docs/training.md for
-//! the programs). Runs are deterministic: the same start, options and data give the same bits,
-//! and resuming from a checkpoint continues the uninterrupted run exactly.
+//! batch. State a program writes in place stays where it is; other new state is swapped in.
+//! One step runs `accumulate` on all micro-batches but the last and `train_step` on the last,
+//! so the loss and the gradients are means over every token of the step (see the compiler's
+//! docs/training.md for the programs). Runs are deterministic: the same start, options and
+//! data give the same bits, and resuming from a checkpoint continues the uninterrupted run
+//! exactly.
 
 mod checkpoint;
 mod data;

@@ -55,7 +55,8 @@ impl SpikeDetector {
         }
     }
 
-    /// Why a step with this loss and gradient norm must not be applied, if it must not.
+    /// Why a step with this loss and gradient norm must not be applied, if it must not: the
+    /// words for the test the step itself applies (its `accepted` output decides).
     pub fn judge(&self, options: &SpikeOptions, loss: f64, grad_norm: f64) -> Option<String> {
         if !loss.is_finite() {
             return Some(format!("the loss is {loss}"));
