@@ -1,8 +1,8 @@
 //! The compiled training programs on the CPU, driven by the runtime's trainer: five steps on the
 //! tiny Llama fixture reproduce PyTorch's AdamW run (the same reference as
 //! `tests/hf_training.rs`, which interprets the programs); training resumed from a checkpoint
-//! continues the uninterrupted run bit for bit; a rejected step is skipped or rolled back, never
-//! applied; bad checkpoints are refused by name.
+//! continues the uninterrupted run bit for bit; every step sums its micro-batches from zero; a
+//! rejected step is skipped or rolled back, never applied; bad checkpoints are refused by name.
 
 mod common;
 
@@ -142,6 +142,28 @@ fn resuming_from_a_checkpoint_continues_the_run_bit_for_bit() {
         assert_eq!(report.loss.to_bits(), loss.to_bits(), "step {}", step + 1);
     }
     assert_eq!(bits(resumed.params()), bits(straight.params()));
+}
+
+/// A step of two micro-batches adds them to zeros every time: the second step's loss and
+/// gradient norm (which depend on the weights and the data alone) are those of a fresh
+/// trainer's first step from the same weights, bit for bit.
+#[test]
+fn every_step_sums_its_micro_batches_from_zero() {
+    let reference = read_safetensors(&fixture_dir(CASE).join("training.safetensors"));
+    let (model, params) = compiled();
+    let batch = || Batch {
+        input_ids: runtime_tensor(&reference["input_ids"]),
+        position_ids: runtime_tensor(&reference["position_ids"]),
+        targets: runtime_tensor(&reference["targets"]),
+    };
+    let mut trainer = Trainer::new(&model, params, fixture_options()).unwrap();
+    trainer.step_on(vec![batch(), batch()]).unwrap();
+    let after_one = trainer.params().to_vec();
+    let second = trainer.step_on(vec![batch(), batch()]).unwrap();
+    let mut fresh = Trainer::new(&model, after_one, fixture_options()).unwrap();
+    let first = fresh.step_on(vec![batch(), batch()]).unwrap();
+    assert_eq!(second.loss.to_bits(), first.loss.to_bits());
+    assert_eq!(second.grad_norm.to_bits(), first.grad_norm.to_bits());
 }
 
 /// A factor below 1 makes every loss after the first a spike.
