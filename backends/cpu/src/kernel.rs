@@ -186,13 +186,19 @@ pub struct AttentionGradKernel {
     pub out: View,
     pub wrt: AttentionInput,
     pub attention: Attention,
+    /// With `wrt` keys: also the values' gradient, written here (shaped like `v`) — a
+    /// `flash_attention_grad` by the values of the same operands lowered with it, where the
+    /// target's kernel writes both (`LowerOptions::attention_key_value_grads`).
+    pub d_values: Option<View>,
 }
 
 impl Kernel {
-    /// Every view it writes: `out`, and an attention's log-sum-exp beside its values.
+    /// Every view it writes: `out`, an attention's log-sum-exp beside its values, and the values'
+    /// gradient beside the keys'.
     pub fn written(&self) -> Vec<&View> {
         match self {
             Kernel::Attention(a) => [&a.out].into_iter().chain(&a.lse).collect(),
+            Kernel::AttentionGrad(a) => [&a.out].into_iter().chain(&a.d_values).collect(),
             _ => vec![self.out()],
         }
     }
@@ -286,11 +292,12 @@ impl Kernel {
                     lse,
                     delta,
                     out,
+                    d_values,
                     ..
                 } = &mut **a;
                 [q, k, v, d_out, lse, delta, out]
                     .into_iter()
-                    .chain(positions.iter_mut().chain(padding))
+                    .chain(positions.iter_mut().chain(padding).chain(d_values))
                     .collect()
             }
         }

@@ -64,6 +64,7 @@ pub fn compile_with(
         narrow: narrow::NarrowValues::Storage,
         library_matmuls: false,
         attention_with_lse: None,
+        attention_key_value_grads: None,
         state_in_place: false,
     };
     for g in programs {

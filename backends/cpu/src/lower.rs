@@ -79,6 +79,10 @@ pub struct LowerOptions {
     /// a `flash_attention` and a `flash_attention_lse` of the same operands (a training step's
     /// recomputed forward and its backward's statistics) are then one kernel.
     pub attention_with_lse: Option<fn(&crate::kernel::AttentionKernel) -> bool>,
+    /// The attention gradient kernels by the keys that also write the values' gradient (`None`:
+    /// none): a `flash_attention_grad` by the keys and one by the values of the same operands
+    /// are then one kernel, which computes the probabilities they share once.
+    pub attention_key_value_grads: Option<fn(&crate::kernel::AttentionGradKernel) -> bool>,
     /// A training step's new weights and moments are written over the old ones where that is
     /// safe (`lower/in_place.rs`); the runner must then hand the old ones' storage to the run.
     pub state_in_place: bool,
@@ -152,6 +156,9 @@ struct Lowering<'a> {
     /// matmul it sums (`batch_sum.rs`), an attention's values or log-sum-exp lowered with the
     /// other (`attention.rs`).
     written_early: HashMap<NodeId, View>,
+    /// Each attention's `Δ = Σ d_out·out` per query, by the nodes of `out` and `d_out`: the
+    /// gradients by queries, keys and values of one attention read one reduction.
+    attention_deltas: HashMap<(NodeId, NodeId), View>,
 }
 
 pub fn lower(
@@ -173,6 +180,7 @@ pub fn lower(
         concat_views: HashMap::new(),
         appends: appends(g),
         written_early: HashMap::new(),
+        attention_deltas: HashMap::new(),
     };
     let sources = g.inputs().iter().chain(g.weights()).copied();
     for id in sources.chain(g.order()) {
@@ -553,7 +561,7 @@ impl Lowering<'_> {
                 self.attention(id, AttentionOutput::LogSumExp, &operands, ty, label)?
             }
             Op::FlashAttentionGrad { attention, wrt } => {
-                self.attention_grad(attention, *wrt, &operands, ty, label)?
+                self.attention_grad(id, (attention, *wrt), &operands, ty, label)?
             }
             Op::StopGradient => operands[0].clone(),
             Op::Grad => {

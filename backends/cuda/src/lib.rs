@@ -33,13 +33,15 @@ pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {
     // The lowering's work items and GEMM choice are the CPU's; kernels here choose their own.
     // Kernels widen bf16 as they read it and round to bf16 as they write it. Plain bf16
     // matmuls are offered to cuBLASLt (`kernels::library_gemm`), so their epilogues are maps.
-    // The tensor-core attention writes a log-sum-exp beside its values. A training step's
+    // The tensor-core attention writes a log-sum-exp beside its values, and its backward by
+    // the keys the values' gradient beside the keys'. A training step's
     // weights and moments are updated in place (the GPU runner hands the old ones over).
     let options = LowerOptions {
         gemm_min_rows: None,
         narrow: NarrowValues::Bf16,
         library_matmuls: true,
         attention_with_lse: Some(kernels::attention_with_lse),
+        attention_key_value_grads: Some(kernels::attention_key_value_grads),
         state_in_place: true,
     };
     let mut descs = Vec::new();

@@ -47,6 +47,10 @@ impl Rows {
 }
 
 pub fn emit(f: &mut KernelFn, kernel: &AttentionGradKernel) {
+    assert!(
+        kernel.d_values.is_none(),
+        "the CPU lowering writes one attention gradient per kernel"
+    );
     let a = kernel;
     let d = a.q.dims[3]
         .as_constant()

@@ -1,8 +1,10 @@
 //! Lowering `flash_attention` to one `Kernel::Attention`, its log-sum-exp to another (or, where
 //! the target's kernel writes both — `LowerOptions::attention_with_lse` — a `flash_attention`
 //! and a `flash_attention_lse` of the same operands to one kernel, at the first of them), and
-//! each of its gradients to a reduction (`Δ = Σ d_out·out` per query) and a
-//! `Kernel::AttentionGrad`.
+//! its gradients to one reduction (`Δ = Σ d_out·out` per query, shared by the gradients of one
+//! attention) and a `Kernel::AttentionGrad` each (or, where the target's kernel writes both —
+//! `LowerOptions::attention_key_value_grads` — the gradients by the keys and by the values to
+//! one kernel, at the first of them).
 //!
 //! Queries, keys and values are read in place when their last axis is unit-stride (copied
 //! contiguous otherwise), and the head sizes must be constants (they size the kernel's scratch
@@ -193,25 +195,49 @@ impl Lowering<'_> {
         Ok(out)
     }
 
-    pub(super) fn attention_grad(
+    /// The `flash_attention_grad` of the same operands by the values if `id` is one by the keys,
+    /// or the reverse, not lowered yet, where the target writes both with one kernel (`kernel`
+    /// is `id`'s own).
+    fn key_value_sibling(&self, id: NodeId, kernel: &AttentionGradKernel) -> Option<NodeId> {
+        let writes_both = self.options.attention_key_value_grads?;
+        let by_keys = AttentionGradKernel {
+            wrt: AttentionInput::Keys,
+            ..kernel.clone()
+        };
+        if !writes_both(&by_keys) {
+            return None;
+        }
+        let wanted = match kernel.wrt {
+            AttentionInput::Keys => AttentionInput::Values,
+            AttentionInput::Values => AttentionInput::Keys,
+            AttentionInput::Queries => return None,
+        };
+        let g = self.g;
+        let operands = g.operands(id);
+        g.users(operands[0]).into_iter().find(|&u| {
+            let same = matches!(&g.node(u).op,
+                Op::FlashAttentionGrad { attention, wrt }
+                    if *wrt == wanted && *attention == kernel.attention);
+            same && g.operands(u) == operands && !self.views.contains_key(&u)
+        })
+    }
+
+    /// `Δ[b, h, i] = Σ_c d_out[b, h, i, c] · out[b, h, i, c]` of node `id`'s attention, shaped
+    /// like the log-sum-exp: one reduction for every gradient of one attention.
+    fn attention_delta(
         &mut self,
-        attention: &Attention,
-        wrt: AttentionInput,
-        operands: &[View],
-        ty: &TensorType,
-        label: String,
-    ) -> Result<View> {
-        let n = attention.arity();
-        let Operands {
-            q,
-            k,
-            v,
-            positions,
-            padding,
-        } = self.attention_operands(attention, &operands[..n], &label)?;
-        let (out, d_out) = (&operands[n], &operands[n + 1]);
-        let lse = self.buffered(&operands[n + 2], &label);
-        // Δ[b, h, i] = Σ_c d_out[b, h, i, c] · out[b, h, i, c]
+        id: NodeId,
+        (out, d_out): (&View, &View),
+        lse: &View,
+        label: &str,
+    ) -> View {
+        let g = self.g;
+        let operands = g.operands(id);
+        let n = operands.len() - 3;
+        let key = (operands[n], operands[n + 1]);
+        if let Some(delta) = self.attention_deltas.get(&key) {
+            return delta.clone();
+        }
         let mut rows = out.dims.clone();
         rows[3] = kiln_runtime::Poly::constant(1);
         let delta = self.new_buffer(BufferKind::Temp, DType::F32, rows);
@@ -247,6 +273,33 @@ impl Lowering<'_> {
         let delta = delta
             .reshape(lse.dims.clone())
             .expect("a fresh buffer reshapes");
+        self.attention_deltas.insert(key, delta.clone());
+        delta
+    }
+
+    /// `flash_attention_grad` node `id` by `wrt`: `Δ` (shared by the attention's gradients),
+    /// then the gradient's kernel; by the keys and the values in one kernel where the target's
+    /// kernel writes both (`LowerOptions::attention_key_value_grads`), the other's view kept
+    /// for its turn.
+    pub(super) fn attention_grad(
+        &mut self,
+        id: NodeId,
+        (attention, wrt): (&Attention, AttentionInput),
+        operands: &[View],
+        ty: &TensorType,
+        label: String,
+    ) -> Result<View> {
+        let n = attention.arity();
+        let Operands {
+            q,
+            k,
+            v,
+            positions,
+            padding,
+        } = self.attention_operands(attention, &operands[..n], &label)?;
+        let (out, d_out) = (&operands[n], &operands[n + 1]);
+        let lse = self.buffered(&operands[n + 2], &label);
+        let delta = self.attention_delta(id, (out, d_out), &lse, &label);
         let d_out = self.rows(d_out, &label);
         let result = self.temp(ty);
         let kernel = AttentionGradKernel {
@@ -261,7 +314,29 @@ impl Lowering<'_> {
             out: result.clone(),
             wrt,
             attention: attention.clone(),
+            d_values: None,
         };
+        if let Some(sibling) = self.key_value_sibling(id, &kernel) {
+            let sibling_result = self.temp(&self.g.ty(sibling).clone());
+            let (d_keys, d_values, keys_label) = match wrt {
+                AttentionInput::Keys => (result.clone(), sibling_result.clone(), label.clone()),
+                _ => (
+                    sibling_result.clone(),
+                    result.clone(),
+                    self.label_of(sibling),
+                ),
+            };
+            self.written_early.insert(sibling, sibling_result);
+            let both = AttentionGradKernel {
+                out: d_keys,
+                wrt: AttentionInput::Keys,
+                d_values: Some(d_values),
+                ..kernel
+            };
+            let label = format!("{keys_label} (with the values')");
+            self.push(Kernel::AttentionGrad(Box::new(both)), label);
+            return Ok(result);
+        }
         self.push(Kernel::AttentionGrad(Box::new(kernel)), label);
         Ok(result)
     }

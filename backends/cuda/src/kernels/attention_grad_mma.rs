@@ -132,19 +132,17 @@ fn score_grads(
 
 /// A tile's last product, `acc += W·B`: the weights `w` (one m-tile of accumulators, `P` or
 /// `dS`) rounded to bf16 into A fragments, B read by `ldmatrix.trans` from `tile` at the lane's
-/// `base` in `stage`; after it `stage` is `other`.
+/// `base` in `stage`.
 fn last_product(
     c: &mut Ctx,
     acc: &Fragments,
     w: &[[Reg; 4]],
     (tile, base): (&TileStage, Reg),
-    (stage, other): (Reg, Reg),
-) -> Result<()> {
+    stage: Reg,
+) {
     let a = vec![as_a_fragments(c, w)];
     let at = c.b.add(base, stage);
     multiply(c, acc, &a, (tile, Read::Columns), at);
-    c.b.assign(stage, other);
-    Ok(())
 }
 
 fn zero(c: &mut Ctx, xs: &Fragments) {
@@ -233,6 +231,8 @@ struct Views {
     lse: Addressed,
     delta: Addressed,
     out: Addressed,
+    /// The values' gradient written beside the keys' (`AttentionGradKernel::d_values`).
+    d_values: Option<Addressed>,
     visibility: Visibility,
 }
 
@@ -246,6 +246,7 @@ impl Views {
             lse: c.addressed(&kernel.lse),
             delta: c.addressed(&kernel.delta),
             out: c.addressed(&kernel.out),
+            d_values: kernel.d_values.as_ref().map(|v| c.addressed(v)),
             visibility: Visibility::of(c, kernel.positions.as_ref(), kernel.padding.as_ref()),
         }
     }
@@ -390,7 +391,9 @@ fn emit_queries(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
                 Ok(())
             })?;
             score_grads(c, &s[0], &dp[0], a.scale as f32, |_, e| delta[e >> 1]);
-            last_product(c, &acc, &dp[0], (&ks, k_columns), (stage, other))
+            last_product(c, &acc, &dp[0], (&ks, k_columns), stage);
+            c.b.assign(stage, other);
+            Ok(())
         })?;
         let own_rows = [(own[0], inside[0]), (own[1], inside[1])];
         store_rows(c, &views.out, out_head, own_rows, l.t, &acc[0])
@@ -458,19 +461,26 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
         qs.lane_base(c, l.lane, Read::Rows),
         dos.lane_base(c, l.lane, Read::Rows),
     );
-    // The last product's B: the queries (`dk += dSᵀ·Q`) or the output gradient (`dv += Pᵀ·dO`).
-    let (last, last_columns) = match by_keys {
-        true => (&qs, qs.lane_base(c, l.lane, Read::Columns)),
-        false => (&dos, dos.lane_base(c, l.lane, Read::Columns)),
+    // The gradients the kernel writes, each with its accumulators and the lane's base of its
+    // last product's B: the queries for `dk += dSᵀ·Q`, the output gradient for `dv += Pᵀ·dO`.
+    let values_out = match by_keys {
+        true => views.d_values.as_ref(),
+        false => Some(&views.out),
     };
+    let d_keys = by_keys.then(|| {
+        let acc = fragments(c, 1, (d / 8) as usize, Ty::F32);
+        (acc, qs.lane_base(c, l.lane, Read::Columns))
+    });
+    let d_values = values_out.map(|out| {
+        let acc = fragments(c, 1, (dv / 8) as usize, Ty::F32);
+        (acc, dos.lane_base(c, l.lane, Read::Columns), out)
+    });
     let stage = c.b.mov(Ty::S64, 0i64);
     let zero_f32 = c.b.mov(Ty::F32, 0.0f32);
     let factor = (a.scale * std::f64::consts::LOG2_E) as f32;
     let n_tiles = (rows / 8) as usize;
     let k_frags = fragments(c, 1, (d / 16) as usize, Ty::B32);
     let v_frags = fragments(c, 1, if by_keys { (dv / 16) as usize } else { 0 }, Ty::B32);
-    let width = if by_keys { d } else { dv };
-    let acc = fragments(c, 1, (width / 8) as usize, Ty::F32);
     let group = a.group as i64;
     let first_warp = c.b.setp(Cmp::Eq, l.warp, 0i64);
     let stats_lane = c.b.setp(Cmp::Lt, l.lane, rows);
@@ -479,7 +489,6 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
         let (bi, kv, first) = block_item(c, w, &kv_heads, blocks);
         let k_head = Views::head(c, &views.k, bi, kv);
         let v_head = Views::head(c, &views.v, bi, kv);
-        let out_head = Views::head(c, &views.out, bi, kv);
         let own = l.rows(c, first);
         let mut inside = Vec::new();
         for (half, &r) in own.iter().enumerate() {
@@ -588,7 +597,10 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
                 })
             })
         };
-        zero(c, &acc);
+        let keys_acc = d_keys.iter().map(|(acc, _)| acc);
+        for acc in keys_acc.chain(d_values.iter().map(|(acc, _, _)| acc)) {
+            zero(c, acc);
+        }
         let any = c.b.setp(Cmp::Gt, total, 0i64);
         let u0 = c.b.mov(Ty::S64, 0i64);
         c.when(any, |c| {
@@ -646,21 +658,30 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
                 });
                 Ok(())
             })?;
-            let weights = match &dpt {
-                Some(dpt) => {
-                    let mut delta = Vec::new();
-                    for ni in 0..n_tiles {
-                        delta.push([0, 1].map(|e| column(c, ni, e, 4, 4 * rows, Ty::F32)));
-                    }
-                    score_grads(c, &st[0], &dpt[0], a.scale as f32, |ni, e| delta[ni][e & 1]);
-                    &dpt[0]
+            if let Some((acc, columns, _)) = &d_values {
+                last_product(c, acc, &st[0], (&dos, *columns), stage);
+            }
+            if let (Some((acc, columns)), Some(dpt)) = (&d_keys, &dpt) {
+                let mut delta = Vec::new();
+                for ni in 0..n_tiles {
+                    delta.push([0, 1].map(|e| column(c, ni, e, 4, 4 * rows, Ty::F32)));
                 }
-                None => &st[0],
-            };
-            last_product(c, &acc, weights, (last, last_columns), (stage, other))
+                score_grads(c, &st[0], &dpt[0], a.scale as f32, |ni, e| delta[ni][e & 1]);
+                last_product(c, acc, &dpt[0], (&qs, *columns), stage);
+            }
+            c.b.assign(stage, other);
+            Ok(())
         })?;
         let own_rows = [(own[0], inside[0]), (own[1], inside[1])];
-        store_rows(c, &views.out, out_head, own_rows, l.t, &acc[0])
+        if let Some((acc, _)) = &d_keys {
+            let head = Views::head(c, &views.out, bi, kv);
+            store_rows(c, &views.out, head, own_rows, l.t, &acc[0])?;
+        }
+        if let Some((acc, _, out)) = &d_values {
+            let head = Views::head(c, out, bi, kv);
+            store_rows(c, out, head, own_rows, l.t, &acc[0])?;
+        }
+        Ok(())
     })?;
     Ok(launch(c, &kernel.k.dims))
 }

@@ -58,6 +58,12 @@ pub fn attention_with_lse(kernel: &kiln_backend_cpu::kernel::AttentionKernel) ->
     attention_mma::applies(kernel)
 }
 
+/// Whether attention gradient `kernel` by the keys may also write the values' gradient: the
+/// tensor-core form does (`attention_grad_mma`).
+pub fn attention_key_value_grads(kernel: &kiln_backend_cpu::kernel::AttentionGradKernel) -> bool {
+    attention_grad_mma::applies(kernel)
+}
+
 /// What one step of a program runs: one kernel of the lowering, or several run as one.
 pub enum Group<'a> {
     One(&'a Kernel),

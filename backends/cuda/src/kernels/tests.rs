@@ -1047,8 +1047,9 @@ fn bf16_attention_on_tensor_cores_matches_the_interpreter() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// FlashAttention's backward on tensor cores (`attention_lse_mma`, `attention_grad_mma`)
-/// against the interpreter: bf16 queries, keys, values and output gradient under every mask
+/// FlashAttention's backward on tensor cores (`attention_lse_mma`, `attention_grad_mma`: one
+/// kernel by the queries, one by the keys and the values, one `Δ` for them) against the
+/// interpreter: bf16 queries, keys, values and output gradient under every mask
 /// kind, GQA, head sizes 16 to 128, rows and columns past whole blocks and tiles, random
 /// positions (some queries see no key: their log-sum-exp is `-∞` and they add nothing).
 ///
@@ -1065,12 +1066,19 @@ fn bf16_attention_backward_on_tensor_cores_matches_the_interpreter() {
         let g = kiln_ir::text::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let artifact = crate::compile(std::slice::from_ref(&g), model()).unwrap();
         let ptx = std::str::from_utf8(&artifact.object).unwrap();
-        for entry in ["attention_lse_mma_", "attention_grad_mma_"] {
-            assert!(
-                ptx.contains(&format!(".entry {entry}")),
-                "{mask}: no {entry}"
-            );
-        }
+        assert!(
+            ptx.contains(".entry attention_lse_mma_"),
+            "{mask}: no attention_lse_mma"
+        );
+        // One kernel by the queries, one by the keys and the values.
+        let grads = ptx.matches(".entry attention_grad_mma_").count();
+        assert_eq!(grads, 2, "{mask}: {grads} attention_grad_mma kernels");
+        let deltas = artifact.manifest.programs[0]
+            .steps
+            .iter()
+            .filter(|s| s.label.ends_with(" Δ"))
+            .count();
+        assert_eq!(deltas, 1, "{mask}: one Δ for the three gradients");
         let e = env(&[("b", 2), ("s", s), ("t", t)]);
         let (inputs, weights) = random_bindings(&g, &e, t as u64 + 8, 5).unwrap();
         let got = emulate(&artifact, "attention", &inputs, &weights);
