@@ -5,7 +5,8 @@
 //! here a block takes 32 neighbouring outputs of the innermost axis, and its 8 warps split the
 //! reduced positions: lane `l` of warp `w` folds positions `w, w + 8, …` of output column
 //! `c₀ + l`, so every load of a warp is 32 neighbouring elements. Warp 0 then folds the 8
-//! partial results of its column in warp order, divides for a mean, and stores. The order is
+//! partial results of its column in warp order, divides for a mean, and stores. A lane issues
+//! the loads of `IN_FLIGHT` of its positions before it folds them, in order. The order is
 //! fixed, so results do not change from run to run.
 //!
 //! A position's address is `r · stride` when the reduced axes of every leaf merge into one
@@ -13,7 +14,7 @@
 //! unravelled over the reduced axes.
 
 use super::context::{Ctx, Granule};
-use super::reduce::{combine, finish, fold_position, identity};
+use super::reduce::{combine, finish, fold_position, identity, IN_FLIGHT};
 use super::THREADS;
 use crate::error::Result;
 use crate::ptx::{Cmp, Operand, Space, Special};
@@ -112,22 +113,29 @@ pub fn emit(
         }
         let acc = c.constant(identity(op, dtype), dtype)?;
         c.when(inside, |c| {
-            c.for_range(warp, count_v.clone(), warps, |c, r| {
-                let mut values = Vec::new();
-                for (i, (l, &base)) in ls.iter().zip(&bases).enumerate() {
-                    let at = match &merged {
-                        Some(m) => c.b.mad(r, m[i].clone(), base),
-                        None => {
-                            let rc = c.unravel(r, &red_dims);
-                            let strides: Vec<_> =
-                                axes.iter().map(|&a| l.strides[a].clone()).collect();
-                            c.linear(&base.into(), &rc, &strides)
-                        }
-                    };
-                    values.push(c.load(l, at)?);
-                }
-                fold_position(c, op, expr, &values, acc)
-            })
+            c.for_range_batched(
+                warp,
+                count_v.clone(),
+                warps,
+                IN_FLIGHT,
+                |c, r| {
+                    let mut values = Vec::new();
+                    for (i, (l, &base)) in ls.iter().zip(&bases).enumerate() {
+                        let at = match &merged {
+                            Some(m) => c.b.mad(r, m[i].clone(), base),
+                            None => {
+                                let rc = c.unravel(r, &red_dims);
+                                let strides: Vec<_> =
+                                    axes.iter().map(|&a| l.strides[a].clone()).collect();
+                                c.linear(&base.into(), &rc, &strides)
+                            }
+                        };
+                        values.push(c.load(l, at)?);
+                    }
+                    Ok(values)
+                },
+                |c, _, values| fold_position(c, op, expr, &values, acc),
+            )
         })?;
         c.b.st(Space::Shared, mem, slot, 0, acc);
         c.b.bar_sync();

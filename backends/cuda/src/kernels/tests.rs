@@ -1252,3 +1252,29 @@ fn reductions_over_packed_and_strided_axes_match_the_interpreter() {
             .unwrap_or_else(|e| panic!("batch {batch}: {e}"));
     }
 }
+
+/// A sum over batch and sequence keeping the innermost axis (a norm weight's gradient) of at
+/// least `SPLIT_POSITIONS` positions runs in two column reductions, over the sequence into
+/// partial rows per batch element and then over those, and matches the interpreter; one of a
+/// short sequence stays one kernel.
+#[test]
+fn long_column_sums_run_in_two_kernels() {
+    for (bound, kernels) in [(2048, 2), (16, 1)] {
+        let text = format!(
+            "graph g\nsym b <= 4\nsym s <= {bound}\ninput %x : f32[b, s, 80]\n\
+             input %y : f32[b, s, 80]\n\
+             %0 = mul %x, %y : f32[b, s, 80]\n\
+             %1 = reduce_sum %0 axes=[0,1] : f32[1, 1, 80]\noutput w = %1\n"
+        );
+        let (g, fused, ptx) = parse_fuse_compile(&text);
+        let artifact = crate::compile(std::slice::from_ref(&fused), model()).unwrap();
+        let steps = &artifact.manifest.programs[0].steps;
+        assert!(ptx.contains(".entry reduce_columns"), "{ptx}");
+        assert_eq!(steps.len(), kernels, "s <= {bound}: {steps:#?}");
+        for (batch, seq) in [(1, 1), (3, 2000), (4, 7)] {
+            let seq = seq.min(bound);
+            check(&fused, &g, &env(&[("b", batch), ("s", seq)]), 1e-5, 4)
+                .unwrap_or_else(|e| panic!("b={batch} s={seq}: {e}"));
+        }
+    }
+}
