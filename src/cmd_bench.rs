@@ -44,8 +44,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Also print where the time goes, the costliest kinds of step in each program (on the
-    /// GPU, steps are then launched one by one and timed with events, without graphs).
+    /// Also print where the time goes in the timed runs (not the warm-up), the costliest kinds
+    /// of step in each program (on the GPU, steps are then launched one by one and timed with
+    /// events, without graphs).
     #[arg(long)]
     profile: bool,
 }
@@ -108,6 +109,10 @@ fn measure<P: DecodeProgram>(
             .map_err(|e| e.to_string())?;
         if run == 0 {
             first_run_s = started.elapsed().as_secs_f64();
+            // The profile times warm runs only (the first run loads kernels and pages memory).
+            if args.profile {
+                generator.set_profiling(true);
+            }
         } else {
             prefill.push(out.prefill_tokens_per_second());
             decode.push(out.decode_tokens_per_second());
@@ -146,7 +151,6 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
                 Model::new(artifact, &file, weights, args.threads).map_err(|e| e.to_string())?;
             let load_s = started.elapsed().as_secs_f64();
             let mut generator = Generator::new(&model).map_err(|e| e.to_string())?;
-            generator.set_profiling(args.profile);
             let measured = measure(&args, &mut generator, vocab)?;
             if !args.json {
                 report(&args, &measured, load_s, None);
@@ -166,7 +170,6 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             }
             let mut generator =
                 Generator::on_gpu(&model, !args.no_cuda_graphs).map_err(|e| e.to_string())?;
-            generator.set_profiling(args.profile);
             let measured = measure(&args, &mut generator, vocab)?;
             let gpu = model.device_report().map_err(|e| e.to_string())?;
             if !args.json {

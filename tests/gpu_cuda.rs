@@ -180,6 +180,11 @@ fn in_place_caches_decode_to_the_capacity_on_the_gpu() {
     let model = CudaModel::new(artifact, "decode", tensors).unwrap();
     let mut runner = model.runner("decode").unwrap();
     runner.use_graphs(true);
+    // Profiling launches step by step; turned off, the runner replays graphs again.
+    runner.set_profiling(true);
+    assert!(!runner.replays_graphs());
+    runner.set_profiling(false);
+    assert!(runner.replays_graphs());
     let caches: Vec<String> = inputs
         .keys()
         .filter(|n| n.starts_with("past_"))

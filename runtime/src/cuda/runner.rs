@@ -74,6 +74,8 @@ pub struct CudaRunner<'m> {
     desc: &'m ProgramDesc,
     kernels: Kernels,
     launcher: Launcher,
+    /// Whether steps replay from CUDA graphs when not profiled ([`CudaRunner::use_graphs`]).
+    graphs: bool,
     inputs: Vec<Option<Input>>,
     /// The device buffer each host input is copied into.
     staged: Vec<Option<CudaSlice<u8>>>,
@@ -118,6 +120,7 @@ impl<'m> CudaRunner<'m> {
             desc,
             kernels: Kernels::new(functions, launches),
             launcher: Launcher::new(false),
+            graphs: false,
             inputs: desc.inputs.iter().map(|_| None).collect(),
             staged: desc.inputs.iter().map(|_| None).collect(),
             arena: None,
@@ -133,20 +136,26 @@ impl<'m> CudaRunner<'m> {
     }
 
     /// Replays the steps from CUDA graphs, captured once per list of grids (see `launch.rs`),
-    /// instead of launching every kernel from the host.
+    /// instead of launching every kernel from the host (once profiling is off, where it is on).
     pub fn use_graphs(&mut self, on: bool) {
-        if on != self.launcher.graphs() {
+        self.graphs = on;
+        if self.launcher.profile().is_none() && on != self.launcher.graphs() {
             self.launcher = Launcher::new(on);
         }
     }
 
     /// Times every step while `on` (launched one by one, without graphs); off, steps launch
-    /// one by one untimed.
+    /// as [`CudaRunner::use_graphs`] chose.
     pub fn set_profiling(&mut self, on: bool) {
         self.launcher = match on {
             true => Launcher::profiling(self.desc.steps.len()),
-            false => Launcher::new(false),
+            false => Launcher::new(self.graphs),
         };
+    }
+
+    /// Whether the next run replays its steps from CUDA graphs.
+    pub fn replays_graphs(&self) -> bool {
+        self.launcher.graphs()
     }
 
     /// Each step's GPU time since profiling started.
