@@ -27,7 +27,8 @@
 //! (`_k`, `_v`) `q, k, v, …, out, d_out, lse` is the gradient of `Σ d_out · out` by
 //! that operand: it recomputes the probabilities as `exp(scale · q·kⱼ − lse)` instead of storing
 //! them, and sums the query heads that share a key/value head. Its result is f32, of that
-//! operand's shape. The backward ops take the forward's operands (f32 or bf16), its f32 result,
+//! operand's shape, or (with bf16 operands, declared so) that f32 result rounded to bf16, as a
+//! cast of it would be. The backward ops take the forward's operands (f32 or bf16), its f32 result,
 //! a cotangent of the result's shape, f32 or (with bf16 operands) bf16, and the f32
 //! log-sum-exp. With bf16 operands the gradients weight bf16 values as the unfused graph's bf16
 //! matmuls would: `d_values` weights the cotangent rows by probabilities rounded to bf16, and
@@ -284,6 +285,7 @@ impl Attention {
         &self,
         wrt: AttentionInput,
         operands: &[&TensorType],
+        declared: Option<&TensorType>,
     ) -> Result<TensorType, String> {
         let n = self.arity();
         if operands.len() != n + 3 {
@@ -311,10 +313,13 @@ impl Attention {
                 wrt.grad_name()
             ));
         }
-        Ok(TensorType::new(
-            DType::F32,
-            operands[wrt.slot()].shape.clone(),
-        ))
+        // f32, or the operands' narrow type where the node declares it.
+        let narrow = operands[0].dtype;
+        let dtype = match declared {
+            Some(t) if narrow != DType::F32 && t.dtype == narrow => narrow,
+            _ => DType::F32,
+        };
+        Ok(TensorType::new(dtype, operands[wrt.slot()].shape.clone()))
     }
 
     /// The result type for the given operands (the typing rule in the module doc).

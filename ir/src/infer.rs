@@ -255,7 +255,9 @@ pub fn infer(
             })
         }
         Op::FlashAttentionLse(attention) => attention.infer_lse(operands),
-        Op::FlashAttentionGrad { attention, wrt } => attention.infer_grad(*wrt, operands),
+        Op::FlashAttentionGrad { attention, wrt } => {
+            attention.infer_grad(*wrt, operands, declared_type)
+        }
         Op::StopGradient => Ok(operands[0].clone()),
         Op::Grad => {
             let (loss, x) = (operands[0], operands[1]);

@@ -248,7 +248,8 @@ pub fn bf16_attention_forward(case: Bf16AttentionCase) -> String {
 /// The IR text of `flash_attention`'s backward at bf16 ([`bf16_attention_text`]'s graph, with
 /// the output gradient `%dy`): the forward's result `%y` an f32 input, so that a kernel and the
 /// interpreter read the same `Δ`; outputs the log-sum-exp `lse` and the gradients `dq`, `dk`,
-/// `dv`.
+/// `dv` (f32), and the values' gradient rounded to bf16 by a cast (`dv_cast`) and declared bf16
+/// (`dv_bf16`, the same value).
 pub fn bf16_attention_backward(case: Bf16AttentionCase) -> String {
     let (_, _, heads, kv, d, dv, _, _, _) = case;
     let (mut text, operands, attrs) = bf16_attention_text(case, &["q", "k", "v", "dy"]);
@@ -258,7 +259,10 @@ pub fn bf16_attention_backward(case: Bf16AttentionCase) -> String {
          %gq = flash_attention_grad_q {operands}, %y, %dy, %l {attrs} : f32[b, {heads}, s, {d}]\n\
          %gk = flash_attention_grad_k {operands}, %y, %dy, %l {attrs} : f32[b, {kv}, t, {d}]\n\
          %gv = flash_attention_grad_v {operands}, %y, %dy, %l {attrs} : f32[b, {kv}, t, {dv}]\n\
-         output lse = %l\noutput dq = %gq\noutput dk = %gk\noutput dv = %gv\n"
+         %gvc = cast %gv : bf16[b, {kv}, t, {dv}]\n\
+         %gvn = flash_attention_grad_v {operands}, %y, %dy, %l {attrs} : bf16[b, {kv}, t, {dv}]\n\
+         output lse = %l\noutput dq = %gq\noutput dk = %gk\noutput dv = %gv\n\
+         output dv_cast = %gvc\noutput dv_bf16 = %gvn\n"
     );
     text
 }

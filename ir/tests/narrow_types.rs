@@ -123,3 +123,32 @@ fn matmul_declares_no_other_change_of_type() {
         );
     }
 }
+
+/// An attention gradient declared at its operands' narrow type is its f32 value rounded once, as
+/// a cast of it is (`kiln_ir::testing::bf16_attention_backward`: `dv_bf16` against `dv_cast`,
+/// bit for bit on every mask kind); no other declared type is accepted.
+#[test]
+fn a_narrow_attention_gradient_is_the_rounded_f32_one() {
+    for case in kiln_ir::testing::BF16_ATTENTION_CASES {
+        let (mask, _, _, _, _, _, s, t, _) = case;
+        let g = text::parse(&kiln_ir::testing::bf16_attention_backward(case)).unwrap();
+        let env: Bindings = [("b", 2), ("s", s), ("t", t)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        let (inputs, weights) = random_bindings(&g, &env, t as u64 + 8, 5).unwrap();
+        let out = interpret(&g, &inputs, &weights).unwrap();
+        let (narrow, cast) = (&out["dv_bf16"], &out["dv_cast"]);
+        assert_eq!(narrow.dtype, DType::BF16, "{mask}");
+        let bits = |x: &kiln_ir::interp::Tensor| -> Vec<u64> {
+            x.to_f64().iter().map(|v| v.to_bits()).collect()
+        };
+        assert_eq!(bits(narrow), bits(cast), "{mask}");
+    }
+    let text = kiln_ir::testing::bf16_attention_backward(kiln_ir::testing::BF16_ATTENTION_CASES[0]);
+    let line = text.lines().find(|l| l.starts_with("%gvn")).unwrap();
+    for other in ["f16", "i64"] {
+        let declared = text.replace(line, &line.replace(": bf16[", &format!(": {other}[")));
+        assert!(text::parse(&declared).is_err(), "{other} was accepted");
+    }
+}

@@ -27,7 +27,9 @@
 //! the values, as the unfused graph's second matmul would take them; its log-sum-exp and
 //! gradients take the same narrow operands (and the gradients a narrow cotangent), so the
 //! backward differentiates the forward computed, with bf16 weights in its matmuls and f32
-//! gradients. Attention stays f32 where a row has a single query (a decode step reads the f32
+//! gradients; a gradient that only the backward's matmuls read (through a `cast` to bf16) is
+//! declared bf16 instead, rounded as the kernel stores it (the same value as the cast's), so
+//! its f32 copy is never held. Attention stays f32 where a row has a single query (a decode step reads the f32
 //! KV cache as it is: narrowing it would copy the cache every step for no matmul-sized work),
 //! and under `f16`. Norms (their statistics and scales),
 //! softmax, RoPE, the residual stream, the KV cache and the logits stay f32: program inputs and
@@ -245,6 +247,42 @@ fn narrows_attention(g: &Graph, id: NodeId, dtype: DType) -> bool {
     dtype == DType::BF16 && q.dtype == DType::F32 && q.shape[2].as_fixed() != Some(1)
 }
 
+/// Each `flash_attention_grad` on `dtype` operands whose every reader is a `cast` to `dtype` (the
+/// backward's matmuls) becomes one declared `dtype`, read by those readers' users in their place:
+/// it rounds its f32 result as the cast did, so the f32 gradient is never held. Returns how many.
+fn narrow_attention_grads(g: &mut Graph, dtype: DType) -> Result<usize, IrError> {
+    let outputs: Vec<NodeId> = g.outputs().iter().map(|(_, id)| *id).collect();
+    let grads: Vec<NodeId> = g
+        .order()
+        .into_iter()
+        .filter(|&id| {
+            matches!(g.node(id).op, Op::FlashAttentionGrad { .. })
+                && g.ty(id).dtype == DType::F32
+                && g.ty(g.operands(id)[0]).dtype == dtype
+        })
+        .collect();
+    let mut count = 0;
+    for id in grads {
+        let casts = g.users(id);
+        let only_cast = |u: &NodeId| matches!(g.node(*u).op, Op::Cast) && g.ty(*u).dtype == dtype;
+        if casts.is_empty() || !casts.iter().all(only_cast) || outputs.contains(&id) {
+            continue;
+        }
+        let node = g.node(id).clone();
+        let narrowed = g.push_typed(node.op, &g.operands(id), node.ty.with_dtype(dtype))?;
+        if let Some(label) = node.label {
+            g.set_label(narrowed, label);
+        }
+        for cast in casts {
+            g.replace_uses(cast, narrowed);
+            g.remove(cast);
+        }
+        g.remove(id);
+        count += 1;
+    }
+    Ok(count)
+}
+
 impl Pass for MixedPrecision {
     fn name(&self) -> &'static str {
         "mixed-precision"
@@ -284,6 +322,7 @@ impl Pass for MixedPrecision {
         if differentiated {
             remark += &format!(", {trained} kept f32 (master weights of a differentiated program)");
         }
+        let mut removed = 0;
         if matmul_dtype != DType::F32 {
             let (mut matmuls, mut refused, mut attentions) = (0, 0, 0);
             let mut memo = HashMap::new();
@@ -311,13 +350,17 @@ impl Pass for MixedPrecision {
                     _ => {}
                 }
             }
+            // The views the narrowed matmuls no longer read go first: a gradient's only readers
+            // are then its casts.
+            removed += remove_dead(g);
+            let grads = narrow_attention_grads(g, matmul_dtype)?;
             remark += &format!(
                 ", {matmuls} matmuls on {matmul_dtype} operands with f32 accumulation, {refused} \
                  refused (not f32 × f32 → f32), {attentions} flash_attention on {matmul_dtype} \
-                 operands"
+                 operands, {grads} of their gradients rounded to {matmul_dtype} as computed"
             );
         }
-        let removed = remove_dead(g);
+        removed += remove_dead(g);
         g.remark(format!("{remark}, {removed} dead nodes removed"));
         Ok(())
     }

@@ -205,6 +205,54 @@ output dv = %6
     );
 }
 
+/// Attention gradients that only the backward's matmuls read (the projections' weight
+/// gradients, through casts to bf16) are declared bf16 themselves, and no cast of them is left;
+/// the weight gradients agree with the f32 program within the policy's bound.
+#[test]
+fn attention_gradients_read_only_by_matmuls_are_computed_bf16() {
+    use kiln_passes::autodiff::Autodiff;
+    let input = "graph g
+sym s <= 8
+input %x : f32[1, s, 32]
+input %pos : i64[1, s]
+weight @wq : f32[32, 64]
+weight @wk : f32[32, 32]
+weight @wv : f32[32, 32]
+%q0 = matmul %x, @wq : f32[1, s, 64]
+%q1 = reshape %q0 : f32[1, s, 4, 16]
+%q = permute %q1 perm=[0,2,1,3] : f32[1, 4, s, 16]
+%k0 = matmul %x, @wk : f32[1, s, 32]
+%k1 = reshape %k0 : f32[1, s, 2, 16]
+%k = permute %k1 perm=[0,2,1,3] : f32[1, 2, s, 16]
+%v0 = matmul %x, @wv : f32[1, s, 32]
+%v1 = reshape %v0 : f32[1, s, 2, 16]
+%v = permute %v1 perm=[0,2,1,3] : f32[1, 2, s, 16]
+%0 = flash_attention %q, %k, %v, %pos mask=causal padding=none bias=none group=2 scale=0.25 tile_q=2 tile_k=2 : f32[1, 4, s, 16]
+%1 = mul %0, %0 : f32[1, 4, s, 16]
+%2 = reduce_sum %1 axes=[0,1,2,3] : f32[1, 1, 1, 1]
+%3 = reshape %2 : f32[]
+%4 = grad %3, @wq : f32[32, 64]
+%5 = grad %3, @wk : f32[32, 32]
+%6 = grad %3, @wv : f32[32, 32]
+output dwq = %4
+output dwk = %5
+output dwv = %6
+";
+    let mut g = text::parse(input).unwrap();
+    Autodiff.run(&mut g).unwrap();
+    let out = check(&text::print(&g), Precision::Bf16, &[("s", 6)]);
+    assert!(out.contains("3 of their gradients rounded to bf16"), "{out}");
+    let after = text::parse(&out).unwrap();
+    for id in after.order() {
+        if let Op::FlashAttentionGrad { .. } = after.node(id).op {
+            assert_eq!(after.ty(id).dtype, DType::BF16, "{out}");
+            for user in after.users(id) {
+                assert!(!matches!(after.node(user).op, Op::Cast), "{out}");
+            }
+        }
+    }
+}
+
 /// The tiny Llama's program as the pipeline hands it to this pass (the committed snapshot).
 fn tiny_llama(program: &str) -> Graph {
     let path = format!(

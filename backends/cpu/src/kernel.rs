@@ -170,7 +170,8 @@ pub enum AttentionOutput {
 /// `flash_attention_grad_*` (semantics in `kiln_ir::attention`): the operands of the forward
 /// (as in [`AttentionKernel`]), the cotangent `d_out: [B, H, S, Dv]`, the log-sum-exp
 /// `lse: [B, H, S]` and `delta: [B, H, S]` (`Σ d_out·out` per query, computed by a reduction
-/// first), into `out`, shaped like the operand `wrt`; `out` is contiguous. Work items are tiles
+/// first), into `out`, shaped like the operand `wrt`, its last axis unit-stride (f32, or bf16 on
+/// the GPU where the gradient is declared so). Work items are tiles
 /// of `tile_q` queries of one batch element and head (`wrt` queries), or of `tile_k` keys of one
 /// batch element and key/value head (keys, values), so no two items write one row.
 #[derive(Clone, Debug, PartialEq)]

@@ -52,7 +52,9 @@ fn is_bf16_storage(node: &Node) -> bool {
 /// concat of such values.
 fn is_bf16_rounded(node: &Node) -> bool {
     match &node.op {
-        Op::Cast | Op::Concat { .. } | Op::FlashAttention(_) => true,
+        Op::Cast | Op::Concat { .. } | Op::FlashAttention(_) | Op::FlashAttentionGrad { .. } => {
+            true
+        }
         Op::Fused(region) => matches!(region.kind, RegionKind::Map | RegionKind::MatMul),
         _ => false,
     }

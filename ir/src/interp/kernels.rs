@@ -113,7 +113,9 @@ pub fn eval_with(
         Op::FlashAttention(attention) => super::attention::eval(attention, xs, arithmetic)?,
         Op::FlashAttentionLse(attention) => super::attention::eval_lse(attention, xs)?,
         Op::FlashAttentionGrad { attention, wrt } => {
-            super::attention::eval_grad(attention, *wrt, xs, arithmetic)?
+            // A narrow gradient is the f32 one rounded, as a cast of it would be.
+            let grad = super::attention::eval_grad(attention, *wrt, xs, arithmetic)?;
+            Tensor::with_arithmetic(DType::F32, shape.clone(), grad, arithmetic).data
         }
         Op::StopGradient => xs[0].data.clone(),
         Op::Grad => return Err("`grad` has no value until the autodiff pass expands it".into()),

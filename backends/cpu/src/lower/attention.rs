@@ -8,9 +8,10 @@
 //!
 //! Queries, keys and values are read in place when their last axis is unit-stride (copied
 //! contiguous otherwise), and the head sizes must be constants (they size the kernel's scratch
-//! and unroll its inner loops). The result is written into a `[B, S, H, Dv]` buffer through a
-//! permuted view, so the `permute` to `[B, S, H, Dv]` and the `reshape` to `[B, S, H·Dv]` that
-//! follow attention in every decoder are free views instead of a copy.
+//! and unroll its inner loops). The result, and each gradient, is written into a
+//! `[B, S, H, D]` buffer through a permuted view, so the `permute` to `[B, S, H, D]` and the
+//! `reshape` to `[B, S, H·D]` that follow attention in every decoder (and precede the
+//! projections' matmuls in its backward) are free views instead of a copy.
 //!
 //! Refused, with an error: symbolic head sizes, and tiles whose scratch would not fit the
 //! kernel's stack budget.
@@ -87,9 +88,9 @@ impl Lowering<'_> {
         })
     }
 
-    /// The buffer of a `flash_attention` result of type `ty`: written through a permuted view
-    /// of a `[B, S, H, Dv]` buffer (see the module doc).
-    fn values_buffer(&mut self, ty: &TensorType) -> View {
+    /// The buffer of a `[B, H, S, D]` attention result or gradient of type `ty`: written
+    /// through a permuted view of a `[B, S, H, D]` buffer (see the module doc).
+    fn heads_inner_buffer(&mut self, ty: &TensorType) -> View {
         let dims = self.shape(ty);
         let heads_inner = vec![
             dims[0].clone(),
@@ -153,7 +154,7 @@ impl Lowering<'_> {
             padding,
         } = self.attention_operands(&attention, operands, &label)?;
         let out = match output {
-            AttentionOutput::Values => self.values_buffer(ty),
+            AttentionOutput::Values => self.heads_inner_buffer(ty),
             AttentionOutput::LogSumExp => self.temp(ty),
         };
         let kernel = AttentionKernel {
@@ -172,7 +173,7 @@ impl Lowering<'_> {
             let (values, lse, values_label) = match output {
                 AttentionOutput::Values => (out.clone(), self.temp(&sibling_ty), label.clone()),
                 AttentionOutput::LogSumExp => {
-                    let values = self.values_buffer(&sibling_ty);
+                    let values = self.heads_inner_buffer(&sibling_ty);
                     (values, out.clone(), self.label_of(sibling))
                 }
             };
@@ -301,7 +302,7 @@ impl Lowering<'_> {
         let lse = self.buffered(&operands[n + 2], &label);
         let delta = self.attention_delta(id, (out, d_out), &lse, &label);
         let d_out = self.rows(d_out, &label);
-        let result = self.temp(ty);
+        let result = self.heads_inner_buffer(ty);
         let kernel = AttentionGradKernel {
             q,
             k,
@@ -317,7 +318,7 @@ impl Lowering<'_> {
             d_values: None,
         };
         if let Some(sibling) = self.key_value_sibling(id, &kernel) {
-            let sibling_result = self.temp(&self.g.ty(sibling).clone());
+            let sibling_result = self.heads_inner_buffer(&self.g.ty(sibling).clone());
             let (d_keys, d_values, keys_label) = match wrt {
                 AttentionInput::Keys => (result.clone(), sibling_result.clone(), label.clone()),
                 _ => (

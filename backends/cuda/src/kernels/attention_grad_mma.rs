@@ -151,7 +151,8 @@ fn zero(c: &mut Ctx, xs: &Fragments) {
     }
 }
 
-/// Stores the lane's accumulator rows (`r` of `rows`, where `inside`) of the result.
+/// Stores the lane's accumulator rows (`r` of `rows`, where `inside`) of the result, rounded
+/// to its type.
 fn store_rows(
     c: &mut Ctx,
     out: &Addressed,
@@ -164,11 +165,13 @@ fn store_rows(
         c.when(inside, |c| {
             let at = c.b.mad(r, out.strides[2].clone(), head);
             let at = c.b.mad(t, 2i64, at);
+            let dtype = out.view.dtype;
             for (nj, tile) in acc.iter().enumerate() {
                 for e in 0..2 {
                     let col = c.b.add(at, nj as i64 * 8 + e as i64);
                     let base = out.base.expect("a buffer");
-                    c.store(base, col, DType::F32, tile[2 * half + e])?;
+                    let x = super::expr::convert(c, tile[2 * half + e], DType::F32, dtype)?;
+                    c.store(base, col, dtype, x)?;
                 }
             }
             Ok(())

@@ -1056,7 +1056,9 @@ fn bf16_attention_on_tensor_cores_matches_the_interpreter() {
 /// Bound: each result within `2⁻⁸` of its largest magnitude. Kernel and interpreter round the
 /// same weights (probabilities, score gradients) to bf16; their f32 values differ in the last
 /// bits (`ex2.approx`, sums in another order), which moves a rounding by one bf16 step at most
-/// (`2⁻⁸` relative) for a few weights. A wrong mask, statistic or layout is off by far more.
+/// (`2⁻⁸` relative) for a few weights. A wrong mask, statistic or layout is off by far more. The
+/// values' gradient rounded to bf16 (by a cast, and as declared bf16, stored so by the kernel)
+/// may round one step the other way too: `2⁻⁷`.
 #[test]
 fn bf16_attention_backward_on_tensor_cores_matches_the_interpreter() {
     let mut failures = Vec::new();
@@ -1070,9 +1072,10 @@ fn bf16_attention_backward_on_tensor_cores_matches_the_interpreter() {
             ptx.contains(".entry attention_lse_mma_"),
             "{mask}: no attention_lse_mma"
         );
-        // One kernel by the queries, one by the keys and the values.
+        // One kernel by the queries, one by the keys and the values, one by the values into
+        // bf16.
         let grads = ptx.matches(".entry attention_grad_mma_").count();
-        assert_eq!(grads, 2, "{mask}: {grads} attention_grad_mma kernels");
+        assert_eq!(grads, 3, "{mask}: {grads} attention_grad_mma kernels");
         let deltas = artifact.manifest.programs[0]
             .steps
             .iter()
@@ -1083,7 +1086,14 @@ fn bf16_attention_backward_on_tensor_cores_matches_the_interpreter() {
         let (inputs, weights) = random_bindings(&g, &e, t as u64 + 8, 5).unwrap();
         let got = emulate(&artifact, "attention", &inputs, &weights);
         let want = interpret(&g, &inputs, &weights).unwrap();
-        for name in ["lse", "dq", "dk", "dv"] {
+        for (name, bound) in [
+            ("lse", 8),
+            ("dq", 8),
+            ("dk", 8),
+            ("dv", 8),
+            ("dv_cast", 7),
+            ("dv_bf16", 7),
+        ] {
             let (got, want) = (&got[name], &want[name]);
             let values = |x: &Tensor| {
                 (0..x.numel())
@@ -1104,7 +1114,7 @@ fn bf16_attention_backward_on_tensor_cores_matches_the_interpreter() {
                     _ => f64::INFINITY,
                 })
                 .fold(0f64, f64::max);
-            let worst = worst / 2f64.powi(-8);
+            let worst = worst / 2f64.powi(-bound);
             println!("{mask} padding={padding} {name}: worst error {worst:.3} of the bound");
             if worst > 1.0 || got.len() != want.len() {
                 failures.push(format!(
