@@ -241,7 +241,10 @@ output dwv = %6
     let mut g = text::parse(input).unwrap();
     Autodiff.run(&mut g).unwrap();
     let out = check(&text::print(&g), Precision::Bf16, &[("s", 6)]);
-    assert!(out.contains("3 of their gradients rounded to bf16"), "{out}");
+    assert!(
+        out.contains("3 of their gradients rounded to bf16"),
+        "{out}"
+    );
     let after = text::parse(&out).unwrap();
     for id in after.order() {
         if let Op::FlashAttentionGrad { .. } = after.node(id).op {

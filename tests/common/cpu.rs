@@ -84,6 +84,15 @@ pub fn interp_tensor(t: &Tensor) -> interp::Tensor {
                     .collect(),
             ),
         ),
+        ElemType::Bf16 => (
+            DType::BF16,
+            Data::Float(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f64())
+                    .collect(),
+            ),
+        ),
         ElemType::I64 => (
             DType::I64,
             Data::Int(
