@@ -83,6 +83,21 @@ impl Poly {
             .fold(Poly::constant(1), |acc, f| acc.mul(f))
     }
 
+    /// The polynomial divided by `n` where every coefficient is a multiple of `n` (so the value
+    /// is, whatever the symbols).
+    pub fn div_exact(&self, n: i64) -> Option<Poly> {
+        self.terms.iter().all(|t| t.coeff % n == 0).then(|| Poly {
+            terms: self
+                .terms
+                .iter()
+                .map(|t| Term {
+                    coeff: t.coeff / n,
+                    symbols: t.symbols.clone(),
+                })
+                .collect(),
+        })
+    }
+
     /// The value when the polynomial has no symbol.
     pub fn as_constant(&self) -> Option<i64> {
         match self.terms.as_slice() {

@@ -13,6 +13,12 @@
 //! (`bench/results/gpu-train-map-index-2026-11-30-h200/`). A view laid out row-major over the
 //! domain ([`dense`]) needs no coordinates at all: it is read or written at the element's
 //! linear index, and views of equal offset and strides share one index.
+//!
+//! Where every map of a launch allows it ([`takes_runs`]: the merged innermost axis a
+//! multiple of [`RUN`] long whatever the symbols, and every view unit-stride or broadcast along
+//! it), a thread takes [`RUN`] neighbouring elements instead of one: it splits the first one's
+//! index and addresses each view once, loads every element of the run (all in flight), then
+//! computes and stores them in order. The index arithmetic is paid once per run.
 
 use super::context::{Addressed, Ctx, Fits, Granule};
 use super::expr::evaluate;
@@ -45,6 +51,24 @@ fn merge_axes(views: &[&View]) -> Vec<View> {
     merged
 }
 
+/// Elements a thread takes in a row where the views allow it (see the module doc).
+const RUN: i64 = 4;
+
+/// Whether a thread of map `(out, leaves, _)` may take runs of [`RUN`] elements: with the axes
+/// merged, the innermost one is a multiple of [`RUN`] long for any symbols, and every view is
+/// unit-stride (the output) or broadcast (stride 0, a leaf) along it.
+pub(super) fn takes_runs((out, leaves, _): Parts) -> bool {
+    let views: Vec<&View> = std::iter::once(out).chain(leaves).collect();
+    let merged = merge_axes(&views);
+    let inner = |v: &View| v.strides.last().cloned().unwrap_or(Poly::constant(1));
+    let length = merged[0].dims.last().cloned().unwrap_or(Poly::constant(1));
+    length.div_exact(RUN).is_some()
+        && inner(&merged[0]).is_constant(1)
+        && merged[1..]
+            .iter()
+            .all(|l| inner(l).is_constant(1) || inner(l).is_constant(0))
+}
+
 /// One map's views, ready to address, with its axes merged.
 struct Prepared<'a> {
     dims: Vec<Operand>,
@@ -71,11 +95,12 @@ impl<'a> Prepared<'a> {
         }
     }
 
-    /// Computes and stores output element `i` (a row-major linear index) of a domain that
-    /// `fits` describes. A dense view ([`dense`]) is read at `i` itself, and a view with the
-    /// offset and strides of one before it at that one's index, so coordinates are split only
-    /// where some view needs them, and each index is computed once.
-    fn element(&self, c: &mut Ctx, i: Reg, fits: Fits) -> Result<()> {
+    /// Computes and stores output elements `i .. i + n` (`i` a row-major linear index, `n` 1 or
+    /// a run that [`takes_runs`] allows) of a domain that `fits` describes. A dense view
+    /// ([`dense`]) is read at `i` itself, and a view with the offset and strides of one before it
+    /// at that one's index, so coordinates are split only where some view needs them, and each
+    /// index is computed once.
+    fn elements(&self, c: &mut Ctx, i: Reg, n: i64, fits: Fits) -> Result<()> {
         let views: Vec<&Addressed> = self.leaves.iter().chain([&self.out]).collect();
         let split = views.iter().any(|v| !dense(&v.view));
         let coords = if split {
@@ -99,14 +124,28 @@ impl<'a> Prepared<'a> {
             };
             ats.push(at);
         }
-        let mut values = Vec::with_capacity(self.leaves.len());
-        for (l, &at) in self.leaves.iter().zip(&ats) {
-            values.push(c.load(l, at)?);
+        // Element `u` of the run: `u` past the first where a view is unit-stride along the run.
+        let step = |c: &mut Ctx, v: &View, at: Reg, u: i64| match v.strides.last() {
+            Some(s) if s.is_constant(0) => at,
+            _ if u == 0 => at,
+            _ => c.b.add(at, u),
+        };
+        let mut loaded = Vec::with_capacity(n as usize);
+        for u in 0..n {
+            let mut values = Vec::with_capacity(self.leaves.len());
+            for (l, &at) in self.leaves.iter().zip(&ats) {
+                let at = step(c, &l.view, at, u);
+                values.push(c.load(l, at)?);
+            }
+            loaded.push(values);
         }
-        let v = evaluate(c, self.expr, &values)?;
-        let at = ats[self.leaves.len()];
         let base = self.out.base.expect("maps write buffers");
-        c.store(base, at, self.out.view.dtype, v)
+        for (u, values) in loaded.into_iter().enumerate() {
+            let v = evaluate(c, self.expr, &values)?;
+            let at = step(c, &self.out.view, ats[self.leaves.len()], u as i64);
+            c.store(base, at, self.out.view.dtype, v)?;
+        }
+        Ok(())
     }
 }
 
@@ -148,10 +187,22 @@ pub fn emit_together(c: &mut Ctx, bundles: &[Vec<Parts>]) -> Result<Launch> {
     let count = c.value(&total);
     let fits = c.fits(&count);
     let single = bundles.len() == 1;
-    c.grid_loop(count.clone(), Granule::Thread, |c, i| {
+    // Runs of `RUN` elements where every map allows them (each bundle's length is then a
+    // multiple of `RUN`, so no run crosses into the next bundle).
+    let run = match bundles.iter().flatten().all(|&parts| takes_runs(parts)) {
+        true => RUN,
+        false => 1,
+    };
+    let threads = total.div_exact(run).expect("runs divide every bundle");
+    let thread_count = c.value(&threads);
+    c.grid_loop(thread_count, Granule::Thread, |c, t| {
+        let i = match run {
+            1 => t,
+            _ => c.b.mul(t, run),
+        };
         for (b, maps) in prepared.iter().enumerate() {
             let elements =
-                |c: &mut Ctx, at: Reg| maps.iter().try_for_each(|p| p.element(c, at, fits));
+                |c: &mut Ctx, at: Reg| maps.iter().try_for_each(|p| p.elements(c, at, run, fits));
             if single {
                 elements(c, i)?;
                 continue;
@@ -167,12 +218,13 @@ pub fn emit_together(c: &mut Ctx, bundles: &[Vec<Parts>]) -> Result<Launch> {
         }
         Ok(())
     })?;
-    Ok(super::one_thread_each(total))
+    Ok(super::one_thread_each(threads))
 }
 
 /// Whether `first` and `second`, maps run in that order, may run as one kernel: the same
-/// output shape, neither reading what the other writes, and outputs in different buffers or
-/// provably apart in one ([`apart`]: the two halves of a concat written in place).
+/// output shape, neither reading what the other writes, outputs in different buffers or
+/// provably apart in one ([`apart`]: the two halves of a concat written in place), and both
+/// taking runs of elements or neither ([`takes_runs`]).
 pub fn together<'a>(first: &'a Kernel, second: &'a Kernel) -> Option<[Parts<'a>; 2]> {
     let (a, b) = (parts(first)?, parts(second)?);
     let reads = |leaves: &[View], out: &View| leaves.iter().any(|l| l.buffer() == out.buffer());
@@ -180,7 +232,8 @@ pub fn together<'a>(first: &'a Kernel, second: &'a Kernel) -> Option<[Parts<'a>;
         && a.0.buffer().is_some()
         && !reads(a.1, b.0)
         && !reads(b.1, a.0)
-        && (a.0.buffer() != b.0.buffer() || apart(a.0, b.0));
+        && (a.0.buffer() != b.0.buffer() || apart(a.0, b.0))
+        && takes_runs(a) == takes_runs(b);
     independent.then_some([a, b])
 }
 

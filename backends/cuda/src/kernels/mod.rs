@@ -182,7 +182,8 @@ pub fn group<T>(kernels: &[(Kernel, T)]) -> Vec<Group<'_>> {
 
 /// The maps at the start of `kernels` that may run as one launch, in bundles: each bundle a
 /// pair that `map::together` allows or one map, every map independent of those of the other
-/// bundles; up to [`BUNDLES_MAX`] bundles.
+/// bundles and taking runs of elements as the first does (`map::takes_runs`); up to
+/// [`BUNDLES_MAX`] bundles.
 fn bundles<T>(kernels: &[(Kernel, T)]) -> Vec<Vec<map::Parts<'_>>> {
     let mut bundles: Vec<Vec<map::Parts>> = Vec::new();
     let mut taken: Vec<&Kernel> = Vec::new();
@@ -192,7 +193,11 @@ fn bundles<T>(kernels: &[(Kernel, T)]) -> Vec<Vec<map::Parts<'_>>> {
             break;
         };
         let joins = |k: &Kernel| taken.iter().all(|t| independent(t, k));
-        let Some(first) = map::parts(kernel).filter(|_| joins(kernel)) else {
+        let runs_alike = |p: &map::Parts| match bundles.first() {
+            Some(b) => map::takes_runs(b[0]) == map::takes_runs(*p),
+            None => true,
+        };
+        let Some(first) = map::parts(kernel).filter(|p| joins(kernel) && runs_alike(p)) else {
             break;
         };
         let second = kernels.get(i + 1).and_then(|(next, _)| {

@@ -1194,14 +1194,15 @@ fn independent_decode_matmuls_run_as_one_launch() {
 }
 
 /// Consecutive independent maps run as one launch, in bundles of one shape: two maps of
-/// `[b, 3, 8]` (a bundle), one of `[b, 5]` and one of `[7]` follow one another along the threads;
-/// a map reading one of their results starts a launch of its own.
+/// `[b, 3, 8]` (a bundle), one of `[b, 12]` and one of `[20]` follow one another along the
+/// threads (each thread a run of 4 elements of each); a map reading one of their results starts
+/// a launch of its own.
 #[test]
 fn independent_maps_of_any_shapes_run_as_one_launch() {
-    let text = "graph g\nsym b <= 9\ninput %x : f32[b, 3, 8]\ninput %y : f32[b, 5]\n\
-        input %z : f32[7]\n\
-        %0 = exp %x : f32[b, 3, 8]\n%1 = neg %x : f32[b, 3, 8]\n%2 = tanh %y : f32[b, 5]\n\
-        %3 = sqrt %z : f32[7]\n%4 = mul %3, %3 : f32[7]\n\
+    let text = "graph g\nsym b <= 9\ninput %x : f32[b, 3, 8]\ninput %y : f32[b, 12]\n\
+        input %z : f32[20]\n\
+        %0 = exp %x : f32[b, 3, 8]\n%1 = neg %x : f32[b, 3, 8]\n%2 = tanh %y : f32[b, 12]\n\
+        %3 = sqrt %z : f32[20]\n%4 = mul %3, %3 : f32[20]\n\
         output a = %0\noutput n = %1\noutput t = %2\noutput s = %3\noutput m = %4\n";
     let (g, fused, ptx) = parse_fuse_compile(text);
     let entries: Vec<&str> = ptx.lines().filter(|l| l.contains(".entry")).collect();
@@ -1286,5 +1287,32 @@ fn long_column_sums_run_in_two_kernels() {
             check(&fused, &g, &env(&[("b", batch), ("s", seq)]), 1e-5, 4)
                 .unwrap_or_else(|e| panic!("b={batch} s={seq}: {e}"));
         }
+    }
+}
+
+/// A map whose views are unit-stride or broadcast along an innermost axis of a multiple of 4
+/// gives each thread a run of 4 elements (a quarter of the threads); one reading a transposed
+/// view gives each thread one, in a launch of its own; both match the interpreter.
+#[test]
+fn maps_take_runs_of_elements_where_the_views_allow() {
+    let text = "graph g\nsym b <= 5\ninput %x : f32[b, 3, 8]\ninput %s : f32[b, 3, 1]\n\
+        input %t : f32[b, 8, 3]\n\
+        %0 = broadcast %s : f32[b, 3, 8]\n%1 = mul %x, %0 : f32[b, 3, 8]\n\
+        %2 = cast %1 : bf16[b, 3, 8]\noutput y = %2\n\
+        %3 = permute %t perm=[0,2,1] : f32[b, 3, 8]\n%4 = exp %3 : f32[b, 3, 8]\n\
+        %5 = add %4, %4 : f32[b, 3, 8]\noutput z = %5\n";
+    let (g, fused, _) = parse_fuse_compile(text);
+    let artifact = crate::compile(std::slice::from_ref(&fused), model()).unwrap();
+    let threads: Vec<Poly> = artifact.manifest.programs[0]
+        .steps
+        .iter()
+        .map(|s| s.launch.as_ref().unwrap().blocks[0].extent.clone())
+        .collect();
+    let b = Poly::symbol(0);
+    assert!(threads.contains(&b.scale(6)), "{threads:?}");
+    assert!(threads.contains(&b.scale(24)), "{threads:?}");
+    for batch in [1, 2, 5] {
+        check(&fused, &g, &env(&[("b", batch)]), 1e-6, 4)
+            .unwrap_or_else(|e| panic!("batch {batch}: {e}"));
     }
 }
