@@ -114,20 +114,19 @@ impl Lowering<'_> {
         if !writes_both(&values) {
             return None;
         }
-        let output = kernel.output;
+        self.unlowered_twin(id, |op| match (op, kernel.output) {
+            (Op::FlashAttentionLse(a), AttentionOutput::Values)
+            | (Op::FlashAttention(a), AttentionOutput::LogSumExp) => *a == kernel.attention,
+            _ => false,
+        })
+    }
+
+    /// A node of node `id`'s operands, not lowered yet, whose op `pairs` accepts.
+    fn unlowered_twin(&self, id: NodeId, pairs: impl Fn(&Op) -> bool) -> Option<NodeId> {
         let g = self.g;
         let operands = g.operands(id);
-        let attention = match &g.node(id).op {
-            Op::FlashAttention(a) | Op::FlashAttentionLse(a) => a,
-            _ => return None,
-        };
         g.users(operands[0]).into_iter().find(|&u| {
-            let same = match (&g.node(u).op, output) {
-                (Op::FlashAttentionLse(a), AttentionOutput::Values)
-                | (Op::FlashAttention(a), AttentionOutput::LogSumExp) => a == attention,
-                _ => false,
-            };
-            same && g.operands(u) == operands && !self.views.contains_key(&u)
+            pairs(&g.node(u).op) && g.operands(u) == operands && !self.views.contains_key(&u)
         })
     }
 
@@ -213,13 +212,9 @@ impl Lowering<'_> {
             AttentionInput::Values => AttentionInput::Keys,
             AttentionInput::Queries => return None,
         };
-        let g = self.g;
-        let operands = g.operands(id);
-        g.users(operands[0]).into_iter().find(|&u| {
-            let same = matches!(&g.node(u).op,
-                Op::FlashAttentionGrad { attention, wrt }
-                    if *wrt == wanted && *attention == kernel.attention);
-            same && g.operands(u) == operands && !self.views.contains_key(&u)
+        self.unlowered_twin(id, |op| {
+            matches!(op, Op::FlashAttentionGrad { attention, wrt }
+                if *wrt == wanted && *attention == kernel.attention)
         })
     }
 
