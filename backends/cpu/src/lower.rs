@@ -617,10 +617,10 @@ impl Lowering<'_> {
         let out = self.temp(ty);
         let few_outputs = matches!(out.numel().as_constant(), Some(n) if n <= SPLIT_OUTPUTS);
         let dims = &leaves[0].dims;
-        let many_positions = axes.len() > 1
-            && self.largest(&Poly::product(axes.iter().map(|&a| &dims[a]))) >= SPLIT_POSITIONS
+        let many_positions = self.largest(&Poly::product(axes.iter().map(|&a| &dims[a])))
+            >= SPLIT_POSITIONS
             && self.largest(&dims[axes[0]]) <= SPLIT_OUTPUTS;
-        if (few_outputs || many_positions) && axes.len() > 1 {
+        if axes.len() > 1 && (few_outputs || many_positions) {
             let dtype = expr.last().expect("an expression has a result").dtype;
             let mut dims = leaves[0].dims.clone();
             for &a in &axes[1..] {

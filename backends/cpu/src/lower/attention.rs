@@ -218,19 +218,15 @@ impl Lowering<'_> {
         })
     }
 
-    /// `Δ[b, h, i] = Σ_c d_out[b, h, i, c] · out[b, h, i, c]` of node `id`'s attention, shaped
-    /// like the log-sum-exp: one reduction for every gradient of one attention.
+    /// `Δ[b, h, i] = Σ_c d_out[b, h, i, c] · out[b, h, i, c]`, shaped like the log-sum-exp: one
+    /// reduction for every gradient of one attention (`key`: the nodes of `out` and `d_out`).
     fn attention_delta(
         &mut self,
-        id: NodeId,
+        key: (NodeId, NodeId),
         (out, d_out): (&View, &View),
         lse: &View,
         label: &str,
     ) -> View {
-        let g = self.g;
-        let operands = g.operands(id);
-        let n = operands.len() - 3;
-        let key = (operands[n], operands[n + 1]);
         if let Some(delta) = self.attention_deltas.get(&key) {
             return delta.clone();
         }
@@ -295,7 +291,8 @@ impl Lowering<'_> {
         } = self.attention_operands(attention, &operands[..n], &label)?;
         let (out, d_out) = (&operands[n], &operands[n + 1]);
         let lse = self.buffered(&operands[n + 2], &label);
-        let delta = self.attention_delta(id, (out, d_out), &lse, &label);
+        let nodes = self.g.operands(id);
+        let delta = self.attention_delta((nodes[n], nodes[n + 1]), (out, d_out), &lse, &label);
         let d_out = self.rows(d_out, &label);
         let result = self.heads_inner_buffer(ty);
         let kernel = AttentionGradKernel {

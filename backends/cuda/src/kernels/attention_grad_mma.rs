@@ -16,7 +16,10 @@
 //! - `d_keys` (rows: keys of KV head `kv`; columns: the queries of every head of its group
 //!   that see one of the block's keys): `Sᵀ = K·Qᵀ`, `Pᵀ`, `dPᵀ = V·dOᵀ`, `dSᵀ`,
 //!   `dK += dSᵀ·Q`, with `Qs[query][d]` and `dOs[query][c]` staged.
-//! - `d_values` (the same rows and columns, the same tiles): `Sᵀ`, `Pᵀ`, `dV += Pᵀ·dO`.
+//! - `d_values` (the same rows and columns, the same tiles): `Sᵀ`, `Pᵀ`, `dV += Pᵀ·dO`. A
+//!   kernel by the keys given `d_values` (`AttentionGradKernel::d_values`) adds it from the same
+//!   `Pᵀ` before the score gradients, holding both accumulators, so the scores and
+//!   probabilities the two share are computed once.
 //!
 //! B fragments come from `ldmatrix.x4` (`attention_mma::Read`): a staged tile's rows are B's
 //! columns in the first products (`Kᵀ`, `Vᵀ`, `Qᵀ`, `dOᵀ`) and B's rows in the last one (`K`,
