@@ -29,6 +29,10 @@ pub struct Addressed {
     pub base: Option<Reg>,
     pub offset: Operand,
     pub strides: Vec<Operand>,
+    /// Whether the kernel itself writes what it reads here: its loads then take the coherent
+    /// path (`ld.global`), not the read-only one (`ld.global.nc`), which may miss the kernel's
+    /// own stores.
+    pub written_here: bool,
 }
 
 pub struct Ctx {
@@ -145,6 +149,7 @@ impl Ctx {
             base,
             offset,
             strides,
+            written_here: false,
         }
     }
 
@@ -255,22 +260,22 @@ impl Ctx {
         Ok(match a.view.source {
             Source::Buffer(_) => {
                 let addr = self.address(a.base.expect("a buffer has a base"), index, dtype)?;
-                self.load_at(addr, dtype)?
+                self.load_global(addr, dtype, !a.written_here)?
             }
             Source::Splat(v) => self.constant(v, dtype)?,
             Source::Iota => super::expr::convert(self, index, DType::I64, dtype)?,
         })
     }
 
-    /// A load of one `dtype` element at `addr` (global, read-only).
-    pub fn load_at(&mut self, addr: Reg, dtype: DType) -> Result<Reg> {
+    /// A load of one `dtype` element at global `addr`, by the read-only path where `readonly`.
+    fn load_global(&mut self, addr: Reg, dtype: DType, readonly: bool) -> Result<Reg> {
         let ty = reg_ty(dtype)?;
         let mem = mem_name(dtype)?;
         if ty == Ty::Pred {
-            let byte = self.b.ld(Space::Global, mem, Ty::U32, addr, 0, true);
+            let byte = self.b.ld(Space::Global, mem, Ty::U32, addr, 0, readonly);
             return Ok(self.b.setp(Cmp::Ne, byte, 0i64));
         }
-        Ok(self.b.ld(Space::Global, mem, ty, addr, 0, true))
+        Ok(self.b.ld(Space::Global, mem, ty, addr, 0, readonly))
     }
 
     /// Stores `value` (of `dtype`) as element `index` of the buffer at `base`.

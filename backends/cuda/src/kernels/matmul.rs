@@ -52,6 +52,15 @@ impl Finish {
         }
     }
 
+    /// The finish reading back, where an epilogue leaf is `written`, what the same thread of
+    /// the same kernel stored there before (a coherent load: see `Addressed::written_here`).
+    pub(super) fn reading_back(mut self, written: &View) -> Finish {
+        for leaf in &mut self.leaves {
+            leaf.written_here |= leaf.view == *written;
+        }
+        self
+    }
+
     /// Stores element `(i, j)` of the output tile of batch element `batch` from its sum `acc`,
     /// where it lies inside the `m × n` output.
     pub(super) fn store_inside(

@@ -363,7 +363,12 @@ pub fn emit(c: &mut Ctx, a: &View, b: &View, out: &View, finish: Finish) -> Resu
     c.grid_loop(gemv.items.into(), Granule::Block, |c, item| {
         gemv.item(c, &block, item)
     })?;
-    Ok(Launch {
+    Ok(by_columns(c, &block, out, &gemv))
+}
+
+/// The launch of a block per item of `gemv`'s columns of `out`.
+fn by_columns(c: &Ctx, block: &Block, out: &View, gemv: &Gemv) -> Launch {
+    Launch {
         blocks: vec![WorkFactor {
             extent: out.dims[out.rank() - 1].clone(),
             tile: gemv.per_block as u64,
@@ -371,7 +376,7 @@ pub fn emit(c: &mut Ctx, a: &View, b: &View, out: &View, finish: Finish) -> Resu
         threads: (32 * block.warps) as u32,
         shared_bytes: c.b.shared_bytes(),
         buffers: Vec::new(),
-    })
+    }
 }
 
 /// The operands of `kernel` where it is a decode matmul of this form whose column count is a
@@ -447,6 +452,55 @@ pub fn emit_together(c: &mut Ctx, kernels: &[&Kernel]) -> Result<Launch> {
         shared_bytes: c.b.shared_bytes(),
         buffers: Vec::new(),
     })
+}
+
+/// Whether `second` may follow `first` in one launch, each block finishing an item of `first`
+/// and then the same item of `second` ([`emit_chained`]): decode matmuls of this form with one
+/// output shape and one `k` (so one [`Shape`], and each output element finished by the same
+/// thread in both), `second`'s epilogue reading `first`'s output where it stores (a leaf that
+/// is `first`'s output view: the gate of a SwiGLU, read by the up projection's epilogue), and
+/// neither touching what the other writes otherwise.
+pub fn chained(first: &Kernel, second: &Kernel) -> bool {
+    let (Some((a1, _, out1, _)), Some((a2, b2, out2, Some(epilogue)))) =
+        (decode_parts(first), decode_parts(second))
+    else {
+        return false;
+    };
+    let one_shape = out1.dims == out2.dims && a1.dims.last() == a2.dims.last();
+    let reads_back = epilogue.leaves.iter().any(|l| l == out1);
+    let (written, second_written) = (out1.buffer(), out2.buffer());
+    let second_reads_otherwise = [a2, b2]
+        .into_iter()
+        .chain(epilogue.leaves.iter().filter(|l| *l != out1))
+        .any(|v| v.buffer() == written);
+    let first_reads_second = first
+        .operands()
+        .iter()
+        .any(|v| v.buffer() == second_written);
+    one_shape
+        && reads_back
+        && written != second_written
+        && !second_reads_otherwise
+        && !first_reads_second
+}
+
+/// Two matmuls [`chained`] in one launch: each block computes and stores an item's columns of
+/// `first`, then the same columns of `second`, whose epilogue reads back (coherently) what the
+/// same thread stored. The two launches' gap and ramp become one.
+pub fn emit_chained(c: &mut Ctx, first: &Kernel, second: &Kernel) -> Result<Launch> {
+    let expect = "chained kernels are decode matmuls";
+    let (a1, b1, out1, e1) = decode_parts(first).expect(expect);
+    let (a2, b2, out2, e2) = decode_parts(second).expect(expect);
+    let block = Block::new(c, Shape::of(a1, out1).warps);
+    let finish = Finish::new(c, out1, e1);
+    let head = Gemv::new(c, &block, (a1, b1, out1), finish);
+    let finish = Finish::new(c, out2, e2).reading_back(out1);
+    let tail = Gemv::new(c, &block, (a2, b2, out2), finish);
+    c.grid_loop(head.items.into(), Granule::Block, |c, item| {
+        head.item(c, &block, item)?;
+        tail.item(c, &block, item)
+    })?;
+    Ok(by_columns(c, &block, out1, &head))
 }
 
 /// Sums each of the block's outputs over its splits' partials (in split order) and finishes

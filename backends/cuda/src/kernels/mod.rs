@@ -75,6 +75,9 @@ pub enum Group<'a> {
     /// Decode matmuls on tensor cores, independent of each other
     /// (`matmul_gemv_mma::together`).
     Gemvs(Vec<&'a Kernel>),
+    /// A decode matmul and the next, whose epilogue reads the first's output
+    /// (`matmul_gemv_mma::chained`).
+    GemvChain([&'a Kernel; 2]),
 }
 
 impl Group<'_> {
@@ -85,6 +88,7 @@ impl Group<'_> {
             Group::ReduceMap(_) => 2,
             Group::Maps(bundles) => bundles.iter().map(Vec::len).sum(),
             Group::Gemvs(kernels) => kernels.len(),
+            Group::GemvChain(_) => 2,
         }
     }
 
@@ -95,6 +99,7 @@ impl Group<'_> {
             Group::ReduceMap(_) => "reduce_map",
             Group::Maps(..) => "maps",
             Group::Gemvs(_) => "matmul_gemvs_mma",
+            Group::GemvChain(_) => "matmul_gemv_chain_mma",
         }
     }
 }
@@ -147,7 +152,8 @@ pub fn order<T>(kernels: &mut Vec<(Kernel, T)>) {
 /// The program's kernels in steps: each reduction and the map right after it that reads it
 /// back together, consecutive independent maps together (two of one shape in a bundle),
 /// consecutive decode matmuls that may run as one launch together ([`order`] brings them next
-/// to each other), every other kernel alone.
+/// to each other), a decode matmul and the next reading its output in its epilogue together,
+/// every other kernel alone.
 pub fn group<T>(kernels: &[(Kernel, T)]) -> Vec<Group<'_>> {
     let mut groups = Vec::new();
     let mut i = 0;
@@ -161,7 +167,12 @@ pub fn group<T>(kernels: &[(Kernel, T)]) -> Vec<Group<'_>> {
             }
             gemvs.push(next);
         }
-        let step = if gemvs.len() > 1 {
+        let chain = kernels
+            .get(i + 1)
+            .filter(|(next, _)| matmul_gemv_mma::chained(kernel, next));
+        let step = if let Some((next, _)) = chain {
+            Group::GemvChain([kernel, next])
+        } else if gemvs.len() > 1 {
             Group::Gemvs(gemvs)
         } else {
             let maps = bundles(&kernels[i..]);
@@ -262,6 +273,10 @@ pub fn emit(group: &Group) -> Result<(KernelBuilder, Launch)> {
         }
         Group::Gemvs(kernels) => {
             let launch = matmul_gemv_mma::emit_together(&mut c, kernels)?;
+            return Ok(finish(c, launch));
+        }
+        Group::GemvChain([first, second]) => {
+            let launch = matmul_gemv_mma::emit_chained(&mut c, first, second)?;
             return Ok(finish(c, launch));
         }
     };

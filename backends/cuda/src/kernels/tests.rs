@@ -1193,6 +1193,40 @@ fn independent_decode_matmuls_run_as_one_launch() {
     }
 }
 
+/// A decode matmul whose epilogue reads the previous one's output (a SwiGLU's gate read by
+/// the up projection) runs with it as one launch (`matmul_gemv_chain_mma`), each element read
+/// back by the thread that stored it; the matmul reading that result in its operand, not its
+/// epilogue, stays a launch of its own.
+#[test]
+fn a_decode_matmul_reading_the_last_in_its_epilogue_runs_with_it() {
+    let text = "graph g\nsym b <= 9\ninput %x : f32[b, 1, 96]\n\
+        weight @gate : bf16[48, 96]\nweight @up : bf16[48, 96]\nweight @down : bf16[40, 48]\n\
+        %x16 = cast %x : bf16[b, 1, 96]\n\
+        %gt = permute @gate perm=[1,0] : bf16[96, 48]\n%ut = permute @up perm=[1,0] : bf16[96, 48]\n\
+        %dt = permute @down perm=[1,0] : bf16[48, 40]\n\
+        %0 = matmul %x16, %gt : f32[b, 1, 48]\n%1 = matmul %x16, %ut : f32[b, 1, 48]\n\
+        %2 = sigmoid %0 : f32[b, 1, 48]\n%3 = mul %0, %2 : f32[b, 1, 48]\n\
+        %4 = mul %3, %1 : f32[b, 1, 48]\n%5 = cast %4 : bf16[b, 1, 48]\n\
+        %6 = matmul %5, %dt : f32[b, 1, 40]\n\
+        output gate = %0\noutput y = %6\n";
+    let (g, fused, ptx) = parse_fuse_compile(text);
+    let entries: Vec<&str> = ptx.lines().filter(|l| l.contains(".entry")).collect();
+    assert_eq!(
+        ptx.matches(".entry matmul_gemv_chain_mma").count(),
+        1,
+        "{entries:?}"
+    );
+    assert_eq!(
+        ptx.matches(".entry matmul_gemv_mma").count(),
+        1,
+        "{entries:?}"
+    );
+    for batch in [1, 5, 9] {
+        check(&fused, &g, &env(&[("b", batch)]), 1e-6, 4)
+            .unwrap_or_else(|e| panic!("batch {batch}: {e}"));
+    }
+}
+
 /// Consecutive independent maps run as one launch, in bundles of one shape: two maps of
 /// `[b, 3, 8]` (a bundle), one of `[b, 12]` and one of `[20]` follow one another along the
 /// threads (each thread a run of 4 elements of each); a map reading one of their results starts
