@@ -1,7 +1,7 @@
 //! The CUDA backend's PTX, checked without a GPU: every kernel of the test models' `prefill`,
 //! `decode` and `forward` programs at each precision the backend compiles (`f32`,
 //! `bf16-weights`, `bf16`), and of their `train_step` and `accumulate` at `f32` and `bf16`, is
-//! assembled by `ptxas -arch=sm_90`, which must report no error and no warning; the registers,
+//! assembled by `ptxas -arch=sm_90a`, which must report no error and no warning; the registers,
 //! stack, spills and shared memory it reports are snapshotted, one line per distinct kernel
 //! (program, kind, label with the layer number dropped, and figures), so a regression shows in
 //! review.
@@ -109,7 +109,7 @@ fn assemble(ptxas: &Path, ptx: &str, what: &str) -> Vec<(String, Resources)> {
     let file = dir.join(format!("{}.ptx", what.replace([' ', '/'], "_")));
     std::fs::write(&file, ptx).unwrap();
     let output = Command::new(ptxas)
-        .args(["-arch=sm_90", "-v", "-o"])
+        .args(["-arch=sm_90a", "-v", "-o"])
         .arg(file.with_extension("cubin"))
         .arg(&file)
         .output()
@@ -392,7 +392,7 @@ fn representative_kernels_ptx() {
     for precision in PRECISIONS {
         let artifact = cuda_artifact(&spec, &PROGRAMS, precision);
         let ptx = String::from_utf8(artifact.object.clone()).unwrap();
-        assert!(ptx.contains(".target sm_90\n"));
+        assert!(ptx.contains(".target sm_90a\n"));
         let mut seen = BTreeSet::new();
         for program in &artifact.manifest.programs {
             for step in &program.steps {

@@ -193,14 +193,17 @@ pub type Bf16AttentionCase = (
 /// GPU): every mask kind, GQA, head sizes 16 to 128 (80 and 128 past a tile), rows and columns
 /// past whole blocks and tiles (80 × 32 keys is a tile whose chunks do not divide among the
 /// threads), left padding; random positions make some tiles inside every row's run, some cross
-/// it, and some rows see no key.
-pub const BF16_ATTENTION_CASES: [Bf16AttentionCase; 6] = [
+/// it, and some rows see no key; head sizes that are multiples of 64 (`wgmma`'s swizzled tiles)
+/// with 64 and 128 columns on either side.
+pub const BF16_ATTENTION_CASES: [Bf16AttentionCase; 8] = [
     ("causal", "i64", 4, 2, 64, 64, 70, 100, ""),
     ("window(20)", "i64", 2, 1, 32, 16, 70, 90, ""),
     ("prefix(9)", "i32", 2, 2, 16, 32, 20, 70, ""),
     ("none", "", 3, 1, 80, 128, 17, 66, ""),
     ("causal", "i64", 2, 1, 64, 64, 70, 100, "i64"),
     ("window(20)", "i32", 2, 2, 32, 32, 40, 70, "i32"),
+    ("none", "", 2, 2, 128, 64, 33, 70, ""),
+    ("causal", "i64", 2, 1, 64, 128, 40, 70, ""),
 ];
 
 /// The declarations of a bf16 attention test graph (`graph attention`, symbols `b <= 2`,

@@ -24,7 +24,7 @@ use kiln_runtime::manifest::{Manifest, ModelInfo, Step, Target};
 use kiln_runtime::Artifact;
 
 /// The `arch` of a CUDA artifact's target.
-pub const ARCH: &str = ptx::TARGET;
+pub const ARCH: &str = "sm_90";
 
 /// Compiles `programs` (e.g. `prefill` and `decode` of one model) into one artifact.
 pub fn compile(programs: &[Graph], model: ModelInfo) -> Result<Artifact> {

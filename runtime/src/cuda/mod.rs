@@ -92,6 +92,21 @@ impl CudaModel {
         }
         check_weights(&manifest, file, &weights)?;
         let ctx = CudaContext::new(0).map_err(|e| device_error(file, "no usable GPU", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| device_error(file, "reading the GPU's compute capability", e))?;
+        let arch = format!("sm_{major}{minor}");
+        if arch != manifest.target.arch {
+            return Err(RuntimeError::new(
+                file,
+                Some("target"),
+                format!(
+                    "compiled for {} GPUs (its PTX uses that architecture's own instructions), \
+                     but GPU 0 is {arch}",
+                    manifest.target.arch
+                ),
+            ));
+        }
         // SAFETY: every allocation and launch of this model goes to its one stream, so no use
         // of a buffer needs ordering against another stream.
         unsafe { ctx.disable_event_tracking() };

@@ -44,7 +44,7 @@
 
 use super::attention::Visibility;
 use super::attention_mma::{
-    as_a_fragments, block_range, fragments, load_a_row, multiply, product, Fragments, Read,
+    as_a_fragments, block_range, fragments, load_a_row, multiply, product, Fragments, Layout, Read,
     TileStage, THREADS, WARPS,
 };
 use super::context::{Addressed, Ctx, Granule};
@@ -302,12 +302,12 @@ fn emit_queries(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
     let bh = c.reg(&kernel.q.dims[0].mul(&kernel.q.dims[1]));
     let items = c.b.mul(bh, blocks);
     let l = Lanes::new(c);
-    let k_bytes = TileStage::bytes(&kernel.k, rows);
-    let stage_bytes = k_bytes + TileStage::bytes(&kernel.v, rows);
+    let k_bytes = TileStage::bytes(&kernel.k, rows, Layout::Padded);
+    let stage_bytes = k_bytes + TileStage::bytes(&kernel.v, rows, Layout::Padded);
     let region = c.b.shared((2 * stage_bytes) as u32);
     let v_tile = c.b.add(region, k_bytes);
-    let ks = TileStage::new(c, &views.k, rows, region, l.tid);
-    let vs = TileStage::new(c, &views.v, rows, v_tile, l.tid);
+    let ks = TileStage::new(c, &views.k, (rows, Layout::Padded), region, l.tid);
+    let vs = TileStage::new(c, &views.v, (rows, Layout::Padded), v_tile, l.tid);
     let slots = c.b.shared((WARPS * 32) as u32);
     let (k_rows, v_rows, k_columns) = (
         ks.lane_base(c, l.lane, Read::Rows),
@@ -453,14 +453,14 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
     let items = c.b.mul(bkv, blocks);
     let l = Lanes::new(c);
     // A stage: the queries and the output gradient, as they lie, then the statistics.
-    let q_bytes = TileStage::bytes(&kernel.q, rows);
-    let tiles_bytes = q_bytes + TileStage::bytes(&kernel.d_out, rows);
+    let q_bytes = TileStage::bytes(&kernel.q, rows, Layout::Padded);
+    let tiles_bytes = q_bytes + TileStage::bytes(&kernel.d_out, rows, Layout::Padded);
     let stats = ColumnStats::new(c, rows);
     let stage_bytes = tiles_bytes + stats.bytes;
     let region = c.b.shared((2 * stage_bytes) as u32);
     let do_tile = c.b.add(region, q_bytes);
-    let qs = TileStage::new(c, &views.q, rows, region, l.tid);
-    let dos = TileStage::new(c, &views.d_out, rows, do_tile, l.tid);
+    let qs = TileStage::new(c, &views.q, (rows, Layout::Padded), region, l.tid);
+    let dos = TileStage::new(c, &views.d_out, (rows, Layout::Padded), do_tile, l.tid);
     let stats_at = c.b.add(region, tiles_bytes);
     let slots = c.b.shared((WARPS * 32) as u32);
     let (q_rows, do_rows) = (

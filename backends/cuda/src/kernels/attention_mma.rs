@@ -1,18 +1,25 @@
 //! The tensor-core form of `Kernel::Attention` (`attention_mma`): FlashAttention's forward for
 //! **bf16** queries, keys and values (the `bf16` policy's attention), head sizes that are
-//! multiples of 16 up to 128, on `mma.sync.aligned.m16n8k16` with f32 accumulators. `attention.rs`
-//! picks it for the values (the log-sum-exp keeps the warp-per-row form).
+//! multiples of 16 up to 128, with f32 accumulators: on `wgmma` (a warpgroup's
+//! `m64nNk16`, sm_90a) where both head sizes are multiples of 64, else on
+//! `mma.sync.aligned.m16n8k16` ([`Engine`]). `attention.rs` picks it for the values (the
+//! log-sum-exp keeps the warp-per-row form).
 //!
-//! **Work.** A block of 4 warps takes the queries of one batch element and head (items
-//! `B·H·⌈S/queries⌉`, by grid stride); each warp owns `16·m_tiles` of them (see [`Shape`]: two
-//! m-tiles for heads up to 64, so each key fragment feeds two `mma`), and each lane two rows of
-//! each m-tile, `g` and `g + 8` (`g = lane >> 2`, `t = lane % 4`, the fragment layouts of
-//! `matmul_mma.rs`). The block walks the keys its queries see, `lo..hi` (the union of the rows'
-//! visible runs, folded over the block through shared memory), a tile at a time:
+//! **Work.** A block of 4 warps (one warpgroup) takes the queries of one batch element and head
+//! (items `B·H·⌈S/queries⌉`, by grid stride); each warp owns `16·m_tiles` of them (see
+//! [`Shape`]: two m-tiles for heads up to 64), and each lane two rows of each m-tile, `g` and
+//! `g + 8` (`g = lane >> 2`, `t = lane % 4`, the fragment layouts of `matmul_mma.rs`, which are
+//! `wgmma`'s too for each warp's 16 rows): with `mma.sync` warp `w`'s m-tiles are rows
+//! `32w..32w + 32` (each key fragment feeds two `mma`), with `wgmma` m-tile `i` is rows
+//! `64i + 16w..` (one `wgmma` covers an m-tile of the 4 warps). The block walks the keys its
+//! queries see, `lo..hi` (the union of the rows' visible runs, folded over the block through
+//! shared memory), a tile at a time:
 //! 1. `S = Q·Kᵀ`: the queries' A fragments stay in registers for the whole walk; keys are staged
-//!    as they lie, `Ks[key][d]`, and one `ldmatrix.x4` reads the B fragments of two n-tiles
-//!    of keys at a k-step. Each lane holds, per m-tile, 8-key n-tiles × columns `2t, 2t + 1`
-//!    × its two rows.
+//!    `Ks[key][d]`. With `mma.sync` one `ldmatrix.x4` reads the B fragments of two n-tiles of
+//!    keys at a k-step; `wgmma` reads the tile through a descriptor (K-major). Each lane holds,
+//!    per m-tile, 8-key n-tiles × columns `2t, 2t + 1` × its two rows. `wgmma` computes each
+//!    m-tile's scores as a group of its own, so steps 2–4 of m-tile 0 run while m-tile 1's
+//!    scores are computed, and its `P·V` while m-tile 1's steps 2–3 run.
 //! 2. Where the tile is not inside every row's visible run, each score outside its row's run
 //!    becomes `-∞`.
 //! 3. Online softmax per row, in base 2 (`ex2.approx.ftz`: a weight below 2⁻¹²⁶ of the row's
@@ -26,7 +33,7 @@
 //!    8 keys are one k-step of 16), so each pair of probabilities is rounded to bf16 and packed
 //!    in registers. Values are staged as they lie too, `Vs[key][c]`, and read by
 //!    `ldmatrix.x4.trans`, which transposes them into B fragments (two neighbouring keys of
-//!    one column per word).
+//!    one column per word), or by `wgmma` as an MN-major B.
 //!
 //! Finally each row is divided by `l` and stored (f32, or rounded to bf16 where the result is);
 //! the log-sum-exp form (`flash_attention_lse`) stores `ln l + scale·m` instead (`-∞` for a
@@ -41,9 +48,9 @@
 //! and a barrier: then the tile is in its stage for every thread, and no warp still reads the
 //! other stage, so the next tile's keys and values are copied there (`cp.async` of 16-byte
 //! chunks when `matmul_mma::vectorizable` proves them aligned, in flight during the whole tile;
-//! else through registers, element by element) and the tile takes one barrier. Keys past `T`
-//! are 0. Shared rows are padded by 8 bf16, so the 8 rows an `ldmatrix` reads at once hit
-//! distinct banks.
+//! else through registers, element by element) and the tile takes one barrier (after
+//! `fence.proxy.async`, for `wgmma`'s reads). Keys past `T` are 0. The tiles' layouts are
+//! [`Layout`]'s: rows padded by 8 bf16 for `ldmatrix`, `wgmma`'s 128-byte swizzle for it.
 //!
 //! Invariants: every thread reaches every barrier (the walk's bounds are the block's); a stage
 //! is written only after the barrier that starts the tile after the last one that read it.
@@ -121,9 +128,25 @@ pub(super) struct TileStage {
     tid: Reg,
     /// The words of the lane's chunks `tid + THREADS·i`.
     chunks: Vec<[Reg; 4]>,
-    /// The tile in stage 0, and its row pitch in bytes.
+    /// The tile in stage 0, and its row pitch in bytes (padded rows).
     tile: Reg,
     pitch: i64,
+    layout: Layout,
+}
+
+/// How a staged tile lies in shared memory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// Row after row, each padded by 8 bf16 so the 8 rows an `ldmatrix` reads at once fall in
+    /// distinct banks; read by `ldmatrix` ([`TileStage::lane_base`]).
+    Padded,
+    /// `wgmma`'s 128-byte swizzle (rows a multiple of 64 bf16, the tile 1024-byte aligned):
+    /// each 64 columns of the rows a block of 128-byte rows, the blocks one after another, and
+    /// in each 1024-byte atom of 8 rows the 16-byte chunk `q` of row `r` stored at chunk
+    /// `q ^ (r % 8)` — so the 8 lanes copying a row's chunks write 8 distinct bank groups, and
+    /// so do the tensor cores reading a chunk of 8 rows. Read by `wgmma` through a descriptor
+    /// ([`TileStage::descriptor`]).
+    Swizzled,
 }
 
 /// How `mma` reads a staged tile as its B operand (`k × n`).
@@ -146,8 +169,15 @@ pub(super) fn div_rem(c: &mut Ctx, x: Reg, n: i64) -> (Reg, Reg) {
 }
 
 impl TileStage {
-    /// The staging of tiles of `rows` rows of `v` into the tile at `tile` (stage 0).
-    pub fn new(c: &mut Ctx, v: &Addressed, rows: i64, tile: Reg, tid: Reg) -> TileStage {
+    /// The staging of tiles of `rows` rows of `v`, laid out as `layout` says, into the tile at
+    /// `tile` (stage 0).
+    pub fn new(
+        c: &mut Ctx,
+        v: &Addressed,
+        (rows, layout): (i64, Layout),
+        tile: Reg,
+        tid: Reg,
+    ) -> TileStage {
         let width = v.view.dims[3].as_constant().expect("applies");
         let per_row = width / VECTOR;
         let total = rows * per_row;
@@ -163,18 +193,36 @@ impl TileStage {
             chunks,
             tile,
             pitch: Self::pitch(width),
+            layout,
         }
     }
 
-    /// Chunk `i`'s row and first column in the tile, and whether the lane has it (when the
-    /// tile's chunks do not divide among the threads).
-    fn place(&self, c: &mut Ctx, i: usize) -> (Reg, Reg, Option<Reg>) {
+    /// The lane's chunk `i`: its row and first column in the tile, its byte offset in a stage,
+    /// and whether the lane has it (when the tile's chunks do not divide among the threads).
+    fn place(&self, c: &mut Ctx, i: usize) -> (Reg, Reg, Reg, Option<Reg>) {
         let index = c.b.add(self.tid, i as i64 * THREADS);
-        let (row, chunk) = div_rem(c, index, self.per_row);
+        let (row, chunk, at) = match self.layout {
+            Layout::Padded => {
+                let (row, chunk) = div_rem(c, index, self.per_row);
+                let at = c.b.mul(row, self.pitch);
+                let at = c.b.mad(chunk, 2 * VECTOR, at);
+                (row, chunk, at)
+            }
+            Layout::Swizzled => {
+                let (row, chunk) = div_rem(c, index, self.per_row);
+                let block = c.b.shr(chunk, 3);
+                let at = c.b.mul(block, self.total / self.per_row * 128);
+                let at = c.b.mad(row, 128i64, at);
+                let in_atom = c.b.and(row, 7i64);
+                let within = c.b.and(chunk, 7i64);
+                let swizzled = c.b.xor(within, in_atom);
+                (row, chunk, c.b.mad(swizzled, 16i64, at))
+            }
+        };
         let col = c.b.shl(chunk, VECTOR.trailing_zeros());
         let owned =
             ((i as i64 + 1) * THREADS > self.total).then(|| c.b.setp(Cmp::Lt, index, self.total));
-        (row, col, owned)
+        (row, col, at, owned)
     }
 
     /// Bytes of a shared row: `width` bf16 and 8 of padding, so the 8 rows an `ldmatrix`
@@ -183,9 +231,13 @@ impl TileStage {
         (width + 8) * 2
     }
 
-    /// Bytes of a tile of `rows` rows of `v`.
-    pub fn bytes(v: &View, rows: i64) -> i64 {
-        rows * Self::pitch(v.dims[3].as_constant().expect("applies"))
+    /// Bytes of a tile of `rows` rows of `v` laid out as `layout` says.
+    pub fn bytes(v: &View, rows: i64, layout: Layout) -> i64 {
+        let width = v.dims[3].as_constant().expect("applies");
+        match layout {
+            Layout::Padded => rows * Self::pitch(width),
+            Layout::Swizzled => rows * width * 2,
+        }
     }
 
     /// Runs `body` for the chunk where the lane has it.
@@ -204,7 +256,7 @@ impl TileStage {
     /// linear index `head`.
     pub fn load(&self, c: &mut Ctx, head: Reg, j0: Reg, row_count: &Operand) -> Result<()> {
         for (i, words) in self.chunks.iter().enumerate() {
-            let (row, col, owned) = self.place(c, i);
+            let (row, col, _, owned) = self.place(c, i);
             let j = c.b.add(j0, row);
             let inside = c.b.setp(Cmp::Lt, j, row_count.clone());
             let at = c.b.mad(j, self.v.strides[2].clone(), head);
@@ -258,7 +310,7 @@ impl TileStage {
             self.load(c, head, j0, row_count)?;
             return self.store(c, stage);
         }
-        if THREADS % self.per_row != 0 {
+        if THREADS % self.per_row != 0 || self.layout == Layout::Swizzled {
             return self.issue_each(c, (head, j0, row_count), stage);
         }
         let base = self.v.base.expect("a vectorizable view is a buffer");
@@ -306,8 +358,8 @@ impl TileStage {
         Ok(())
     }
 
-    /// [`Self::issue`] by `cp.async` where a lane's chunks are not in one column: each placed
-    /// on its own.
+    /// [`Self::issue`] by `cp.async` where a lane's chunks are not in one column of a padded
+    /// tile: each placed on its own.
     fn issue_each(
         &self,
         c: &mut Ctx,
@@ -317,7 +369,7 @@ impl TileStage {
         let base = self.v.base.expect("a vectorizable view is a buffer");
         let tile = c.b.add(self.tile, stage);
         for i in 0..self.chunks.len() {
-            let (row, col, owned) = self.place(c, i);
+            let (row, col, offset, owned) = self.place(c, i);
             Self::owned(c, owned, |c| {
                 let j = c.b.add(j0, row);
                 let inside = c.b.setp(Cmp::Lt, j, row_count.clone());
@@ -326,8 +378,7 @@ impl TileStage {
                 let at = c.b.add(at, col);
                 let src = c.address(base, at, DType::BF16)?;
                 let size = c.b.selp(16i64, 0i64, inside, Ty::U32);
-                let dst = c.b.mad(row, self.pitch, tile);
-                let dst = c.b.mad(col, 2i64, dst);
+                let dst = c.b.add(tile, offset);
                 c.b.cp_async(dst, 0, src, size);
                 Ok(())
             })?;
@@ -339,15 +390,44 @@ impl TileStage {
     pub fn store(&self, c: &mut Ctx, stage: Reg) -> Result<()> {
         let tile = c.b.add(self.tile, stage);
         for (i, words) in self.chunks.iter().enumerate() {
-            let (row, col, owned) = self.place(c, i);
+            let (_, _, offset, owned) = self.place(c, i);
             Self::owned(c, owned, |c| {
-                let at = c.b.mad(row, self.pitch, tile);
-                let at = c.b.mad(col, 2i64, at);
+                let at = c.b.add(tile, offset);
                 c.b.st_v4(Space::Shared, at, 0, *words);
                 Ok(())
             })?;
         }
         Ok(())
+    }
+
+    /// The `wgmma` descriptor of `B` in stage 0 for a tile of [`Layout::Swizzled`] read as
+    /// `read` says (128-byte swizzle), and the byte offset of each k-step of 16 from its start:
+    /// - [`Read::Rows`] (keys for `S = Q·Kᵀ`): `B` K-major, its columns the tile's rows; atoms
+    ///   of 8 rows 1024 bytes apart (the stride byte offset; the leading one unused); k-step `s`
+    ///   starts `32·(s % 4)` bytes into block `s / 4` of 64 columns.
+    /// - [`Read::Columns`] (values for `O += P·V`): `B` MN-major (`wgmma`'s `trans-b`), its
+    ///   rows the tile's rows; blocks of 64 columns `128·rows` bytes apart (leading), atoms of 8
+    ///   rows 1024 apart (stride); k-step `s` starts at row `16·s`.
+    pub fn descriptor(&self, c: &mut Ctx, read: Read) -> (Reg, Vec<i64>) {
+        assert!(
+            self.layout == Layout::Swizzled,
+            "wgmma reads swizzled tiles"
+        );
+        let rows = self.total / self.per_row;
+        let block = 128 * rows;
+        let (leading, steps): (i64, Vec<i64>) = match read {
+            Read::Rows => (
+                16,
+                (0..self.per_row / 2)
+                    .map(|s| s / 4 * block + s % 4 * 32)
+                    .collect(),
+            ),
+            Read::Columns => (block, (0..rows / 16).map(|s| s * 2048).collect()),
+        };
+        let start = c.b.shr(self.tile, 4);
+        let start = c.b.and(start, 0x3fffi64);
+        let fields = (leading >> 4) << 16 | (1024 >> 4) << 32 | 1 << 62;
+        (c.b.or(start, fields), steps)
     }
 
     /// The shared address (in stage 0) lane `lane` gives `ldmatrix` for the B fragments of
@@ -596,6 +676,43 @@ fn accumulate(
     }
 }
 
+/// How a block multiplies, by the layout of its staged tiles.
+enum Engine {
+    /// `mma.sync` on B fragments that `ldmatrix` reads from [`Layout::Padded`] tiles, from the
+    /// lane's addresses in stage 0 ([`TileStage::lane_base`]); `zero` holds 0.0.
+    Mma { k_base: Reg, v_base: Reg, zero: Reg },
+    /// `wgmma` on [`Layout::Swizzled`] tiles: each operand's descriptor in stage 0 and its
+    /// k-steps' byte offsets ([`TileStage::descriptor`]), and the predicates that start a sum
+    /// and add to one.
+    Wgmma {
+        keys: (Reg, Vec<i64>),
+        values: (Reg, Vec<i64>),
+        overwrite: Reg,
+        accumulate: Reg,
+    },
+}
+
+impl Engine {
+    fn new(c: &mut Ctx, (ks, vs): (&TileStage, &TileStage), lane: Reg) -> Engine {
+        match ks.layout {
+            Layout::Padded => Engine::Mma {
+                k_base: ks.lane_base(c, lane, Read::Rows),
+                v_base: vs.lane_base(c, lane, Read::Columns),
+                zero: c.b.mov(Ty::F32, 0.0f32),
+            },
+            Layout::Swizzled => {
+                let one = c.b.mov(Ty::S32, 1i64);
+                Engine::Wgmma {
+                    keys: ks.descriptor(c, Read::Rows),
+                    values: vs.descriptor(c, Read::Columns),
+                    overwrite: c.b.setp(Cmp::Ne, one, 1i64),
+                    accumulate: c.b.setp(Cmp::Eq, one, 1i64),
+                }
+            }
+        }
+    }
+}
+
 pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     let AttentionKernel {
         q, k, v, attention, ..
@@ -623,16 +740,19 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     let tid = c.special(Special::Tid);
     let (lane, warp) = (c.b.and(tid, 31i64), c.b.shr(tid, 5));
     let (g, t) = (c.b.shr(lane, 2), c.b.and(lane, 3i64));
+    let layout = match d % 64 == 0 && dv % 64 == 0 {
+        true => Layout::Swizzled,
+        false => Layout::Padded,
+    };
     // Two stages, each a key tile then a value tile.
-    let k_bytes = TileStage::bytes(k, keys_per_tile);
-    let stage_bytes = k_bytes + TileStage::bytes(v, keys_per_tile);
-    let region = c.b.shared((2 * stage_bytes) as u32);
+    let k_bytes = TileStage::bytes(k, keys_per_tile, layout);
+    let stage_bytes = k_bytes + TileStage::bytes(v, keys_per_tile, layout);
+    let region = c.b.shared_aligned((2 * stage_bytes) as u32, 1024);
     let v_tile = c.b.add(region, k_bytes);
-    let ks = TileStage::new(c, &views.k, keys_per_tile, region, tid);
-    let vs = TileStage::new(c, &views.v, keys_per_tile, v_tile, tid);
+    let ks = TileStage::new(c, &views.k, (keys_per_tile, layout), region, tid);
+    let vs = TileStage::new(c, &views.v, (keys_per_tile, layout), v_tile, tid);
     let slots = c.b.shared((WARPS * 32) as u32);
-    let k_frag = ks.lane_base(c, lane, Read::Rows);
-    let v_frag = vs.lane_base(c, lane, Read::Columns);
+    let engine = Engine::new(c, (&ks, &vs), lane);
     let stage = c.b.mov(Ty::S64, 0i64);
     // Scores are multiplied by `factor` inside the exponent; a scale that is not positive (the
     // maximum would be the minimum) is applied to the scores first.
@@ -643,7 +763,6 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     };
     let n_tiles = (keys_per_tile / 8) as usize;
     let q_frags = fragments(c, m_tiles, (d / 16) as usize, Ty::B32);
-    let zero = c.b.mov(Ty::F32, 0.0f32);
     let acc = fragments(c, m_tiles, (dv / 8) as usize, Ty::F32);
     c.grid_loop(items.into(), Granule::Block, |c, w| {
         let tile = c.b.rem(w, tiles);
@@ -659,11 +778,15 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
             .as_ref()
             .map(|o| c.linear(&o.offset, &[bi, h], &o.strides[..2]));
         let first = c.b.mul(tile, queries);
-        let first = c.b.mad(warp, 16 * m_tiles as i64, first);
+        let (warp_rows, tile_rows) = match engine {
+            Engine::Wgmma { .. } => (16, 64),
+            Engine::Mma { .. } => (16 * m_tiles as i64, 16),
+        };
+        let first = c.b.mad(warp, warp_rows, first);
         // The lane's rows: `[m-tile][g, g + 8]`.
         let rows: Vec<[Reg; 2]> = (0..m_tiles)
             .map(|mi| {
-                let r = c.b.add(first, 16 * mi as i64);
+                let r = c.b.add(first, tile_rows * mi as i64);
                 let r = c.b.add(r, g);
                 [r, c.b.add(r, 8i64)]
             })
@@ -709,6 +832,9 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
             // This tile is in its stage, seen by every thread, and every warp is done with
             // the other stage: the next tile's copies go there, in flight during this tile.
             c.b.cp_async_wait(0);
+            if let Engine::Wgmma { .. } = engine {
+                c.b.fence_proxy_async();
+            }
             c.b.bar_sync();
             let other = c.b.xor(stage, stage_bytes);
             c.when(more, |c| {
@@ -716,24 +842,23 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
                 vs.issue(c, (v_head, next, &keys), other)
             })?;
             c.b.cp_async_commit();
-            // 1. Scores.
-            let k_at = c.b.add(k_frag, stage);
-            let s = product(c, &q_frags, n_tiles, (&ks, Read::Rows), (k_at, zero));
-            if let Some(scale) = prescale {
-                for &x in s.iter().flatten().flatten() {
-                    let y = c.b.mul(x, scale);
-                    c.b.assign(x, y);
-                }
-            }
-            // 2. The mask, where the tile is not inside every row's run.
             let past_lo = c.b.setp(Cmp::Ge, j0, range.all_lo);
             let before_hi = c.b.setp(Cmp::Le, next, range.all_hi);
             let inside = c.b.and(past_lo, before_hi);
             let partial = c.b.not(inside);
-            c.when(partial, |c| {
-                let key0 = c.b.mad(t, 2i64, j0);
-                for (mi, tiles) in s.iter().enumerate() {
-                    for (ni, tile) in tiles.iter().enumerate() {
+            // 2.–3. of m-tile `mi`, whose scores are `s`: they become its probabilities, and
+            // its rows' sums and outputs are rescaled.
+            let probabilities = |c: &mut Ctx, mi: usize, s: &[[Reg; 4]]| -> Result<()> {
+                if let Some(scale) = prescale {
+                    for &x in s.iter().flatten() {
+                        let y = c.b.mul(x, scale);
+                        c.b.assign(x, y);
+                    }
+                }
+                // 2. The mask, where the tile is not inside every row's run.
+                c.when(partial, |c| {
+                    let key0 = c.b.mad(t, 2i64, j0);
+                    for (ni, tile) in s.iter().enumerate() {
                         for (e, &x) in tile.iter().enumerate() {
                             let (lo, hi) = runs[2 * mi + (e >> 1)];
                             let j = c.b.add(key0, ni as i64 * 8 + (e as i64 & 1));
@@ -744,47 +869,99 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
                             c.b.assign(x, y);
                         }
                     }
-                }
-                Ok(())
-            })?;
-            // 3. Online softmax, row by row.
-            for (row, (&m, &l)) in m.iter().zip(&l).enumerate() {
-                let (mi, half) = (row / 2, row % 2);
-                let own: Vec<Reg> = s[mi]
-                    .iter()
-                    .flat_map(|tile| tile[2 * half..2 * half + 2].to_vec())
-                    .collect();
-                let tile_max = tree(c, own.clone(), |c, x, y| c.b.max(x, y));
-                let tile_max = row_fold(c, tile_max, |c, x, y| c.b.max(x, y));
-                let m_new = c.b.max(m, tile_max);
-                let unseen = c.b.setp(Cmp::Eq, m_new, f32::NEG_INFINITY);
-                let shift = c.b.selp(0.0f32, m_new, unseen, Ty::F32);
-                let drop = c.b.sub(m, shift);
-                let drop = c.b.mul(drop, factor);
-                let alpha = c.b.ex2_ftz(drop);
-                let bias = c.b.mul(shift, -factor);
-                let mut ps = Vec::new();
-                for &x in &own {
-                    let e = c.b.mad(x, factor, bias);
-                    let p = c.b.ex2_ftz(e);
-                    c.b.assign(x, p);
-                    ps.push(x);
-                }
-                let sum = tree(c, ps, |c, x, y| c.b.add(x, y));
-                let l_next = c.b.mad(l, alpha, sum);
-                c.b.assign(l, l_next);
-                c.b.assign(m, m_new);
-                for tile in &acc[mi] {
-                    for &a in &tile[2 * half..2 * half + 2] {
-                        let y = c.b.mul(a, alpha);
-                        c.b.assign(a, y);
+                    Ok(())
+                })?;
+                // 3. Online softmax, row by row.
+                for half in 0..2 {
+                    let (m, l) = (m[2 * mi + half], l[2 * mi + half]);
+                    let own: Vec<Reg> = s
+                        .iter()
+                        .flat_map(|tile| tile[2 * half..2 * half + 2].to_vec())
+                        .collect();
+                    let tile_max = tree(c, own.clone(), |c, x, y| c.b.max(x, y));
+                    let tile_max = row_fold(c, tile_max, |c, x, y| c.b.max(x, y));
+                    let m_new = c.b.max(m, tile_max);
+                    let unseen = c.b.setp(Cmp::Eq, m_new, f32::NEG_INFINITY);
+                    let shift = c.b.selp(0.0f32, m_new, unseen, Ty::F32);
+                    let drop = c.b.sub(m, shift);
+                    let drop = c.b.mul(drop, factor);
+                    let alpha = c.b.ex2_ftz(drop);
+                    let bias = c.b.mul(shift, -factor);
+                    let mut ps = Vec::new();
+                    for &x in &own {
+                        let e = c.b.mad(x, factor, bias);
+                        let p = c.b.ex2_ftz(e);
+                        c.b.assign(x, p);
+                        ps.push(x);
+                    }
+                    let sum = tree(c, ps, |c, x, y| c.b.add(x, y));
+                    let l_next = c.b.mad(l, alpha, sum);
+                    c.b.assign(l, l_next);
+                    c.b.assign(m, m_new);
+                    for tile in &acc[mi] {
+                        for &a in &tile[2 * half..2 * half + 2] {
+                            let y = c.b.mul(a, alpha);
+                            c.b.assign(a, y);
+                        }
                     }
                 }
+                Ok(())
+            };
+            match &engine {
+                Engine::Mma {
+                    k_base,
+                    v_base,
+                    zero,
+                } => {
+                    // 1. Scores.
+                    let k_at = c.b.add(*k_base, stage);
+                    let s = product(c, &q_frags, n_tiles, (&ks, Read::Rows), (k_at, *zero));
+                    for (mi, s) in s.iter().enumerate() {
+                        probabilities(c, mi, s)?;
+                    }
+                    // 4. O += P·V, the probabilities as A fragments.
+                    let v_at = c.b.add(*v_base, stage);
+                    let p: Fragments = s.iter().map(|tiles| as_a_fragments(c, tiles)).collect();
+                    multiply(c, &acc, &p, (&vs, Read::Columns), v_at);
+                }
+                Engine::Wgmma {
+                    keys: (k_desc, k_steps),
+                    values: (v_desc, v_steps),
+                    overwrite,
+                    accumulate,
+                } => {
+                    let shift = c.b.shr(stage, 4);
+                    let (k_at, v_at) = (c.b.add(*k_desc, shift), c.b.add(*v_desc, shift));
+                    // 1. Scores, each m-tile's a group of its own.
+                    let s = fragments(c, m_tiles, n_tiles, Ty::F32);
+                    c.b.wgmma_fence();
+                    for (s, q) in s.iter().zip(&q_frags) {
+                        let flat: Vec<Reg> = s.iter().flatten().copied().collect();
+                        for (kk, a) in q.iter().enumerate() {
+                            let desc = c.b.add(k_at, k_steps[kk] >> 4);
+                            let onto = if kk == 0 { *overwrite } else { *accumulate };
+                            c.b.wgmma_bf16(&flat, *a, desc, onto, false);
+                        }
+                        c.b.wgmma_commit();
+                    }
+                    for mi in 0..m_tiles {
+                        // In flight: the scores of m-tiles `mi..`, and P·V of `mi − 1`.
+                        let pending = m_tiles - 1 - mi + usize::from(mi > 0);
+                        c.b.wgmma_wait(pending as u32);
+                        probabilities(c, mi, &s[mi])?;
+                        // 4. O += P·V, the probabilities as A fragments.
+                        let p = as_a_fragments(c, &s[mi]);
+                        let flat: Vec<Reg> = acc[mi].iter().flatten().copied().collect();
+                        c.b.wgmma_fence();
+                        for (kk, a) in p.iter().enumerate() {
+                            let desc = c.b.add(v_at, v_steps[kk] >> 4);
+                            c.b.wgmma_bf16(&flat, *a, desc, *accumulate, true);
+                        }
+                        c.b.wgmma_commit();
+                    }
+                    c.b.wgmma_wait(0);
+                }
             }
-            // 4. O += P·V, the probabilities as A fragments.
-            let v_at = c.b.add(v_frag, stage);
-            let p: Fragments = s.iter().map(|tiles| as_a_fragments(c, tiles)).collect();
-            multiply(c, &acc, &p, (&vs, Read::Columns), v_at);
             c.b.assign(stage, other);
             Ok(())
         })?;

@@ -31,7 +31,8 @@ pub enum Shuffle {
 pub struct KernelBuilder {
     name: String,
     params: Vec<String>,
-    shared: Vec<(String, u32)>,
+    /// Shared variables: name, bytes, alignment.
+    shared: Vec<(String, u32, u32)>,
     counts: [u32; Ty::ALL.len()],
     labels: u32,
     body: Vec<String>,
@@ -74,7 +75,7 @@ impl KernelBuilder {
 
     /// Bytes of shared memory declared so far.
     pub fn shared_bytes(&self) -> u32 {
-        self.shared.iter().map(|(_, b)| b).sum()
+        self.shared.iter().map(|(_, b, _)| b).sum()
     }
 
     pub fn reg(&mut self, ty: Ty) -> Reg {
@@ -95,8 +96,14 @@ impl KernelBuilder {
 
     /// Declares `bytes` of shared memory (16-byte aligned) and returns its shared address.
     pub fn shared(&mut self, bytes: u32) -> Reg {
+        self.shared_aligned(bytes, 16)
+    }
+
+    /// Declares `bytes` of shared memory aligned to `align` bytes (a power of two, at least 16)
+    /// and returns its shared address.
+    pub fn shared_aligned(&mut self, bytes: u32, align: u32) -> Reg {
         let name = format!("smem{}", self.shared.len());
-        self.shared.push((name.clone(), bytes));
+        self.shared.push((name.clone(), bytes, align));
         self.inst("mov.u64", Ty::U64, &[Operand::Symbol(name)])
     }
 
@@ -458,6 +465,54 @@ impl KernelBuilder {
         ));
     }
 
+    /// The warpgroup collective `wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16` (sm_90a),
+    /// `N = 8·acc.len() / 4`: `acc = a·B + acc`, or `a·B` where `accumulate` (a predicate) is
+    /// false, for a 64×16 `a` in registers and a 16×N `B` in shared memory described by `desc`
+    /// (see `wgmma_descriptor`), read MN-major where `trans_b` (else K-major). Each warp `w` of
+    /// the 4 holds rows `16w..16w + 16` of `a` and of `acc` in the fragment layouts of
+    /// [`Self::mma_bf16`], its n-tiles of 8 columns one after another in `acc`. Asynchronous:
+    /// the registers may be read or written again only after [`Self::wgmma_wait`].
+    pub fn wgmma_bf16(
+        &mut self,
+        acc: &[Reg],
+        a: [Reg; 4],
+        desc: Reg,
+        accumulate: Reg,
+        trans_b: bool,
+    ) {
+        let n = acc.len() * 2;
+        self.line(format!(
+            "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {}, {}, {desc}, {accumulate}, 1, 1, {}",
+            vector(acc),
+            vector(&a),
+            trans_b as u8
+        ));
+    }
+
+    /// `wgmma.fence.sync.aligned`: orders the warpgroup's register accesses before the
+    /// `wgmma` that follow.
+    pub fn wgmma_fence(&mut self) {
+        self.line("wgmma.fence.sync.aligned".into());
+    }
+
+    /// `wgmma.commit_group.sync.aligned`: the `wgmma` issued since the last commit form a group.
+    pub fn wgmma_commit(&mut self) {
+        self.line("wgmma.commit_group.sync.aligned".into());
+    }
+
+    /// `wgmma.wait_group.sync.aligned pending`: waits until at most `pending` of the groups are
+    /// incomplete.
+    pub fn wgmma_wait(&mut self, pending: u32) {
+        self.line(format!("wgmma.wait_group.sync.aligned {pending}"));
+    }
+
+    /// `fence.proxy.async.shared::cta`: the thread's shared-memory writes (stores, `cp.async`)
+    /// become visible to the asynchronous proxy that `wgmma` reads through; a barrier after it
+    /// extends that to the block.
+    pub fn fence_proxy_async(&mut self) {
+        self.line("fence.proxy.async.shared::cta".into());
+    }
+
     /// A barrier of the whole block.
     pub fn bar_sync(&mut self) {
         self.line("bar.sync 0".into());
@@ -502,8 +557,8 @@ impl KernelBuilder {
                 writeln!(out, "\t.reg .{} {}<{n}>;", ty.name(), ty.prefix()).unwrap();
             }
         }
-        for (name, bytes) in &self.shared {
-            writeln!(out, "\t.shared .align 16 .b8 {name}[{bytes}];").unwrap();
+        for (name, bytes, align) in &self.shared {
+            writeln!(out, "\t.shared .align {align} .b8 {name}[{bytes}];").unwrap();
         }
         out.push_str("\tgriddepcontrol.wait;\n");
         for line in &self.body {

@@ -91,9 +91,11 @@ impl Program {
         let mut lines = Vec::new();
         let mut labels = HashMap::new();
         for line in text.lines().map(str::trim) {
-            if let Some(decl) = line.strip_prefix(".shared .align 16 .b8 ") {
+            if let Some(decl) = line.strip_prefix(".shared .align ") {
+                let (align, decl) = decl.split_once(" .b8 ").unwrap();
+                let align: u64 = align.parse().unwrap();
                 let (name, size) = decl.trim_end_matches("];").split_once('[').unwrap();
-                shared_bytes = shared_bytes.div_ceil(16) * 16;
+                shared_bytes = shared_bytes.div_ceil(align) * align;
                 shared.insert(name.to_string(), shared_bytes);
                 shared_bytes += size.parse::<u64>().unwrap();
             } else if let Some(label) = line.strip_suffix(':') {
@@ -245,6 +247,8 @@ enum Stop {
     Warp,
     /// At a block barrier.
     Block,
+    /// At a warpgroup collective (`wgmma.mma_async`).
+    Warpgroup,
 }
 
 struct Thread {
@@ -352,6 +356,10 @@ impl Thread {
                     return Stop::Done;
                 }
                 "shfl" | "mma" | "ldmatrix" => return Stop::Warp,
+                "wgmma" if parts[1] == "mma_async" => return Stop::Warpgroup,
+                // A `wgmma` completes at once, and shared memory has one proxy here: fences,
+                // commits and waits are no-ops.
+                "wgmma" | "fence" => {}
                 "bar" if parts.get(1) == Some(&"warp") => return Stop::Warp,
                 "bar" => return Stop::Block,
                 "bra" => {
@@ -715,6 +723,33 @@ pub fn launch(
                 }
                 progressed = true;
             }
+            // Warpgroup collectives: every thread of 4 consecutive warps at the same instruction.
+            for group in 0..(threads / 128) as usize {
+                let members: Vec<usize> = (group * 128..(group + 1) * 128).collect();
+                let ready = members
+                    .iter()
+                    .all(|&i| !ts[i].done && waiting[i] && stops[i] == Stop::Warpgroup);
+                if !ready {
+                    continue;
+                }
+                let pc = ts[members[0]].pc;
+                assert!(
+                    members.iter().all(|&i| ts[i].pc == pc),
+                    "threads of warpgroup {group} meet at different instructions"
+                );
+                wgmma(
+                    &program.insts[pc],
+                    &mut ts,
+                    &members,
+                    (program, params),
+                    &shared,
+                );
+                for &i in &members {
+                    ts[i].pc += 1;
+                    waiting[i] = false;
+                }
+                progressed = true;
+            }
             // A block barrier: every live thread there.
             let live: Vec<usize> = (0..threads as usize).filter(|&i| !ts[i].done).collect();
             if !progressed && live.iter().all(|&i| waiting[i] && stops[i] == Stop::Block) {
@@ -866,6 +901,110 @@ fn mma(inst: &Inst, ts: &mut [Thread], lanes: &[usize]) {
         for (q, &r) in d.iter().enumerate() {
             let (row, col) = (g + 8 * (q >> 1), 2 * t + (q & 1));
             let sum: f64 = (0..16).map(|k| am[row][k] * bm[k][col]).sum::<f64>() + cm[row][col];
+            ts[i].regs[r] = of_f32(sum as f32);
+        }
+    }
+}
+
+/// `wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 d, a, desc, scale-d, 1, 1, trans-b` by
+/// the 128 threads of a warpgroup: `D = A·B (+ D where scale-d)` for a 64×16 `A` in registers
+/// (warp `w` holding rows `16w..16w + 16` in `mma`'s A layout), a 16×N `B` in shared memory and
+/// a 64×N `D` (warp `w`'s rows, n-tile `j` of 8 columns in words `4j..4j + 4` as `mma`'s
+/// accumulators). The descriptor gives `B`'s start, its leading (`LBO`, bits 16–29) and stride
+/// (`SBO`, bits 32–45) byte offsets, each stored `>> 4`, and its swizzle (bits 62–63), which must
+/// be 128-byte (1): `B` lies in rows of 128 bytes, 8 rows to a 1024-byte atom, the 16-byte chunk
+/// `c` of row `r` of an atom at chunk `c ^ r` — for the absolute shared address `a` of an
+/// element in the unswizzled layout, at `a ^ (((a >> 7) & 7) << 4)`. Unswizzled, `B[k][n]` lies
+/// at `start + 128·(n % 8) + SBO·(n / 8) + 2·(k % 8) + 16·(k / 8)` K-major (`trans-b` 0: a row
+/// per `n`, `k` along it; `k < 64`), or at `start + 2·(n % 64) + LBO·(n / 64) + 128·(k % 8) +
+/// SBO·(k / 8)` MN-major (`trans-b` 1: a row per `k`, 64 of `n` along it). Sums as [`mma`]
+/// does.
+fn wgmma(
+    inst: &Inst,
+    ts: &mut [Thread],
+    members: &[usize],
+    (p, params): (&Program, &HashMap<String, u64>),
+    shared: &[u8],
+) {
+    let parts: Vec<&str> = inst.parts.iter().map(String::as_str).collect();
+    let n: usize = match parts.as_slice() {
+        ["wgmma", "mma_async", "sync", "aligned", shape, "f32", "bf16", "bf16"] => shape
+            .strip_prefix("m64n")
+            .and_then(|s| s.strip_suffix("k16"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("unsupported wgmma shape {shape}")),
+        _ => panic!("unsupported {}", inst.parts.join(".")),
+    };
+    let regs = |o: &Opnd| match o {
+        Opnd::Vector(regs) => regs.clone(),
+        other => panic!("wgmma takes vectors, not {other:?}"),
+    };
+    let (d, a) = (regs(inst.dst.as_ref().unwrap()), regs(&inst.srcs[0]));
+    assert_eq!(
+        d.len(),
+        n / 2,
+        "m64n{n}k16 has {} accumulators per thread",
+        n / 2
+    );
+    let uniform = |o: &Opnd| {
+        let v = ts[members[0]].value(o, p, params);
+        assert!(
+            members.iter().all(|&i| ts[i].value(o, p, params) == v),
+            "wgmma operand {o:?} differs across the warpgroup"
+        );
+        v
+    };
+    let desc = uniform(&inst.srcs[1]);
+    let accumulate = uniform(&inst.srcs[2]) != 0;
+    assert_eq!(
+        (uniform(&inst.srcs[3]), uniform(&inst.srcs[4])),
+        (1, 1),
+        "scales other than 1"
+    );
+    let trans = uniform(&inst.srcs[5]) != 0;
+    assert_eq!(
+        desc >> 49,
+        1 << 13,
+        "not a 128-byte swizzle without offset: {desc:#x}"
+    );
+    let field = |shift: u32| (((desc >> shift) & 0x3fff) << 4) as usize;
+    let (start, lbo, sbo) = (field(0), field(16), field(32));
+    let b = |k: usize, col: usize| {
+        let at = match trans {
+            false => start + 128 * (col % 8) + sbo * (col / 8) + 2 * (k % 8) + 16 * (k / 8),
+            true => start + 2 * (col % 64) + lbo * (col / 64) + 128 * (k % 8) + sbo * (k / 8),
+        };
+        let at = at ^ (((at >> 7) & 7) << 4);
+        f32_of((u16::from_le_bytes([shared[at], shared[at + 1]]) as u64) << 16) as f64
+    };
+    let bm: Vec<Vec<f64>> = (0..16)
+        .map(|k| (0..n).map(|col| b(k, col)).collect())
+        .collect();
+    let bf16 = |bits: u64| f32_of((bits & 0xffff) << 16) as f64;
+    let mut am = vec![[0.0; 16]; 64];
+    for (tt, &i) in members.iter().enumerate() {
+        let (w, lane) = (tt / 32, tt % 32);
+        let (g, t) = (lane >> 2, lane % 4);
+        for (q, &r) in a.iter().enumerate() {
+            let (row, col) = (16 * w + g + 8 * (q & 1), 2 * t + 8 * (q >> 1));
+            am[row][col] = bf16(ts[i].regs[r]);
+            am[row][col + 1] = bf16(ts[i].regs[r] >> 16);
+        }
+    }
+    for (tt, &i) in members.iter().enumerate() {
+        let (w, lane) = (tt / 32, tt % 32);
+        let (g, t) = (lane >> 2, lane % 4);
+        for (q, &r) in d.iter().enumerate() {
+            let (row, col) = (
+                16 * w + g + 8 * ((q >> 1) & 1),
+                8 * (q >> 2) + 2 * t + (q & 1),
+            );
+            let onto = if accumulate {
+                f32_of(ts[i].regs[r]) as f64
+            } else {
+                0.0
+            };
+            let sum: f64 = (0..16).map(|k| am[row][k] * bm[k][col]).sum::<f64>() + onto;
             ts[i].regs[r] = of_f32(sum as f32);
         }
     }

@@ -23,8 +23,9 @@ pub use types::{Cmp, Label, Operand, Reg, Space, Special, Ty};
 
 /// The PTX ISA version the text declares.
 pub const PTX_VERSION: &str = "8.8";
-/// The architecture the text targets.
-pub const TARGET: &str = "sm_90";
+/// The architecture the text targets: Hopper with its architecture-specific instructions
+/// (`wgmma`), so the module loads on GPUs of compute capability 9.0 only.
+pub const TARGET: &str = "sm_90a";
 
 /// A PTX module: entries, in order, each distinct.
 #[derive(Default)]

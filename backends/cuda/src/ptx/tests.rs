@@ -102,6 +102,23 @@ fn vector_memory_packing_and_mma() {
         let both = b.pack(Ty::B32, hi, lo);
         let acc = [(); 4].map(|_| b.mov(Ty::F32, 0.0f32));
         b.mma_bf16(acc, [both, words[1], words[2], words[3]], [words[0], both]);
+        // A warpgroup's product of a 64×16 tile in registers and a 16×16 one in (1024-byte
+        // aligned) shared memory, after the copies' fence.
+        let tile = b.shared_aligned(1024, 1024);
+        let desc = b.or(tile, 1i64 << 62);
+        let start = b.setp(Cmp::Eq, p, 0i64);
+        b.fence_proxy_async();
+        b.wgmma_fence();
+        let wide: Vec<Reg> = (0..8).map(|_| b.reg(Ty::F32)).collect();
+        b.wgmma_bf16(
+            &wide,
+            [both, words[1], words[2], words[3]],
+            desc,
+            start,
+            true,
+        );
+        b.wgmma_commit();
+        b.wgmma_wait(0);
     });
     insta::assert_snapshot!(text);
 }
