@@ -359,7 +359,7 @@ impl TileStage {
     }
 
     /// [`Self::issue`] by `cp.async` where a lane's chunks are not in one column of a padded
-    /// tile: each placed on its own.
+    /// tile, or the tile is swizzled: each placed on its own.
     fn issue_each(
         &self,
         c: &mut Ctx,

@@ -5,13 +5,14 @@
 //!
 //! Threads run one at a time until they reach a point where they must meet others: a warp
 //! shuffle, warp barrier, `mma` or `ldmatrix` (all 32 lanes of the warp, at the same
-//! instruction) or a
-//! block barrier (every live thread of the block). That is the convergence kiln's kernels
+//! instruction), a `wgmma` (all 128 threads of a warpgroup), or a block barrier (every live
+//! thread of the block). That is the convergence kiln's kernels
 //! guarantee; a kernel that breaks it fails here as a deadlock. Arithmetic follows PTX's
 //! rounding: `.rn` float operations in f32 / f64, `fma` fused, `ex2.approx` correctly rounded
 //! (the hardware's is within 2 ulp), float-to-integer conversions saturating with NaN → 0,
-//! `mma` on the PTX ISA's fragment layouts with each output summed exactly and rounded once
-//! (the hardware's order and rounding of the sum differ slightly; see `mma`).
+//! `mma` and `wgmma` on the PTX ISA's fragment and shared-memory layouts with each output summed
+//! exactly and rounded once (the hardware's order and rounding of the sum differ slightly; see
+//! `mma`). `wgmma`, `cp.async` and their fences and waits complete at once.
 
 use std::collections::HashMap;
 
@@ -701,54 +702,36 @@ pub fn launch(
                 break;
             }
             let mut progressed = false;
-            // Warp collectives: every lane of the warp at the same instruction.
-            for w in 0..threads.div_ceil(32) as usize {
-                let lanes: Vec<usize> = (w * 32..((w + 1) * 32).min(threads as usize)).collect();
-                let ready = lanes
-                    .iter()
-                    .all(|&i| !ts[i].done && waiting[i] && stops[i] == Stop::Warp);
-                if !ready {
-                    continue;
+            // Warp collectives (every lane of a warp at the same instruction), then warpgroup
+            // ones (every thread of 4 consecutive warps).
+            for (size, stop) in [(32, Stop::Warp), (128, Stop::Warpgroup)] {
+                for first in (0..threads as usize).step_by(size) {
+                    let members: Vec<usize> =
+                        (first..(first + size).min(threads as usize)).collect();
+                    let ready = members
+                        .iter()
+                        .all(|&i| !ts[i].done && waiting[i] && stops[i] == stop);
+                    if !ready {
+                        continue;
+                    }
+                    let pc = ts[first].pc;
+                    assert!(
+                        members.iter().all(|&i| ts[i].pc == pc),
+                        "threads {first}.. meet at different instructions for {stop:?}"
+                    );
+                    let inst = &program.insts[pc];
+                    match stop {
+                        Stop::Warpgroup => {
+                            wgmma(inst, &mut ts, &members, (program, params), &shared)
+                        }
+                        _ => collective(inst, &mut ts, &members, (program, params), &shared),
+                    }
+                    for &i in &members {
+                        ts[i].pc += 1;
+                        waiting[i] = false;
+                    }
+                    progressed = true;
                 }
-                let pc = ts[lanes[0]].pc;
-                assert!(
-                    lanes.iter().all(|&i| ts[i].pc == pc),
-                    "lanes of warp {w} meet at different instructions"
-                );
-                let inst = &program.insts[pc];
-                collective(inst, &mut ts, &lanes, (program, params), &shared);
-                for &i in &lanes {
-                    ts[i].pc += 1;
-                    waiting[i] = false;
-                }
-                progressed = true;
-            }
-            // Warpgroup collectives: every thread of 4 consecutive warps at the same instruction.
-            for group in 0..(threads / 128) as usize {
-                let members: Vec<usize> = (group * 128..(group + 1) * 128).collect();
-                let ready = members
-                    .iter()
-                    .all(|&i| !ts[i].done && waiting[i] && stops[i] == Stop::Warpgroup);
-                if !ready {
-                    continue;
-                }
-                let pc = ts[members[0]].pc;
-                assert!(
-                    members.iter().all(|&i| ts[i].pc == pc),
-                    "threads of warpgroup {group} meet at different instructions"
-                );
-                wgmma(
-                    &program.insts[pc],
-                    &mut ts,
-                    &members,
-                    (program, params),
-                    &shared,
-                );
-                for &i in &members {
-                    ts[i].pc += 1;
-                    waiting[i] = false;
-                }
-                progressed = true;
             }
             // A block barrier: every live thread there.
             let live: Vec<usize> = (0..threads as usize).filter(|&i| !ts[i].done).collect();
@@ -939,6 +922,7 @@ fn wgmma(
         Opnd::Vector(regs) => regs.clone(),
         other => panic!("wgmma takes vectors, not {other:?}"),
     };
+    assert_eq!(members.len(), 128, "wgmma needs a whole warpgroup");
     let (d, a) = (regs(inst.dst.as_ref().unwrap()), regs(&inst.srcs[0]));
     assert_eq!(
         d.len(),
