@@ -889,6 +889,52 @@ output cache = %9",
     check_compiled(&g, &fused, &envs, 2, Tol::Exact).unwrap();
 }
 
+/// A gradient by the queries after RoPE's backward, `[B, H, S, D]`, read by the projection's
+/// matmul as `[B, S, H·D]`: the two halves are written in the permuted order, so the permute is
+/// contiguous and the reshape a view — two kernels and the matmul, no copy. A permute that
+/// moves the last axis, or a value something else reads too, keeps its own order.
+#[test]
+fn a_result_only_a_permute_reads_is_written_in_its_order() {
+    let text = |extra: &str| {
+        format!(
+            "graph g
+sym seq <= 8
+input %g : f32[2, 3, seq, 8]
+input %sin : f32[seq, 4]
+weight @w : f32[24, 5]
+%0 = broadcast %sin : f32[2, 3, seq, 4]
+%1 = slice %g axis=3 start=0 end=4 : f32[2, 3, seq, 4]
+%2 = slice %g axis=3 start=4 end=8 : f32[2, 3, seq, 4]
+%3 = mul %1, %0 : f32[2, 3, seq, 4]
+%4 = neg %2 : f32[2, 3, seq, 4]
+%5 = concat %3, %4 axis=3 : f32[2, 3, seq, 8]
+%6 = permute %5 perm=[0,2,1,3] : f32[2, seq, 3, 8]
+%7 = reshape %6 : f32[2, seq, 24]
+%8 = matmul %7, @w : f32[2, seq, 5]
+output y = %8
+{extra}"
+        )
+    };
+    let steps = |g: &Graph| {
+        let artifact = compile(std::slice::from_ref(g)).unwrap();
+        artifact.manifest.programs[0].steps.len()
+    };
+    let envs: Vec<Bindings> = [1, 3, 8]
+        .into_iter()
+        .map(|n| [("seq".to_string(), n)].into())
+        .collect();
+    let alone = kiln_ir::text::parse(&text("")).unwrap();
+    assert_eq!(steps(&alone), 3, "two halves and the matmul");
+    check_compiled(&alone, &alone, &envs, 2, Tol::Norm(1e-6)).unwrap();
+    let shared = kiln_ir::text::parse(&text("output rotated = %5\n")).unwrap();
+    assert_eq!(
+        steps(&shared),
+        4,
+        "an output keeps its order: the reshape copies"
+    );
+    check_compiled(&shared, &shared, &envs, 2, Tol::Norm(1e-6)).unwrap();
+}
+
 /// An axis of length 0 has no element to gather: the kernel reads nothing and writes zeros (the
 /// interpreter refuses such indices).
 #[test]

@@ -6,7 +6,9 @@
 //! and a fused region is one map or reduce kernel. `concat` copies each operand into its slice
 //! of the concat's buffer, except the elementwise results and inner concats read by that concat
 //! alone: those are written straight into their slice (so RoPE's halves land in the rotated
-//! value and the new key in the grown cache). A program output that concatenates a program
+//! value and the new key in the grown cache). An elementwise result or concat that only a
+//! permute keeping the last axis reads is written in the permuted order
+//! (`lower/transposed.rs`), so a reshape after the permute is a view. A program output that concatenates a program
 //! input read by nothing else with new entries is an append in place (`lower/append.rs`): the
 //! input's buffer has room for the output, and the input's entries are not copied. A `reshape`
 //! of a view that is not contiguous
@@ -43,10 +45,12 @@ mod concat;
 mod expression;
 mod in_place;
 mod matmul;
+mod transposed;
 
 use append::{appends, Append};
 use concat::concat_parts_in_place;
 use expression::expression;
+use transposed::transposed_results;
 
 use crate::error::{CompileError, Result};
 use crate::kernel::{AttentionOutput, Epilogue, ExprNode, Kernel};
@@ -153,6 +157,9 @@ struct Lowering<'a> {
     in_place: HashMap<NodeId, (NodeId, usize)>,
     /// The buffer view of every concat, made when it or a part placed in it is lowered.
     concat_views: HashMap<NodeId, View>,
+    /// Results written in the order of the permute that alone reads them, by that permutation
+    /// (`lower/transposed.rs`).
+    transposed: HashMap<NodeId, Vec<usize>>,
     /// Outputs appended in place to an input's buffer, by input and by concat.
     appends: HashMap<NodeId, Append>,
     /// Values an earlier kernel already wrote, and their views: a reduction lowered with the
@@ -181,6 +188,7 @@ pub fn lower(
         inputs: Vec::new(),
         in_place: concat_parts_in_place(g),
         concat_views: HashMap::new(),
+        transposed: transposed_results(g),
         appends: appends(g),
         written_early: HashMap::new(),
         attention_deltas: HashMap::new(),

@@ -35,9 +35,13 @@ pub(super) fn concat_parts_in_place(g: &Graph) -> HashMap<NodeId, (NodeId, usize
 
 impl Lowering<'_> {
     /// The view `id` is written through: its part of a concat's buffer (see
-    /// [`concat_parts_in_place`]) or a new buffer.
+    /// [`concat_parts_in_place`]), a new buffer in the order of the permute that reads it
+    /// (`transposed.rs`), or a new buffer.
     pub(super) fn destination(&mut self, id: NodeId) -> View {
         let Some(&(concat, slot)) = self.in_place.get(&id) else {
+            if let Some(view) = self.transposed_destination(id) {
+                return view;
+            }
             return self.temp(&self.g.node(id).ty);
         };
         let Op::Concat { axis } = self.g.node(concat).op else {
