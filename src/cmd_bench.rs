@@ -126,6 +126,14 @@ fn measure<P: DecodeProgram>(
     })
 }
 
+/// What a profile's times are summed over: every timed run (the warm-up is not profiled).
+fn timed_runs(args: &BenchArgs) -> String {
+    match args.runs {
+        1 => "1 run".into(),
+        n => format!("{n} runs"),
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<(), String> {
     if args.runs == 0 || args.prompt_tokens == 0 || args.decode_tokens == 0 || args.batch == 0 {
         return Err("--runs, --prompt-tokens, --decode-tokens and --batch must be positive".into());
@@ -158,7 +166,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             generator
                 .profiles()
                 .into_iter()
-                .for_each(crate::profile::print);
+                .for_each(|p| crate::profile::print(p, &timed_runs(&args)));
             (measured, load_s, None)
         }
         Device::Cuda => {
@@ -178,7 +186,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             generator
                 .profiles()
                 .into_iter()
-                .for_each(crate::profile::print);
+                .for_each(|p| crate::profile::print(p, &timed_runs(&args)));
             (measured, load_s, Some(gpu))
         }
     };

@@ -1,6 +1,8 @@
 //! The table `--profile` prints: the time of a program's steps grouped by label, the layers of
 //! a model merged (`model.layers.3.mlp` and `model.layers.7.mlp` count as `model.layers.N.mlp`),
-//! largest first.
+//! largest first. Times are summed over every call of the program while profiling (the header
+//! says over what: `kiln bench`'s timed runs, `kiln train`'s steps); the steps column counts one
+//! call's.
 
 use kiln_runtime::manifest::ProgramDesc;
 use std::time::Duration;
@@ -17,8 +19,9 @@ fn step_kind(label: &str) -> String {
         .join(".")
 }
 
-/// Time per kind of step (its label, layers merged), largest first.
-pub fn print((desc, times): (&ProgramDesc, Option<&[Duration]>)) {
+/// Time per kind of step (its label, layers merged), largest first, summed over what `over`
+/// names.
+pub fn print((desc, times): (&ProgramDesc, Option<&[Duration]>), over: &str) {
     let Some(times) = times else {
         return;
     };
@@ -31,7 +34,12 @@ pub fn print((desc, times): (&ProgramDesc, Option<&[Duration]>)) {
     let total: f64 = times.iter().map(|t| t.as_secs_f64()).sum();
     let mut rows: Vec<_> = by_kind.into_iter().collect();
     rows.sort_by_key(|row| std::cmp::Reverse(row.1 .0));
-    println!("\n{}: {:.3} s in {} steps", desc.name, total, times.len());
+    println!(
+        "\n{}: {:.3} s in {} steps, summed over {over}",
+        desc.name,
+        total,
+        times.len()
+    );
     println!("| step | steps | time (s) | share |\n| --- | --- | --- | --- |");
     for (kind, (t, n)) in rows.iter().take(16) {
         let secs = t.as_secs_f64();

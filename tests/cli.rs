@@ -579,3 +579,31 @@ fn bench_runs_on_random_weights_and_reports_json() {
     );
     assert!(report["first_run_s"].as_f64().is_some(), "{out}");
 }
+
+/// `kiln bench --profile` sums each step's time over the timed runs (not the warm-up) and says
+/// so in each program's header, so a step's time per call is the sum over steps × runs.
+#[test]
+fn bench_profile_says_how_many_runs_it_sums() {
+    let artifact = compiled_fixture("bench-profile.kiln", &[]);
+    let (ok, out, stderr) = kiln(&[
+        "bench",
+        artifact.to_str().unwrap(),
+        "--prompt-tokens",
+        "4",
+        "--decode-tokens",
+        "2",
+        "--runs",
+        "2",
+        "--threads",
+        "1",
+        "--profile",
+    ]);
+    assert!(ok, "{stderr}");
+    for program in ["prefill", "decode"] {
+        let header = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{program}: ")))
+            .unwrap_or_else(|| panic!("no {program} profile in:\n{out}"));
+        assert!(header.ends_with("steps, summed over 2 runs"), "{header}");
+    }
+}

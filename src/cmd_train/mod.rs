@@ -383,7 +383,7 @@ fn train<P: TrainProgram>(
     trainer
         .profiles()
         .into_iter()
-        .for_each(crate::profile::print);
+        .for_each(|p| crate::profile::print(p, "this run's training steps"));
     trainer.host_params().map_err(|e| e.to_string())
 }
 
