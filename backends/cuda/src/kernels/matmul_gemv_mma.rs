@@ -44,6 +44,12 @@
 //! items of each following those of the one before; a block runs the matmul its item falls in.
 //! Three launches of 2 to 8 MB of weights each cost more than one of their sum.
 //!
+//! **A matmul and the next reading it, one launch** ([`emit_chained`]): where a decode matmul's
+//! epilogue reads the previous one's output at the element it stores (a SwiGLU's up projection
+//! reading the gate), each block finishes an item of the first and then the same item of the
+//! second; one shape means one thread stores an element of the first and reads it back for the
+//! second, through the coherent path (`ld.global`), so no other ordering is needed.
+//!
 //! Invariants: every warp of a block runs every `mma` (the step loops are uniform over a warp,
 //! only loads past `k` are guarded) and every barrier (the item and row-tile loops are uniform
 //! over the block); shared memory is written only after the barrier that ended the previous
