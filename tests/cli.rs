@@ -549,26 +549,31 @@ fn runtime_input_errors_name_the_file_and_tensor() {
     assert!(!ok && stderr.contains("input_ids"), "{stderr}");
 }
 
+/// `kiln bench` of `artifact` on a 4-token prompt and one thread, with `args` besides.
+fn small_bench(artifact: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let path = artifact.to_str().unwrap();
+    let mut all = vec!["bench", path, "--prompt-tokens", "4", "--threads", "1"];
+    all.extend_from_slice(args);
+    kiln(&all)
+}
+
 /// `kiln bench` on random weights (none given) reports its figures as JSON, also for an artifact
 /// with bf16 weights (the random weights take each weight's type).
 #[test]
 fn bench_runs_on_random_weights_and_reports_json() {
     let artifact = compiled_fixture("bench.kiln", &["--precision", "bf16-weights"]);
-    let (ok, out, stderr) = kiln(&[
-        "bench",
-        artifact.to_str().unwrap(),
-        "--prompt-tokens",
-        "4",
-        "--decode-tokens",
-        "4",
-        "--batch",
-        "2",
-        "--runs",
-        "1",
-        "--threads",
-        "1",
-        "--json",
-    ]);
+    let (ok, out, stderr) = small_bench(
+        &artifact,
+        &[
+            "--decode-tokens",
+            "4",
+            "--batch",
+            "2",
+            "--runs",
+            "1",
+            "--json",
+        ],
+    );
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["device"], "cpu");
@@ -585,19 +590,10 @@ fn bench_runs_on_random_weights_and_reports_json() {
 #[test]
 fn bench_profile_says_how_many_runs_it_sums() {
     let artifact = compiled_fixture("bench-profile.kiln", &[]);
-    let (ok, out, stderr) = kiln(&[
-        "bench",
-        artifact.to_str().unwrap(),
-        "--prompt-tokens",
-        "4",
-        "--decode-tokens",
-        "2",
-        "--runs",
-        "2",
-        "--threads",
-        "1",
-        "--profile",
-    ]);
+    let (ok, out, stderr) = small_bench(
+        &artifact,
+        &["--decode-tokens", "2", "--runs", "2", "--profile"],
+    );
     assert!(ok, "{stderr}");
     for program in ["prefill", "decode"] {
         let header = out

@@ -234,7 +234,7 @@ fn assemble_models(
 }
 
 #[test]
-fn every_kernel_assembles_for_sm_90() {
+fn every_kernel_assembles_for_sm_90a() {
     let Some(ptxas) = ptxas_or_skip() else {
         return;
     };
@@ -331,7 +331,7 @@ fn attention_of_every_mask_assembles() {
 
 /// FlashAttention's forward, log-sum-exp and backward on tensor cores (`attention_mma`,
 /// `attention_lse_mma`, `attention_grad_mma`) on the shapes the emulator checks them on
-/// (`kiln_ir::testing::BF16_ATTENTION_CASES`): every entry assembles for sm_90, the backward's
+/// (`kiln_ir::testing::BF16_ATTENTION_CASES`): every entry assembles for sm_90a, the backward's
 /// without spills; registers, spills and shared memory are snapshotted (the forward's two
 /// m-tiles per warp at head size 64 fill the 255 registers and spill a few bytes).
 #[test]
@@ -423,10 +423,10 @@ fn representative_kernels_ptx() {
 
 /// The training programs of every test model (the embedded tiny Llama's and the fixtures') at
 /// `f32` and `bf16`: every kernel — the scatter of the embedding gradient, the attention
-/// backward and the bf16 casts among them — assembles for sm_90, without spills; the figures
+/// backward and the bf16 casts among them — assembles for sm_90a, without spills; the figures
 /// are snapshotted as for inference.
 #[test]
-fn training_programs_assemble_for_sm_90() {
+fn training_programs_assemble_for_sm_90a() {
     let Some(ptxas) = ptxas_or_skip() else {
         return;
     };

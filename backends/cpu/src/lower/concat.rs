@@ -8,6 +8,16 @@ use kiln_ir::{Graph, NodeId, Op, RegionKind};
 use kiln_runtime::Poly;
 use std::collections::HashMap;
 
+/// Whether `op`'s kernels write through any view they are given: elementwise ops, fused maps
+/// and concats — so their result may lie in another value's buffer or in any order.
+pub(super) fn writes_any_view(op: &Op) -> bool {
+    match op {
+        Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast | Op::Concat { .. } => true,
+        Op::Fused(region) => region.kind == RegionKind::Map,
+        _ => false,
+    }
+}
+
 /// The values a concat's buffer can receive directly: maps and concats (their kernels write
 /// through any view) read by that concat alone, once, and not program outputs.
 pub(super) fn concat_parts_in_place(g: &Graph) -> HashMap<NodeId, (NodeId, usize)> {
@@ -19,13 +29,9 @@ pub(super) fn concat_parts_in_place(g: &Graph) -> HashMap<NodeId, (NodeId, usize
         }
         let operands = g.operands(id);
         for (slot, &o) in operands.iter().enumerate() {
-            let writes_any_view = match &g.node(o).op {
-                Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast | Op::Concat { .. } => true,
-                Op::Fused(region) => region.kind == RegionKind::Map,
-                _ => false,
-            };
             let once = operands.iter().filter(|&&x| x == o).count() == 1;
-            if writes_any_view && once && g.users(o) == [id] && !outputs.contains(&o) {
+            if writes_any_view(&g.node(o).op) && once && g.users(o) == [id] && !outputs.contains(&o)
+            {
                 placed.insert(o, (id, slot));
             }
         }

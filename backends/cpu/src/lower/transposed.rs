@@ -6,9 +6,10 @@
 //! instead of a copy. The values are the same; only where they lie changes, and the kernels
 //! writing them still write whole rows of the unit-stride last axis.
 
+use super::concat::writes_any_view;
 use super::Lowering;
 use crate::view::View;
-use kiln_ir::{Graph, NodeId, Op, RegionKind};
+use kiln_ir::{Graph, NodeId, Op};
 use kiln_runtime::manifest::BufferKind;
 use std::collections::HashMap;
 
@@ -19,11 +20,6 @@ pub(super) fn transposed_results(g: &Graph) -> HashMap<NodeId, Vec<usize>> {
     let outputs: Vec<NodeId> = g.outputs().iter().map(|(_, id)| *id).collect();
     let mut transposed = HashMap::new();
     for id in g.order() {
-        let writes_any_view = match &g.node(id).op {
-            Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast | Op::Concat { .. } => true,
-            Op::Fused(region) => region.kind == RegionKind::Map,
-            _ => false,
-        };
         let [reader] = g.users(id)[..] else {
             continue;
         };
@@ -32,7 +28,8 @@ pub(super) fn transposed_results(g: &Graph) -> HashMap<NodeId, Vec<usize>> {
         };
         let last = perm.len() - 1;
         let moves = perm.iter().enumerate().any(|(i, &p)| i != p);
-        if writes_any_view && moves && perm[last] == last && !outputs.contains(&id) {
+        if writes_any_view(&g.node(id).op) && moves && perm[last] == last && !outputs.contains(&id)
+        {
             transposed.insert(id, perm.clone());
         }
     }
