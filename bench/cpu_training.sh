@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Training throughput and memory of kiln on the CPU, under the three recomputation policies.
+# Training throughput and memory of kiln on the CPU, under the four recomputation policies.
 #
 # Model: bench/configs/llama-8x128.json (Llama layout: 8 layers, hidden 128, 4 heads / 2 KV
 # heads, FFN 384, byte vocabulary of 256; 1.7 M parameters), random weights, trained with AdamW
-# on the embedded text in batches of 8 × 256 tokens. For each policy (`save-all`, `layers`,
-# and a budget between them) it runs `kiln train` RUNS times for STEPS steps and records
-# tokens/s (median), the runtime's arena of intermediates, and peak resident memory. Every
+# on the embedded text in batches of 8 × 256 tokens. For each policy (`save-all`, `selective`,
+# `layers`, and a budget between them) it runs `kiln train` RUNS times for STEPS steps and
+# records tokens/s (median), the runtime's arena of intermediates, and peak resident memory. Every
 # policy computes the same bits (tests/cpu_training.rs checks it), so the losses must agree.
 #
 #   bench/cpu_training.sh            # writes bench/results/cpu-training-YYYY-MM-DDTHHMM.json
@@ -23,7 +23,7 @@ OUT=bench/results/cpu-training-$STAMP.json
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
-for policy in save-all layers "$BUDGET"; do
+for policy in save-all selective layers "$BUDGET"; do
   for run in $(seq "$RUNS"); do
     flag=(--recompute "$policy")
     [[ $policy == *iB ]] && flag=(--memory-budget "$policy")

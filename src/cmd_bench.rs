@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// events, without graphs).
     #[arg(long)]
     profile: bool,
+    /// With `--profile`, also write every step's time to this CSV file (program, step, kernel,
+    /// label, seconds).
+    #[arg(long, requires = "profile")]
+    profile_steps: Option<PathBuf>,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -163,10 +167,11 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             if !args.json {
                 report(&args, &measured, load_s, None);
             }
-            generator
-                .profiles()
-                .into_iter()
-                .for_each(|p| crate::profile::print(p, &timed_runs(&args)));
+            crate::profile::report(
+                &generator.profiles(),
+                &timed_runs(&args),
+                args.profile_steps.as_deref(),
+            )?;
             (measured, load_s, None)
         }
         Device::Cuda => {
@@ -183,10 +188,11 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             if !args.json {
                 report(&args, &measured, load_s, Some(&gpu));
             }
-            generator
-                .profiles()
-                .into_iter()
-                .for_each(|p| crate::profile::print(p, &timed_runs(&args)));
+            crate::profile::report(
+                &generator.profiles(),
+                &timed_runs(&args),
+                args.profile_steps.as_deref(),
+            )?;
             (measured, load_s, Some(gpu))
         }
     };

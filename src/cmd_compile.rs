@@ -37,8 +37,9 @@ pub struct CompileArgs {
     /// Passes of the pipeline to leave out, comma-separated (e.g. to measure what they buy).
     #[arg(long, value_delimiter = ',')]
     skip_passes: Vec<String>,
-    /// Training programs: activations to recompute in the backward — `save-all`, `layers`, or
-    /// a memory budget such as `64MiB` (the fewest layers recomputed that fit it).
+    /// Training programs: activations to recompute in the backward — `save-all`, `selective`
+    /// (all but the matmuls' and attentions' results), `layers`, or a memory budget such as
+    /// `64MiB` (the least recomputed that fits it: layers made selective, then recomputed whole).
     #[arg(long, default_value = "save-all")]
     recompute: Recompute,
 }

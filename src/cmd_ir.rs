@@ -36,7 +36,7 @@ pub struct IrArgs {
     /// Passes of the pipeline to leave out, comma-separated.
     #[arg(long, value_delimiter = ',')]
     skip_passes: Vec<String>,
-    /// Training programs: `save-all`, `layers`, or a memory budget such as `64MiB`.
+    /// Training programs: `save-all`, `selective`, `layers`, or a memory budget such as `64MiB`.
     #[arg(long, default_value = "save-all")]
     recompute: Recompute,
     /// The backend whose pipeline runs: `cpu` or `cuda` (which recomputes a softmax's

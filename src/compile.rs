@@ -46,11 +46,14 @@ impl Target {
 
     /// The standard pipeline with `options`, as this target's programs run it: for CUDA,
     /// bound by memory bandwidth, `elementwise-fusion` computes a softmax's exponentials again
-    /// where they are read instead of storing them.
+    /// where they are read instead of storing them, and the `recompute` pass's estimate counts
+    /// an attention and its log-sum-exp together, as one kernel computes both.
     pub fn pipeline(self, options: &PipelineOptions) -> Pipeline {
         match self {
             Target::Cpu => Pipeline::with_options(options),
-            Target::Cuda => Pipeline::with_options(options).recomputing_transcendentals(),
+            Target::Cuda => Pipeline::with_options(options)
+                .recomputing_transcendentals()
+                .computing_attention_with_lse(),
         }
     }
 

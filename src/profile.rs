@@ -2,7 +2,8 @@
 //! a model merged (`model.layers.3.mlp` and `model.layers.7.mlp` count as `model.layers.N.mlp`),
 //! largest first. Times are summed over every call of the program while profiling (the header
 //! says over what: `kiln bench`'s timed runs, `kiln train`'s steps); the steps column counts one
-//! call's.
+//! call's. With a path, every step is also written as a line of CSV (`write_steps`), for reading
+//! a profile step by step beside the artifact's manifest.
 
 use kiln_runtime::manifest::ProgramDesc;
 use std::time::Duration;
@@ -19,9 +20,19 @@ fn step_kind(label: &str) -> String {
         .join(".")
 }
 
+/// [`print`] for each of `programs`, and [`write_steps`] of them all where `steps` names a file.
+pub fn report(
+    programs: &[(&ProgramDesc, Option<&[Duration]>)],
+    over: &str,
+    steps: Option<&std::path::Path>,
+) -> Result<(), String> {
+    programs.iter().for_each(|&p| print(p, over));
+    steps.map_or(Ok(()), |path| write_steps(path, programs))
+}
+
 /// Time per kind of step (its label, layers merged), largest first, summed over what `over`
 /// names.
-pub fn print((desc, times): (&ProgramDesc, Option<&[Duration]>), over: &str) {
+fn print((desc, times): (&ProgramDesc, Option<&[Duration]>), over: &str) {
     let Some(times) = times else {
         return;
     };
@@ -48,4 +59,26 @@ pub fn print((desc, times): (&ProgramDesc, Option<&[Duration]>), over: &str) {
             100.0 * secs / total.max(1e-12)
         );
     }
+}
+
+/// Writes every step of the profiled `programs` to `path` as CSV: the program, the step's
+/// index, kernel and label, and its seconds (summed as in [`print`]).
+pub fn write_steps(
+    path: &std::path::Path,
+    programs: &[(&ProgramDesc, Option<&[Duration]>)],
+) -> Result<(), String> {
+    let mut csv = String::from("program,step,kernel,label,seconds\n");
+    for (desc, times) in programs {
+        let Some(times) = times else { continue };
+        for (i, (step, t)) in desc.steps.iter().zip(times.iter()).enumerate() {
+            csv.push_str(&format!(
+                "{},{i},{},\"{}\",{:.9}\n",
+                desc.name,
+                step.kernel,
+                step.label.replace('"', "'"),
+                t.as_secs_f64()
+            ));
+        }
+    }
+    std::fs::write(path, csv).map_err(|e| format!("writing {}: {e}", path.display()))
 }

@@ -586,20 +586,47 @@ fn bench_runs_on_random_weights_and_reports_json() {
 }
 
 /// `kiln bench --profile` sums each step's time over the timed runs (not the warm-up) and says
-/// so in each program's header, so a step's time per call is the sum over steps × runs.
+/// so in each program's header, so a step's time per call is the sum over steps × runs; with
+/// `--profile-steps` it also writes every step of both programs as a line of CSV.
 #[test]
 fn bench_profile_says_how_many_runs_it_sums() {
     let artifact = compiled_fixture("bench-profile.kiln", &[]);
+    let csv = artifact.with_extension("steps.csv");
     let (ok, out, stderr) = small_bench(
         &artifact,
-        &["--decode-tokens", "2", "--runs", "2", "--profile"],
+        &[
+            "--decode-tokens",
+            "2",
+            "--runs",
+            "2",
+            "--profile",
+            "--profile-steps",
+            csv.to_str().unwrap(),
+        ],
     );
     assert!(ok, "{stderr}");
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("program,step,kernel,label,seconds"));
     for program in ["prefill", "decode"] {
         let header = out
             .lines()
             .find(|l| l.starts_with(&format!("{program}: ")))
             .unwrap_or_else(|| panic!("no {program} profile in:\n{out}"));
         assert!(header.ends_with("steps, summed over 2 runs"), "{header}");
+        let steps: usize = header
+            .split(" in ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let rows = csv
+            .lines()
+            .filter(|l| l.starts_with(&format!("{program},")))
+            .count();
+        assert_eq!(rows, steps, "one CSV line per {program} step:\n{csv}");
     }
 }

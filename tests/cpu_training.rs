@@ -278,19 +278,22 @@ fn one_step_recomputing(recompute: kiln_passes::Recompute) -> (usize, Vec<Vec<u8
     (trainer.arena_bytes(), bits(trainer.params()))
 }
 
-/// Recomputing layers, or as many as a budget needs, shrinks the memory the runtime allocates —
-/// within the budget — and changes no bit of the step.
+/// Recomputing layers, selectively or whole, or as much as a budget needs, shrinks the memory
+/// the runtime allocates — within the budget — and changes no bit of the step.
 #[test]
 fn recomputation_fits_the_budget_and_changes_no_bit() {
     use kiln_passes::Recompute;
     let (saved, after_saved) = one_step_recomputing(Recompute::SaveAll);
+    let (selective, after_selective) = one_step_recomputing(Recompute::Selective);
     let (layers, after_layers) = one_step_recomputing(Recompute::Layers);
     let budget = ((saved + layers) / 2) as u64;
     let (budgeted, after_budget) = one_step_recomputing(Recompute::Budget(budget));
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
     println!(
-        "arena: save-all {:.1} MiB, layers {:.1} MiB, budget {:.1} MiB → {:.1} MiB",
+        "arena: save-all {:.1} MiB, selective {:.1} MiB, layers {:.1} MiB, budget {:.1} MiB → \
+         {:.1} MiB",
         mib(saved),
+        mib(selective),
         mib(layers),
         mib(budget as usize),
         mib(budgeted)
@@ -300,9 +303,14 @@ fn recomputation_fits_the_budget_and_changes_no_bit() {
         "recomputing layers at least halves the arena"
     );
     assert!(
+        layers < selective && selective < saved,
+        "keeping the matmuls' results holds less than everything and more than layer inputs"
+    );
+    assert!(
         budgeted as u64 <= budget,
         "the runtime's arena fits the budget"
     );
+    assert_eq!(after_selective, after_saved);
     assert_eq!(after_layers, after_saved);
     assert_eq!(after_budget, after_saved);
 }

@@ -251,11 +251,13 @@ fn micro_batches_give_the_whole_batch_step() {
 
 /// Every pass of the standard pipeline keeps what `train_step` computes: each stage, with its
 /// `grad`s expanded, gives the outputs of the graph as built on the fixture's batch — keeping
-/// every activation or recomputing every layer.
+/// every activation, recomputing all but the matmuls' and attentions' results, or recomputing
+/// every layer.
 #[test]
 fn every_pass_keeps_the_train_step() {
     for recompute in [
         kiln_passes::Recompute::SaveAll,
+        kiln_passes::Recompute::Selective,
         kiln_passes::Recompute::Layers,
     ] {
         every_pass_keeps_the_train_step_with(recompute);
@@ -285,10 +287,16 @@ fn every_pass_keeps_the_train_step_with(recompute: kiln_passes::Recompute) {
     Pipeline::with_options(&options)
         .run(&mut g, |pass, after| stages.push((pass, after.clone())))
         .unwrap();
+    let printed = kiln_ir::text::print(&g);
     assert_eq!(
-        kiln_ir::text::print(&g).contains("(recomputed)"),
-        recompute == kiln_passes::Recompute::Layers,
+        printed.contains("(recomputed)"),
+        recompute != kiln_passes::Recompute::SaveAll,
         "{recompute}: copies exist exactly when layers are recomputed"
+    );
+    assert_eq!(
+        printed.contains("_proj (recomputed)"),
+        recompute == kiln_passes::Recompute::Layers,
+        "{recompute}: the projections are computed again only when whole layers are"
     );
     for (pass, after) in stages {
         let out = run(&after);

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Alternated A/B of two kiln binaries training the Llama-3.2-1B shape (8 × 2048 random tokens,
-# bf16, layers recomputed, 4 steps per run), on a machine with an sm_90 GPU. Each run prints the
+# bf16, recomputing as TRAIN_RECOMPUTE says — by default a budget of 28GiB, as llama_1b.sh —
+# 4 steps per run), on a machine with an sm_90 GPU. Each run prints the
 # median step after the first as tokens/s, every step's seconds, the intermediates and the GPU
 # memory in use. Usage, from the repository root:
 #   bench/gpu/train_ab.sh OLD_KILN NEW_KILN [ROUNDS] | tee train-ab.txt
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 old=$1 new=$2 rounds=${3:-2}
+recompute=${TRAIN_RECOMPUTE:-28GiB}
 config=bench/configs/llama-3.2-1b.json
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -19,7 +21,7 @@ PY
 run() { # name binary
   local name=$1 bin=$2
   timeout 150 "$bin" train "$config" --device cuda --precision bf16 --data "$work/tokens.safetensors" \
-    --batch 8 --seq 2048 --steps 4 --constant-lr --lr 1e-4 --recompute layers \
+    --batch 8 --seq 2048 --steps 4 --constant-lr --lr 1e-4 --recompute "$recompute" \
     --log "$work/$name.csv" > "$work/$name.log" 2>&1
   local rc=$?
   local steps

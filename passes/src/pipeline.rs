@@ -2,6 +2,7 @@
 //! that sees the graph after each one (for `--after` and `--print-after-all`).
 
 use crate::elementwise_fusion::ElementwiseFusion;
+use crate::recompute::RecomputePlanning;
 use kiln_ir::{verify, Graph, IrError};
 use std::fmt;
 
@@ -39,8 +40,8 @@ pub struct PipelineOptions {
 
 pub struct Pipeline {
     passes: Vec<Box<dyn Pass>>,
-    /// The `recompute` policy, for [`Pipeline::recomputing_transcendentals`].
-    recompute: crate::Recompute,
+    /// The `recompute` pass's planning, which the target-specific methods below adjust.
+    planning: RecomputePlanning,
 }
 
 impl Pipeline {
@@ -51,22 +52,20 @@ impl Pipeline {
 
     /// The standard pipeline, in order, with `options`.
     pub fn with_options(options: &PipelineOptions) -> Pipeline {
+        let planning = RecomputePlanning::new(options.recompute, options.precision);
         Pipeline {
             passes: vec![
                 Box::new(crate::canonicalize::Canonicalize),
                 Box::new(crate::gqa_share::GqaShare),
                 Box::new(crate::attention_fusion::AttentionFusion),
                 Box::new(crate::autodiff::Autodiff),
-                Box::new(crate::recompute::RecomputePlanning {
-                    policy: options.recompute,
-                    fusion: ElementwiseFusion::default(),
-                }),
+                Box::new(planning),
                 Box::new(crate::mixed_precision::MixedPrecision {
                     precision: options.precision,
                 }),
                 Box::new(ElementwiseFusion::default()),
             ],
-            recompute: options.recompute,
+            planning,
         }
         .without(&options.skip)
     }
@@ -79,14 +78,27 @@ impl Pipeline {
         let fusion = ElementwiseFusion {
             recompute_transcendentals: true,
         };
-        let planning = crate::recompute::RecomputePlanning {
-            policy: self.recompute,
-            fusion,
-        };
         for pass in &mut self.passes {
             if pass.name() == fusion.name() {
                 *pass = Box::new(fusion);
-            } else if pass.name() == planning.name() {
+            }
+        }
+        self.planning.fusion = fusion;
+        self.with_planning()
+    }
+
+    /// This pipeline for a target that computes an attention and its log-sum-exp (of the same
+    /// operands) in one kernel: the `recompute` pass's estimate counts them together.
+    pub fn computing_attention_with_lse(mut self) -> Pipeline {
+        self.planning.attention_with_lse = true;
+        self.with_planning()
+    }
+
+    /// This pipeline with its `recompute` pass (if not left out) running `self.planning`.
+    fn with_planning(mut self) -> Pipeline {
+        let planning = self.planning;
+        for pass in &mut self.passes {
+            if pass.name() == planning.name() {
                 *pass = Box::new(planning);
             }
         }

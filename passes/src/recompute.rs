@@ -11,14 +11,19 @@
 //! uses: the canonical order computes a value when the first node needing it is reached, and the
 //! training programs reach the backward layer by layer from the last (see the frontend's
 //! `train.rs`).
-//! **Policies** ([`Recompute`]): `save-all` keeps everything (nothing changes); `layers` recomputes
-//! every layer from its input; `budget(B)` recomputes the fewest layers, first layer first (its
-//! activations live longest), whose estimated peak fits `B` bytes, and fails, saying the least it
-//! can reach, when even `layers` does not fit. The estimate is the largest sum of the bytes of
-//! live values (at the symbols' maxima) over the canonical order of the graph as
-//! `elementwise-fusion` will leave it (the pipeline's own, [`RecomputePlanning::fusion`]), views
-//! counted as their operand's storage and constants as none: what a backend
-//! that allocates each value from its first write to its last read needs, before the packing's
+//! **Policies** ([`Recompute`]): `save-all` keeps everything (nothing changes); `selective`
+//! keeps, in every layer, what its matmuls and attentions compute (arithmetic that costs more
+//! than the bytes it yields) and recomputes the rest from those and the layer's input (norms,
+//! activations, RoPE: elementwise work whose cost is its memory traffic); `layers` recomputes
+//! every layer from its input; `budget(B)` takes the fewest of these steps, in order, whose
+//! estimated peak fits `B` bytes: layers made selective one by one, first layer first (its
+//! activations live longest), then, all selective, layers recomputed whole one by one, first
+//! layer first. It fails, saying the least it can reach, when even `layers` does not fit. The
+//! estimate is the largest sum of the bytes of live values (at the symbols' maxima) over the
+//! canonical order of the graph as `mixed-precision` and `elementwise-fusion` will leave it
+//! (the pipeline's own, [`RecomputePlanning::precision`] and [`RecomputePlanning::fusion`]),
+//! views counted as their operand's storage and constants as none: what a backend that
+//! allocates each value from its first write to its last read needs, before the packing's
 //! slack.
 //! Copies are labelled `… (recomputed)`, and CSE never merges them back into their originals.
 //! **Reports** (remarks): saved activation bytes before and after, the recomputed nodes and
@@ -26,6 +31,7 @@
 
 use crate::autodiff::SEED_LABEL;
 use crate::elementwise_fusion::ElementwiseFusion;
+use crate::mixed_precision::{MixedPrecision, Precision};
 use crate::Pass;
 use kiln_ir::{DType, Graph, IrError, NodeId, Op};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,6 +43,8 @@ use std::str::FromStr;
 pub enum Recompute {
     #[default]
     SaveAll,
+    /// Every layer keeps its matmuls' and attentions' results and recomputes the rest.
+    Selective,
     Layers,
     /// At most this many bytes at the peak (estimated; see the module doc).
     Budget(u64),
@@ -46,6 +54,7 @@ impl fmt::Display for Recompute {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Recompute::SaveAll => f.write_str("save-all"),
+            Recompute::Selective => f.write_str("selective"),
             Recompute::Layers => f.write_str("layers"),
             Recompute::Budget(b) => write!(f, "budget {}", mib(*b)),
         }
@@ -54,10 +63,12 @@ impl fmt::Display for Recompute {
 
 impl FromStr for Recompute {
     type Err = String;
-    /// `save-all`, `layers`, or a byte count with an optional `KiB`, `MiB` or `GiB` suffix.
+    /// `save-all`, `selective`, `layers`, or a byte count with an optional `KiB`, `MiB` or
+    /// `GiB` suffix.
     fn from_str(s: &str) -> Result<Recompute, String> {
         match s {
             "save-all" => return Ok(Recompute::SaveAll),
+            "selective" => return Ok(Recompute::Selective),
             "layers" => return Ok(Recompute::Layers),
             _ => {}
         }
@@ -66,7 +77,10 @@ impl FromStr for Recompute {
             .find_map(|(suffix, unit)| s.strip_suffix(suffix).map(|n| (n, unit)))
             .unwrap_or((s, 1));
         let value: f64 = number.trim().parse().map_err(|_| {
-            format!("expected `save-all`, `layers` or a byte budget like `64MiB`, found `{s}`")
+            format!(
+                "expected `save-all`, `selective`, `layers` or a byte budget like `64MiB`, \
+                 found `{s}`"
+            )
         })?;
         if !(value.is_finite() && value > 0.0) {
             return Err(format!("a memory budget must be positive, found `{s}`"));
@@ -88,9 +102,64 @@ pub fn is_recomputed(node: &kiln_ir::Node) -> bool {
 #[derive(Clone, Copy)]
 pub struct RecomputePlanning {
     pub policy: Recompute,
+    /// The `mixed-precision` policy the pipeline applies later: the estimate counts each value
+    /// in the type it will be stored in.
+    pub precision: Precision,
     /// The `elementwise-fusion` the pipeline runs later: the estimate fuses a copy as it will
     /// (a target that recomputes a softmax's exponentials does not store them).
     pub fusion: ElementwiseFusion,
+    /// Whether the target computes a `flash_attention` and the `flash_attention_lse` of the same
+    /// operands in one kernel, where the first of them comes: the estimate counts both there.
+    pub attention_with_lse: bool,
+}
+
+impl RecomputePlanning {
+    /// The planning of `policy` for a target that runs the standard `mixed-precision` and
+    /// `elementwise-fusion` and computes attention and log-sum-exp apart.
+    pub fn new(policy: Recompute, precision: Precision) -> RecomputePlanning {
+        RecomputePlanning {
+            policy,
+            precision,
+            fusion: ElementwiseFusion::default(),
+            attention_with_lse: false,
+        }
+    }
+}
+
+/// How much of a layer's saved activations is recomputed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    Saved,
+    /// Everything but the results of expensive nodes ([`is_expensive`]).
+    Selective,
+    Whole,
+}
+
+/// Nodes whose results a selective layer keeps: their arithmetic grows faster than their
+/// result's bytes, so recomputing them costs more than reading them back.
+fn is_expensive(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::MatMul | Op::FlashAttention(_) | Op::FlashAttentionLse(_)
+    )
+}
+
+/// The levels of `layers` layers at step `step` (`0 ..= 2·layers`) of the budget's order (see
+/// the module doc): the first `step` layers selective, then, past `layers`, the first
+/// `step − layers` recomputed whole.
+fn levels(layers: usize, step: usize) -> Vec<Level> {
+    let whole = step.saturating_sub(layers);
+    (0..layers)
+        .map(|i| {
+            if i < whole {
+                Level::Whole
+            } else if i < step {
+                Level::Selective
+            } else {
+                Level::Saved
+            }
+        })
+        .collect()
 }
 
 impl Pass for RecomputePlanning {
@@ -102,19 +171,20 @@ impl Pass for RecomputePlanning {
         let Some(plan) = Plan::of(g) else {
             return Ok(());
         };
-        let estimate = |g: &Graph| estimate(g, self.fusion);
+        let estimate = |g: &Graph| estimate(g, self);
         let before = estimate(g)?;
         let layers = plan.layers.len();
-        let count = match self.policy {
+        let step = match self.policy {
             Recompute::SaveAll => 0,
-            Recompute::Layers => layers,
+            Recompute::Selective => layers,
+            Recompute::Layers => 2 * layers,
             Recompute::Budget(budget) => {
-                let peak = |n: usize| -> Result<u64, IrError> {
+                let peak = |step: usize| -> Result<u64, IrError> {
                     let mut trial = g.clone();
-                    plan.apply(&mut trial, n)?;
+                    plan.apply(&mut trial, &levels(layers, step))?;
                     Ok(estimate(&trial)?.peak)
                 };
-                let least = peak(layers)?;
+                let least = peak(2 * layers)?;
                 if least > budget {
                     return Err(IrError::new(format!(
                         "recompute: the memory budget of {} is below the {} that recomputing \
@@ -123,8 +193,8 @@ impl Pass for RecomputePlanning {
                         mib(least)
                     )));
                 }
-                // The fewest layers that fit: the peak falls as layers are added.
-                let (mut lo, mut hi) = (0, layers);
+                // The fewest steps that fit: the peak falls as steps are taken.
+                let (mut lo, mut hi) = (0, 2 * layers);
                 while lo < hi {
                     let mid = (lo + hi) / 2;
                     if peak(mid)? <= budget {
@@ -136,12 +206,16 @@ impl Pass for RecomputePlanning {
                 lo
             }
         };
-        let recomputed = plan.apply(g, count)?;
+        let levels = levels(layers, step);
+        let recomputed = plan.apply(g, &levels)?;
         let after = estimate(g)?;
+        let count = |level| levels.iter().filter(|&&l| l == level).count();
         g.remark(format!(
-            "recompute ({}): {count} of {layers} layers recomputed ({} nodes, {:.1} MFLOP more); \
-             saved activations {} → {}; estimated peak {} → {}",
+            "recompute ({}): of {layers} layers, {} recomputed whole and {} selectively ({} \
+             nodes, {:.1} MFLOP more); saved activations {} → {}; estimated peak {} → {}",
             self.policy,
+            count(Level::Whole),
+            count(Level::Selective),
             recomputed.nodes,
             recomputed.flops as f64 / 1e6,
             mib(before.saved),
@@ -230,15 +304,26 @@ impl Plan {
         })
     }
 
-    /// Recomputes the saved activations of the first `count` layers for their backward users.
-    fn apply(&self, g: &mut Graph, count: usize) -> Result<Recomputed, IrError> {
+    /// Recomputes each layer's saved activations for their backward users, as much as its
+    /// level says.
+    fn apply(&self, g: &mut Graph, levels: &[Level]) -> Result<Recomputed, IrError> {
         let mut copies: HashMap<NodeId, NodeId> = HashMap::new();
         let mut flops = 0;
-        for &id in self.layers[..count].iter().flatten() {
-            let copy = self.copy(g, id, &mut copies, &mut flops)?;
-            for user in g.users(id) {
-                if self.backward.contains(&user) {
-                    g.replace_operand_uses(user, id, copy);
+        for (layer, &level) in self.layers.iter().zip(levels) {
+            let keeps =
+                |g: &Graph, id: NodeId| level == Level::Selective && is_expensive(&g.node(id).op);
+            if level == Level::Saved {
+                continue;
+            }
+            for &id in layer {
+                if keeps(g, id) {
+                    continue;
+                }
+                let copy = self.copy(g, id, &keeps, &mut copies, &mut flops)?;
+                for user in g.users(id) {
+                    if self.backward.contains(&user) {
+                        g.replace_operand_uses(user, id, copy);
+                    }
                 }
             }
         }
@@ -248,15 +333,17 @@ impl Plan {
         })
     }
 
-    /// A copy of forward value `id` computed from boundaries and sources.
+    /// A copy of forward value `id` computed from boundaries, sources and the values `keeps`
+    /// names.
     fn copy(
         &self,
         g: &mut Graph,
         id: NodeId,
+        keeps: &impl Fn(&Graph, NodeId) -> bool,
         copies: &mut HashMap<NodeId, NodeId>,
         flops: &mut u64,
     ) -> Result<NodeId, IrError> {
-        if self.boundaries.contains(&id) || is_source(&g.node(id).op) {
+        if self.boundaries.contains(&id) || is_source(&g.node(id).op) || keeps(g, id) {
             return Ok(id);
         }
         if let Some(&c) = copies.get(&id) {
@@ -265,7 +352,7 @@ impl Plan {
         let operands = g
             .operands(id)
             .into_iter()
-            .map(|o| self.copy(g, o, copies, flops))
+            .map(|o| self.copy(g, o, keeps, copies, flops))
             .collect::<Result<Vec<_>, _>>()?;
         let node = g.node(id).clone();
         *flops += node_flops(g, id);
@@ -329,19 +416,28 @@ fn max_bytes(g: &Graph, id: NodeId) -> u64 {
     numel * size
 }
 
-/// [`Estimate`] of `g` as it will be after `fusion` (which removes most elementwise
-/// intermediates): fused on a copy first.
-fn estimate(g: &Graph, fusion: ElementwiseFusion) -> Result<Estimate, IrError> {
+/// [`Estimate`] of `g` as it will be after the planning's `mixed-precision` (which narrows
+/// values) and `elementwise-fusion` (which removes most elementwise intermediates): both run on
+/// a copy first.
+fn estimate(g: &Graph, planning: &RecomputePlanning) -> Result<Estimate, IrError> {
     let mut fused = g.clone();
-    fusion.run(&mut fused)?;
-    Ok(estimate_as_is(&fused))
+    MixedPrecision {
+        precision: planning.precision,
+    }
+    .run(&mut fused)?;
+    planning.fusion.run(&mut fused)?;
+    Ok(estimate_as_is(&fused, planning.attention_with_lse))
 }
 
 /// The live bytes over the canonical order, counting a view (`reshape`, `permute`,
 /// `broadcast`, `slice`) as reading its operand's storage rather than as storage of its own,
-/// and constants as no storage.
-fn estimate_as_is(g: &Graph) -> Estimate {
-    let order = g.order();
+/// and constants as no storage; with `attention_with_lse`, an attention and the log-sum-exp of
+/// the same operands count as computed together where the first of them is.
+fn estimate_as_is(g: &Graph, attention_with_lse: bool) -> Estimate {
+    let order = match attention_with_lse {
+        true => with_attention_twins_together(g, g.order()),
+        false => g.order(),
+    };
     let position: HashMap<NodeId, usize> =
         order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
     let mut storage: HashMap<NodeId, NodeId> = HashMap::new();
@@ -398,6 +494,39 @@ fn estimate_as_is(g: &Graph) -> Estimate {
     Estimate { saved, peak }
 }
 
+/// `order` with each `flash_attention_lse` moved to its `flash_attention` twin (the same
+/// operands) where that comes first, and each such attention to its twin where that does.
+fn with_attention_twins_together(g: &Graph, order: Vec<NodeId>) -> Vec<NodeId> {
+    let is_attention = |id: NodeId| matches!(g.node(id).op, Op::FlashAttention(_));
+    let is_lse = |id: NodeId| matches!(g.node(id).op, Op::FlashAttentionLse(_));
+    let twin = |id: NodeId, pairs: &dyn Fn(NodeId) -> bool| {
+        let operands = g.operands(id);
+        g.users(operands[0])
+            .into_iter()
+            .find(|&u| pairs(u) && g.operands(u) == operands)
+    };
+    let mut moved: HashSet<NodeId> = HashSet::new();
+    let mut placed = Vec::with_capacity(order.len());
+    for &id in &order {
+        if moved.contains(&id) {
+            continue;
+        }
+        placed.push(id);
+        let other = if is_attention(id) {
+            twin(id, &is_lse)
+        } else if is_lse(id) {
+            twin(id, &is_attention)
+        } else {
+            None
+        };
+        if let Some(other) = other {
+            moved.insert(other);
+            placed.push(other);
+        }
+    }
+    placed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,12 +534,30 @@ mod tests {
     #[test]
     fn policies_read_from_text() {
         assert_eq!("save-all".parse(), Ok(Recompute::SaveAll));
+        assert_eq!("selective".parse(), Ok(Recompute::Selective));
         assert_eq!("layers".parse(), Ok(Recompute::Layers));
         assert_eq!("64MiB".parse(), Ok(Recompute::Budget(64 << 20)));
         assert_eq!("1.5GiB".parse(), Ok(Recompute::Budget(3 << 29)));
         assert_eq!("4096".parse(), Ok(Recompute::Budget(4096)));
         for bad in ["", "-1MiB", "lots", "0"] {
             assert!(bad.parse::<Recompute>().is_err(), "{bad}");
+        }
+    }
+
+    /// The budget's steps make layers selective first layer first, then recompute them whole
+    /// first layer first; each step recomputes at least as much as the one before.
+    #[test]
+    fn budget_steps_go_selective_before_whole() {
+        use Level::*;
+        assert_eq!(levels(3, 0), [Saved, Saved, Saved]);
+        assert_eq!(levels(3, 2), [Selective, Selective, Saved]);
+        assert_eq!(levels(3, 3), [Selective, Selective, Selective]);
+        assert_eq!(levels(3, 4), [Whole, Selective, Selective]);
+        assert_eq!(levels(3, 6), [Whole, Whole, Whole]);
+        let rank = |l: &Level| [Saved, Selective, Whole].iter().position(|x| x == l);
+        for step in 0..6 {
+            let (now, next) = (levels(3, step), levels(3, step + 1));
+            assert!(now.iter().zip(&next).all(|(a, b)| rank(a) <= rank(b)));
         }
     }
 
@@ -431,11 +578,15 @@ input %x : f32[64, 1024]
 output y = %6",
         )
         .unwrap();
-        let storing = estimate(&softmax, ElementwiseFusion::default()).unwrap();
-        let recomputing = ElementwiseFusion {
-            recompute_transcendentals: true,
+        let storing = RecomputePlanning::new(Recompute::SaveAll, Precision::F32);
+        let recomputing = RecomputePlanning {
+            fusion: ElementwiseFusion {
+                recompute_transcendentals: true,
+            },
+            ..storing
         };
-        let recomputed = estimate(&softmax, recomputing).unwrap();
+        let storing = estimate(&softmax, &storing).unwrap();
+        let recomputed = estimate(&softmax, &recomputing).unwrap();
         // The exponentials (64 × 1024 f32) are not held; the row maxima (64 f32) are, until
         // the division computes the exponentials again.
         assert_eq!(storing.peak - recomputed.peak, 64 * 1024 * 4 - 64 * 4);

@@ -87,10 +87,13 @@ pub struct TrainArgs {
     /// embedding-gradient shrink; 1: none).
     #[arg(long, default_value_t = 1.0)]
     embedding_grad_scale: f64,
-    /// Activations to recompute in the backward: `save-all` or `layers`.
+    /// Activations to recompute in the backward: `save-all`, `selective` (all but the matmuls'
+    /// and attentions' results), `layers`, or a memory budget such as `64MiB` (as
+    /// `--memory-budget`).
     #[arg(long, default_value = "save-all", conflicts_with = "memory_budget")]
     recompute: Recompute,
-    /// Recompute the fewest layers whose peak memory fits this budget (e.g. `64MiB`).
+    /// Recompute the least whose peak memory fits this budget (e.g. `64MiB`): layers made
+    /// selective first, first layer first, then layers recomputed whole.
     #[arg(long)]
     memory_budget: Option<String>,
     /// Attention as `flash_attention` kernels (forward and backward; memory linear in the
@@ -144,6 +147,10 @@ pub struct TrainArgs {
     /// program (on the GPU, steps are then launched one by one and timed with events).
     #[arg(long)]
     profile: bool,
+    /// With `--profile`, also write every step's time to this CSV file (program, step, kernel,
+    /// label, seconds).
+    #[arg(long, requires = "profile")]
+    profile_steps: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -229,7 +236,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
             args.seq, spec.max_positions
         ));
     }
-    // Sequences up to the model's limit, so generation after training has room.
+    // Sequences up to the model's limit for generation after training, so it has room.
     let build = BuildOptions {
         max_batch: args.batch,
         max_seq: spec.max_positions,
@@ -271,7 +278,13 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         Device::Cpu => Target::Cpu,
         Device::Cuda => Target::Cuda,
     };
-    let artifact = compile(target, &spec, &programs, build, &pipeline)?;
+    // The training programs only ever see `--seq` positions, and a memory budget is met at
+    // the programs' maxima: compiled for exactly that length.
+    let training = BuildOptions {
+        max_seq: args.seq,
+        ..build
+    };
+    let artifact = compile(target, &spec, &programs, training, &pipeline)?;
     // Generating after training runs the f32 master weights, whatever the training precision,
     // through decoding programs of their own.
     let decoding = PipelineOptions {
@@ -380,10 +393,11 @@ fn train<P: TrainProgram>(
         report::plot_loss(path, &losses)?;
     }
     summarize(&rows, trainer.arena_bytes());
-    trainer
-        .profiles()
-        .into_iter()
-        .for_each(|p| crate::profile::print(p, "this run's training steps"));
+    crate::profile::report(
+        &trainer.profiles(),
+        "this run's training steps",
+        args.profile_steps.as_deref(),
+    )?;
     trainer.host_params().map_err(|e| e.to_string())
 }
 

@@ -44,8 +44,8 @@
 
 use super::attention::Visibility;
 use super::attention_mma::{
-    as_a_fragments, block_range, fragments, load_a_row, multiply, product, Fragments, Layout, Read,
-    TileStage, THREADS, WARPS,
+    as_a_fragments, block_range, fragments, heaviest_first, load_a_row, multiply, product,
+    Fragments, Heaviest, Layout, Read, TileStage, THREADS, WARPS,
 };
 use super::context::{Addressed, Ctx, Granule};
 use super::reduce::warp_fold;
@@ -278,10 +278,16 @@ fn launch(c: &Ctx, dims: &[Poly]) -> Launch {
     }
 }
 
-/// Blocks of 64 rows over `[B, H, len]`: `(b, h, first row)` of item `w`.
-fn block_item(c: &mut Ctx, w: Reg, heads: &Operand, blocks: Reg) -> (Reg, Reg, Reg) {
-    let tile = c.b.rem(w, blocks);
-    let bh = c.b.div(w, blocks);
+/// Blocks of 64 rows over `[B, H, len]` (`bh` = B·H, `blocks` per head): `(b, h, first row)`
+/// of item `w`, the heaviest blocks first ([`heaviest_first`]).
+fn block_item(
+    c: &mut Ctx,
+    w: Reg,
+    heads: &Operand,
+    (bh, blocks): (Reg, Reg),
+    heaviest: Heaviest,
+) -> (Reg, Reg, Reg) {
+    let (bh, tile) = heaviest_first(c, w, (bh, blocks), heaviest);
     let h = c.b.rem(bh, heads.clone());
     let b = c.b.div(bh, heads.clone());
     (b, h, c.b.mul(tile, BLOCK_ROWS))
@@ -322,7 +328,8 @@ fn emit_queries(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
     let do_frags = fragments(c, 1, (dv / 16) as usize, Ty::B32);
     let acc = fragments(c, 1, (d / 8) as usize, Ty::F32);
     c.grid_loop(items.into(), Granule::Block, |c, w| {
-        let (bi, h, first) = block_item(c, w, &heads, blocks);
+        // Queries late in the sequence see the most keys.
+        let (bi, h, first) = block_item(c, w, &heads, (bh, blocks), Heaviest::Last);
         let kv = c.b.div(h, a.group as i64);
         let q_head = Views::head(c, &views.q, bi, h);
         let do_head = Views::head(c, &views.d_out, bi, h);
@@ -492,7 +499,8 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
     let stats_lane = c.b.setp(Cmp::Lt, l.lane, rows);
     let stats_lane = c.b.and(first_warp, stats_lane);
     c.grid_loop(items.into(), Granule::Block, |c, w| {
-        let (bi, kv, first) = block_item(c, w, &kv_heads, blocks);
+        // Keys early in the sequence are seen by the most queries.
+        let (bi, kv, first) = block_item(c, w, &kv_heads, (bkv, blocks), Heaviest::First);
         let k_head = Views::head(c, &views.k, bi, kv);
         let v_head = Views::head(c, &views.v, bi, kv);
         let own = l.rows(c, first);

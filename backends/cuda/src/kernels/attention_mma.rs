@@ -545,6 +545,37 @@ pub(super) fn row_fold(c: &mut Ctx, x: Reg, fold: Fold) -> Reg {
     acc
 }
 
+/// Which end of a head's row tiles carries the most work under a causal mask: the last
+/// (queries see every key before them) or the first (keys are seen by every query after them).
+#[derive(Clone, Copy)]
+pub(super) enum Heaviest {
+    First,
+    Last,
+}
+
+/// Item `w` of `heads · tiles` blocks as (head, tile), `heads` counting batch elements and
+/// heads together: every head's heaviest tile first, then every head's next, and so on. Under
+/// a causal mask a block's work grows with its tile's distance from the light end, and blocks
+/// start in about the order of their index, so the launch ends on its lightest blocks rather
+/// than on the last head's heaviest. Without a causal mask every order does the same work.
+pub(super) fn heaviest_first(
+    c: &mut Ctx,
+    w: Reg,
+    (heads, tiles): (Reg, Reg),
+    heaviest: Heaviest,
+) -> (Reg, Reg) {
+    let rank = c.b.div(w, heads);
+    let head = c.b.rem(w, heads);
+    let tile = match heaviest {
+        Heaviest::First => rank,
+        Heaviest::Last => {
+            let last = c.b.sub(tiles, 1i64);
+            c.b.sub(last, rank)
+        }
+    };
+    (head, tile)
+}
+
 /// The bounds of the keys a block walks and of those every row sees.
 pub(super) struct BlockRange {
     /// The union of the rows' runs: `lo..hi`.
@@ -765,8 +796,7 @@ pub fn emit(c: &mut Ctx, kernel: &AttentionKernel) -> Result<Launch> {
     let q_frags = fragments(c, m_tiles, (d / 16) as usize, Ty::B32);
     let acc = fragments(c, m_tiles, (dv / 8) as usize, Ty::F32);
     c.grid_loop(items.into(), Granule::Block, |c, w| {
-        let tile = c.b.rem(w, tiles);
-        let bhi = c.b.div(w, tiles);
+        let (bhi, tile) = heaviest_first(c, w, (bh, tiles), Heaviest::Last);
         let h = c.b.rem(bhi, heads.clone());
         let bi = c.b.div(bhi, heads.clone());
         let kv = c.b.div(h, attention.group as i64);
