@@ -33,6 +33,11 @@
 //! pair; a query that sees no key, or a column past the end, contributes nothing. Each block
 //! owns its rows' results (no atomics); sums run in tile order.
 //!
+//! **Occupancy.** By the keys, with both head sizes at most 64, registers are capped for three
+//! blocks per multiprocessor (`.minnctapersm 3`: 168 at head size 64 instead of 236, no
+//! spills; larger heads spill under the cap and keep two), which trained the Llama-3.2-1B shape
+//! 1.01× faster on an H200 (`bench/results/gpu-train-selective-2026-12-01-h200/`).
+//!
 //! **Staging.** As in the forward: two stages; a tile starts with a wait for the thread's copies
 //! and a barrier, after which the next tile is copied into the other stage by `cp.async`, in
 //! flight during the whole tile (the column statistics of `d_keys`/`d_values` go through the
@@ -448,6 +453,10 @@ fn emit_keys(c: &mut Ctx, kernel: &AttentionGradKernel) -> Result<Launch> {
     let a = &kernel.attention;
     let by_keys = kernel.wrt == AttentionInput::Keys;
     let (d, dv) = (head_size(&kernel.q), head_size(&kernel.v));
+    if d <= 64 && dv <= 64 {
+        // See the module doc's "Occupancy".
+        c.b.occupancy(THREADS as u32, 3);
+    }
     let rows = tile_rows(d, dv);
     let views = Views::of(c, kernel);
     let kv_heads = c.value(&kernel.k.dims[1]);
