@@ -278,6 +278,32 @@ impl Ctx {
         Ok(self.b.ld(Space::Global, mem, ty, addr, 0, readonly))
     }
 
+    /// Elements `index .. index + n` of buffer view `a` in one vector load; the caller
+    /// guarantees the address is aligned to the `n` elements' size.
+    pub fn load_vector(&mut self, a: &Addressed, index: Reg, n: usize) -> Result<Vec<Reg>> {
+        let dtype = a.view.dtype;
+        let addr = self.address(a.base.expect("vectors are read from buffers"), index, dtype)?;
+        let (ty, mem) = (reg_ty(dtype)?, mem_name(dtype)?);
+        Ok(self
+            .b
+            .ld_vector(Space::Global, mem, ty, addr, n, !a.written_here))
+    }
+
+    /// Stores `values` (of `dtype`) as elements `index ..` of the buffer at `base` in one vector
+    /// store; the caller guarantees the alignment.
+    pub fn store_vector(
+        &mut self,
+        base: Reg,
+        index: Reg,
+        dtype: DType,
+        values: &[Reg],
+    ) -> Result<()> {
+        let addr = self.address(base, index, dtype)?;
+        self.b
+            .st_vector(Space::Global, mem_name(dtype)?, addr, values);
+        Ok(())
+    }
+
     /// Stores `value` (of `dtype`) as element `index` of the buffer at `base`.
     pub fn store(&mut self, base: Reg, index: Reg, dtype: DType, value: Reg) -> Result<()> {
         let addr = self.address(base, index, dtype)?;

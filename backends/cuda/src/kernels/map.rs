@@ -18,14 +18,20 @@
 //! multiple of [`RUN`] long whatever the symbols, and every view unit-stride or broadcast along
 //! it), a thread takes [`RUN`] neighbouring elements instead of one: it splits the first one's
 //! index and addresses each view once, loads every element of the run (all in flight), then
-//! computes and stores them in order. The index arithmetic is paid once per run.
+//! computes and stores them in order. The index arithmetic is paid once per run. A view whose
+//! runs are aligned to their size ([`vectors`]: f32 or bf16, its offset and other strides
+//! multiples of [`RUN`]) moves its run in one vector load or store (`ld.global.nc.v4.f32`,
+//! `st.global.v4.b16`, …) instead of one instruction per element: a warp's access is then one
+//! contiguous span, whole sectors, rather than four strided ones that the caches must merge.
 
 use super::context::{Addressed, Ctx, Fits, Granule};
+use super::dtype::elem_bytes;
 use super::expr::evaluate;
 use crate::error::Result;
 use crate::ptx::{Cmp, Operand, Reg};
 use kiln_backend_cpu::kernel::{ExprNode, Kernel};
 use kiln_backend_cpu::view::{contiguous_strides, View};
+use kiln_ir::DType;
 use kiln_runtime::manifest::{Launch, WorkFactor};
 use kiln_runtime::Poly;
 
@@ -67,6 +73,23 @@ pub(super) fn takes_runs((out, leaves, _): Parts) -> bool {
         && merged[1..]
             .iter()
             .all(|l| inner(l).is_constant(1) || inner(l).is_constant(0))
+}
+
+/// Whether runs of `n` elements of `v` (starting at multiples of `n` along its last axis, as
+/// the runs of [`takes_runs`] do) move as one vector each: an f32 or bf16 buffer, unit-stride
+/// along that axis, its offset and other strides multiples of `n` (buffers start 64-byte
+/// aligned), and a vector of 16 bytes at most.
+fn vectors(v: &View, n: i64) -> bool {
+    let multiple = |p: &Poly| p.terms.iter().all(|t| t.coeff % n == 0);
+    let Some((inner, outer)) = v.strides.split_last() else {
+        return false;
+    };
+    v.buffer().is_some()
+        && matches!(v.dtype, DType::F32 | DType::BF16)
+        && elem_bytes(v.dtype).is_ok_and(|b| b * n <= 16)
+        && inner.is_constant(1)
+        && multiple(&v.offset)
+        && outer.iter().all(multiple)
 }
 
 /// One map's views, ready to address, with its axes merged.
@@ -130,20 +153,34 @@ impl<'a> Prepared<'a> {
             _ if u == 0 => at,
             _ => c.b.add(at, u),
         };
-        let mut loaded = Vec::with_capacity(n as usize);
-        for u in 0..n {
-            let mut values = Vec::with_capacity(self.leaves.len());
-            for (l, &at) in self.leaves.iter().zip(&ats) {
-                let at = step(c, &l.view, at, u);
-                values.push(c.load(l, at)?);
-            }
-            loaded.push(values);
+        let vector = |v: &View| n > 1 && vectors(v, n);
+        // Each leaf's run: one vector load, or a load per element.
+        let mut runs: Vec<Vec<Reg>> = Vec::with_capacity(self.leaves.len());
+        for (l, &at) in self.leaves.iter().zip(&ats) {
+            runs.push(match vector(&l.view) {
+                true => c.load_vector(l, at, n as usize)?,
+                false => (0..n)
+                    .map(|u| {
+                        let at = step(c, &l.view, at, u);
+                        c.load(l, at)
+                    })
+                    .collect::<Result<_>>()?,
+            });
         }
         let base = self.out.base.expect("maps write buffers");
-        for (u, values) in loaded.into_iter().enumerate() {
+        let (out, out_at) = (&self.out.view, ats[self.leaves.len()]);
+        let mut results = Vec::with_capacity(n as usize);
+        for u in 0..n as usize {
+            let values: Vec<Reg> = runs.iter().map(|run| run[u]).collect();
             let v = evaluate(c, self.expr, &values)?;
-            let at = step(c, &self.out.view, ats[self.leaves.len()], u as i64);
-            c.store(base, at, self.out.view.dtype, v)?;
+            if !vector(out) {
+                let at = step(c, out, out_at, u as i64);
+                c.store(base, at, out.dtype, v)?;
+            }
+            results.push(v);
+        }
+        if vector(out) {
+            c.store_vector(base, out_at, out.dtype, &results)?;
         }
         Ok(())
     }
@@ -279,5 +316,44 @@ pub fn per_block(extent: Poly, threads: u32, shared_bytes: u32) -> Launch {
         threads,
         shared_bytes,
         buffers: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_backend_cpu::view::Source;
+
+    /// A `[4, 8]` view of buffer 0 at `offset` with row stride `row`.
+    fn view(dtype: DType, offset: i64, row: i64) -> View {
+        View {
+            offset: Poly::constant(offset),
+            strides: vec![Poly::constant(row), Poly::constant(1)],
+            ..View::contiguous(
+                Source::Buffer(0),
+                dtype,
+                vec![Poly::constant(4), Poly::constant(8)],
+            )
+        }
+    }
+
+    /// Runs of 4 move as vectors only where every run starts aligned to its size: offsets and
+    /// row strides multiples of 4, unit stride along the run, f32 or bf16, a buffer.
+    #[test]
+    fn only_aligned_runs_move_as_vectors() {
+        assert!(vectors(&view(DType::F32, 0, 8), RUN));
+        assert!(vectors(&view(DType::F32, 12, 8), RUN));
+        assert!(vectors(&view(DType::BF16, 4, 16), RUN));
+        assert!(!vectors(&view(DType::F32, 2, 8), RUN), "offset");
+        assert!(!vectors(&view(DType::F32, 0, 10), RUN), "row stride");
+        assert!(!vectors(&view(DType::I64, 0, 8), RUN), "type");
+        let mut broadcast = view(DType::F32, 0, 8);
+        broadcast.strides[1] = Poly::constant(0);
+        assert!(!vectors(&broadcast, RUN), "a broadcast reads one element");
+        let splat = View {
+            source: Source::Splat(1.0),
+            ..view(DType::F32, 0, 8)
+        };
+        assert!(!vectors(&splat, RUN), "not a buffer");
     }
 }

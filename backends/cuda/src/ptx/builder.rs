@@ -182,6 +182,43 @@ impl KernelBuilder {
         self.inst(&format!("ld.{}{nc}.{mem}", space.name()), ty, &[at])
     }
 
+    /// `n` consecutive `mem`-typed elements from `[addr]` (aligned to their whole size) into
+    /// fresh `ty` registers, low address first (`ld.SPACE[.nc].vN.MEM`); `readonly` global loads
+    /// go through the non-coherent cache.
+    pub fn ld_vector(
+        &mut self,
+        space: Space,
+        mem: &str,
+        ty: Ty,
+        addr: Reg,
+        n: usize,
+        readonly: bool,
+    ) -> Vec<Reg> {
+        let regs: Vec<Reg> = (0..n).map(|_| self.reg(ty)).collect();
+        let nc = if readonly && space == Space::Global {
+            ".nc"
+        } else {
+            ""
+        };
+        self.line(format!(
+            "ld.{}{nc}.v{n}.{mem} {}, [{addr}+0]",
+            space.name(),
+            vector(&regs)
+        ));
+        regs
+    }
+
+    /// A store of `values` as consecutive `mem`-typed elements at `[addr]` (aligned to their
+    /// whole size), low address first (`st.SPACE.vN.MEM`).
+    pub fn st_vector(&mut self, space: Space, mem: &str, addr: Reg, values: &[Reg]) {
+        self.line(format!(
+            "st.{}.v{}.{mem} [{addr}+0], {}",
+            space.name(),
+            values.len(),
+            vector(values)
+        ));
+    }
+
     /// A store of `value` as a `mem`-typed element at `[addr + offset]`.
     pub fn st(
         &mut self,
