@@ -63,29 +63,31 @@ def main():
     total = sum(s for s, _, _ in steps)
     print(f"{args.program}: {total * 1e3:.2f} ms per call in {len(steps)} steps")
     print("| kind | ms | steps | GB/s of named buffers |\n| --- | ---: | ---: | ---: |")
-    kinds = collections.defaultdict(lambda: [0.0, 0, 0])
-    for seconds, nbytes, label in steps:
-        k = kinds[label.split(" ")[0]]
-        k[0] += seconds
-        k[1] += 1
-        k[2] += nbytes
-    for kind, (seconds, count, nbytes) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
-        rate = nbytes / seconds / 1e9 if seconds > 0 else 0
-        print(f"| {kind} | {seconds * 1e3:.2f} | {count} | {rate:.0f} |")
+    kinds = totals(steps, lambda label: label.split(" ")[0])
+    for kind, (seconds, count, nbytes) in kinds:
+        print(f"| {kind} | {seconds * 1e3:.2f} | {count} | {rate(nbytes, seconds):.0f} |")
     if args.top:
         print(f"\n| {args.top} steps, layers merged | ms | steps | MB per step | GB/s |")
         print("| --- | ---: | ---: | ---: | ---: |")
-        merged = collections.defaultdict(lambda: [0.0, 0, 0])
-        for seconds, nbytes, label in steps:
-            if label.split(" ")[0] == args.top:
-                m = merged[re.sub(r"\.\d+\.", ".N.", label)]
-                m[0] += seconds
-                m[1] += 1
-                m[2] += nbytes
-        for label, (seconds, count, nbytes) in sorted(merged.items(), key=lambda kv: -kv[1][0]):
-            rate = nbytes / seconds / 1e9 if seconds > 0 else 0
-            print(f"| {label} | {seconds * 1e3:.2f} | {count} | {nbytes / count / 1e6:.0f} | {rate:.0f} |")
+        chosen = [s for s in steps if s[2].split(" ")[0] == args.top]
+        for label, (seconds, count, nbytes) in totals(chosen, lambda l: re.sub(r"\.\d+\.", ".N.", l)):
+            print(f"| {label} | {seconds * 1e3:.2f} | {count} | {nbytes / count / 1e6:.0f} "
+                  f"| {rate(nbytes, seconds):.0f} |")
 
+
+def totals(steps, key):
+    """(key, [seconds, steps, bytes]) of `steps` grouped by `key(label)`, largest time first."""
+    groups = collections.defaultdict(lambda: [0.0, 0, 0])
+    for seconds, nbytes, label in steps:
+        g = groups[key(label)]
+        g[0] += seconds
+        g[1] += 1
+        g[2] += nbytes
+    return sorted(groups.items(), key=lambda kv: -kv[1][0])
+
+
+def rate(nbytes, seconds):
+    return nbytes / seconds / 1e9 if seconds > 0 else 0
 
 if __name__ == "__main__":
     main()

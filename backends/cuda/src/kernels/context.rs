@@ -284,9 +284,10 @@ impl Ctx {
         let dtype = a.view.dtype;
         let addr = self.address(a.base.expect("vectors are read from buffers"), index, dtype)?;
         let (ty, mem) = (reg_ty(dtype)?, mem_name(dtype)?);
+        let readonly = !a.written_here;
         Ok(self
             .b
-            .ld_vector(Space::Global, mem, ty, addr, n, !a.written_here))
+            .ld_vector(Space::Global, (mem, ty), addr, 0, (n, readonly)))
     }
 
     /// Stores `values` (of `dtype`) as elements `index ..` of the buffer at `base` in one vector
@@ -300,7 +301,7 @@ impl Ctx {
     ) -> Result<()> {
         let addr = self.address(base, index, dtype)?;
         self.b
-            .st_vector(Space::Global, mem_name(dtype)?, addr, values);
+            .st_vector(Space::Global, mem_name(dtype)?, addr, 0, values);
         Ok(())
     }
 

@@ -41,6 +41,14 @@ pub struct KernelBuilder {
 }
 
 /// A vector operand `{%r1, %r2, …}`.
+/// `.nc` where a global load may take the non-coherent (read-only) path.
+fn non_coherent(space: Space, readonly: bool) -> &'static str {
+    match readonly && space == Space::Global {
+        true => ".nc",
+        false => "",
+    }
+}
+
 fn vector(regs: &[Reg]) -> String {
     let names: Vec<String> = regs.iter().map(Reg::to_string).collect();
     format!("{{{}}}", names.join(", "))
@@ -173,46 +181,37 @@ impl KernelBuilder {
         offset: i64,
         readonly: bool,
     ) -> Reg {
-        let nc = if readonly && space == Space::Global {
-            ".nc"
-        } else {
-            ""
-        };
+        let nc = non_coherent(space, readonly);
         let at = Operand::Symbol(format!("[{addr}+{offset}]"));
         self.inst(&format!("ld.{}{nc}.{mem}", space.name()), ty, &[at])
     }
 
-    /// `n` consecutive `mem`-typed elements from `[addr]` (aligned to their whole size) into
-    /// fresh `ty` registers, low address first (`ld.SPACE[.nc].vN.MEM`); `readonly` global loads
-    /// go through the non-coherent cache.
+    /// `n` consecutive `mem`-typed elements from `[addr + offset]` (aligned to their whole
+    /// size) into fresh `ty` registers, low address first (`ld.SPACE[.nc].vN.MEM`); `readonly`
+    /// global loads go through the non-coherent cache.
     pub fn ld_vector(
         &mut self,
         space: Space,
-        mem: &str,
-        ty: Ty,
+        (mem, ty): (&str, Ty),
         addr: Reg,
-        n: usize,
-        readonly: bool,
+        offset: i64,
+        (n, readonly): (usize, bool),
     ) -> Vec<Reg> {
         let regs: Vec<Reg> = (0..n).map(|_| self.reg(ty)).collect();
-        let nc = if readonly && space == Space::Global {
-            ".nc"
-        } else {
-            ""
-        };
+        let nc = non_coherent(space, readonly);
         self.line(format!(
-            "ld.{}{nc}.v{n}.{mem} {}, [{addr}+0]",
+            "ld.{}{nc}.v{n}.{mem} {}, [{addr}+{offset}]",
             space.name(),
             vector(&regs)
         ));
         regs
     }
 
-    /// A store of `values` as consecutive `mem`-typed elements at `[addr]` (aligned to their
-    /// whole size), low address first (`st.SPACE.vN.MEM`).
-    pub fn st_vector(&mut self, space: Space, mem: &str, addr: Reg, values: &[Reg]) {
+    /// A store of `values` as consecutive `mem`-typed elements at `[addr + offset]` (aligned
+    /// to their whole size), low address first (`st.SPACE.vN.MEM`).
+    pub fn st_vector(&mut self, space: Space, mem: &str, addr: Reg, offset: i64, values: &[Reg]) {
         self.line(format!(
-            "st.{}.v{}.{mem} [{addr}+0], {}",
+            "st.{}.v{}.{mem} [{addr}+{offset}], {}",
             space.name(),
             values.len(),
             vector(values)
@@ -422,27 +421,13 @@ impl KernelBuilder {
     /// `.b32` registers, low address first (`ld.SPACE[.nc].v4.b32`); `readonly` global loads go
     /// through the non-coherent cache.
     pub fn ld_v4(&mut self, space: Space, addr: Reg, offset: i64, readonly: bool) -> [Reg; 4] {
-        let words = [(); 4].map(|_| self.reg(Ty::B32));
-        let nc = if readonly && space == Space::Global {
-            ".nc"
-        } else {
-            ""
-        };
-        self.line(format!(
-            "ld.{}{nc}.v4.b32 {}, [{addr}+{offset}]",
-            space.name(),
-            vector(&words)
-        ));
-        words
+        let words = self.ld_vector(space, ("b32", Ty::B32), addr, offset, (4, readonly));
+        [words[0], words[1], words[2], words[3]]
     }
 
     /// A store of four 32-bit words at `[addr + offset]` (16-byte aligned), low address first.
     pub fn st_v4(&mut self, space: Space, addr: Reg, offset: i64, words: [Reg; 4]) {
-        self.line(format!(
-            "st.{}.v4.b32 [{addr}+{offset}], {}",
-            space.name(),
-            vector(&words)
-        ));
+        self.st_vector(space, "b32", addr, offset, &words);
     }
 
     /// `cp.async.cg.shared.global`: 16 bytes from global `src` to shared `dst + offset` (both
