@@ -129,9 +129,11 @@ impl RecomputePlanning {
 /// How much of a layer's saved activations is recomputed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Level {
+    /// Nothing: the backward reads what the forward computed.
     Saved,
     /// Everything but the results of expensive nodes ([`is_expensive`]).
     Selective,
+    /// Everything, from the layer's input.
     Whole,
 }
 
