@@ -63,7 +63,7 @@ fn print((desc, times): (&ProgramDesc, Option<&[Duration]>), over: &str) {
 
 /// Writes every step of the profiled `programs` to `path` as CSV: the program, the step's
 /// index, kernel and label, and its seconds (summed as in [`print`]).
-pub fn write_steps(
+fn write_steps(
     path: &std::path::Path,
     programs: &[(&ProgramDesc, Option<&[Duration]>)],
 ) -> Result<(), String> {

@@ -169,17 +169,18 @@ impl<'a> Prepared<'a> {
         }
         let base = self.out.base.expect("maps write buffers");
         let (out, out_at) = (&self.out.view, ats[self.leaves.len()]);
+        let out_vector = vector(out);
         let mut results = Vec::with_capacity(n as usize);
         for u in 0..n as usize {
             let values: Vec<Reg> = runs.iter().map(|run| run[u]).collect();
             let v = evaluate(c, self.expr, &values)?;
-            if !vector(out) {
+            if !out_vector {
                 let at = step(c, out, out_at, u as i64);
                 c.store(base, at, out.dtype, v)?;
             }
             results.push(v);
         }
-        if vector(out) {
+        if out_vector {
             c.store_vector(base, out_at, out.dtype, &results)?;
         }
         Ok(())
