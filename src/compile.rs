@@ -45,14 +45,15 @@ impl Target {
     }
 
     /// The standard pipeline with `options`, as this target's programs run it: for CUDA,
-    /// bound by memory bandwidth, `elementwise-fusion` computes a softmax's exponentials again
-    /// where they are read instead of storing them, and the `recompute` pass's estimate counts
+    /// bound by memory bandwidth, `elementwise-fusion` computes values again where they are read
+    /// wherever that costs less traffic than storing them (a softmax's exponentials, small
+    /// trees over narrow values), and the `recompute` pass's estimate counts
     /// an attention and its log-sum-exp together, as one kernel computes both.
     pub fn pipeline(self, options: &PipelineOptions) -> Pipeline {
         match self {
             Target::Cpu => Pipeline::with_options(options),
             Target::Cuda => Pipeline::with_options(options)
-                .recomputing_transcendentals()
+                .fusing_for_bandwidth()
                 .computing_attention_with_lse(),
         }
     }

@@ -14,14 +14,14 @@
 #                                            # as PyTorch's: bf16 weights and activations)
 #   TRAIN_PRECISION=f32 …                    # kiln's training at f32 (default bf16, as PyTorch's
 #                                            # autocast: bf16 matmuls, f32 master weights)
-#   TRAIN_RECOMPUTE=layers …                 # kiln's recomputation (default a budget of 28GiB: the
+#   TRAIN_RECOMPUTE=layers …                 # kiln's recomputation (default a budget of 27GiB: the
 #                                            # GPU memory in use stays under torch.compile's peak)
 # Results: bench/results/gpu-llama-1b-DATE/{kiln-*.json,train.csv,torch.json} and the merged
 # bench/results/gpu-llama-1b-DATE.json; the table is printed (bench/gpu/table.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KILN=${KILN:-target/release/kiln}
-TRAIN_RECOMPUTE=${TRAIN_RECOMPUTE:-28GiB}
+TRAIN_RECOMPUTE=${TRAIN_RECOMPUTE:-27GiB}
 PARTS=${PARTS:-kiln,torch}
 ONLY=${ONLY:-all}
 CONFIG=bench/configs/llama-3.2-1b.json

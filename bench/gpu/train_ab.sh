@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Alternated A/B of two kiln binaries training the Llama-3.2-1B shape (8 × 2048 random tokens,
-# bf16, recomputing as TRAIN_RECOMPUTE says — by default a budget of 28GiB, as llama_1b.sh —
+# bf16, recomputing as TRAIN_RECOMPUTE says — by default a budget of 27GiB, as llama_1b.sh —
 # 4 steps per run), on a machine with an sm_90 GPU. Each run prints the
 # median step after the first as tokens/s, every step's seconds, the intermediates and the GPU
 # memory in use. Usage, from the repository root:
@@ -8,7 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 old=$1 new=$2 rounds=${3:-2}
-recompute=${TRAIN_RECOMPUTE:-28GiB}
+recompute=${TRAIN_RECOMPUTE:-27GiB}
 config=bench/configs/llama-3.2-1b.json
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -27,9 +27,11 @@ run() { # name binary
   local steps
   steps=$(python3 - "$work/$name.csv" <<'PY'
 import csv, statistics, sys
-ends = [float(row["seconds"]) for row in csv.DictReader(open(sys.argv[1]))]
+rows = list(csv.DictReader(open(sys.argv[1])))
+ends = [float(row["seconds"]) for row in rows]
 steps = [b - a for a, b in zip([0.0] + ends, ends)]
-print(round(16384 / statistics.median(steps[1:])), "tok/s steady; steps", [round(s, 3) for s in steps])
+print(round(16384 / statistics.median(steps[1:])), "tok/s steady; steps", [round(s, 3) for s in steps],
+      "losses", [round(float(row["loss"]), 4) for row in rows])
 PY
 )
   echo "== $name rc=$rc $steps | $(grep -E 'intermediates' "$work/$name.log") | $(grep -E 'in use' "$work/$name.log")"

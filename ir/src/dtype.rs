@@ -50,6 +50,16 @@ impl DType {
     pub fn is_int(self) -> bool {
         matches!(self, DType::I32 | DType::I64)
     }
+
+    /// Bytes per element.
+    pub fn size_bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::I64 => 8,
+            DType::Bool => 1,
+        }
+    }
 }
 
 impl fmt::Display for DType {

@@ -29,10 +29,18 @@
 //! backward differentiates the forward computed, with bf16 weights in its matmuls and f32
 //! gradients; a gradient that only the backward's matmuls read (through a `cast` to bf16) is
 //! declared bf16 instead, rounded as the kernel stores it (the same value as the cast's), so
-//! its f32 copy is never held. Attention stays f32 where a row has a single query (a decode step reads the f32
+//! its f32 copy is never held. In a differentiated program under `bf16`, each matmul that
+//! contracts a weight (a forward projection, the logits, or the gradient of the activations
+//! it read) also stores its result bf16, as PyTorch's autocast does: `matmul(narrow(a),
+//! narrow(b)) : bf16` (the f32 sum rounded as it is stored) read through a `cast` to f32. These
+//! are the values a layer saves for its backward and the maps around them read, so both move
+//! half the bytes; the loss widens the bf16 logits and takes its statistics in f32. Weight
+//! gradients (no weight operand) stay f32 for the optimizer, and so do program outputs.
+//! Attention stays f32 where a row has a single query (a decode step reads the f32
 //! KV cache as it is: narrowing it would copy the cache every step for no matmul-sized work),
 //! and under `f16`. Norms (their statistics and scales),
-//! softmax, RoPE, the residual stream, the KV cache and the logits stay f32: program inputs and
+//! softmax, RoPE, the residual stream, the KV cache and the logits of inference programs stay
+//! f32: program inputs and
 //! outputs keep their types, so the pass changes no signature but the weights' dtypes.
 //!
 //! Why: a decode step reads every weight once per token, so its time is the weights' bytes over
@@ -209,13 +217,15 @@ fn narrow(
     Ok(narrowed)
 }
 
-/// Rewrites `id` with its first `count` operands in `dtype` (a widening matmul's two, a
-/// `flash_attention`'s queries, keys and values); its result type stays.
+/// Rewrites `id` with the operands in `slots` in `dtype` (a widening matmul's two, a
+/// `flash_attention`'s queries, keys and values). Its result keeps its type, or, given
+/// `stored`, is stored in that type and cast back for its readers.
 fn narrow_operands(
     g: &mut Graph,
     id: NodeId,
     slots: &[usize],
     dtype: DType,
+    stored: Option<DType>,
     memo: &mut HashMap<NodeId, NodeId>,
 ) -> Result<(), IrError> {
     let mut operands = g.operands(id).to_vec();
@@ -223,12 +233,36 @@ fn narrow_operands(
         operands[slot] = narrow(g, operands[slot], dtype, memo)?;
     }
     let (op, ty) = (g.node(id).op.clone(), g.ty(id).clone());
-    let narrowed = g.push_typed(op, &operands, ty)?;
+    let wide = ty.dtype;
+    let narrowed = g.push_typed(op, &operands, ty.with_dtype(stored.unwrap_or(wide)))?;
     if let Some(label) = g.node(id).label.clone() {
         g.set_label(narrowed, label);
     }
-    g.replace_uses(id, narrowed);
+    let read = match stored {
+        Some(_) => g.cast(narrowed, wide)?,
+        None => narrowed,
+    };
+    g.replace_uses(id, read);
     Ok(())
+}
+
+/// Whether `v`, looking through views and casts, is a weight.
+fn is_weight(g: &Graph, v: NodeId) -> bool {
+    match g.node(v).op {
+        Op::Weight { .. } => true,
+        Op::Permute { .. } | Op::Reshape | Op::Broadcast | Op::Slice { .. } | Op::Cast => {
+            is_weight(g, g.operands(v)[0])
+        }
+        _ => false,
+    }
+}
+
+/// Whether matmul `id` of a differentiated program stores its result in bf16 (see the module
+/// doc): it contracts a weight (a forward projection, the logits, or the gradient of the
+/// activations it read) and is no program output.
+fn stores_narrow_result(g: &Graph, id: NodeId) -> bool {
+    let is_output = g.outputs().iter().any(|(_, o)| *o == id);
+    g.operands(id).into_iter().any(|o| is_weight(g, o)) && !is_output
 }
 
 fn is_f32_matmul(g: &Graph, id: NodeId) -> bool {
@@ -324,28 +358,33 @@ impl Pass for MixedPrecision {
         }
         let mut removed = 0;
         if matmul_dtype != DType::F32 {
-            let (mut matmuls, mut refused, mut attentions) = (0, 0, 0);
+            let (mut matmuls, mut rounded, mut refused, mut attentions) = (0, 0, 0, 0);
             let mut memo = HashMap::new();
             for id in g.order() {
                 match g.node(id).op {
                     Op::MatMul if is_f32_matmul(g, id) => {
-                        narrow_operands(g, id, &[0, 1], matmul_dtype, &mut memo)?;
+                        let stored = (differentiated
+                            && matmul_dtype == DType::BF16
+                            && stores_narrow_result(g, id))
+                        .then_some(matmul_dtype);
+                        narrow_operands(g, id, &[0, 1], matmul_dtype, stored, &mut memo)?;
                         matmuls += 1;
+                        rounded += usize::from(stored.is_some());
                     }
                     Op::MatMul => refused += 1,
                     Op::FlashAttention(_) if narrows_attention(g, id, matmul_dtype) => {
-                        narrow_operands(g, id, &[0, 1, 2], matmul_dtype, &mut memo)?;
+                        narrow_operands(g, id, &[0, 1, 2], matmul_dtype, None, &mut memo)?;
                         attentions += 1;
                     }
                     Op::FlashAttentionLse(_) if narrows_attention(g, id, matmul_dtype) => {
-                        narrow_operands(g, id, &[0, 1, 2], matmul_dtype, &mut memo)?;
+                        narrow_operands(g, id, &[0, 1, 2], matmul_dtype, None, &mut memo)?;
                     }
                     // Queries, keys, values and the cotangent: the operands of its matmuls.
                     Op::FlashAttentionGrad { ref attention, .. }
                         if narrows_attention(g, id, matmul_dtype) =>
                     {
                         let d_out = attention.arity() + 1;
-                        narrow_operands(g, id, &[0, 1, 2, d_out], matmul_dtype, &mut memo)?;
+                        narrow_operands(g, id, &[0, 1, 2, d_out], matmul_dtype, None, &mut memo)?;
                     }
                     _ => {}
                 }
@@ -359,6 +398,9 @@ impl Pass for MixedPrecision {
                  refused (not f32 × f32 → f32), {attentions} flash_attention on {matmul_dtype} \
                  operands, {grads} of their gradients rounded to {matmul_dtype} as computed"
             );
+            if rounded > 0 {
+                remark += &format!(", {rounded} matmul results stored {matmul_dtype}");
+            }
         }
         removed += remove_dead(g);
         g.remark(format!("{remark}, {removed} dead nodes removed"));

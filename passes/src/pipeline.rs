@@ -70,14 +70,12 @@ impl Pipeline {
         .without(&options.skip)
     }
 
-    /// This pipeline with `elementwise-fusion` computing a softmax's exponentials again where
-    /// they are read instead of storing them (`ElementwiseFusion::recompute_transcendentals`):
-    /// for targets bound by memory bandwidth.
-    /// The `recompute` pass estimates memory with that fusion too.
-    pub fn recomputing_transcendentals(mut self) -> Pipeline {
-        let fusion = ElementwiseFusion {
-            recompute_transcendentals: true,
-        };
+    /// This pipeline with `elementwise-fusion` for a target bound by memory bandwidth
+    /// (`ElementwiseFusion::memory_bound`): values are computed again where they are read
+    /// rather than stored wherever that costs no more traffic, a softmax's exponentials
+    /// included. The `recompute` pass estimates memory with that fusion too.
+    pub fn fusing_for_bandwidth(mut self) -> Pipeline {
+        let fusion = ElementwiseFusion { memory_bound: true };
         for pass in &mut self.passes {
             if pass.name() == fusion.name() {
                 *pass = Box::new(fusion);

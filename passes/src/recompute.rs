@@ -33,7 +33,7 @@ use crate::autodiff::SEED_LABEL;
 use crate::elementwise_fusion::ElementwiseFusion;
 use crate::mixed_precision::{MixedPrecision, Precision};
 use crate::Pass;
-use kiln_ir::{DType, Graph, IrError, NodeId, Op};
+use kiln_ir::{Graph, IrError, NodeId, Op, ReduceOp};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
@@ -402,6 +402,22 @@ struct Estimate {
 }
 
 /// Bytes of `id`'s value at the symbols' maxima.
+/// Whether `id` is a matmul whose only reader sums it over leading batch axes (a weight's
+/// gradient, `Σ_b X_bᵀ·dY_b`): backends contract those axes with `k` straight into the sum
+/// (the CPU lowering's `batch_sum.rs`, which the CUDA backend shares), so the product is never
+/// stored.
+fn summed_over_batch(g: &Graph, id: NodeId) -> bool {
+    let users = g.users(id);
+    let rank = g.ty(id).rank();
+    matches!(g.node(id).op, Op::MatMul)
+        && users.len() == 1
+        && !g.outputs().iter().any(|(_, o)| *o == id)
+        && matches!(&g.node(users[0]).op, Op::Reduce { op: ReduceOp::Sum, axes }
+            if !axes.is_empty()
+                && axes.len() <= rank - 2
+                && axes.iter().enumerate().all(|(i, &x)| i == x))
+}
+
 fn max_bytes(g: &Graph, id: NodeId) -> u64 {
     let ty = g.ty(id);
     let numel: u64 = ty
@@ -409,13 +425,7 @@ fn max_bytes(g: &Graph, id: NodeId) -> u64 {
         .iter()
         .map(|d| d.max_value(g.symbols()).unwrap_or(0) as u64)
         .product();
-    let size = match ty.dtype {
-        DType::F32 | DType::I32 => 4,
-        DType::F16 | DType::BF16 => 2,
-        DType::I64 => 8,
-        DType::Bool => 1,
-    };
-    numel * size
+    numel * ty.dtype.size_bytes() as u64
 }
 
 /// [`Estimate`] of `g` as it will be after the planning's `mixed-precision` (which narrows
@@ -454,8 +464,10 @@ fn estimate_as_is(g: &Graph, attention_with_lse: bool) -> Estimate {
         };
         storage.insert(id, root);
     }
-    // Constants and index ramps are read where they are used, never stored.
-    let stored = |id: NodeId| storage[&id] == id && !g.node(id).op.is_source();
+    // Constants and index ramps are read where they are used, never stored; a product only
+    // summed over its batch axes is computed into the sum.
+    let stored =
+        |id: NodeId| storage[&id] == id && !g.node(id).op.is_source() && !summed_over_batch(g, id);
     let bytes = |id: NodeId| if stored(id) { max_bytes(g, id) } else { 0 };
     let mut last_use: HashMap<NodeId, usize> = HashMap::new();
     for (i, &id) in order.iter().enumerate() {
@@ -582,9 +594,7 @@ output y = %6",
         .unwrap();
         let storing = RecomputePlanning::new(Recompute::SaveAll, Precision::F32);
         let recomputing = RecomputePlanning {
-            fusion: ElementwiseFusion {
-                recompute_transcendentals: true,
-            },
+            fusion: ElementwiseFusion { memory_bound: true },
             ..storing
         };
         let storing = estimate(&softmax, &storing).unwrap();

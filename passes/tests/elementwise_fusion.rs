@@ -136,9 +136,7 @@ input %x : f32[s, 8]
 %6 = div %3, %5 : f32[s, 8]
 output y = %6
 ";
-    let recomputing = ElementwiseFusion {
-        recompute_transcendentals: true,
-    };
+    let recomputing = ElementwiseFusion { memory_bound: true };
     let out = check_with(recomputing, softmax, &[("s", 4)]);
     assert_eq!(out.matches("exp").count(), 2, "exp in both regions:\n{out}");
     assert_eq!(
@@ -159,13 +157,84 @@ sym s <= 8
 input %x : f32[s, 8]
 %0 = exp %x : f32[s, 8]
 %1 = exp %0 : f32[s, 8]
-%2 = reduce_sum %1 axes=[1] : f32[s, 1]
-%3 = broadcast %2 : f32[s, 8]
-%4 = div %1, %3 : f32[s, 8]
-output y = %4
+%2 = exp %1 : f32[s, 8]
+%3 = reduce_sum %2 axes=[1] : f32[s, 1]
+%4 = broadcast %3 : f32[s, 8]
+%5 = div %2, %4 : f32[s, 8]
+output y = %5
 ";
     let out = check_with(recomputing, chained, &[("s", 4)]);
-    assert_eq!(out.matches("exp").count(), 2, "each exp once:\n{out}");
+    assert_eq!(out.matches("exp").count(), 3, "each exp once:\n{out}");
+}
+
+/// For a bandwidth-bound target, SwiGLU's backward (bf16 gate, up and output gradient) stores
+/// none of `sigmoid(gate)`, `gate·sigmoid(gate)` or `gradient·up`: each of the three regions that
+/// write what the matmuls read computes them from the bf16 values again. A value whose leaves
+/// are wider than itself (an f32 stream plus a bf16 term) stays stored.
+#[test]
+fn a_bandwidth_bound_target_recomputes_small_trees_over_narrow_values() {
+    let swiglu_backward = "graph g
+sym s <= 8
+input %gate : bf16[s, 8]
+input %up : bf16[s, 8]
+input %dh : bf16[s, 8]
+%g = cast %gate : f32[s, 8]
+%u = cast %up : f32[s, 8]
+%d = cast %dh : f32[s, 8]
+%sig = sigmoid %g : f32[s, 8]
+%silu = mul %g, %sig : f32[s, 8]
+%h = mul %silu, %u : f32[s, 8]
+%hb = cast %h : bf16[s, 8]
+%dup = mul %d, %silu : f32[s, 8]
+%dupb = cast %dup : bf16[s, 8]
+%du = mul %d, %u : f32[s, 8]
+%one = const 1.0 : f32[]
+%ones = broadcast %one : f32[s, 8]
+%rest = sub %ones, %sig : f32[s, 8]
+%dsig = mul %sig, %rest : f32[s, 8]
+%t = mul %g, %dsig : f32[s, 8]
+%u2 = mul %du, %sig : f32[s, 8]
+%u3 = mul %du, %t : f32[s, 8]
+%dg = add %u2, %u3 : f32[s, 8]
+%dgb = cast %dg : bf16[s, 8]
+output h = %hb
+output d_up = %dupb
+output d_gate = %dgb
+";
+    let memory_bound = ElementwiseFusion { memory_bound: true };
+    let out = check_with(memory_bound, swiglu_backward, &[("s", 4)]);
+    let regions = ops(&out).into_iter().filter(|op| op.starts_with("fused"));
+    assert_eq!(regions.count(), 3, "{out}");
+    for line in out.lines().filter(|l| l.contains("= fused")) {
+        assert!(
+            line.ends_with(": bf16[s, 8]"),
+            "only the bf16 results are stored:\n{out}"
+        );
+    }
+    let stored = check(swiglu_backward, &[("s", 4)]);
+    assert!(
+        ops(&stored).len() > 4,
+        "the CPU stores the shared values:\n{stored}"
+    );
+
+    let stream = "graph g
+sym s <= 8
+input %x : f32[s, 8]
+input %o : bf16[s, 8]
+%0 = cast %o : f32[s, 8]
+%1 = add %x, %0 : f32[s, 8]
+%2 = mul %1, %1 : f32[s, 8]
+%3 = reduce_sum %2 axes=[1] : f32[s, 1]
+%4 = neg %1 : f32[s, 8]
+output a = %3
+output b = %4
+";
+    let out = check_with(memory_bound, stream, &[("s", 4)]);
+    assert_eq!(
+        out.matches("add").count(),
+        1,
+        "the stream is stored once:\n{out}"
+    );
 }
 
 #[test]
@@ -299,7 +368,7 @@ fn random_graphs_fuse_without_changing_a_bit() {
     for seed in 0..1000 {
         let before = random_graph(seed, Profile::FULL);
         let pass = ElementwiseFusion {
-            recompute_transcendentals: seed % 2 == 1,
+            memory_bound: seed % 2 == 1,
         };
         let after = fuse(&before, pass);
         let printed = text::print(&after);

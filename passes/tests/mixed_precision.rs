@@ -151,6 +151,52 @@ output d_embed = %13
     );
 }
 
+/// In a differentiated program at `bf16`, a matmul that contracts a weight stores its result
+/// bf16, as autocast does: the forward's hidden projection, the logits and the gradient of the
+/// hidden activations by the head. The weight gradients (no weight operand) stay f32; the
+/// gradients agree with the f32 program within the policy's bound.
+#[test]
+fn a_differentiated_program_stores_activation_matmuls_bf16() {
+    use kiln_passes::autodiff::Autodiff;
+    let input = "graph g
+sym n <= 8
+input %x : f32[n, 16]
+weight @hidden : f32[16, 32]
+weight @head : f32[32, 24]
+%0 = matmul %x, @hidden : f32[n, 32]
+%1 = tanh %0 : f32[n, 32]
+%2 = matmul %1, @head : f32[n, 24]
+%3 = reduce_max %2 axes=[1] : f32[n, 1]
+%4 = stop_gradient %3 : f32[n, 1]
+%5 = broadcast %4 : f32[n, 24]
+%6 = sub %2, %5 : f32[n, 24]
+%7 = exp %6 : f32[n, 24]
+%8 = reduce_sum %7 axes=[0,1] : f32[1, 1]
+%9 = reshape %8 : f32[]
+%10 = grad %9, @hidden : f32[16, 32]
+%11 = grad %9, @head : f32[32, 24]
+output d_hidden = %10
+output d_head = %11
+";
+    let mut g = text::parse(input).unwrap();
+    Autodiff.run(&mut g).unwrap();
+    let out = check(&text::print(&g), Precision::Bf16, &[("n", 5)]);
+    assert!(out.contains("3 matmul results stored bf16"), "{out}");
+    let after = text::parse(&out).unwrap();
+    let matmuls: Vec<NodeId> = after
+        .order()
+        .into_iter()
+        .filter(|&id| matches!(after.node(id).op, Op::MatMul))
+        .collect();
+    assert_eq!(matmuls.len(), 5, "{out}");
+    // The weight gradients are `[16, 32]` and `[32, 24]`, of no symbol.
+    for id in matmuls {
+        let fixed = after.ty(id).shape.iter().all(|d| d.as_fixed().is_some());
+        let want = if fixed { DType::F32 } else { DType::BF16 };
+        assert_eq!(after.ty(id).dtype, want, "{out}");
+    }
+}
+
 /// In a differentiated program `flash_attention`, its log-sum-exp and its three gradients take
 /// the same bf16 queries, keys and values (one cast each), the gradients a bf16 cotangent, and
 /// the results stay f32; the gradients agree with the f32 program within the policy's bound.

@@ -9,7 +9,7 @@
 //! the `bf16` precision policy computes: casts to bf16 (a `cast`, the last step of a fused
 //! elementwise region or matmul epilogue, or an attention result declared bf16, rounded to
 //! nearest even as it is stored), their views, concats of them, and matmuls with bf16 operands
-//! of any origin (f32 accumulation and result). Arithmetic on bf16 values, bf16 reductions,
+//! of any origin (f32 accumulation; the result f32, or rounded to bf16 as it is stored). Arithmetic on bf16 values, bf16 reductions,
 //! constants, inputs and `f16` values are refused there too.
 //!
 //! Who reads a widening view: matmuls load the bf16 operand and widen it in registers; maps and
@@ -48,13 +48,15 @@ fn is_bf16_storage(node: &Node) -> bool {
 
 /// Whether `node`, a bf16 value, is rounded from f32 or moved, not computed in bf16: a cast, a
 /// fused elementwise region or matmul epilogue (whose steps are checked as kernels are emitted:
-/// arithmetic in bf16 is refused there), an attention result rounded as it is stored, or a
-/// concat of such values.
+/// arithmetic in bf16 is refused there), a matmul or attention result rounded as it is stored,
+/// or a concat of such values.
 fn is_bf16_rounded(node: &Node) -> bool {
     match &node.op {
-        Op::Cast | Op::Concat { .. } | Op::FlashAttention(_) | Op::FlashAttentionGrad { .. } => {
-            true
-        }
+        Op::Cast
+        | Op::Concat { .. }
+        | Op::MatMul
+        | Op::FlashAttention(_)
+        | Op::FlashAttentionGrad { .. } => true,
         Op::Fused(region) => matches!(region.kind, RegionKind::Map | RegionKind::MatMul),
         _ => false,
     }
@@ -88,7 +90,7 @@ pub fn check_supported(node: &Node, narrow: NarrowValues) -> Result<()> {
 
 /// Refuses a matmul of operand types `operands` that the target's kernels cannot compute: f32
 /// with bf16 storage (bf16 weights reach it as widening views), f32 or bf16 with bf16 values
-/// (the result, f32 accumulation, is f32: a bf16 one is refused as a value).
+/// (f32 accumulation; a bf16 result is checked as a value).
 pub fn check_matmul(operands: &[DType], narrow: NarrowValues) -> Result<()> {
     let supported = |t: &DType| match narrow {
         NarrowValues::Storage => *t == DType::F32,

@@ -5,14 +5,22 @@
 //! *inlined* into its users when
 //! 1. it is not a program output and every user is elementwise or a reduction of it, and
 //! 2. it has one user; or it is cheap (no `exp`, `log`, `sin`, `cos`, `tanh`, `erf`,
-//!    `sigmoid`, `pow`) and reads no other elementwise value directly; or, where the pass
-//!    recomputes transcendentals (a target bound by memory bandwidth), it is one expensive
+//!    `sigmoid`, `pow`) and reads no other elementwise value directly; or, for a target bound
+//!    by memory bandwidth ([`ElementwiseFusion::memory_bound`]), it is one expensive
 //!    unary op of such a value or of a cheap op of them that only it reads (`exp(x − max)`).
 //!    A copy into several regions is then at most two ops deep with one transcendental, so
 //!    recomputation never chains (a residual stream is stored at least every other add). A
 //!    softmax's exponentials are then recomputed by the sum and by each reader instead of being
 //!    stored: over the 128,256 logits of a Llama-3.2-1B training batch of 8 × 2048 tokens that
-//!    is 7.8 GiB not held (the `train_step` arena 20.3 → 16.4 GiB).
+//!    is 7.8 GiB not held (the `train_step` arena 20.3 → 16.4 GiB);
+//! 3. or, for a target bound by memory bandwidth, its tree — the
+//!    inlined nodes it is computed from, down to the values that are not — has at most 8 steps
+//!    and 2 transcendentals, and its leaves take no more bytes per element than the node
+//!    (broadcasts and constants count none): each reader then loads the leaves instead of the
+//!    stored value, which costs no more traffic and saves the store. SwiGLU's backward reads
+//!    the bf16 gate, up and output gradient instead of storing `sigmoid(gate)`,
+//!    `gate·sigmoid(gate)` and `gradient·up` in f32; the residual stream (an f32 value plus a
+//!    bf16 one) stays stored.
 //!
 //! First, a cast to bf16 that is the only reader of an attention result is folded into the
 //! attention (`rounded_attention.rs`), and layout ops that split elementwise chains are moved
@@ -46,15 +54,16 @@ use crate::pipeline::Pass;
 use kiln_ir::{
     BinaryOp, Graph, IrError, NodeId, Op, Region, RegionKind, Step, StepOp, TensorType, UnaryOp,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ElementwiseFusion {
-    /// Also compute one expensive unary op of a stored value (`exp(x − max)`) again in each
-    /// region that reads it instead of storing it (rule 2): for targets bound by memory
-    /// bandwidth, where a transcendental costs less than its store and loads (a GPU). Off, such
-    /// a value is stored once: on the CPU an `exp` costs more than its traffic.
-    pub recompute_transcendentals: bool,
+    /// The target is bound by memory bandwidth (a GPU): a value is computed again in each
+    /// region that reads it rather than stored where that costs no more traffic — one
+    /// expensive unary op of a stored value (`exp(x − max)`, rule 2) and small trees whose
+    /// leaves are no wider than the value (rule 3). Off, such values are stored once: on the
+    /// CPU an `exp` costs more than its traffic.
+    pub memory_bound: bool,
 }
 
 mod epilogue;
@@ -123,24 +132,85 @@ fn duplicable(g: &Graph, id: NodeId, transcendentals: bool) -> bool {
     !is_elementwise(x_op) || (is_cheap(x_op) && g.users(x) == [id] && reads_no_elementwise(x))
 }
 
-/// The nodes inlined into their users (rule in the module doc).
-fn inlined_nodes(g: &Graph, transcendentals: bool) -> HashSet<NodeId> {
-    let outputs: HashSet<NodeId> = g.outputs().iter().map(|(_, id)| *id).collect();
-    g.order()
-        .into_iter()
-        .filter(|&id| {
-            let op = &g.node(id).op;
-            if !is_elementwise(op) || outputs.contains(&id) {
-                return false;
+/// What computing an inlined node again in a region costs: its steps down to the values that
+/// are not inlined (counted along every path: an upper bound), how many of them are
+/// transcendental, and those values, its leaves.
+#[derive(Clone, Default)]
+struct Tree {
+    steps: usize,
+    transcendentals: usize,
+    leaves: BTreeSet<NodeId>,
+}
+
+/// The most steps, and transcendental steps, of a tree copied into several regions (rule 3).
+const COPIED_STEPS: usize = 8;
+const COPIED_TRANSCENDENTALS: usize = 2;
+
+impl Tree {
+    /// The tree of elementwise node `id` over the trees of its inlined operands.
+    fn of(g: &Graph, id: NodeId, trees: &HashMap<NodeId, Tree>) -> Tree {
+        let mut tree = Tree {
+            steps: 1,
+            transcendentals: usize::from(!is_cheap(&g.node(id).op)),
+            leaves: BTreeSet::new(),
+        };
+        for o in g.operands(id) {
+            match trees.get(&o) {
+                Some(t) => {
+                    tree.steps += t.steps;
+                    tree.transcendentals += t.transcendentals;
+                    tree.leaves.extend(&t.leaves);
+                }
+                None => {
+                    tree.leaves.insert(o);
+                }
             }
-            let users = g.users(id);
-            let fusible = users.iter().all(|&u| {
-                let user = &g.node(u).op;
-                is_elementwise(user) || matches!(user, Op::Reduce { .. })
-            });
-            fusible && !users.is_empty() && (users.len() == 1 || duplicable(g, id, transcendentals))
-        })
-        .collect()
+        }
+        tree
+    }
+
+    /// Whether a region reading this tree's leaves instead of `id`'s stored value reads no more
+    /// bytes per element than the value has (broadcast views and constants count none): a copy
+    /// in each reader then costs no more traffic than storing the value and loading it back.
+    fn copyable(&self, g: &Graph, id: NodeId) -> bool {
+        let leaf_bytes: usize = self
+            .leaves
+            .iter()
+            .filter(|&&l| !matches!(g.node(l).op, Op::Broadcast | Op::Const(_)))
+            .map(|&l| g.ty(l).dtype.size_bytes())
+            .sum();
+        self.steps <= COPIED_STEPS
+            && self.transcendentals <= COPIED_TRANSCENDENTALS
+            && leaf_bytes <= g.ty(id).dtype.size_bytes()
+    }
+}
+
+/// The nodes inlined into their users (rules in the module doc).
+fn inlined_nodes(g: &Graph, memory_bound: bool) -> HashSet<NodeId> {
+    let outputs: HashSet<NodeId> = g.outputs().iter().map(|(_, id)| *id).collect();
+    let mut trees: HashMap<NodeId, Tree> = HashMap::new();
+    for id in g.order() {
+        let op = &g.node(id).op;
+        if !is_elementwise(op) || outputs.contains(&id) {
+            continue;
+        }
+        let users = g.users(id);
+        let fusible = users.iter().all(|&u| {
+            let user = &g.node(u).op;
+            is_elementwise(user) || matches!(user, Op::Reduce { .. })
+        });
+        if !fusible || users.is_empty() {
+            continue;
+        }
+        let tree = Tree::of(g, id, &trees);
+        let inlined = users.len() == 1
+            || duplicable(g, id, memory_bound)
+            || (memory_bound && tree.copyable(g, id));
+        if inlined {
+            trees.insert(id, tree);
+        }
+    }
+    trees.into_keys().collect()
 }
 
 /// A value while a region is collected: a leaf or a step, each numbered in its own list.
@@ -236,7 +306,7 @@ impl Pass for ElementwiseFusion {
         let moved = layout::run(g)?;
         // The rewrites may slice one value the same way twice.
         merge_equal(g);
-        let inlined = inlined_nodes(g, self.recompute_transcendentals);
+        let inlined = inlined_nodes(g, self.memory_bound);
         let roots: Vec<NodeId> = g
             .order()
             .into_iter()

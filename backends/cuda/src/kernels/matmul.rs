@@ -14,8 +14,8 @@
 //! Every load is bounds-checked (out-of-range tile elements are 0), so any `m`, `n`, `k` works.
 //! Two bf16 operands take the tensor-core forms instead: `matmul_gemv_mma.rs` for decode,
 //! `matmul_mma.rs` for the shared tiles. The decode form against a shared weight is
-//! `matmul_gemv.rs` (FMA) otherwise. The output is stored in its view's type (an epilogue may
-//! round it to bf16).
+//! `matmul_gemv.rs` (FMA) otherwise. The output is stored in its view's type (the sum, or an
+//! epilogue's result, rounded to bf16 where the output is bf16).
 
 use super::context::{Addressed, Ctx, Granule};
 use super::expr::{convert, evaluate};
@@ -92,7 +92,7 @@ impl Finish {
                 }
                 evaluate(c, &e.expr, &values)?
             }
-            None => acc,
+            None => convert(c, acc, DType::F32, self.out.view.dtype)?,
         };
         let at = c.linear(&self.out.offset, coords, &self.out.strides);
         let base = self.out.base.expect("matmuls write buffers");
