@@ -28,8 +28,8 @@
 //! that operand: it recomputes the probabilities as `exp(scale · q·kⱼ − lse)` instead of storing
 //! them, and sums the query heads that share a key/value head. Its result is f32, of that
 //! operand's shape, or (with bf16 operands, declared so) that f32 result rounded to bf16, as a
-//! cast of it would be. The backward ops take the forward's operands (f32 or bf16), its f32 result,
-//! a cotangent of the result's shape, f32 or (with bf16 operands) bf16, and the f32
+//! cast of it would be. The backward ops take the forward's operands (f32 or bf16), its result
+//! and a cotangent of the result's shape, each f32 or (with bf16 operands) bf16, and the f32
 //! log-sum-exp. With bf16 operands the gradients weight bf16 values as the unfused graph's bf16
 //! matmuls would: `d_values` weights the cotangent rows by probabilities rounded to bf16, and
 //! `d_queries` and `d_keys` weight the other side by score gradients
@@ -299,17 +299,18 @@ impl Attention {
         let out = self.infer(&operands[..n])?;
         let lse = self.infer_lse(&operands[..n])?;
         let (o, d_out, l) = (operands[n], operands[n + 1], operands[n + 2]);
-        // The cotangent may be as narrow as the operands.
-        let d_out_fits = d_out.shape == out.shape
-            && (d_out.dtype == DType::F32 || d_out.dtype == operands[0].dtype);
-        if *o != out || !d_out_fits || *l != lse {
+        // The result and its cotangent may be as narrow as the operands.
+        let fits = |t: &TensorType| {
+            t.shape == out.shape && (t.dtype == DType::F32 || t.dtype == operands[0].dtype)
+        };
+        if !fits(o) || !fits(d_out) || *l != lse {
             let narrow = match operands[0].dtype {
                 DType::F32 => String::new(),
                 dtype => format!(" (or {dtype})"),
             };
             return Err(format!(
-                "{} expects the result {out}, its cotangent {out}{narrow} and the log-sum-exp \
-                 {lse}, got {o}, {d_out} and {l}",
+                "{} expects the result {out}{narrow}, its cotangent {out}{narrow} and the \
+                 log-sum-exp {lse}, got {o}, {d_out} and {l}",
                 wrt.grad_name()
             ));
         }

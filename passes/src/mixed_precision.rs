@@ -22,12 +22,13 @@
 //! accumulation and result), where `narrow` cancels a `cast` from the narrow type (a weight's),
 //! moves through `permute`, `reshape` and `broadcast` views (so the transposed weight is read
 //! narrow in place), and otherwise inserts a `cast`. Under `bf16` each `flash_attention` (two
-//! matmuls fused) likewise takes narrow queries, keys and values; its scores, softmax
-//! statistics and result stay f32, and its probabilities are rounded to bf16 before they weight
-//! the values, as the unfused graph's second matmul would take them; its log-sum-exp and
-//! gradients take the same narrow operands (and the gradients a narrow cotangent), so the
-//! backward differentiates the forward computed, with bf16 weights in its matmuls and f32
-//! gradients; a gradient that only the backward's matmuls read (through a `cast` to bf16) is
+//! matmuls fused) likewise takes narrow queries, keys and values; its scores and softmax
+//! statistics stay f32, its probabilities are rounded to bf16 before they weight the values,
+//! as the unfused graph's second matmul would take them, and its result is f32 (stored bf16 in
+//! a differentiated program, as autocast's attention returns it). Its log-sum-exp and
+//! gradients take the same narrow operands (the gradients also a narrow cotangent and the
+//! result as stored), so the backward differentiates the forward computed, with bf16 weights
+//! in its matmuls and f32 gradients; a gradient that only the backward's matmuls read (through a `cast` to bf16) is
 //! declared bf16 instead, rounded as the kernel stores it (the same value as the cast's), so
 //! its f32 copy is never held. In a differentiated program under `bf16`, each matmul that
 //! contracts a weight (a forward projection, the logits, or the gradient of the activations
@@ -373,18 +374,21 @@ impl Pass for MixedPrecision {
                     }
                     Op::MatMul => refused += 1,
                     Op::FlashAttention(_) if narrows_attention(g, id, matmul_dtype) => {
-                        narrow_operands(g, id, &[0, 1, 2], matmul_dtype, None, &mut memo)?;
+                        let stored = differentiated.then_some(matmul_dtype);
+                        narrow_operands(g, id, &[0, 1, 2], matmul_dtype, stored, &mut memo)?;
                         attentions += 1;
                     }
                     Op::FlashAttentionLse(_) if narrows_attention(g, id, matmul_dtype) => {
                         narrow_operands(g, id, &[0, 1, 2], matmul_dtype, None, &mut memo)?;
                     }
-                    // Queries, keys, values and the cotangent: the operands of its matmuls.
+                    // Queries, keys, values and the cotangent: the operands of its matmuls;
+                    // and the forward's result, stored narrow.
                     Op::FlashAttentionGrad { ref attention, .. }
                         if narrows_attention(g, id, matmul_dtype) =>
                     {
-                        let d_out = attention.arity() + 1;
-                        narrow_operands(g, id, &[0, 1, 2, d_out], matmul_dtype, None, &mut memo)?;
+                        let out = attention.arity();
+                        let slots = [0, 1, 2, out, out + 1];
+                        narrow_operands(g, id, &slots, matmul_dtype, None, &mut memo)?;
                     }
                     _ => {}
                 }

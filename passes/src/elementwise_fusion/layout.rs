@@ -14,26 +14,33 @@
 //!    of `f` is a slice, so each part is computed where it is read and `f` is never stored
 //!    whole (rule 2 leaves such slices of RoPE's `x·cos`).
 //!
+//! 4. **Widening casts move below views**: `v(cast(x))` → `cast(v(x))` for a `reshape`,
+//!    `permute` or `slice` `v` and a cast to a wider type, so the cast joins the elementwise ops
+//!    that read the view instead of storing a widened copy (a narrowing cast stays where the
+//!    region that computes its operand rounds as it stores). A matmul's bf16 result reshaped into heads and sliced for RoPE is then
+//!    read as bf16 by RoPE's maps (the cast, cheap, is copied into each).
+//!
 //! Rules 2 and 3 never undo each other: 2 moves a concat towards the outputs and 3 creates no
-//! concat, so repeating them ends.
+//! concat, so repeating them ends; rule 4 only moves casts towards the outputs.
 
 use super::{is_cheap, is_elementwise};
 use kiln_ir::{Dim, Graph, IrError, NodeId, Op, TensorType};
 
-/// Applies the rules until none applies, rule 1 wherever it can before rule 2 and rule 2 before
-/// rule 3; returns what was moved, for the pass's remark.
+/// Applies the rules until none applies, each wherever it can before the next; returns what
+/// was moved, for the pass's remark.
 pub fn run(g: &mut Graph) -> Result<String, IrError> {
-    let (mut broadcasts, mut concats, mut slices) = (0, 0, 0);
+    let (mut broadcasts, mut concats, mut slices, mut casts) = (0, 0, 0, 0);
     loop {
         if sweep(g, hoist_broadcast, &mut broadcasts)?
             || sweep(g, sink_concat, &mut concats)?
             || sweep(g, lift_slices, &mut slices)?
+            || sweep(g, sink_cast, &mut casts)?
         {
             continue;
         }
         return Ok(format!(
             "{broadcasts} broadcasts, {concats} concats and {slices} sliced values moved \
-             past elementwise ops"
+             past elementwise ops, {casts} casts past views"
         ));
     }
 }
@@ -182,5 +189,37 @@ fn lift_slices(g: &mut Graph, e: NodeId) -> Result<bool, IrError> {
         g.remove(slice);
     }
     g.remove(e);
+    Ok(true)
+}
+
+/// Rule 4 at the view `v`, if it applies there.
+fn sink_cast(g: &mut Graph, v: NodeId) -> Result<bool, IrError> {
+    let view = matches!(
+        g.node(v).op,
+        Op::Reshape | Op::Permute { .. } | Op::Slice { .. }
+    );
+    let cast = g.operands(v).first().copied();
+    let widening = |c: NodeId| {
+        matches!(g.node(c).op, Op::Cast)
+            && g.ty(g.operands(c)[0]).dtype.size_bytes() < g.ty(c).dtype.size_bytes()
+    };
+    let Some(cast) = cast.filter(|&c| view && widening(c)) else {
+        return Ok(false);
+    };
+    if is_output(g, v) || is_output(g, cast) {
+        return Ok(false);
+    }
+    let x = g.operands(cast)[0];
+    let n = g.node(v).clone();
+    let moved = g.push_typed(n.op, &[x], n.ty.with_dtype(g.ty(x).dtype))?;
+    let converted = g.cast(moved, n.ty.dtype)?;
+    if let Some(label) = n.label {
+        g.set_label(converted, label);
+    }
+    g.replace_uses(v, converted);
+    g.remove(v);
+    if g.users(cast).is_empty() {
+        g.remove(cast);
+    }
     Ok(true)
 }

@@ -233,25 +233,28 @@ impl Lowering<'_> {
         let mut rows = out.dims.clone();
         rows[3] = kiln_runtime::Poly::constant(1);
         let delta = self.new_buffer(BufferKind::Temp, DType::F32, rows);
-        let node = |op, dtype| ExprNode { op, dtype };
-        // A narrow cotangent is widened as it is read.
-        let (d_out_leaf, d_out_f32) = match d_out.dtype {
-            DType::F32 => (vec![node(ExprOp::Leaf(0), DType::F32)], 0),
-            narrow => (
-                vec![
-                    node(ExprOp::Leaf(0), narrow),
-                    node(ExprOp::Cast(0), DType::F32),
-                ],
-                1,
-            ),
+        // A narrow result or cotangent is widened as it is read.
+        let mut expr = Vec::new();
+        let mut widened = |leaf: usize, dtype: DType| {
+            expr.push(ExprNode {
+                op: ExprOp::Leaf(leaf),
+                dtype,
+            });
+            if dtype != DType::F32 {
+                let at = expr.len() - 1;
+                expr.push(ExprNode {
+                    op: ExprOp::Cast(at),
+                    dtype: DType::F32,
+                });
+            }
+            expr.len() - 1
         };
-        let out_at = d_out_leaf.len();
-        let mut expr = d_out_leaf;
-        expr.push(node(ExprOp::Leaf(1), DType::F32));
-        expr.push(node(
-            ExprOp::Binary(BinaryOp::Mul, d_out_f32, out_at),
-            DType::F32,
-        ));
+        let d_out_f32 = widened(0, d_out.dtype);
+        let out_f32 = widened(1, out.dtype);
+        expr.push(ExprNode {
+            op: ExprOp::Binary(BinaryOp::Mul, d_out_f32, out_f32),
+            dtype: DType::F32,
+        });
         self.push(
             Kernel::Reduce {
                 op: ReduceOp::Sum,
