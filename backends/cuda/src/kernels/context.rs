@@ -46,6 +46,17 @@ pub struct Ctx {
     slots: Vec<usize>,
 }
 
+/// How many 16-byte accesses move `n` elements of `dtype` (more than four of them: a whole
+/// number of 16-byte chunks, four words each).
+fn chunks(dtype: DType, n: usize) -> Result<usize> {
+    let bytes = elem_bytes(dtype)? as usize * n;
+    debug_assert!(
+        bytes.is_multiple_of(16),
+        "{n} elements of {dtype} are not whole 16-byte chunks"
+    );
+    Ok(bytes / 16)
+}
+
 impl Ctx {
     /// A kernel `name` with the launch ABI's parameters loaded.
     pub fn new(name: &str) -> Ctx {
@@ -278,20 +289,41 @@ impl Ctx {
         Ok(self.b.ld(Space::Global, mem, ty, addr, 0, readonly))
     }
 
-    /// Elements `index .. index + n` of buffer view `a` in one vector load; the caller
-    /// guarantees the address is aligned to the `n` elements' size.
+    /// Elements `index .. index + n` of buffer view `a` in vector loads of at most 16 bytes
+    /// (one `ld.vN` for up to four elements; else 16-byte loads of four words, a word of bf16
+    /// split into its two halves); the caller guarantees the address is aligned to the `n`
+    /// elements' size, which is at most 16 bytes or a multiple of it.
     pub fn load_vector(&mut self, a: &Addressed, index: Reg, n: usize) -> Result<Vec<Reg>> {
         let dtype = a.view.dtype;
         let addr = self.address(a.base.expect("vectors are read from buffers"), index, dtype)?;
         let (ty, mem) = (reg_ty(dtype)?, mem_name(dtype)?);
         let readonly = !a.written_here;
-        Ok(self
-            .b
-            .ld_vector(Space::Global, (mem, ty), addr, 0, (n, readonly)))
+        if n <= 4 {
+            return Ok(self
+                .b
+                .ld_vector(Space::Global, (mem, ty), addr, 0, (n, readonly)));
+        }
+        let mut values = Vec::with_capacity(n);
+        for chunk in 0..chunks(dtype, n)? {
+            let offset = 16 * chunk as i64;
+            if ty == Ty::B16 {
+                for word in self.b.ld_v4(Space::Global, addr, offset, readonly) {
+                    let (lo, hi) = self.b.unpack(word);
+                    values.extend([lo, hi]);
+                }
+            } else {
+                let four = (4, readonly);
+                values.extend(
+                    self.b
+                        .ld_vector(Space::Global, (mem, ty), addr, offset, four),
+                );
+            }
+        }
+        Ok(values)
     }
 
-    /// Stores `values` (of `dtype`) as elements `index ..` of the buffer at `base` in one vector
-    /// store; the caller guarantees the alignment.
+    /// Stores `values` (of `dtype`) as elements `index ..` of the buffer at `base` in vector
+    /// stores, as [`Self::load_vector`] loads them; the caller guarantees the alignment.
     pub fn store_vector(
         &mut self,
         base: Reg,
@@ -300,8 +332,24 @@ impl Ctx {
         values: &[Reg],
     ) -> Result<()> {
         let addr = self.address(base, index, dtype)?;
-        self.b
-            .st_vector(Space::Global, mem_name(dtype)?, addr, 0, values);
+        let mem = mem_name(dtype)?;
+        if values.len() <= 4 {
+            self.b.st_vector(Space::Global, mem, addr, 0, values);
+            return Ok(());
+        }
+        let per_chunk = values.len() / chunks(dtype, values.len())?;
+        for (chunk, part) in values.chunks(per_chunk).enumerate() {
+            let offset = 16 * chunk as i64;
+            if reg_ty(dtype)? == Ty::B16 {
+                let words: Vec<Reg> = part
+                    .chunks(2)
+                    .map(|pair| self.b.pack(Ty::B32, pair[0], pair[1]))
+                    .collect();
+                self.b.st_vector(Space::Global, "b32", addr, offset, &words);
+            } else {
+                self.b.st_vector(Space::Global, mem, addr, offset, part);
+            }
+        }
         Ok(())
     }
 

@@ -14,15 +14,16 @@
 //! domain ([`dense`]) needs no coordinates at all: it is read or written at the element's
 //! linear index, and views of equal offset and strides share one index.
 //!
-//! Where every map of a launch allows it ([`takes_runs`]: the merged innermost axis a
-//! multiple of [`RUN`] long whatever the symbols, and every view unit-stride or broadcast along
-//! it), a thread takes [`RUN`] neighbouring elements instead of one: it splits the first one's
+//! Where every map of a launch allows it ([`run_length`]: the merged innermost axis a
+//! multiple of 8, or else 4, long whatever the symbols, and every view unit-stride or broadcast
+//! along it), a thread takes that many neighbouring elements instead of one: it splits the first one's
 //! index and addresses each view once, loads every element of the run (all in flight), then
 //! computes and stores them in order. The index arithmetic is paid once per run. A view whose
 //! runs are aligned to their size ([`vectors`]: f32 or bf16, its offset and other strides
-//! multiples of [`RUN`]) moves its run in one vector load or store (`ld.global.nc.v4.f32`,
-//! `st.global.v4.b16`, …) instead of one instruction per element: a warp's access is then one
-//! contiguous span, whole sectors, rather than four strided ones that the caches must merge.
+//! multiples of the run) moves its run in vector loads or stores of up to 16 bytes
+//! (`ld.global.nc.v4.f32`, `st.global.v4.b16`, 8 bf16 as `ld.global.nc.v4.b32`, …) instead of
+//! one instruction per element: a warp's access is then one contiguous span, whole sectors,
+//! rather than strided ones that the caches must merge.
 
 use super::context::{Addressed, Ctx, Fits, Granule};
 use super::dtype::elem_bytes;
@@ -57,28 +58,36 @@ fn merge_axes(views: &[&View]) -> Vec<View> {
     merged
 }
 
-/// Elements a thread takes in a row where the views allow it (see the module doc).
-const RUN: i64 = 4;
+/// Elements a thread takes in a row where the views allow it, longest first (see the module
+/// doc): 8 bf16 are one 16-byte access, 8 f32 two.
+const RUNS: [i64; 2] = [8, 4];
 
-/// Whether a thread of map `(out, leaves, _)` may take runs of [`RUN`] elements: with the axes
-/// merged, the innermost one is a multiple of [`RUN`] long for any symbols, and every view is
+/// The longest run of [`RUNS`] a thread of map `(out, leaves, _)` may take (1: none): with the
+/// axes merged, the innermost one is a multiple of it long for any symbols, and every view is
 /// unit-stride (the output) or broadcast (stride 0, a leaf) along it.
-pub(super) fn takes_runs((out, leaves, _): Parts) -> bool {
+pub(super) fn run_length((out, leaves, _): Parts) -> i64 {
     let views: Vec<&View> = std::iter::once(out).chain(leaves).collect();
     let merged = merge_axes(&views);
     let inner = |v: &View| v.strides.last().cloned().unwrap_or(Poly::constant(1));
     let length = merged[0].dims.last().cloned().unwrap_or(Poly::constant(1));
-    length.div_exact(RUN).is_some()
-        && inner(&merged[0]).is_constant(1)
+    let along = inner(&merged[0]).is_constant(1)
         && merged[1..]
             .iter()
-            .all(|l| inner(l).is_constant(1) || inner(l).is_constant(0))
+            .all(|l| inner(l).is_constant(1) || inner(l).is_constant(0));
+    RUNS.into_iter()
+        .find(|&n| along && length.div_exact(n).is_some())
+        .unwrap_or(1)
+}
+
+/// Whether a thread of the map may take runs of elements ([`run_length`]).
+pub(super) fn takes_runs(parts: Parts) -> bool {
+    run_length(parts) > 1
 }
 
 /// Whether runs of `n` elements of `v` (starting at multiples of `n` along its last axis, as
-/// the runs of [`takes_runs`] do) move as one vector each: an f32 or bf16 buffer, unit-stride
-/// along that axis, its offset and other strides multiples of `n` (buffers start 64-byte
-/// aligned), and a vector of 16 bytes at most.
+/// the runs of [`run_length`] do) move as vectors: an f32 or bf16 buffer, unit-stride along
+/// that axis, its offset and other strides multiples of `n` (buffers start 64-byte aligned),
+/// and a run of at most 16 bytes (one vector) or of whole 16-byte chunks (one vector each).
 fn vectors(v: &View, n: i64) -> bool {
     let multiple = |p: &Poly| p.terms.iter().all(|t| t.coeff % n == 0);
     let Some((inner, outer)) = v.strides.split_last() else {
@@ -86,7 +95,7 @@ fn vectors(v: &View, n: i64) -> bool {
     };
     v.buffer().is_some()
         && matches!(v.dtype, DType::F32 | DType::BF16)
-        && elem_bytes(v.dtype).is_ok_and(|b| b * n <= 16)
+        && elem_bytes(v.dtype).is_ok_and(|b| b * n <= 16 || (b * n) % 16 == 0)
         && inner.is_constant(1)
         && multiple(&v.offset)
         && outer.iter().all(multiple)
@@ -225,12 +234,14 @@ pub fn emit_together(c: &mut Ctx, bundles: &[Vec<Parts>]) -> Result<Launch> {
     let count = c.value(&total);
     let fits = c.fits(&count);
     let single = bundles.len() == 1;
-    // Runs of `RUN` elements where every map allows them (each bundle's length is then a
-    // multiple of `RUN`, so no run crosses into the next bundle).
-    let run = match bundles.iter().flatten().all(|&parts| takes_runs(parts)) {
-        true => RUN,
-        false => 1,
-    };
+    // The longest run every map allows (each bundle's length is then a multiple of it, so no
+    // run crosses into the next bundle).
+    let run = bundles
+        .iter()
+        .flatten()
+        .map(|&parts| run_length(parts))
+        .min()
+        .unwrap_or(1);
     let threads = total.div_exact(run).expect("runs divide every bundle");
     let thread_count = c.value(&threads);
     c.grid_loop(thread_count, Granule::Thread, |c, t| {
@@ -338,23 +349,29 @@ mod tests {
         }
     }
 
-    /// Runs of 4 move as vectors only where every run starts aligned to its size: offsets and
-    /// row strides multiples of 4, unit stride along the run, f32 or bf16, a buffer.
+    /// Runs of 4 or 8 move as vectors only where every run starts aligned to its size: offsets
+    /// and row strides multiples of the run, unit stride along it, f32 or bf16, a buffer.
     #[test]
     fn only_aligned_runs_move_as_vectors() {
-        assert!(vectors(&view(DType::F32, 0, 8), RUN));
-        assert!(vectors(&view(DType::F32, 12, 8), RUN));
-        assert!(vectors(&view(DType::BF16, 4, 16), RUN));
-        assert!(!vectors(&view(DType::F32, 2, 8), RUN), "offset");
-        assert!(!vectors(&view(DType::F32, 0, 10), RUN), "row stride");
-        assert!(!vectors(&view(DType::I64, 0, 8), RUN), "type");
+        assert!(vectors(&view(DType::F32, 0, 8), 4));
+        assert!(vectors(&view(DType::F32, 12, 8), 4));
+        assert!(vectors(&view(DType::BF16, 4, 16), 4));
+        assert!(vectors(&view(DType::BF16, 8, 16), 8), "one 16-byte vector");
+        assert!(vectors(&view(DType::F32, 8, 16), 8), "two 16-byte vectors");
+        assert!(
+            !vectors(&view(DType::BF16, 4, 16), 8),
+            "offset of half a run"
+        );
+        assert!(!vectors(&view(DType::F32, 2, 8), 4), "offset");
+        assert!(!vectors(&view(DType::F32, 0, 10), 4), "row stride");
+        assert!(!vectors(&view(DType::I64, 0, 8), 4), "type");
         let mut broadcast = view(DType::F32, 0, 8);
         broadcast.strides[1] = Poly::constant(0);
-        assert!(!vectors(&broadcast, RUN), "a broadcast reads one element");
+        assert!(!vectors(&broadcast, 4), "a broadcast reads one element");
         let splat = View {
             source: Source::Splat(1.0),
             ..view(DType::F32, 0, 8)
         };
-        assert!(!vectors(&splat, RUN), "not a buffer");
+        assert!(!vectors(&splat, 4), "not a buffer");
     }
 }

@@ -1326,30 +1326,35 @@ fn long_column_sums_run_in_two_kernels() {
     }
 }
 
-/// A map whose views are unit-stride or broadcast along an innermost axis of a multiple of 4
-/// gives each thread a run of 4 elements (a quarter of the threads); one reading a transposed
-/// view gives each thread one, in a launch of its own; both match the interpreter.
+/// A map whose views are unit-stride or broadcast along an innermost axis of a multiple of 8
+/// gives each thread a run of 8 elements (an eighth of the threads: 8 f32 as two 16-byte
+/// vectors, 8 bf16 as one), of a multiple of 4 a run of 4; one reading a transposed view gives
+/// each thread one, in a launch of its own; all match the interpreter.
 #[test]
 fn maps_take_runs_of_elements_where_the_views_allow() {
-    let text = "graph g\nsym b <= 5\ninput %x : f32[b, 3, 8]\ninput %s : f32[b, 3, 1]\n\
-        input %t : f32[b, 8, 3]\n\
-        %0 = broadcast %s : f32[b, 3, 8]\n%1 = mul %x, %0 : f32[b, 3, 8]\n\
-        %2 = cast %1 : bf16[b, 3, 8]\noutput y = %2\n\
-        %3 = permute %t perm=[0,2,1] : f32[b, 3, 8]\n%4 = exp %3 : f32[b, 3, 8]\n\
-        %5 = add %4, %4 : f32[b, 3, 8]\noutput z = %5\n";
-    let (g, fused, _) = parse_fuse_compile(text);
-    let artifact = crate::compile(std::slice::from_ref(&fused), model()).unwrap();
-    let threads: Vec<Poly> = artifact.manifest.programs[0]
-        .steps
-        .iter()
-        .map(|s| s.launch.as_ref().unwrap().blocks[0].extent.clone())
-        .collect();
-    let b = Poly::symbol(0);
-    assert!(threads.contains(&b.scale(6)), "{threads:?}");
-    assert!(threads.contains(&b.scale(24)), "{threads:?}");
-    for batch in [1, 2, 5] {
-        check(&fused, &g, &env(&[("b", batch)]), 1e-6, 4)
-            .unwrap_or_else(|e| panic!("batch {batch}: {e}"));
+    for (n, run) in [(8, 8), (12, 4)] {
+        let text = format!(
+            "graph g\nsym b <= 5\ninput %x : f32[b, 3, {n}]\ninput %s : f32[b, 3, 1]\n\
+             input %t : f32[b, {n}, 3]\n\
+             %0 = broadcast %s : f32[b, 3, {n}]\n%1 = mul %x, %0 : f32[b, 3, {n}]\n\
+             %2 = cast %1 : bf16[b, 3, {n}]\noutput y = %2\n\
+             %3 = permute %t perm=[0,2,1] : f32[b, 3, {n}]\n%4 = exp %3 : f32[b, 3, {n}]\n\
+             %5 = add %4, %4 : f32[b, 3, {n}]\noutput z = %5\n"
+        );
+        let (g, fused, _) = parse_fuse_compile(&text);
+        let artifact = crate::compile(std::slice::from_ref(&fused), model()).unwrap();
+        let threads: Vec<Poly> = artifact.manifest.programs[0]
+            .steps
+            .iter()
+            .map(|s| s.launch.as_ref().unwrap().blocks[0].extent.clone())
+            .collect();
+        let b = Poly::symbol(0);
+        assert!(threads.contains(&b.scale(3 * n / run)), "{n}: {threads:?}");
+        assert!(threads.contains(&b.scale(3 * n)), "{n}: {threads:?}");
+        for batch in [1, 2, 5] {
+            check(&fused, &g, &env(&[("b", batch)]), 1e-6, 4)
+                .unwrap_or_else(|e| panic!("{n}, batch {batch}: {e}"));
+        }
     }
 }
 
