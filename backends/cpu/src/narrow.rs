@@ -9,8 +9,9 @@
 //! the `bf16` precision policy computes: casts to bf16 (a `cast`, the last step of a fused
 //! elementwise region or matmul epilogue, or an attention result declared bf16, rounded to
 //! nearest even as it is stored), their views, concats of them, and matmuls with bf16 operands
-//! of any origin (f32 accumulation; the result f32, or rounded to bf16 as it is stored). Arithmetic on bf16 values, bf16 reductions,
-//! constants, inputs and `f16` values are refused there too.
+//! of any origin (f32 accumulation; the result f32, or rounded to bf16 as it is stored).
+//! Arithmetic on bf16 values, bf16 reductions, constants, inputs and `f16` values are refused
+//! there too.
 //!
 //! Who reads a widening view: matmuls load the bf16 operand and widen it in registers; maps and
 //! reductions (plain or fused) widen each narrow leaf with a `cast` node in their expression;

@@ -135,7 +135,6 @@ fn duplicable(g: &Graph, id: NodeId, transcendentals: bool) -> bool {
 /// What computing an inlined node again in a region costs: its steps down to the values that
 /// are not inlined (counted along every path: an upper bound), how many of them are
 /// transcendental, and those values, its leaves.
-#[derive(Clone, Default)]
 struct Tree {
     steps: usize,
     transcendentals: usize,

@@ -16,9 +16,9 @@
 //!
 //! Where every map of a launch allows it ([`run_length`]: the merged innermost axis a
 //! multiple of 8, or else 4, long whatever the symbols, and every view unit-stride or broadcast
-//! along it), a thread takes that many neighbouring elements instead of one: it splits the first one's
-//! index and addresses each view once, loads every element of the run (all in flight), then
-//! computes and stores them in order. The index arithmetic is paid once per run. A view whose
+//! along it), a thread takes that many neighbouring elements instead of one: it splits the
+//! first one's index and addresses each view once, loads every element of the run (all in
+//! flight), then computes and stores them in order. The index arithmetic is paid once per run. A view whose
 //! runs are aligned to their size ([`vectors`]: f32 or bf16, its offset and other strides
 //! multiples of the run) moves its run in vector loads or stores of up to 16 bytes
 //! (`ld.global.nc.v4.f32`, `st.global.v4.b16`, 8 bf16 as `ld.global.nc.v4.b32`, …) instead of
